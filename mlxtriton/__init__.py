@@ -1,1 +1,25 @@
-"""mlxtriton: trace MLX functions into a typed graph IR and run them as fused generated kernels."""
+"""mlxtriton: trace unmodified MLX functions into a typed graph IR, transform it, and run it as few,
+fused, generated GPU kernels (Metal on Apple silicon, CUDA on MLX's CUDA backend).
+
+The public API composes the layers below it: graph <- trace <- passes <- codegen <- runtime.
+"""
+
+from mlxtriton.graph import (
+    Eqn,
+    EvaluationError,
+    Graph,
+    PyTreeError,
+    UnsupportedPrimitiveError,
+    Var,
+    VerificationError,
+    evaluate,
+    verify,
+)
+from mlxtriton.trace import TraceError, functionalize, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "trace", "functionalize", "evaluate", "verify", "Graph", "Eqn", "Var",
+    "TraceError", "EvaluationError", "PyTreeError", "UnsupportedPrimitiveError", "VerificationError",
+]

@@ -1,0 +1,145 @@
+"""Graph layer: run a graph, with MLX ops (bit-identical to the traced function on CPU) or with
+JAX (the oracle), and abstract evaluation (shapes and dtypes through MLX's lazy graph, no compute).
+May import mlx, the graph layer, and jax lazily (only for ``backend="jax"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+
+from mlxtriton.graph import dtypes, pytree
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.primitives import UnsupportedPrimitiveError
+
+
+class EvaluationError(ValueError):
+    """Arguments that do not fit the graph (count, shape, dtype, structure)."""
+
+
+def _mlx_rules() -> dict[str, Callable]:
+    from mlxtriton.graph.evaluate_mlx import MLX_RULES
+
+    return MLX_RULES
+
+
+def _jax_rules() -> dict[str, Callable]:
+    from mlxtriton.graph.evaluate_jax import jax_rules
+
+    return jax_rules()
+
+
+def flatten_arguments(graph: Graph, args: tuple, kwargs: dict) -> list:
+    """The flat list of arrays a graph's inputs bind to, checked against its in_tree."""
+    if graph.in_tree is None:
+        if kwargs:
+            raise EvaluationError("a flat graph takes positional arrays only, got keyword arguments")
+        return list(args)
+    # Static arguments are compared by value, whether declared static or Python scalars.
+    leaves, tree = pytree.flatten((args, kwargs), is_static=lambda _: True)
+    if tree != graph.in_tree:
+        raise pytree.PyTreeError(
+            f"arguments do not match the traced structure: expected {graph.in_tree}, got {tree}"
+        )
+    return leaves
+
+
+def check_arguments(graph: Graph, flat: Sequence) -> None:
+    if len(flat) != len(graph.inputs):
+        raise EvaluationError(f"the graph takes {len(graph.inputs)} arrays, got {len(flat)}")
+    for i, (v, a) in enumerate(zip(graph.inputs, flat)):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise EvaluationError(f"input {i} is a {type(a).__name__}, not an array")
+        shape = tuple(a.shape)
+        dtype = a.dtype if isinstance(a.dtype, str) else _dtype_name(a.dtype)
+        if shape != v.shape or dtype != v.dtype:
+            raise EvaluationError(
+                f"input {i} was traced as {v.type_str()} but got "
+                f"{dtypes.short(dtype) if dtype in dtypes.DTYPES else dtype}[{','.join(map(str, shape))}]"
+            )
+
+
+def _dtype_name(dtype) -> str:
+    if isinstance(dtype, mx.Dtype):
+        return dtypes.from_mx(dtype)
+    return str(dtype)  # NumPy / JAX dtypes print their names
+
+
+def run(
+    graph: Graph,
+    flat_args: Sequence,
+    rules: dict[str, Callable],
+    constant: Callable[[mx.array], Any] = lambda a: a,
+) -> list:
+    """Evaluate ``graph`` on flat inputs with a table of per-primitive rules."""
+    env: dict[Var, Any] = {}
+    for v, a in zip(graph.inputs, flat_args):
+        env[v] = a
+    for v, a in graph.constants:
+        env[v] = constant(a)
+    for e in graph.eqns:
+        rule = rules.get(e.primitive)
+        if rule is None:
+            raise UnsupportedPrimitiveError(f"primitive {e.primitive!r} has no evaluation rule here")
+        result = rule(*(env[v] for v in e.inputs), **e.params)
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        if len(results) != len(e.outputs):
+            raise EvaluationError(
+                f"{e.primitive} produced {len(results)} outputs, the graph declares {len(e.outputs)}"
+            )
+        for v, r in zip(e.outputs, results):
+            env[v] = r
+    return [env[v] for v in graph.outputs]
+
+
+def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
+    """Run a graph.
+
+    Args:
+        graph: a graph from `mlxtriton.trace` (or built by hand: then flat positional arrays).
+        *args, **kwargs: arguments with the structure, shapes and dtypes the graph was traced with.
+        backend: ``"mlx"`` runs MLX ops, bit-identical on CPU to calling the traced function;
+            ``"jax"`` runs jax.numpy / jax.lax with MLX's semantics (the oracle; results are
+            NumPy arrays).
+
+    Returns:
+        The outputs in the traced function's structure.
+
+    Raises:
+        PyTreeError: the arguments' structure or static values differ from the trace.
+        EvaluationError: an argument's shape or dtype differs from the trace.
+        UnsupportedPrimitiveError: a primitive has no rule for ``backend``.
+
+    Example:
+        >>> f = lambda x: mx.softmax(x, axis=-1)
+        >>> x = mx.ones((2, 3))
+        >>> g = mlxtriton.trace(f)(x)
+        >>> mx.array_equal(mlxtriton.evaluate(g, x), f(x)).item()
+        True
+    """
+    flat = flatten_arguments(graph, args, kwargs)
+    check_arguments(graph, flat)
+    if backend == "mlx":
+        outs = run(graph, flat, _mlx_rules())
+    elif backend == "jax":
+        from mlxtriton.graph.evaluate_jax import from_jax, to_jax
+
+        outs = [from_jax(o) for o in run(graph, [to_jax(a) for a in flat], _jax_rules(), to_jax)]
+    else:
+        raise ValueError(f"unknown backend {backend!r}; use 'mlx' or 'jax'")
+    if graph.out_tree is None:
+        return outs[0] if len(outs) == 1 else tuple(outs)
+    return pytree.unflatten(graph.out_tree, outs)
+
+
+def abstract_eval(primitive: str, inputs: Sequence[tuple[tuple[int, ...], str]], params: dict) -> list[tuple[tuple[int, ...], str]]:
+    """Shapes and dtypes of a primitive's outputs, from MLX's own shape rules (no compute: MLX
+    builds arrays lazily and knows their shape and dtype before evaluating them)."""
+    rule = _mlx_rules().get(primitive)
+    if rule is None:
+        raise UnsupportedPrimitiveError(f"primitive {primitive!r} has no MLX rule for shape inference")
+    placeholders = [mx.zeros(shape, dtypes.to_mx(dtype)) for shape, dtype in inputs]
+    result = rule(*placeholders, **params)
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    return [(tuple(r.shape), dtypes.from_mx(r.dtype)) for r in results]

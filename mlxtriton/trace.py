@@ -1,0 +1,305 @@
+"""Tracing layer: unmodified MLX functions -> graph IR, through MLX's own exporter.
+
+``mx.export_function`` with a callback reports every primitive of the function's lazy graph; this
+module turns that report into a `Graph`, with pytrees in and out and Python scalars static.
+May import mlx and mlxtriton.graph only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+
+from mlxtriton.graph import dtypes, pytree
+from mlxtriton.graph.core import Eqn, Graph, Params, Var
+from mlxtriton.graph.primitives import get as get_primitive
+
+__all__ = ["trace", "functionalize", "TraceError"]
+
+
+class TraceError(RuntimeError):
+    """MLX's exporter reported something the tracer cannot turn into a graph."""
+
+
+def _normalize_static(fn, static_argnums, static_argnames) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+    names = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    # As in jax.jit: a static positional parameter is also static when passed by name, and back.
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names += tuple(positional[i] for i in nums if 0 <= i < len(positional) and positional[i] not in names)
+    nums += tuple(positional.index(n) for n in names if n in positional and positional.index(n) not in nums)
+    return nums, names
+
+
+def _arguments_tree(args, kwargs, static_argnums, static_argnames):
+    """The (args, kwargs) pytree with declared-static arguments wrapped as static leaves."""
+    n = len(args)
+    nums = {i % n if n else i for i in static_argnums if -n <= i < n}
+    leaves: list[mx.array] = []
+    args_trees, kwargs_trees = [], []
+    for i, a in enumerate(args):
+        arg_leaves, t = pytree.flatten(pytree.Static(a) if i in nums else a, path=f"argument {i}")
+        leaves += arg_leaves
+        args_trees.append(t)
+    for k, v in kwargs.items():
+        arg_leaves, t = pytree.flatten(
+            pytree.Static(v) if k in static_argnames else v, path=f"keyword argument {k!r}"
+        )
+        leaves += arg_leaves
+        kwargs_trees.append(t)
+    tree = pytree.Node(tuple, None, (
+        pytree.Node(tuple, None, tuple(args_trees)),
+        pytree.Node(dict, tuple(kwargs), tuple(kwargs_trees)),
+    ))
+    return leaves, tree
+
+
+def _captured_arrays(obj, seen: set[int], depth: int = 0):
+    """Arrays reachable from a function's closure, defaults, bound self and referenced globals."""
+    if depth > 6 or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, mx.array):
+        yield obj
+        return
+    import mlx.nn as nn
+
+    if isinstance(obj, nn.Module):
+        leaves, _ = pytree.flatten(obj.parameters(), is_static=lambda _: True)
+        yield from leaves
+        return
+    if isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _captured_arrays(x, seen, depth + 1)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _captured_arrays(x, seen, depth + 1)
+    elif inspect.ismethod(obj):
+        yield from _captured_arrays(obj.__self__, seen, depth + 1)
+        yield from _captured_arrays(obj.__func__, seen, depth + 1)
+    elif inspect.isfunction(obj):
+        for cell in obj.__closure__ or ():
+            try:
+                yield from _captured_arrays(cell.cell_contents, seen, depth + 1)
+            except ValueError:  # an empty cell
+                pass
+        yield from _captured_arrays(obj.__defaults__ or (), seen, depth + 1)
+        yield from _captured_arrays(dict(obj.__kwdefaults__ or {}), seen, depth + 1)
+        g = obj.__globals__
+        for name in obj.__code__.co_names:
+            if name in g and isinstance(g[name], (mx.array, nn.Module)):
+                yield from _captured_arrays(g[name], seen, depth + 1)
+    elif callable(obj) and hasattr(obj, "__call__") and not inspect.isbuiltin(obj):
+        yield from _captured_arrays(type(obj).__call__, seen, depth + 1)
+        yield from _captured_arrays(vars(obj) if hasattr(obj, "__dict__") else {}, seen, depth + 1)
+
+
+def _evaluate_captured(fn) -> None:
+    """Evaluate lazily computed captured state (e.g. fresh nn.Linear weights) before tracing, so
+    its producers (RandomBits, ...) never leak into the graph as equations."""
+    arrays = list(_captured_arrays(fn, set()))
+    if arrays:
+        mx.eval(arrays)
+
+
+@dataclass(frozen=True)
+class _Report:
+    inputs: list
+    outputs: list
+    constants: list
+    primitives: list
+
+
+def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _Report:
+    inputs, outputs, constants, primitives = [], [], [], []
+
+    def callback(entry: dict) -> None:
+        kind = entry["type"]
+        if kind == "inputs":
+            inputs.extend(entry["inputs"])
+        elif kind == "outputs":
+            outputs.extend(entry["outputs"])
+        elif kind == "constants":
+            constants.extend(entry["constants"])
+        elif kind == "primitive":
+            primitives.append(entry)
+        elif kind == "keyword_inputs":
+            if entry["keywords"]:
+                raise TraceError("unexpected keyword inputs in a flattened trace")
+        else:
+            raise TraceError(f"unknown exporter entry type {kind!r}")
+
+    mx.export_function(callback, flat_fn, *flat_args)
+    return _Report(inputs, outputs, constants, primitives)
+
+
+def _build_graph(report: _Report, in_tree, out_tree) -> Graph:
+    env: dict[str, Var] = {}
+
+    def new(entry) -> Var:
+        name, shape, dtype = entry
+        if name in env:
+            raise TraceError(f"the exporter defined {name} twice")
+        v = env[name] = Var(tuple(shape), dtypes.from_mx(dtype))
+        return v
+
+    def use(entry) -> Var:
+        name = entry[0]
+        if name not in env:
+            raise TraceError(f"the exporter used {name} before defining it")
+        return env[name]
+
+    inputs = tuple(new(e) for e in report.inputs)
+    constants = []
+    for name, value in report.constants:
+        v = new((name, value.shape, value.dtype))
+        constants.append((v, value))
+    eqns = []
+    for entry in report.primitives:
+        prim = get_primitive(entry["name"])  # raises UnsupportedPrimitiveError naming it
+        try:
+            params = prim.decode(entry["arguments"])
+        except Exception as err:
+            raise TraceError(
+                f"cannot decode the arguments {entry['arguments']!r} of primitive {prim.name}: {err}"
+            ) from err
+        ins = tuple(use(e) for e in entry["inputs"])
+        outs = tuple(new(e) for e in entry["outputs"])
+        eqns.append(Eqn(prim.name, ins, outs, Params(params)))
+    outputs = tuple(use(e) for e in report.outputs)
+    return Graph(inputs, tuple(eqns), outputs, tuple(constants), in_tree, out_tree)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A traced call: its graph, and the caller's argument leaves in graph-input order."""
+
+    graph: Graph
+    args: tuple[mx.array, ...]
+
+
+def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), static_argnames=()) -> Traced:
+    """Trace one call ``fn(*args, **kwargs)``; the engine under `trace` and the runtime."""
+    nums, names = _normalize_static(fn, static_argnums, static_argnames)
+    leaves, in_tree = _arguments_tree(args, kwargs, nums, names)
+    _evaluate_captured(fn)
+    out_trees = []
+
+    def flat_fn(*flat):
+        a, kw = pytree.unflatten(in_tree, list(flat))
+        a = tuple(x.value if isinstance(x, pytree.Static) else x for x in a)
+        kw = {k: v.value if isinstance(v, pytree.Static) else v for k, v in kw.items()}
+        result = fn(*a, **kw)
+        out_leaves, out_tree = pytree.flatten(result)
+        if any(isinstance(t, pytree.Static) for t in _static_leaves(out_tree)):
+            raise TraceError(
+                f"{_name(fn)} returned non-array values {out_tree}; a traced function must return "
+                "arrays or containers of arrays"
+            )
+        out_trees.append(out_tree)
+        return tuple(out_leaves)
+
+    report = _export(flat_fn, leaves)
+    return Traced(_build_graph(report, in_tree, out_trees[-1]), tuple(leaves))
+
+
+def _static_leaves(tree):
+    if isinstance(tree, pytree.Static):
+        yield tree
+    elif isinstance(tree, pytree.Node):
+        for c in tree.children:
+            yield from _static_leaves(c)
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def trace(
+    fn: Callable,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+) -> Callable[..., Graph]:
+    """Trace an unmodified MLX function into a graph (the ``jax.make_jaxpr`` of mlxtriton).
+
+    Arguments may be arrays or nested tuples, lists and dicts of arrays; Python scalars (and
+    arguments declared static) are static: they are baked into the graph and its identity.
+    Captured arrays (closures, ``mlx.nn`` module parameters) become graph constants; use
+    `functionalize` to make a module's parameters graph inputs instead.
+
+    Args:
+        fn: a function of MLX arrays, written with ``mx.*``, ``mlx.nn`` and ``mx.fast``.
+        static_argnums: positional arguments to treat as static.
+        static_argnames: keyword arguments to treat as static.
+
+    Returns:
+        A function with ``fn``'s signature that returns the `Graph` of one call.
+
+    Raises:
+        UnsupportedPrimitiveError: the function uses a primitive mlxtriton does not declare.
+        PyTreeError: an argument is neither an array, a container of arrays, a Python scalar,
+            nor declared static.
+
+    Example:
+        >>> import mlx.core as mx, mlxtriton
+        >>> g = mlxtriton.trace(lambda x: mx.exp(x) * 2)(mx.ones((2, 3)))
+        >>> print(g)  # doctest: +NORMALIZE_WHITESPACE
+        { lambda a:f32[] = 2.0 ; b:f32[2,3]. let
+            c:f32[2,3] = Exp b
+            d:f32[2,3] = Broadcast[shape=(2, 3)] a
+            e:f32[2,3] = Multiply c d
+          in (e,) }
+    """
+
+    def traced(*args, **kwargs) -> Graph:
+        return trace_call(fn, args, kwargs, static_argnums, static_argnames).graph
+
+    traced.__name__ = f"trace({_name(fn)})"
+    traced.__doc__ = fn.__doc__
+    return traced
+
+
+def functionalize(module) -> tuple[Callable[..., Any], dict]:
+    """Split an ``mlx.nn.Module`` into a pure function of its parameters and the parameters.
+
+    Tracing ``apply(params, *args)`` makes the parameters graph *inputs*, not constants, so the
+    graph serves weights that change (training) without retracing.
+
+    Returns:
+        ``(apply, params)`` where ``apply(params, *args, **kwargs) == module(*args, **kwargs)``.
+
+    Raises:
+        PyTreeError: ``params`` passed to ``apply`` do not match the module's parameter tree.
+
+    Example:
+        >>> import mlx.nn as nn, mlxtriton
+        >>> apply, params = mlxtriton.functionalize(nn.Linear(4, 2))
+        >>> g = mlxtriton.trace(apply)(params, mx.ones((3, 4)))
+        >>> len(g.inputs), len(g.constants)
+        (3, 0)
+    """
+    params = module.parameters()
+    _, expected = pytree.flatten(params)
+
+    def apply(p, *args, **kwargs):
+        _, got = pytree.flatten(p)
+        if got != expected:
+            raise pytree.PyTreeError(
+                f"parameters do not match {type(module).__name__}'s: expected {expected}, got {got}"
+            )
+        saved = module.parameters()
+        module.update(p)
+        try:
+            return module(*args, **kwargs)
+        finally:
+            module.update(saved)
+
+    apply.__qualname__ = f"functionalize({type(module).__name__})"
+    return apply, params
