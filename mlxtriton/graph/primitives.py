@@ -30,6 +30,7 @@ class Family(enum.Enum):
     FAST = "fast"  # mx.fast primitives (GPU streams); they decompose on the CPU stream
     RANDOM = "random"
     OPAQUE = "opaque"  # everything else: sorts, linear algebra, FFT, creation, custom kernels
+    FUSED = "fused"  # a region of the graph that runs as one generated kernel (graph/fused.py)
 
 
 class UnsupportedPrimitiveError(NotImplementedError):

@@ -55,11 +55,16 @@ def pretty(graph: Graph, indent: int = 2) -> str:
     lines = [f"{{ lambda {consts + ' ' if consts else ''}; {ins}. let"]
     for e in graph.eqns:
         args = " ".join(use(v) for v in e.inputs)
+        shown = {k: v for k, v in e.params.items() if not isinstance(v, Graph) and v is not None}
         params = ""
-        if e.params:
-            params = "[" + ", ".join(f"{k}={_format_value(v)}" for k, v in e.params.items()) + "]"
+        if shown:
+            params = "[" + ", ".join(f"{k}={_format_value(v)}" for k, v in shown.items()) + "]"
         outs = " ".join(define(v) for v in e.outputs)
         lines.append(f"{pad}{outs} = {e.primitive}{params} {args}".rstrip())
+        for k, v in e.params.items():  # nested graphs (a Fused region's body) print indented
+            if isinstance(v, Graph):
+                body = pretty(v, indent).replace("\n", "\n" + pad + "  ")
+                lines.append(f"{pad}  {k}={body}")
     outs = ", ".join(use(v) for v in graph.outputs)
     lines.append(f"{' ' * indent}in ({outs}{',' if len(graph.outputs) == 1 else ''}) }}")
     return "\n".join(lines)
