@@ -1,4 +1,4 @@
-"""Hardware layer: checked chip profiles and detection of the chip MLX runs on.
+"""Hardware layer: checked chip profiles, detection, chip targeting and derived code-generation parameters.
 
 The bottom layer: imports nothing else from mlxtriton (mlx only, lazily, to read the running device).
 
@@ -13,12 +13,24 @@ Choosing the chip: ``resolve(chip)`` is what the rest of the library calls. An e
 fallback, features come from the GPU family (an A18 Pro reports ``applegpu_g17p`` yet is Apple9), and
 unknown hardware maps to the nearest known profile with an `UnknownHardwareWarning`.
 
+An explicit chip on another machine: decisions follow the named chip, execution follows the device.
+``target(chip, device)`` makes that concrete. The chip decides tuning: threadgroup sizes, elements per
+thread, the short-row strategy and the on-chip budget. The device decides the dialect (Metal or CUDA
+source), whether a kernel can launch at all, the SIMD width of reductions, and the hard limits every
+decision is clamped to (threads per threadgroup, threadgroup memory, vector width, registers). So
+``chip="m3"`` with arrays on an H200 generates CUDA shaped like an M3 kernel, within both chips'
+limits; ``chip="h200"`` on an M3 generates Metal with 32 KB of threadgroup memory, not 227 KB. On
+MLX's CPU backend nothing launches; source is still rendered for the named chip. See docs/hardware.md.
+
 Example:
     >>> from mlxtriton import hw
     >>> hw.profile("m3").threadgroup_memory_bytes, hw.profile("m3").simd_width
     (32768, 32)
+    >>> hw.params.derive(hw.profile("h200"), 4).vector_width
+    4
 """
 
+from mlxtriton.hw import params
 from mlxtriton.hw._detect import (
     ENV_VAR,
     UnknownChipError,
@@ -29,8 +41,10 @@ from mlxtriton.hw._detect import (
     resolve,
 )
 from mlxtriton.hw._profile import Profile
+from mlxtriton.hw._target import Target, running_device, target
+from mlxtriton.hw.params import CodegenParams, derive
 
 __all__ = [
-    "Profile", "profile", "profiles", "detect", "resolve", "UnknownChipError", "UnknownHardwareWarning",
-    "ENV_VAR",
+    "Profile", "profile", "profiles", "detect", "resolve", "target", "Target", "running_device",
+    "params", "derive", "CodegenParams", "UnknownChipError", "UnknownHardwareWarning", "ENV_VAR",
 ]

@@ -1,0 +1,248 @@
+"""Hardware layer: code-generation parameters derived from a profile, each rule with its reason.
+
+The kernel generator asks `derive` how to shape a kernel (threadgroup sizes, elements per thread,
+vector width, reduction width, rows per threadgroup, how much of a row may stay on chip) and never
+reads chip figures itself. Rules read profile fields only: a new chip is a table row, not a new rule.
+May import the standard library and this layer's modules.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+from mlxtriton.hw._profile import Profile
+
+# --- Tuning constants, each from the MLX (or reference) kernels that measured it ---------------------
+
+# backend -> (bytes of each operand one pointwise thread handles, array size from which it does so).
+# Metal: MLX's elementwise kernels give each thread 8 bytes once n >= 65,536 (shared/reference/
+#   apple-gpu.md, MLX get_work_per_thread); smaller arrays need every thread they can get.
+# CUDA: MLX's unary/binary/ternary kernels read N_READS = 16 / sizeof(T) per thread at every size
+#   (mlx/backend/cuda/unary.cu), one 16-byte access per thread (HOPPER.md: coalesced 16 B accesses).
+_POINTWISE: dict[str, tuple[int, int]] = {"metal": (8, 65_536), "cuda": (16, 1)}
+
+# backend -> longest row that gets one SIMD-group (warp) per row, reducing without threadgroup memory
+# or barriers. Metal: MLX PR #3913 dispatches its simdgroup-per-row logsumexp for rows <= 2048 and
+# measured 1.5x (fp32) to 2.8x (fp16) on M4 Max. CUDA: OneFlow's softmax (oneflow/core/cuda/
+# softmax.cuh) uses its warp-per-row kernel for rows <= 1024.
+_SHORT_ROW_LIMIT: dict[str, int] = {"metal": 2048, "cuda": 1024}
+
+# Threads of a short-row threadgroup: MLX PR #3913 runs 8 rows per 256-thread threadgroup.
+_SHORT_ROW_THREADGROUP = 256
+
+# Threadgroup memory a row reduction keeps for partials: 8 bytes (two f32 partials, e.g. the max and
+# the sum of an online softmax) per SIMD-group.
+_SCRATCH_BYTES_PER_SIMDGROUP = 8
+
+_ITEMSIZES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class CodegenParams:
+    """How to shape kernels for one chip, element size and (optionally) row length.
+
+    Attributes:
+        chip: Key of the profile the decisions follow (e.g. ``"m3-max"``).
+        dtype_itemsize: Bytes per element these parameters are for.
+        simd_width: Lanes of a SIMD-group / warp: the width of ``simd_sum`` / shuffle reductions.
+        vector_width: Elements per vector load or store (at most 4 lanes and 16 bytes).
+        pointwise_threadgroup_size: Threads per threadgroup of a pointwise kernel.
+        pointwise_elements_per_thread: Elements each pointwise thread handles on large arrays.
+        pointwise_min_size: Arrays smaller than this get one element per thread.
+        short_row_limit: Rows up to this length take one SIMD-group each.
+        row_length: The row length these row parameters are for, or None (unknown until run time).
+        row_threadgroup_size: Threads per threadgroup of a row kernel.
+        threads_per_row: Threads that cooperate on one row.
+        rows_per_threadgroup: Rows one threadgroup handles (more than one for short rows).
+        row_elements_per_thread: Elements of a row each thread handles, when the length is known.
+        register_bytes_per_thread: Bytes of row data a thread may keep in registers.
+        threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
+            profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
+        reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
+        resident_budget_bytes: On-chip bytes available to keep *one row* resident across passes
+            (registers of its threads plus the threadgroup memory left after the scratch), so a
+            softmax or norm reads the row from memory once instead of once per pass.
+        row_resident: Whether ``row_length`` elements fit in ``resident_budget_bytes`` (None when
+            the length is unknown).
+
+    Example:
+        >>> from mlxtriton import hw
+        >>> p = hw.params.derive(hw.profile("m3-max"), 4, row_length=4096)
+        >>> p.vector_width, p.threads_per_row, p.row_resident
+        (4, 1024, True)
+    """
+
+    chip: str
+    dtype_itemsize: int
+    simd_width: int
+    vector_width: int
+    pointwise_threadgroup_size: int
+    pointwise_elements_per_thread: int
+    pointwise_min_size: int
+    short_row_limit: int
+    row_length: int | None
+    row_threadgroup_size: int
+    threads_per_row: int
+    rows_per_threadgroup: int
+    row_elements_per_thread: int | None
+    register_bytes_per_thread: int
+    threadgroup_memory_bytes: int
+    reduction_scratch_bytes: int
+    resident_budget_bytes: int
+    row_resident: bool | None
+
+    @property
+    def short_rows(self) -> bool | None:
+        """Whether the row kernel is the one-SIMD-group-per-row kind (None when the length is unknown)."""
+        return None if self.row_length is None else self.row_length <= self.short_row_limit
+
+    def elements_per_thread(self, size: int) -> int:
+        """Elements each thread of a pointwise kernel over ``size`` elements handles.
+
+        Example:
+            >>> from mlxtriton import hw
+            >>> p = hw.params.derive(hw.profile("m1"), 4)
+            >>> p.elements_per_thread(1000), p.elements_per_thread(1 << 20)
+            (1, 2)
+        """
+        return self.pointwise_elements_per_thread if size >= self.pointwise_min_size else 1
+
+
+def register_bytes_per_thread(profile: Profile) -> int:
+    """Bytes of row data one thread may hold in registers on this chip (a tuning rule, not a limit).
+
+    Example:
+        >>> from mlxtriton import hw
+        >>> [hw.params.register_bytes_per_thread(hw.profile(c)) for c in ("m2", "m3", "h200")]
+        [64, 128, 64]
+    """
+    if profile.registers_per_sm and profile.max_threads_per_sm:
+        # NVIDIA: at full occupancy a thread has registers_per_sm / max_threads_per_sm registers
+        # (32 on sm_90). Row data may take half of them; the kernel's indices and accumulators the rest.
+        return profile.registers_per_sm * 4 // profile.max_threads_per_sm // 2
+    if profile.dynamic_caching:
+        # Apple9+: Dynamic Caching allocates registers at run time from one on-chip pool instead of
+        # reserving the compiled worst case, so a register-heavy kernel loses less occupancy: 32
+        # registers of row data.
+        return 128
+    # Apple7/8 (and any chip whose caching is unknown): the compiled worst case sets occupancy, and
+    # the high-register path costs an M1 Max ~60% of its threads per core (apple-gpu.md): 16 registers.
+    return 64
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _minimum(*values: int | None) -> int:
+    return min(v for v in values if v is not None)
+
+
+def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
+           device: Profile | None = None) -> CodegenParams:
+    """Code-generation parameters for kernels over ``dtype_itemsize``-byte elements on ``profile``.
+
+    Decisions follow ``profile``. Where ``device`` (the GPU that will run the kernel) is given and
+    differs, every hard limit is clamped to it: threads per threadgroup, threadgroup memory, vector
+    width and register budget shrink to the smaller of the two, and reductions use the device's
+    SIMD width. `mlxtriton.hw.target` pairs the two for you.
+
+    Args:
+        profile: The chip to tune for; must be a GPU profile.
+        dtype_itemsize: Bytes per element (1, 2, 4 or 8); for a row kept resident, the size of the
+            values kept (e.g. 4 when fp16 rows are accumulated and held as fp32).
+        row_length: Length of the reduced (last) axis of a row kernel, if known.
+        device: The GPU profile that runs the kernel, when it is not ``profile``.
+
+    Returns:
+        A frozen `CodegenParams`.
+
+    Raises:
+        ValueError: ``profile`` is the CPU profile (MLX's CPU backend runs no generated kernels), or
+            ``dtype_itemsize`` / ``row_length`` is out of range.
+
+    Example:
+        >>> from mlxtriton import hw
+        >>> p = hw.params.derive(hw.profile("m4-max"), 2, row_length=512)
+        >>> p.threads_per_row, p.rows_per_threadgroup, p.row_threadgroup_size
+        (32, 8, 256)
+    """
+    if not profile.is_gpu:
+        raise ValueError(f"{profile.name} runs no generated kernels (MLX's {profile.backend} backend); "
+                         f"name a GPU chip, e.g. chip='m3' or chip='h200', to generate code for it")
+    if dtype_itemsize not in _ITEMSIZES:
+        raise ValueError(f"dtype_itemsize must be one of {_ITEMSIZES}, not {dtype_itemsize!r}")
+    if row_length is not None:
+        try:
+            length = operator.index(row_length)  # ints of any kind (numpy's too), not floats
+        except TypeError:
+            length = 0
+        if length < 1:
+            raise ValueError(f"row_length must be a positive int or None, not {row_length!r}")
+        row_length = length
+    limits = [profile] if device is None or not device.is_gpu else [profile, device]
+
+    # Reductions run on the hardware's SIMD-groups: their width is the running device's.
+    simd = limits[-1].simd_width
+    max_threads = _minimum(*(p.max_threads_per_threadgroup for p in limits))
+    threadgroup_memory = _minimum(*(p.threadgroup_memory_max_bytes for p in limits))
+
+    # At most 4 lanes and 16 bytes per vector access: Metal and CUDA vector types stop at 4
+    # components, and 16 B is the widest single load (the seed's 8-wide vectors do not exist).
+    lanes = _minimum(*(p.max_vector_lanes for p in limits))
+    vector_bytes = _minimum(*(p.max_vector_bytes for p in limits))
+    vector_width = max(1, min(lanes, vector_bytes // dtype_itemsize))
+
+    # Pointwise: as many threads per threadgroup as the hardware allows (MLX does this on both
+    # backends: the pipeline maximum on Metal, 1024 on CUDA), each handling a few bytes per operand.
+    bytes_per_thread, min_size = _POINTWISE[profile.backend]
+    pointwise_elements = max(1, bytes_per_thread // dtype_itemsize)
+
+    registers = _minimum(*(register_bytes_per_thread(p) for p in limits))
+    short_limit = _SHORT_ROW_LIMIT[profile.backend]
+
+    def scratch(threads: int) -> int:
+        return _SCRATCH_BYTES_PER_SIMDGROUP * max(1, threads // simd)
+
+    if row_length is not None and row_length <= short_limit:
+        # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
+        # the SIMD-group, so no threadgroup memory and no barriers (MLX PR #3913: 1.5-2.8x on M4 Max).
+        # The row can be resident only in its 32 threads' registers.
+        threads_per_row = simd
+        row_threadgroup = max(simd, min(_SHORT_ROW_THREADGROUP, max_threads) // simd * simd)
+        rows_per_threadgroup = row_threadgroup // simd
+        scratch_bytes = 0
+        budget = registers * simd
+    else:
+        # Long rows: one threadgroup per row, enough threads that each reads one vector per pass,
+        # in whole SIMD-groups, up to the hardware maximum (MLX's softmax: ceil(n / 4) threads
+        # rounded up to 32, at most 1024). Unknown length: the maximum.
+        wanted = max_threads if row_length is None else -(-row_length // vector_width)
+        threads_per_row = min(max_threads, max(simd, _round_up(wanted, simd)))
+        row_threadgroup = threads_per_row
+        rows_per_threadgroup = 1
+        scratch_bytes = scratch(row_threadgroup)
+        # Registers of every thread plus the threadgroup memory left after the partials.
+        budget = registers * threads_per_row + threadgroup_memory - scratch_bytes
+
+    return CodegenParams(
+        chip=profile.key,
+        dtype_itemsize=dtype_itemsize,
+        simd_width=simd,
+        vector_width=vector_width,
+        pointwise_threadgroup_size=max_threads,
+        pointwise_elements_per_thread=pointwise_elements,
+        pointwise_min_size=min_size,
+        short_row_limit=short_limit,
+        row_length=row_length,
+        row_threadgroup_size=row_threadgroup,
+        threads_per_row=threads_per_row,
+        rows_per_threadgroup=rows_per_threadgroup,
+        row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
+        register_bytes_per_thread=registers,
+        threadgroup_memory_bytes=threadgroup_memory,
+        reduction_scratch_bytes=scratch_bytes,
+        resident_budget_bytes=budget,
+        row_resident=None if row_length is None else row_length * dtype_itemsize <= budget,
+    )
