@@ -187,30 +187,30 @@ _APPLE_COLUMNS = ("key", "name", "family", "variant", "mlx_architecture", "gpu_c
                   "memory_bandwidth_gbs", "fp32_tflops", "system_level_cache_bytes", "l2_cache_bytes",
                   "achievable_bandwidth_fraction")
 APPLE_CHIPS: tuple[tuple[Any, ...], ...] = (
-    # key       name        family    variant  architecture      cores     GB/s          FP32 TF     SLC      L2    copy
-    ("m1",       "M1",       "Apple7", "base",  "applegpu_g13g", (7, 8),   (68.25,),     2.6,        8,       768,  0.82),
-    ("m1-pro",   "M1 Pro",   "Apple7", "pro",   "applegpu_g13s", (14, 16), (200,),       5.2,        24,      256,  0.88),
-    ("m1-max",   "M1 Max",   "Apple7", "max",   "applegpu_g13s", (24, 32), (400,),       10.4,       48,      512,  None),
-    ("m1-ultra", "M1 Ultra", "Apple7", "ultra", "applegpu_g13d", (48, 64), (800,),       21.0,       96,      1024, None),
-    ("m2",       "M2",       "Apple8", "base",  "applegpu_g14g", (8, 10),  (100,),       3.6,        8,       None, 0.90),
-    ("m2-pro",   "M2 Pro",   "Apple8", "pro",   "applegpu_g14s", (16, 19), (200,),       6.8,        24,      None, None),
-    ("m2-max",   "M2 Max",   "Apple8", "max",   "applegpu_g14s", (30, 38), (400,),       13.6,       48,      None, None),
-    ("m2-ultra", "M2 Ultra", "Apple8", "ultra", "applegpu_g14d", (60, 76), (800,),       27.2,       Est(96), None, 0.80),
-    ("m3",       "M3",       "Apple9", "base",  "applegpu_g15g", (8, 10),  (100,),       Est(3.5),   None,    None, None),
-    ("m3-pro",   "M3 Pro",   "Apple9", "pro",   "applegpu_g15s", (14, 18), (150,),       Est(6.4),   None,    None, None),
-    ("m3-max",   "M3 Max",   "Apple9", "max",   "applegpu_g15s", (30, 40), (300, 400),   Est(14.2),  None,    None, 0.80),
-    ("m3-ultra", "M3 Ultra", "Apple9", "ultra", "applegpu_g15d", (60, 80), (819,),       Est(28.0),  None,    None, None),
-    ("m4",       "M4",       "Apple9", "base",  "applegpu_g16g", (8, 10),  (120,),       Est(3.6),   None,    None, None),
-    ("m4-pro",   "M4 Pro",   "Apple9", "pro",   "applegpu_g16s", (16, 20), (273,),       Est(7.2),   None,    None, None),
-    ("m4-max",   "M4 Max",   "Apple9", "max",   "applegpu_g16s", (32, 40), (410, 546),   Est(14.3),  None,    None, 0.73),
-    ("m5",       "M5",       "Apple10", "base", "applegpu_g17g", (10,),    (153,),       None,       None,    None, None),
-    ("m5-pro",   "M5 Pro",   "Apple10", "pro",  "applegpu_g17s", (20,),    (307,),       None,       None,    None, None),
-    ("m5-max",   "M5 Max",   "Apple10", "max",  "applegpu_g17s", (40,),    (614,),       None,       None,    None, 0.86),
+    #key         name        family     variant  architecture     cores     GB/s        FP32 TF    SLC      L2    copy
+    ("m1",       "M1",       "Apple7",  "base",  "applegpu_g13g", (7, 8),   (68.25,),   2.6,       8,       768,  0.82),
+    ("m1-pro",   "M1 Pro",   "Apple7",  "pro",   "applegpu_g13s", (14, 16), (200,),     5.2,       24,      256,  0.88),
+    ("m1-max",   "M1 Max",   "Apple7",  "max",   "applegpu_g13s", (24, 32), (400,),     10.4,      48,      512,  None),
+    ("m1-ultra", "M1 Ultra", "Apple7",  "ultra", "applegpu_g13d", (48, 64), (800,),     21.0,      96,      1024, None),
+    ("m2",       "M2",       "Apple8",  "base",  "applegpu_g14g", (8, 10),  (100,),     3.6,       8,       None, 0.90),
+    ("m2-pro",   "M2 Pro",   "Apple8",  "pro",   "applegpu_g14s", (16, 19), (200,),     6.8,       24,      None, None),
+    ("m2-max",   "M2 Max",   "Apple8",  "max",   "applegpu_g14s", (30, 38), (400,),     13.6,      48,      None, None),
+    ("m2-ultra", "M2 Ultra", "Apple8",  "ultra", "applegpu_g14d", (60, 76), (800,),     27.2,      Est(96), None, 0.80),
+    ("m3",       "M3",       "Apple9",  "base",  "applegpu_g15g", (8, 10),  (100,),     Est(3.5),  None,    None, None),
+    ("m3-pro",   "M3 Pro",   "Apple9",  "pro",   "applegpu_g15s", (14, 18), (150,),     Est(6.4),  None,    None, None),
+    ("m3-max",   "M3 Max",   "Apple9",  "max",   "applegpu_g15s", (30, 40), (300, 400), Est(14.2), None,    None, 0.80),
+    ("m3-ultra", "M3 Ultra", "Apple9",  "ultra", "applegpu_g15d", (60, 80), (819,),     Est(28.0), None,    None, None),
+    ("m4",       "M4",       "Apple9",  "base",  "applegpu_g16g", (8, 10),  (120,),     Est(3.6),  None,    None, None),
+    ("m4-pro",   "M4 Pro",   "Apple9",  "pro",   "applegpu_g16s", (16, 20), (273,),     Est(7.2),  None,    None, None),
+    ("m4-max",   "M4 Max",   "Apple9",  "max",   "applegpu_g16s", (32, 40), (410, 546), Est(14.3), None,    None, 0.73),
+    ("m5",       "M5",       "Apple10", "base",  "applegpu_g17g", (10,),    (153,),     None,      None,    None, None),
+    ("m5-pro",   "M5 Pro",   "Apple10", "pro",   "applegpu_g17s", (20,),    (307,),     None,      None,    None, None),
+    ("m5-max",   "M5 Max",   "Apple10", "max",   "applegpu_g17s", (40,),    (614,),     None,      None,    None, 0.86),
     # Phone-class chips MLX also runs on (an A18 Pro Mac reports applegpu_g17p): only the family is
     # known here, and it is what detection needs (g17p is Apple9, not Apple10 like g17g/g17s).
-    ("a17-pro",  "A17 Pro",  "Apple9", None,    None,            None,     None,         None,       None,    None, None),
-    ("a18",      "A18",      "Apple9", None,    None,            None,     None,         None,       None,    None, None),
-    ("a18-pro",  "A18 Pro",  "Apple9", None,    "applegpu_g17p", None,     None,         None,       None,    None, None),
+    ("a17-pro",  "A17 Pro",  "Apple9",  None,    None,            None,     None,       None,      None,    None, None),
+    ("a18",      "A18",      "Apple9",  None,    None,            None,     None,       None,      None,    None, None),
+    ("a18-pro",  "A18 Pro",  "Apple9",  None,    "applegpu_g17p", None,     None,       None,      None,    None, None),
 )
 
 _APPLE_ROW_SOURCES = {
