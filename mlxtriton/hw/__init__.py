@@ -30,7 +30,7 @@ Example:
     4
 """
 
-from mlxtriton.hw import params
+from mlxtriton.hw import params, report
 from mlxtriton.hw._detect import (
     ENV_VAR,
     UnknownChipError,
@@ -46,5 +46,5 @@ from mlxtriton.hw.params import CodegenParams, derive
 
 __all__ = [
     "Profile", "profile", "profiles", "detect", "resolve", "target", "Target", "running_device",
-    "params", "derive", "CodegenParams", "UnknownChipError", "UnknownHardwareWarning", "ENV_VAR",
+    "params", "report", "derive", "CodegenParams", "UnknownChipError", "UnknownHardwareWarning", "ENV_VAR",
 ]
