@@ -165,7 +165,7 @@ def _build_graph(report: _Report, in_tree, out_tree) -> Graph:
     for entry in report.primitives:
         prim = get_primitive(entry["name"])  # raises UnsupportedPrimitiveError naming it
         try:
-            params = prim.decode(entry["arguments"])
+            params = prim.decode(entry["arguments"], [(o[1], o[2]) for o in entry["outputs"]])
         except Exception as err:
             raise TraceError(
                 f"cannot decode the arguments {entry['arguments']!r} of primitive {prim.name}: {err}"
