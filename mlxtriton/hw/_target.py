@@ -71,6 +71,12 @@ def running_device(device: Any = None) -> Profile:
 
     Returns:
         The CPU profile for a CPU device, else the detected GPU's profile.
+
+    Example:
+        >>> import mlx.core as mx
+        >>> from mlxtriton import hw
+        >>> hw.running_device(mx.cpu).key, hw.running_device("h200").key
+        ('cpu', 'h200')
     """
     if isinstance(device, Profile):
         return device

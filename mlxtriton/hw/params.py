@@ -202,13 +202,10 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
     registers = _minimum(*(register_bytes_per_thread(p) for p in limits))
     short_limit = _SHORT_ROW_LIMIT[profile.backend]
 
-    def scratch(threads: int) -> int:
-        return _SCRATCH_BYTES_PER_SIMDGROUP * max(1, threads // simd)
-
     if row_length is not None and row_length <= short_limit:
         # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
         # the SIMD-group, so no threadgroup memory and no barriers (MLX PR #3913: 1.5-2.8x on M4 Max).
-        # The row can be resident only in its 32 threads' registers.
+        # The row can be resident only in the SIMD-group's registers.
         threads_per_row = simd
         row_threadgroup = max(simd, min(_SHORT_ROW_THREADGROUP, max_threads) // simd * simd)
         rows_per_threadgroup = row_threadgroup // simd
@@ -222,7 +219,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         threads_per_row = min(max_threads, max(simd, _round_up(wanted, simd)))
         row_threadgroup = threads_per_row
         rows_per_threadgroup = 1
-        scratch_bytes = scratch(row_threadgroup)
+        scratch_bytes = _SCRATCH_BYTES_PER_SIMDGROUP * (row_threadgroup // simd)
         # Registers of every thread plus the threadgroup memory left after the partials.
         budget = registers * threads_per_row + threadgroup_memory - scratch_bytes
 
