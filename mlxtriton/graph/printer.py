@@ -25,10 +25,12 @@ def _format_value(v) -> str:
 def _format_constant(a: mx.array) -> str:
     if a.size > _INLINE_CONSTANT_SIZE:
         return "<array>"
-    values = dtypes.to_numpy(a).reshape(-1).tolist()
+    # NumPy's scalar str is the shortest text that round-trips in the array's own dtype
+    # (float32 1e-5 prints as 1e-05, not 9.999999747378752e-06).
+    values = [str(v) for v in dtypes.to_numpy(a).reshape(-1)]
     if a.ndim == 0:
-        return repr(values[0])
-    return repr(values)
+        return values[0]
+    return "[" + ", ".join(values) + "]"
 
 
 def pretty(graph: Graph, indent: int = 2) -> str:
