@@ -7,6 +7,7 @@ May import mlx and mlxtriton.graph only.
 
 from __future__ import annotations
 
+import gc
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -109,72 +110,99 @@ def _evaluate_captured(fn) -> None:
         mx.eval(arrays)
 
 
-@dataclass(frozen=True)
-class _Report:
-    inputs: list
-    outputs: list
-    constants: list
-    primitives: list
+class _GraphBuilder:
+    """Turns exporter entries into vars and equations as they arrive (the exporter's dicts are
+    dropped at once: keeping thousands alive costs more than the graph itself).
 
+    The hot loop of tracing: exporter values are already well typed, so vars and equations take
+    the trusted constructors, and decoded params are memoised per distinct (primitive, arguments,
+    output types): most entries repeat a few layouts.
+    """
 
-def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _Report:
-    inputs, outputs, constants, primitives = [], [], [], []
+    def __init__(self):
+        self.env: dict[str, Var] = {}
+        self.inputs: tuple[Var, ...] = ()
+        self.outputs: list = []
+        self.constants: list[tuple[Var, mx.array]] = []
+        self.eqns: list[Eqn] = []
+        self.decoded: dict[tuple, tuple[str, Params]] = {}
+        self.needs_outputs: dict[str, bool] = {}  # primitives whose params come from output types
+        self.dtype_names = dict(dtypes.FROM_MX)
 
-    def callback(entry: dict) -> None:
+    def new(self, name, shape, dtype) -> Var:
+        if name in self.env:
+            raise TraceError(f"the exporter defined {name} twice")
+        shape = shape if type(shape) is tuple else tuple(shape)
+        name_of = self.dtype_names.get(dtype) or dtypes.from_mx(dtype)  # the latter raises
+        v = self.env[name] = Var.trusted(shape, name_of)
+        return v
+
+    def use(self, name) -> Var:
+        try:
+            return self.env[name]
+        except KeyError:
+            raise TraceError(f"the exporter used {name} before defining it") from None
+
+    def __call__(self, entry: dict) -> None:
         kind = entry["type"]
-        if kind == "inputs":
-            inputs.extend(entry["inputs"])
+        if kind == "primitive":
+            self.primitive(entry)
+        elif kind == "inputs":
+            self.inputs = tuple(self.new(*e) for e in entry["inputs"])
         elif kind == "outputs":
-            outputs.extend(entry["outputs"])
+            self.outputs = [e[0] for e in entry["outputs"]]  # defined later, looked up at the end
         elif kind == "constants":
-            constants.extend(entry["constants"])
-        elif kind == "primitive":
-            primitives.append(entry)
+            for name, value in entry["constants"]:
+                self.constants.append((self.new(name, value.shape, value.dtype), value))
         elif kind == "keyword_inputs":
             if entry["keywords"]:
                 raise TraceError("unexpected keyword inputs in a flattened trace")
         else:
             raise TraceError(f"unknown exporter entry type {kind!r}")
 
-    mx.export_function(callback, flat_fn, *flat_args)
-    return _Report(inputs, outputs, constants, primitives)
+    def primitive(self, entry: dict) -> None:
+        outputs = entry["outputs"]
+        arguments = entry["arguments"]
+        name = entry["name"]
+        needs_outputs = self.needs_outputs.get(name)
+        if needs_outputs is None:
+            prim = get_primitive(name)  # raises UnsupportedPrimitiveError naming it
+            needs_outputs = self.needs_outputs[name] = bool(getattr(prim, "from_outputs", ()))
+        key = (name, repr(arguments) if arguments else "")
+        if needs_outputs:
+            key += (repr([o[1:] for o in outputs]),)
+        hit = self.decoded.get(key)
+        if hit is None:
+            prim = get_primitive(name)
+            try:
+                params = prim.decode(arguments, [(o[1], o[2]) for o in outputs])
+            except Exception as err:
+                raise TraceError(
+                    f"cannot decode the arguments {arguments!r} of primitive {prim.name}: {err}"
+                ) from err
+            hit = self.decoded[key] = (prim.name, Params(params))
+        use, new = self.use, self.new
+        ins = tuple([use(e[0]) for e in entry["inputs"]])
+        outs = tuple([new(*o) for o in outputs])
+        self.eqns.append(Eqn.trusted(hit[0], ins, outs, hit[1]))
+
+    def graph(self, in_tree, out_tree) -> Graph:
+        outputs = tuple(self.use(n) for n in self.outputs)
+        return Graph(self.inputs, tuple(self.eqns), outputs, tuple(self.constants), in_tree, out_tree)
 
 
-def _build_graph(report: _Report, in_tree, out_tree) -> Graph:
-    env: dict[str, Var] = {}
-
-    def new(entry) -> Var:
-        name, shape, dtype = entry
-        if name in env:
-            raise TraceError(f"the exporter defined {name} twice")
-        v = env[name] = Var(tuple(shape), dtypes.from_mx(dtype))
-        return v
-
-    def use(entry) -> Var:
-        name = entry[0]
-        if name not in env:
-            raise TraceError(f"the exporter used {name} before defining it")
-        return env[name]
-
-    inputs = tuple(new(e) for e in report.inputs)
-    constants = []
-    for name, value in report.constants:
-        v = new((name, value.shape, value.dtype))
-        constants.append((v, value))
-    eqns = []
-    for entry in report.primitives:
-        prim = get_primitive(entry["name"])  # raises UnsupportedPrimitiveError naming it
-        try:
-            params = prim.decode(entry["arguments"], [(o[1], o[2]) for o in entry["outputs"]])
-        except Exception as err:
-            raise TraceError(
-                f"cannot decode the arguments {entry['arguments']!r} of primitive {prim.name}: {err}"
-            ) from err
-        ins = tuple(use(e) for e in entry["inputs"])
-        outs = tuple(new(e) for e in entry["outputs"])
-        eqns.append(Eqn(prim.name, ins, outs, Params(params)))
-    outputs = tuple(use(e) for e in report.outputs)
-    return Graph(inputs, tuple(eqns), outputs, tuple(constants), in_tree, out_tree)
+def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _GraphBuilder:
+    builder = _GraphBuilder()
+    # The trace allocates one small object per var and equation; generational GC passes over
+    # thousands of young objects would cost more than building them (and find no garbage).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        mx.export_function(builder, flat_fn, *flat_args)
+    finally:
+        if enabled:
+            gc.enable()
+    return builder
 
 
 @dataclass(frozen=True)
@@ -206,8 +234,8 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
         out_trees.append(out_tree)
         return tuple(out_leaves)
 
-    report = _export(flat_fn, leaves)
-    return Traced(_build_graph(report, in_tree, out_trees[-1]), tuple(leaves))
+    builder = _export(flat_fn, leaves)
+    return Traced(builder.graph(in_tree, out_trees[-1]), tuple(leaves))
 
 
 def _static_leaves(tree):

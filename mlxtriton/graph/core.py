@@ -31,6 +31,15 @@ class Var:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         dtypes.check(self.dtype)
 
+    @classmethod
+    def trusted(cls, shape: tuple[int, ...], dtype: str) -> "Var":
+        """A var from values already checked (a tuple of ints, a known dtype name): the tracer's
+        fast path, skipping validation."""
+        v = object.__new__(cls)
+        object.__setattr__(v, "shape", shape)
+        object.__setattr__(v, "dtype", dtype)
+        return v
+
     @property
     def ndim(self) -> int:
         return len(self.shape)
@@ -102,6 +111,16 @@ class Eqn:
         object.__setattr__(self, "outputs", tuple(self.outputs))
         if not isinstance(self.params, Params):
             object.__setattr__(self, "params", Params(self.params))
+
+    @classmethod
+    def trusted(cls, primitive: str, inputs: tuple, outputs: tuple, params: "Params") -> "Eqn":
+        """An equation from values already of the right types (the tracer's fast path)."""
+        e = object.__new__(cls)
+        object.__setattr__(e, "primitive", primitive)
+        object.__setattr__(e, "inputs", inputs)
+        object.__setattr__(e, "outputs", outputs)
+        object.__setattr__(e, "params", params)
+        return e
 
     @property
     def prim(self) -> Primitive:

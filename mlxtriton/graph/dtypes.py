@@ -33,13 +33,13 @@ INTEGER = frozenset({"uint8", "uint16", "uint32", "uint64", "int8", "int16", "in
 SIGNED = frozenset({"int8", "int16", "int32", "int64"})
 INEXACT = FLOATING | {"complex64"}
 
-_FROM_MX = {mx_dtype: name for name, (mx_dtype, _) in _TABLE.items()}
+FROM_MX = {mx_dtype: name for name, (mx_dtype, _) in _TABLE.items()}
 
 
 def from_mx(dtype: mx.Dtype) -> str:
     """The graph name of an MLX dtype."""
     try:
-        return _FROM_MX[dtype]
+        return FROM_MX[dtype]
     except KeyError:
         raise TypeError(f"unsupported MLX dtype {dtype}") from None
 
