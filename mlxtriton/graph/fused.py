@@ -23,7 +23,7 @@ def fused_eqn(body: Graph, inputs, outputs, kind: str, name: str, schedule: Any 
     for outer, inner in list(zip(inputs, body.inputs)) + list(zip(outputs, body.outputs)):
         if outer.aval != inner.aval:
             raise ValueError(f"Fused binding {outer.type_str()} to {inner.type_str()}")
-    return Eqn("Fused", tuple(inputs), tuple(outputs), Params(body=body, kind=kind, name=name, schedule=schedule))
+    return Eqn("Fused", tuple(inputs), tuple(outputs), Params({"body": body, "kind": kind, "name": name, "schedule": schedule}))
 
 
 def _run_body(rules_of, *args, body: Graph, kind: str, name: str, schedule: Any):
