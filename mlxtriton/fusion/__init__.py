@@ -5,9 +5,10 @@ May import mlxtriton.graph and mlxtriton.hw only.
 
 from mlxtriton.fusion.cluster import fuse, fuse_with_report, max_arrays
 from mlxtriton.fusion.index_space import IndexSpace, Load, RegionError, analyze, index_space
+from mlxtriton.fusion.layout import layout, layout_with_report
 from mlxtriton.fusion.report import Boundary, FusionReport, LayoutDecision, RegionReport, Unfused
 
 __all__ = [
-    "fuse", "fuse_with_report", "max_arrays", "index_space", "analyze", "IndexSpace", "Load",
+    "fuse", "fuse_with_report", "max_arrays", "layout", "layout_with_report", "index_space", "analyze", "IndexSpace", "Load",
     "RegionError", "FusionReport", "RegionReport", "Unfused", "Boundary", "LayoutDecision",
 ]

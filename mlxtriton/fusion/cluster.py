@@ -29,6 +29,11 @@ from mlxtriton.fusion.report import Boundary, FusionReport, RegionReport, Unfuse
 MAX_ARRAYS = {"metal": 24, "cuda": 128}
 DEFAULT_MAX_ARRAYS = MAX_ARRAYS["metal"]  # without a chip, the strictest backend: the graph runs anywhere
 
+# Equations one region may compute. Kernel source, register pressure and this pass's time (each
+# merge re-checks the region) grow with it; MLX's compile stops a fused chain at depth 11
+# (mlx/compile.cpp max_compile_depth), so 64 already fuses far longer chains than MLX does.
+MAX_EQUATIONS = 64
+
 # Constants with one element are compiled into the kernel body, not bound as arrays.
 BODY_CONSTANT_SIZE = 1
 
@@ -139,6 +144,8 @@ class _Clustering:
 
     def check(self, members) -> str | None:
         """None when ``members`` can be one region, else why not."""
+        if len(members) > MAX_EQUATIONS:
+            return f"the region would compute {len(members)} equations, more than the limit {MAX_EQUATIONS}"
         view = self.view(members)
         try:
             analyze(view)

@@ -8,7 +8,7 @@ import mlx.core as mx
 from hypothesis import given, settings
 
 import mlxtriton
-from mlxtriton.fusion import fuse_with_report, index_space
+from mlxtriton.fusion import fuse_with_report, index_space, layout
 from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import REDUCTIONS, Role, role
 from mlxtriton.graph import evaluate, verify
@@ -71,19 +71,28 @@ def check_index_space(body):
     return space
 
 
-def check_fused(g, args):
-    fused, report = fuse_with_report(g)
-    verify(fused)
-    regions = [e for e in fused.eqns if e.primitive == "Fused"]
-    assert len(regions) == len(report.regions)
-    for e in regions:
+def check_bodies(fused):
+    for e in fused.eqns:
+        if e.primitive != "Fused":
+            continue
         body = e.params["body"]
         verify(body)
         space = check_index_space(body)
         assert space.kind == e.params["kind"]
         assert all(role(b)[0] is not Role.STAYS for b in body.eqns)
         assert e.params["schedule"] is None
-    assert_same(evaluate(fused, *args), evaluate(g, *args))
+
+
+def check_fused(g, args):
+    fused, report = fuse_with_report(g)
+    verify(fused)
+    assert sum(e.primitive == "Fused" for e in fused.eqns) == len(report.regions)
+    check_bodies(fused)
+    expected = evaluate(g, *args)
+    assert_same(evaluate(fused, *args), expected)
+    laid = verify(layout(fused))
+    check_bodies(laid)
+    assert_same(evaluate(laid, *args), expected)
     return fused, report
 
 
