@@ -1,16 +1,11 @@
-"""Fusion layer: clustering, the graph -> graph pass that groups equations into `Fused` regions.
-
-Greedy over equations in topological order: an elementwise or reduction equation joins the regions
-of the equations it reads when the union is still one index space (`index_space.analyze`), stays
-within the kernel argument limit, and creates no cycle between regions. Movement ops are not
-members of their own: a region folds the movement ops feeding it into its body (index arithmetic on
-a load, or a broadcast of its own reduced values), so folding happens here, once.
+"""Fusion layer: clustering, the graph -> graph pass that groups equations into `Fused` regions
+(one generated kernel each) and folds the movement ops feeding a region into its body.
 May import mlxtriton.graph and mlxtriton.hw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.fused import fused_eqn
@@ -22,10 +17,10 @@ from mlxtriton.fusion.index_space import IndexSpace, RegionError, analyze
 from mlxtriton.fusion.report import Boundary, FusionReport, RegionReport, Unfused
 
 # Arrays (inputs + outputs) one generated kernel may bind. Metal binds at most 31 buffers per
-# kernel function (Metal Feature Set Tables, "buffer argument table entries"); MLX's own compile
-# stops at 24 for the same reason (shared/reference/mlx.md), leaving room for the shape and stride
-# buffers a kernel may add. CUDA passes pointers as kernel parameters (4 KB before CUDA 12.1:
-# CUDA C++ Programming Guide, "Function Parameters"); 128 pointers plus shapes fit easily.
+# compute command encoder (developer.apple.com/metal/limits, "buffer argument table"); MLX's own
+# compile stops at 24 (mlx/compile.cpp max_compile_arrays), leaving room for the shape and stride
+# buffers a kernel may add. CUDA passes pointers as kernel parameters (4 KB of them before
+# CUDA 12.1: CUDA C++ Programming Guide, "Function Parameters"); 128 pointers plus shapes fit.
 MAX_ARRAYS = {"metal": 24, "cuda": 128}
 DEFAULT_MAX_ARRAYS = MAX_ARRAYS["metal"]  # without a chip, the strictest backend: the graph runs anywhere
 
@@ -52,14 +47,19 @@ class _Cluster:
     members: set[Eqn]
     first: int  # position of its first member
     has_reduction: bool = False
-    folded: list = field(default_factory=list)
 
 
 class _Clustering:
-    def __init__(self, graph: Graph, limit: int):
+    """Greedy over equations in topological order: an elementwise or reduction equation joins the
+    regions of the equations it reads when the union is still one index space, stays within the
+    limits, and creates no cycle between regions. A movement op is a member only as a reshape of
+    its region's own value; otherwise every region reading through it folds its own copy of it into
+    its body, which is why paths through movement ops straight back into a region are no cycle."""
+
+    def __init__(self, graph: Graph, limit: int, position: dict[Eqn, int]):
         self.graph = graph
         self.limit = limit
-        self.position = {e: i for i, e in enumerate(graph.eqns)}
+        self.position = position  # in the graph the pass received (reports name equations by it)
         self.roles = {e: role(e) for e in graph.eqns}
         self.cluster_of: dict[Eqn, _Cluster] = {}
         self.boundaries: list[Boundary] = []
@@ -107,40 +107,42 @@ class _Clustering:
         outputs = {v for e in members for v in e.outputs if self.needed_outside(v, members)}
         return len(inputs) + len(outputs)
 
-    def creates_cycle(self, members) -> bool:
-        """Whether some path leaves ``members`` and comes back through a non-member (counting other
-        regions as single nodes). Paths through unclustered movement ops straight back into the
-        members are the region's own folded chains, not cycles."""
+    def cycle_through(self, members) -> Eqn | None:
+        """An equation through which some path leaves ``members`` and comes back (other regions
+        count as single nodes), or None. Paths through unclustered movement ops straight back into
+        the members are the region's own folded chains, not cycles."""
         limit = max(self.position[e] for e in members)
         graph = self.graph
-        stack: list[tuple[Eqn, bool]] = []
+        stack: list[tuple[Eqn, Eqn | None]] = []  # (equation, first op outside on the path)
 
-        def push(x: Eqn, left: bool) -> None:
+        def push(x: Eqn, via: Eqn | None) -> None:
             for v in x.outputs:
-                stack.extend((u, left) for u in graph.users(v))
+                stack.extend((u, via) for u in graph.users(v))
 
         for m in members:
-            push(m, False)
+            push(m, None)
         seen: set[tuple[Eqn, bool]] = set()
+        expanded: set[int] = set()
         while stack:
-            n, left = stack.pop()
+            n, via = stack.pop()
             if n in members:
-                if left:
-                    return True
+                if via is not None:
+                    return via
                 continue
-            if (n, left) in seen:
+            if (n, via is None) in seen:
                 continue
-            seen.add((n, left))
+            seen.add((n, via is None))
             other = self.cluster_of.get(n)
             if other is not None:
-                for x in other.members:
-                    seen.add((x, True))
-                    push(x, True)
+                if id(other) not in expanded:
+                    expanded.add(id(other))
+                    for x in other.members:
+                        push(x, via or n)
                 continue
             if self.position[n] > limit:
                 continue  # unclustered and after every member: nothing it reaches comes first
-            push(n, left if self.roles[n][0] is Role.MOVEMENT else True)
-        return False
+            push(n, via if self.roles[n][0] is Role.MOVEMENT else via or n)
+        return None
 
     def check(self, members) -> str | None:
         """None when ``members`` can be one region, else why not."""
@@ -154,8 +156,10 @@ class _Clustering:
         n = self.arrays(members, view)
         if n > self.limit:
             return f"the region would bind {n} arrays, more than the kernel limit {self.limit}"
-        if self.creates_cycle(members):
-            return "joining would create a cycle: a value leaves the region and comes back through an op outside it"
+        via = self.cycle_through(members)
+        if via is not None:
+            return (f"joining would create a cycle: a value leaves the region and comes back through "
+                    f"{via.primitive} #{self.position[via]}, which is outside it")
         return None
 
     # ---- the greedy pass ----
@@ -273,11 +277,11 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
         >>> fused.primitive_counts(), report.regions[0].kind
         ({'Fused': 1}, 'row')
     """
+    position = {e: i for i, e in enumerate(graph.eqns)}
     graph = dce(graph)
-    clustering = _Clustering(graph, max_arrays(chip))
+    clustering = _Clustering(graph, max_arrays(chip), position)
     clustering.run()
     clustering.merge_siblings()
-    position = clustering.position
 
     clusters = {id(c): c for c in clustering.cluster_of.values()}
     unfused: list[Unfused] = []

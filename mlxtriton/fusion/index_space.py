@@ -1,11 +1,5 @@
-"""Fusion layer: the index space of a region, and the check that a set of equations can be one kernel.
-
-Every non-unit dim of every value a region computes is an index into one shared domain; elementwise
-ops, broadcasts and reductions say which dims are the same index (unified like type variables).
-A region is one kernel when those indices form one domain: each value's dims are distinct domain
-axes in domain order, every reduction reduces the same axes, and a reduced value is only broadcast
-back along them. Values read from outside (loads) may reach the domain through any movement op:
-that is index arithmetic on the load. May import mlxtriton.graph only.
+"""Fusion layer: the index space of a region (the domain one kernel iterates, and where each value
+lives in it), and the check that a set of equations can be one kernel. May import mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -103,6 +97,13 @@ def _axes_text(axes: Iterable[int]) -> str:
 def analyze(eqns: Sequence[Eqn]) -> IndexSpace:
     """The index space of equations meant to run as one kernel (in topological order); values they
     read but do not define are loads.
+
+    Every non-unit dim of every value is an index into one shared domain; elementwise ops,
+    reshapes of size-1 dims, broadcasts and reductions say which dims are the same index (unified
+    like type variables). The equations are one kernel when those indices form one domain: each
+    value's dims are distinct domain axes in domain order, every reduction reduces the same axes,
+    and a reduced value is broadcast back only along them. A load may reach the domain through any
+    movement op: that is index arithmetic on the load.
 
     Raises:
         RegionError: the equations are not one kernel; the message names the equation and why.
