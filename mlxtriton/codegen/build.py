@@ -1,0 +1,1154 @@
+"""Codegen layer: lower a ``Region`` to one KERNEL node of the kernel IR, schedule included.
+
+Movement ops become index arithmetic: every value is evaluated *at coordinates* (index
+expressions over the domain's axes), so transposes, broadcasts and slices are never copies.
+May import the graph layer's dtypes and the codegen IR; never the runtime or the public API.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, NamedTuple
+
+from mlxtriton.codegen import kernel_ir as K
+from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
+from mlxtriton.codegen.region import Op, Region, contiguous_strides
+from mlxtriton.graph import dtypes as _dtypes
+
+
+class RegionError(ValueError):
+    """The region cannot become one kernel; the message names the op and why."""
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """The per-target numbers the schedule chooser reads.
+
+    ``mlxtriton.hw`` will derive these from a chip profile; until then METAL_PARAMS and
+    CUDA_PARAMS hold defaults with their sources noted.
+    """
+
+    simd_width: int = 32  # Apple SIMD-group and NVIDIA warp are both 32 wide (apple-gpu.md)
+    max_threads_per_group: int = 1024
+    group_threads: int = 256  # threadgroup size for pointwise kernels and short rows
+    vector_bytes: int = 16  # widest load a thread issues (16 B: float4)
+    max_vector_lanes: int = 4
+    elements_per_thread: int = 16  # row elements per thread before a row gets more threads
+    resident_registers: int = 32  # 32-bit registers per thread a row kernel spends on caching
+
+
+# Apple: vectors max 4 lanes (apple-gpu.md, "Kernel rules of thumb"); registers per thread are
+# an estimate (~208 KB register file per core shared by up to 1024 threads), kept low.
+METAL_PARAMS = ScheduleParams(max_vector_lanes=4, resident_registers=16)
+# H200: 16-byte loads of 8 halves; 64K registers per SM leave 64 per thread at 1024 threads,
+# half of which may cache the row (a 32768-float row at 1024 threads).
+CUDA_PARAMS = ScheduleParams(max_vector_lanes=8, resident_registers=32)
+PARAMS = {"metal": METAL_PARAMS, "cuda": CUDA_PARAMS}
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def compute_dtype(dtype: str) -> str:
+    """The register type a value of ``dtype`` is computed in: half types widen to float32."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype in _dtypes.FLOATING
+
+
+# ---------------------------------------------------------------------------------------------
+# lowering state
+
+
+class _Lowering:
+    def __init__(self, region: Region):
+        self.region = region
+        self.n_in = len(region.inputs)
+        self.shapes: list[tuple[int, ...]] = [i.shape for i in region.inputs]
+        self.dtypes: list[str] = [i.dtype for i in region.inputs]
+        for k, o in enumerate(region.ops):
+            rule = _rule(o, self.n_in + k)
+            try:
+                shape, dtype = rule.infer(self, o, [self.shapes[a] for a in o.args],
+                                          [self.dtypes[a] for a in o.args])
+            except RegionError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise RegionError(f"op {k} ({o.primitive}): {e}") from None
+            self.shapes.append(tuple(shape))
+            self.dtypes.append(dtype)
+        for v in range(len(self.shapes)):
+            if self.dtypes[v] in ("float64", "complex64"):
+                raise RegionError(f"value {v} is {self.dtypes[v]}: MLX has no GPU kernels for it")
+        self._find_domain()
+        sizes = [math.prod(s) for s in self.shapes] + [math.prod(self.domain)]
+        self.index_dtype = "int64" if max(sizes) > _INT32_LIMIT else "int32"
+        self.zero = UOp.const(self.index_dtype, 0)
+        self.dims = tuple(
+            self.zero if n == 1 else UOp(Ops.SPECIAL, self.index_dtype, (), (f"d{k}", n))
+            for k, n in enumerate(self.domain))
+        self.memo: dict[tuple[int, tuple[UOp, ...]], UOp] = {}
+        self.in_params = [
+            UOp(Ops.PARAM, i.dtype, (), K.Param(k, n, "input", i.shape, i.dtype))
+            for k, (i, n) in enumerate(zip(region.inputs, _names(region)[0]))]
+
+    # the domain: the shape every value is evaluated over, and the reduced axes
+    def _find_domain(self) -> None:
+        found: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        for k, o in enumerate(self.region.ops):
+            if o.primitive in _REDUCING:
+                v = self.n_in + k
+                shape = self.shapes[o.args[0]]
+                found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
+        if len(found) > 1:
+            listing = "; ".join(f"value {v}: shape {s} axes {a}" for (s, a), v in found.items())
+            raise RegionError("one kernel reduces one set of axes of one shape; this region has "
+                              + listing)
+        if found:
+            (self.domain, self.reduce_axes), = found.keys()
+        else:
+            shapes = {self.shapes[v] for v in self.region.outputs}
+            if len(shapes) > 1:
+                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {shapes}")
+            self.domain, self.reduce_axes = shapes.pop(), ()
+        if math.prod(self.domain) == 0:
+            raise RegionError(f"the domain {self.domain} is empty: nothing to launch")
+
+    @property
+    def is_row(self) -> bool:
+        return bool(self.reduce_axes)
+
+    def compute(self, v: int) -> str:
+        return compute_dtype(self.dtypes[v])
+
+    # evaluate value v at index coordinates (one expression per axis of v's shape)
+    def at(self, v: int, coords: tuple[UOp, ...]) -> UOp:
+        key = (v, coords)
+        if (hit := self.memo.get(key)) is not None:
+            return hit
+        if v < self.n_in:
+            param = self.in_params[v]
+            strides = contiguous_strides(self.shapes[v])
+            index = self.zero
+            for c, s in zip(coords, strides):
+                index = index + c * s
+            node = UOp(Ops.LOAD, self.dtypes[v], (param, index), Mem())
+            node = node.cast(compute_dtype(self.dtypes[v]))
+        else:
+            o = self.region.ops[v - self.n_in]
+            try:
+                node = _RULES[o.primitive].lower(self, v, o, coords)
+            except RegionError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise RegionError(f"op {v - self.n_in} ({o.primitive}): {e}") from None
+        self.memo[key] = node
+        return node
+
+    def args_at(self, v: int, o: Op, coords: tuple[UOp, ...]) -> list[UOp]:
+        """The op's arguments at the coordinates of its (broadcast) result."""
+        out_shape = self.shapes[v]
+        return [self.at(a, self.broadcast_coords(self.shapes[a], out_shape, coords))
+                for a in o.args]
+
+    def broadcast_coords(self, shape: tuple[int, ...], out_shape: tuple[int, ...],
+                         coords: tuple[UOp, ...]) -> tuple[UOp, ...]:
+        off = len(out_shape) - len(shape)
+        return tuple(coords[off + i] if n == out_shape[off + i] else self.zero
+                     for i, n in enumerate(shape))
+
+    def check_row(self, v: int, coords: tuple[UOp, ...]) -> None:
+        """A reduced value exists only for the thread's own row: its coordinates must be that
+        row's (and 0 along reduced axes)."""
+        for k, c in enumerate(coords):
+            want = self.zero if k in self.reduce_axes else self.dims[k]
+            if c is not want:
+                o = self.region.ops[v - self.n_in]
+                raise RegionError(
+                    f"op {v - self.n_in} ({o.primitive}): its reduced value is read at another "
+                    f"row's index (axis {k}), which one kernel cannot do")
+
+
+def _names(region: Region) -> tuple[list[str], list[str]]:
+    used: set[str] = set()
+
+    def pick(name: str | None, fallback: str) -> str:
+        ok = (name is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,30}", name)
+              and name not in _RESERVED and not name.startswith("mt") and name not in used)
+        chosen = name if ok else fallback
+        while chosen in used:
+            chosen += "x"
+        used.add(chosen)
+        return chosen
+
+    ins = [pick(i.name, f"in{k}") for k, i in enumerate(region.inputs)]
+    names = region.output_names or (None,) * len(region.outputs)
+    outs = [pick(n, f"out{k}") for k, n in enumerate(names)]
+    return ins, outs
+
+
+# Words a parameter must not be named: C/C++/Metal/CUDA keywords and types, MLX's CUDA `inf`
+# macro, and names MLX's wrapper generates.
+_RESERVED = frozenset("""
+auto bool break case char const constant constexpr continue default device do double else enum
+extern float for goto half if inline int kernel long metal namespace return short signed sizeof
+static struct switch template this thread threadgroup typedef uint union unsigned using void
+volatile while inf cg cuda uint3 float16_t bfloat16_t threadIdx blockIdx blockDim gridDim
+simd vec
+""".split())
+
+
+# ---------------------------------------------------------------------------------------------
+# the primitive table: shape/dtype inference and evaluation at coordinates, keyed by MLX name
+
+
+class _Rule(NamedTuple):
+    infer: Callable[..., tuple[tuple[int, ...], str]]
+    lower: Callable[..., UOp]
+
+
+_RULES: dict[str, _Rule] = {}
+# primitives that reduce: name -> (op, input shape) -> normalized reduced axes
+_REDUCING: dict[str, Callable[[Op, tuple[int, ...]], tuple[int, ...]]] = {}
+
+
+def _rule(o: Op, v: int) -> _Rule:
+    try:
+        return _RULES[o.primitive]
+    except KeyError:
+        raise RegionError(f"op {v} uses primitive {o.primitive!r}, which codegen does not "
+                          f"support (supported: {', '.join(sorted(_RULES))})") from None
+
+
+def _register(names: tuple[str, ...] | str, infer, lower) -> None:
+    for name in (names,) if isinstance(names, str) else names:
+        if name in _RULES:
+            raise ValueError(f"codegen rule for {name} registered twice")
+        _RULES[name] = _Rule(infer, lower)
+
+
+def _norm_axes(axes, ndim: int) -> tuple[int, ...]:
+    out = tuple(sorted({a % ndim if ndim else a for a in axes}))
+    if any(not 0 <= a < max(ndim, 1) for a in out):
+        raise ValueError(f"axes {axes} out of range for {ndim} dimensions")
+    return out
+
+
+def _broadcast_shapes(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(ndim):
+        sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _same_dtype(dtypes: list[str], what: str) -> str:
+    if len(set(dtypes)) != 1:
+        raise ValueError(f"{what} needs operands of one dtype, got {dtypes} (MLX inserts AsType "
+                         f"before mixed-type ops; the region must contain it)")
+    return dtypes[0]
+
+
+# -- elementwise families ---------------------------------------------------------------------
+
+_FLOAT_UNARY = {
+    "Exp": Ops.EXP, "Expm1": Ops.EXPM1, "Log1p": Ops.LOG1P, "Sin": Ops.SIN, "Cos": Ops.COS,
+    "Tan": Ops.TAN, "ArcSin": Ops.ASIN, "ArcCos": Ops.ACOS, "ArcTan": Ops.ATAN, "Sinh": Ops.SINH,
+    "Cosh": Ops.COSH, "Tanh": Ops.TANH, "ArcSinh": Ops.ASINH, "ArcCosh": Ops.ACOSH,
+    "ArcTanh": Ops.ATANH, "Erf": Ops.ERF, "Sigmoid": Ops.SIGMOID,
+}
+_ANY_UNARY = {"Negative": Ops.NEG, "Abs": Ops.ABS, "Sign": Ops.SIGN, "Square": Ops.SQUARE,
+              "Floor": Ops.FLOOR, "Ceil": Ops.CEIL, "Round": Ops.ROUND}
+_ARITH_BINARY = {"Add": Ops.ADD, "Subtract": Ops.SUB, "Multiply": Ops.MUL, "Divide": Ops.DIV,
+                 "Maximum": Ops.MAX, "Minimum": Ops.MIN, "Power": Ops.POW}
+_FLOAT_BINARY = {"ArcTan2": Ops.ATAN2, "LogAddExp": Ops.LOGADDEXP}
+_COMPARE = {"Less": (Ops.CMPLT, False), "LessEqual": (Ops.CMPLE, False),
+            "Greater": (Ops.CMPLT, True), "GreaterEqual": (Ops.CMPLE, True),
+            "Equal": (Ops.CMPEQ, False), "NotEqual": (Ops.CMPNE, False)}
+
+
+def _infer_unary(kind: str):
+    def infer(ctx, o, shapes, dtypes):
+        (dt,) = dtypes
+        if kind == "float" and not _is_float(dt):
+            raise ValueError(f"needs a floating input, got {dt} (MLX casts integers to float "
+                             f"first; the region must contain that AsType)")
+        if kind == "bool" and dt != "bool":
+            raise ValueError(f"needs a bool input, got {dt}")
+        if kind == "number" and dt == "bool":
+            raise ValueError("is not defined on bool")
+        return shapes[0], dt
+    return infer
+
+
+def _infer_binary(kind: str):
+    def infer(ctx, o, shapes, dtypes):
+        dt = _same_dtype(dtypes, o.primitive)
+        if kind == "float" and not _is_float(dt):
+            raise ValueError(f"needs floating inputs, got {dt}")
+        if kind == "bool" and dt != "bool":
+            raise ValueError(f"needs bool inputs, got {dt}")
+        if kind == "number" and dt == "bool":
+            raise ValueError("is not defined on bool")
+        return _broadcast_shapes(shapes), ("bool" if kind in ("compare", "bool") else dt)
+    return infer
+
+
+def _lower_with(op: Ops):
+    def lower(ctx, v, o, coords):
+        args = ctx.args_at(v, o, coords)
+        if op in (Ops.FLOOR, Ops.CEIL, Ops.ROUND) and not _is_float(args[0].dtype):
+            return args[0]  # integers are already whole
+        if op is Ops.ABS and args[0].dtype in ("uint8", "uint16", "uint32", "uint64"):
+            return args[0]
+        return K.alu(op, *args)
+    return lower
+
+
+for _name, _op in _FLOAT_UNARY.items():
+    _register(_name, _infer_unary("float"), _lower_with(_op))
+for _name, _op in _ANY_UNARY.items():
+    _register(_name, _infer_unary("number"), _lower_with(_op))
+_register("LogicalNot", _infer_unary("bool"), _lower_with(Ops.NOT))
+for _name, _op in _ARITH_BINARY.items():
+    _register(_name, _infer_binary("number"), _lower_with(_op))
+for _name, _op in _FLOAT_BINARY.items():
+    _register(_name, _infer_binary("float"), _lower_with(_op))
+_register("LogicalAnd", _infer_binary("bool"), _lower_with(Ops.AND))
+_register("LogicalOr", _infer_binary("bool"), _lower_with(Ops.OR))
+
+
+def _lower_compare(ctx, v, o, coords):
+    op, swap = _COMPARE[o.primitive]
+    a, b = ctx.args_at(v, o, coords)
+    if swap:
+        a, b = b, a
+    out = K.alu(op, a, b)
+    if o.param("equal_nan", False) and _is_float(a.dtype):  # NaN == NaN when asked
+        out = K.alu(Ops.OR, out, K.alu(Ops.AND, K.alu(Ops.CMPNE, a, a), K.alu(Ops.CMPNE, b, b)))
+    return out
+
+
+_register(tuple(_COMPARE), _infer_binary("compare"), _lower_compare)
+
+
+def _lower_sqrt(ctx, v, o, coords):
+    (x,) = ctx.args_at(v, o, coords)
+    return K.alu(Ops.RSQRT if o.param("reciprocal", False) else Ops.SQRT, x)
+
+
+_register("Sqrt", _infer_unary("float"), _lower_sqrt)
+
+# MLX's Log::Base: two 0, ten 1, e 2 (mlx.md); the graph may also carry the name.
+_LOG_BASE = {0: Ops.LOG2, 1: Ops.LOG10, 2: Ops.LOG, "two": Ops.LOG2, "ten": Ops.LOG10,
+             "e": Ops.LOG, None: Ops.LOG}
+
+
+def _lower_log(ctx, v, o, coords):
+    (x,) = ctx.args_at(v, o, coords)
+    return K.alu(_LOG_BASE[o.param("base")], x)
+
+
+_register("Log", _infer_unary("float"), _lower_log)
+
+
+def _signed_fix(r: UOp, b: UOp) -> UOp:
+    """Python's sign rule: a nonzero remainder takes the divisor's sign (MLX Remainder)."""
+    zero = UOp.const(r.dtype, 0)
+    fix = K.alu(Ops.AND, K.alu(Ops.CMPNE, r, zero),
+                K.alu(Ops.CMPNE, K.alu(Ops.CMPLT, r, zero), K.alu(Ops.CMPLT, b, zero)))
+    return K.alu(Ops.WHERE, fix, K.alu(Ops.ADD, r, b), r)
+
+
+def _lower_remainder(ctx, v, o, coords):
+    a, b = ctx.args_at(v, o, coords)
+    r = K.alu(Ops.REM, a, b)
+    return r if a.dtype in ("uint8", "uint16", "uint32", "uint64") else _signed_fix(r, b)
+
+
+def _lower_floor_divide(ctx, v, o, coords):
+    a, b = ctx.args_at(v, o, coords)
+    if _is_float(a.dtype):
+        return K.alu(Ops.FLOOR, K.alu(Ops.DIV, a, b))
+    q = K.alu(Ops.DIV, a, b)  # C division truncates; floor it for mixed signs
+    if a.dtype in ("uint8", "uint16", "uint32", "uint64"):
+        return q
+    zero = UOp.const(a.dtype, 0)
+    fix = K.alu(Ops.AND, K.alu(Ops.CMPNE, K.alu(Ops.REM, a, b), zero),
+                K.alu(Ops.CMPNE, K.alu(Ops.CMPLT, a, zero), K.alu(Ops.CMPLT, b, zero)))
+    return K.alu(Ops.WHERE, fix, K.alu(Ops.SUB, q, UOp.const(a.dtype, 1)), q)
+
+
+_register("Remainder", _infer_binary("number"), _lower_remainder)
+_register("FloorDivide", _infer_binary("number"), _lower_floor_divide)
+
+
+def _infer_select(ctx, o, shapes, dtypes):
+    if dtypes[0] != "bool":
+        raise ValueError(f"needs a bool condition, got {dtypes[0]}")
+    return _broadcast_shapes(shapes), _same_dtype(dtypes[1:], "Select")
+
+
+_register("Select", _infer_select, lambda ctx, v, o, c: K.alu(Ops.WHERE, *ctx.args_at(v, o, c)))
+
+
+def convert(x: UOp, dtype: str) -> UOp:
+    """Convert a computed value to ``dtype``'s compute type, rounding through half types."""
+    if dtype in ("float16", "bfloat16"):
+        x = x.cast("float32")
+        if x.op is Ops.CAST and x.src[0].dtype == dtype:
+            return x  # already exactly representable
+        return x.cast(dtype).cast("float32")
+    if dtype == "bool" and x.dtype != "bool":
+        return K.alu(Ops.CMPNE, x, UOp.const(x.dtype, 0))
+    return x.cast(dtype)
+
+
+def _infer_astype(ctx, o, shapes, dtypes):
+    return shapes[0], _dtypes.check(o.param("dtype"))
+
+
+_register("AsType", _infer_astype,
+          lambda ctx, v, o, c: convert(ctx.args_at(v, o, c)[0], ctx.dtypes[v]))
+
+
+def _infer_constant(ctx, o, shapes, dtypes):
+    return (), _dtypes.check(o.param("dtype"))
+
+
+def _lower_constant(ctx, v, o, coords):
+    dt = ctx.dtypes[v]
+    value = o.param("value")
+    if dt in ("float16", "bfloat16"):
+        value = _round_half(float(value), dt)
+    return UOp.const(compute_dtype(dt), value)
+
+
+def _round_half(value: float, dtype: str) -> float:
+    import numpy as np
+
+    if dtype == "float16":
+        return float(np.float16(value))
+    import ml_dtypes
+
+    return float(np.array(value, dtype=np.float32).astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+_register("Constant", _infer_constant, _lower_constant)
+
+
+# -- movement: coordinate transforms ----------------------------------------------------------
+
+def _infer_broadcast(ctx, o, shapes, dtypes):
+    shape = tuple(o.param("shape"))
+    if _broadcast_shapes([shapes[0], shape]) != shape:
+        raise ValueError(f"cannot broadcast {shapes[0]} to {shape}")
+    return shape, dtypes[0]
+
+
+def _lower_broadcast(ctx, v, o, coords):
+    (a,) = o.args
+    return ctx.at(a, ctx.broadcast_coords(ctx.shapes[a], ctx.shapes[v], coords))
+
+
+def _infer_reshape(ctx, o, shapes, dtypes):
+    shape = tuple(o.param("shape"))
+    if math.prod(shape) != math.prod(shapes[0]):
+        raise ValueError(f"cannot reshape {shapes[0]} to {shape}")
+    return shape, dtypes[0]
+
+
+def _lower_reshape(ctx, v, o, coords):
+    (a,) = o.args
+    flat = ctx.zero
+    for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):
+        flat = flat + c * s
+    old = ctx.shapes[a]
+    out, inner = [], 1
+    for n in reversed(old):
+        out.append(ctx.zero if n == 1 else (flat // inner) % n)
+        inner *= n
+    return ctx.at(a, tuple(reversed(out)))
+
+
+def _infer_transpose(ctx, o, shapes, dtypes):
+    axes = tuple(o.param("axes"))
+    if sorted(axes) != list(range(len(shapes[0]))):
+        raise ValueError(f"axes {axes} are not a permutation of {len(shapes[0])} axes")
+    return tuple(shapes[0][a] for a in axes), dtypes[0]
+
+
+def _lower_transpose(ctx, v, o, coords):
+    axes = tuple(o.param("axes"))
+    child = [ctx.zero] * len(axes)
+    for k, a in enumerate(axes):
+        child[a] = coords[k]
+    return ctx.at(o.args[0], tuple(child))
+
+
+def _infer_squeeze(ctx, o, shapes, dtypes):
+    axes = _norm_axes(o.param("axes"), len(shapes[0]))
+    if any(shapes[0][a] != 1 for a in axes):
+        raise ValueError(f"cannot squeeze axes {axes} of {shapes[0]}")
+    return tuple(n for k, n in enumerate(shapes[0]) if k not in axes), dtypes[0]
+
+
+def _lower_squeeze(ctx, v, o, coords):
+    axes = _norm_axes(o.param("axes"), len(ctx.shapes[o.args[0]]))
+    it = iter(coords)
+    child = tuple(ctx.zero if k in axes else next(it) for k in range(len(ctx.shapes[o.args[0]])))
+    return ctx.at(o.args[0], child)
+
+
+def _infer_expand_dims(ctx, o, shapes, dtypes):
+    ndim = len(shapes[0]) + len(tuple(o.param("axes")))
+    axes = _norm_axes(o.param("axes"), ndim)
+    it = iter(shapes[0])
+    return tuple(1 if k in axes else next(it) for k in range(ndim)), dtypes[0]
+
+
+def _lower_expand_dims(ctx, v, o, coords):
+    axes = _norm_axes(o.param("axes"), len(ctx.shapes[v]))
+    return ctx.at(o.args[0], tuple(c for k, c in enumerate(coords) if k not in axes))
+
+
+def _slice_params(o: Op, shape: tuple[int, ...]):
+    start = tuple(o.param("start"))
+    stop = tuple(o.param("stop"))
+    strides = tuple(o.param("strides", (1,) * len(shape)))
+    return start, stop, strides
+
+
+def _infer_slice(ctx, o, shapes, dtypes):
+    start, stop, strides = _slice_params(o, shapes[0])
+    out = []
+    for b, e, s, n in zip(start, stop, strides, shapes[0]):
+        if s == 0:
+            raise ValueError("slice stride 0")
+        out.append(max(0, -(-(e - b) // s)) if s > 0 else max(0, -(-(b - e) // -s)))
+        if out[-1] and not (0 <= b < n and 0 <= b + (out[-1] - 1) * s < n):
+            raise ValueError(f"slice {start}:{stop}:{strides} out of bounds of {shapes[0]}")
+    return tuple(out), dtypes[0]
+
+
+def _lower_slice(ctx, v, o, coords):
+    start, _, strides = _slice_params(o, ctx.shapes[o.args[0]])
+    child = tuple(ctx.zero if n == 1 and b == 0 else c * s + b
+                  for c, b, s, n in zip(coords, start, strides, ctx.shapes[o.args[0]]))
+    return ctx.at(o.args[0], child)
+
+
+def _identity_infer(ctx, o, shapes, dtypes):
+    return shapes[0], dtypes[0]
+
+
+_register("Broadcast", _infer_broadcast, _lower_broadcast)
+_register("Reshape", _infer_reshape, _lower_reshape)
+_register("Transpose", _infer_transpose, _lower_transpose)
+_register("Squeeze", _infer_squeeze, _lower_squeeze)
+_register("ExpandDims", _infer_expand_dims, _lower_expand_dims)
+_register("Slice", _infer_slice, _lower_slice)
+_register("Copy", _identity_infer, lambda ctx, v, o, c: ctx.at(o.args[0], c))
+
+
+# -- gathers ----------------------------------------------------------------------------------
+
+def _infer_gather_axis(ctx, o, shapes, dtypes):
+    src, idx = shapes
+    axis = o.param("axis") % len(src)
+    if len(src) != len(idx) or any(a != b and b != 1 and a != 1
+                                   for k, (a, b) in enumerate(zip(src, idx)) if k != axis):
+        raise ValueError(f"indices {idx} do not fit source {src} along axis {axis}")
+    if dtypes[1] not in _dtypes.INTEGER:
+        raise ValueError(f"indices must be integers, got {dtypes[1]}")
+    return idx, dtypes[0]
+
+
+def _lower_gather_axis(ctx, v, o, coords):
+    src, idx = o.args
+    axis = o.param("axis") % len(ctx.shapes[src])
+    j = ctx.at(idx, ctx.broadcast_coords(ctx.shapes[idx], ctx.shapes[v], coords))
+    n = ctx.shapes[src][axis]
+    if ctx.dtypes[idx] in _dtypes.SIGNED:  # negative indices count from the end, as in MLX
+        j = K.alu(Ops.WHERE, K.alu(Ops.CMPLT, j, UOp.const(j.dtype, 0)),
+                  K.alu(Ops.ADD, j, UOp.const(j.dtype, n)), j)
+    j = j.cast(ctx.index_dtype)
+    child = list(ctx.broadcast_coords(ctx.shapes[src], ctx.shapes[v], coords))
+    child[axis] = j
+    return ctx.at(src, tuple(child))
+
+
+_register("GatherAxis", _infer_gather_axis, _lower_gather_axis)
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+# mlx::core::Reduce::ReduceType and ArgReduce::ReduceType orders (mlx/primitives.h)
+_REDUCE_CODES = ("and", "or", "sum", "prod", "min", "max")
+_ARG_CODES = ("argmin", "argmax")
+
+
+def _reduce_kind(o: Op) -> str:
+    kind = o.param("kind")
+    if isinstance(kind, int):
+        kind = (_ARG_CODES if o.primitive == "ArgReduce" else _REDUCE_CODES)[kind]
+    return kind
+
+
+def _reduced_shape(shape, axes):
+    return tuple(1 if k in axes else n for k, n in enumerate(shape))
+
+
+def _infer_reduce(ctx, o, shapes, dtypes):
+    kind = _reduce_kind(o)
+    if kind not in _REDUCE_CODES:
+        raise ValueError(f"unknown reduction {kind!r}")
+    axes = _norm_axes(o.param("axes"), len(shapes[0]))
+    dt = dtypes[0]
+    if kind in ("and", "or"):
+        dt = "bool"
+    elif kind in ("sum", "prod") and dt == "bool":
+        dt = "int32"  # MLX sums booleans as int32
+    return _reduced_shape(shapes[0], axes), dt
+
+
+def accumulator_dtype(dtype: str) -> str:
+    """Registers for a running reduction: float for half types, 32 bits for narrow integers and
+    bool (SIMD shuffles move 32-bit values)."""
+    if dtype in ("bool", "int8", "int16", "uint8", "uint16"):
+        return "uint32" if dtype.startswith("u") else "int32"
+    return compute_dtype(dtype)
+
+
+def _reduce_node(ctx: _Lowering, v: int, o: Op) -> UOp:
+    kind = _reduce_kind(o)
+    x = ctx.at(o.args[0], ctx.dims)
+    acc = "int32" if kind in ("and", "or") else accumulator_dtype(ctx.dtypes[v])
+    if kind in ("sum", "prod") and x.dtype == "bool":
+        x = x.cast("int32")
+    return UOp(Ops.REDUCE, acc, (x.cast(acc),), kind)
+
+
+def _lower_reduce(ctx, v, o, coords):
+    ctx.check_row(v, coords)
+    r = _reduce_node(ctx, v, o)
+    kind = _reduce_kind(o)
+    if kind in ("and", "or"):
+        return K.alu(Ops.CMPNE, r, UOp.const(r.dtype, 0))
+    return r.cast(ctx.compute(v))
+
+
+def _infer_arg_reduce(ctx, o, shapes, dtypes):
+    kind = _reduce_kind(o)
+    if kind not in _ARG_CODES:
+        raise ValueError(f"unknown arg reduction {kind!r}")
+    axis = o.param("axis") % len(shapes[0])
+    return _reduced_shape(shapes[0], (axis,)), "uint32"
+
+
+def _lower_arg_reduce(ctx, v, o, coords):
+    ctx.check_row(v, coords)
+    axis = o.param("axis") % len(ctx.shapes[o.args[0]])
+    x = ctx.at(o.args[0], ctx.dims)
+    x = x.cast(accumulator_dtype(x.dtype))
+    return UOp(Ops.REDUCE, "uint32", (x, ctx.dims[axis].cast("uint32")), _reduce_kind(o))
+
+
+def _last_axis(o: Op, shape) -> tuple[int, ...]:
+    return _norm_axes(o.param("axes", (len(shape) - 1,)), len(shape))
+
+
+def _infer_logsumexp(ctx, o, shapes, dtypes):
+    if not _is_float(dtypes[0]):
+        raise ValueError(f"needs a floating input, got {dtypes[0]}")
+    return _reduced_shape(shapes[0], _last_axis(o, shapes[0])), dtypes[0]
+
+
+def _row_max_sumexp(ctx, o) -> tuple[UOp, UOp]:
+    x = ctx.at(o.args[0], ctx.dims)
+    return UOp(Ops.REDUCE, x.dtype, (x,), "max"), UOp(Ops.REDUCE, x.dtype, (x,), "sumexp")
+
+
+def _lower_logsumexp(ctx, v, o, coords):
+    ctx.check_row(v, coords)
+    m, s = _row_max_sumexp(ctx, o)
+    inf = UOp.const(m.dtype, math.inf)
+    # MLX returns the max itself when it is infinite (an all -inf row gives -inf, not NaN)
+    return K.alu(Ops.WHERE, K.alu(Ops.CMPEQ, K.alu(Ops.ABS, m), inf), m,
+                 K.alu(Ops.ADD, m, K.alu(Ops.LOG, s)))
+
+
+def _infer_softmax(ctx, o, shapes, dtypes):
+    if not _is_float(dtypes[0]):
+        raise ValueError(f"needs a floating input, got {dtypes[0]}")
+    return shapes[0], dtypes[0]
+
+
+def _lower_softmax(ctx, v, o, coords):
+    axes = _last_axis(o, ctx.shapes[v])
+    ctx.check_row(v, tuple(ctx.zero if k in axes else c for k, c in enumerate(coords)))
+    m, s = _row_max_sumexp(ctx, o)
+    x = ctx.at(o.args[0], coords)
+    # one division per row, then a multiply per element (MLX's softmax kernels do the same)
+    inv = K.alu(Ops.DIV, UOp.const(s.dtype, 1.0), s)
+    return K.alu(Ops.MUL, K.alu(Ops.EXP, K.alu(Ops.SUB, x, m)), inv)
+
+
+_register("Reduce", _infer_reduce, _lower_reduce)
+_register("ArgReduce", _infer_arg_reduce, _lower_arg_reduce)
+_register("LogSumExp", _infer_logsumexp, _lower_logsumexp)
+_register("Softmax", _infer_softmax, _lower_softmax)
+_REDUCING.update({
+    "Reduce": lambda o, shape: _norm_axes(o.param("axes"), len(shape)),
+    "ArgReduce": lambda o, shape: (o.param("axis") % len(shape),),
+    "LogSumExp": _last_axis,
+    "Softmax": _last_axis,
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+
+
+def _output_coords(ctx: _Lowering, v: int) -> tuple[UOp, ...]:
+    """Coordinates of output v over the domain: the domain's own (a full output) or the row's
+    (one value per row); size-1 axes anywhere read coordinate 0."""
+    shape, dom = ctx.shapes[v], ctx.domain
+    if shape == dom:
+        return ctx.dims
+    candidates = [range(len(dom))]
+    if ctx.is_row:
+        candidates.append([k for k in range(len(dom)) if k not in ctx.reduce_axes])
+    have = [k for k, n in enumerate(shape) if n != 1]
+    for axes in candidates:
+        want = [k for k in axes if dom[k] != 1]
+        if [shape[k] for k in have] == [dom[k] for k in want]:
+            coords = [ctx.zero] * len(shape)
+            for k_out, k_dom in zip(have, want):
+                coords[k_out] = ctx.dims[k_dom]
+            return tuple(coords)
+    raise RegionError(f"output value {v} of shape {shape} is neither the domain {dom} nor one "
+                      f"value per row of it")
+
+
+def _emit_stores(ctx: _Lowering) -> list[UOp]:
+    _, out_names = _names(ctx.region)
+    stores = []
+    for k, v in enumerate(ctx.region.outputs):
+        coords = _output_coords(ctx, v)
+        dtype = ctx.dtypes[v]
+        param = UOp(Ops.PARAM, dtype, (),
+                    K.Param(ctx.n_in + k, out_names[k], "output", ctx.shapes[v], dtype))
+        value = ctx.at(v, coords)
+        value = value.cast(dtype) if dtype != value.dtype else value
+        index = ctx.zero
+        for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):
+            index = index + c * s
+        stores.append(UOp(Ops.STORE, "void", (param, index, value), Mem()))
+    return stores
+
+
+# ---------------------------------------------------------------------------------------------
+# index spaces: merge domain axes, then express them through idx (pointwise) or row/col
+
+
+class _Affine(NamedTuple):
+    const: int
+    coeffs: dict[UOp, int]  # index variable -> coefficient
+    rest: tuple[UOp, ...]  # terms that are not affine (data-dependent, div/mod)
+
+
+def _affine(u: UOp, atoms: frozenset[UOp] = frozenset()) -> _Affine:
+    """``u`` as const + sum(coeff * var) + rest; ``atoms`` are treated as variables too."""
+    if u in atoms:
+        return _Affine(0, {u: 1}, ())
+    if u.op is Ops.CONST and isinstance(u.arg, int) and not isinstance(u.arg, bool):
+        return _Affine(u.arg, {}, ())
+    if u.op is Ops.SPECIAL:
+        return _Affine(0, {u: 1}, ())
+    if u.op is Ops.ADD and u.dtype in _dtypes.INTEGER:
+        a, b = _affine(u.src[0], atoms), _affine(u.src[1], atoms)
+        coeffs = dict(a.coeffs)
+        for var, c in b.coeffs.items():
+            coeffs[var] = coeffs.get(var, 0) + c
+        return _Affine(a.const + b.const, coeffs, a.rest + b.rest)
+    if u.op is Ops.MUL and u.src[1].op is Ops.CONST and u.dtype in _dtypes.INTEGER:
+        a, c = _affine(u.src[0], atoms), u.src[1].arg
+        if not a.rest:
+            return _Affine(a.const * c, {var: k * c for var, k in a.coeffs.items()}, ())
+    return _Affine(0, {}, (u,))
+
+
+def _collapse(dims: tuple[UOp, ...], classes: list[int], accesses: list[_Affine]):
+    """Merge neighbouring axes of one class (outer/inner) wherever every affine access steps
+    through them as one axis; returns groups of axis indices."""
+    groups: list[list[int]] = []
+    for k, d in enumerate(dims):
+        if d.op is not Ops.SPECIAL:
+            continue  # size-1 axis
+        if groups and classes[groups[-1][-1]] == classes[k]:
+            prev = dims[groups[-1][-1]]
+            n = d.arg[1]
+            if all(a.coeffs.get(prev, 0) == a.coeffs.get(d, 0) * n for a in accesses):
+                groups[-1].append(k)
+                continue
+        groups.append([k])
+    return groups
+
+
+class _Space(NamedTuple):
+    var_of_dim: dict[UOp, UOp]  # DIM special -> its expression over idx/row/col
+    # (axes, group coordinate, idx/row/col variable, product of the variable's faster groups)
+    group_vars: list[tuple[list[int], UOp, UOp, int]]
+    lane_group: tuple[list[int], int] | None  # axes and size of the fastest element group
+
+    @property
+    def coords(self) -> frozenset[UOp]:
+        return frozenset(coord for _, coord, _, _ in self.group_vars)
+
+    @property
+    def lane_coord(self) -> UOp | None:
+        if self.lane_group is None:
+            return None
+        return next(coord for g, coord, _, _ in self.group_vars if g is self.lane_group[0])
+
+    @property
+    def row_coord(self) -> UOp | None:
+        """The fastest-varying coordinate across rows (listed first among the row groups)."""
+        return next((coord for _, coord, var, _ in self.group_vars if var.arg[0] == "row"), None)
+
+    def group_coeffs(self, index: UOp) -> tuple[_Affine, dict[UOp, int]]:
+        """An index's affine form and its coefficient on each group coordinate (a whole
+        variable counts as sum(coord * inner))."""
+        aff = _affine(index, self.coords)
+        out: dict[UOp, int] = {}
+        for _, coord, var, inner in self.group_vars:
+            c = aff.coeffs.get(coord, 0)
+            if coord is not var:
+                c += aff.coeffs.get(var, 0) * inner
+            out[coord] = c
+        return aff, out
+
+
+def _index_space(ctx: _Lowering, stores: list[UOp]) -> _Space:
+    accesses = [_affine(u.src[1]) for s in stores for u in s.toposort
+                if u.op in (Ops.LOAD, Ops.STORE)]
+    n = len(ctx.dims)
+    classes = [1 if k in ctx.reduce_axes else 0 for k in range(n)]
+    groups = _collapse(ctx.dims, classes, accesses)
+    if ctx.is_row:
+        rows = math.prod(ctx.domain[k] for k in range(n) if classes[k] == 0)
+        length = math.prod(ctx.domain[k] for k in range(n) if classes[k] == 1)
+        spaces = {0: UOp(Ops.SPECIAL, ctx.index_dtype, (), ("row", rows)),
+                  1: UOp(Ops.SPECIAL, ctx.index_dtype, (), ("col", length))}
+    else:
+        spaces = {0: UOp(Ops.SPECIAL, ctx.index_dtype, (), ("idx", math.prod(ctx.domain)))}
+    var_of_dim: dict[UOp, UOp] = {}
+    group_vars = []
+    for cls, var in spaces.items():
+        mine = [g for g in groups if classes[g[0]] == cls]
+        inner = 1
+        for g in reversed(mine):
+            size = math.prod(ctx.domain[k] for k in g)
+            coord = (var // inner) % size
+            group_vars.append((g, coord, var, inner))
+            sub = 1
+            for k in reversed(g):
+                var_of_dim[ctx.dims[k]] = (coord // sub) % ctx.domain[k]
+                sub *= ctx.domain[k]
+            inner *= size
+    element_class = 1 if ctx.is_row else 0
+    element_groups = [g for g in groups if classes[g[0]] == element_class]
+    lane = (element_groups[-1], math.prod(ctx.domain[k] for k in element_groups[-1])) \
+        if element_groups else None
+    return _Space(var_of_dim, group_vars, lane)
+
+
+def _rebuild_index(ctx: _Lowering, space: _Space, index: UOp, done: dict[UOp, UOp]) -> UOp:
+    """An index over DIM axes rebuilt over the merged groups: one multiply-add per group."""
+    aff = _affine(index)
+    out = UOp.const(ctx.index_dtype, aff.const)
+    by_var: dict[UOp, list[tuple[UOp, int, int]]] = {}
+    for axes, coord, var, inner in space.group_vars:
+        by_var.setdefault(var, []).append((coord, aff.coeffs.get(ctx.dims[axes[-1]], 0), inner))
+    for var, terms in by_var.items():
+        scale = terms[0][1] // terms[0][2]
+        if all(c == scale * inner for _, c, inner in terms):
+            out = out + var * scale  # walks the variable's groups contiguously: no div/mod
+        else:
+            for coord, c, _ in terms:
+                out = out + coord * c
+    for term in aff.rest:
+        out = out + done[term]
+    return out
+
+
+def _map_nodes(stores: list[UOp], fn: Callable[[UOp, tuple[UOp, ...], dict], UOp | None]
+               ) -> list[UOp]:
+    """Rebuild the graph bottom-up; ``fn(original, new_src, done)`` may replace a node (it sees
+    the original node, so lookups keyed by original nodes stay valid)."""
+    root = UOp(Ops.KERNEL, "void", tuple(stores), None)
+    done: dict[UOp, UOp] = {}
+    for node in root.toposort:
+        src = tuple(done[s] for s in node.src)
+        if (new := fn(node, src, done)) is not None:
+            done[node] = new
+        elif src == node.src:
+            done[node] = node
+        elif node.op in K.GroupOp.Binary:
+            done[node] = K.alu(node.op, *src, dtype=node.dtype)
+        else:
+            done[node] = UOp(node.op, node.dtype, src, node.arg)
+    return list(done[root].src)
+
+
+def _lower_index_space(ctx: _Lowering, stores: list[UOp], space: _Space) -> list[UOp]:
+    def fn(node, src, done):
+        if node in space.var_of_dim:
+            return space.var_of_dim[node]
+        if node.op in (Ops.LOAD, Ops.STORE):
+            new_src = list(src)
+            new_src[1] = _rebuild_index(ctx, space, node.src[1], done)
+            return UOp(node.op, node.dtype, tuple(new_src), node.arg)
+        return None
+
+    return _map_nodes(stores, fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+
+
+def _lane_access(u: UOp, V: int, space: _Space) -> Access:
+    """How a per-element LOAD/STORE behaves across V lanes starting at an element index that is
+    a multiple of V."""
+    if V == 1 or space.lane_group is None:
+        return Access.SCALAR
+    axes, size = space.lane_group
+    if size % V:
+        return Access.SCALAR
+    aff, coeffs = space.group_coeffs(u.src[1])
+    if any(t.per_element for t in aff.rest):
+        return Access.SCALAR
+    c = coeffs.get(space.lane_coord, 0)
+    if c == 0:
+        return Access.UNIFORM
+    if c != 1 or aff.rest or u.src[0].arg.size < 8:
+        # Metal passes buffers of fewer than 8 elements in the constant address space; no
+        # vector loads there (and no use for them).
+        return Access.SCALAR
+    others = [k for coord, k in coeffs.items() if coord is not space.lane_coord]
+    if aff.const % V or any(k % V for k in others):
+        return Access.SCALAR  # start not aligned to the vector
+    return Access.VECTOR
+
+
+def _choose_vector(elem_accesses: list[UOp], space: _Space, params: ScheduleParams) -> int:
+    if space.lane_group is None:
+        return 1
+    V = params.max_vector_lanes
+    while V > 1:
+        vec = [u for u in elem_accesses if _lane_access(u, V, space) is Access.VECTOR]
+        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= params.vector_bytes for u in vec):
+            return V
+        V //= 2
+    return 1
+
+
+def _pow2ceil(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
+    """Per-element LOADs and the passes over the row that read them."""
+    root = UOp(Ops.KERNEL, "void", tuple(stores), None)
+    reduces = [u for u in root.toposort if u.op is Ops.REDUCE]
+    final = max((r.reduce_pass for r in reduces), default=-1) + 1
+    roots: list[tuple[int, UOp]] = [(r.reduce_pass, s) for r in reduces for s in r.src]
+    roots += [(final, s) for st in stores if st.src[2].per_element or st.src[1].per_element
+              for s in st.src[1:]]
+    out: dict[UOp, set[int]] = {}
+    for p, r in roots:
+        stack, seen = [r], set()
+        while stack:
+            u = stack.pop()
+            if u in seen or not u.per_element:
+                continue
+            seen.add(u)
+            if u.op is Ops.LOAD:
+                out.setdefault(u, set()).add(p)
+            stack.extend(u.src)
+    return out
+
+
+def _passes(stores: list[UOp]) -> int:
+    root = UOp(Ops.KERNEL, "void", tuple(stores), None)
+    reduces = [u for u in root.toposort if u.op is Ops.REDUCE]
+    n = max((r.reduce_pass for r in reduces), default=-1) + 1
+    if any(st.src[2].per_element or st.src[1].per_element for st in stores):
+        n += 1
+    return n
+
+
+def _loads_under(u: UOp) -> set[UOp]:
+    return {x for x in u.toposort if x.op is Ops.LOAD and x.per_element}
+
+
+# Online softmax: in a streamed row, sum(exp(v - max(v))) becomes one pass with a running max
+# ("sumexp" has exactly this value).
+_ONLINE = K.PatternMatcher(((
+    UPat(Ops.REDUCE, arg="sum", name="r", src=(UPat(Ops.EXP, src=(UPat(Ops.SUB, src=(
+        UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),)),
+    lambda r, v: UOp(Ops.REDUCE, r.dtype, (v,), "sumexp")),))
+
+
+def _expand_sumexp(r: UOp) -> UOp:
+    # sum(exp(v - max(v))): the two-pass form of "sumexp", for rows resident in registers
+    (v,) = r.src
+    m = UOp(Ops.REDUCE, v.dtype, (v,), "max")
+    return UOp(Ops.REDUCE, r.dtype, (K.alu(Ops.EXP, K.alu(Ops.SUB, v, m)),), "sum")
+
+
+def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
+                    budget: int) -> tuple[set[UOp], set[UOp]]:
+    """Loads read by several passes: keep the most-reused in registers within the budget."""
+    multi = {u: p for u, p in _pass_loads(stores).items() if len(p) > 1}
+    resident: set[UOp] = set()
+    used = 0
+    for u in sorted(multi, key=lambda u: (-len(multi[u]), chunk_regs(u), u.src[0].arg.slot)):
+        if used + chunk_regs(u) <= budget:
+            resident.add(u)
+            used += chunk_regs(u)
+    return resident, set(multi) - resident
+
+
+def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
+    def fix(node: UOp) -> UOp | None:
+        if node.op is not Ops.REDUCE:
+            return None
+        if node.arg == "sumexp" and _loads_under(node.src[0]) <= resident:
+            return _expand_sumexp(node)  # its loads are in registers: the extra pass is free
+        if node.arg == "sum" and not _loads_under(node) <= resident:
+            return _ONLINE.rewrite(node)  # streamed: save a pass over memory
+        return None
+
+    pm = K.PatternMatcher(((UPat(Ops.REDUCE, name="node"), fix),))
+    root = K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), pm)
+    return list(root.src)
+
+
+def _kernel_name(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9]", "", name) or "region"
+    return stem[:40]
+
+
+def build(region: Region, params: ScheduleParams = CUDA_PARAMS) -> UOp:
+    """Lower a region to one KERNEL node: index space, loads, expressions, stores, schedule.
+
+    Args:
+        region: the fused region.
+        params: the target's schedule numbers (``PARAMS["metal"]``, ``PARAMS["cuda"]``).
+
+    Returns:
+        The KERNEL UOp; ``kernel.arg`` is its Schedule.
+
+    Raises:
+        RegionError: the region cannot be one kernel (the message names the op and why).
+
+    Example:
+        >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> b = RegionBuilder("softmax")
+        >>> y = b.op("Softmax", b.input((64, 1000), "float32", "x"))
+        >>> build(b.build([y])).arg.kind
+        'row'
+    """
+    ctx = _Lowering(region)
+    stores = _emit_stores(ctx)
+    space = _index_space(ctx, stores)
+    stores = _lower_index_space(ctx, stores, space)
+    # group coordinates were rebuilt; find the lane group's coordinate again in the new graph
+    elem = [u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
+            if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
+    V = _choose_vector(elem, space, params)
+    W = params.simd_width
+    if ctx.is_row:
+        R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
+        L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
+        T = _threads_per_row(elem, space, V, L, params)
+        G = 1 if T > W else max(1, min(params.group_threads // T, R))
+        C = -(-(L // V) // T)
+    else:
+        R, L, T, G, C = 1, math.prod(ctx.domain), 1, 1, 1
+
+    def chunk_regs(u: UOp) -> int:
+        return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
+
+    budget = params.resident_registers if ctx.is_row else 0
+    resident, _ = _plan_residency(stores, chunk_regs, budget)
+    stores = _rewrite_reduces(stores, resident)
+    resident, streamed = _plan_residency(stores, chunk_regs, budget)
+
+    def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
+        if node.op not in (Ops.LOAD, Ops.STORE):
+            return None
+        if not (node.per_element or node.src[1].per_element):
+            return UOp(node.op, node.dtype, src, Mem(Access.HOISTED))
+        return UOp(node.op, node.dtype, src, Mem(_lane_access(node, V, space), node in resident))
+
+    marked = UOp(Ops.KERNEL, "void", tuple(_map_nodes(stores, mark)), None)
+    names = lambda loads: tuple(sorted({u.src[0].arg.name for u in loads}))  # noqa: E731
+    on_chip = "registers" if resident else ("stream" if streamed else "none")
+    if ctx.is_row:
+        sched = K.Schedule(
+            name=_kernel_name(region.name), kind="row", elements=R * L, threadgroup_size=T * G,
+            vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
+            simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
+            resident=names(resident), streamed=names(streamed), index_dtype=ctx.index_dtype)
+    else:
+        threads = L // V
+        sched = K.Schedule(
+            name=_kernel_name(region.name), kind="pointwise", elements=L,
+            threadgroup_size=min(params.group_threads, _pow2ceil(threads)), vector_width=V,
+            simd_width=W, index_dtype=ctx.index_dtype)
+    if sched.grid > _INT32_LIMIT:
+        raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
+    # inputs no store depends on stay parameters of the kernel (MLX passes every input)
+    reached = {u for u in marked.toposort if u.op is Ops.PARAM}
+    unused = tuple(p for p in ctx.in_params if p not in reached)
+    return UOp(Ops.KERNEL, "void", marked.src + unused, sched)
+
+
+def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
+                     params: ScheduleParams) -> int:
+    W = params.simd_width
+    if V == 1 and _is_column_walk(elem, space):
+        return 1  # neighbouring rows are neighbours in memory: a thread per row coalesces
+    vectors = L // V
+    if vectors <= W:
+        return _pow2ceil(vectors)
+    want = _pow2ceil(-(-L // params.elements_per_thread))
+    return max(W, min(params.max_threads_per_group, want))
+
+
+def _is_column_walk(elem: list[UOp], space: _Space) -> bool:
+    """True when per-element accesses stride along the row but are unit-stride across rows."""
+    if space.row_coord is None or space.lane_coord is None:
+        return False
+    saw_unit_row = False
+    for u in elem:
+        _, coeffs = space.group_coeffs(u.src[1])
+        if coeffs.get(space.lane_coord, 0) == 1:
+            return False
+        saw_unit_row |= coeffs.get(space.row_coord, 0) == 1
+    return saw_unit_row
+
+
+def with_schedule(kernel: UOp, **changes: Any) -> UOp:
+    """The same kernel under a modified schedule (tests use it to force shapes of the tree)."""
+    return UOp(Ops.KERNEL, "void", kernel.src, replace(kernel.arg, **changes))

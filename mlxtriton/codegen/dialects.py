@@ -1,0 +1,213 @@
+"""Codegen layer: the two C-style dialects as data. Metal (body of ``mx.fast.metal_kernel``) and
+CUDA (body of ``mx.fast.cuda_kernel``) differ only in these tables; the renderer never asks
+which dialect it is. May import the codegen IR only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from mlxtriton.codegen.kernel_ir import Ops
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str  # "metal" | "cuda": the target the LoweredKernel is for
+    types: Mapping[str, str]  # dtype -> C type name, as MLX names it in the signature
+    fn: str  # qualifier of helper functions in the header
+    thread_in_group: str  # this thread's index in its threadgroup (x)
+    group_in_grid: str  # this threadgroup's index in the grid (x)
+    thread_in_grid: str  # this thread's global index (x)
+    barrier: str  # threadgroup barrier with threadgroup-memory ordering
+    shared: str  # qualifier of a threadgroup-memory array declared in the body
+    global_space: str  # address-space qualifier of an input/output buffer pointer
+    unroll: str  # pragma that fully unrolls the next loop
+    shuffle_xor: str  # {x} from the lane whose index is this lane's xor {o}
+    vector_type: str  # a {N}-lane vector of {T} that one 16-byte load fills
+    vector_lane: str  # lane {l} of vector {v}
+    simd_reduce: Mapping[str, str]  # whole-SIMD-group reductions the dialect has built in
+    code_for_op: Mapping[tuple[Ops, str], str]  # (op, "float"|"int"|"any") -> template
+    casts: Mapping[tuple[str, str], str]  # (from dtype, to dtype) -> template; else static_cast
+    literals: Mapping[str, str]  # "inf", "nan" (float32)
+    scalar_input: str  # how the body reads a 0-d input named {name}
+    prelude: str  # first lines of the header
+    helpers: Mapping[str, str] = field(default_factory=dict)  # "mt_name" -> definition
+    constructor_options: tuple[tuple[str, object], ...] = ()  # extra kernel-constructor args
+
+    def type(self, dtype: str) -> str:
+        return self.types[dtype]
+
+
+def _freeze(d: dict) -> Mapping:
+    return MappingProxyType(dict(d))
+
+
+_INT_TYPES = {
+    "bool": "bool", "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t",
+    "uint64": "uint64_t", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t",
+    "int64": "int64_t", "float32": "float",
+}
+
+# Helpers written once, specialised per dialect with {fn} and its math names. Semantics follow
+# MLX's kernels (NaN-propagating max/min, stable sigmoid and logaddexp, integer power).
+_SHARED_HELPERS = {
+    "mt_max": "template <typename T> {fn} T mt_max(T a, T b) {{ return (a > b || a != a) ? a : b; }}",
+    "mt_min": "template <typename T> {fn} T mt_min(T a, T b) {{ return (a < b || a != a) ? a : b; }}",
+    "mt_vec": "template <typename T, int N> struct alignas(sizeof(T) * N) mt_vec {{ T v[N]; }};",
+    "mt_sign": "template <typename T> {fn} T mt_sign(T x) {{ return T(x > T(0)) - T(x < T(0)); }}",
+    "mt_iabs": "template <typename T> {fn} T mt_iabs(T x) {{ return x < T(0) ? T(-x) : x; }}",
+    "mt_ipow": (
+        "template <typename T> {fn} T mt_ipow(T b, T e) {{\n"
+        "  if (e < T(0)) return T(0);\n"
+        "  T r = T(1);\n"
+        "  while (e != T(0)) {{ if (e & T(1)) r = T(r * b); b = T(b * b); e = T(e >> 1); }}\n"
+        "  return r;\n"
+        "}}"),
+    "mt_sigmoid": (
+        "{fn} float mt_sigmoid(float x) {{\n"
+        "  const float y = 1.0f / (1.0f + {exp}({fabs}(x)));\n"
+        "  return x < 0.0f ? y : 1.0f - y;\n"
+        "}}"),
+    "mt_logaddexp": (
+        "{fn} float mt_logaddexp(float a, float b) {{\n"
+        "  const float hi = mt_max(a, b), lo = mt_min(a, b);\n"
+        "  return (hi == lo && {isinf}(hi)) ? hi : hi + {log1p}({exp}(lo - hi));\n"
+        "}}"),
+}
+
+# Metal's standard library has no log1p, expm1 or erf (MLX ships its own); these are ours.
+_METAL_ONLY_HELPERS = {
+    "mt_log1p": (
+        "inline float mt_log1p(float x) {\n"
+        "  // log(u) * x / (u - 1) with u = 1 + x cancels the rounding of u (Goldberg 1991)\n"
+        "  const float u = 1.0f + x;\n"
+        "  if (u == 1.0f) return x;\n"
+        "  if (metal::isinf(u)) return u;\n"
+        "  return metal::log(u) * (x / (u - 1.0f));\n"
+        "}"),
+    "mt_expm1": (
+        "inline float mt_expm1(float x) {\n"
+        "  // (u - 1) * x / log(u) with u = exp(x) (Kahan)\n"
+        "  const float u = metal::exp(x);\n"
+        "  if (u == 1.0f) return x;\n"
+        "  const float um1 = u - 1.0f;\n"
+        "  if (um1 == -1.0f) return -1.0f;\n"
+        "  if (metal::isinf(u)) return u;\n"
+        "  return um1 * x / metal::log(u);\n"
+        "}"),
+    "mt_erf": (
+        "inline float mt_erf(float x) {\n"
+        "  const float a = metal::abs(x);\n"
+        "  if (a < 0.5f) {\n"
+        "    // Taylor series, relative error < 1e-7 on |x| < 0.5\n"
+        "    const float t = x * x;\n"
+        "    return x * (1.1283791671f + t * (-0.3761263890f + t * (0.1128379167f + t * (\n"
+        "        -0.0268661706f + t * (0.0052239776f + t * (-0.0008548327f + t * 0.0001205499f))))));\n"
+        "  }\n"
+        "  // Abramowitz & Stegun 7.1.26, absolute error < 1.5e-7\n"
+        "  const float t = 1.0f / (1.0f + 0.3275911f * a);\n"
+        "  const float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t\n"
+        "      - 0.284496736f) * t + 0.254829592f) * t;\n"
+        "  return metal::copysign(1.0f - p * metal::exp(-a * a), x);\n"
+        "}"),
+}
+
+
+def _helpers(fn: str, names: dict[str, str], extra: dict[str, str]) -> Mapping[str, str]:
+    # dialect-only helpers first: shared ones may call them (mt_logaddexp -> mt_log1p)
+    out = dict(extra)
+    out.update({k: v.format(fn=fn, **names) for k, v in _SHARED_HELPERS.items()})
+    return _freeze(out)
+
+
+def _float_math(fmt: str, names: dict[Ops, str]) -> dict[tuple[Ops, str], str]:
+    return {(op, "float"): fmt.format(name) + "({0})" if op not in _BINARY_MATH
+            else fmt.format(name) + "({0}, {1})" for op, name in names.items()}
+
+
+_BINARY_MATH = {Ops.POW, Ops.ATAN2, Ops.REM}
+
+_METAL_MATH = {
+    Ops.SQRT: "sqrt", Ops.RSQRT: "rsqrt", Ops.EXP: "exp", Ops.LOG: "log", Ops.LOG2: "log2",
+    Ops.LOG10: "log10", Ops.SIN: "sin", Ops.COS: "cos", Ops.TAN: "tan", Ops.ASIN: "asin",
+    Ops.ACOS: "acos", Ops.ATAN: "atan", Ops.SINH: "sinh", Ops.COSH: "cosh", Ops.TANH: "tanh",
+    Ops.ASINH: "asinh", Ops.ACOSH: "acosh", Ops.ATANH: "atanh", Ops.FLOOR: "floor",
+    Ops.CEIL: "ceil", Ops.ROUND: "rint", Ops.ABS: "abs", Ops.POW: "pow", Ops.ATAN2: "atan2",
+    Ops.REM: "fmod",
+}
+_CUDA_MATH = {
+    Ops.SQRT: "sqrtf", Ops.RSQRT: "rsqrtf", Ops.EXP: "expf", Ops.LOG: "logf", Ops.LOG2: "log2f",
+    Ops.LOG10: "log10f", Ops.SIN: "sinf", Ops.COS: "cosf", Ops.TAN: "tanf", Ops.ASIN: "asinf",
+    Ops.ACOS: "acosf", Ops.ATAN: "atanf", Ops.SINH: "sinhf", Ops.COSH: "coshf",
+    Ops.TANH: "tanhf", Ops.ASINH: "asinhf", Ops.ACOSH: "acoshf", Ops.ATANH: "atanhf",
+    Ops.FLOOR: "floorf", Ops.CEIL: "ceilf", Ops.ROUND: "rintf", Ops.ABS: "fabsf",
+    Ops.POW: "powf", Ops.ATAN2: "atan2f", Ops.REM: "fmodf", Ops.EXPM1: "expm1f",
+    Ops.LOG1P: "log1pf", Ops.ERF: "erff",
+}
+
+METAL = Dialect(
+    name="metal",
+    types=_freeze({**_INT_TYPES, "float16": "float16_t", "bfloat16": "bfloat16_t"}),
+    fn="inline",
+    thread_in_group="thread_position_in_threadgroup.x",
+    group_in_grid="threadgroup_position_in_grid.x",
+    thread_in_grid="thread_position_in_grid.x",
+    barrier="metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);",
+    shared="threadgroup",
+    global_space="device ",
+    unroll="#pragma clang loop unroll(full)",
+    shuffle_xor="metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
+    # Metal's own vector types: a load from device memory is a plain vector load (a struct
+    # would need a copy constructor across address spaces)
+    vector_type="metal::vec<{T}, {N}>",
+    vector_lane="{v}[{l}]",
+    simd_reduce=_freeze({"sum": "metal::simd_sum({x})"}),
+    code_for_op=_freeze({
+        **_float_math("metal::{}", _METAL_MATH),
+        (Ops.EXPM1, "float"): "mt_expm1({0})", (Ops.LOG1P, "float"): "mt_log1p({0})",
+        (Ops.ERF, "float"): "mt_erf({0})",
+    }),
+    casts=_freeze({}),
+    literals=_freeze({"inf": "INFINITY", "nan": "NAN"}),
+    scalar_input="{name}",  # MLX passes a 0-d input as `const constant T& name`
+    prelude="#include <metal_stdlib>\n",
+    helpers=_helpers("inline", {"exp": "metal::exp", "fabs": "metal::abs",
+                                "isinf": "metal::isinf", "log1p": "mt_log1p"},
+                     _METAL_ONLY_HELPERS),
+    constructor_options=(("atomic_outputs", False),),
+)
+
+CUDA = Dialect(
+    name="cuda",
+    types=_freeze({**_INT_TYPES, "float16": "__half", "bfloat16": "__nv_bfloat16"}),
+    fn="__device__ __forceinline__",
+    thread_in_group="threadIdx.x",
+    group_in_grid="blockIdx.x",
+    thread_in_grid="(blockIdx.x * blockDim.x + threadIdx.x)",
+    barrier="__syncthreads();",
+    shared="__shared__",
+    global_space="",
+    unroll="#pragma unroll",
+    shuffle_xor="__shfl_xor_sync(0xffffffffu, {x}, {o})",
+    # CUDA has no half4: an aligned array struct (MLX's AlignedVector) loads as one ld.v4
+    vector_type="mt_vec<{T}, {N}>",
+    vector_lane="{v}.v[{l}]",
+    simd_reduce=_freeze({}),
+    code_for_op=_freeze(_float_math("{}", _CUDA_MATH)),
+    casts=_freeze({
+        ("float16", "float32"): "__half2float({x})",
+        ("float32", "float16"): "__float2half_rn({x})",
+        ("bfloat16", "float32"): "__bfloat162float({x})",
+        ("float32", "bfloat16"): "__float2bfloat16_rn({x})",
+    }),
+    literals=_freeze({"inf": "__int_as_float(0x7f800000)", "nan": "__int_as_float(0x7fffffff)"}),
+    scalar_input="{name}[0]",
+    prelude="#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n",
+    helpers=_helpers("__device__ __forceinline__",
+                     {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {}),
+    constructor_options=(("shared_memory", 0),),
+)
+
+DIALECTS = {"metal": METAL, "cuda": CUDA}

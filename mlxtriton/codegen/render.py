@@ -1,0 +1,704 @@
+"""Codegen layer: one C-style renderer for both dialects, KERNEL node -> LoweredKernel.
+
+The output is exactly what ``mx.fast.metal_kernel`` / ``mx.fast.cuda_kernel`` take (MLX writes the
+signature around the body) plus the call arguments. Dialect differences live in
+``codegen.dialects`` tables; nothing here asks which dialect it renders. May import the codegen
+IR, builder and dialects; never the runtime (only the runtime calls ``mx.fast.*_kernel``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mlxtriton.codegen import build as _build
+from mlxtriton.codegen.dialects import DIALECTS, Dialect
+from mlxtriton.codegen.kernel_ir import Access, Ops, Param, UOp, kernel_params
+from mlxtriton.codegen.region import Region
+from mlxtriton.graph import dtypes as _dtypes
+
+
+@dataclass(frozen=True)
+class LoweredKernel:
+    """One generated kernel: the constructor and call arguments of ``mx.fast.*_kernel``.
+
+    ``kernel_kwargs()`` and ``call_kwargs()`` give them as dicts (dtypes by name; the runtime
+    converts them to ``mx.Dtype``). ``kernel`` is the kernel IR it came from (the interpreter
+    runs it).
+    """
+
+    target: str  # "metal" | "cuda"
+    name: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    source: str
+    header: str
+    ensure_row_contiguous: bool
+    grid: tuple[int, int, int]
+    threadgroup: tuple[int, int, int]
+    output_shapes: tuple[tuple[int, ...], ...]
+    output_dtypes: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    input_dtypes: tuple[str, ...]
+    template: tuple[tuple[str, Any], ...] = ()
+    init_value: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # atomic_outputs (Metal) / shared_memory (CUDA)
+    # Vector loads and stores assume each buffer starts 16-byte aligned (MLX allocations do;
+    # an input that is a row-contiguous view at an odd offset would not).
+    alignment: int = 16
+    kernel: UOp | None = field(default=None, compare=False, repr=False)
+
+    def kernel_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``mx.fast.metal_kernel`` / ``mx.fast.cuda_kernel``."""
+        return {"name": self.name, "input_names": list(self.input_names),
+                "output_names": list(self.output_names), "source": self.source,
+                "header": self.header, "ensure_row_contiguous": self.ensure_row_contiguous,
+                **dict(self.options)}
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Arguments of the kernel call, except ``inputs`` (dtypes by name)."""
+        out: dict[str, Any] = {"grid": self.grid, "threadgroup": self.threadgroup,
+                               "output_shapes": [list(s) for s in self.output_shapes],
+                               "output_dtypes": list(self.output_dtypes)}
+        if self.template:
+            out["template"] = list(self.template)
+        if self.init_value is not None:
+            out["init_value"] = self.init_value
+        return out
+
+    def as_text(self) -> str:
+        ins = ", ".join(f"{n}: {d}{list(s)}" for n, d, s in
+                        zip(self.input_names, self.input_dtypes, self.input_shapes))
+        outs = ", ".join(f"{n}: {d}{list(s)}" for n, d, s in
+                         zip(self.output_names, self.output_dtypes, self.output_shapes))
+        lines = [f"kernel {self.name} ({self.target})",
+                 f"  inputs:  {ins}", f"  outputs: {outs}",
+                 f"  grid {self.grid}, threadgroup {self.threadgroup}"]
+        if self.kernel is not None:
+            lines.append(f"  schedule: {self.kernel.arg.describe()}")
+        lines += ["--- header ---", self.header.rstrip(), "--- source ---", self.source.rstrip()]
+        return "\n".join(lines) + "\n"
+
+
+# C syntax both dialects share; dialect tables override per (op, kind).
+_BASE_CODE: dict[tuple[Ops, str], str] = {
+    (Ops.ADD, "any"): "({0} + {1})", (Ops.SUB, "any"): "({0} - {1})",
+    (Ops.MUL, "any"): "({0} * {1})", (Ops.DIV, "any"): "({0} / {1})",
+    (Ops.IDIV, "any"): "({0} / {1})", (Ops.MOD, "any"): "({0} % {1})",
+    (Ops.REM, "int"): "({0} % {1})", (Ops.MAX, "any"): "mt_max({0}, {1})",
+    (Ops.MIN, "any"): "mt_min({0}, {1})", (Ops.POW, "int"): "mt_ipow({0}, {1})",
+    (Ops.ABS, "int"): "mt_iabs({0})", (Ops.CMPLT, "any"): "({0} < {1})",
+    (Ops.CMPLE, "any"): "({0} <= {1})", (Ops.CMPEQ, "any"): "({0} == {1})",
+    (Ops.CMPNE, "any"): "({0} != {1})", (Ops.AND, "any"): "({0} && {1})",
+    (Ops.OR, "any"): "({0} || {1})", (Ops.NOT, "any"): "(!{0})", (Ops.NEG, "any"): "(-{0})",
+    (Ops.SQUARE, "any"): "({0} * {0})", (Ops.SIGN, "any"): "mt_sign({0})",
+    (Ops.SIGMOID, "float"): "mt_sigmoid({0})", (Ops.LOGADDEXP, "float"): "mt_logaddexp({0}, {1})",
+    (Ops.WHERE, "any"): "({0} ? {1} : {2})",
+}
+
+# per reduction kind: the identity and how two partial results combine
+_COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}", "max": "mt_max({a}, {b})",
+            "min": "mt_min({a}, {b})", "and": "{a} & {b}", "or": "{a} | {b}"}
+
+_KERNEL, _CHUNK, _LANE = 0, 1, 2
+
+
+def _kind(dtype: str) -> str:
+    return "float" if dtype in _dtypes.FLOATING else "int"
+
+
+class _Renderer:
+    def __init__(self, kernel: UOp, d: Dialect):
+        self.k, self.d, self.s = kernel, d, kernel.arg
+        self.params = kernel_params(kernel)
+        self.idx_t = d.type(self.s.index_dtype)
+        self.n = 0
+        self.helpers: set[str] = set()
+        self.lines: list[str] = []  # kernel-level lines of the body
+        self.shared_decls: list[str] = []
+        self.bound: list[dict[UOp, str]] = [{}, {}, {}]
+        self.level_lines: list[list[str]] = [self.lines, [], []]
+        self.chunk_post: list[str] = []
+        self.resident: dict[UOp, str] = {}  # LOAD -> register array
+        self.loaded: set[UOp] = set()  # resident LOADs already filled
+        self.store_vectors: dict[UOp, str] = {}
+
+    # -- naming and expressions ---------------------------------------------------------------
+    def tmp(self, prefix: str = "mt_t") -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def code(self, op: Ops, dtype: str, args: list[str]) -> str:
+        for key in ((op, _kind(dtype)), (op, "any")):
+            for table in (self.d.code_for_op, _BASE_CODE):
+                if key in table:
+                    return self.use(table[key].format(*args))
+        raise NotImplementedError(f"no {self.d.name} code for {op} on {dtype}")
+
+    def use(self, text: str) -> str:
+        self.helpers.update(re.findall(r"\bmt_[a-z0-9]+(?=\s*[(<])", text))
+        return text
+
+    def literal(self, dtype: str, value: Any) -> str:
+        if dtype == "bool":
+            return "true" if value else "false"
+        if dtype in _dtypes.FLOATING:
+            v = float(value)
+            if math.isnan(v):
+                return self.d.literals["nan"]
+            if math.isinf(v):
+                return ("-" if v < 0 else "") + self.d.literals["inf"]
+            text = f"{v:.9g}"
+            if not re.search(r"[.e]", text):
+                text += ".0"
+            return text + "f"
+        if dtype == "int32":
+            return str(value)
+        if dtype == "uint32":
+            return f"{value}u"
+        return f"static_cast<{self.d.type(dtype)}>({value})"
+
+    def cast(self, x: str, src: str, dst: str) -> str:
+        template = self.d.casts.get((src, dst))
+        if template is not None:
+            return template.format(x=x)
+        return f"static_cast<{self.d.type(dst)}>({x})"
+
+    def level_of(self, u: UOp, want: int) -> int:
+        return want if u.per_element else _KERNEL
+
+    def emit(self, level: int, line: str) -> None:
+        self.level_lines[level].append(line)
+
+    def expr(self, u: UOp, level: int) -> str:
+        """The C expression (usually a temporary's name) of ``u`` at ``level``."""
+        level = self.level_of(u, level)
+        if (hit := self.bound[level].get(u)) is not None:
+            return hit
+        if u.op is Ops.CONST:
+            return self.literal(u.dtype, u.arg)
+        if u.op is Ops.SPECIAL:
+            raise AssertionError(f"index variable {u.arg[0]} not bound at level {level}")
+        if u.op is Ops.LOAD:
+            text = self.load(u, level)
+        elif u.op is Ops.REDUCE:
+            raise AssertionError("a reduction is read before its pass finished")
+        else:
+            args = [self.expr(s, level) for s in u.src]
+            if u.op is Ops.CAST:
+                text = self.cast(args[0], u.src[0].dtype, u.dtype)
+            else:
+                text = self.code(u.op, u.src[0].dtype if u.op is not Ops.WHERE else u.dtype,
+                                 args)
+            name = self.tmp()
+            self.emit(level, f"const {self.d.type(u.dtype)} {name} = {text};")
+            text = name
+        self.bound[level][u] = text
+        return text
+
+    def buffer(self, p: Param) -> str:
+        return p.name
+
+    def load(self, u: UOp, level: int) -> str:
+        p: Param = u.src[0].arg
+        T = self.d.type(p.dtype)
+        access = u.arg.access
+        if u in self.resident and u in self.loaded:
+            return f"{self.resident[u]}[{self.reg_index()}]"
+        if access is Access.VECTOR:
+            vec = self.chunk_vector_load(u)
+            text = self.d.vector_lane.format(v=vec, l="mt_l")
+        elif access is Access.UNIFORM:
+            if (name := self.bound[_CHUNK].get(u)) is None:
+                index = self.expr(u.src[1], _CHUNK)
+                name = self.tmp()
+                self.emit(_CHUNK, f"const {T} {name} = {self.read(p, index)};")
+                self.bound[_CHUNK][u] = name
+            text = name
+        else:
+            index = self.expr(u.src[1], level)
+            name = self.tmp()
+            self.emit(level, f"const {T} {name} = {self.read(p, index)};")
+            text = name
+        if u in self.resident:
+            # first pass that reads it: fill the register array, later passes reuse it
+            self.emit(_LANE, f"{self.resident[u]}[{self.reg_index()}] = {text};")
+            self.loaded_now.add(u)
+        return text
+
+    def read(self, p: Param, index: str) -> str:
+        if p.shape == ():
+            return self.d.scalar_input.format(name=p.name)
+        return f"{p.name}[{index}]"
+
+    def chunk_vector_load(self, u: UOp) -> str:
+        if (name := self.bound[_CHUNK].get(u)) is not None:
+            return name
+        p: Param = u.src[0].arg
+        V = self.s.vector_width
+        vt = self.use(self.d.vector_type.format(T=self.d.type(p.dtype), N=V))
+        index = self.expr(u.src[1], _CHUNK)
+        name = self.tmp("mt_v")
+        self.emit(_CHUNK, f"const {vt} {name} = "
+                          f"*(const {self.d.global_space}{vt}*)({p.name} + {index});")
+        self.bound[_CHUNK][u] = name
+        return name
+
+    def reg_index(self) -> str:
+        s = self.s
+        c = "mt_c" if s.chunks > 1 else ""
+        lane = "mt_l" if s.vector_width > 1 else ""
+        if c and lane:
+            return f"mt_c * {s.vector_width} + mt_l"
+        return c or lane or "0"
+
+    # -- statements -----------------------------------------------------------------------------
+    def store(self, st: UOp, level: int) -> None:
+        p: Param = st.src[0].arg
+        value = self.expr(st.src[2], level)
+        if st.arg.access is Access.VECTOR:
+            vec = self.store_vectors.get(st)
+            if vec is None:
+                vt = self.use(self.d.vector_type.format(T=self.d.type(p.dtype),
+                                                        N=self.s.vector_width))
+                vec = self.store_vectors[st] = self.tmp("mt_o")
+                self.emit(_CHUNK, f"{vt} {vec};")
+                index = self.expr(st.src[1], _CHUNK)
+                self.chunk_post.append(f"*({self.d.global_space}{vt}*)({p.name} + {index}) = "
+                                       f"{vec};")
+            self.emit(_LANE, f"{self.d.vector_lane.format(v=vec, l='mt_l')} = {value};")
+            return
+        assert st.arg.access is not Access.UNIFORM, "lanes never share an output element"
+        index = self.expr(st.src[1], level)
+        self.emit(level, f"{p.name}[{index}] = {value};")
+
+
+def _used(decls: list[str], lines: list[str]) -> list[str]:
+    """The declarations whose variable the lines read (scoped index variables)."""
+    text = "\n".join(lines)
+    return [d for d in decls if re.search(rf"\b{_DECL.match(d).group(1)}\b", text)]
+
+
+def _indent(lines: list[str], n: int = 1) -> list[str]:
+    return ["  " * n + ln if ln else ln for ln in lines]
+
+
+def _loop(header: str, body: list[str], unroll: str | None) -> list[str]:
+    return ([unroll] if unroll else []) + [header + " {"] + _indent(body) + ["}"]
+
+
+class _KernelWriter(_Renderer):
+    """Lays out passes over the index space; shared by pointwise and row kernels."""
+
+    def element_block(self, body: Callable[[], None]) -> list[str]:
+        """One chunk: chunk-level prologue (vector loads), the lane loop, chunk epilogue."""
+        s = self.s
+        self.bound[_CHUNK] = dict(self.chunk_bindings)
+        self.bound[_LANE] = dict(self.lane_bindings)
+        self.level_lines[_CHUNK], self.level_lines[_LANE] = [], []
+        self.chunk_post, self.store_vectors = [], {}
+        self.loaded_now: set[UOp] = set()
+        body()
+        self.loaded |= self.loaded_now
+        lane_lines = _used(self.lane_prologue, self.level_lines[_LANE]) + self.level_lines[_LANE]
+        if s.vector_width > 1:
+            lane_lines = _loop(f"for (int mt_l = 0; mt_l < {s.vector_width}; ++mt_l)",
+                               lane_lines, self.d.unroll)
+        return self.level_lines[_CHUNK] + lane_lines + self.chunk_post
+
+
+def _render_pointwise(r: _KernelWriter) -> list[str]:
+    s, d = r.s, r.d
+    V = s.vector_width
+    idx = next((u for u in r.k.toposort if u.op is Ops.SPECIAL and u.arg[0] == "idx"), None)
+    start = f"static_cast<{r.idx_t}>({d.thread_in_grid})" + (f" * {V}" if V > 1 else "")
+    r.lines.append(f"const {r.idx_t} mt_i0 = {start};")
+    r.chunk_bindings = {idx: "mt_i0"} if idx is not None else {}
+    r.lane_bindings = {idx: "mt_idx" if V > 1 else "mt_i0"} if idx is not None else {}
+    r.lane_prologue = [f"const {r.idx_t} mt_idx = mt_i0 + mt_l;"] if V > 1 and idx else []
+
+    def body():
+        for st in _stores(r.k):
+            r.store(st, _LANE)
+
+    block = r.element_block(body)
+    guard = (s.elements // V) % s.threadgroup_size != 0  # CUDA launches whole blocks
+    return r.lines + (["if (mt_i0 < %d) {" % s.elements] + _indent(block) + ["}"]
+                      if guard else block)
+
+
+def _stores(k: UOp) -> list[UOp]:
+    return [u for u in k.src if u.op is Ops.STORE]
+
+
+def _reductions_by_pass(k: UOp) -> dict[int, list[UOp]]:
+    out: dict[int, list[UOp]] = {}
+    for u in k.toposort:
+        if u.op is Ops.REDUCE:
+            out.setdefault(u.reduce_pass, []).append(u)
+    return out
+
+
+def _render_row(r: _KernelWriter) -> list[str]:
+    s, d = r.s, r.d
+    T, G, V, C, W, L, R = (s.threads_per_row, s.rows_per_group, s.vector_width, s.chunks,
+                           s.simd_width, s.row_length, s.rows)
+    it = r.idx_t
+    specials = {u.arg[0]: u for u in r.k.toposort if u.op is Ops.SPECIAL}
+    lines = r.lines
+    lines.append(f"const int mt_tid = static_cast<int>({d.thread_in_group});")
+    if G > 1:
+        lines.append(f"const int mt_lane = mt_tid % {T};")
+        lines.append(f"const int mt_row_raw = static_cast<int>({d.group_in_grid}) * {G} + "
+                     f"mt_tid / {T};")
+    else:
+        lines.append("const int mt_lane = mt_tid;")
+        lines.append(f"const int mt_row_raw = static_cast<int>({d.group_in_grid});")
+    active = R % G != 0
+    if active:
+        # rows past the end recompute the last row (their SIMD lanes still take part in the
+        # shuffles) and store nothing
+        lines.append(f"const bool mt_active = mt_row_raw < {R};")
+        lines.append(f"const {it} mt_row = mt_active ? mt_row_raw : {R - 1};")
+    else:
+        lines.append(f"const {it} mt_row = mt_row_raw;")
+    if T > W:
+        lines.append(f"const int mt_warp = mt_tid / {W};")
+        lines.append(f"const int mt_wlane = mt_tid % {W};")
+    if "row" in specials:
+        r.bound[_KERNEL][specials["row"]] = "mt_row"
+    col = specials.get("col")
+    r.chunk_bindings = {col: "mt_col0"} if col is not None else {}
+    r.lane_bindings = {col: "mt_col" if V > 1 else "mt_col0"} if col is not None else {}
+    r.lane_prologue = [f"const {it} mt_col = mt_col0 + mt_l;"] if V > 1 and col else []
+
+    # inputs that stay on chip between passes: one register array per load
+    for u in r.k.toposort:
+        if u.op is Ops.LOAD and u.arg.resident:
+            name = r.tmp("mt_r")
+            r.resident[u] = name
+            lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].arg.name}, "
+                         f"resident in registers across passes")
+
+    by_pass = _reductions_by_pass(r.k)
+    n_reduce_passes = max(by_pass, default=-1) + 1
+    elem_stores = [st for st in _stores(r.k) if st.arg.access is not Access.HOISTED]
+    row_stores = [st for st in _stores(r.k) if st.arg.access is Access.HOISTED]
+    guard_col = L % (T * V) != 0
+    unroll_chunks = d.unroll if r.resident else None
+
+    def chunk_loop(body) -> list[str]:
+        block = r.element_block(body)
+        col0 = (f"(static_cast<{it}>(mt_c) * {T} + mt_lane)" if C > 1 else
+                f"static_cast<{it}>(mt_lane)")
+        col0 = f"{col0} * {V}" if V > 1 else col0
+        inner = ([f"if (mt_col0 < {L}) {{"] + _indent(block) + ["}"]) if guard_col else block
+        inner = _used([f"const {it} mt_col0 = {col0};"], inner) + inner
+        if C > 1:
+            return _loop(f"for (int mt_c = 0; mt_c < {C}; ++mt_c)", inner, unroll_chunks)
+        return ["{"] + _indent(inner) + ["}"]
+
+    for p in range(n_reduce_passes):
+        reduces = by_pass[p]
+        online = {u.src[0]: u for u in reduces if u.arg == "sumexp"}
+        aliased = {u: online[u.src[0]] for u in reduces if u.arg == "max" and u.src[0] in online}
+        accs: dict[UOp, list[str]] = {}
+        kinds = ["max+sumexp (online)" if u.arg == "sumexp" and u.src[0] in
+                 {a.src[0] for a in aliased} else u.arg for u in reduces if u not in aliased]
+        lines.append(f"// pass {p + 1}: {', '.join(kinds)}")
+        for u in reduces:
+            if u in aliased:
+                continue
+            accs[u] = _declare_acc(r, u)
+
+        def body(reduces=reduces, accs=accs):
+            for u in reduces:
+                if u in accs:
+                    _accumulate(r, u, accs[u])
+
+        lines.extend(chunk_loop(body))
+        _combine_across_threads(r, reduces, accs, aliased)
+
+    if elem_stores:
+        lines.append(f"// pass {n_reduce_passes + 1}: write rows")
+
+        def store_body():
+            for st in elem_stores:
+                r.store(st, _LANE)
+
+        block_lines = chunk_loop(store_body)
+        if active:
+            block_lines = ["if (mt_active) {"] + _indent(block_lines) + ["}"]
+        lines.extend(block_lines)
+    if row_stores:
+        cond = " && ".join(c for c in ("mt_lane == 0" if T > 1 else "",
+                                       "mt_active" if active else "") if c)
+        body_lines: list[str] = []
+        for st in row_stores:
+            value = r.expr(st.src[2], _KERNEL)
+            index = r.expr(st.src[1], _KERNEL)
+            body_lines.append(f"{st.src[0].arg.name}[{index}] = {value};")
+        lines.extend((["if (%s) {" % cond] + _indent(body_lines) + ["}"]) if cond else body_lines)
+    return lines
+
+
+def _identity(r: _Renderer, kind: str, dtype: str) -> str:
+    if kind in ("sum", "or"):
+        return r.literal(dtype, 0)
+    if kind in ("prod", "and"):
+        return r.literal(dtype, 1)
+    big = {"max": -math.inf, "argmax": -math.inf, "min": math.inf, "argmin": math.inf}[kind]
+    if dtype in _dtypes.FLOATING:
+        return r.literal(dtype, big)
+    info = _int_range(dtype)
+    return r.literal(dtype, info[0] if big < 0 else info[1])
+
+
+def _int_range(dtype: str) -> tuple[int, int]:
+    bits = 8 * _dtypes.itemsize(dtype)
+    if dtype in _dtypes.SIGNED:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _declare_acc(r: _Renderer, u: UOp) -> list[str]:
+    """Per-thread accumulator variables of a reduction, declared before its pass."""
+    vdt = u.src[0].dtype
+    T = r.d.type(vdt)
+    a = r.tmp("mt_acc")
+    if u.arg in ("argmax", "argmin"):
+        r.lines.append(f"{T} {a} = {_identity(r, u.arg, vdt)};")
+        r.lines.append(f"uint32_t {a}_i = 0xffffffffu;")
+        return [a, a + "_i"]
+    if u.arg == "sumexp":
+        r.lines.append(f"{T} {a} = {_identity(r, 'max', vdt)};  // running max")
+        r.lines.append(f"{T} {a}_s = {r.literal(vdt, 0)};  // sum of exp(v - running max)")
+        return [a, a + "_s"]
+    r.lines.append(f"{T} {a} = {_identity(r, u.arg, u.dtype)};")
+    return [a]
+
+
+def _exp(r: _Renderer, x: str) -> str:
+    return r.code(Ops.EXP, "float32", [x])
+
+
+def _arg_take(kind: str, bv: str, bi: str, v: str, i: str) -> str:
+    # first extreme wins; a NaN counts as the extreme (MLX's argmax/argmin)
+    cmp = ">" if kind == "argmax" else "<"
+    return (f"(({bv} != {bv}) ? ({v} != {v} && {i} < {bi}) : "
+            f"({v} != {v} || {v} {cmp} {bv} || ({v} == {bv} && {i} < {bi})))")
+
+
+def _accumulate(r: _Renderer, u: UOp, acc: list[str]) -> None:
+    v = r.expr(u.src[0], _LANE)
+    if u.arg in ("argmax", "argmin"):
+        i = r.expr(u.src[1], _LANE)
+        take = r.tmp("mt_take")
+        r.emit(_LANE, f"const bool {take} = {_arg_take(u.arg, acc[0], acc[1], v, i)};")
+        r.emit(_LANE, f"{acc[0]} = {take} ? {v} : {acc[0]};")
+        r.emit(_LANE, f"{acc[1]} = {take} ? {i} : {acc[1]};")
+    elif u.arg == "sumexp":
+        m, s = acc
+        one = r.literal("float32", 1.0)
+        r.emit(_LANE, f"if ({v} > {m} || {v} != {v}) {{ {s} = {s} * {_exp(r, f'{m} - {v}')} + "
+                      f"{one}; {m} = {v}; }}")
+        r.emit(_LANE, f"else {{ {s} += ({v} == {m}) ? {one} : {_exp(r, f'{v} - {m}')}; }}")
+    else:
+        r.emit(_LANE, f"{acc[0]} = {r.use(_COMBINE[u.arg].format(a=acc[0], b=v))};")
+
+
+def _combine_step(r: _Renderer, u: UOp, acc: list[str], other: list[str]) -> list[str]:
+    """Merge another thread's partial (``other``) into this thread's (``acc``)."""
+    if u.arg in ("argmax", "argmin"):
+        take = _arg_take(u.arg, acc[0], acc[1], other[0], other[1])
+        return [f"const bool mt_take = {take};",
+                f"{acc[0]} = mt_take ? {other[0]} : {acc[0]};",
+                f"{acc[1]} = mt_take ? {other[1]} : {acc[1]};"]
+    if u.arg == "sumexp":
+        m, s = acc
+        om, os = other
+        one = r.literal("float32", 1.0)
+        return [f"const float mt_m = {r.use(f'mt_max({m}, {om})')};",
+                f"{s} = {s} * ({m} == mt_m ? {one} : {_exp(r, f'{m} - mt_m')}) + "
+                f"{os} * ({om} == mt_m ? {one} : {_exp(r, f'{om} - mt_m')});",
+                f"{m} = mt_m;"]
+    return [f"{acc[0]} = {r.use(_COMBINE[u.arg].format(a=acc[0], b=other[0]))};"]
+
+
+def _shuffle_tree(r: _Renderer, u: UOp, acc: list[str], width: int) -> list[str]:
+    """Butterfly over ``width`` lanes (a power of two): afterwards every lane holds the total."""
+    if width <= 1:
+        return []
+    if u.arg in r.d.simd_reduce and width == r.s.simd_width:
+        return [f"{acc[0]} = {r.d.simd_reduce[u.arg].format(x=acc[0])};"]
+    other = [f"mt_x{k}" for k in range(len(acc))]
+    body = [f"const {r.d.type(_acc_type(u, k))} {o} = {r.d.shuffle_xor.format(x=a, o='mt_o')};"
+            for k, (a, o) in enumerate(zip(acc, other))]
+    body += _combine_step(r, u, acc, other)
+    return _loop(f"for (int mt_o = {width // 2}; mt_o > 0; mt_o >>= 1)", body, r.d.unroll)
+
+
+def _acc_type(u: UOp, k: int) -> str:
+    if u.arg in ("argmax", "argmin") and k == 1:
+        return "uint32"
+    return u.src[0].dtype if u.arg in ("argmax", "argmin", "sumexp") else u.dtype
+
+
+def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, list[str]],
+                            aliased: dict[UOp, UOp]) -> None:
+    s, d = r.s, r.d
+    T, W = s.threads_per_row, s.simd_width
+    lines = r.lines
+    for u, acc in accs.items():
+        lines.extend(_shuffle_tree(r, u, acc, min(T, W)))
+    if T > W:
+        warps = T // W
+        stage: list[str] = []
+        for u, acc in accs.items():
+            arrays = []
+            for k, a in enumerate(acc):
+                sm = r.tmp("mt_sm")
+                r.shared_decls.append(f"{d.shared} {d.type(_acc_type(u, k))} {sm}[{warps}];")
+                arrays.append(sm)
+            stage.append((u, acc, arrays))
+        lines.append("if (mt_wlane == 0) {")
+        for u, acc, arrays in stage:
+            lines.extend(_indent([f"{sm}[mt_warp] = {a};" for sm, a in zip(arrays, acc)]))
+        lines.append("}")
+        # one barrier per pass; each reduction owns its slots, so no barrier guards reuse
+        lines.append(d.barrier)
+        for u, acc, arrays in stage:
+            idents = _partial_identities(r, u)
+            for sm, a, ident in zip(arrays, acc, idents):
+                lines.append(f"{a} = mt_wlane < {warps} ? {sm}[mt_wlane] : {ident};")
+            lines.extend(_shuffle_tree(r, u, acc, warps))
+    for u, acc in accs.items():
+        if u.arg == "sumexp":
+            # The running sum counts elements equal to the running max as exp(0) = 1, so that
+            # an early -inf never poisons it; sum(exp(v - max)) is NaN when the max is
+            # infinite (inf - inf), as in MLX's two-pass softmax.
+            inf, nan = r.literal("float32", math.inf), r.literal("float32", math.nan)
+            lines.append(f"{acc[1]} = ({acc[0]} == {inf} || {acc[0]} == -{inf}) ? {nan} : "
+                         f"{acc[1]};")
+        r.bound[_KERNEL][u] = acc[1] if u.arg in ("argmax", "argmin") else (
+            acc[1] if u.arg == "sumexp" else acc[0])
+    for mx_node, online in aliased.items():
+        r.bound[_KERNEL][mx_node] = accs[online][0]
+
+
+def _partial_identities(r: _Renderer, u: UOp) -> list[str]:
+    vdt = u.src[0].dtype
+    if u.arg in ("argmax", "argmin"):
+        return [_identity(r, u.arg, vdt), "0xffffffffu"]
+    if u.arg == "sumexp":
+        return [_identity(r, "max", vdt), r.literal(vdt, 0)]
+    return [_identity(r, u.arg, u.dtype)]
+
+
+def _describe(s) -> list[str]:
+    lines = [f"// mlxtriton {s.describe()}"]
+    if s.kind == "row":
+        lines.append(f"// thread layout: lane t of a row owns elements (c * {s.threads_per_row}"
+                     f" + t) * {s.vector_width} + [0, {s.vector_width}) for c < {s.chunks}")
+    return lines
+
+
+def render(kernel: UOp, dialect: Dialect | str) -> LoweredKernel:
+    """Render a KERNEL node as the body and header of one MLX custom kernel.
+
+    Args:
+        kernel: a KERNEL UOp from ``build``.
+        dialect: ``"metal"``, ``"cuda"`` or a Dialect table.
+
+    Returns:
+        The LoweredKernel: every argument of ``mx.fast.*_kernel`` and of its call.
+
+    Example:
+        >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> from mlxtriton.codegen.build import build
+        >>> b = RegionBuilder("double")
+        >>> x = b.input((1024,), "float32", "x")
+        >>> k = render(build(b.build([b.op("Add", x, x)])), "cuda")
+        >>> k.grid, k.threadgroup
+        ((256, 1, 1), (256, 1, 1))
+    """
+    d = DIALECTS[dialect] if isinstance(dialect, str) else dialect
+    s = kernel.arg
+    r = _KernelWriter(kernel, d)
+    body = _render_pointwise(r) if s.kind == "pointwise" else _render_row(r)
+    # an input the region never reads is still a parameter MLX declares; say so to the compiler
+    unused = [f"(void){u.arg.name};" for u in kernel.src if u.op is Ops.PARAM]
+    source = "\n".join(_describe(s) + r.shared_decls + unused + _drop_dead(body)) + "\n"
+    header = _header(d, r.helpers)
+    params = r.params
+    ins = [p for p in params if p.role == "input"]
+    outs = [p for p in params if p.role == "output"]
+    for p in ins:  # MLX adds shape/stride parameters for these names; we never want them
+        for suffix in ("_shape", "_strides", "_ndim"):
+            assert p.name + suffix not in source, f"source mentions {p.name + suffix}"
+    digest = hashlib.sha256((d.name + header + source).encode()).hexdigest()[:12]
+    return LoweredKernel(
+        target=d.name, name=f"mlxt_{s.name}_{digest}",
+        input_names=tuple(p.name for p in ins), output_names=tuple(p.name for p in outs),
+        source=source, header=header, ensure_row_contiguous=True,
+        grid=(s.grid, 1, 1), threadgroup=(s.threadgroup_size, 1, 1),
+        output_shapes=tuple(p.shape for p in outs), output_dtypes=tuple(p.dtype for p in outs),
+        input_shapes=tuple(p.shape for p in ins), input_dtypes=tuple(p.dtype for p in ins),
+        options=d.constructor_options, kernel=kernel)
+
+
+_DECL = re.compile(r"^\s*const [\w:<>, ]+? (mt_\w+) = ")
+
+
+def _drop_dead(lines: list[str]) -> list[str]:
+    """Remove const declarations nobody reads (index variables a schedule does not need)."""
+    while True:
+        text = "\n".join(lines)
+        dead = set()
+        for ln in lines:
+            m = _DECL.match(ln)
+            if m and len(re.findall(rf"\b{m.group(1)}\b", text)) == 1:
+                dead.add(ln)
+        if not dead:
+            return lines
+        lines = [ln for ln in lines if ln not in dead]
+
+
+def _header(d: Dialect, used: set[str]) -> str:
+    # helpers that helpers use
+    names = set(used)
+    changed = True
+    while changed:
+        changed = False
+        for name in list(names):
+            for dep in re.findall(r"\bmt_[a-z0-9]+\b", d.helpers.get(name, "")):
+                if dep in d.helpers and dep not in names:
+                    names.add(dep)
+                    changed = True
+    order = [n for n in d.helpers if n in names]
+    missing = (names & _HELPER_NAMES) - set(d.helpers)
+    assert not missing, f"{d.name} has no helper {missing}"
+    return d.prelude + "".join(d.helpers[n] + "\n" for n in order)
+
+
+_HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "mt_ipow",
+                           "mt_sigmoid", "mt_logaddexp", "mt_log1p", "mt_expm1", "mt_erf"})
+
+
+def lower(region: Region, target: str = "metal",
+          params: _build.ScheduleParams | None = None) -> LoweredKernel:
+    """Build and render a region for a target in one call.
+
+    Example:
+        >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> b = RegionBuilder("rms")
+        >>> x = b.input((8, 4096), "bfloat16", "x")
+        >>> y = b.op("Softmax", x)
+        >>> lower(b.build([y]), "cuda").output_dtypes
+        ('bfloat16',)
+    """
+    kernel = _build.build(region, params or _build.PARAMS[target])
+    return render(kernel, target)
