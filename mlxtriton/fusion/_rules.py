@@ -60,6 +60,9 @@ def _gather_axis(e: Eqn) -> Reduction:
     return Reduction(0, (e.params["axis"] % e.inputs[0].ndim,))
 
 
+# Row ops that pick elements rather than combine them: on its own, one is MLX's gather kernel.
+ROW_LOADS = frozenset({"GatherAxis"})
+
 REDUCTIONS: dict[str, Callable[[Eqn], Reduction]] = {
     "Reduce": _reduce,
     "ArgReduce": _arg_reduce,

@@ -12,7 +12,7 @@ from mlxtriton.graph.fused import fused_eqn
 from mlxtriton.graph.transforms import dce, topological_sort
 
 from mlxtriton.fusion import _movement
-from mlxtriton.fusion._rules import Role, role
+from mlxtriton.fusion._rules import ROW_LOADS, Role, role
 from mlxtriton.fusion.index_space import IndexSpace, RegionError, analyze
 from mlxtriton.fusion.report import Boundary, FusionReport, RegionReport, Unfused
 
@@ -241,9 +241,10 @@ class _Clustering:
 
     def worth_a_kernel(self, c: _Cluster) -> bool:
         # A reduction is where fusion pays (and folding its movement ops saves copies); a single
-        # elementwise op is one MLX kernel already.
-        roles = [self.roles[e][0] for e in c.members]
-        return Role.REDUCTION in roles or roles.count(Role.ELEMENTWISE) >= 2
+        # elementwise op or element pick is one MLX kernel already.
+        computes = [e for e in c.members if self.roles[e][0] is not Role.MOVEMENT]
+        reduces = any(self.roles[e][0] is Role.REDUCTION and e.primitive not in ROW_LOADS for e in computes)
+        return reduces or len(computes) >= 2
 
 
 def _signature(e: Eqn) -> str:
@@ -292,7 +293,7 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
             continue
         for e in c.members:
             del clustering.cluster_of[e]
-            if clustering.roles[e][0] is Role.ELEMENTWISE:
+            if clustering.roles[e][0] is not Role.MOVEMENT:
                 unfused.append(Unfused(position[e], e.primitive, _signature(e),
                                        f"a lone {e.primitive} is one MLX kernel already: not worth a generated one"))
 

@@ -124,6 +124,7 @@ def analyze(eqns: Sequence[Eqn]) -> IndexSpace:
                 classes.union(node(a, d), node(b, d))
 
     values: list[Var] = []  # every value with dims in the domain: computed ones and loads
+    seen_loads: set[Var] = set()
     uses: list[tuple[int, int, Var]] = []  # (eqn, slot, var) of each load
     reductions: list[tuple[Eqn, tuple[int, ...], list, list]] = []  # (eqn, axes, reduced, source dims)
     for k, e in enumerate(eqns):
@@ -149,7 +150,8 @@ def analyze(eqns: Sequence[Eqn]) -> IndexSpace:
         for slot, v in enumerate(e.inputs):
             if is_loaded(v):
                 uses.append((k, slot, v))
-                if v not in values:
+                if v not in seen_loads:
+                    seen_loads.add(v)
                     values.append(v)
         values.extend(e.outputs)
         out = e.outputs[0]

@@ -190,7 +190,9 @@ def test_movement_of_inputs_folds_into_the_body():
 
 
 def test_a_lone_cheap_op_is_not_a_kernel():
-    for fn in (lambda x: mx.exp(x), lambda x: x.astype(mx.float16), lambda x: x.reshape(16, 4) + 0):
+    labels = mx.zeros((4, 1), dtype=mx.int32)
+    for fn in (lambda x: mx.exp(x), lambda x: x.astype(mx.float16), lambda x: x.reshape(16, 4) + 0,
+               lambda x: mx.take_along_axis(x, labels, axis=-1)):
         g = mlxtriton.trace(fn)(X)
         fused, report = fuse_with_report(g)
         assert fused == g and not report.regions

@@ -96,14 +96,14 @@ def check_fused(g, args):
     return fused, report
 
 
-@settings(max_examples=60)
+@settings(max_examples=200)
 @given(programs())
 def test_fuse_preserves_values(case):
     fn, args = case
     check_fused(mlxtriton.trace(fn)(*args), args)
 
 
-@settings(max_examples=15)
+@settings(max_examples=30)
 @given(programs())
 def test_fuse_is_idempotent(case):
     fn, args = case
