@@ -273,3 +273,11 @@ def test_docstring_examples(module):
     m = importlib.import_module(f"mlxtriton.fusion.{module}")
     result = doctest.testmod(m, extraglobs={"mx": mx}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("name", ["layer_norm_fast", "cross_entropy", "rms_norm_silu_gate", "softmax_of_matmul"])
+def test_golden_fused_graphs_and_reports(name):
+    from tests.golden import check_golden
+
+    _, fused, report = run_case(name)
+    check_golden(f"fusion/{name}.txt", str(fused) + "\n\n" + report.as_text())
