@@ -32,6 +32,7 @@ BACKEND = _backend()
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for marker in ("cuda", "metal"):
-            if marker in item.keywords and BACKEND != marker:
-                item.add_marker(pytest.mark.skip(reason=f"needs MLX's {marker} backend (here: {BACKEND})"))
+        wanted = [m for m in ("cuda", "metal") if m in item.keywords]
+        if wanted and BACKEND not in wanted:
+            item.add_marker(pytest.mark.skip(
+                reason=f"needs MLX's {' or '.join(wanted)} backend (here: {BACKEND})"))

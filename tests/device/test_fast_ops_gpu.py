@@ -1,0 +1,80 @@
+"""Fast ops on a GPU stream are primitives (on the CPU stream they decompose): trace them live on
+the device, check the decoded params, evaluate with MLX (bit-identical) and with the JAX oracle.
+Runs on the lent H200 (``pytest -m cuda``) and on Apple silicon (``-m metal``)."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxtriton
+from mlxtriton.graph import verify
+
+pytestmark = [pytest.mark.cuda, pytest.mark.metal]
+
+
+def _check(fn, args, primitive, expected_params, rtol=2e-5, atol=2e-5):
+    graph = verify(mlxtriton.trace(fn)(*args))
+    eqns = [e for e in graph.eqns if e.primitive == primitive]
+    assert eqns, f"{primitive} did not appear as a primitive on the GPU stream:\n{graph}"
+    for k, v in expected_params.items():
+        got = eqns[0].params[k]
+        assert got == pytest.approx(v) if isinstance(v, float) else got == v, (k, got, v)
+    expected = fn(*args)
+    got = mlxtriton.evaluate(graph, *args)
+    outs = expected if isinstance(expected, tuple) else (expected,)
+    gots = got if isinstance(got, tuple) else (got,)
+    for e, g in zip(outs, gots):
+        assert mx.array_equal(e, g).item()
+    oracle = mlxtriton.evaluate(graph, *args, backend="jax")
+    oracles = oracle if isinstance(oracle, tuple) else (oracle,)
+    for e, o in zip(outs, oracles):
+        np.testing.assert_allclose(np.asarray(o, np.float32), np.array(e.astype(mx.float32)), rtol=rtol, atol=atol)
+    return graph
+
+
+def test_rms_norm():
+    x, w = mx.random.normal((4, 64)), mx.random.normal((64,))
+    _check(lambda x, w: mx.fast.rms_norm(x, w, 1e-5), (x, w), "RMSNorm", {"eps": 1e-5})
+    _check(lambda x: mx.fast.rms_norm(x, None, 1e-6), (x,), "RMSNorm", {"eps": 1e-6})
+
+
+def test_layer_norm():
+    x, w, b = mx.random.normal((4, 64)), mx.random.normal((64,)), mx.random.normal((64,))
+    _check(lambda x, w, b: mx.fast.layer_norm(x, w, b, 1e-5), (x, w, b), "LayerNorm", {"eps": 1e-5})
+    _check(lambda x: mx.fast.layer_norm(x, None, None, 1e-4), (x,), "LayerNorm", {"eps": 1e-4})
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+def test_rope(traditional):
+    x = mx.random.normal((1, 2, 8, 16))
+    fn = lambda x: mx.fast.rope(x, 16, traditional=traditional, base=10000.0, scale=1.0, offset=3)  # noqa: E731
+    _check(fn, (x,), "RoPE", {"dims": 16, "traditional": traditional, "base": 10000.0, "scale": 1.0},
+           rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mask", [None, "causal", "array"])
+def test_scaled_dot_product_attention(mask):
+    q = mx.random.normal((1, 4, 8, 64))
+    k = mx.random.normal((1, 2, 8, 64))
+    v = mx.random.normal((1, 2, 8, 64))
+    if mask == "array":
+        m = mx.random.normal((1, 1, 8, 8))
+        fn = lambda q, k, v, m: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=m)  # noqa: E731
+        args = (q, k, v, m)
+    else:
+        fn = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask)  # noqa: E731
+        args = (q, k, v)
+    g = _check(fn, args, "ScaledDotProductAttention", {"scale": 0.125}, rtol=1e-4, atol=1e-4)
+    e = next(e for e in g.eqns if e.primitive == "ScaledDotProductAttention")
+    assert e.params["do_causal"] == (mask == "causal")
+
+
+def test_llama_block_with_fast_attention_traces_on_gpu():
+    from mlxtriton import examples
+
+    block = examples.init_eval(examples.LlamaBlock(fast_attention=True))
+    (x,) = examples.example_inputs("llama")
+    graph = verify(mlxtriton.trace(block)(x))
+    counts = graph.primitive_counts()
+    assert counts.get("RMSNorm") == 2 and counts.get("RoPE") == 2
+    assert mx.array_equal(mlxtriton.evaluate(graph, x), block(x)).item()
