@@ -2,7 +2,8 @@
 
 Movement ops become index arithmetic: every value is evaluated *at coordinates* (index
 expressions over the domain's axes), so transposes, broadcasts and slices are never copies.
-May import the graph layer's dtypes and the codegen IR; never the runtime or the public API.
+May import the graph layer's dtypes, the hardware layer and the codegen IR; never the runtime
+or the public API.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 from mlxtriton.codegen import kernel_ir as K
 from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
+from mlxtriton import hw
 from mlxtriton.codegen.region import Op, Region, contiguous_strides
 from mlxtriton.graph import dtypes as _dtypes
 
@@ -24,27 +26,55 @@ class RegionError(ValueError):
 
 @dataclass(frozen=True)
 class ScheduleParams:
-    """The per-target numbers the schedule chooser reads.
+    """The per-chip numbers the schedule chooser reads; ``from_hw`` takes them from
+    ``mlxtriton.hw`` (which derives them from a chip profile, each with its source)."""
 
-    ``mlxtriton.hw`` will derive these from a chip profile; until then METAL_PARAMS and
-    CUDA_PARAMS hold defaults with their sources noted.
-    """
-
-    simd_width: int = 32  # Apple SIMD-group and NVIDIA warp are both 32 wide (apple-gpu.md)
+    simd_width: int = 32
     max_threads_per_group: int = 1024
-    group_threads: int = 256  # threadgroup size for pointwise kernels and short rows
-    vector_bytes: int = 16  # widest load a thread issues (16 B: float4)
+    pointwise_threads: int = 1024  # threadgroup of pointwise kernels
+    pointwise_vector_bytes: int = 16  # bytes of each operand one pointwise thread handles
+    pointwise_min_size: int = 1  # smaller pointwise kernels: one element per thread
+    group_threads: int = 256  # threadgroup of short-row kernels (several rows each)
+    vector_bytes: int = 16  # widest single load or store
     max_vector_lanes: int = 4
-    elements_per_thread: int = 16  # row elements per thread before a row gets more threads
-    resident_registers: int = 32  # 32-bit registers per thread a row kernel spends on caching
+    short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
+    resident_registers: int = 16  # 32-bit registers per thread that may hold row data
+
+    @classmethod
+    def from_hw(cls, p: "hw.CodegenParams") -> ScheduleParams:
+        """Schedule numbers from hardware-derived code-generation parameters.
+
+        Example:
+            >>> from mlxtriton import hw
+            >>> ScheduleParams.from_hw(hw.derive(hw.profile("h200"), 4)).resident_registers
+            16
+        """
+        return cls(
+            simd_width=p.simd_width, max_threads_per_group=p.pointwise_threadgroup_size,
+            pointwise_threads=p.pointwise_threadgroup_size,
+            pointwise_vector_bytes=p.pointwise_elements_per_thread * p.dtype_itemsize,
+            pointwise_min_size=p.pointwise_min_size,
+            group_threads=min(256, p.pointwise_threadgroup_size),
+            vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
+            short_row_limit=p.short_row_limit,
+            resident_registers=max(1, p.register_bytes_per_thread // 4))
 
 
-# Apple: vectors max 4 lanes (apple-gpu.md, "Kernel rules of thumb"); registers per thread are
-# an estimate (~208 KB register file per core shared by up to 1024 threads), kept low.
-METAL_PARAMS = ScheduleParams(max_vector_lanes=4, resident_registers=16)
-# H200: 16-byte loads of 8 halves; 64K registers per SM leave 64 per thread at 1024 threads,
-# half of which may cache the row (a 32768-float row at 1024 threads).
-CUDA_PARAMS = ScheduleParams(max_vector_lanes=8, resident_registers=32)
+def chip_params(chip: str = "auto", device: Any = None
+                ) -> Callable[[int, int | None], ScheduleParams]:
+    """Schedule numbers for a chip, per element size and row length (``build`` calls it once it
+    knows them). ``chip`` and ``device`` as in ``mlxtriton.hw.target``."""
+    target = hw.target(chip, device)
+
+    def params(itemsize: int, row_length: int | None) -> ScheduleParams:
+        return ScheduleParams.from_hw(target.derive(itemsize, row_length))
+
+    return params
+
+
+# The chips the two dialects are tuned for when no chip is named: an M3 (Apple9) and the H200.
+METAL_PARAMS = ScheduleParams.from_hw(hw.derive(hw.profile("m3"), 4))
+CUDA_PARAMS = ScheduleParams.from_hw(hw.derive(hw.profile("h200"), 4))
 PARAMS = {"metal": METAL_PARAMS, "cuda": CUDA_PARAMS}
 
 _INT32_LIMIT = 2**31 - 1
@@ -949,13 +979,15 @@ def _lane_access(u: UOp, V: int, space: _Space) -> Access:
     return Access.VECTOR
 
 
-def _choose_vector(elem_accesses: list[UOp], space: _Space, params: ScheduleParams) -> int:
+def _choose_vector(elem_accesses: list[UOp], space: _Space, lanes: int, max_bytes: int) -> int:
+    """The widest vector (a power of two) some per-element access can use, within the byte
+    limit for every access that would be vectorised."""
     if space.lane_group is None:
         return 1
-    V = params.max_vector_lanes
+    V = 1 << (max(1, lanes).bit_length() - 1)
     while V > 1:
         vec = [u for u in elem_accesses if _lane_access(u, V, space) is Access.VECTOR]
-        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= params.vector_bytes for u in vec):
+        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= max_bytes for u in vec):
             return V
         V //= 2
     return 1
@@ -1048,12 +1080,15 @@ def _kernel_name(name: str) -> str:
     return stem[:40]
 
 
-def build(region: Region, params: ScheduleParams = CUDA_PARAMS) -> UOp:
+def build(region: Region,
+          params: ScheduleParams | Callable[[int, int | None], ScheduleParams] = CUDA_PARAMS
+          ) -> UOp:
     """Lower a region to one KERNEL node: index space, loads, expressions, stores, schedule.
 
     Args:
         region: the fused region.
-        params: the target's schedule numbers (``PARAMS["metal"]``, ``PARAMS["cuda"]``).
+        params: schedule numbers (``PARAMS["metal"]``, ``PARAMS["cuda"]``), or a function of
+            (element size, row length) giving them, such as ``chip_params("m3")``.
 
     Returns:
         The KERNEL UOp; ``kernel.arg`` is its Schedule.
@@ -1069,22 +1104,30 @@ def build(region: Region, params: ScheduleParams = CUDA_PARAMS) -> UOp:
         'row'
     """
     ctx = _Lowering(region)
+    R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
+    L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
+    if callable(params):
+        itemsize = max((_dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
+        params = params(itemsize, L if ctx.is_row else None)
     stores = _emit_stores(ctx)
     space = _index_space(ctx, stores)
     stores = _lower_index_space(ctx, stores, space)
     # group coordinates were rebuilt; find the lane group's coordinate again in the new graph
     elem = [u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
             if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
-    V = _choose_vector(elem, space, params)
     W = params.simd_width
     if ctx.is_row:
-        R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
-        L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
+        V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
         T = _threads_per_row(elem, space, V, L, params)
-        G = 1 if T > W else max(1, min(params.group_threads // T, R))
+        # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
+        G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
         C = -(-(L // V) // T)
     else:
-        R, L, T, G, C = 1, math.prod(ctx.domain), 1, 1, 1
+        L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
+        small = L < params.pointwise_min_size
+        V = 1 if small else _choose_vector(elem, space, params.max_vector_lanes,
+                                           params.pointwise_vector_bytes)
+        R, T, G, C = 1, 1, 1, 1
 
     def chunk_regs(u: UOp) -> int:
         return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
@@ -1114,7 +1157,7 @@ def build(region: Region, params: ScheduleParams = CUDA_PARAMS) -> UOp:
         threads = L // V
         sched = K.Schedule(
             name=_kernel_name(region.name), kind="pointwise", elements=L,
-            threadgroup_size=min(params.group_threads, _pow2ceil(threads)), vector_width=V,
+            threadgroup_size=min(params.pointwise_threads, _pow2ceil(threads)), vector_width=V,
             simd_width=W, index_dtype=ctx.index_dtype)
     if sched.grid > _INT32_LIMIT:
         raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
@@ -1131,9 +1174,13 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
         return 1  # neighbouring rows are neighbours in memory: a thread per row coalesces
     vectors = L // V
     if vectors <= W:
-        return _pow2ceil(vectors)
-    want = _pow2ceil(-(-L // params.elements_per_thread))
-    return max(W, min(params.max_threads_per_group, want))
+        return _pow2ceil(vectors)  # tiny rows: several rows share a SIMD-group
+    if L <= params.short_row_limit and -(-vectors // W) * V <= params.resident_registers:
+        return W  # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
+    # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
+    # as its registers may cache.
+    want = -(-L // params.resident_registers)
+    return max(W, min(params.max_threads_per_group // W * W, -(-want // W) * W))
 
 
 def _is_column_walk(elem: list[UOp], space: _Space) -> bool:

@@ -242,8 +242,9 @@ class _Renderer:
         vt = self.use(self.d.vector_type.format(T=self.d.type(p.dtype), N=V))
         index = self.expr(u.src[1], _CHUNK)
         name = self.tmp("mt_v")
-        self.emit(_CHUNK, f"const {vt} {name} = "
-                          f"*(const {self.d.global_space}{vt}*)({p.name} + {index});")
+        # reinterpret_cast (not a C cast) may not drop the address space: checkers catch that
+        self.emit(_CHUNK, f"const {vt} {name} = *reinterpret_cast<const {self.d.global_space}"
+                          f"{vt}*>({p.name} + {index});")
         self.bound[_CHUNK][u] = name
         return name
 
@@ -267,8 +268,8 @@ class _Renderer:
                 vec = self.store_vectors[st] = self.tmp("mt_o")
                 self.emit(_CHUNK, f"{vt} {vec};")
                 index = self.expr(st.src[1], _CHUNK)
-                self.chunk_post.append(f"*({self.d.global_space}{vt}*)({p.name} + {index}) = "
-                                       f"{vec};")
+                self.chunk_post.append(f"*reinterpret_cast<{self.d.global_space}{vt}*>("
+                                       f"{p.name} + {index}) = {vec};")
             self.emit(_LANE, f"{self.d.vector_lane.format(v=vec, l='mt_l')} = {value};")
             return
         assert st.arg.access is not Access.UNIFORM, "lanes never share an output element"
@@ -574,7 +575,7 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
             idents = _partial_identities(r, u)
             for sm, a, ident in zip(arrays, acc, idents):
                 lines.append(f"{a} = mt_wlane < {warps} ? {sm}[mt_wlane] : {ident};")
-            lines.extend(_shuffle_tree(r, u, acc, warps))
+            lines.extend(_shuffle_tree(r, u, acc, 1 << (warps - 1).bit_length()))
     for u, acc in accs.items():
         if u.arg == "sumexp":
             # The running sum counts elements equal to the running max as exp(0) = 1, so that

@@ -1,0 +1,124 @@
+"""Every rendered kernel family compiles: Metal through clang against the Metal stdlib stub,
+wrapped by MLX itself; CUDA through nvcc (where installed), wrapped as MLX's build_kernel does.
+Deliberately broken kernels are rejected, so the checks can fail."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mlxtriton.codegen.build import ScheduleParams, build
+from mlxtriton.codegen.region import RegionBuilder
+from mlxtriton.codegen.render import lower, render
+from tests.codegen import codegen_oracle as oracle
+from tests.codegen import cuda_check, metal_check
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+# Shapes that reach every schedule: one-element rows, several rows per SIMD-group, a SIMD-group
+# per row, a threadgroup per row with a non-power-of-two number of SIMD-groups, and rows longer
+# than the on-chip budget (streamed, online softmax).
+ROW_SHAPES = [(5, 1), (9, 24), (4, 500), (3, 3000), (2, 65536)]
+
+
+def _kernels(target: str, dtypes=DTYPES, shapes=ROW_SHAPES):
+    for family, make in sorted(oracle.FAMILIES.items()):
+        for dtype in dtypes:
+            if family == "pointwise":
+                yield f"{family}-{dtype}", make(shape=(3, 5, 64), dtype=dtype)
+                yield f"{family}-odd-{dtype}", make(shape=(3, 5, 7), dtype=dtype)
+                continue
+            for R, L in shapes:
+                shape = (L, R) if family == "colsum" else (R, L)
+                yield f"{family}-{dtype}-{R}x{L}", make(shape=shape, dtype=dtype)
+
+
+def _extra_regions():
+    """Reductions and ops the families above do not reach: argmax, prod/min, bool and integer
+    reductions, integer power, special functions, a 0-d domain."""
+    b = RegionBuilder("argmax")
+    x = b.input((6, 300), "float16", "x")
+    yield "argmax", b.build([b.op("ArgReduce", x, kind="argmax", axis=1),
+                             b.op("Reduce", x, kind="prod", axes=(1,)),
+                             b.op("Reduce", x, kind="min", axes=(1,))])
+    b = RegionBuilder("anyall")
+    m = b.input((6, 70), "bool", "m")
+    yield "bool", b.build([b.op("Reduce", m, kind="and", axes=(1,)),
+                           b.op("Reduce", m, kind="or", axes=(1,)),
+                           b.op("Reduce", m, kind="sum", axes=(1,))])
+    b = RegionBuilder("intops")
+    p, q = b.input((64,), "int32", "p"), b.input((64,), "int32", "q")
+    yield "int", b.build([b.op("Power", p, q), b.op("Remainder", p, q),
+                          b.op("FloorDivide", p, q), b.op("Abs", p), b.op("Sign", p)])
+    b = RegionBuilder("special")
+    f = b.input((128,), "float32", "f")
+    outs = [b.op(n, f) for n in ("Erf", "Expm1", "Log1p", "Sigmoid", "ArcTanh", "Round")]
+    outs.append(b.op("LogAddExp", f, outs[0]))
+    yield "special", b.build(outs)
+    b = RegionBuilder("scalar")
+    s = b.input((), "float32", "s")
+    yield "scalar", b.build([b.op("Exp", s)])
+
+
+ALL_METAL = list(_kernels("metal")) + list(_extra_regions())
+
+
+@pytest.mark.parametrize("name,region", ALL_METAL, ids=[n for n, _ in ALL_METAL])
+def test_metal_kernels_type_check(name, region):
+    kernel = lower(region, "metal")
+    problems = metal_check.check(kernel)
+    assert not problems, "\n".join(problems) + "\n" + kernel.source
+
+
+def test_metal_check_rejects_broken_kernels():
+    kernel = lower(oracle.softmax(shape=(4, 500)), "metal")
+    assert metal_check.check(kernel) == []
+    broken = {
+        "undeclared name": kernel.source + "undeclared_name = 1;\n",
+        "wrong type": kernel.source + "const float mt_bad = metal::exp(1.0f, 2.0f);\n",
+        "lost address space": kernel.source.replace("<const device ", "<const "),
+        "write to an input": kernel.source + "x[0] = 1.0f;\n",
+    }
+    for why, source in broken.items():
+        problems = metal_check.check(dataclasses.replace(kernel, source=source))
+        assert problems, f"a kernel with {why} passed the Metal check"
+
+
+def test_metal_wrapper_is_mlx_own():
+    """The checked text is MLX's: signature with address spaces and attributes it generates."""
+    source = metal_check.wrapped_source(lower(oracle.cross_entropy(shape=(4, 32)), "metal"))
+    assert "[[kernel]] void custom_kernel_mlxt_crossentropy_" in source
+    assert "const device float* logits [[buffer(0)]]" in source
+    assert "uint3 threadgroup_position_in_grid [[threadgroup_position_in_grid]]" in source
+
+
+needs_nvcc = pytest.mark.skipif(cuda_check.nvcc() is None, reason="nvcc is not installed")
+
+
+@needs_nvcc
+def test_cuda_kernels_compile():
+    # one translation unit per kernel, as MLX compiles them; float32 and bfloat16 cover both
+    # conversion paths (float16 differs from bfloat16 only in the intrinsic names)
+    kernels = [lower(r, "cuda") for _, r in _kernels("cuda", ("float32", "bfloat16"),
+                                                     [(9, 24), (3, 3000), (2, 65536)])]
+    kernels += [lower(r, "cuda") for _, r in _extra_regions()]
+    kernels.append(lower(oracle.rms_norm(shape=(3, 700), dtype="float16", gate=True), "cuda"))
+    errors = cuda_check.compile_errors(kernels)
+    assert not errors, errors
+    # and one exactly as MLX compiles it: its own translation unit
+    assert not cuda_check.compile_errors(kernels[:1], batch=False)
+
+
+@needs_nvcc
+def test_cuda_check_rejects_broken_kernels():
+    kernel = lower(oracle.softmax(shape=(4, 500)), "cuda")
+    for source in (kernel.source + "undeclared_name = 1;\n", kernel.source + "x[0] = 1.0f;\n"):
+        assert cuda_check.compile_errors([dataclasses.replace(kernel, source=source)])
+
+
+def test_rendering_is_deterministic_and_names_follow_source():
+    a, b = lower(oracle.layer_norm(), "cuda"), lower(oracle.layer_norm(), "cuda")
+    assert a == b
+    other = render(build(oracle.layer_norm(), ScheduleParams(resident_registers=1)), "cuda")
+    assert other.source != a.source and other.name != a.name  # MLX caches kernels by name
