@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import inspect
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -18,11 +20,18 @@ from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
 from mlxtriton.graph.primitives import get as get_primitive
 
-__all__ = ["trace", "functionalize", "TraceError"]
+__all__ = ["trace", "functionalize", "TraceError", "TraceWarning"]
 
 
 class TraceError(RuntimeError):
     """MLX's exporter reported something the tracer cannot turn into a graph."""
+
+
+class TraceWarning(UserWarning):
+    """The trace took a fallback (e.g. the CPU stream for a primitive MLX cannot export)."""
+
+
+_NO_STATE = re.compile(r"Unable to get state for primitive (\w+)")
 
 
 def _normalize_static(fn, static_argnums, static_argnames) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -234,7 +243,20 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
         out_trees.append(out_tree)
         return tuple(out_leaves)
 
-    builder = _export(flat_fn, leaves)
+    try:
+        builder = _export(flat_fn, leaves)
+    except ValueError as err:
+        # Some GPU-only primitives have no exportable state (MLX 0.32's CUDA CrossEntropy). On the
+        # CPU stream MLX decomposes them into ordinary primitives with the same semantics.
+        match = _NO_STATE.search(str(err))
+        if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
+            raise
+        warnings.warn(
+            f"MLX cannot export the state of primitive {match.group(1)}; tracing "
+            f"{_name(fn)} on the CPU stream instead, where it decomposes", TraceWarning, stacklevel=3)
+        out_trees.clear()
+        with mx.stream(mx.cpu):
+            builder = _export(flat_fn, leaves)
     return Traced(builder.graph(in_tree, out_trees[-1]), tuple(leaves))
 
 
