@@ -1,0 +1,31 @@
+"""Codegen layer: one fused region -> one generated kernel for ``mx.fast.metal_kernel`` or
+``mx.fast.cuda_kernel``. May import mlxtriton.graph and mlxtriton.hw; never the runtime or the
+public API, and it never launches a kernel (only the runtime calls ``mx.fast.*_kernel``).
+
+    Region (region.py)  --build-->  kernel IR (kernel_ir.py)  --render-->  LoweredKernel
+                                         |
+                                    interpret (NumPy)
+
+Example:
+    >>> from mlxtriton.codegen import RegionBuilder, lower
+    >>> b = RegionBuilder("softmax")
+    >>> y = b.op("Softmax", b.input((32768, 4096), "float32", "x"))
+    >>> k = lower(b.build([y]), "cuda")
+    >>> k.grid, k.threadgroup
+    ((8388608, 1, 1), (256, 1, 1))
+"""
+
+from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, ScheduleParams, build,
+                                     chip_params)
+from mlxtriton.codegen.dialects import CUDA, DIALECTS, METAL, Dialect
+from mlxtriton.codegen.interpret import interpret
+from mlxtriton.codegen.kernel_ir import Ops, Schedule, UOp, print_kernel
+from mlxtriton.codegen.region import Input, Op, Region, RegionBuilder, op
+from mlxtriton.codegen.render import LoweredKernel, lower, render
+
+__all__ = [
+    "Region", "Input", "Op", "op", "RegionBuilder", "build", "render", "lower", "interpret",
+    "LoweredKernel", "ScheduleParams", "chip_params", "METAL_PARAMS", "CUDA_PARAMS",
+    "RegionError", "UOp", "Ops", "Schedule", "print_kernel", "Dialect", "METAL", "CUDA",
+    "DIALECTS",
+]

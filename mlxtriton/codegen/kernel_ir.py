@@ -332,6 +332,9 @@ class UOp:
             return self
         if self.op is Ops.CONST:
             return UOp.const(dtype, self.arg)
+        if (dtype in ("float16", "bfloat16") and self.op is Ops.CAST and self.src[0].op is Ops.CAST
+                and self.src[0].dtype == dtype and self.src[0].src[0].dtype == "float32"):
+            return self.src[0]  # float32 -> half -> float32 -> half rounds once
         return UOp(Ops.CAST, dtype, (self,))
 
     def __add__(self, other: UOp | int) -> UOp:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mlxtriton.codegen import build as _build
+from mlxtriton.codegen import builder as _build
 from mlxtriton.codegen.dialects import DIALECTS, Dialect
 from mlxtriton.codegen.kernel_ir import Access, Ops, Param, UOp, kernel_params
 from mlxtriton.codegen.region import Region
@@ -619,7 +619,7 @@ def render(kernel: UOp, dialect: Dialect | str) -> LoweredKernel:
 
     Example:
         >>> from mlxtriton.codegen.region import RegionBuilder
-        >>> from mlxtriton.codegen.build import build
+        >>> from mlxtriton.codegen.builder import build
         >>> b = RegionBuilder("double")
         >>> x = b.input((1024,), "float32", "x")
         >>> k = render(build(b.build([b.op("Add", x, x)])), "cuda")

@@ -116,7 +116,7 @@ _HALF = ("float16", "bfloat16")
 def evaluate(region: Region, inputs: list[np.ndarray], promote_halves: bool = True
              ) -> list[np.ndarray]:
     """Run the region unfused with JAX on CPU; returns NumPy outputs of the region's dtypes."""
-    from mlxtriton.codegen.build import _Lowering
+    from mlxtriton.codegen.builder import _Lowering
 
     ctx = _Lowering(region)  # shape and dtype inference only
     vals = []

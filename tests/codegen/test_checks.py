@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from mlxtriton.codegen.build import ScheduleParams, build
+from mlxtriton.codegen.builder import ScheduleParams, build
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import lower, render
 from tests.codegen import codegen_oracle as oracle

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.codegen import codegen_oracle as oracle
-from mlxtriton.codegen.build import CUDA_PARAMS, METAL_PARAMS, ScheduleParams, build
+from mlxtriton.codegen.builder import CUDA_PARAMS, METAL_PARAMS, ScheduleParams, build
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import Ops
 from mlxtriton.codegen.region import Input, Region, RegionBuilder, op

@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxtriton.codegen.build import CUDA_PARAMS, build
+from mlxtriton.codegen.builder import CUDA_PARAMS, build
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.graph import dtypes
@@ -116,7 +116,7 @@ def _reduction_region(kind: str):
 def test_reduction_special_values_match_mlx(kind, ref, streamed):
     """NaN and infinities through reductions: MLX's results (argmax takes the first NaN,
     logsumexp of an all -inf row is -inf, softmax of it NaN), in register and streamed rows."""
-    from mlxtriton.codegen.build import ScheduleParams
+    from mlxtriton.codegen.builder import ScheduleParams
 
     params = ScheduleParams(resident_registers=0) if streamed else CUDA_PARAMS
     (got,) = interpret(build(_reduction_region(kind), params), [_ROWS])

@@ -1,0 +1,166 @@
+"""Structure of built kernels: index spaces, access patterns, schedules, the on-chip decision,
+and errors that name the op that prevents one kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, ScheduleParams,
+                                     build, chip_params)
+from mlxtriton.codegen.kernel_ir import Access, Ops, print_kernel
+from mlxtriton.codegen.region import RegionBuilder
+from mlxtriton.codegen.render import lower
+from tests.codegen import codegen_oracle as oracle
+
+
+def _loads(kernel):
+    return [u for u in kernel.toposort if u.op is Ops.LOAD]
+
+
+def _reduces(kernel):
+    return sorted(u.arg for u in kernel.toposort if u.op is Ops.REDUCE)
+
+
+def test_softmax_4096_f32_on_h200_keeps_the_row_in_registers():
+    k = build(oracle.softmax(shape=(32768, 4096)), CUDA_PARAMS)
+    s = k.arg
+    assert (s.kind, s.threads_per_row, s.rows_per_group, s.vector_width) == ("row", 256, 1, 4)
+    assert (s.chunks, s.elements_per_thread, s.reduction_tree) == (4, 16, "simd+threadgroup")
+    assert (s.on_chip, s.resident, s.passes) == ("registers", ("x",), 3)
+    (x,) = _loads(k)
+    assert x.arg.access is Access.VECTOR and x.arg.resident
+    assert _reduces(k) == ["max", "sum"]  # two passes over registers, one read of memory
+    text = lower(oracle.softmax(shape=(32768, 4096)), "cuda").source
+    assert "resident in registers" in text and text.count("__syncthreads();") == 2
+
+
+def test_long_rows_stream_with_an_online_softmax():
+    k = build(oracle.softmax(shape=(8, 65536)), CUDA_PARAMS)
+    assert (k.arg.on_chip, k.arg.streamed, k.arg.passes) == ("stream", ("x",), 2)
+    assert _reduces(k) == ["max", "sumexp"]  # max and sum in one pass over memory
+    assert not any(u.arg.resident for u in _loads(k))
+    text = lower(oracle.softmax(shape=(8, 65536)), "cuda").source
+    assert "max+sumexp (online)" in text and "re-read from memory" in text
+
+
+def test_user_written_softmax_streams_online_too():
+    b = RegionBuilder("manual")
+    x = b.input((4, 65536), "float32", "x")
+    m = b.op("Broadcast", b.op("Reduce", x, kind="max", axes=(1,)), shape=(4, 65536))
+    e = b.op("Exp", b.op("Subtract", x, m))
+    s = b.op("Broadcast", b.op("Reduce", e, kind="sum", axes=(1,)), shape=(4, 65536))
+    region = b.build([b.op("Divide", e, s)])
+    assert _reduces(build(region, CUDA_PARAMS)) == ["max", "sumexp"]
+    assert _reduces(build(oracle.softmax(shape=(4, 512)), CUDA_PARAMS)) == ["max", "sum"]
+
+
+def test_short_rows_share_simd_groups_without_barriers():
+    k = build(oracle.rms_norm(shape=(1000, 16)), CUDA_PARAMS)
+    assert (k.arg.threads_per_row, k.arg.rows_per_group, k.arg.reduction_tree) == (4, 64, "simd")
+    source = lower(oracle.rms_norm(shape=(1000, 16)), "metal").source
+    assert "threadgroup_barrier" not in source and "mt_active" in source  # 1000 % 64 rows
+
+
+def test_one_element_rows_are_a_thread_each():
+    k = build(oracle.layer_norm(shape=(10, 1)), METAL_PARAMS)
+    assert (k.arg.threads_per_row, k.arg.reduction_tree) == (1, "none")
+
+
+def test_column_sums_walk_columns_with_a_thread_per_column():
+    k = build(oracle.column_sum(shape=(4096, 512)), CUDA_PARAMS)
+    s = k.arg
+    assert (s.rows, s.row_length, s.threads_per_row, s.rows_per_group) == (512, 4096, 1, 256)
+    (x,) = _loads(k)
+    assert x.arg.access is Access.SCALAR  # strided along the reduction, coalesced across threads
+
+
+def test_pointwise_broadcasts_are_index_arithmetic_not_copies():
+    k = build(oracle.pointwise_broadcast(shape=(4, 6, 32)), CUDA_PARAMS)
+    assert k.arg.kind == "pointwise" and k.arg.vector_width == 4
+    access = {u.src[0].arg.name: u.arg.access for u in _loads(k)}
+    # transposed x still walks its last axis contiguously; w repeats per row; s is 0-d
+    assert access == {"x": Access.VECTOR, "w": Access.VECTOR, "s": Access.HOISTED}
+    assert [p.arg.shape for p in k.toposort if p.op is Ops.PARAM and p.arg.role == "input"] \
+        == [(6, 4, 32), (32,), ()]
+
+
+def test_a_transposed_last_axis_loses_vectors_but_not_correctness():
+    b = RegionBuilder("t")
+    x = b.input((64, 8), "float32", "x")
+    region = b.build([b.op("Exp", b.op("Transpose", x, axes=(1, 0)))])
+    (load,) = _loads(build(region, CUDA_PARAMS))
+    assert load.arg.access is Access.SCALAR
+
+
+def test_contiguous_axes_merge_into_one_index():
+    b = RegionBuilder("merge")
+    x = b.input((2, 3, 4, 5), "float32", "x")
+    region = b.build([b.op("Reduce", x, kind="sum", axes=(2, 3))])
+    k = build(region, CUDA_PARAMS)
+    (load,) = _loads(k)
+    assert not any(u.op in (Ops.IDIV, Ops.MOD) for u in load.src[1].toposort)
+    assert (k.arg.rows, k.arg.row_length) == (6, 20)
+
+
+def test_chips_change_schedules():
+    region = oracle.softmax(shape=(64, 2048))
+    h200 = build(region, chip_params("h200")).arg
+    m3 = build(region, chip_params("m3")).arg  # twice the registers per thread (Dynamic Caching)
+    assert (h200.threads_per_row, m3.threads_per_row) == (128, 64)
+    assert build(region, chip_params("h200")) is build(region, chip_params("h200"))
+
+
+def test_kernels_are_hash_consed():
+    assert build(oracle.layer_norm(), CUDA_PARAMS) is build(oracle.layer_norm(), CUDA_PARAMS)
+
+
+def test_ir_print_shows_the_on_chip_decision():
+    text = print_kernel(build(oracle.softmax(shape=(4, 1000)), CUDA_PARAMS))
+    assert "resident in registers" in text.splitlines()[0]
+    assert "vector resident" in text
+
+
+def test_huge_domains_index_in_64_bits():
+    k = build(oracle.softmax(shape=(1 << 17, 1 << 15)), CUDA_PARAMS)
+    assert k.arg.index_dtype == "int64"
+    assert "int64_t mt_row" in lower(oracle.softmax(shape=(1 << 17, 1 << 15)), "cuda").source
+
+
+def test_params_can_come_from_hardware_profiles():
+    p = ScheduleParams.from_hw(__import__("mlxtriton").hw.derive(
+        __import__("mlxtriton").hw.profile("m3"), 2))
+    assert p.max_vector_lanes == 4 and p.vector_bytes == 8 and p.simd_width == 32
+
+
+# -- errors name the op and why -----------------------------------------------------------------
+
+def test_two_reduction_shapes_are_not_one_kernel():
+    b = RegionBuilder("two")
+    x = b.input((4, 8), "float32", "x")
+    region = b.build([b.op("Reduce", x, kind="sum", axes=(1,)),
+                      b.op("Reduce", x, kind="sum", axes=(0,))])
+    with pytest.raises(RegionError, match="one set of axes"):
+        build(region)
+
+
+def test_reading_another_rows_reduction_is_not_one_kernel():
+    b = RegionBuilder("shift")
+    x = b.input((4, 4), "float32", "x")
+    s = b.op("Reduce", x, kind="sum", axes=(1,))  # (4, 1)
+    t = b.op("Transpose", b.op("Broadcast", s, shape=(4, 4)), axes=(1, 0))
+    with pytest.raises(RegionError, match=r"op 2 \(Broadcast\)|op 0 \(Reduce\)"):
+        build(b.build([b.op("Add", x, t)]))
+
+
+def test_unknown_primitives_and_mixed_dtypes_are_named():
+    b = RegionBuilder("bad")
+    x = b.input((4,), "float32", "x")
+    with pytest.raises(RegionError, match="'Cholesky'"):
+        build(b.build([b.op("Cholesky", x)]))
+    b = RegionBuilder("mixed")
+    x, i = b.input((4,), "float32", "x"), b.input((4,), "int32", "i")
+    with pytest.raises(RegionError, match=r"op 0 \(Add\).*AsType"):
+        build(b.build([b.op("Add", x, i)]))
+    b = RegionBuilder("f64")
+    with pytest.raises(RegionError, match="float64"):
+        build(b.build([b.op("Exp", b.input((4,), "float64", "x"))]))
