@@ -139,7 +139,7 @@ def interpret(kernel: UOp, inputs: Sequence[np.ndarray], check_access: bool = Tr
 
     Example:
         >>> from mlxtriton.codegen.region import RegionBuilder
-        >>> from mlxtriton.codegen.build import build
+        >>> from mlxtriton.codegen.builder import build
         >>> b = RegionBuilder("lse")
         >>> y = b.op("LogSumExp", b.input((2, 3), "float32", "x"))
         >>> out, = interpret(build(b.build([y])), [np.zeros((2, 3), np.float32)])
