@@ -3,9 +3,6 @@ MLX's own CPU ops for per-op semantics."""
 
 from __future__ import annotations
 
-import math
-
-import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,9 +11,8 @@ from hypothesis import strategies as st
 from tests.codegen import codegen_oracle as oracle
 from mlxtriton.codegen.builder import CUDA_PARAMS, METAL_PARAMS, ScheduleParams, build
 from mlxtriton.codegen.interpret import interpret
-from mlxtriton.codegen.kernel_ir import Ops
+from mlxtriton.codegen.kernel_ir import kernel_params
 from mlxtriton.codegen.region import Input, Region, RegionBuilder, op
-from mlxtriton.graph import dtypes
 
 # Several "chips": the two targets, and a tiny one whose on-chip budget is exceeded by rows of a
 # few hundred elements, so streaming schedules run in every test.
@@ -35,10 +31,9 @@ def run_and_compare(region: Region, params: ScheduleParams, seed: int = 0, scale
     kernel = build(region, params)
     got = interpret(kernel, inputs)
     want = oracle.evaluate(region, inputs)
-    for g, w, v in zip(got, want, region.outputs):
-        dtype = next(str(p.arg.dtype) for p in kernel.toposort if p.op is Ops.PARAM
-                     and p.arg.role == "output" and p.arg.shape == g.shape)
-        oracle.assert_close(g, w, dtype, scale)
+    outputs = [p for p in kernel_params(kernel) if p.role == "output"]
+    for g, w, p in zip(got, want, outputs):
+        oracle.assert_close(g, w, p.dtype, scale)
     return kernel
 
 
