@@ -115,10 +115,24 @@ _METAL_ONLY_HELPERS = {
 }
 
 
-def _helpers(fn: str, names: dict[str, str], extra: dict[str, str]) -> Mapping[str, str]:
+def _shuffle64(fn: str, shuffle_xor: str) -> str:
+    # SIMD shuffles move 32-bit values (MSL 6.9.2 lists no 64-bit types): two halves
+    lo = shuffle_xor.format(x="static_cast<uint32_t>(u)", o="o")
+    hi = shuffle_xor.format(x="static_cast<uint32_t>(u >> 32)", o="o")
+    return (f"template <typename T> {fn} T mt_shuffle64(T x, int o) {{\n"
+            f"  const uint64_t u = static_cast<uint64_t>(x);\n"
+            f"  const uint32_t lo = {lo};\n"
+            f"  const uint32_t hi = {hi};\n"
+            f"  return static_cast<T>((static_cast<uint64_t>(hi) << 32) | lo);\n"
+            f"}}")
+
+
+def _helpers(fn: str, shuffle_xor: str, names: dict[str, str], extra: dict[str, str]
+             ) -> Mapping[str, str]:
     # dialect-only helpers first: shared ones may call them (mt_logaddexp -> mt_log1p)
     out = dict(extra)
     out.update({k: v.format(fn=fn, **names) for k, v in _SHARED_HELPERS.items()})
+    out["mt_shuffle64"] = _shuffle64(fn, shuffle_xor)
     return _freeze(out)
 
 
@@ -173,7 +187,8 @@ METAL = Dialect(
     literals=_freeze({"inf": "INFINITY", "nan": "NAN"}),
     scalar_input="{name}",  # MLX passes a 0-d input as `const constant T& name`
     prelude="#include <metal_stdlib>\n",
-    helpers=_helpers("inline", {"exp": "metal::exp", "fabs": "metal::abs",
+    helpers=_helpers("inline", "metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
+                     {"exp": "metal::exp", "fabs": "metal::abs",
                                 "isinf": "metal::isinf", "log1p": "mt_log1p"},
                      _METAL_ONLY_HELPERS),
     constructor_options=(("atomic_outputs", False),),
@@ -205,7 +220,7 @@ CUDA = Dialect(
     literals=_freeze({"inf": "__int_as_float(0x7f800000)", "nan": "__int_as_float(0x7fffffff)"}),
     scalar_input="{name}[0]",
     prelude="#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n",
-    helpers=_helpers("__device__ __forceinline__",
+    helpers=_helpers("__device__ __forceinline__", "__shfl_xor_sync(0xffffffffu, {x}, {o})",
                      {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {}),
     constructor_options=(("shared_memory", 0),),
 )

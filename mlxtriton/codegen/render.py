@@ -155,11 +155,14 @@ class _Renderer:
             if not re.search(r"[.e]", text):
                 text += ".0"
             return text + "f"
-        if dtype == "int32":
-            return str(value)
-        if dtype == "uint32":
-            return f"{value}u"
-        return f"static_cast<{self.d.type(dtype)}>({value})"
+        value = int(value)
+        suffix = {"int64": "ll", "uint64": "ull", "uint32": "u"}.get(dtype, "")
+        # the most negative value has no literal (the literal is its positive, which overflows)
+        text = (f"({value + 1}{suffix} - 1)" if dtype in _dtypes.SIGNED
+                and value == _int_range(dtype)[0] else f"{value}{suffix}")
+        if dtype in ("int32", "uint32"):
+            return text
+        return f"static_cast<{self.d.type(dtype)}>({text})"
 
     def cast(self, x: str, src: str, dst: str) -> str:
         template = self.d.casts.get((src, dst))
@@ -533,11 +536,13 @@ def _shuffle_tree(r: _Renderer, u: UOp, acc: list[str], width: int) -> list[str]
     """Butterfly over ``width`` lanes (a power of two): afterwards every lane holds the total."""
     if width <= 1:
         return []
-    if u.arg in r.d.simd_reduce and width == r.s.simd_width:
+    wide = [_dtypes.itemsize(_acc_type(u, k)) > 4 for k in range(len(acc))]
+    if u.arg in r.d.simd_reduce and width == r.s.simd_width and not any(wide):
         return [f"{acc[0]} = {r.d.simd_reduce[u.arg].format(x=acc[0])};"]
     other = [f"mt_x{k}" for k in range(len(acc))]
-    body = [f"const {r.d.type(_acc_type(u, k))} {o} = {r.d.shuffle_xor.format(x=a, o='mt_o')};"
-            for k, (a, o) in enumerate(zip(acc, other))]
+    body = [f"const {r.d.type(_acc_type(u, k))} {o} = "
+            + (r.use(f"mt_shuffle64({a}, mt_o)") if w else r.d.shuffle_xor.format(x=a, o="mt_o"))
+            + ";" for k, (a, o, w) in enumerate(zip(acc, other, wide))]
     body += _combine_step(r, u, acc, other)
     return _loop(f"for (int mt_o = {width // 2}; mt_o > 0; mt_o >>= 1)", body, r.d.unroll)
 
@@ -686,7 +691,8 @@ def _header(d: Dialect, used: set[str]) -> str:
 
 
 _HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "mt_ipow",
-                           "mt_sigmoid", "mt_logaddexp", "mt_log1p", "mt_expm1", "mt_erf"})
+                           "mt_sigmoid", "mt_logaddexp", "mt_log1p", "mt_expm1", "mt_erf",
+                           "mt_shuffle64"})
 
 
 def lower(region: Region, target: str = "metal",

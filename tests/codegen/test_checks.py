@@ -56,6 +56,10 @@ def _extra_regions():
     outs = [b.op(n, f) for n in ("Erf", "Expm1", "Log1p", "Sigmoid", "ArcTanh", "Round")]
     outs.append(b.op("LogAddExp", f, outs[0]))
     yield "special", b.build(outs)
+    b = RegionBuilder("int64")  # 64-bit accumulators shuffle as two 32-bit halves
+    w = b.input((6, 500), "int64", "w")
+    yield "int64", b.build([b.op("Reduce", w, kind="sum", axes=(1,)),
+                            b.op("Reduce", w, kind="max", axes=(1,))])
     b = RegionBuilder("scalar")
     s = b.input((), "float32", "s")
     yield "scalar", b.build([b.op("Exp", s)])
