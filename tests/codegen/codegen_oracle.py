@@ -194,6 +194,21 @@ def rms_norm(shape=(6, 100), dtype="float32", eps=1e-5, gate=False) -> Region:
     return b.build([b.op("AsType", y, dtype=dtype)])
 
 
+def residual_rms_norm(shape=(6, 100), dtype="float32", eps=1e-5) -> Region:
+    """h = x + residual; returns h and rms_norm(h) * w: a full-row output next to a normed one."""
+    R, L = shape
+    b = RegionBuilder("residualrmsnorm")
+    x, res, w = b.input(shape, dtype, "x"), b.input(shape, dtype, "res"), b.input((L,), dtype, "w")
+    h = b.op("Add", x, res)
+    hf = b.op("AsType", h, dtype="float32")
+    ms = b.op("Multiply", b.op("Reduce", b.op("Square", hf), kind="sum", axes=(1,)),
+              _row_scalar(b, 1 / L, R))
+    inv = b.op("Sqrt", b.op("Add", ms, _row_scalar(b, eps, R)), reciprocal=True)
+    y = b.op("Multiply", b.op("Multiply", hf, b.op("Broadcast", inv, shape=shape)),
+             b.op("Broadcast", b.op("AsType", w, dtype="float32"), shape=shape))
+    return b.build([h, b.op("AsType", y, dtype=dtype)])
+
+
 def logsumexp(shape=(6, 100), dtype="float32") -> Region:
     b = RegionBuilder("logsumexp")
     x = b.input(shape, dtype, "x")
@@ -230,6 +245,7 @@ def pointwise_broadcast(shape=(4, 6, 32), dtype="float32") -> Region:
 FAMILIES = {
     "softmax": softmax, "logsoftmax": lambda **k: softmax(log=True, **k),
     "layernorm": layer_norm, "rmsnorm": rms_norm, "rmsnormgate": lambda **k: rms_norm(gate=True, **k),
+    "residualrmsnorm": residual_rms_norm,
     "logsumexp": logsumexp, "crossentropy": cross_entropy, "colsum": column_sum,
     "pointwise": pointwise_broadcast,
 }
