@@ -488,7 +488,11 @@ def _lower_broadcast(ctx, v, o, coords):
 
 
 def _infer_reshape(ctx, o, shapes, dtypes):
-    shape = tuple(o.param("shape"))
+    shape = list(o.param("shape"))
+    if -1 in shape:  # one inferred axis, as the exporter may report it
+        known = math.prod(n for n in shape if n != -1)
+        shape[shape.index(-1)] = math.prod(shapes[0]) // known if known else 0
+    shape = tuple(shape)
     if math.prod(shape) != math.prod(shapes[0]):
         raise ValueError(f"cannot reshape {shapes[0]} to {shape}")
     return shape, dtypes[0]
@@ -497,7 +501,7 @@ def _infer_reshape(ctx, o, shapes, dtypes):
 def _lower_reshape(ctx, v, o, coords):
     (a,) = o.args
     flat = ctx.zero
-    for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):
+    for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):  # shapes[v]: -1 resolved
         flat = flat + c * s
     old = ctx.shapes[a]
     out, inner = [], 1
@@ -584,7 +588,7 @@ _register("Transpose", _infer_transpose, _lower_transpose)
 _register("Squeeze", _infer_squeeze, _lower_squeeze)
 _register("ExpandDims", _infer_expand_dims, _lower_expand_dims)
 _register("Slice", _infer_slice, _lower_slice)
-_register("Copy", _identity_infer, lambda ctx, v, o, c: ctx.at(o.args[0], c))
+_register(("Copy", "StopGradient"), _identity_infer, lambda ctx, v, o, c: ctx.at(o.args[0], c))
 
 
 # -- gathers ----------------------------------------------------------------------------------
