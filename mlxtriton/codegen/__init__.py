@@ -2,9 +2,9 @@
 ``mx.fast.cuda_kernel``. May import mlxtriton.graph and mlxtriton.hw; never the runtime or the
 public API, and it never launches a kernel (only the runtime calls ``mx.fast.*_kernel``).
 
-    Region (region.py)  --build-->  kernel IR (kernel_ir.py)  --render-->  LoweredKernel
-                                         |
-                                    interpret (NumPy)
+    Fused body Graph --region_from_graph--> Region (region.py)
+        --build (builder.py)--> kernel IR (kernel_ir.py) --render (render.py + dialects.py)-->
+        LoweredKernel;  interpret (interpret.py) runs the kernel IR with NumPy
 
 Example:
     >>> from mlxtriton.codegen import RegionBuilder, lower
@@ -18,13 +18,14 @@ Example:
 from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, ScheduleParams, build,
                                      chip_params)
 from mlxtriton.codegen.dialects import CUDA, DIALECTS, METAL, Dialect
+from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import Ops, Schedule, UOp, print_kernel
 from mlxtriton.codegen.region import Input, Op, Region, RegionBuilder, op
 from mlxtriton.codegen.render import LoweredKernel, lower, render
 
 __all__ = [
-    "Region", "Input", "Op", "op", "RegionBuilder", "build", "render", "lower", "interpret",
+    "Region", "Input", "Op", "op", "RegionBuilder", "region_from_graph", "build", "render", "lower", "interpret",
     "LoweredKernel", "ScheduleParams", "chip_params", "METAL_PARAMS", "CUDA_PARAMS",
     "RegionError", "UOp", "Ops", "Schedule", "print_kernel", "Dialect", "METAL", "CUDA",
     "DIALECTS",
