@@ -580,7 +580,10 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
             idents = _partial_identities(r, u)
             for sm, a, ident in zip(arrays, acc, idents):
                 lines.append(f"{a} = mt_wlane < {warps} ? {sm}[mt_wlane] : {ident};")
-            lines.extend(_shuffle_tree(r, u, acc, 1 << (warps - 1).bit_length()))
+            # Over the whole SIMD-group, not just the first `warps` lanes: a narrower butterfly
+            # leaves lanes >= its width holding only identities (seen on the H200: 192-thread
+            # rows of 3000 gave inf and 0 in lanes 8-31), and every lane reads the result.
+            lines.extend(_shuffle_tree(r, u, acc, W))
     for u, acc in accs.items():
         if u.arg == "sumexp":
             # The running sum counts elements equal to the running max as exp(0) = 1, so that
