@@ -97,15 +97,18 @@ class _Clustering:
                 return True
         return False
 
-    def arrays(self, members, view) -> int:
+    def inputs(self, view) -> set[Var]:
         defined = {v for e in view for v in e.outputs}
         consts = self.graph.const_values
-        inputs = {
+        return {
             v for e in view for v in e.inputs
             if v not in defined and not (v in consts and v.size <= BODY_CONSTANT_SIZE)
         }
-        outputs = {v for e in members for v in e.outputs if self.needed_outside(v, members)}
-        return len(inputs) + len(outputs)
+
+    def outputs(self, members) -> list[Var]:
+        """The values a region must write. Only shrinks as members join, so a check made when an
+        equation joins still holds for the final region."""
+        return [v for e in members for v in e.outputs if self.needed_outside(v, members)]
 
     def cycle_through(self, members) -> Eqn | None:
         """An equation through which some path leaves ``members`` and comes back (other regions
@@ -150,10 +153,20 @@ class _Clustering:
             return f"the region would compute {len(members)} equations, more than the limit {MAX_EQUATIONS}"
         view = self.view(members)
         try:
-            analyze(view)
+            space = analyze(view)
         except RegionError as err:
             return str(err)
-        n = self.arrays(members, view)
+        outputs = self.outputs(members)
+        # A kernel writes an output once per domain element (a whole-domain value) or once per row
+        # (a reduced value); a value along only some axes would need stores guarded per axis.
+        whole = set(range(len(space.shape)))
+        shapes = (whole, set(space.rows)) if space.reduced else (whole,)
+        for v in outputs:
+            if {a for a in space.axes[v] if a is not None} not in shapes:
+                spans = ("neither the region's whole index space {} nor exactly its rows" if space.reduced
+                         else "not the region's whole index space {}").format(list(space.shape))
+                return f"the region would write {v.type_str()}, which spans {spans}"
+        n = len(self.inputs(view)) + len(outputs)
         if n > self.limit:
             return f"the region would bind {n} arrays, more than the kernel limit {self.limit}"
         via = self.cycle_through(members)

@@ -81,6 +81,9 @@ def check_bodies(fused):
         assert space.kind == e.params["kind"]
         assert all(role(b)[0] is not Role.STAYS for b in body.eqns)
         assert e.params["schedule"] is None
+        # Outputs are written once per domain element, or once per row.
+        spans = ({*range(len(space.shape))}, set(space.rows) if space.reduced else None)
+        assert all({a for a in space.axes[v] if a is not None} in spans for v in body.outputs)
 
 
 def check_fused(g, args):
