@@ -266,6 +266,27 @@ def _signature(e: Eqn) -> str:
     return f"{ins} -> {outs}"
 
 
+def _region(clustering: _Clustering, view: list[Eqn], reads: list[Var], outs: list[Var]):
+    """The Fused equation of one region and its report entry. Scalar constants move into the
+    body; every other value it reads is bound as an input."""
+    consts = clustering.graph.const_values
+    scalar = [v for v in reads if v in consts and v.size <= BODY_CONSTANT_SIZE]
+    body_inputs = tuple(v for v in reads if v not in scalar)
+    body = Graph(body_inputs, tuple(view), tuple(outs), tuple((v, consts[v]) for v in scalar))
+    space: IndexSpace = analyze(view)  # cannot fail: every merge was checked
+    name = f"{space.kind}_{body.structural_hash[:10]}"
+    computes = [e for e in view if clustering.roles[e][0] is not Role.MOVEMENT]
+    report = RegionReport(
+        name=name, kind=space.kind, shape=space.shape, reduced=space.reduced,
+        equations=tuple(clustering.position[e] for e in computes),
+        primitives=tuple(e.primitive for e in computes),
+        folded=tuple(e.primitive for e in view if clustering.roles[e][0] is Role.MOVEMENT),
+        inputs=tuple(v.type_str() for v in body_inputs),
+        outputs=tuple(v.type_str() for v in outs),
+    )
+    return fused_eqn(body, body_inputs, tuple(outs), space.kind, name), report
+
+
 def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
     """Group a graph's equations into `Fused` regions, one generated kernel each.
 
@@ -325,31 +346,14 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
         if e not in members and any(v in live for v in e.outputs):
             live.update(e.inputs)
 
-    consts = graph.const_values
     fused_eqns: list[Eqn] = []
     regions: list[RegionReport] = []
-    folded_anywhere: set[Eqn] = set()
     for c, view, reads in zip(kept, views, inputs):
         outs = [v for e in view if e in c.members for v in e.outputs if v in live]
-        if not outs:
-            continue
-        body_consts = tuple((v, consts[v]) for v in reads if v in consts and v.size <= BODY_CONSTANT_SIZE)
-        body_inputs = tuple(v for v in reads if not (v in consts and v.size <= BODY_CONSTANT_SIZE))
-        body = Graph(body_inputs, tuple(view), tuple(outs), body_consts)
-        space: IndexSpace = analyze(view)  # cannot fail: every merge was checked
-        name = f"{space.kind}_{body.structural_hash[:10]}"
-        fused_eqns.append(fused_eqn(body, body_inputs, tuple(outs), space.kind, name))
-        computes = [e for e in view if clustering.roles[e][0] is not Role.MOVEMENT]
-        folded = [e for e in view if clustering.roles[e][0] is Role.MOVEMENT]
-        folded_anywhere.update(folded)
-        regions.append(RegionReport(
-            name=name, kind=space.kind, shape=space.shape, reduced=space.reduced,
-            equations=tuple(position[e] for e in computes),
-            primitives=tuple(e.primitive for e in computes),
-            folded=tuple(e.primitive for e in folded),
-            inputs=tuple(v.type_str() for v in body_inputs),
-            outputs=tuple(v.type_str() for v in outs),
-        ))
+        if outs:
+            eqn, region = _region(clustering, view, reads, outs)
+            fused_eqns.append(eqn)
+            regions.append(region)
 
     # Movement ops now folded into every region that read them are dead outside.
     outer = [e for e in graph.eqns if e not in members and any(v in live for v in e.outputs)]
