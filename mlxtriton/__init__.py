@@ -15,11 +15,16 @@ from mlxtriton.graph import (
     evaluate,
     verify,
 )
-from mlxtriton.trace import TraceError, functionalize, trace
+from mlxtriton.trace import TraceError, TraceWarning, functionalize, trace
+from mlxtriton._api import cache, fuse, kernel, layout, optimize
+from mlxtriton.runtime.compiled import Compiled, Explanation, Lowered, SingleKernelError
+from mlxtriton import hw
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "fuse", "layout", "cache", "optimize", "kernel", "Compiled", "Lowered", "Explanation",
+    "SingleKernelError", "TraceWarning", "hw",
     "trace", "functionalize", "evaluate", "verify", "Graph", "Eqn", "Var",
     "TraceError", "EvaluationError", "PyTreeError", "UnsupportedPrimitiveError", "VerificationError",
 ]

@@ -39,6 +39,10 @@ class ScheduleParams:
     max_vector_lanes: int = 4
     short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
+    # Whether rows may stay in registers across passes at all: the `cache` pass turns it on
+    # (lowering.py); without it multi-pass rows are streamed. The register count above still
+    # shapes threads per row either way.
+    keep_resident: bool = True
 
     @classmethod
     def from_hw(cls, p: "hw.CodegenParams") -> ScheduleParams:
@@ -584,6 +588,29 @@ def _identity_infer(ctx, o, shapes, dtypes):
 
 _register("Broadcast", _infer_broadcast, _lower_broadcast)
 _register("Reshape", _infer_reshape, _lower_reshape)
+
+
+def _infer_flatten(ctx, o, shapes, dtypes):
+    shape = shapes[0]
+    start, end = (a % len(shape) if shape else 0 for a in (o.param("start_axis"), o.param("end_axis")))
+    return tuple(shape[:start]) + (math.prod(shape[start:end + 1]),) + tuple(shape[end + 1:]), dtypes[0]
+
+
+def _infer_unflatten(ctx, o, shapes, dtypes):
+    shape, axis = shapes[0], o.param("axis") % len(shapes[0])
+    parts = list(o.param("shape"))
+    if -1 in parts:
+        known = math.prod(n for n in parts if n != -1)
+        parts[parts.index(-1)] = shape[axis] // known if known else 0
+    if math.prod(parts) != shape[axis]:
+        raise ValueError(f"cannot unflatten axis {axis} of {shape} into {tuple(parts)}")
+    return tuple(shape[:axis]) + tuple(parts) + tuple(shape[axis + 1:]), dtypes[0]
+
+
+# Flatten and Unflatten (what mx.flatten / reshapes of one axis trace to) are reshapes: the same
+# row-major index arithmetic.
+_register("Flatten", _infer_flatten, _lower_reshape)
+_register("Unflatten", _infer_unflatten, _lower_reshape)
 _register("Transpose", _infer_transpose, _lower_transpose)
 _register("Squeeze", _infer_squeeze, _lower_squeeze)
 _register("ExpandDims", _infer_expand_dims, _lower_expand_dims)
@@ -1136,7 +1163,7 @@ def build(region: Region,
     def chunk_regs(u: UOp) -> int:
         return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
 
-    budget = params.resident_registers if ctx.is_row else 0
+    budget = params.resident_registers if (ctx.is_row and params.keep_resident) else 0
     resident, _ = _plan_residency(stores, chunk_regs, budget)
     stores = _rewrite_reduces(stores, resident)
     resident, streamed = _plan_residency(stores, chunk_regs, budget)

@@ -1,0 +1,112 @@
+"""Public API layer: the function -> function combinators (`fuse`, `layout`, `cache`,
+`optimize`) and the `kernel` decorator. Each returns a `Compiled` function; composing them unions
+their passes, which always run in pipeline order (patterns -> fuse -> layout -> cache).
+May import every layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mlxtriton.runtime.compiled import PIPELINE, Compiled
+
+
+def _wrap(fn, passes, chip, static_argnums, static_argnames, single_kernel=False):
+    def wrap(f: Callable) -> Compiled:
+        return Compiled(f, frozenset(passes), chip=chip, static_argnums=static_argnums,
+                        static_argnames=static_argnames, single_kernel=single_kernel)
+
+    return wrap if fn is None else wrap(fn)
+
+
+def fuse(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """Group a function's elementwise chains and row reductions into generated kernels.
+
+    ``fuse(fn)`` returns a function with ``fn``'s signature and results. On Metal and CUDA each
+    fused region runs as one generated kernel (rows streamed from memory unless `cache` keeps
+    them on chip); on MLX's CPU backend it runs as MLX ops with the same numerics. The whole
+    function runs under ``mx.compile``.
+
+    Args:
+        fn: an MLX function (``mx.*``, ``mlx.nn``, ``mx.fast``) or an ``mlx.nn.Module``.
+        chip: the chip decisions follow: "auto" (detect; ``MLXTRITON_CHIP`` overrides), "m3",
+            "m3-max", "h200", ...
+        static_argnums, static_argnames: arguments that are not arrays.
+
+    Example:
+        >>> f = mlxtriton.fuse(lambda x: mx.softmax(x * 2.0, axis=-1))
+        >>> f(mx.ones((4, 8))).shape
+        (4, 8)
+        >>> f.graph(mx.ones((4, 8))).primitive_counts()
+        {'Fused': 1}
+    """
+    return _wrap(fn, {"fuse"}, chip, static_argnums, static_argnames)
+
+
+def layout(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """Decide how each fused region reads inputs that reach it through transposes, reshapes,
+    broadcasts and slices: as index arithmetic (strided) or, where repeated uncoalesced reads
+    would cost more than one copy, from a contiguous copy. Implies `fuse`.
+
+    Example:
+        >>> f = mlxtriton.layout(lambda x: mx.softmax(x.T, axis=-1))
+        >>> print(f.explain(mx.ones((64, 32))))  # doctest: +ELLIPSIS
+        traced: ...
+    """
+    return _wrap(fn, {"fuse", "layout"}, chip, static_argnums, static_argnames)
+
+
+def cache(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """On-chip ("M3") caching: keep a multi-pass row kernel's row in registers across passes
+    where it fits the chip's on-chip budget (larger on Apple9+ with dynamic caching), otherwise
+    stream it with one extra read per pass. The decision is recorded in each region's
+    ``schedule`` and shown by ``.lower()`` and ``.explain()``. Implies `fuse`.
+
+    Example:
+        >>> f = mlxtriton.cache(lambda x: mx.softmax(x, axis=-1), chip="m3")
+        >>> f.graph(mx.ones((8, 1024))).eqns[0].params["schedule"][0]
+        ('on_chip', 'registers')
+    """
+    return _wrap(fn, {"fuse", "cache"}, chip, static_argnums, static_argnames)
+
+
+def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """Optimise a function or ``mlx.nn.Module`` with the chip's default pipeline
+    (fuse -> layout -> cache).
+
+    Args:
+        fn: an MLX function or module (a module's parameters are read at each call, so updating
+            its weights needs no retrace).
+        chip: "auto", a chip name ("m1", "m3-max", "m4", "h200", ...) or a profile.
+        static_argnums, static_argnames: arguments that are not arrays.
+
+    Returns:
+        A `Compiled` function: call it like ``fn``; ``.graph(*args)``, ``.lower(*args,
+        target=...)``, ``.explain(*args)`` inspect it.
+
+    Raises:
+        UnknownChipError: an unknown chip name (the message lists the known ones).
+
+    Example:
+        >>> f = mlxtriton.optimize(lambda x, w: mx.fast.rms_norm(x, w, 1e-5), chip="m3")
+        >>> f(mx.ones((2, 8)), mx.ones((8,))).shape
+        (2, 8)
+    """
+    return _wrap(fn, PIPELINE, chip, static_argnums, static_argnames)
+
+
+def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """Make a plain MLX function exactly one generated kernel.
+
+    The first call (or ``.lower()``) fails with `SingleKernelError` naming the equation that
+    keeps the function from being one kernel, and why. Calling it returns MLX arrays like the
+    original, on any backend (on the CPU the region runs as MLX ops).
+
+    Example:
+        >>> @mlxtriton.kernel
+        ... def rms_gate(x, w):
+        ...     return mx.fast.rms_norm(x, w, 1e-5) * mx.sigmoid(x)
+        >>> len(rms_gate.lower(mx.ones((4, 256)), mx.ones((256,)), target="cuda"))
+        1
+    """
+    return _wrap(fn, PIPELINE, chip, static_argnums, static_argnames, single_kernel=True)

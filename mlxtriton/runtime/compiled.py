@@ -1,0 +1,315 @@
+"""Runtime layer: `Compiled`, the function every public combinator returns.
+
+A call flattens its arguments, looks up the (structure, shapes, dtypes, device) in a bounded
+cache and runs the cached executable: an ``mx.compile``d function in which plain equations are MLX
+ops and fused regions are generated kernels (Metal or CUDA) or, on the CPU, their bodies as MLX
+ops. Tracing, the passes and code generation happen once per cache entry, never on a repeated call.
+May import every layer below the public API.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+
+from mlxtriton import hw
+from mlxtriton.codegen.builder import RegionError
+from mlxtriton.codegen.lowering import CacheDecision, cache_with_report, kernel_target, lower_fused
+from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.fusion import FusionReport, fuse_with_report
+from mlxtriton.fusion.layout import layout_with_report
+from mlxtriton.graph import pytree
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.evaluate import check_arguments
+from mlxtriton.graph.evaluate_mlx import MLX_RULES
+from mlxtriton.graph.fused import is_fused
+from mlxtriton.runtime.launch import interpreting, launcher
+from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
+
+# The order passes always run in, whatever order the combinators were applied in: a pass that
+# runs before the one it builds on (cache before fuse) would have nothing to act on.
+PIPELINE = ("fuse", "layout", "cache")
+DEFAULT_CACHE_SIZE = 64
+
+
+class SingleKernelError(ValueError):
+    """A ``@mlxtriton.kernel`` function that cannot become exactly one generated kernel."""
+
+
+@dataclass
+class StageReport:
+    """What one stage of the pipeline did."""
+
+    stage: str
+    graph: Graph
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    """What each stage did to a function and, for what did not fuse, why (``str()`` it)."""
+
+    source: Graph
+    stages: list[StageReport]
+    kernels: list[LoweredKernel]
+    target: hw.Target
+
+    @property
+    def graph(self) -> Graph:
+        return self.stages[-1].graph if self.stages else self.source
+
+    def __str__(self) -> str:
+        out = [f"traced: {len(self.source.eqns)} equations; chip {self.target.chip.name}, "
+               f"device {self.target.device.name}"]
+        for s in self.stages:
+            out.append(f"-- {s.stage}: {len(s.graph.eqns)} equations, "
+                       f"{sum(is_fused(e) for e in s.graph.eqns)} fused regions")
+            out += ["   " + line for line in s.lines]
+        out.append(f"-- kernels ({len(self.kernels)}):")
+        out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; "
+                f"{k.kernel.arg.describe() if k.kernel is not None else ''}" for k in self.kernels]
+        return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """The kernels a call would launch for one target: exactly the arguments of
+    ``mx.fast.metal_kernel`` / ``mx.fast.cuda_kernel`` (see `LoweredKernel`)."""
+
+    target: str
+    graph: Graph
+    kernels: tuple[LoweredKernel, ...]
+
+    def as_text(self) -> str:
+        head = f"{len(self.kernels)} {self.target} kernel(s)\n"
+        return head + "\n".join(k.as_text() for k in self.kernels)
+
+    def __iter__(self):
+        return iter(self.kernels)
+
+    def __len__(self) -> int:
+        return len(self.kernels)
+
+    def __getitem__(self, i: int) -> LoweredKernel:
+        return self.kernels[i]
+
+
+def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = None,
+               dialect: str | None = None) -> tuple[Graph, list[StageReport]]:
+    """Run the selected passes in pipeline order; each stage's graph and what it decided."""
+    stages: list[StageReport] = []
+    target = hw.target(chip, device)
+    for name in PIPELINE:
+        if name not in passes:
+            continue
+        if name == "fuse":
+            graph, report = fuse_with_report(graph, target.chip)
+            stages.append(StageReport(name, graph, _fusion_lines(report)))
+        elif name == "layout":
+            graph, decisions = layout_with_report(graph, target.chip)
+            stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
+                                      or ["no region reads an input through movement ops"]))
+        elif name == "cache":
+            graph, decisions = cache_with_report(graph, chip, device, dialect)
+            stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
+                                      or ["no fused regions"]))
+    return graph, stages
+
+
+def _fusion_lines(report: FusionReport) -> list[str]:
+    lines = [r.as_text() for r in report.regions]
+    lines += [f"not fused: {u.as_text()}" for u in report.unfused]
+    lines += [f"boundary: {b.as_text()}" for b in report.boundaries]
+    return lines
+
+
+class _Executable:
+    """One cache entry: the optimised graph made runnable for one device."""
+
+    def __init__(self, graph: Graph, launch: bool, target: hw.Target, dialect: str | None):
+        self.graph = graph
+        steps: list[tuple[Callable, tuple[Var, ...], tuple[Var, ...]]] = []
+        for e in graph.eqns:
+            if is_fused(e) and launch:
+                kernel, extra = lower_fused(e, target, dialect)
+                steps.append((launcher(kernel, extra), e.inputs, e.outputs))
+            else:
+                steps.append((_mlx_step(e), e.inputs, e.outputs))
+        constants = list(graph.constants)
+        inputs, outputs = graph.inputs, graph.outputs
+
+        def run(*flat):
+            env = dict(zip(inputs, flat))
+            env.update(constants)
+            for fn, ins, outs in steps:
+                results = fn(*[env[v] for v in ins])
+                for v, r in zip(outs, results):
+                    env[v] = r
+            return [env[v] for v in outputs]
+
+        # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
+        self.run = run if (launch and interpreting()) else mx.compile(run)
+
+
+def _mlx_step(e: Eqn) -> Callable:
+    rule = MLX_RULES[e.primitive]
+    params = dict(e.params)
+
+    def step(*args):
+        r = rule(*args, **params)
+        return r if isinstance(r, (tuple, list)) else (r,)
+
+    return step
+
+
+class Compiled:
+    """A function whose calls run an optimised graph (what `mlxtriton.optimize`, `fuse`,
+    `layout`, `cache` and `kernel` return).
+
+    Calling it returns what the original returns. ``.graph(*args)`` gives the optimised graph,
+    ``.lower(*args, target=...)`` the kernels it would launch (any host), ``.explain(*args)``
+    what each stage did and why.
+    """
+
+    def __init__(self, fn: Callable, passes: frozenset[str], chip: Any = "auto",
+                 static_argnums=(), static_argnames=(), single_kernel: bool = False,
+                 cache_size: int = DEFAULT_CACHE_SIZE):
+        import mlx.nn as nn
+
+        if isinstance(fn, Compiled):  # combinators compose: union of passes, innermost function
+            passes = passes | fn.passes
+            chip = fn.chip if chip == "auto" else chip
+            single_kernel = single_kernel or fn.single_kernel
+            static_argnums, static_argnames = fn._static_argnums, fn._static_argnames
+            fn = fn.fn
+        self.fn = fn
+        self.passes = frozenset(passes)
+        unknown = self.passes - set(PIPELINE)
+        if unknown:
+            raise ValueError(f"unknown passes {sorted(unknown)}; the pipeline is {PIPELINE}")
+        self.chip = chip
+        hw.resolve(chip)  # an unknown chip name fails here, listing the known ones
+        self.single_kernel = single_kernel
+        self.cache_size = cache_size
+        # A module runs with its current parameters as graph inputs: new weights, no retrace.
+        self._module = fn if isinstance(fn, nn.Module) else None
+        self._traced_fn = self._apply_module if self._module is not None else fn
+        self._static_argnums, self._static_argnames = static_argnums, static_argnames
+        nums, names = _normalize_static(self._traced_fn, static_argnums, static_argnames)
+        if self._module is not None:  # apply(params, *args): user positions shift by one
+            nums = tuple(n + 1 for n in nums)
+        self._nums, self._names = nums, names
+        self._cache: "OrderedDict[tuple, tuple[_Executable, Any]]" = OrderedDict()
+        self.__wrapped__ = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def _apply_module(self, params, *args, **kwargs):
+        module = self._module
+        saved = module.parameters()
+        module.update(params)
+        try:
+            return module(*args, **kwargs)
+        finally:
+            module.update(saved)
+
+    def _call_args(self, args: tuple) -> tuple:
+        return (self._module.parameters(), *args) if self._module is not None else args
+
+    # ---- the hot path ----
+    def __call__(self, *args, **kwargs):
+        args = self._call_args(args)
+        leaves, tree = _arguments_tree(args, kwargs, self._nums, self._names)
+        device = mx.default_device()
+        # mx.Device compares by value but hashes by identity: key on its type (MLX has one GPU).
+        key = (tree, tuple((a.shape, a.dtype) for a in leaves), device.type)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._build(args, kwargs, device)
+            self._cache[key] = entry
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        executable, out_tree = entry
+        return pytree.unflatten(out_tree, executable.run(*leaves))
+
+    # ---- building ----
+    def _trace(self, args, kwargs) -> Graph:
+        return trace_call(self._traced_fn, args, kwargs, self._nums, self._names).graph
+
+    def _build(self, args, kwargs, device) -> tuple[_Executable, Any]:
+        graph = self._trace(args, kwargs)
+        optimized, _ = run_passes(graph, self.passes, self.chip, device)
+        if self.single_kernel:
+            check_single_kernel(graph, optimized, self.passes, self.chip)
+        target = hw.target(self.chip, device)
+        launch = target.can_launch or interpreting()
+        ktarget, dialect = kernel_target(self.chip, device) if launch else (target, None)
+        return _Executable(optimized, launch, ktarget, dialect), graph.out_tree
+
+    # ---- inspection (any host) ----
+    def graph(self, *args, **kwargs) -> Graph:
+        """The optimised graph for these arguments: what will run, fused regions included."""
+        args = self._call_args(args)
+        return run_passes(self._trace(args, kwargs), self.passes, self.chip)[0]
+
+    def lower(self, *args, target: str | None = None, **kwargs) -> Lowered:
+        """The kernels a call with these arguments would launch, for ``target`` ("metal" or
+        "cuda"; default: the running device's, else Metal). Works on any host.
+
+        Raises:
+            SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
+            RegionError: a region that cannot become one kernel.
+        """
+        args = self._call_args(args)
+        graph = self._trace(args, kwargs)
+        ktarget, dialect = kernel_target(self.chip, None, target)
+        optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect)
+        if self.single_kernel:
+            check_single_kernel(graph, optimized, self.passes, self.chip)
+        kernels = tuple(lower_fused(e, ktarget, dialect)[0] for e in optimized.eqns if is_fused(e))
+        return Lowered(dialect, optimized, kernels)
+
+    def explain(self, *args, target: str | None = None, **kwargs) -> Explanation:
+        """What each stage did for these arguments and, for what did not fuse, why."""
+        args = self._call_args(args)
+        graph = self._trace(args, kwargs)
+        ktarget, dialect = kernel_target(self.chip, None, target)
+        optimized, stages = run_passes(graph, self.passes, self.chip, ktarget.device, dialect)
+        kernels = []
+        for e in optimized.eqns:
+            if is_fused(e):
+                try:
+                    kernels.append(lower_fused(e, ktarget, dialect)[0])
+                except RegionError as err:
+                    stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
+        return Explanation(graph, stages, kernels, ktarget)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def __repr__(self) -> str:
+        return f"<mlxtriton {'+'.join(p for p in PIPELINE if p in self.passes)} of {self.__name__}>"
+
+
+def check_single_kernel(graph: Graph, optimized: Graph, passes, chip) -> None:
+    """Raise `SingleKernelError` naming what keeps ``optimized`` from being one kernel."""
+    fused = [e for e in optimized.eqns if is_fused(e)]
+    others = [e for e in optimized.eqns if not is_fused(e)]
+    if len(fused) == 1 and not others:
+        return
+    _, report = fuse_with_report(graph, hw.resolve(chip))
+    if others:
+        # Name the equation that computes something (a Matmul), not the reshape feeding it.
+        from mlxtriton.graph.primitives import Family, get as get_primitive
+
+        unfused = sorted(report.unfused, key=lambda u: get_primitive(u.primitive).family is Family.MOVEMENT)
+        detail = unfused[0].as_text() if unfused else f"{others[0].primitive} is not part of any region"
+        raise SingleKernelError(f"cannot be one kernel: equation {detail}")
+    if not fused:
+        raise SingleKernelError("cannot be one kernel: the function computes nothing a kernel could")
+    bounds = "; ".join(b.as_text() for b in report.boundaries) or "regions over different index spaces"
+    raise SingleKernelError(f"cannot be one kernel: it needs {len(fused)} kernels ({bounds})")
