@@ -134,13 +134,32 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="row_kernels.json")
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
+    ap.add_argument("--families", default="", help="comma-separated subset of families")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
     opts = ap.parse_args()
+    chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] + ([] if opts.quick else [(65536, 512), (32768, 1024), (16384, 2048),
                                                        (8192, 8192), (4096, 16384)])
     rows_out = []
-    for dtype_name in ("float32", "bfloat16"):
+    result = {
+        "benchmark": "row_kernels",
+        "date": datetime.date.today().isoformat(),
+        "device": mx.device_info().get("device_name", str(mx.default_device())),
+        "mlx_version": mx.__version__,
+        "python": sys.version.split()[0],
+        "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
+        "rows": rows_out,
+    }
+
+    def save():  # after every row: a run cut short still leaves its figures
+        with open(opts.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+    for dtype_name in opts.dtypes.split(","):
         dtype = getattr(mx, dtype_name)
         for name, (composed, native, spec) in families(dtype).items():
+            if chosen and name not in chosen:
+                continue
             for rows, cols in shapes:
                 args = make_args(spec, rows, cols, dtype)
                 opt = mlxtriton.optimize(composed)
@@ -162,6 +181,7 @@ def main() -> None:
                 row["copy_gbs"] = 2 * x.nbytes / t / 1e9
                 row["speedup_vs_compile"] = row["mx.compile_us"] / row["mlxtriton_us"]
                 rows_out.append(row)
+                save()
                 print(f"{name:14s} {dtype_name:8s} {rows:6d}x{cols:<6d} mlxtriton {row['mlxtriton_gbs']:7.0f} GB/s "
                       f"compile {row['mx.compile_gbs']:7.0f} eager {row['eager_gbs']:7.0f} "
                       + (f"native {row['mlx_native_gbs']:7.0f} " if native else "")
@@ -169,7 +189,9 @@ def main() -> None:
                       + f"copy {row['copy_gbs']:7.0f}  x{row['speedup_vs_compile']:.2f} vs compile", flush=True)
                 del args, out
     # pointwise chains: at least mx.compile's bandwidth
-    for dtype_name in ("float32", "bfloat16"):
+    for dtype_name in opts.dtypes.split(","):
+        if chosen and "pointwise_chain" not in chosen:
+            break
         dtype = getattr(mx, dtype_name)
         chain = lambda x, y: mx.maximum(mx.exp(x * 0.5) * y + 1.0, 0.0)  # noqa: E731
         x = mx.random.normal((8192, 8192)).astype(dtype)
@@ -181,6 +203,7 @@ def main() -> None:
             t = time_mlx(fn, (x, y))
             row[vname + "_us"], row[vname + "_gbs"] = 1e6 * t, moved / t / 1e9
         rows_out.append(row)
+        save()
         print(f"pointwise {dtype_name}: mlxtriton {row['mlxtriton_gbs']:.0f} GB/s, compile {row['mx.compile_gbs']:.0f}, eager {row['eager_gbs']:.0f}", flush=True)
     # small inputs: per-call cost against a native op
     small = mx.random.normal((8, 64))
@@ -191,18 +214,8 @@ def main() -> None:
                       "mlxtriton softmax": mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1))}.items():
         per_call[vname] = 1e6 * time_mlx(fn, (small,), reps=500)
     print("per-call us:", {k: round(v, 1) for k, v in per_call.items()}, flush=True)
-    result = {
-        "benchmark": "row_kernels",
-        "date": datetime.date.today().isoformat(),
-        "device": mx.device_info().get("device_name", str(mx.default_device())),
-        "mlx_version": mx.__version__,
-        "python": sys.version.split()[0],
-        "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
-        "rows": rows_out,
-        "small_input_per_call_us": per_call,
-    }
-    with open(opts.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    result["small_input_per_call_us"] = per_call
+    save()
     print("wrote", opts.out)
 
 

@@ -53,7 +53,8 @@ def test_llama_block():
     block = examples.init_eval(examples.LlamaBlock())
     (x,) = examples.example_inputs("llama")
     f = mlxtriton.optimize(block)
-    assert len(f.lower(x)) >= 4
+    # on a GPU RMSNorm and RoPE are fast-op primitives; the masked softmax and the gate fuse
+    assert len(f.lower(x)) >= 2
     _close(f(x), block(x), 2e-4)
 
 
