@@ -272,7 +272,8 @@ def _headline(name: str, result: dict) -> str:
                   "JSON and a table")
 def _bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("name", nargs="?", choices=sorted(BENCHMARKS),
-                        help="one benchmark; options after it go to its script (see bench NAME --help)")
+                        help="one benchmark; options after it go to its script "
+                             "(python benchmarks/gemm.py --help lists gemm's)")
     parser.add_argument("--out-dir", default="bench-results", help="where the JSON files go")
     parser.add_argument("--quick", action="store_true", help="the suite with fewer sizes")
     parser.set_defaults(passes_through=True)
@@ -307,8 +308,6 @@ def _bench(parser: argparse.ArgumentParser) -> Runner:
                 extra += {"gemm": ["--sizes", "256,1024" if gpu else "256,512"], "rows": ["--quick"],
                           "trace": []}[name]
             command_line = [sys.executable, os.path.join(root, script), "--out", out, *extra]
-            if "-h" in extra or "--help" in extra:
-                return subprocess.call(command_line)
             for j, arg in enumerate(extra):  # the script's own --out wins (argparse keeps the last)
                 if arg == "--out" and j + 1 < len(extra):
                     out = extra[j + 1]
