@@ -1,0 +1,53 @@
+"""Patterns layer: graph -> graph rewriting with (pattern, fn) rule tables, and the rules that
+turn decomposed model code into the best MLX has: attention -> SDPA, norms and RoPE -> fast ops,
+matmul + addend -> AddMM, batch-norm folded into convolutions, and the algebraic clean-ups they
+build on. May import mlxtriton.graph, mlxtriton.hw and mlxtriton.fusion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlxtriton.graph.core import Graph
+
+from mlxtriton.patterns.attention import ATTENTION, SOFTMAX, SOFTMAX_DECOMPOSED
+from mlxtriton.patterns.cleanups import CLEANUPS
+from mlxtriton.patterns.conv import CONV
+from mlxtriton.patterns.linear import LINEAR, activations
+from mlxtriton.patterns.norms import NORMS
+from mlxtriton.patterns.pattern import COMMUTATIVE, P, Pat
+from mlxtriton.patterns.report import Fired, NearMiss, PatternReport, Recognised
+from mlxtriton.patterns.rewrite import Match, Miss, Note, RewriteError, Rule, Rules, rewrite
+from mlxtriton.patterns.rope import ROPE
+
+# Clean-ups first (an equation is tried against rules in table order): model rules then see the
+# canonical spellings. Norms and softmax come before attention, which reads a Softmax primitive.
+DEFAULT_RULES = CLEANUPS + SOFTMAX + NORMS + ROPE + ATTENTION + CONV + LINEAR
+
+
+def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None) -> tuple[Graph, PatternReport]:
+    """The ``patterns`` stage of the pipeline: rewrite with the rule tables to a fixed point.
+
+    Args:
+        graph: a traced graph.
+        chip: the target chip (a name or `mlxtriton.hw.Profile`); no rule depends on it yet:
+            every rewrite targets an MLX op that exists on every backend.
+        rules: the table to apply (default `DEFAULT_RULES`).
+
+    Returns:
+        ``(graph, report)``; equations in the report are named by their position in ``graph``.
+
+    Example:
+        >>> g = mlxtriton.trace(lambda x, w: mx.fast.rms_norm(x, w, 1e-5))(x, w)  # CPU: decomposed
+        >>> optimize_patterns(g)[0].primitive_counts()
+        {'RMSNorm': 1}
+    """
+    return rewrite(graph, DEFAULT_RULES if rules is None else rules)
+
+
+__all__ = [
+    "P", "Pat", "COMMUTATIVE", "Rule", "Rules", "Match", "Miss", "Note", "RewriteError", "rewrite",
+    "optimize_patterns", "PatternReport", "Fired", "NearMiss", "Recognised", "DEFAULT_RULES",
+    "CLEANUPS", "SOFTMAX", "NORMS", "ROPE", "ATTENTION", "CONV", "LINEAR", "SOFTMAX_DECOMPOSED",
+    "activations",
+]

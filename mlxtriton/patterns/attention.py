@@ -1,0 +1,317 @@
+"""Patterns layer: softmax and attention (issue 5, rule 1).
+
+A decomposed softmax over the last axis becomes the ``Softmax`` primitive; float32 casts around a
+half-precision softmax make it ``precise``. Attention, ``softmax(scale * q @ k^T + mask) @ v``,
+becomes ``ScaledDotProductAttention`` (``mx.fast.scaled_dot_product_attention``): the scale may
+sit on q or on the scores (or be absent), the mask may be additive (``+ mask``) or boolean
+(``where(mask, s, -inf)``) and is recognised as causal when it is a constant equal to MLX's
+causal mask, casts to float32 may surround the softmax, and grouped-query heads repeated with
+``mx.repeat`` / broadcasts are un-repeated (SDPA reads each kv head once). A scale after the
+softmax, or a softmax over another axis, is a near miss. May import mlx and mlxtriton.graph.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxtriton.graph import dtypes
+from mlxtriton.graph.core import Var
+
+from mlxtriton.patterns._values import MAX_EVALUATED
+from mlxtriton.patterns.pattern import P
+from mlxtriton.patterns.rewrite import Match, Miss, Rules
+
+# An additive mask entry that makes exp(score + mask - max) exactly 0 in float32 for any score
+# of ordinary size (exp underflows to 0 below about -104): -inf, a dtype's lowest value, -1e9 ...
+MASKED = -1e4
+
+
+def _kind(kind):
+    return lambda e: e.params["kind"] == kind
+
+
+_x = P.var("x")
+_max = P("Reduce", _x, name="max", where=_kind("max"))
+_shifted = P("Subtract", _x, P("Broadcast", P.opt("StopGradient", _max)))
+_exp = P("Exp", _shifted | _x, name="ex")
+# exp(x - max(x)) / sum(exp(x - max(x))), the max optional (then it is softmax only where exp does
+# not overflow; the Softmax primitive is the safer spelling of the same function).
+SOFTMAX_DECOMPOSED = P("Divide", _exp, P("Broadcast", P("Reduce", P.var("ex"), name="sum", where=_kind("sum"))),
+                       name="sm")
+
+
+def _softmax_axis(m: Match) -> tuple[int, ...]:
+    x = m["x"]
+    axes = tuple(sorted(a % x.ndim for a in m.eqn("sum").params["axes"]))
+    if "max" in m and tuple(sorted(a % x.ndim for a in m.eqn("max").params["axes"])) != axes:
+        return ()
+    return axes
+
+
+def softmax(m: Match):  # exp(x - max x) / sum(exp(x - max x)) over the last axis -> Softmax(x)
+    x = m["x"]
+    axes = _softmax_axis(m)
+    if not axes:
+        return None
+    if axes != (x.ndim - 1,):
+        return Miss(f"softmax over axis {axes[0] if len(axes) == 1 else axes}, not the last axis")
+    m.detail = f"Softmax over the last axis of {x.type_str()}"
+    return m.add("Softmax", [x], precise=False)
+
+
+def softmax_in_float32(m: Match):  # astype(softmax(astype(x, f32)), h) -> Softmax[precise](x)
+    x, out = m["x"], m.root.outputs[0]
+    if x.dtype not in ("float16", "bfloat16") or out.dtype != x.dtype:
+        return None
+    m.detail = "float32 casts around the softmax: Softmax[precise=True]"
+    return m.add("Softmax", [x], precise=True)
+
+
+# ---- attention ----
+
+def _floating_cast(e) -> bool:
+    return e.primitive == "AsType" and e.inputs[0].dtype in dtypes.FLOATING and e.outputs[0].dtype in dtypes.FLOATING
+
+
+def _scaled(m: Match, v: Var) -> tuple[Var, float] | None:
+    """``(x, s)`` when ``v`` is ``x * s`` for a known scalar ``s``."""
+    e = m.graph.producer(v)
+    if e is None or e.primitive != "Multiply":
+        return None
+    for a, b in (e.inputs, e.inputs[::-1]):
+        s = m.values.scalar(b)
+        if s is not None and not m.values.is_constant(a) and isinstance(s, (int, float)):
+            return a, float(s)
+    return None
+
+
+def _leads_to_matmul(m: Match, v: Var) -> bool:
+    for _ in range(6):
+        e = m.graph.producer(v)
+        if e is None:
+            return False
+        if e.primitive == "Matmul":
+            return True
+        if _floating_cast(e):
+            v = e.inputs[0]
+        elif (sc := _scaled(m, v)) is not None:
+            v = sc[0]
+        else:
+            return False
+    return False
+
+
+class _Scores:
+    """What lies between q @ k^T and the softmax: scale, mask, casts (in any order)."""
+
+    def __init__(self):
+        self.scale = 1.0
+        self.mask: Var | None = None
+        self.boolean = False
+        self.inverted = False
+        self.qk = None
+
+
+def _walk_scores(m: Match, s: Var) -> _Scores | Miss:
+    w = _Scores()
+    v = s
+    for _ in range(16):
+        e = m.graph.producer(v)
+        if e is None:
+            return Miss("the softmax input is no q @ k^T (it is a graph input or constant)")
+        if e.primitive == "Matmul":
+            m.cover(e)
+            w.qk = e
+            return w
+        if _floating_cast(e):
+            m.cover(e)
+            v = e.inputs[0]
+            continue
+        if (sc := _scaled(m, v)) is not None:
+            m.cover(e)
+            w.scale *= sc[1]
+            v = sc[0]
+            continue
+        if e.primitive == "Add" and w.mask is None:
+            a, b = e.inputs
+            if not _leads_to_matmul(m, a) and _leads_to_matmul(m, b):
+                a, b = b, a
+            if _leads_to_matmul(m, a):
+                m.cover(e)
+                w.mask, v = b, a
+                continue
+        if e.primitive == "Select" and w.mask is None:
+            cond, a, b = e.inputs
+            fa, fb = m.values.scalar(a), m.values.scalar(b)
+            if isinstance(fb, float) and fb <= MASKED and _leads_to_matmul(m, a):
+                m.cover(e)
+                w.mask, w.boolean, v = cond, True, a
+                continue
+            if isinstance(fa, float) and fa <= MASKED and _leads_to_matmul(m, b):
+                m.cover(e)
+                w.mask, w.boolean, w.inverted, v = cond, True, True, b
+                continue
+        return Miss(f"the scores reach the softmax through {e.primitive} {e.outputs[0].type_str()}, "
+                    "which is no scale, mask or cast")
+    return Miss("too many steps between q @ k^T and the softmax")
+
+
+def _swap_last_two(m: Match, v: Var) -> Var:
+    """``v`` with its last two axes swapped, undoing a transpose that made it where there is one."""
+    n = v.ndim
+    swap = tuple(range(n - 2)) + (n - 1, n - 2)
+    e = m.graph.producer(v)
+    if e is not None and e.primitive == "Transpose":
+        composed = tuple(e.params["axes"][a] for a in swap)
+        if composed == tuple(range(n)):
+            return e.inputs[0]
+        return m.add("Transpose", [e.inputs[0]], axes=composed)
+    return m.add("Transpose", [v], axes=swap)
+
+
+def _broadcast_source(m: Match, v: Var) -> Var:
+    e = m.graph.producer(v)
+    return e.inputs[0] if e is not None and e.primitive == "Broadcast" else v
+
+
+def _unrepeat(m: Match, v: Var) -> tuple[Var, int]:
+    """``(kv, r)`` when ``v`` [B, H*r, L, D] is ``mx.repeat(kv, r, axis=1)`` (each kv head
+    repeated r times in a row: what SDPA's grouped-query heads mean), else ``(v, 1)``."""
+    e = m.graph.producer(v)
+    if e is None or e.primitive not in ("Reshape", "Flatten"):
+        return v, 1
+    src = e.inputs[0]
+    if src.ndim != 5 or v.ndim != 4:
+        return v, 1
+    b, h, r, length, d = src.shape
+    if (b, h * r, length, d) != v.shape:
+        return v, 1
+    bsrc = m.graph.producer(src)
+    if bsrc is None or bsrc.primitive != "Broadcast" or bsrc.inputs[0].shape != (b, h, 1, length, d):
+        return v, 1
+    return m.reshape(bsrc.inputs[0], (b, h, length, d)), r
+
+
+def _ungroup(m: Match, v: Var) -> Var | None:
+    """For 5-d grouped attention ([B, Hkv, R, L, D], the shape MLX's own SDPA fallback uses):
+    the [B, Hkv, L, D] that ``v`` broadcasts along axis 2."""
+    src = _broadcast_source(m, v)
+    b, h, _, length, d = v.shape
+    if src.ndim != 5 or src.shape != (b, h, 1, length, d):
+        return None
+    return m.reshape(src, (b, h, length, d))
+
+
+def _causal(m: Match, w: _Scores, lq: int, lk: int) -> bool:
+    """True when the mask is a constant equal to MLX's causal mask for these lengths (position
+    i attends to j <= i + lk - lq)."""
+    src = _broadcast_source(m, w.mask)
+    if lq > lk or not m.values.is_constant(src) or src.size > MAX_EVALUATED:
+        return False
+    if src.shape[-2:] != (lq, lk) or any(s != 1 for s in src.shape[:-2]):
+        return False
+    value = m.values.value(src)
+    if value is None:
+        return False
+    value = value.reshape(lq, lk)
+    keep = mx.arange(lq)[:, None] + (lk - lq) >= mx.arange(lk)[None]
+    if w.boolean:
+        got = mx.logical_not(value) if w.inverted else value
+        return bool(mx.array_equal(got, keep).item())
+    value = value.astype(mx.float32)
+    return bool(mx.all(mx.where(keep, value == 0, value <= MASKED)).item())
+
+
+def _sdpa_mask(m: Match, w: _Scores, rank: int, q4: Var, score_shape) -> Var:
+    """The mask in a shape SDPA broadcasts to [B, Hq, Lq, Lk]: additive in q's dtype, or boolean."""
+    src = _broadcast_source(m, w.mask)
+    if w.boolean and w.inverted:
+        src = m.add("LogicalNot", [src])
+    if not w.boolean:
+        src = m.astype(src, q4.dtype)
+    src = m.reshape(src, (1,) * (rank - src.ndim) + src.shape)
+    if rank == 3:
+        return m.reshape(src, (1,) + src.shape)
+    if rank == 5:
+        if src.shape[1:3] == (1, 1):
+            return m.reshape(src, (src.shape[0], 1) + src.shape[3:])
+        full = m.add("Broadcast", [src], shape=tuple(score_shape))
+        return m.reshape(full, (score_shape[0], score_shape[1] * score_shape[2]) + tuple(score_shape[3:]))
+    return src
+
+
+def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProductAttention(q, k, v)
+    if "post" in m:
+        return Miss("a scale after the softmax: softmax(s) * c @ v is not what SDPA computes")
+    sm = m.eqn("sm")
+    if sm.primitive == "Divide":
+        axes = _softmax_axis(m)
+        if not axes:
+            return None
+        if axes != (m["x"].ndim - 1,):
+            return Miss(f"softmax over axis {axes[0] if len(axes) == 1 else axes}, not the last axis")
+    s = sm.inputs[0] if sm.primitive == "Softmax" else m["x"]
+    w = _walk_scores(m, s)
+    if isinstance(w, Miss):
+        return w
+    q, kt = w.qk.inputs
+    while (sc := _scaled(m, q)) is not None:
+        m.cover(m.graph.producer(q))
+        w.scale *= sc[1]
+        q = sc[0]
+    v = m["v"]
+    rank = q.ndim
+    if kt.ndim != rank or v.ndim != rank or rank not in (3, 4, 5):
+        return Miss(f"rank-{rank} attention (SDPA takes [batch, heads, length, dim])")
+    if not (q.shape[:-2] == kt.shape[:-2] == v.shape[:-2]):
+        return Miss("q, k and v have different batch or head axes")
+    if not (q.dtype == kt.dtype == v.dtype) or q.dtype not in dtypes.FLOATING:
+        return Miss(f"q, k, v are {q.dtype}, {kt.dtype}, {v.dtype}: SDPA takes one floating dtype")
+    score_shape = w.qk.outputs[0].shape
+    lq, lk = q.shape[-2], kt.shape[-1]
+    k = _swap_last_two(m, kt)
+    if rank == 5:
+        k4, v4 = _ungroup(m, k), _ungroup(m, v)
+        if k4 is None or v4 is None:
+            return Miss("5-d attention whose k and v are not broadcast along the group axis")
+        b, h, r = q.shape[:3]
+        q4 = m.reshape(q, (b, h * r) + q.shape[3:])
+    elif rank == 3:
+        q4, k4, v4 = (m.reshape(t, (1,) + t.shape) for t in (q, k, v))
+    else:
+        q4 = q
+        (k4, rk), (v4, rv) = _unrepeat(m, k), _unrepeat(m, v)
+        if rk != rv or k4.shape[1] != v4.shape[1]:
+            k4, v4 = k, v
+    causal = w.mask is not None and _causal(m, w, lq, lk)
+    inputs = [q4, k4, v4]
+    if w.mask is not None and not causal:
+        inputs.append(_sdpa_mask(m, w, rank, q4, score_shape))
+    out = m.add("ScaledDotProductAttention", inputs, scale=float(w.scale), do_causal=causal,
+                has_sinks=False, output_logsumexp=False, force_fused=False)
+    out = m.reshape(out, m.root.outputs[0].shape)
+    out = m.astype(out, m.root.outputs[0].dtype)
+    mask = "causal" if causal else ("no mask" if w.mask is None else
+                                     f"{'boolean' if w.boolean else 'additive'} mask {inputs[3].type_str()}")
+    heads = f"{q4.shape[1]}:{k4.shape[1]} heads" if q4.shape[1] != k4.shape[1] else f"{q4.shape[1]} heads"
+    m.detail = (f"ScaledDotProductAttention[scale={w.scale:.6g}, {mask}] on q {q4.type_str()}, "
+                f"k {k4.type_str()}, v {v4.type_str()} ({heads})")
+    return out
+
+
+_probs = P.opt("AsType", P("Softmax", P.var("s"), name="sm") | SOFTMAX_DECOMPOSED)
+
+SOFTMAX = Rules(
+    [
+        (SOFTMAX_DECOMPOSED, softmax),
+        (P("AsType", P("Softmax", P("AsType", _x, where=lambda e: e.params["dtype"] == "float32"))),
+         softmax_in_float32),
+    ],
+    group="softmax",
+)
+
+ATTENTION = Rules(
+    [(P("Matmul", _probs | P("Multiply", _probs, P.scalar("post")), P.var("v")), attention)],
+    group="attention",
+)
+

@@ -1,0 +1,391 @@
+"""Patterns layer: rule tables and the one driver that applies them to a fixed point.
+
+A rule is ``(pattern, fn)``: when ``pattern`` matches at an equation, ``fn(match)`` returns the
+var that replaces the equation's output, a `Miss` (a near miss, with the reason the user will
+read in ``explain``), a `Note` (recognised, nothing to rewrite) or None (not this rule's shape).
+Tables combine with ``+``. The driver checks dataflow before rewriting: an intermediate the match
+covers that is also used outside it blocks the rewrite (the work would be done twice).
+May import mlx and mlxtriton.graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import mlx.core as mx
+
+from mlxtriton.graph import dtypes
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.transforms import dce, make_eqn
+from mlxtriton.graph.primitives import get as get_primitive
+
+from mlxtriton.patterns._values import Values
+from mlxtriton.patterns.pattern import Matcher, Pat
+from mlxtriton.patterns.report import Fired, NearMiss, PatternReport, Recognised
+
+# A rewrite that keeps producing new graphs is a bug in a rule table; stop loudly long before it
+# could be mistaken for a slow pass (the largest traced model blocks need a few hundred rewrites).
+MAX_REWRITES = 20_000
+
+
+class RewriteError(ValueError):
+    """A rule returned something that does not fit (wrong type or shape), or rules cycle."""
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A near miss: the rule's shape is there, but it must not fire, because ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """The rule recognised its shape and leaves it as it is (``text`` is reported)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: Pat
+    fn: Callable[["Match"], Any]
+    name: str
+    group: str
+    exclusive: bool = True
+
+
+class Rules:
+    """An ordered table of ``(pattern, fn)`` rules; ``+`` concatenates tables.
+
+    Args:
+        rules: ``(pattern, fn)`` or ``(pattern, fn, name)``; the name defaults to ``fn``'s.
+        group: the table's name, reported with each rule that fires.
+        exclusive: the matched intermediates must have no users outside the match (False for
+            rewrites of views and single cheap ops, which may be duplicated freely).
+
+    Example:
+        >>> def drop(m):
+        ...     return m["x"]
+        >>> times_one = Rules([(P("Multiply", P.var("x"), P.scalar(value=1.0)), drop)], "cleanup")
+        >>> g2, report = rewrite(g, times_one)  # x * 1 -> x
+    """
+
+    def __init__(self, rules: Iterable[tuple] = (), group: str = "rules", exclusive: bool = True):
+        items = []
+        for r in rules:
+            if isinstance(r, Rule):
+                items.append(r)
+                continue
+            pattern, fn, *rest = r
+            items.append(Rule(pattern, fn, rest[0] if rest else fn.__name__, group, exclusive))
+        self.rules: tuple[Rule, ...] = tuple(items)
+        by_root: dict[str, list[Rule]] = {}
+        anywhere: list[Rule] = []
+        for rule in self.rules:
+            roots = rule.pattern.roots
+            if roots is None:
+                anywhere.append(rule)
+            else:
+                for prim in roots:
+                    by_root.setdefault(prim, []).append(rule)
+        self._by_root = by_root
+        self._anywhere = anywhere
+        self._order = {rule: i for i, rule in enumerate(self.rules)}
+
+    def __add__(self, other: "Rules") -> "Rules":
+        return Rules(self.rules + other.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def for_primitive(self, primitive: str) -> list[Rule]:
+        """The rules that can match at an equation of ``primitive``, in table order."""
+        rules = self._by_root.get(primitive, [])
+        if self._anywhere:
+            rules = sorted(rules + self._anywhere, key=self._order.__getitem__)
+        return rules
+
+
+class Match:
+    """What a rule's ``fn`` receives: the bound names, the graph, and a builder for the
+    replacement (new equations are created through MLX's shape rules, constants at will)."""
+
+    def __init__(self, graph: Graph, root: Eqn, values: Values, bound: dict, scalars: dict,
+                 covered: Sequence[Eqn]):
+        self.graph = graph
+        self.root = root
+        self.values = values
+        self.vars = bound
+        self.scalars = scalars
+        self.covered: list[Eqn] = list(covered)
+        self.eqns: list[Eqn] = []
+        self.constants: list[tuple[Var, mx.array]] = []
+        self.detail = ""
+        self._built: dict[Var, mx.array] = {}
+
+    # ---- reading ----
+    def __getitem__(self, name: str) -> Var:
+        return self.vars[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.vars
+
+    def get(self, name: str) -> Var | None:
+        return self.vars.get(name)
+
+    def value(self, name: str):
+        """The value a `P.scalar` leaf bound."""
+        return self.scalars[name]
+
+    def eqn(self, name_or_var) -> Eqn | None:
+        """The equation producing a bound var (or a var)."""
+        var = self.vars[name_or_var] if isinstance(name_or_var, str) else name_or_var
+        return self.graph.producer(var)
+
+    def cover(self, *eqns: Eqn) -> None:
+        """Add equations found by walking the graph to what the match replaces (their outputs
+        then must not be used outside the match)."""
+        for e in eqns:
+            if e is not None and e not in self.covered:
+                self.covered.append(e)
+
+    # ---- building the replacement ----
+    def add(self, primitive: str, inputs: Sequence[Var], **params) -> Var:
+        """A new equation (output type from MLX's shape rules); returns its (first) output."""
+        e = make_eqn(primitive, inputs, params)
+        self.eqns.append(e)
+        return e.outputs[0]
+
+    def add_eqn(self, primitive: str, inputs: Sequence[Var], **params) -> Eqn:
+        e = make_eqn(primitive, inputs, params)
+        self.eqns.append(e)
+        return e
+
+    def constant(self, value, dtype: str | None = None) -> Var:
+        """A new graph constant (an ``mx.array``, or a Python number made 0-d of ``dtype``)."""
+        if not isinstance(value, mx.array):
+            value = mx.array(value, dtype=dtypes.to_mx(dtype) if dtype else None)
+        elif dtype is not None and dtypes.from_mx(value.dtype) != dtype:
+            value = value.astype(dtypes.to_mx(dtype))
+        mx.eval(value)
+        v = Var(tuple(value.shape), dtypes.from_mx(value.dtype))
+        self.constants.append((v, value))
+        self._built[v] = value
+        return v
+
+    def splat(self, value, like: Var, dtype: str | None = None) -> Var:
+        """``value`` broadcast to ``like``'s shape (a 0-d constant and a Broadcast)."""
+        c = self.constant(value, dtype or like.dtype)
+        return c if not like.shape else self.add("Broadcast", [c], shape=like.shape)
+
+    def reshape(self, var: Var, shape) -> Var:
+        shape = tuple(int(d) for d in shape)
+        return var if var.shape == shape else self.add("Reshape", [var], shape=shape)
+
+    def astype(self, var: Var, dtype: str) -> Var:
+        return var if var.dtype == dtype else self.add("AsType", [var], dtype=dtype)
+
+    def fold(self, var: Var, max_elements: int | None = None) -> Var:
+        """``var`` as a constant when everything it is computed from is known now (folding at
+        optimize time, e.g. batch-norm statistics into convolution weights); else ``var``."""
+        value = self._evaluate(var)
+        if value is None or (max_elements is not None and value.size > max_elements):
+            return var
+        return self.constant(value)
+
+    def _evaluate(self, var: Var):
+        if var in self._built:
+            return self._built[var]
+        producer = next((e for e in self.eqns if var in e.outputs), None)
+        if producer is None:
+            return self.values.value(var, max_elements=max(var.size, 1))
+        args = [self._evaluate(v) for v in producer.inputs]
+        if any(a is None for a in args):
+            return None
+        from mlxtriton.graph.evaluate_mlx import MLX_RULES
+
+        out = MLX_RULES[producer.primitive](*args, **producer.params)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        mx.eval(outs)
+        for v, o in zip(producer.outputs, outs):
+            self._built[v] = o
+        return self._built[var]
+
+
+def _fingerprint(graph: Graph) -> int:
+    """A structural hash that stays cheap with large constants (compared by identity)."""
+    index: dict[Var, int] = {}
+    parts: list = []
+    for v in graph.inputs:
+        index[v] = len(index)
+        parts.append(v.aval)
+    for v, a in graph.constants:
+        index[v] = len(index)
+        parts.append((v.aval, dtypes.array_digest(a) if v.size <= 64 else id(a)))
+    for e in graph.eqns:
+        parts.append((e.primitive, tuple(index[v] for v in e.inputs), e.params))
+        for v in e.outputs:
+            index[v] = len(index)
+    parts.append(tuple(index[v] for v in graph.outputs))
+    return hash(tuple(parts))
+
+
+def _uses_outside(graph: Graph, covered: set[Eqn], root: Eqn, values: Values) -> tuple[Eqn, Var, str] | None:
+    """The first covered intermediate that something outside the match also reads."""
+    for e in covered:
+        if e is root:
+            continue
+        for v in e.outputs:
+            if values.is_constant(v):
+                continue  # constant tables (scales, masks, angles) are cheap to keep
+            if graph.is_output(v):
+                return e, v, "a graph output"
+            for u in graph.users(v):
+                if u not in covered:
+                    return e, v, u.primitive
+    return None
+
+
+def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES) -> tuple[Graph, PatternReport]:
+    """Apply ``rules`` to a fixed point: sweep the equations in order, rewrite at the first rule
+    that fires, continue from there, and sweep again until a sweep changes nothing.
+
+    Args:
+        graph: the graph to rewrite (not modified).
+        rules: the rule table.
+        max_rewrites: a bound on rewrites; exceeding it is reported as a cycle.
+
+    Returns:
+        ``(graph, report)``: the rewritten graph (dead code removed) and what fired where, what
+        was recognised, and the near misses with their reasons. Equations are named by their
+        position in the graph passed in.
+
+    Raises:
+        RewriteError: a rule returned a var of another type, or the rules cycle (a graph seen
+            before comes back, or ``max_rewrites`` is exceeded).
+
+    Example:
+        >>> g2, report = rewrite(mlxtriton.trace(f)(x), DEFAULT_RULES)
+        >>> print("\\n".join(report.lines()))
+    """
+    origin: dict[Eqn, int] = {e: i for i, e in enumerate(graph.eqns)}
+    fired: list[Fired] = []
+    misses: dict[tuple[str, Eqn], NearMiss] = {}
+    notes: dict[tuple[str, Eqn], Recognised] = {}
+    seen = {_fingerprint(graph)}
+    history: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        values = Values(graph)
+        matcher = Matcher(graph, values)
+        i = 0
+        while i < len(graph.eqns):
+            e = graph.eqns[i]
+            step = None
+            for rule in rules.for_primitive(e.primitive):
+                if (rule.name, e) in notes:
+                    continue
+                outcome = _try(rule, e, graph, values, matcher, origin)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, NearMiss):
+                    misses.setdefault((rule.name, e), outcome)
+                    continue
+                if isinstance(outcome, Recognised):
+                    notes[(rule.name, e)] = outcome
+                    continue
+                step = (rule, outcome)
+                break
+            if step is None:
+                i += 1
+                continue
+            rule, (match, replacement) = step
+            graph, first_new = _apply(graph, match, replacement, origin)
+            fired.append(Fired(rule.name, rule.group, origin[e], e.primitive, match.detail))
+            history.append(rule.name)
+            fp = _fingerprint(graph)
+            if fp in seen or len(fired) > max_rewrites:
+                raise RewriteError(
+                    f"pattern rules cycle: the graph came back after rules {history[-8:]}"
+                    if fp in seen else f"more than {max_rewrites} rewrites (last rules {history[-8:]})"
+                )
+            seen.add(fp)
+            values = Values(graph)
+            matcher = Matcher(graph, values)
+            changed = True
+            i = first_new
+    alive = set(graph.eqns)
+    near = [m for (name, e), m in misses.items() if e in alive]
+    recognised = [n for (name, e), n in notes.items() if e in alive]
+    return graph, PatternReport(tuple(fired), tuple(recognised), tuple(near))
+
+
+def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, origin):
+    """The rule's outcome at ``e``: None, a NearMiss, a Recognised, or (match, replacement)."""
+    if len(e.outputs) != 1:
+        return None
+    first_miss = None
+    for st in matcher.match(rule.pattern, e.outputs[0]):
+        m = Match(graph, e, values, st.vars, st.values, st.covered)
+        result = rule.fn(m)
+        if result is None:
+            continue
+        if isinstance(result, Miss):
+            first_miss = first_miss or NearMiss(rule.name, rule.group, origin[e], e.primitive, result.reason)
+            continue
+        if isinstance(result, Note):
+            return Recognised(rule.name, rule.group, origin[e], e.primitive, result.text)
+        if not isinstance(result, Var):
+            raise RewriteError(f"rule {rule.name} returned {result!r}, not a Var, Miss, Note or None")
+        if result.aval != e.outputs[0].aval:
+            raise RewriteError(
+                f"rule {rule.name} replaces {e.outputs[0].type_str()} (#{origin[e]} {e.primitive}) "
+                f"by {result.type_str()}"
+            )
+        blocked = _uses_outside(graph, set(m.covered), e, values) if rule.exclusive else None
+        if blocked is not None:
+            inner, v, user = blocked
+            where = origin.get(inner, "?")
+            first_miss = first_miss or NearMiss(
+                rule.name, rule.group, origin[e], e.primitive,
+                f"intermediate #{where} ({inner.primitive}, {v.type_str()}) is also used elsewhere "
+                f"(by {user}); rewriting would compute it twice",
+            )
+            continue
+        return m, result
+    return first_miss
+
+
+def _apply(graph: Graph, m: Match, replacement: Var, origin: dict[Eqn, int]) -> tuple[Graph, int]:
+    """Insert the match's new equations before its root, point every use of the root's output
+    at the replacement, drop dead code; the position to resume sweeping from."""
+    root = m.root
+    pos = graph.eqns.index(root)
+    for e in m.eqns:
+        origin[e] = origin[root]
+    eqns = graph.eqns[:pos] + tuple(m.eqns) + graph.eqns[pos:]
+    old = root.outputs[0]
+    if replacement is not old:
+        eqns = tuple(
+            e if old not in e.inputs else Eqn(e.primitive, tuple(replacement if v is old else v for v in e.inputs),
+                                              e.outputs, e.params)
+            for e in eqns
+        )
+        for before, after in zip(graph.eqns[:pos] + tuple(m.eqns) + graph.eqns[pos:], eqns):
+            if after is not before:
+                origin[after] = origin[before]
+    outputs = tuple(replacement if v is old else v for v in graph.outputs)
+    g = dce(graph.replace(eqns=eqns, constants=graph.constants + tuple(m.constants), outputs=outputs))
+    # Resume at the first new equation, or where the root was.
+    alive = set(g.eqns)
+    first = next((e for e in m.eqns if e in alive), None)
+    if first is not None:
+        return g, g.eqns.index(first)
+    kept_before = sum(1 for e in graph.eqns[:pos] if e in alive)
+    return g, kept_before

@@ -1,0 +1,158 @@
+"""Patterns layer: a decomposed rotary embedding becomes the ``RoPE`` primitive
+(``mx.fast.rope``) where it is exactly that function (issue 5, rule 2).
+
+The shape is MLX's own CPU fallback and the usual model code: halves (or even/odd lanes, the
+"traditional" layout) of x's last axis rotated by cos/sin tables, ``x1 cos - x2 sin`` and
+``x1 sin + x2 cos``, concatenated (with the unrotated rest when only ``dims`` lanes rotate).
+"Exactly" means: the angle table is a constant of optimize time, and it equals, to float32
+rounding, ``(arange(L) + offset) * scale * base ** (-i / (dims / 2))`` for one integer offset and
+one scale and base, with positions along x's second-to-last axis. Tables that are arguments, or
+other frequencies, are near misses. May import mlx and mlxtriton.graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+from mlxtriton.graph import dtypes
+from mlxtriton.graph.core import Var
+
+from mlxtriton.patterns.pattern import P
+from mlxtriton.patterns.rewrite import Match, Miss, Rules
+
+# Angles recomputed from the fitted (offset, scale, base) must agree with the table to this
+# relative tolerance (float32 evaluation of the same formula written differently differs by a
+# few ulps; a different frequency law differs by far more).
+ANGLE_RTOL = 1e-5
+
+
+def _table(m: Match, v: Var, trig: str) -> Var | None:
+    """The angle var under ``v`` = broadcast(cast(trig(angles)))."""
+    e = m.graph.producer(v)
+    while e is not None and e.primitive in ("Broadcast", "AsType", "Reshape", "ExpandDims"):
+        e = m.graph.producer(e.inputs[0])
+    if e is None or e.primitive != trig:
+        return None
+    return e.inputs[0]
+
+
+def _fit(theta: mx.array, half: int):
+    """``(offset, scale, base)`` with theta[l, i] = (l + offset) * scale * base ** (-i / half), or
+    None when no such triple reproduces the table."""
+    length = theta.shape[0]
+    pos = theta[:, 0]
+    if length >= 2:
+        scale = (pos[1] - pos[0]).item()
+        if scale == 0:
+            return None
+        offset = pos[0].item() / scale
+    else:
+        scale, offset = 1.0, pos[0].item()
+    if abs(offset - round(offset)) > 1e-3:
+        return None
+    offset = int(round(offset))
+    row = int(mx.argmax(mx.abs(pos)).item())
+    base = 10000.0  # any base: with all positions 0 (or a single frequency) the angles are equal
+    if half > 1 and pos[row].item() != 0:
+        ratio = (theta[row, 1] / pos[row]).item()
+        if not 0 < ratio < 1:
+            return None
+        base = ratio ** (-half)
+    # The base read off one ratio carries float32 rounding (10000.0005); a round base that
+    # reproduces the table as well is the one the model wrote.
+    for candidate in (float(round(base)), base):
+        if _reproduces(theta, offset, scale, candidate, half):
+            return offset, float(scale), float(candidate)
+    return None
+
+
+def _reproduces(theta: mx.array, offset: int, scale: float, base: float, half: int) -> bool:
+    if base <= 0:
+        return False
+    # MLX's fallback formula (mlx/fast.cpp): positions times exp(-i * log(base) / half).
+    inv = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * (math.log(base) / half))
+    positions = (mx.arange(theta.shape[0], dtype=mx.float32) + offset) * scale
+    want = positions[:, None] * inv[None]
+    tol = ANGLE_RTOL * max(1.0, mx.max(mx.abs(want)).item())
+    return bool(mx.all(mx.abs(want - theta) <= tol).item())
+
+
+def _slice_of(m: Match, name: str, x: Var, start: int, stop: int, stride: int) -> bool:
+    e = m.eqn(name)
+    n = x.ndim
+    want_start = (0,) * (n - 1) + (start,)
+    want_stop = x.shape[:-1] + (stop,)
+    want_strides = (1,) * (n - 1) + (stride,)
+    return (e.inputs[0] is x and tuple(e.params["start"]) == want_start
+            and tuple(min(s, d) for s, d in zip(e.params["stop"], x.shape)) == want_stop
+            and tuple(e.params["strides"]) == want_strides)
+
+
+def _rope(m: Match, traditional: bool):
+    x = m["x"]
+    out = m.root.outputs[0]
+    if x.ndim < 3 or x.dtype not in dtypes.FLOATING or out.aval != x.aval:
+        return None
+    d = x.shape[-1]
+    half = m["x1"].shape[-1]
+    dims = 2 * half
+    if traditional:
+        if dims != d or not (_slice_of(m, "x1", x, 0, d, 2) and _slice_of(m, "x2", x, 1, d, 2)):
+            return None
+    else:
+        if not (_slice_of(m, "x1", x, 0, half, 1) and _slice_of(m, "x2", x, half, dims, 1)):
+            return None
+        if ("rest" in m) != (dims < d) or ("rest" in m and not _slice_of(m, "rest", x, dims, d, 1)):
+            return None
+    cat = m.eqn("cat")
+    if cat.params["axis"] % cat.outputs[0].ndim != cat.outputs[0].ndim - 1:
+        return None
+    theta = _table(m, m["cos"], "Cos")
+    if theta is None or theta is not _table(m, m["sin"], "Sin"):
+        return Miss("the rotation's cos and sin tables are not of one angle table")
+    length = x.shape[-2]
+    if theta.shape[-2:] != (length, half) or any(s != 1 for s in theta.shape[:-2]):
+        return Miss(f"angle table {theta.type_str()} is not one row per position along axis -2 "
+                    f"(RoPE rotates x[..., L={length}, :])")
+    if not m.values.is_constant(theta):
+        return Miss("the angle table is computed from arguments, not known at optimize time")
+    value = m.values.value(theta)
+    if value is None:
+        return None
+    fit = _fit(value.reshape(length, half).astype(mx.float32), half)
+    if fit is None:
+        return Miss("the angle table is not (position + offset) * scale * base^(-i/(dims/2))")
+    offset, scale, base = fit
+    m.detail = (f"RoPE[dims={dims}, traditional={traditional}, base={base:.6g}, scale={scale:.6g}, "
+                f"offset={offset}] on {x.type_str()}")
+    return m.add("RoPE", [x, m.constant(offset, "int32")], dims=dims, traditional=traditional,
+                 base=base, scale=scale, forward=True)
+
+
+def rope(m: Match):  # concat(x1 cos - x2 sin, x1 sin + x2 cos[, rest]) -> RoPE(x)
+    return _rope(m, traditional=False)
+
+
+def rope_traditional(m: Match):  # interleave(x_even cos - x_odd sin, x_even sin + x_odd cos) -> RoPE(x)
+    return _rope(m, traditional=True)
+
+
+_x = P.var("x")
+_x1, _x2 = P.var("x1"), P.var("x2")
+_cos, _sin = P.var("cos"), P.var("sin")
+_first = P("Subtract", P("Multiply", P("Slice", _x, name="x1"), _cos), P("Multiply", P("Slice", _x, name="x2"), _sin))
+_second = P("Add", P("Multiply", _x1, _sin), P("Multiply", _x2, _cos))
+_last = dict(where=lambda e: e.params["axes"] == (e.inputs[0].ndim,))
+
+ROPE = Rules(
+    [
+        (P("Concatenate", _first, _second, name="cat")
+         | P("Concatenate", _first, _second, P("Slice", _x, name="rest"), name="cat"), rope),
+        (P("Reshape", P("Concatenate", P("ExpandDims", _first, **_last), P("ExpandDims", _second, **_last),
+                        name="cat")),
+         rope_traditional),
+    ],
+    group="rope",
+)
