@@ -16,14 +16,14 @@ from mlxtriton.graph import (
     verify,
 )
 from mlxtriton.trace import TraceError, TraceWarning, functionalize, trace
-from mlxtriton._api import cache, fuse, kernel, layout, optimize
+from mlxtriton._api import cache, fuse, kernel, layout, optimize, rewrite
 from mlxtriton.runtime.compiled import Compiled, Explanation, Lowered, SingleKernelError
 from mlxtriton import hw
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "fuse", "layout", "cache", "optimize", "kernel", "Compiled", "Lowered", "Explanation",
+    "rewrite", "fuse", "layout", "cache", "optimize", "kernel", "Compiled", "Lowered", "Explanation",
     "SingleKernelError", "TraceWarning", "hw",
     "trace", "functionalize", "evaluate", "verify", "Graph", "Eqn", "Var",
     "TraceError", "EvaluationError", "PyTreeError", "UnsupportedPrimitiveError", "VerificationError",

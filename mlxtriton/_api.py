@@ -1,4 +1,4 @@
-"""Public API layer: the function -> function combinators (`fuse`, `layout`, `cache`,
+"""Public API layer: the function -> function combinators (`rewrite`, `fuse`, `layout`, `cache`,
 `optimize`) and the `kernel` decorator. Each returns a `Compiled` function; composing them unions
 their passes, which always run in pipeline order (patterns -> fuse -> layout -> cache).
 May import every layer.
@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from mlxtriton.runtime.compiled import PIPELINE, Compiled
+
+_KERNEL_PASSES = tuple(p for p in PIPELINE if p != "patterns")
 
 
 def _wrap(fn, passes, chip, static_argnums, static_argnames, single_kernel=False):
@@ -70,9 +72,32 @@ def cache(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), 
     return _wrap(fn, {"fuse", "cache"}, chip, static_argnums, static_argnames)
 
 
+def rewrite(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+    """Rewrite decomposed model code into the best MLX has, before any fusion: attention into
+    ``mx.fast.scaled_dot_product_attention`` (grouped-query heads, additive or causal masks,
+    float32 casts), RMSNorm / LayerNorm / RoPE into their fast ops, ``x @ W + b`` into
+    ``mx.addmm``, batch-norm after a convolution folded into its weights, and the algebraic
+    clean-ups these need (`mlxtriton.patterns`). ``.explain()`` lists which rule fired where,
+    and for near misses why a rule did not match.
+
+    Args:
+        fn: an MLX function or ``mlx.nn.Module``.
+        chip: "auto", a chip name or a profile.
+        static_argnums, static_argnames: arguments that are not arrays.
+
+    Example:
+        >>> def attention(q, k, v):
+        ...     return mx.softmax((q * 0.125) @ k.swapaxes(-1, -2), axis=-1) @ v
+        >>> q = mx.ones((1, 8, 16, 64))
+        >>> mlxtriton.rewrite(attention).graph(q, q, q).primitive_counts()
+        {'ScaledDotProductAttention': 1}
+    """
+    return _wrap(fn, {"patterns"}, chip, static_argnums, static_argnames)
+
+
 def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
     """Optimise a function or ``mlx.nn.Module`` with the chip's default pipeline
-    (fuse -> layout -> cache).
+    (patterns -> fuse -> layout -> cache).
 
     Args:
         fn: an MLX function or module (a module's parameters are read at each call, so updating
@@ -109,4 +134,5 @@ def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(),
         >>> len(rms_gate.lower(mx.ones((4, 256)), mx.ones((256,)), target="cuda"))
         1
     """
-    return _wrap(fn, PIPELINE, chip, static_argnums, static_argnames, single_kernel=True)
+    # No pattern stage: rewriting into MLX's fast ops would take the kernel's work away from it.
+    return _wrap(fn, _KERNEL_PASSES, chip, static_argnums, static_argnames, single_kernel=True)

@@ -27,12 +27,14 @@ from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate import check_arguments
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import is_fused
+from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
 # The order passes always run in, whatever order the combinators were applied in: a pass that
-# runs before the one it builds on (cache before fuse) would have nothing to act on.
-PIPELINE = ("fuse", "layout", "cache")
+# runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
+# first: fusion then groups what the rewrites left (a gate after its matmuls, a bias add + ReLU).
+PIPELINE = ("patterns", "fuse", "layout", "cache")
 DEFAULT_CACHE_SIZE = 64
 
 
@@ -47,6 +49,7 @@ class StageReport:
     stage: str
     graph: Graph
     lines: list[str] = field(default_factory=list)
+    report: Any = None  # the stage's structured report, where it has one (patterns: PatternReport)
 
 
 @dataclass
@@ -106,7 +109,10 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
     for name in PIPELINE:
         if name not in passes:
             continue
-        if name == "fuse":
+        if name == "patterns":
+            graph, rewrites = optimize_patterns(graph, target.chip)
+            stages.append(StageReport(name, graph, rewrites.lines(), rewrites))
+        elif name == "fuse":
             graph, report = fuse_with_report(graph, target.chip)
             stages.append(StageReport(name, graph, _fusion_lines(report)))
         elif name == "layout":
