@@ -191,7 +191,9 @@ class _Lowering:
     def broadcast_coords(self, shape: tuple[int, ...], out_shape: tuple[int, ...],
                          coords: tuple[UOp, ...]) -> tuple[UOp, ...]:
         off = len(out_shape) - len(shape)
-        return tuple(coords[off + i] if n == out_shape[off + i] else self.zero
+        # a size-1 axis has one coordinate, 0, even where the result's axis is size 1 too and
+        # its coordinate is data (a gathered index into a row of one element)
+        return tuple(coords[off + i] if n == out_shape[off + i] and n != 1 else self.zero
                      for i, n in enumerate(shape))
 
     def check_row(self, v: int, coords: tuple[UOp, ...]) -> None:
@@ -1091,6 +1093,17 @@ def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
     return resident, set(multi) - resident
 
 
+# max(v - max(v)) is max(v) - max(v): 0 when the max is finite, NaN otherwise. max propagates
+# NaN (an infinite max gives inf - inf somewhere), and a difference of floats rounds to 0 only
+# when they are equal, so every other v - max(v) is negative. LogSumExp(x - max(x)), how MLX
+# decomposes cross-entropy, then needs no pass of its own: 3 passes over the row become 2
+# (H200, bf16 32768x4096: 1568 -> 1942 GB/s, benchmarks/results/row_variants_h200.json).
+_ALGEBRA = K.PatternMatcher(((
+    UPat(Ops.REDUCE, arg="max", src=(UPat(Ops.SUB, src=(
+        UPat(name="v"), UPat(Ops.REDUCE, arg="max", name="m", src=(UPat(name="v"),)))),)),
+    lambda v, m: K.alu(Ops.SUB, m, m) if _is_float(m.dtype) else None),))
+
+
 def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     def fix(node: UOp) -> UOp | None:
         if node.op is not Ops.REDUCE:
@@ -1101,7 +1114,7 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
             return _ONLINE.rewrite(node)  # streamed: save a pass over memory
         return None
 
-    pm = K.PatternMatcher(((UPat(Ops.REDUCE, name="node"), fix),))
+    pm = K.PatternMatcher(((UPat(Ops.REDUCE, name="node"), fix),)) + _ALGEBRA
     root = K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), pm)
     return list(root.src)
 
@@ -1140,7 +1153,8 @@ def build(region: Region,
     if callable(params):
         itemsize = max((_dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
         params = params(itemsize, L if ctx.is_row else None)
-    stores = _emit_stores(ctx)
+    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(_emit_stores(ctx)), None),
+                                  _ALGEBRA).src)
     space = _index_space(ctx, stores)
     stores = _lower_index_space(ctx, stores, space)
     # group coordinates were rebuilt; find the lane group's coordinate again in the new graph

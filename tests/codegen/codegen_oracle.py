@@ -225,6 +225,29 @@ def cross_entropy(shape=(6, 100), dtype="float32") -> Region:
     return b.build([b.op("Subtract", lse, picked)])
 
 
+def softmax_composed(shape=(6, 100), dtype="float32") -> Region:
+    """Softmax as model code writes it: e = exp(x - max(x)); e / sum(e), each op in ``dtype``."""
+    b = RegionBuilder("softmaxcomposed")
+    x = b.input(shape, dtype, "x")
+    m = b.op("Broadcast", b.op("Reduce", x, kind="max", axes=(1,)), shape=shape)
+    e = b.op("Exp", b.op("Subtract", x, m))
+    s = b.op("Broadcast", b.op("Reduce", e, kind="sum", axes=(1,)), shape=shape)
+    return b.build([b.op("Divide", e, s)])
+
+
+def cross_entropy_mlx(shape=(6, 100), dtype="float32") -> Region:
+    """Cross-entropy as MLX's CPU stream decomposes it: lse(x - max x) - (x - max x)[label]."""
+    R, L = shape
+    b = RegionBuilder("crossentropymlx")
+    x, lab = b.input(shape, dtype, "logits"), b.input((R,), "int32", "labels")
+    e = b.op("Subtract", x, b.op("Broadcast", b.op("Reduce", x, kind="max", axes=(1,)),
+                                 shape=shape))
+    lse = b.op("Squeeze", b.op("LogSumExp", e), axes=(1,))
+    picked = b.op("Squeeze", b.op("GatherAxis", e, b.op("ExpandDims", lab, axes=(1,)), axis=1),
+                  axes=(1,))
+    return b.build([b.op("Subtract", lse, picked)])
+
+
 def column_sum(shape=(100, 6), dtype="float32") -> Region:
     b = RegionBuilder("colsum")
     x = b.input(shape, dtype, "x")
@@ -247,6 +270,7 @@ FAMILIES = {
     "layernorm": layer_norm, "rmsnorm": rms_norm, "rmsnormgate": lambda **k: rms_norm(gate=True, **k),
     "residualrmsnorm": residual_rms_norm,
     "logsumexp": logsumexp, "crossentropy": cross_entropy, "colsum": column_sum,
+    "softmaxcomposed": softmax_composed, "crossentropymlx": cross_entropy_mlx,
     "pointwise": pointwise_broadcast,
 }
 

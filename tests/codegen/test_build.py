@@ -3,10 +3,12 @@ and errors that name the op that prevents one kernel."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, ScheduleParams,
                                      build, chip_params)
+from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import Access, Ops, print_kernel
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import lower
@@ -52,6 +54,27 @@ def test_user_written_softmax_streams_online_too():
     region = b.build([b.op("Divide", e, s)])
     assert _reduces(build(region, CUDA_PARAMS)) == ["max", "sumexp"]
     assert _reduces(build(oracle.softmax(shape=(4, 512)), CUDA_PARAMS)) == ["max", "sum"]
+
+
+def test_mlx_cross_entropy_needs_two_passes_not_three():
+    # max(x - max(x)) is max(x) - max(x): LogSumExp of x - max(x) needs no max pass of its own
+    for shape in ((32768, 4096), (8, 65536)):
+        k = build(oracle.cross_entropy_mlx(shape=shape, dtype="bfloat16"), CUDA_PARAMS)
+        assert k.arg.passes == 2, shape
+
+
+def test_cross_entropy_rewrite_keeps_special_values():
+    region = oracle.cross_entropy_mlx(shape=(6, 33))
+    x = np.random.default_rng(0).standard_normal((6, 33)).astype(np.float32)
+    x[1, 3] = np.inf  # inf - inf: NaN
+    x[2, :] = -np.inf  # all -inf: NaN
+    x[3, 5] = np.nan
+    x[4, 7] = -np.inf  # one -inf among finite values: finite
+    labels = np.array([0, 1, 2, 3, 4, 32], np.int32)
+    got = interpret(build(region, CUDA_PARAMS), [x, labels])[0]
+    want = oracle.evaluate(region, [x, labels])[0]
+    np.testing.assert_allclose(got, want, rtol=2e-6, equal_nan=True)
+    assert np.isnan(got[1:4]).all() and np.isfinite(got[[0, 4, 5]]).all()
 
 
 def test_short_rows_share_simd_groups_without_barriers():

@@ -49,7 +49,7 @@ def test_family_matches_oracle(family, dtype, chip):
 # and past the tiny chip's on-chip budget (256 elements) so rows stream.
 LENGTHS = st.sampled_from([1, 2, 3, 5, 31, 32, 33, 64, 100, 257, 700, 1031])
 ROW_FAMILIES = ("softmax", "logsoftmax", "layernorm", "rmsnorm", "rmsnormgate", "logsumexp",
-                "crossentropy", "colsum", "residualrmsnorm")
+                "crossentropy", "colsum", "residualrmsnorm", "softmaxcomposed", "crossentropymlx")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
