@@ -119,10 +119,11 @@ def jax_rules() -> dict[str, Callable]:
     rules: dict[str, Callable] = {}
 
     def register(name: str, rule: Callable) -> None:
-        primitives.get(name)
         if name in rules:
             raise ValueError(f"JAX rule for {name} registered twice")
-        rules[name] = rule
+        # One XLA computation per (primitive, params, input avals): params are hashable, so they
+        # are static, and a rule of many small jnp ops compiles once instead of op by op.
+        rules[name] = jax.jit(rule, static_argnames=primitives.get(name).params)
 
     def dt(name: str):
         return jnp.dtype(name)
