@@ -39,6 +39,9 @@ class ScheduleParams:
     max_vector_lanes: int = 4
     short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
+    # 32-bit registers per thread that row data and computed values kept between passes may
+    # take together (KEEP): a thread's share at full occupancy, twice the row-data budget.
+    kept_registers: int = 32
     # Whether rows may stay in registers across passes at all: the `cache` pass turns it on
     # (lowering.py); without it multi-pass rows are streamed. The register count above still
     # shapes threads per row either way.
@@ -61,7 +64,11 @@ class ScheduleParams:
             group_threads=min(256, p.pointwise_threadgroup_size),
             vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
             short_row_limit=p.short_row_limit,
-            resident_registers=max(1, p.register_bytes_per_thread // 4))
+            resident_registers=max(1, p.register_bytes_per_thread // 4),
+            # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
+            # in all per thread) beat recomputing it with 16 registers of row data: softmax
+            # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
+            kept_registers=max(1, p.register_bytes_per_thread // 2))
 
 
 def chip_params(chip: str = "auto", device: Any = None
@@ -1030,26 +1037,44 @@ def _pow2ceil(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
-    """Per-element LOADs and the passes over the row that read them."""
+def _pass_roots(stores: list[UOp]) -> list[tuple[int, UOp]]:
+    """(pass, value) for what each pass over the row computes: its reductions' arguments, and
+    for the last pass the per-element stores."""
     root = UOp(Ops.KERNEL, "void", tuple(stores), None)
     reduces = [u for u in root.toposort if u.op is Ops.REDUCE]
     final = max((r.reduce_pass for r in reduces), default=-1) + 1
     roots: list[tuple[int, UOp]] = [(r.reduce_pass, s) for r in reduces for s in r.src]
     roots += [(final, s) for st in stores if st.src[2].per_element or st.src[1].per_element
               for s in st.src[1:]]
-    out: dict[UOp, set[int]] = {}
-    for p, r in roots:
-        stack, seen = [r], set()
-        while stack:
-            u = stack.pop()
-            if u in seen or not u.per_element:
-                continue
-            seen.add(u)
-            if u.op is Ops.LOAD:
+    return roots
+
+
+def _pass_values(stores: list[UOp]) -> dict[UOp, set[int]]:
+    """Per-element values and the passes over the row that evaluate them. A KEEP's value is
+    evaluated by the first pass that reads it; later passes read its registers."""
+    roots = _pass_roots(stores)
+
+    def walk(stop: Callable[[UOp, int], bool]) -> dict[UOp, set[int]]:
+        out: dict[UOp, set[int]] = {}
+        for p, r in roots:
+            stack, seen = [r], set()
+            while stack:
+                u = stack.pop()
+                if u in seen or not u.per_element:
+                    continue
+                seen.add(u)
                 out.setdefault(u, set()).add(p)
-            stack.extend(u.src)
-    return out
+                if not stop(u, p):
+                    stack.extend(u.src)
+        return out
+
+    first = {u: min(p) for u, p in walk(lambda u, p: False).items() if u.op is Ops.KEEP}
+    return walk(lambda u, p: u.op is Ops.KEEP and first[u] < p)
+
+
+def _pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
+    """Per-element LOADs and the passes over the row that read them."""
+    return {u: p for u, p in _pass_values(stores).items() if u.op is Ops.LOAD}
 
 
 def _passes(stores: list[UOp]) -> int:
@@ -1091,6 +1116,75 @@ def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
             resident.add(u)
             used += chunk_regs(u)
     return resident, set(multi) - resident
+
+
+# Values costly enough to keep in registers rather than compute again in a later pass: a
+# transcendental (a MUFU op plus range reduction on the H200, ~8 instructions for expf), or an
+# IEEE division. A subtraction or a widening cast is one instruction: not worth the registers.
+_COSTLY = K.GroupOp.FloatUnary | {Ops.DIV, Ops.POW, Ops.ATAN2, Ops.LOGADDEXP, Ops.REM}
+
+
+def _costly(u: UOp) -> bool:
+    return any(x.op in _COSTLY for x in u.toposort if x.per_element and x.op is not Ops.LOAD)
+
+
+def _keep_candidates(stores: list[UOp]) -> list[UOp]:
+    """Computed per-element values a later pass reads from an earlier one: for each pass, the
+    shared values nearest its own work (not those only feeding other shared values)."""
+    values = _pass_values(stores)
+    roots = _pass_roots(stores)
+    found: list[UOp] = []
+    for q in sorted({p for p, _ in roots}):
+        earlier = {u for u, p in values.items() if q in p and min(p) < q}
+        needed = {r for p, r in roots if p == q and r in earlier}
+        for u, p in values.items():
+            if q in p and u not in earlier:
+                needed |= {s for s in u.src if s in earlier}
+        found += [u for u in needed if u not in found]
+    order = {u: i for i, u in enumerate(UOp(Ops.KERNEL, "void", tuple(stores), None).toposort)}
+    return sorted((u for u in found if u.op not in (Ops.LOAD, Ops.KEEP)
+                   and not (u.op is Ops.CAST and u.src[0].op is Ops.LOAD) and _costly(u)),
+                  key=order.__getitem__)
+
+
+def _with_keeps(stores: list[UOp], kept: set[UOp]) -> list[UOp]:
+    def fn(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
+        if node not in kept:
+            return None
+        inner = node if src == node.src else (
+            K.alu(node.op, *src, dtype=node.dtype) if node.op in K.GroupOp.Binary
+            else UOp(node.op, node.dtype, src, node.arg))
+        return UOp(Ops.KEEP, node.dtype, (inner,))
+
+    return _map_nodes(stores, fn)
+
+
+def _peak_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int]) -> int:
+    """The most registers held between two passes by resident loads and kept values."""
+    live: dict[int, int] = {}
+    for u, p in _pass_values(stores).items():
+        if len(p) > 1 and (u.op is Ops.KEEP or u in resident):
+            for b in range(min(p), max(p)):
+                live[b] = live.get(b, 0) + regs(u)
+    return max(live.values(), default=0)
+
+
+def _keep_computed(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int],
+                   budget: int) -> list[UOp]:
+    """Keep costly computed values in registers between passes (KEEP) while resident loads and
+    kept values fit ``budget`` registers at every pass boundary.
+
+    The H200 measured why: keeping exp(x - max) of a resident bf16 softmax row instead of
+    computing it again in the write pass raised 32768x4096 from 2392 to 3043 GB/s and 4096x16384
+    from 1782 to 2791 (benchmarks/results/row_variants_h200.json). NVRTC does this itself for
+    float32 rows but not through the inline-asm bfloat16 conversion (cuda_bf16.hpp).
+    """
+    kept: set[UOp] = set()
+    for u in _keep_candidates(stores):
+        trial = _with_keeps(stores, kept | {u})
+        if _peak_registers(trial, resident, regs) <= budget:
+            kept.add(u)
+    return _with_keeps(stores, kept) if kept else stores
 
 
 # max(v - max(v)) is max(v) - max(v): 0 when the max is finite, NaN otherwise. max propagates
@@ -1181,6 +1275,9 @@ def build(region: Region,
     resident, _ = _plan_residency(stores, chunk_regs, budget)
     stores = _rewrite_reduces(stores, resident)
     resident, streamed = _plan_residency(stores, chunk_regs, budget)
+    if budget:
+        stores = _keep_computed(stores, resident, chunk_regs, params.kept_registers)
+        resident, streamed = _plan_residency(stores, chunk_regs, budget)
 
     def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
         if node.op not in (Ops.LOAD, Ops.STORE):
@@ -1197,7 +1294,8 @@ def build(region: Region,
             name=_kernel_name(region.name), kind="row", elements=R * L, threadgroup_size=T * G,
             vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
             simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
-            resident=names(resident), streamed=names(streamed), index_dtype=ctx.index_dtype)
+            resident=names(resident), streamed=names(streamed),
+            kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype)
     else:
         threads = L // V
         sched = K.Schedule(

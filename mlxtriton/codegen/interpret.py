@@ -203,6 +203,8 @@ def interpret(kernel: UOp, inputs: Sequence[np.ndarray], check_access: bool = Tr
                 vals[u] = _reduce(u.arg, v, pos).astype(_np_compute(u.dtype))
             elif u.op is Ops.CAST:
                 vals[u] = _cast(src[0], u.dtype)
+            elif u.op is Ops.KEEP:  # where a value lives, not what it is
+                vals[u] = src[0]
             elif u.op is Ops.WHERE:
                 vals[u] = np.where(src[0], src[1], src[2]).astype(_np_compute(u.dtype))
             elif u.op in _UNARY:

@@ -27,6 +27,10 @@ class Ops(enum.Enum):
     STORE = enum.auto()  # src: (PARAM, index, value); arg: Mem
     REDUCE = enum.auto()  # src: (value,) or (value, position) for argmax/argmin; arg: ReduceKind name
     CAST = enum.auto()  # convert src[0] to this node's dtype
+    # src: (value,), a per-element value computed by one pass over the row and kept in registers
+    # for the later passes that read it, instead of computed again (the value itself: the
+    # interpreter passes it through)
+    KEEP = enum.auto()
     # unary
     NEG = enum.auto()
     NOT = enum.auto()
@@ -174,6 +178,7 @@ class Schedule:
     on_chip: str = "none"  # "registers": multi-pass inputs stay in registers; "stream": re-read
     resident: tuple[str, ...] = ()  # inputs held in registers across passes
     streamed: tuple[str, ...] = ()  # inputs read again from memory by a later pass
+    kept: int = 0  # computed values kept in registers between passes (KEEP nodes)
     index_dtype: str = "int32"
 
     @property
@@ -208,6 +213,8 @@ class Schedule:
             text += f"; on chip: {', '.join(self.resident)} resident in registers"
         elif self.on_chip == "stream":
             text += f"; on chip: none, {', '.join(self.streamed)} re-read from memory"
+        if self.kept:
+            text += f"; {self.kept} computed value{'s' * (self.kept > 1)} kept in registers"
         return text
 
 

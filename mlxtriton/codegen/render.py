@@ -187,6 +187,8 @@ class _Renderer:
             raise AssertionError(f"index variable {u.arg[0]} not bound at level {level}")
         if u.op is Ops.LOAD:
             text = self.load(u, level)
+        elif u.op is Ops.KEEP:
+            text = self.keep(u, level)
         elif u.op is Ops.REDUCE:
             raise AssertionError("a reduction is read before its pass finished")
         else:
@@ -230,6 +232,15 @@ class _Renderer:
             # first pass that reads it: fill the register array, later passes reuse it
             self.emit(_LANE, f"{self.resident[u]}[{self.reg_index()}] = {text};")
             self.loaded_now.add(u)
+        return text
+
+    def keep(self, u: UOp, level: int) -> str:
+        """A kept value: computed and saved by the first pass that reads it, read back after."""
+        if u in self.loaded:
+            return f"{self.resident[u]}[{self.reg_index()}]"
+        text = self.expr(u.src[0], level)
+        self.emit(_LANE, f"{self.resident[u]}[{self.reg_index()}] = {text};")
+        self.loaded_now.add(u)
         return text
 
     def read(self, p: Param, index: str) -> str:
@@ -379,13 +390,18 @@ def _render_row(r: _KernelWriter) -> list[str]:
     r.lane_bindings = {col: "mt_col" if V > 1 else "mt_col0"} if col is not None else {}
     r.lane_prologue = [f"const {it} mt_col = mt_col0 + mt_l;"] if V > 1 and col else []
 
-    # inputs that stay on chip between passes: one register array per load
+    # inputs and computed values that stay on chip between passes: one register array each
     for u in r.k.toposort:
         if u.op is Ops.LOAD and u.arg.resident:
             name = r.tmp("mt_r")
             r.resident[u] = name
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].arg.name}, "
                          f"resident in registers across passes")
+        elif u.op is Ops.KEEP:
+            name = r.tmp("mt_k")
+            r.resident[u] = name
+            lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].op.name.lower()}, "
+                         f"computed once and kept in registers")
 
     by_pass = _reductions_by_pass(r.k)
     n_reduce_passes = max(by_pass, default=-1) + 1

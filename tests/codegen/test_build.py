@@ -56,6 +56,22 @@ def test_user_written_softmax_streams_online_too():
     assert _reduces(build(oracle.softmax(shape=(4, 512)), CUDA_PARAMS)) == ["max", "sum"]
 
 
+@pytest.mark.parametrize("family", ["softmax", "softmaxcomposed"])
+def test_softmax_keeps_exp_in_registers_for_the_write_pass(family):
+    region = oracle.FAMILIES[family](shape=(32768, 4096), dtype="bfloat16")
+    k = build(region, CUDA_PARAMS)
+    (kept,) = [u for u in k.toposort if u.op is Ops.KEEP]
+    assert kept.src[0].op is Ops.EXP and k.arg.kept == 1
+    source = lower(region, "cuda").source
+    assert source.count("expf(") == 1  # the sum's pass computes it; the write pass reads it
+    assert "kept in registers" in source
+
+
+def test_streamed_rows_keep_nothing():
+    k = build(oracle.softmax_composed(shape=(8, 65536)), CUDA_PARAMS)
+    assert k.arg.on_chip == "stream" and not any(u.op is Ops.KEEP for u in k.toposort)
+
+
 def test_mlx_cross_entropy_needs_two_passes_not_three():
     # max(x - max(x)) is max(x) - max(x): LogSumExp of x - max(x) needs no max pass of its own
     for shape in ((32768, 4096), (8, 65536)):
