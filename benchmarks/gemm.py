@@ -13,8 +13,10 @@ References where the machine has them: NumPy's BLAS on the CPU (float32), PyTorc
 Method: operands drawn from N(0, 1) (never zeros: zeros run faster than real data). GPU:
 pipelined timing (shared/device/README.md): two warm-ups, then ``reps`` calls queued with
 ``mx.async_eval`` keeping the last two outputs alive, one ``mx.synchronize()``, divided by
-``reps``; ``reps`` fills ~25 ms; the median of 5 such runs. CPU: one ``mx.eval`` per call, the
-median of ``reps`` calls (~0.5 s, at least 3). GFLOPS = 2*M*N*K / time for the requested size, so
+``reps``; ``reps`` fills ~25 ms; the median of 5 such runs. CPU: one warm-up, then one
+``mx.eval`` per call, the median of ``reps`` calls (~0.5 s, at least 3). ``nn`` is timed again
+after the other layouts; a layout counts as faster or slower only beyond 5%, the scatter of its
+samples, and that repeat's difference. GFLOPS = 2*M*N*K / time for the requested size, so
 padding's extra work counts against it. Efficiency = GFLOPS / the profile's ``fp32_tflops`` only
 where that is the ceiling of the arithmetic used: FP32 without tensor cores (on Apple M1-M4 FP16
 has the FP32 rate and bfloat16 runs in FP32 ALUs, shared/reference/apple-gpu.md). Tensor-core
@@ -68,7 +70,7 @@ def spread(samples: list[float]) -> float:
 
 def time_mlx(fn: Callable, args, pipelined: bool, target_s: float) -> tuple[float, float, int]:
     """(median seconds per call, `spread` of the samples, calls per sample)."""
-    for _ in range(2):
+    for _ in range(2 if pipelined else 1):  # the CPU compiles nothing: one warm-up allocates
         mx.eval(fn(*args))
     t0 = _now()
     mx.eval(fn(*args))
@@ -300,6 +302,14 @@ def run_case(phase: str, device_name: str, profile: hw.Profile, dtype_name: str,
         except Exception as e:  # noqa: BLE001 - a case MLX cannot run is a finding, not the end of the sweep
             rows.append({"device": device_name, "dtype": dtype_name, "math": math, "n": n, "impl": "mlx",
                          "layout": layout, "error": f"{type(e).__name__}: {e}"})
+    base = next((r for r in rows if r["layout"] == "nn" and "error" not in r), None)
+    if base is not None:
+        # nn timed again after the other layouts: how far the same case moves within seconds (other
+        # work on a shared machine, clocks) is the smallest difference this run can resolve.
+        fn, args = make_call("nn", n, opts.tile, a, b)
+        again = 1e6 * time_mlx(fn, args, pipelined, target_s)[0]
+        base["repeat_us"] = again
+        base["repeat_scatter"] = abs(again - base["time_us"]) / min(again, base["time_us"])
     return rows
 
 
@@ -319,7 +329,8 @@ def summarize(rows: list[dict], tile: int) -> list[dict]:
                  "speedup_over_nn": {k: base["time_us"] / r["time_us"] for k, r in by_layout.items()}
                  if base else {}}
         if base:
-            noise = {k: max(MIN_DIFFERENCE, r["spread"], base["spread"]) for k, r in by_layout.items()}
+            floor = max(MIN_DIFFERENCE, base["spread"], base.get("repeat_scatter", 0.0))
+            noise = {k: max(floor, r["spread"]) for k, r in by_layout.items()}
             entry["significant"] = {k: abs(s - 1) > noise[k] for k, s in entry["speedup_over_nn"].items()}
         aligned = [m for m in groups if m[:3] == (device, dtype, math) and m[3] % tile == 0
                    and abs(m[3] - n) == 1]
@@ -327,7 +338,24 @@ def summarize(rows: list[dict], tile: int) -> list[dict]:
             ref = groups[aligned[0]].get("nn")
             if ref:
                 entry["nn_gflops_vs_aligned"] = base["gflops"] / ref["gflops"]
+                floor = max(MIN_DIFFERENCE, *(r["spread"] for r in (base, ref)),
+                            *(r.get("repeat_scatter", 0.0) for r in (base, ref)))
+                entry["aligned_significant"] = abs(entry["nn_gflops_vs_aligned"] - 1) > floor
         out.append(entry)
+    return out
+
+
+def warnings(result: dict) -> list[str]:
+    """What the reader must know to trust the figures: a busy host (other work competing for the
+    cores scatters CPU timings and slows multithreaded BLAS most)."""
+    out = []
+    for name, info in result.get("devices", {}).items():
+        loads = [info.get("load_average_start")] + [r.get("load_average_end") for r in result.get("runs", [])]
+        busiest = max((load[0] for load in loads if load), default=None)
+        cores = info.get("cores") or os.cpu_count()
+        if name == "cpu" and busiest is not None and busiest > 0.5 * cores:
+            out.append(f"cpu: the host was busy (1-minute load up to {busiest:.1f} on {cores} cores): CPU "
+                       f"figures are lower and scatter more than on an idle machine")
     return out
 
 
@@ -348,7 +376,7 @@ def findings(summary: list[dict]) -> list[str]:
                 verdict = "faster" if speedup > 1 else "slower"
                 lines.append(f"{where}: {layout} {speedup:.2f}x the speed of nn ({verdict})")
         ratio = s.get("nn_gflops_vs_aligned")
-        if ratio is not None and abs(ratio - 1) > MIN_DIFFERENCE:
+        if ratio is not None and s.get("aligned_significant", abs(ratio - 1) > MIN_DIFFERENCE):
             lines.append(f"{where}: unaligned nn reaches {ratio:.2f}x the GFLOPS of the aligned size")
     return lines or ["no layout differed from nn by more than the noise"]
 
@@ -423,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     def save():
         result["summary"] = summarize(rows, result["tile"])
         result["findings"] = findings(result["summary"])
+        result["warnings"] = warnings(result)
         with open(opts.out, "w") as fh:
             json.dump(result, fh, indent=1)
 
@@ -467,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     print("layouts:")
     for line in result["findings"]:
         print("  " + line)
+    for line in result["warnings"]:
+        print("warning:", line)
     if truncated:
         print(f"stopped after --max-seconds {opts.max_seconds:g}: the sweep is incomplete")
     print("wrote", opts.out)

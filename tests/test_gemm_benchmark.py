@@ -88,3 +88,10 @@ def test_failed_cases_are_rows_not_the_end_of_the_sweep():
              "error": "ValueError: no"}]
     assert gemm.summarize(rows, tile=64)[0]["fastest"] == "nn"
     assert "failed: ValueError: no" in gemm.format_table(rows)
+
+
+def test_a_repeat_that_moved_widens_the_noise_floor():
+    nn = {**_row(1024, "nn", 500.0, device="cpu"), "repeat_us": 700.0, "repeat_scatter": 0.4}
+    rows = [nn, _row(1024, "nt", 650.0, device="cpu"), _row(1024, "pad", 1000.0, device="cpu")]
+    (summary,) = gemm.summarize(rows, tile=64)
+    assert summary["significant"] == {"nn": False, "nt": False, "pad": True}  # 1.3x is within the 1.4x repeat
