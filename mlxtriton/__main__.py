@@ -179,8 +179,9 @@ def _explain(parser: argparse.ArgumentParser) -> Runner:
                         help="kernel source to show (default: this GPU's, else metal)")
     parser.add_argument("--chip", default="auto",
                         help="chip the decisions follow: m1, m3, m4-max, h200, ... (default: detected)")
-    parser.add_argument("--passes", default="optimize", choices=("fuse", "layout", "cache", "optimize", "kernel"),
-                        help="the combinator to apply (default optimize: fuse -> layout -> cache)")
+    parser.add_argument("--passes", default="optimize",
+                        choices=("rewrite", "fuse", "layout", "cache", "optimize", "kernel"),
+                        help="the combinator to apply (default optimize: patterns -> fuse -> layout -> cache)")
     parser.add_argument("--no-source", action="store_true", help="omit kernel sources")
     parser.add_argument("--kernel-ir", action="store_true", help="also print each kernel's IR")
 

@@ -19,8 +19,9 @@
 # kernels are shaped from the chip's profile (`mlxtriton.hw`), and `.explain()` / `.lower()` show
 # the result without running anything. This notebook compiles one Llama-style decoder block
 # (d 4096, 32 heads / 8 KV heads, SwiGLU 14336, fp16, batch 2, 2048 tokens: the shapes of an 8B
-# model) for each chip and shows what changes: threads per row, threadgroup sizes, elements per
-# thread, and whether a row stays on chip (in registers) between a kernel's passes.
+# model) for each chip and shows what changes: which rewrites apply, threads per row, threadgroup
+# sizes, elements per thread, and whether a row stays on chip (in registers) between a kernel's
+# passes.
 #
 # Tracing records shapes only, so the block's 218 M parameters are never materialised here.
 
@@ -65,9 +66,11 @@ print(table(["chip", "family", "SIMD", "threads/tg", "tg memory", "row B/thread"
              "short rows <=", "GB/s", "FP32 TF"], rows))
 
 # %% [markdown]
-# ## The block, compiled for each chip
-# Matmuls stay MLX's GEMMs on every chip; the norms, RoPE, the attention softmax and the SwiGLU
-# gate become generated kernels. The table shows each kernel's launch shape per chip.
+# ## The block, optimized for each chip
+# `mlxtriton.optimize` runs patterns -> fuse -> layout -> cache. The pattern stage first rewrites
+# decomposed model code into the best MLX already has: the RMSNorms, RoPE and the attention become
+# `mx.fast` ops, `x @ W + r` an `addmm`; fusion then puts what is left (the SwiGLU gate) in a
+# generated kernel.
 
 # %%
 cfg = examples.LlamaConfig(dims=4096, n_heads=32, n_kv_heads=8, hidden_dims=14336)
@@ -75,7 +78,24 @@ block = examples.LlamaBlock(cfg)
 block.set_dtype(mx.float16)
 x = mx.random.normal((2, 2048, 4096)).astype(mx.float16)
 
-explained = {c: mlxtriton.optimize(block, chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
+optimized = {c: mlxtriton.optimize(block, chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
+rewrites = {c: next(s.lines for s in optimized[c].stages if s.stage == "patterns") for c in CHIPS}
+print("\n".join(rewrites["m3"]))
+same = all(rewrites[c] == rewrites["m3"] for c in CHIPS)
+print(f"\nthe pattern stage decided {'the same' if same else 'differently'} on all four chips")
+counts = {c: optimized[c].graph.primitive_counts() for c in CHIPS}
+print(table(["primitive", *[hw.profile(c).name for c in CHIPS]],
+            [[p, *[counts[c].get(p, 0) for c in CHIPS]] for p in sorted(set().union(*counts.values()))]))
+
+# %% [markdown]
+# ## The generated kernels, chip by chip
+# To see what a chip changes in generated code, compile the block without the pattern stage
+# (`mlxtriton.cache(mlxtriton.layout(block))`: fuse -> layout -> cache): the norms, RoPE, the
+# attention softmax and the SwiGLU gate all become generated kernels, matmuls stay MLX's GEMMs.
+# The table shows each kernel's launch shape per chip.
+
+# %%
+explained = {c: mlxtriton.cache(mlxtriton.layout(block), chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
 first = explained[CHIPS[0]]
 print(f"traced {len(first.source.eqns)} equations -> {len(first.graph.eqns)} after the passes, "
       f"{len(first.kernels)} generated kernels per chip\n")
