@@ -6,7 +6,7 @@ build on. May import mlxtriton.graph, mlxtriton.hw and mlxtriton.fusion.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from mlxtriton.graph.core import Graph
 
@@ -25,7 +25,8 @@ from mlxtriton.patterns.rope import ROPE
 DEFAULT_RULES = CLEANUPS + SOFTMAX + NORMS + ROPE + ATTENTION + CONV + LINEAR
 
 
-def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None) -> tuple[Graph, PatternReport]:
+def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None,
+                      on_rewrite: Callable[[Graph], Any] | None = None) -> tuple[Graph, PatternReport]:
     """The ``patterns`` stage of the pipeline: rewrite with the rule tables to a fixed point.
 
     Args:
@@ -33,6 +34,7 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         chip: the target chip (a name or `mlxtriton.hw.Profile`); no rule depends on it yet:
             every rewrite targets an MLX op that exists on every backend.
         rules: the table to apply (default `DEFAULT_RULES`).
+        on_rewrite: called with the graph after every rewrite (e.g. `mlxtriton.verify`).
 
     Returns:
         ``(graph, report)``; equations in the report are named by their position in ``graph``.
@@ -42,7 +44,7 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         >>> optimize_patterns(g)[0].primitive_counts()
         {'RMSNorm': 1}
     """
-    return rewrite(graph, DEFAULT_RULES if rules is None else rules)
+    return rewrite(graph, DEFAULT_RULES if rules is None else rules, on_rewrite=on_rewrite)
 
 
 __all__ = [

@@ -21,6 +21,8 @@ from mlxtriton.patterns._values import MAX_EVALUATED
 from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Miss, Rules
 
+_RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
+
 # An additive mask entry that makes exp(score + mask - max) exactly 0 in float32 for any score
 # of ordinary size (exp underflows to 0 below about -104): -inf, a dtype's lowest value, -1e9 ...
 MASKED = -1e4
@@ -196,10 +198,17 @@ def _ungroup(m: Match, v: Var) -> Var | None:
     """For 5-d grouped attention ([B, Hkv, R, L, D], the shape MLX's own SDPA fallback uses):
     the [B, Hkv, L, D] that ``v`` broadcasts along axis 2."""
     src = _broadcast_source(m, v)
-    b, h, _, length, d = v.shape
-    if src.ndim != 5 or src.shape != (b, h, 1, length, d):
+    b, h, _, rows, cols = v.shape
+    if src.ndim != 5 or src.shape != (b, h, 1, rows, cols):
         return None
-    return m.reshape(src, (b, h, length, d))
+    e = m.graph.producer(src)
+    if e is not None and e.primitive == "Transpose" and e.params["axes"][:3] == (0, 1, 2):
+        # k^T as MLX's fallback builds it: transpose(expand_dims(k, 2)); undo both at once
+        inner = m.graph.producer(e.inputs[0])
+        if inner is not None and inner.primitive == "ExpandDims" and inner.params["axes"] == (2,):
+            perm = tuple(a - (a > 2) for a in e.params["axes"] if a != 2)
+            return m.add("Transpose", [inner.inputs[0]], axes=perm)
+    return m.reshape(src, (b, h, rows, cols))
 
 
 def _causal(m: Match, w: _Scores, lq: int, lk: int) -> bool:
@@ -255,10 +264,14 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     if isinstance(w, Miss):
         return w
     q, kt = w.qk.inputs
-    while (sc := _scaled(m, q)) is not None:
-        m.cover(m.graph.producer(q))
+    while True:  # q * s, also seen through a reshape of the heads (MLX's 5-d fallback)
+        view = m.graph.producer(q)
+        inner = view.inputs[0] if view is not None and view.primitive in _RESHAPES else q
+        if (sc := _scaled(m, inner)) is None:
+            break
+        m.cover(view, m.graph.producer(inner))
         w.scale *= sc[1]
-        q = sc[0]
+        q = m.reshape(sc[0], q.shape)
     v = m["v"]
     rank = q.ndim
     if kt.ndim != rank or v.ndim != rank or rank not in (3, 4, 5):
@@ -269,16 +282,18 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
         return Miss(f"q, k, v are {q.dtype}, {kt.dtype}, {v.dtype}: SDPA takes one floating dtype")
     score_shape = w.qk.outputs[0].shape
     lq, lk = q.shape[-2], kt.shape[-1]
-    k = _swap_last_two(m, kt)
     if rank == 5:
-        k4, v4 = _ungroup(m, k), _ungroup(m, v)
-        if k4 is None or v4 is None:
+        kt4, v4 = _ungroup(m, kt), _ungroup(m, v)
+        if kt4 is None or v4 is None:
             return Miss("5-d attention whose k and v are not broadcast along the group axis")
+        k4 = _swap_last_two(m, kt4)
         b, h, r = q.shape[:3]
         q4 = m.reshape(q, (b, h * r) + q.shape[3:])
     elif rank == 3:
+        k = _swap_last_two(m, kt)
         q4, k4, v4 = (m.reshape(t, (1,) + t.shape) for t in (q, k, v))
     else:
+        k = _swap_last_two(m, kt)
         q4 = q
         (k4, rk), (v4, rv) = _unrepeat(m, k), _unrepeat(m, v)
         if rk != rv or k4.shape[1] != v4.shape[1]:

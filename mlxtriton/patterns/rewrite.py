@@ -251,7 +251,8 @@ def _uses_outside(graph: Graph, covered: set[Eqn], root: Eqn, values: Values) ->
     return None
 
 
-def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES) -> tuple[Graph, PatternReport]:
+def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
+            on_rewrite: Callable[[Graph], Any] | None = None) -> tuple[Graph, PatternReport]:
     """Apply ``rules`` to a fixed point: sweep the equations in order, rewrite at the first rule
     that fires, continue from there, and sweep again until a sweep changes nothing.
 
@@ -259,6 +260,7 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES) -> 
         graph: the graph to rewrite (not modified).
         rules: the rule table.
         max_rewrites: a bound on rewrites; exceeding it is reported as a cycle.
+        on_rewrite: called with the graph after every single rewrite (tests pass `verify`).
 
     Returns:
         ``(graph, report)``: the rewritten graph (dead code removed) and what fired where, what
@@ -316,6 +318,8 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES) -> 
                     if fp in seen else f"more than {max_rewrites} rewrites (last rules {history[-8:]})"
                 )
             seen.add(fp)
+            if on_rewrite is not None:
+                on_rewrite(graph)
             values = Values(graph)
             matcher = Matcher(graph, values)
             changed = True
