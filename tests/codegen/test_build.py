@@ -72,6 +72,15 @@ def test_streamed_rows_keep_nothing():
     assert k.arg.on_chip == "stream" and not any(u.op is Ops.KEEP for u in k.toposort)
 
 
+def test_half_quotients_by_a_row_value_multiply_by_its_reciprocal():
+    def per_element_divisions(dtype):
+        k = build(oracle.softmax_composed(shape=(64, 4096), dtype=dtype), CUDA_PARAMS)
+        return [u for u in k.toposort if u.op is Ops.DIV and u.per_element]
+
+    assert per_element_divisions("bfloat16") == per_element_divisions("float16") == []
+    assert len(per_element_divisions("float32")) == 1  # float32 keeps IEEE division
+
+
 def test_mlx_cross_entropy_needs_two_passes_not_three():
     # max(x - max(x)) is max(x) - max(x): LogSumExp of x - max(x) needs no max pass of its own
     for shape in ((32768, 4096), (8, 65536)):
