@@ -56,6 +56,14 @@ def test_user_written_softmax_streams_online_too():
     assert _reduces(build(oracle.softmax(shape=(4, 512)), CUDA_PARAMS)) == ["max", "sum"]
 
 
+def test_bf16_rows_hold_twice_the_elements_per_thread():
+    # registers hold bytes: 16 registers of row data are 32 bfloat16 elements (H200)
+    s = build(oracle.softmax(shape=(32768, 4096), dtype="bfloat16"), CUDA_PARAMS).arg
+    assert (s.threads_per_row, s.elements_per_thread, s.on_chip) == (128, 32, "registers")
+    f32 = build(oracle.softmax(shape=(32768, 4096)), CUDA_PARAMS).arg
+    assert (f32.threads_per_row, f32.elements_per_thread) == (256, 16)
+
+
 @pytest.mark.parametrize("family", ["softmax", "softmaxcomposed"])
 def test_softmax_keeps_exp_in_registers_for_the_write_pass(family):
     region = oracle.FAMILIES[family](shape=(32768, 4096), dtype="bfloat16")
