@@ -11,7 +11,8 @@ Method: pipelined timing (shared/device/README.md): after 3 warm-ups, queue ``re
 ``reps``; the median of 5 such runs. Effective bandwidth = bytes the function must move (each
 input read once, each output written once) / time.
 
-Run: python benchmarks/row_kernels.py --out results.json [--quick]
+Run: python benchmarks/row_kernels.py --out results.json [--quick] [--families softmax,...]
+[--dtypes bfloat16,...] [--shapes 32768x4096,...]
 """
 
 from __future__ import annotations
@@ -136,10 +137,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
     ap.add_argument("--families", default="", help="comma-separated subset of families")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--shapes", default="", help="comma-separated ROWSxCOLS, e.g. 4096x16384")
     opts = ap.parse_args()
     chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] + ([] if opts.quick else [(65536, 512), (32768, 1024), (16384, 2048),
                                                        (8192, 8192), (4096, 16384)])
+    if opts.shapes:
+        shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
     rows_out = []
     result = {
         "benchmark": "row_kernels",
