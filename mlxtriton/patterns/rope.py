@@ -6,8 +6,9 @@ The shape is MLX's own CPU fallback and the usual model code: halves (or even/od
 ``x1 sin + x2 cos``, concatenated (with the unrotated rest when only ``dims`` lanes rotate).
 "Exactly" means: the angle table is a constant of optimize time, and it equals, to float32
 rounding, ``(arange(L) + offset) * scale * base ** (-i / (dims / 2))`` for one integer offset and
-one scale and base, with positions along x's second-to-last axis. Tables that are arguments, or
-other frequencies, are near misses. May import mlx and mlxtriton.graph.
+one scale and base, with positions along x's second-to-last axis (precomputed cos and sin tables
+must match the cos and sin of such angles to their own precision). Tables that are arguments,
+or other frequencies, are near misses. May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+import numpy as np
 
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Var
@@ -68,15 +70,57 @@ def _fit(theta: mx.array, half: int):
     return None
 
 
+def _angles(length: int, offset: int, scale: float, base: float, half: int) -> mx.array:
+    # MLX's fallback formula (mlx/fast.cpp): positions times exp(-i * log(base) / half).
+    inv = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * (math.log(base) / half))
+    positions = (mx.arange(length, dtype=mx.float32) + offset) * scale
+    return positions[:, None] * inv[None]
+
+
 def _reproduces(theta: mx.array, offset: int, scale: float, base: float, half: int) -> bool:
     if base <= 0:
         return False
-    # MLX's fallback formula (mlx/fast.cpp): positions times exp(-i * log(base) / half).
-    inv = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * (math.log(base) / half))
-    positions = (mx.arange(theta.shape[0], dtype=mx.float32) + offset) * scale
-    want = positions[:, None] * inv[None]
+    want = _angles(theta.shape[0], offset, scale, base, half)
     tol = ANGLE_RTOL * max(1.0, mx.max(mx.abs(want)).item())
     return bool(mx.all(mx.abs(want - theta) <= tol).item())
+
+
+def _fit_tables(cos: mx.array, sin: mx.array, half: int, eps: float):
+    """``(offset, scale, base)`` from precomputed cos and sin tables (no angle table in the
+    graph): angles unwrapped along the positions give each frequency's step; the slowest
+    frequency gives the offset; the tables recomputed from the fit must agree to ``eps``."""
+    length = cos.shape[0]
+    if length < 2:
+        return None
+    ang = np.unwrap(np.arctan2(np.array(sin, dtype=np.float64), np.array(cos, dtype=np.float64)), axis=0)
+    step = (ang[-1] - ang[0]) / (length - 1)
+    scale = float(step[0])
+    if scale <= 0:
+        return None
+    inv = step / scale
+    base = 10000.0
+    if half > 1:
+        if not 0 < inv[1] < 1:
+            return None
+        base = float(inv[1] ** (-half))
+    offset = int(round(ang[0, -1] / (scale * inv[-1])))
+    # Round values the model wrote (scale 1.0, base 10000) before the ones read off the tables.
+    for s_, b_ in ((float(f"{scale:.4g}"), float(round(base))), (scale, float(round(base))), (scale, base)):
+        want = _angles(length, offset, s_, b_, half)
+        if (mx.all(mx.abs(mx.cos(want) - cos) <= eps).item()
+                and mx.all(mx.abs(mx.sin(want) - sin) <= eps).item()):
+            return offset, s_, b_
+    return None
+
+
+def _constant_table(m: Match, v: Var, length: int, half: int):
+    """The values of a constant cos or sin table broadcast over x, as a float32 [L, half]."""
+    e = m.graph.producer(v)
+    src = e.inputs[0] if e is not None and e.primitive == "Broadcast" else v
+    if src.shape[-2:] != (length, half) or any(s != 1 for s in src.shape[:-2]) or not m.values.is_constant(src):
+        return None
+    value = m.values.value(src)
+    return None if value is None else value.reshape(length, half).astype(mx.float32)
 
 
 def _slice_of(m: Match, name: str, x: Var, start: int, stop: int, stride: int) -> bool:
@@ -109,10 +153,18 @@ def _rope(m: Match, traditional: bool):
     cat = m.eqn("cat")
     if cat.params["axis"] % cat.outputs[0].ndim != cat.outputs[0].ndim - 1:
         return None
+    length = x.shape[-2]
     theta = _table(m, m["cos"], "Cos")
     if theta is None or theta is not _table(m, m["sin"], "Sin"):
-        return Miss("the rotation's cos and sin tables are not of one angle table")
-    length = x.shape[-2]
+        cos, sin = _constant_table(m, m["cos"], length, half), _constant_table(m, m["sin"], length, half)
+        if cos is None or sin is None:
+            return Miss("the rotation's cos and sin tables are not of one angle table known at optimize time")
+        # tables rounded to half precision agree to that precision only
+        eps = 1e-5 if m["cos"].dtype == "float32" else 4 * float(mx.finfo(dtypes.to_mx(m["cos"].dtype)).eps)
+        fit = _fit_tables(cos, sin, half, eps)
+        if fit is None:
+            return Miss("the cos and sin tables are not of angles (position + offset) * scale * base^(-i/(dims/2))")
+        return _replace(m, x, dims, traditional, *fit)
     if theta.shape[-2:] != (length, half) or any(s != 1 for s in theta.shape[:-2]):
         return Miss(f"angle table {theta.type_str()} is not one row per position along axis -2 "
                     f"(RoPE rotates x[..., L={length}, :])")
@@ -124,7 +176,10 @@ def _rope(m: Match, traditional: bool):
     fit = _fit(value.reshape(length, half).astype(mx.float32), half)
     if fit is None:
         return Miss("the angle table is not (position + offset) * scale * base^(-i/(dims/2))")
-    offset, scale, base = fit
+    return _replace(m, x, dims, traditional, *fit)
+
+
+def _replace(m: Match, x: Var, dims: int, traditional: bool, offset: int, scale: float, base: float) -> Var:
     m.detail = (f"RoPE[dims={dims}, traditional={traditional}, base={base:.6g}, scale={scale:.6g}, "
                 f"offset={offset}] on {x.type_str()}")
     return m.add("RoPE", [x, m.constant(offset, "int32")], dims=dims, traditional=traditional,

@@ -1,0 +1,100 @@
+"""Rule 2: decomposed RMSNorm and LayerNorm become the RMSNorm / LayerNorm primitives (whose MLX
+rules call mx.fast.*), in the spellings of MLX's CPU fallbacks (nn.RMSNorm, nn.LayerNorm, with
+float32 casts in half precision) and of hand-written model code; near misses; the JAX oracle
+over shapes and dtypes."""
+
+import mlx.core as mx
+import mlx.nn as nn
+from hypothesis import given, settings, strategies as st
+
+from tests.patterns._check import check, fired, misses
+
+
+def data(shape=(2, 5, 32), dtype=mx.float32, seed=0):
+    k1, k2, k3 = mx.random.split(mx.random.key(seed), 3)
+    x = mx.random.normal(shape, key=k1).astype(dtype)
+    w = (1 + 0.1 * mx.random.normal(shape[-1:], key=k2)).astype(dtype)
+    b = (0.1 * mx.random.normal(shape[-1:], key=k3)).astype(dtype)
+    return x, w, b
+
+
+def norm_only(g2, prim):
+    assert set(g2.primitive_counts()) <= {prim, "Reshape"}, g2
+
+
+def test_fast_rms_norm_decomposed_on_the_cpu_in_every_float_dtype():
+    for dtype in (mx.float32, mx.float16, mx.bfloat16):
+        x, w, _ = data(dtype=dtype)
+        g2, report = check(lambda x, w: mx.fast.rms_norm(x, w, 1e-5), x, w)
+        norm_only(g2, "RMSNorm")
+        (e,) = g2.eqns[-1:]
+        assert e.inputs[1].shape == (32,) and abs(e.params["eps"] - 1e-5) < 1e-10
+
+
+def test_hand_written_rms_norm_spellings():
+    x, w, _ = data()
+    for fn in (lambda x, w: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w,
+               lambda x, w: w * (x / mx.sqrt(mx.mean(x ** 2, axis=-1, keepdims=True) + 1e-6)),
+               lambda x, w: x * mx.rsqrt(mx.sum(mx.square(x), -1, keepdims=True) / x.shape[-1] + 1e-6) * w):
+        g2, _ = check(fn, x, w)
+        norm_only(g2, "RMSNorm")
+    g2, _ = check(lambda x: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-6), x)
+    assert g2.primitive_counts() == {"RMSNorm": 1} and g2.eqns[0].inputs[1].ndim == 0  # no weight
+
+
+def test_module_norms():
+    x, _, _ = data()
+    rms = nn.RMSNorm(32)
+    rms.weight = data()[1]
+    g2, _ = check(rms, x)
+    norm_only(g2, "RMSNorm")
+    for affine in (True, False):
+        ln = nn.LayerNorm(32, affine=affine)
+        if affine:
+            ln.weight, ln.bias = data()[1:]
+        g2, _ = check(ln, x)
+        norm_only(g2, "LayerNorm")
+
+
+def test_layer_norm_spellings_and_casts():
+    for dtype in (mx.float32, mx.bfloat16):
+        x, w, b = data(dtype=dtype)
+        g2, report = check(lambda x, w, b: mx.fast.layer_norm(x, w, b, 1e-5), x, w, b)
+        norm_only(g2, "LayerNorm")
+        assert g2.eqns[-1].inputs[2].shape == (32,)
+    x, w, b = data()
+
+    def by_hand(x, w, b):
+        mu = mx.mean(x, axis=-1, keepdims=True)
+        return (x - mu) / mx.sqrt(mx.var(x, axis=-1, keepdims=True) + 1e-5) * w + b
+
+    g2, report = check(by_hand, x, w, b)
+    norm_only(g2, "LayerNorm")
+    assert fired(report) == ["layer_norm", "norm_weight", "norm_bias"]
+
+
+def test_near_misses():
+    x, w, _ = data()
+    # a mean over another axis is no row norm
+    g2, report = check(lambda x: x * mx.rsqrt(mx.mean(x * x, axis=1, keepdims=True) + 1e-6), x)
+    assert "RMSNorm" not in g2.primitive_counts()
+    assert any("the mean is over axes (1,), not the last axis" in m for m in misses(report))
+    # the row statistic is also returned: rewriting would compute it twice
+    g2, report = check(lambda x: (lambda r: (x * r, r))(mx.rsqrt(mx.mean(x * x, -1, keepdims=True) + 1e-6)), x)
+    assert "RMSNorm" not in g2.primitive_counts() and any("also used elsewhere" in m for m in misses(report))
+    # a full-shape multiplier is no weight: the norm is rewritten, the product stays
+    g2, _ = check(lambda x, y: mx.fast.rms_norm(x, None, 1e-5) * y, x, x)
+    assert g2.primitive_counts() == {"Multiply": 1, "RMSNorm": 1}
+
+
+@settings(max_examples=8)
+@given(shape=st.sampled_from([(7,), (3, 16), (2, 3, 40)]), dtype=st.sampled_from([mx.float32, mx.float16, mx.bfloat16]),
+       kind=st.sampled_from(["rms", "layer"]), eps=st.sampled_from([1e-5, 1e-3]))
+def test_norms_match_the_oracle(shape, dtype, kind, eps):
+    x, w, b = data(shape, dtype, seed=len(shape))
+    if kind == "rms":
+        g2, _ = check(lambda x, w: mx.fast.rms_norm(x, w, eps), x, w)
+        norm_only(g2, "RMSNorm")
+    else:
+        g2, _ = check(lambda x, w, b: mx.fast.layer_norm(x, w, b, eps), x, w, b)
+        norm_only(g2, "LayerNorm")
