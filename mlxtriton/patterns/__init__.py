@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mlxtriton import hw
 from mlxtriton.graph.core import Graph
 
 from mlxtriton.patterns.attention import ATTENTION, SOFTMAX, SOFTMAX_DECOMPOSED
@@ -26,15 +27,19 @@ DEFAULT_RULES = CLEANUPS + SOFTMAX + NORMS + ROPE + ATTENTION + CONV + LINEAR
 
 
 def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None,
-                      on_rewrite: Callable[[Graph], Any] | None = None) -> tuple[Graph, PatternReport]:
+                      on_rewrite: Callable[[Graph], Any] | None = None,
+                      fusing: bool = False) -> tuple[Graph, PatternReport]:
     """The ``patterns`` stage of the pipeline: rewrite with the rule tables to a fixed point.
 
     Args:
         graph: a traced graph.
-        chip: the target chip (a name or `mlxtriton.hw.Profile`); no rule depends on it yet:
-            every rewrite targets an MLX op that exists on every backend.
+        chip: the target chip (a name or `mlxtriton.hw.Profile`; None: no chip-dependent
+            choice). Its backend decides, with ``fusing``, whether a row norm becomes MLX's fast
+            op or stays for the fuse stage (`mlxtriton.patterns.norms.GENERATED_AT_LEAST_AS_FAST`).
         rules: the table to apply (default `DEFAULT_RULES`).
         on_rewrite: called with the graph after every rewrite (e.g. `mlxtriton.verify`).
+        fusing: the fuse stage runs after this one (`mlxtriton.optimize`), so a norm the chip
+            runs faster as a generated row kernel is left for it.
 
     Returns:
         ``(graph, report)``; equations in the report are named by their position in ``graph``.
@@ -44,7 +49,9 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         >>> optimize_patterns(g)[0].primitive_counts()
         {'RMSNorm': 1}
     """
-    return rewrite(graph, DEFAULT_RULES if rules is None else rules, on_rewrite=on_rewrite)
+    backend = hw.resolve(chip).backend if chip is not None else None
+    return rewrite(graph, DEFAULT_RULES if rules is None else rules, on_rewrite=on_rewrite,
+                   context={"backend": backend, "fusing": fusing})
 
 
 __all__ = [

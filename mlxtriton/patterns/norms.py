@@ -3,7 +3,9 @@ primitives, whose MLX rules call ``mx.fast.rms_norm`` / ``mx.fast.layer_norm`` (
 Small rules that compose: the normalisation itself first (weight 1, bias 0), then the float32
 casts around it, then the weight, then the bias. The spellings are those of MLX's CPU fallbacks
 and of model code after the clean-ups (``x / sqrt(v)`` is ``x * rsqrt(v)``, a mean is
-``sum * (1/N)``). May import mlxtriton.graph.
+``sum * (1/N)``). Where the fuse stage follows and the chip runs a norm faster as a generated row
+kernel (measured: `GENERATED_FASTER`), the choice turns round: the norm is left, or made,
+decomposed for fusion. May import mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -13,9 +15,24 @@ from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns._values import close
 from mlxtriton.patterns.pattern import P, Pat
-from mlxtriton.patterns.rewrite import Match, Miss, Rules
+from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 
 _HALF = frozenset({"float16", "bfloat16"})
+
+# Row norms whose generated row kernel (the fuse stage) measured at least as fast as MLX's fast
+# op, per backend: there, when the fuse stage follows, a decomposed norm is left decomposed (it
+# also fuses with its neighbours: a residual add, a gate). H200, MLX 0.32.4, 32768 x 4096
+# (benchmarks/results/row_kernels_h200_quick.json): RMSNorm f32 271 us generated vs 270 us
+# mx.fast.rms_norm, bf16 136 vs 136; LayerNorm f32 271 vs 684, bf16 136 vs 324. No such
+# measurement on Metal yet: there the fast ops are used.
+GENERATED_AT_LEAST_AS_FAST: dict[str, frozenset[str]] = {"cuda": frozenset({"RMSNorm", "LayerNorm"})}
+# ... and clearly faster (2.4x): a LayerNorm primitive (what a GPU trace of nn.LayerNorm holds)
+# is decomposed for the fuse stage there.
+GENERATED_FASTER: dict[str, frozenset[str]] = {"cuda": frozenset({"LayerNorm"})}
+
+
+def _left_for_fusion(m: Match, primitive: str, table: dict) -> bool:
+    return bool(m.context.get("fusing")) and primitive in table.get(m.context.get("backend"), ())
 
 
 def mean(of: Pat, name: str) -> Pat:
@@ -42,6 +59,18 @@ def row_vector(m: Match, name: str, d: int) -> Var | None:
     return m.reshape(w, (d,))
 
 
+def _is_centered(m: Match, x: Var) -> bool:
+    """``x`` is ``y - broadcast(sum(y) * c)`` (a row-centred value)."""
+    e = m.graph.producer(x)
+    if e is None or e.primitive != "Subtract":
+        return False
+    b = m.graph.producer(e.inputs[1])
+    mean = m.graph.producer(b.inputs[0]) if b is not None and b.primitive == "Broadcast" else None
+    total = next((m.graph.producer(v) for v in mean.inputs if m.graph.producer(v) is not None
+                  and m.graph.producer(v).primitive == "Reduce"), None) if mean is not None else None
+    return total is not None and total.inputs[0] is e.inputs[0]
+
+
 def _float_rows(x: Var) -> bool:
     return x.dtype in dtypes.FLOATING and x.ndim >= 1 and x.shape[-1] > 0
 
@@ -53,6 +82,10 @@ def rms_norm(m: Match):  # x * rsqrt(mean(x^2) + eps) -> RMSNorm(x, 1)
     why = mean_over_last_axis(m, "ms", x)
     if why:
         return Miss(why)
+    if _left_for_fusion(m, "RMSNorm", GENERATED_AT_LEAST_AS_FAST):
+        if _is_centered(m, x):
+            return None  # the RMS of x - mean(x): the LayerNorm rule speaks for it
+        return Note(_FOR_FUSION.format(norm="RMSNorm", backend=m.context["backend"]))
     eps = float(m.value("eps"))
     m.detail = f"RMSNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("RMSNorm", [x, m.constant(1, x.dtype)], eps=eps)
@@ -65,9 +98,41 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
     why = mean_over_last_axis(m, "mu", x) or mean_over_last_axis(m, "var", x)
     if why:
         return Miss(why)
+    if _left_for_fusion(m, "LayerNorm", GENERATED_AT_LEAST_AS_FAST):
+        return Note(_FOR_FUSION.format(norm="LayerNorm", backend=m.context["backend"]))
     eps = float(m.value("eps"))
     m.detail = f"LayerNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("LayerNorm", [x, m.constant(1, x.dtype), m.constant(0, x.dtype)], eps=eps)
+
+
+_FOR_FUSION = ("{norm} left decomposed for the fuse stage: on {backend} its generated row kernel "
+               "measured at least as fast as MLX's fast op, and fuses with its neighbours")
+
+
+def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition, for the fuse stage
+    if not _left_for_fusion(m, "LayerNorm", GENERATED_FASTER):
+        return None
+    x, w, b = m.root.inputs
+    out = m.root.outputs[0]
+    n = x.shape[-1]
+    # MLX's fallback (mlx/fast.cpp), op for op: float32 statistics, one cast back.
+    xf = m.astype(x, "float32")
+
+    def mean(v):
+        total = m.add("Reduce", [v], kind="sum", axes=(v.ndim - 1,))
+        return m.add("Multiply", [total, m.splat(1.0 / n, total)])
+
+    d = m.add("Subtract", [xf, m.add("Broadcast", [mean(xf)], shape=xf.shape)])
+    var = mean(m.add("Square", [d]))
+    inv = m.add("Sqrt", [m.add("Add", [var, m.splat(m.root.params["eps"], var)])], reciprocal=True)
+    y = m.astype(m.add("Multiply", [d, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
+    if not _unit(m, "w", 1):
+        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
+    if not _unit(m, "b", 0):
+        y = m.add("Add", [y, m.add("Broadcast", [m.astype(b, out.dtype)], shape=out.shape)])
+    m.detail = (f"LayerNorm decomposed for the fuse stage: on {m.context['backend']} its generated "
+                "row kernel measured 2.4x mx.fast.layer_norm")
+    return y
 
 
 def _unit(m: Match, name: str, value: float) -> bool:
@@ -122,6 +187,7 @@ _vector = P("Broadcast", P.var("w")) | P.var("w")
 
 NORMS = Rules(
     [
+        (P("LayerNorm", P.var("x"), P.var("w"), P.var("b")), layer_norm_for_fusion),
         (_layer, layer_norm),  # first: LayerNorm(x) is also RMSNorm(x - mean(x))
         (_rms, rms_norm),
         (P("AsType", P("RMSNorm", _up, P.var("w"), name="norm")), norm_in_float32),

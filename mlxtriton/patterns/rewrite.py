@@ -11,7 +11,7 @@ May import mlx and mlxtriton.graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import mlx.core as mx
 
@@ -116,8 +116,9 @@ class Match:
     replacement (new equations are created through MLX's shape rules, constants at will)."""
 
     def __init__(self, graph: Graph, root: Eqn, values: Values, bound: dict, scalars: dict,
-                 covered: Sequence[Eqn]):
+                 covered: Sequence[Eqn], context: Mapping[str, Any] | None = None):
         self.graph = graph
+        self.context = context or {}  # what the stage knows of its target (backend, fusing)
         self.root = root
         self.values = values
         self.vars = bound
@@ -252,7 +253,8 @@ def _uses_outside(graph: Graph, covered: set[Eqn], root: Eqn, values: Values) ->
 
 
 def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
-            on_rewrite: Callable[[Graph], Any] | None = None) -> tuple[Graph, PatternReport]:
+            on_rewrite: Callable[[Graph], Any] | None = None,
+            context: Mapping[str, Any] | None = None) -> tuple[Graph, PatternReport]:
     """Apply ``rules`` to a fixed point: sweep the equations in order, rewrite at the first rule
     that fires, continue from there, and sweep again until a sweep changes nothing.
 
@@ -261,6 +263,8 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
         rules: the rule table.
         max_rewrites: a bound on rewrites; exceeding it is reported as a cycle.
         on_rewrite: called with the graph after every single rewrite (tests pass `verify`).
+        context: what rules may consult (`Match.context`): the target's ``backend`` and whether
+            the fuse stage follows (``fusing``).
 
     Returns:
         ``(graph, report)``: the rewritten graph (dead code removed) and what fired where, what
@@ -293,7 +297,7 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
             for rule in rules.for_primitive(e.primitive):
                 if (rule.name, e) in notes:
                     continue
-                outcome = _try(rule, e, graph, values, matcher, origin)
+                outcome = _try(rule, e, graph, values, matcher, origin, context)
                 if outcome is None:
                     continue
                 if isinstance(outcome, NearMiss):
@@ -330,13 +334,13 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
     return graph, PatternReport(tuple(fired), tuple(recognised), tuple(near))
 
 
-def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, origin):
+def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, origin, context=None):
     """The rule's outcome at ``e``: None, a NearMiss, a Recognised, or (match, replacement)."""
     if len(e.outputs) != 1:
         return None
     first_miss = None
     for st in matcher.match(rule.pattern, e.outputs[0]):
-        m = Match(graph, e, values, st.vars, st.values, st.covered)
+        m = Match(graph, e, values, st.vars, st.values, st.covered, context)
         result = rule.fn(m)
         if result is None:
             continue

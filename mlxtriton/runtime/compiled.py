@@ -110,7 +110,7 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
         if name not in passes:
             continue
         if name == "patterns":
-            graph, rewrites = optimize_patterns(graph, target.chip)
+            graph, rewrites = optimize_patterns(graph, target.chip, fusing="fuse" in passes)
             stages.append(StageReport(name, graph, rewrites.lines(), rewrites))
         elif name == "fuse":
             graph, report = fuse_with_report(graph, target.chip)
