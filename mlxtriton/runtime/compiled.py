@@ -26,8 +26,9 @@ from mlxtriton.graph import pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate import check_arguments
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
-from mlxtriton.graph.fused import is_fused
+from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.patterns import optimize_patterns
+from mlxtriton.runtime.autodiff import detached, differentiable
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
@@ -143,7 +144,10 @@ class _Executable:
         for e in graph.eqns:
             if is_fused(e) and launch:
                 kernel, extra = lower_fused(e, target, dialect)
-                steps.append((launcher(kernel, extra), e.inputs, e.outputs))
+                # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
+                # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
+                launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e))
+                steps.append((launch_region, e.inputs, e.outputs))
                 launches += 1
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))

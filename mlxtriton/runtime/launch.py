@@ -63,7 +63,8 @@ def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callab
     out_dtypes = [dtypes.to_mx(d) for d in kernel.output_dtypes]
 
     def run(*arrays):
-        host = [np.ascontiguousarray(dtypes.to_numpy(a)) for a in (*arrays, *constants)]
+        # np.require keeps a 0-d input 0-d (np.ascontiguousarray makes it 1-d)
+        host = [np.require(dtypes.to_numpy(a), requirements='C') for a in (*arrays, *constants)]
         outs = interpret(kernel.kernel, host)
         return [mx.array(np.asarray(o, np.float32) if d == mx.bfloat16 else o).astype(d)
                 for o, d in zip(outs, out_dtypes)]

@@ -1,0 +1,448 @@
+"""MLX's transformations of optimised functions (issue 6): ``mx.grad`` / ``mx.vjp`` / ``mx.jvp`` /
+``mx.vmap`` of `optimize`d and ``@kernel`` functions against the JAX oracle (``jax.vjp`` /
+``jax.jvp`` of the oracle evaluation of the unoptimised graph), over shapes and dtypes, with the
+forward on MLX's CPU ops and on the generated kernels (NumPy interpreter); ``nn.value_and_grad``
+and an ``mlx.optimizers`` loop on a tiny transformer give the losses of the plain model and never
+retrace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mlxtriton
+from mlxtriton import examples
+from mlxtriton.graph.evaluate import run
+from mlxtriton.runtime import compiled as compiled_module
+from mlxtriton.runtime.launch import INTERPRET_ENV
+from tests.strategies import programs
+
+jax = pytest.importorskip("jax")
+
+
+def _floating(a: mx.array) -> bool:
+    return mx.issubdtype(a.dtype, mx.floating)
+
+
+def _listed(out) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+# ---- the kernel families: fn, and its arguments for a (rows, cols) shape and dtype ------------
+
+def _normal(shape, dtype, key):
+    return (mx.random.normal(shape, key=key) * 2).astype(dtype)
+
+
+FAMILIES = {
+    "softmax": (lambda x: mx.softmax(x, axis=-1), "x"),
+    "log_softmax": (lambda x: nn.log_softmax(x, axis=-1), "x"),
+    "logsumexp": (lambda x: mx.logsumexp(x, axis=-1), "x"),
+    "layer_norm": (lambda x, w, b: mx.fast.layer_norm(x, w, b, 1e-5), "xwb"),
+    "rms_norm": (lambda x, w: mx.fast.rms_norm(x, w, 1e-5), "xw"),
+    "rms_norm_silu_gate": (lambda x, w, g: mx.fast.rms_norm(x, w, 1e-5) * nn.silu(g), "xwg"),
+    "cross_entropy": (lambda x, labels: nn.losses.cross_entropy(x, labels, reduction="mean"), "xl"),
+    "pointwise": (lambda x, g: mx.tanh(x) * mx.exp(-g * g) + x / (1.0 + mx.abs(g)) * 0.5, "xg"),
+}
+
+
+def _arguments(spec: str, rows: int, cols: int, dtype, seed: int = 0) -> tuple:
+    keys = mx.random.split(mx.random.key(seed), len(spec))
+    make = {
+        "x": lambda k: _normal((rows, cols), dtype, k),
+        "g": lambda k: _normal((rows, cols), dtype, k),
+        "w": lambda k: (1.0 + 0.3 * mx.random.normal((cols,), key=k)).astype(dtype),
+        "b": lambda k: _normal((cols,), dtype, k),
+        "l": lambda k: mx.random.randint(0, cols, (rows,), key=k),
+    }
+    return tuple(make[c](k) for c, k in zip(spec, keys))
+
+
+# ---- the oracle: JAX's transformations of the unoptimised graph ---------------------------------
+
+def _oracle_function(fn, args):
+    """The unoptimised graph as a JAX function of the inexact arguments (the others closed over)."""
+    from mlxtriton.graph.evaluate_jax import jax_rules, to_jax
+
+    graph = mlxtriton.trace(fn)(*args)
+    rules = jax_rules()
+    flat = [to_jax(a) for a in args]
+    inexact = [i for i, a in enumerate(args) if _floating(a)]
+
+    def f(*values):
+        full = list(flat)
+        for i, v in zip(inexact, values):
+            full[i] = v
+        return run(graph, full, rules, to_jax)
+
+    return f, [flat[i] for i in inexact]
+
+
+def oracle_vjp(fn, args, cotangents):
+    """Outputs and cotangents of the inexact arguments, by jax.vjp (jitted whole: one XLA compile
+    per case instead of one per equation)."""
+    from mlxtriton.graph.evaluate_jax import from_jax, to_jax
+
+    f, primals = _oracle_function(fn, args)
+
+    @jax.jit
+    def vjp(primals, cotangents):
+        outs, pullback = jax.vjp(f, *primals)
+        return outs, pullback(cotangents)
+
+    outs, grads = vjp(primals, [to_jax(c) for c in cotangents])
+    return [from_jax(o) for o in outs], [from_jax(g) for g in grads]
+
+
+def oracle_jvp(fn, args, tangents):
+    from mlxtriton.graph.evaluate_jax import from_jax, to_jax
+
+    f, primals = _oracle_function(fn, args)
+    outs, tans = jax.jit(lambda p, t: jax.jvp(f, tuple(p), tuple(t)))(primals, [to_jax(t) for t in tangents])
+    return [from_jax(o) for o in outs], [from_jax(t) for t in tans]
+
+
+def mlx_vjp(fn, args, cotangents):
+    """``mx.vjp`` of ``fn`` with respect to its inexact arguments."""
+    inexact = [i for i, a in enumerate(args) if _floating(a)]
+
+    def f(*values):
+        full = list(args)
+        for i, v in zip(inexact, values):
+            full[i] = v
+        return _listed(fn(*full))
+
+    return mx.vjp(f, [args[i] for i in inexact], cotangents)
+
+
+def mlx_jvp(fn, args, tangents):
+    inexact = [i for i, a in enumerate(args) if _floating(a)]
+
+    def f(*values):
+        full = list(args)
+        for i, v in zip(inexact, values):
+            full[i] = v
+        return _listed(fn(*full))
+
+    return mx.jvp(f, [args[i] for i in inexact], tangents)
+
+
+# Tolerances relative to the largest magnitude of the expected value: gradients of row
+# reductions sum a row's worth of rounding; in half precision the oracle (f32 internally for
+# transcendental ops) and MLX round intermediate results at different points.
+TOL = {mx.float32: 2e-4, mx.float16: 2e-2, mx.bfloat16: 6e-2}
+
+
+def assert_close(got, want, dtype):
+    got, want = _listed(got), _listed(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        w = np.asarray(w, dtype=np.float32)
+        g = np.array(g.astype(mx.float32)) if isinstance(g, mx.array) else np.asarray(g, np.float32)
+        assert g.shape == w.shape
+        scale = max(1.0, float(np.max(np.abs(w))) if w.size else 1.0)
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
+@contextlib.contextmanager
+def route(name: str):
+    """"cpu": fused regions run as MLX ops; "kernels": the generated kernels run (NumPy
+    interpreter of the kernel IR), as on a GPU."""
+    old = os.environ.get(INTERPRET_ENV)
+    os.environ[INTERPRET_ENV] = "1" if name == "kernels" else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[INTERPRET_ENV]
+        else:
+            os.environ[INTERPRET_ENV] = old
+
+
+DTYPES = st.sampled_from([mx.float32, mx.float16, mx.bfloat16])
+ROWS = st.sampled_from([3, 1, 8, 17])
+COLS = st.sampled_from([33, 1, 8, 100, 257])
+
+
+ROUTES = ("cpu", "kernels")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@settings(max_examples=3)
+@given(rows=ROWS, cols=COLS, dtype=DTYPES, seed=st.integers(0, 3))
+def test_vjp_of_every_family_matches_the_oracle(family, rows, cols, dtype, seed):
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, rows, cols, dtype, seed)
+    out_shapes = [o.shape for o in _listed(fn(*args))]
+    keys = mx.random.split(mx.random.key(seed + 100), len(out_shapes))
+    cotangents = [mx.random.normal(s, key=k).astype(dtype) for s, k in zip(out_shapes, keys)]
+    want_outs, want_grads = oracle_vjp(fn, args, cotangents)
+    for name in ROUTES:
+        with route(name):
+            f = mlxtriton.optimize(fn, chip="m3")
+            outs, grads = mlx_vjp(f, args, cotangents)
+        assert_close(outs, want_outs, dtype)
+        assert_close(grads, want_grads, dtype)
+        for g, a in zip(grads, [a for a in args if _floating(a)]):
+            assert g.dtype == a.dtype and g.shape == a.shape
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@settings(max_examples=1)
+@given(rows=ROWS, cols=COLS, seed=st.integers(0, 3))
+def test_jvp_of_every_family_matches_the_oracle(family, rows, cols, seed):
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, rows, cols, mx.float32, seed)
+    keys = mx.random.split(mx.random.key(seed + 200), len(args))
+    tangents = [mx.random.normal(a.shape, key=k) for a, k in zip(args, keys) if _floating(a)]
+    want_outs, want_tans = oracle_jvp(fn, args, tangents)
+    for name in ROUTES:
+        with route(name):
+            f = mlxtriton.optimize(fn, chip="m3")
+            outs, tans = mlx_jvp(f, args, tangents)
+        assert_close(outs, want_outs, mx.float32)
+        assert_close(tans, want_tans, mx.float32)
+
+
+# ---- pattern rewrites: model code the patterns stage turns into MLX fast ops ---------------------
+
+def _rope_tables(d: int, length: int):
+    inv = 1.0 / (10000.0 ** (mx.arange(0, d, 2).astype(mx.float32) / d))
+    theta = mx.arange(length).astype(mx.float32)[:, None] * inv[None]
+    return mx.cos(theta), mx.sin(theta)
+
+
+COS, SIN = _rope_tables(16, 6)
+CAUSAL = examples.causal_mask(6)
+
+
+def _rope(x):
+    x1, x2 = x[..., :8], x[..., 8:]
+    return mx.concatenate([x1 * COS - x2 * SIN, x1 * SIN + x2 * COS], axis=-1)
+
+
+def _attention(q, k, v):
+    return mx.softmax((q * 0.25) @ k.transpose(0, 1, 3, 2) + CAUSAL, axis=-1, precise=True) @ v
+
+
+PATTERNS = {  # name: (fn, argument shapes, the primitive the rewrite produces)
+    "rms_norm": (lambda x, w: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-6) * w,
+                 [(3, 6, 32), (32,)], "RMSNorm"),
+    "layer_norm": (lambda x, w, b: (x - mx.mean(x, axis=-1, keepdims=True))
+                   * mx.rsqrt(mx.var(x, axis=-1, keepdims=True) + 1e-5) * w + b,
+                   [(3, 6, 32), (32,), (32,)], "LayerNorm"),
+    "softmax": (lambda x: (lambda e: e / mx.sum(e, axis=-1, keepdims=True))(
+                    mx.exp(x - mx.max(x, axis=-1, keepdims=True))), [(5, 40)], "Softmax"),
+    "rope": (_rope, [(1, 2, 6, 16)], "RoPE"),
+    "attention": (_attention, [(1, 4, 6, 16)] * 3, "ScaledDotProductAttention"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_vjp_through_pattern_rewrites_matches_the_oracle(name):
+    fn, shapes, primitive = PATTERNS[name]
+    keys = mx.random.split(mx.random.key(7), len(shapes) + 1)
+    args = tuple(mx.random.normal(s, key=k) for s, k in zip(shapes, keys))
+    f = mlxtriton.optimize(fn, chip="m3")
+    rewritten = mlxtriton.rewrite(fn, chip="m3")  # the rewrite alone, nothing fused around it
+    assert primitive in rewritten.graph(*args).primitive_counts()
+    out = fn(*args)
+    cotangents = [mx.random.normal(out.shape, key=keys[-1])]
+    want_outs, want_grads = oracle_vjp(fn, args, cotangents)
+    for g in (f, rewritten):
+        outs, grads = mlx_vjp(g, args, cotangents)
+        assert_close(outs, want_outs, mx.float32)
+        assert_close(grads, want_grads, mx.float32)
+
+
+# ---- random programs: the custom rules on any graph equal MLX's own transformations ----------
+
+@settings(max_examples=15)
+@given(programs(max_steps=14))
+def test_vjp_of_random_programs_equals_mlx(case):
+    fn, args = case
+    outs = _listed(fn(*args))
+    cotangents = [mx.random.normal(o.shape, key=mx.random.key(i)).astype(o.dtype) if _floating(o)
+                  else mx.zeros_like(o) for i, o in enumerate(outs)]
+    try:
+        want = mlx_vjp(fn, args, cotangents)
+        mx.eval(want)
+    except ValueError:  # a primitive MLX cannot differentiate: nothing to compare with
+        return
+    # fuse only: on random programs the cache pass (codegen) can still refuse a region
+    got = mlx_vjp(mlxtriton.fuse(fn, chip="m3"), args, cotangents)
+    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(np.array(g.astype(mx.float32)), np.array(w.astype(mx.float32)),
+                                   rtol=1e-2 if w.dtype in (mx.float16, mx.bfloat16) else 1e-5,
+                                   atol=1e-2 if w.dtype in (mx.float16, mx.bfloat16) else 1e-5)
+
+
+# ---- the entry points users call -----------------------------------------------------------------
+
+def rms_gate(x, w):
+    return mx.fast.rms_norm(x, w, 1e-5) * mx.sigmoid(x)
+
+
+@pytest.mark.parametrize("route_name", ROUTES)
+def test_grad_value_and_grad_and_second_order(route_name):
+    x, w = _arguments("xw", 4, 64, mx.float32)
+    with route(route_name):
+        for f in (mlxtriton.optimize(rms_gate, chip="m3"), mlxtriton.kernel(rms_gate, chip="m3")):
+            def loss(fn):
+                return lambda x, w: (fn(x, w) * mx.cos(x)).sum()
+
+            assert_close(mx.grad(loss(f), argnums=(0, 1))(x, w),
+                         mx.grad(loss(rms_gate), argnums=(0, 1))(x, w), mx.float32)
+            (v, g), (v0, g0) = (mx.value_and_grad(loss(h))(x, w) for h in (f, rms_gate))
+            assert_close([v, g], [v0, g0], mx.float32)
+
+            def second(fn):  # d/dw of a function of d/dx
+                return mx.grad(lambda x, w: (mx.grad(loss(fn))(x, w) ** 2).sum(), argnums=1)(x, w)
+
+            assert_close(second(f), second(rms_gate), mx.float32)
+
+
+def _scaled_softmax(x, counts):
+    return mx.softmax(x * counts.astype(x.dtype), axis=-1)
+
+
+@pytest.mark.parametrize("route_name", ROUTES)
+def test_integer_arguments(route_name):
+    """Gradients with respect to the floating arguments next to integer ones (labels, counts);
+    with respect to an integer argument, integer zeros, as MLX gives."""
+    x, _ = _arguments("xg", 5, 12, mx.float32)
+    cases = [(_scaled_softmax, (x, mx.arange(12))), (FAMILIES["cross_entropy"][0], (x, mx.arange(5)))]
+    with route(route_name):
+        for fn, args in cases:
+            f = mlxtriton.optimize(fn, chip="m3")
+            got, want = (mx.grad(lambda *a: (g(*a) * mx.cos(x)).sum())(*args) for g in (f, fn))
+            assert_close(got, want, mx.float32)
+        f = mlxtriton.optimize(_scaled_softmax, chip="m3")
+        _, g_counts = mx.grad(lambda *a: (f(*a) * mx.cos(x)).sum(), argnums=(0, 1))(*cases[0][1])
+    assert g_counts.dtype == mx.int32 and not g_counts.any().item()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_vmap_on_the_cpu(family):
+    """On MLX's CPU backend fused regions run as MLX ops, which MLX batches. (MLX cannot batch a
+    generated kernel: where kernels launch, optimise the batched function instead, next test.)"""
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 3, 16, mx.float32)
+    batched = tuple(mx.stack([a, a + 1 if _floating(a) else a]) for a in args)
+    f = mlxtriton.optimize(fn, chip="m3")
+    assert_close(mx.vmap(f)(*batched), mx.vmap(fn)(*batched), mx.float32)
+    in_axes = (0,) + (None,) * (len(args) - 1)
+    assert_close(mx.vmap(f, in_axes=in_axes)(batched[0], *args[1:]),
+                 mx.vmap(fn, in_axes=in_axes)(batched[0], *args[1:]), mx.float32)
+
+
+def test_optimizing_a_vmapped_function_gives_batched_kernels():
+    x, w = _arguments("xw", 6, 64, mx.float32)
+    xs = mx.stack([x, 2 * x, -x])
+    vfn = mx.vmap(rms_gate, in_axes=(0, None))
+    with route("kernels"):
+        f = mlxtriton.optimize(vfn, chip="m3")
+        assert len(f.lower(xs, w)) >= 1  # generated kernels over the batched shapes
+        assert_close(f(xs, w), vfn(xs, w), mx.float32)
+        assert_close(mx.grad(lambda x, w: f(x, w).sum(), argnums=(0, 1))(xs, w),
+                     mx.grad(lambda x, w: vfn(x, w).sum(), argnums=(0, 1))(xs, w), mx.float32)
+
+
+def test_transformations_never_retrace(monkeypatch):
+    traces = []
+    original = compiled_module.trace_call
+    monkeypatch.setattr(compiled_module, "trace_call", lambda *a, **k: traces.append(1) or original(*a, **k))
+    x, w = _arguments("xw", 4, 32, mx.float32)
+    f = mlxtriton.optimize(rms_gate, chip="m3")
+    for _ in range(3):
+        mx.eval(f(x, w), mx.grad(lambda x: f(x, w).sum())(x), mx.jvp(lambda x: f(x, w), [x], [x]),
+                mx.vmap(f, in_axes=(0, None))(mx.stack([x, x]), w))
+    assert len(traces) == 1
+
+
+# ---- modules: nn.value_and_grad and an optimizer loop --------------------------------------------
+
+class TinyLM(nn.Module):
+    """Embedding -> Llama block -> RMSNorm -> vocabulary head."""
+
+    def __init__(self, vocab: int = 40):
+        super().__init__()
+        cfg = examples.LlamaConfig(dims=32, n_heads=4, n_kv_heads=2, hidden_dims=64)
+        self.embed = nn.Embedding(vocab, cfg.dims)
+        self.block = examples.LlamaBlock(cfg)
+        self.norm = nn.RMSNorm(cfg.dims)
+        self.head = nn.Linear(cfg.dims, vocab, bias=False)
+
+    def __call__(self, tokens):
+        return self.head(self.norm(self.block(self.embed(tokens))))
+
+
+def _train(optimized: bool, steps: int = 4, compile_step: bool = False, chip: str = "m3"):
+    mx.random.seed(0)  # parameters are drawn when the module is built
+    model = examples.init_eval(TinyLM())
+    forward = mlxtriton.optimize(model, chip=chip) if optimized else model
+
+    def loss_fn(tokens, targets):
+        logits = forward(tokens)
+        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    optimizer = optim.AdamW(learning_rate=1e-2)
+
+    def step(tokens, targets):
+        loss, grads = loss_and_grad(tokens, targets)
+        optimizer.update(model, grads)
+        return loss
+
+    if compile_step:
+        state = [model.state, optimizer.state]
+        step = mx.compile(step, inputs=state, outputs=state)
+    losses = []
+    tokens = mx.random.randint(0, 40, (2, 8), key=mx.random.key(1))  # one batch, learnt by heart
+    for _ in range(steps):
+        loss = step(tokens, mx.roll(tokens, -1, axis=1))
+        mx.eval(loss, model.parameters(), optimizer.state)
+        losses.append(loss.item())
+    return losses, model
+
+
+@pytest.mark.parametrize("variant", ["cpu", "kernels", "compiled_step"])
+def test_training_a_tiny_transformer_matches_and_never_retraces(variant, monkeypatch):
+    traces = []
+    original = compiled_module.trace_call
+    monkeypatch.setattr(compiled_module, "trace_call", lambda *a, **k: traces.append(1) or original(*a, **k))
+    compile_step = variant == "compiled_step"
+    want, plain = _train(False, compile_step=compile_step)
+    assert not traces
+    with route("kernels" if variant == "kernels" else "cpu"):
+        got, trained = _train(True, compile_step=compile_step)
+    assert len(traces) == 1  # the first step traced; new weights never retrace
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert want[-1] < want[0]  # it learns
+    # Adam divides by sqrt(v): a gradient entry near zero amplifies the kernels' rounding
+    for (_, a), (_, b) in zip(nn.utils.tree_flatten(trained.parameters()),
+                              nn.utils.tree_flatten(plain.parameters())):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-3, atol=1e-4)
+
+
+def test_module_gradients_flow_to_the_parameters():
+    mx.random.seed(0)
+    model = examples.init_eval(TinyLM())
+    tokens = mx.random.randint(0, 40, (2, 8), key=mx.random.key(3))
+    forward = mlxtriton.optimize(model, chip="m3")
+    grads = [nn.value_and_grad(model, lambda t: fn(t).square().mean())(tokens)[1]
+             for fn in (forward, model)]
+    got, want = (nn.utils.tree_flatten(g) for g in grads)
+    assert [k for k, _ in got] == [k for k, _ in want]
+    for (_, a), (_, b) in zip(got, want):
+        assert a.any().item() or not b.any().item()
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
