@@ -76,6 +76,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@functools.cache
 def _jax():
     import jax
 
@@ -629,9 +630,10 @@ def jax_rules() -> dict[str, Callable]:
         out = values * jnp.repeat(group_scale(scales, group_size), group_size, axis=-1)
         if not extras:
             return out
-        # nvfp4's global scale (one per expert for GatherQMM) multiplies, as the format defines.
-        # MLX 0.32 accepts it on GPUs only, so this is read from the format, not checked live.
-        g = extras[0].astype(jnp.float32)
+        # nvfp4's global scale g (one per expert for GatherQMM) rescales by g / (6 * 448), the
+        # largest FP4 value times the largest FP8 one: MLX's CPU dequantize(global_scale=g) is
+        # g / 2688 times the one without (checked live).
+        g = extras[0].astype(jnp.float32) / jnp.float32(6 * 448)
         return out * (g.reshape(()) if g.size == 1 else g.reshape(g.shape + (1, 1)))
 
     def quantized_product(x, weights, transpose):

@@ -131,7 +131,10 @@ _register("Concatenate", lambda *xs, axis: mx.concatenate(list(xs), axis))
 _register("Split", lambda x, *, indices, axis: _results(mx.split(x, list(indices), axis)))
 _register("AsStrided", lambda x, *, shape, strides, offset: mx.as_strided(x, shape, strides, offset))
 _register("View", lambda x, *, dtype: x.view(dtypes.to_mx(dtype)))
-_register("Full", _copy)
+# Full materializes its broadcast input. A copy through AsType would keep the input's zero
+# strides, which MLX's CUDA SDPA kernel misreads when such an array is its sinks input (seen live
+# on the H200 with MLX 0.32.4): make the copy row-contiguous, as Full's own kernel does.
+_register("Full", mx.contiguous)
 
 
 def _pad(x, value, *, axes, low_pad, high_pad):
