@@ -53,8 +53,10 @@ def test_llama_block():
     block = examples.init_eval(examples.LlamaBlock())
     (x,) = examples.example_inputs("llama")
     f = mlxtriton.optimize(block)
-    # on a GPU RMSNorm and RoPE are fast-op primitives; the masked softmax and the gate fuse
-    assert len(f.lower(x)) >= 2
+    # on a GPU RMSNorm and RoPE are fast-op primitives; the pattern stage makes the attention
+    # mx.fast SDPA and the residual adds AddMM epilogues; the SwiGLU gate fuses
+    assert len(f.lower(x)) >= 1
+    assert f.graph(x).primitive_counts()["ScaledDotProductAttention"] == 1
     _close(f(x), block(x), 2e-4)
 
 
