@@ -1,13 +1,5 @@
-"""Patterns layer: softmax and attention (issue 5, rule 1).
-
-A decomposed softmax over the last axis becomes the ``Softmax`` primitive; float32 casts around a
-half-precision softmax make it ``precise``. Attention, ``softmax(scale * q @ k^T + mask) @ v``,
-becomes ``ScaledDotProductAttention`` (``mx.fast.scaled_dot_product_attention``): the scale may
-sit on q or on the scores (or be absent), the mask may be additive (``+ mask``) or boolean
-(``where(mask, s, -inf)``) and is recognised as causal when it is a constant equal to MLX's
-causal mask, casts to float32 may surround the softmax, and grouped-query heads repeated with
-``mx.repeat`` / broadcasts are un-repeated (SDPA reads each kv head once). A scale after the
-softmax, or a softmax over another axis, is a near miss. May import mlx and mlxtriton.graph.
+"""Patterns layer: attention written out becomes ``ScaledDotProductAttention``, a decomposed
+softmax the ``Softmax`` primitive (issue 5, rule 1). May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -20,6 +12,13 @@ from mlxtriton.graph.core import Var
 from mlxtriton.patterns._values import MAX_EVALUATED
 from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Miss, Rules
+
+# Attention is softmax(scale * q @ k^T + mask) @ v: the scale may sit on q or on the scores (or be
+# absent), the mask may be additive (+ mask) or boolean (where(mask, s, -inf)) and is recognised
+# as causal when it is a constant equal to MLX's causal mask, float32 casts may surround the
+# softmax, and grouped-query heads repeated with mx.repeat / broadcasts are un-repeated (SDPA reads
+# each kv head once). Float32 casts around a half-precision softmax make it precise. A scale after
+# the softmax, or a softmax over another axis, is a near miss.
 
 _RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 

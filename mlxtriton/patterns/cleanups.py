@@ -1,8 +1,6 @@
-"""Patterns layer: the algebraic clean-ups the model rules build on (issue 5, rule 6): merging
-an equation computed twice, constant folding, scalar and broadcast canonicalisation, transpose of transpose, reshape chains, x * 1,
-x + 0, exp(log x), x / s == x * (1/s), x / sqrt(y) == x * rsqrt(y), x * x == square(x).
-After them a mean is ``sum * (1/N)``, a scalar is ``Broadcast(0-d constant)``, a division by a
-constant is a multiplication. May import mlx and mlxtriton.graph.
+"""Patterns layer: the algebraic clean-ups the model rules build on (issue 5, rule 6), after
+which a mean is ``sum * (1/N)``, a scalar ``Broadcast(0-d constant)``, a division by a constant
+a multiplication. May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -15,6 +13,10 @@ from mlxtriton.graph.primitives import Family, family
 from mlxtriton.patterns._values import VALUE_PRESERVING
 from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Rules
+
+# The rules: an equation computed twice merges, constant folding (small results only), scalar
+# and broadcast canonicalisation, transpose of transpose, reshape chains, x * 1, x + 0, exp(log x),
+# x / s == x * (1/s), x / sqrt(y) == x * rsqrt(y), x * x == square(x), exact casts skipped.
 
 RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 # Folding makes small constants only (as graph.fold_constants): a 4096 x 4096 folded transpose

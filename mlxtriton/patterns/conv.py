@@ -1,15 +1,5 @@
-"""Patterns layer: per-channel affine maps after a convolution fold into it (issue 5, rule 5).
-
-Batch-norm in inference mode is ``(conv(x, w) - mean) * rsqrt(var + eps) * gamma + beta`` with
-statistics that do not depend on the batch: each step is a per-output-channel shift or scale,
-and ``conv(x, w) * s == conv(x, w * s)``, ``conv(x, w) + b`` is the canonical biased convolution.
-Three small rules fold any such chain into the weights and one bias add; with constant weights
-and statistics the new weights are computed at optimize time (constant folding). Weights that are
-arguments (an ``nn.Module`` under `mlxtriton.optimize` reads its parameters at each call) are not
-scaled per call: shifts still fold into the bias, and the scale stays in the fused epilogue.
-The bias add and a ReLU after it are elementwise: the fuse stage makes one kernel of them. A scale computed from the
-convolution's own output (batch statistics: batch-norm in training mode) is left alone.
-May import mlx and mlxtriton.graph.
+"""Patterns layer: per-channel affine maps after a convolution (batch-norm in inference mode)
+fold into its weights and bias (issue 5, rule 5). May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -19,6 +9,17 @@ from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Miss, Rules
+
+# Batch-norm in inference mode is (conv(x, w) - mean) * rsqrt(var + eps) * gamma + beta with
+# statistics that do not depend on the batch: each step is a per-output-channel shift or scale,
+# conv(x, w) * s == conv(x, w * s), and conv(x, w) + b is the canonical biased convolution.
+# Three small rules fold any such chain into the weights and one bias add; with constant weights
+# and statistics the new weights are computed at optimize time (constant folding). Weights that are
+# arguments (an nn.Module under mlxtriton.optimize reads its parameters at each call) are not
+# scaled per call: shifts still fold into the bias, and the scale stays in the fused epilogue.
+# The bias add and a ReLU after it are elementwise: the fuse stage makes one kernel of them.
+# A scale computed from the convolution's own output (batch statistics: batch-norm in training
+# mode) is left alone.
 
 
 def _channels(m: Match, v: Var, conv: Var) -> Var | Miss | None:

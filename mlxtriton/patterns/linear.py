@@ -1,10 +1,5 @@
-"""Patterns layer: what follows a matmul (issue 5, rules 3 and 4).
-
-``a @ b + c`` becomes ``AddMM`` (the addition happens in the GEMM's epilogue: a bias, or a
-residual). Activations after a matmul (ReLU, SiLU, GELU in its erf, tanh and sigmoid forms) and
-SwiGLU / GeGLU gates ``act(x @ W1) * (x @ W3)`` are recognised and left as they are: they are
-elementwise, and the fuse stage makes one kernel of each such region with what follows it. The
-spellings are those of ``mlx.nn`` after the clean-ups (``x / sqrt(2)`` is ``x * (1/sqrt(2))``).
+"""Patterns layer: what follows a matmul (issue 5, rules 3 and 4): ``a @ b + c`` becomes
+``AddMM``; activations and SwiGLU / GeGLU gates are recognised and left for the fuse stage.
 May import mlxtriton.graph.
 """
 
@@ -18,6 +13,11 @@ from mlxtriton.patterns._values import close
 from mlxtriton.patterns.cleanups import RESHAPES
 from mlxtriton.patterns.pattern import P, Pat
 from mlxtriton.patterns.rewrite import Match, Note, Rules
+
+# AddMM does the addition in the GEMM's epilogue (a bias, or a residual). Activations after a
+# matmul (ReLU, SiLU, GELU in its erf, tanh and sigmoid forms) and gates act(x @ W1) * (x @ W3)
+# are elementwise: the fuse stage makes one kernel of each such region with what follows it. The
+# spellings are those of mlx.nn after the clean-ups (x / sqrt(2) is x * (1/sqrt(2))).
 
 _MM = P("Matmul", P.var("a"), P.var("b"), name="mm")
 _MM_VIEW = P(RESHAPES, _MM, name="view") | _MM

@@ -1,11 +1,6 @@
 """Patterns layer: decomposed RMSNorm and LayerNorm become the ``RMSNorm`` / ``LayerNorm``
-primitives, whose MLX rules call ``mx.fast.rms_norm`` / ``mx.fast.layer_norm`` (issue 5, rule 2).
-Small rules that compose: the normalisation itself first (weight 1, bias 0), then the float32
-casts around it, then the weight, then the bias. The spellings are those of MLX's CPU fallbacks
-and of model code after the clean-ups (``x / sqrt(v)`` is ``x * rsqrt(v)``, a mean is
-``sum * (1/N)``). Where the fuse stage follows and the chip runs a norm faster as a generated row
-kernel (measured: `GENERATED_FASTER`), the choice turns round: the norm is left, or made,
-decomposed for fusion. May import mlxtriton.graph.
+primitives (``mx.fast.rms_norm`` / ``mx.fast.layer_norm``), or stay decomposed for the fuse stage
+where the chip runs them faster so (issue 5, rule 2). May import mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -16,6 +11,14 @@ from mlxtriton.graph.core import Var
 from mlxtriton.patterns._values import close
 from mlxtriton.patterns.pattern import P, Pat
 from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
+
+# Small rules that compose: the normalisation itself first (weight 1, bias 0), then the float32
+# casts around it, then the weight, then the bias. The spellings are those of MLX's CPU fallbacks
+# and of model code after the clean-ups (x / sqrt(v) is x * rsqrt(v), a mean is sum * (1/N)).
+# Where the fuse stage follows and a generated row kernel runs a norm at least as fast as MLX's
+# fast op (measured: GENERATED_AT_LEAST_AS_FAST), the choice turns round: the norm is left
+# decomposed for fusion, and where the generated kernel is clearly faster (GENERATED_FASTER) a
+# fast-op primitive from a GPU trace is decomposed for it.
 
 _HALF = frozenset({"float16", "bfloat16"})
 

@@ -1,10 +1,5 @@
-"""Patterns layer: rule tables and the one driver that applies them to a fixed point.
-
-A rule is ``(pattern, fn)``: when ``pattern`` matches at an equation, ``fn(match)`` returns the
-var that replaces the equation's output, a `Miss` (a near miss, with the reason the user will
-read in ``explain``), a `Note` (recognised, nothing to rewrite) or None (not this rule's shape).
-Tables combine with ``+``. The driver checks dataflow before rewriting: an intermediate the match
-covers that is also used outside it blocks the rewrite (the work would be done twice).
+"""Patterns layer: rule tables and the one driver that applies them to a fixed point, checking
+dataflow (an intermediate also used outside a match blocks it) and failing loudly on a cycle.
 May import mlx and mlxtriton.graph.
 """
 
@@ -18,11 +13,15 @@ import mlx.core as mx
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.transforms import dce, make_eqn
-from mlxtriton.graph.primitives import get as get_primitive
 
 from mlxtriton.patterns._values import Values
 from mlxtriton.patterns.pattern import Matcher, Pat
 from mlxtriton.patterns.report import Fired, NearMiss, PatternReport, Recognised
+
+# A rule is (pattern, fn): when pattern matches at an equation, fn(match) returns the var that
+# replaces the equation's output, a Miss (a near miss, with the reason the user reads in
+# explain), a Note (recognised, nothing to rewrite) or None (not this rule's shape).
+# Tables combine with +.
 
 # A rewrite that keeps producing new graphs is a bug in a rule table; stop loudly long before it
 # could be mistaken for a slow pass (the largest traced model blocks need a few hundred rewrites).

@@ -1,14 +1,6 @@
 """Patterns layer: a decomposed rotary embedding becomes the ``RoPE`` primitive
 (``mx.fast.rope``) where it is exactly that function (issue 5, rule 2).
-
-The shape is MLX's own CPU fallback and the usual model code: halves (or even/odd lanes, the
-"traditional" layout) of x's last axis rotated by cos/sin tables, ``x1 cos - x2 sin`` and
-``x1 sin + x2 cos``, concatenated (with the unrotated rest when only ``dims`` lanes rotate).
-"Exactly" means: the angle table is a constant of optimize time, and it equals, to float32
-rounding, ``(arange(L) + offset) * scale * base ** (-i / (dims / 2))`` for one integer offset and
-one scale and base, with positions along x's second-to-last axis (precomputed cos and sin tables
-must match the cos and sin of such angles to their own precision). Tables that are arguments,
-or other frequencies, are near misses. May import mlx and mlxtriton.graph.
+May import mlx, numpy and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -23,6 +15,15 @@ from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Miss, Rules
+
+# The shape is MLX's own CPU fallback and the usual model code: halves (or even/odd lanes, the
+# "traditional" layout) of x's last axis rotated by cos/sin tables, x1 cos - x2 sin and
+# x1 sin + x2 cos, concatenated (with the unrotated rest when only `dims` lanes rotate).
+# "Exactly" means: the angle table is a constant of optimize time, and it equals, to float32
+# rounding, (arange(L) + offset) * scale * base ** (-i / (dims / 2)) for one integer offset and
+# one scale and base, with positions along x's second-to-last axis (precomputed cos and sin tables
+# must match the cos and sin of such angles to their own precision). Tables that are arguments,
+# or other frequencies, are near misses.
 
 # Angles recomputed from the fitted (offset, scale, base) must agree with the table to this
 # relative tolerance (float32 evaluation of the same formula written differently differs by a
