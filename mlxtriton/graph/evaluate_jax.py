@@ -43,6 +43,16 @@ Where MLX and JAX differ, the oracle follows MLX (each checked live against MLX 
 - QRF / SVD / Eig / Eigh: LAPACK (MLX) and XLA may return eigen- and singular vectors with other
   signs (and Eig's eigenvalues in another order): compare them up to those freedoms.
 - RandomBits is MLX's Threefry layout (see _shared_rules.random_words), not jax.random's.
+- Quantized formats are MLX's packing: codes form a little-endian bitstream over each row's
+  bytes at every bit width; affine is scale * code + bias; mxfp4 / mxfp8 / nvfp4 decode FP4
+  (e2m1) or FP8 (e4m3) codes times an e8m0 (groups of 32) or e4m3 (nvfp4's 16) group scale, and
+  nvfp4's global scale g multiplies by g / (6 * 448). Affine Quantize follows
+  Quantize::eval_cpu in float32 and matches MLX bit for bit on float32 inputs; MLX 0.32.4 rounds
+  some half-precision inputs one code away from that, and its CPU quantized matmul accumulates
+  half inputs in the half type (the oracle accumulates in float32).
+- Fast ops follow MLX's fallback formulas (mlx/fast.cpp). On the H200 the oracle matched the CUDA
+  kernels within 1e-7 (float32 norms, RoPE) and about one ulp of bf16 / f16; the float32
+  single-query SDPA kernel was 3.5e-4 (relative) from the fallback math.
 
 Undefined in C++, so platform-dependent in MLX, and not modelled (tests keep clear of them):
 float -> integer casts of NaN, inf or out-of-range values (x86 MLX gives INT_MIN or wraps through

@@ -159,7 +159,9 @@ def multiple_outputs() -> frozenset[str]:
 # the callback flattens them: tuples and pairs are spread into separate arguments, enums become
 # ints, Dtype stays mx.Dtype, Shape becomes a tuple and std::vector<int> a list, nullptr and an
 # empty std::optional are dropped. Each layout is checked by a live trace in
-# tests/graph/test_op_table.py wherever the CPU build produces the primitive.
+# tests/graph/test_op_table.py wherever the CPU build produces the primitive; the fast ops (which
+# decompose on the CPU stream), Quantize(dequantize) and CUDA's CustomKernel were traced on the
+# H200 and their argument lists are recorded there.
 
 _U, _B = Family.UNARY, Family.BINARY
 

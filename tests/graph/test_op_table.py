@@ -807,6 +807,37 @@ def test_custom_kernel_decodes_and_is_not_evaluated():
     assert decoded["init_value"] == 0.5 and decoded["math_mode"] == "fast"
 
 
+# Argument lists as MLX 0.32.4's exporter reported them on the H200 (CUDA backend), where the fast
+# ops stay primitives: the decoders must read them.
+RECORDED_ON_THE_H200 = [
+    ("RMSNorm", [9.999999747378752e-06], [((3, 5, 64), "bfloat16")], {"eps": 9.999999747378752e-06}),
+    ("RMSNormVJP", [9.999999747378752e-06], [((3, 5, 64), "float32"), ((64,), "float32")], {"eps": 9.999999747378752e-06}),
+    ("LayerNorm", [9.999999747378752e-06], [((3, 5, 64), "float16")], {"eps": 9.999999747378752e-06}),
+    ("LayerNormVJP", [9.999999747378752e-06], [((3, 5, 64), "float32")] * 3, {"eps": 9.999999747378752e-06}),
+    ("RoPE", [32, True, 500.0, 0.5, False], [((2, 4, 6, 32), "bfloat16")],
+     {"dims": 32, "traditional": True, "base": 500.0, "scale": 0.5, "forward": False}),
+    ("RoPE", [32, False, 1.0, 1.0, True], [((2, 4, 6, 32), "float16")],  # with freqs as a 3rd input
+     {"dims": 32, "traditional": False, "base": 1.0, "scale": 1.0, "forward": True}),
+    ("ScaledDotProductAttention", [0.125, False, True, False, False], [((2, 8, 5, 64), "bfloat16")],
+     {"scale": 0.125, "do_causal": False, "has_sinks": True, "output_logsumexp": False, "force_fused": False}),
+    ("Quantize", [16, 4, 3, True], [((16, 128), "bfloat16")],
+     {"group_size": 16, "bits": 4, "mode": "nvfp4", "dequantize": True, "dtype": "bfloat16"}),
+    ("QuantizedMatmul", [32, 4, 1, True], [((3, 16), "bfloat16")],
+     {"group_size": 32, "bits": 4, "mode": "mxfp4", "transpose": True}),
+    ("CustomKernel", ["custom_kernel_twice_2", "__global__ void custom_kernel_twice_2(...) {...}", 8, 1, 1, 4, 1, 1,
+                      [(True, False, False), (False, False, False)], True, [], False, 64, 0], [((2, 4), "float32")],
+     {"kernel_name": "custom_kernel_twice_2", "source": "__global__ void custom_kernel_twice_2(...) {...}",
+      "grid": (8, 1, 1), "threadgroup": (4, 1, 1), "shape_infos": ((True, False, False), (False, False, False)),
+      "ensure_row_contiguous": True, "init_value": None, "scalar_arguments": (), "is_precompiled": False,
+      "shared_memory": 64, "math_mode": "safe", "output_shapes": ((2, 4),), "output_dtypes": ("float32",)}),
+]
+
+
+@pytest.mark.parametrize("name, arguments, outputs, params", RECORDED_ON_THE_H200, ids=lambda v: v if isinstance(v, str) else "")
+def test_gpu_layouts_decode(name, arguments, outputs, params):
+    assert get(name).decode(arguments, outputs) == params
+
+
 def test_decode_errors_name_the_primitive():
     with pytest.raises(UnsupportedPrimitiveError, match="NoSuchPrimitive"):
         get("NoSuchPrimitive")
