@@ -175,3 +175,21 @@ def test_explain_says_what_did_not_fuse_and_why():
 def test_unknown_chip_is_a_clear_error():
     with pytest.raises(ValueError, match="m3"):
         mlxtriton.optimize(rms_gate, chip="m99")
+
+
+def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
+    # Fusion makes one pointwise region writing f32[8,3,3,3] and f32[8] here (equal index space
+    # up to size-1 axes), which codegen does not store from one kernel yet: optimize stays
+    # correct and says so; @kernel refuses.
+    def f(v, w, b, g):
+        s = mx.rsqrt(v + 1e-5)
+        scale = mx.broadcast_to(s.reshape(8, 1, 1, 1), w.shape) * mx.broadcast_to(g.reshape(8, 1, 1, 1), w.shape)
+        return w * scale, (-b * s) * g
+
+    args = (mx.ones((8,)) * 2, mx.ones((8, 3, 3, 3)), mx.ones((8,)), mx.ones((8,)))
+    lowered = mlxtriton.optimize(f).lower(*args, target="cuda")
+    assert lowered.fallbacks and "runs as MLX ops" in lowered.as_text()
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    _close(mlxtriton.optimize(f)(*args), f(*args))
+    with pytest.raises(mlxtriton.SingleKernelError):
+        mlxtriton.kernel(f)(*args)

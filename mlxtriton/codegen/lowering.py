@@ -16,7 +16,7 @@ from typing import Any
 import mlx.core as mx
 
 from mlxtriton import hw
-from mlxtriton.codegen.builder import ScheduleParams, build
+from mlxtriton.codegen.builder import RegionError, ScheduleParams, build
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
@@ -94,8 +94,7 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
     Returns:
         ``(graph, decisions)``; each Fused equation's ``schedule`` param records its decision.
 
-    Raises:
-        RegionError: a region that cannot become one kernel (the message names the op).
+    A region codegen cannot write gets a decision saying why and keeps ``schedule=None``.
     """
     target, _ = kernel_target(chip, device, dialect)
     params = _schedule_params(target, registers=True)
@@ -104,8 +103,14 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
         if not is_fused(e):
             eqns.append(e)
             continue
-        region, _ = _region(e)
-        s = build(region, params).arg
+        try:
+            region, _ = _region(e)
+            s = build(region, params).arg
+        except RegionError as err:  # the runtime runs such a region as MLX ops; say why here
+            decisions.append(CacheDecision(e.params["name"], "none", (), (), 0,
+                                           f"no kernel for this region: {err}"))
+            eqns.append(e)
+            continue
         itemsize = max((dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
         per_thread = params(itemsize, s.row_length if s.kind == "row" else None).resident_registers * 4
         budget = per_thread * s.threads_per_row * s.rows_per_group

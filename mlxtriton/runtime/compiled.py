@@ -87,10 +87,13 @@ class Lowered:
     target: str
     graph: Graph
     kernels: tuple[LoweredKernel, ...]
+    # (region name, reason) for fused regions codegen cannot write: they run as MLX ops
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
     def as_text(self) -> str:
         head = f"{len(self.kernels)} {self.target} kernel(s)\n"
-        return head + "\n".join(k.as_text() for k in self.kernels)
+        notes = "".join(f"region {n} runs as MLX ops: {why}\n" for n, why in self.fallbacks)
+        return head + notes + "\n".join(k.as_text() for k in self.kernels)
 
     def __iter__(self):
         return iter(self.kernels)
@@ -141,9 +144,17 @@ class _Executable:
         self.graph = graph
         steps: list[tuple[Callable, tuple[Var, ...], tuple[Var, ...]]] = []
         launches = 0
+        self.fallbacks: list[tuple[str, str]] = []  # regions run as MLX ops, and why
         for e in graph.eqns:
             if is_fused(e) and launch:
-                kernel, extra = lower_fused(e, target, dialect)
+                try:
+                    kernel, extra = lower_fused(e, target, dialect)
+                except RegionError as err:
+                    # A region codegen cannot write stays correct as MLX ops (explain says so);
+                    # (a @kernel function raises instead: Compiled._build checks.)
+                    self.fallbacks.append((e.params["name"], str(err)))
+                    steps.append((_mlx_step(e), e.inputs, e.outputs))
+                    continue
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
                 launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e))
@@ -294,7 +305,10 @@ class Compiled:
         target = hw.target(self.chip, device)
         launch = target.can_launch or interpreting()
         ktarget, dialect = kernel_target(self.chip, device) if launch else (target, None)
-        return _Executable(optimized, launch, ktarget, dialect), graph.out_tree
+        executable = _Executable(optimized, launch, ktarget, dialect)
+        if self.single_kernel and executable.fallbacks:
+            raise SingleKernelError(f"cannot be one kernel: {executable.fallbacks[0][1]}")
+        return executable, graph.out_tree
 
     # ---- inspection (any host) ----
     def graph(self, *args, **kwargs) -> Graph:
@@ -316,8 +330,17 @@ class Compiled:
         optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
-        kernels = tuple(lower_fused(e, ktarget, dialect)[0] for e in optimized.eqns if is_fused(e))
-        return Lowered(dialect, optimized, kernels)
+        kernels, fallbacks = [], []
+        for e in optimized.eqns:
+            if not is_fused(e):
+                continue
+            try:
+                kernels.append(lower_fused(e, ktarget, dialect)[0])
+            except RegionError as err:
+                if self.single_kernel:
+                    raise SingleKernelError(f"cannot be one kernel: {err}") from err
+                fallbacks.append((e.params["name"], str(err)))
+        return Lowered(dialect, optimized, tuple(kernels), tuple(fallbacks))
 
     def explain(self, *args, target: str | None = None, **kwargs) -> Explanation:
         """What each stage did for these arguments and, for what did not fuse, why."""
