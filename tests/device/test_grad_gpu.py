@@ -45,7 +45,13 @@ def test_vjp_and_jvp_through_launched_kernels(family, dtype):
     _close(mlx_vjp(f, args, cotangents), mlx_vjp(fn, args, cotangents), dtype)
     tangents = [mx.random.normal(a.shape, key=mx.random.key(6)).astype(a.dtype)
                 for a in args if mx.issubdtype(a.dtype, mx.floating)]
-    _close(mlx_jvp(f, args, tangents), mlx_jvp(fn, args, tangents), dtype)
+    got = mlx_jvp(f, args, tangents)
+    try:
+        want = mlx_jvp(fn, args, tangents)
+    except ValueError:  # MLX 0.32.4's CUDA CrossEntropy: its JVP fallback reaches the labels'
+        with mx.stream(mx.cpu):  # Gather ("Cannot calculate JVP with respect to indices")
+            want = mlx_jvp(fn, args, tangents)
+    _close(got, want, dtype)
 
 
 def test_second_order_and_kernel_decorator():
