@@ -13,7 +13,9 @@ Rows (each a median of ``runs`` pipelined runs of ``reps`` calls, as benchmarks/
 Variants: ``eager`` (the module), ``compile`` (``mx.compile`` of the function; of the step with
 the model and optimizer state as inputs/outputs), ``optimize`` (the loss calls
 ``mlxtriton.optimize(block)``; its kernels' backward is MLX's VJP of each region's body),
-``optimize+compile`` (that, inside the ``mx.compile``d step), and for the forward
+``optimize+compile`` (that, inside the ``mx.compile``d step), ``fused-bwd`` and
+``fused-bwd+compile`` (the same with MLXTRITON_FUSED_BACKWARD=1: each region's VJP optimised
+into generated kernels instead of ``mx.compile`` of MLX's VJP), and for the forward
 ``optimize-no-autodiff``: the same kernels without the ``mx.custom_function`` wrappers, the cost
 of being differentiable on the forward path. Every loss and gradient is compared with eager's
 (relative error of the loss, and of the gradients' global norm).
@@ -24,8 +26,10 @@ Run: python benchmarks/train_step.py --out results.json [--quick] [--kinds forwa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +43,19 @@ import mlx.optimizers as optim
 import mlxtriton
 from mlxtriton import examples
 from mlxtriton.runtime import compiled as compiled_module
+from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
+
+TRAINING_VARIANTS = ("eager", "compile", "optimize", "optimize+compile", "fused-bwd", "fused-bwd+compile")
+
+
+@contextlib.contextmanager
+def fused_backward(variant: str):
+    """MLXTRITON_FUSED_BACKWARD for the ``fused-bwd`` variants (read when a kernel is built)."""
+    os.environ[FUSED_BACKWARD_ENV] = "1" if variant.startswith("fused-bwd") else "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(FUSED_BACKWARD_ENV, None)
 
 
 def time_mlx(fn, reps: int, runs: int) -> float:
@@ -160,25 +177,26 @@ def main() -> None:
             traceback.print_exc()
             record("forward", variant, 0, error=f"{type(err).__name__}: {err}")
 
-    for variant in ("eager", "compile", "optimize", "optimize+compile") if "grad" in kinds else ():
+    for variant in TRAINING_VARIANTS if "grad" in kinds else ():
         try:
             block.update(initial)
-            forward = mlxtriton.optimize(block) if variant.startswith("optimize") else block
+            forward = block if variant in ("eager", "compile") else mlxtriton.optimize(block)
             grad_fn = nn.value_and_grad(block, loss_of(forward))
             if variant.endswith("compile"):
                 grad_fn = mx.compile(grad_fn, inputs=block.state, outputs=block.state)
-            loss, grads = grad_fn(x, target)
-            mx.eval(loss, grads)
+            with fused_backward(variant):
+                loss, grads = grad_fn(x, target)
+                mx.eval(loss, grads)
             seconds = time_mlx(lambda: grad_fn(x, target), args.reps, args.runs)
             record("grad", variant, seconds, loss.item(), grads)
         except Exception as err:
             traceback.print_exc()
             record("grad", variant, 0, error=f"{type(err).__name__}: {err}")
 
-    for variant in ("eager", "compile", "optimize", "optimize+compile") if "step" in kinds else ():
+    for variant in TRAINING_VARIANTS if "step" in kinds else ():
         try:
             block.update(initial)
-            forward = mlxtriton.optimize(block) if variant.startswith("optimize") else block
+            forward = block if variant in ("eager", "compile") else mlxtriton.optimize(block)
             grad_fn = nn.value_and_grad(block, loss_of(forward))
             opt = optim.AdamW(learning_rate=1e-5)
 
@@ -190,8 +208,9 @@ def main() -> None:
             if variant.endswith("compile"):
                 state = [block.state, opt.state]
                 step = mx.compile(step, inputs=state, outputs=state)
-            first = step()
-            mx.eval(first, block.parameters(), opt.state)
+            with fused_backward(variant):
+                first = step()
+                mx.eval(first, block.parameters(), opt.state)
 
             def timed():
                 loss = step()
@@ -207,7 +226,8 @@ def main() -> None:
     summary = {}
     for kind in ("forward", "grad", "step"):
         base = rows.get((kind, "compile"))
-        for variant in ("optimize", "optimize+compile", "optimize-no-autodiff"):
+        for variant in ("optimize", "optimize+compile", "optimize-no-autodiff", "fused-bwd",
+                        "fused-bwd+compile"):
             r = rows.get((kind, variant))
             if base and r:
                 summary[f"{kind}: {variant} vs compile"] = round(base["ms"] / r["ms"], 3)

@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 
 import mlxtriton
 from mlxtriton import examples
+from mlxtriton.graph import dtypes
 from mlxtriton.graph.evaluate import run
+from mlxtriton.graph.fused import body_of
 from mlxtriton.runtime import compiled as compiled_module
+from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV, vjp_function
 from mlxtriton.runtime.launch import INTERPRET_ENV
 from tests.strategies import programs
 
@@ -155,16 +158,20 @@ def assert_close(got, want, dtype):
 @contextlib.contextmanager
 def route(name: str):
     """"cpu": fused regions run as MLX ops; "kernels": the generated kernels run (NumPy
-    interpreter of the kernel IR), as on a GPU."""
-    old = os.environ.get(INTERPRET_ENV)
-    os.environ[INTERPRET_ENV] = "1" if name == "kernels" else "0"
+    interpreter of the kernel IR), as on a GPU; "fused_backward": and their VJPs are generated
+    kernels too (MLXTRITON_FUSED_BACKWARD)."""
+    wanted = {INTERPRET_ENV: "0" if name == "cpu" else "1",
+              FUSED_BACKWARD_ENV: "1" if name == "fused_backward" else "0"}
+    old = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ[INTERPRET_ENV]
-        else:
-            os.environ[INTERPRET_ENV] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 DTYPES = st.sampled_from([mx.float32, mx.float16, mx.bfloat16])
@@ -172,7 +179,7 @@ ROWS = st.sampled_from([3, 1, 8, 17])
 COLS = st.sampled_from([33, 1, 8, 100, 257])
 
 
-ROUTES = ("cpu", "kernels")
+ROUTES = ("cpu", "kernels", "fused_backward")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -369,6 +376,27 @@ def test_transformations_never_retrace(monkeypatch):
     assert len(traces) == 1
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fused_backward_traces_each_region_vjp_once(family, monkeypatch):
+    """With MLXTRITON_FUSED_BACKWARD each region's VJP is traced and optimised once (then cached),
+    on the first gradient; the default compiles MLX's VJP and traces nothing more."""
+    traces = []
+    original = compiled_module.trace_call
+    monkeypatch.setattr(compiled_module, "trace_call", lambda *a, **k: traces.append(1) or original(*a, **k))
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 4, 16, mx.float32)
+    argnums = tuple(i for i, a in enumerate(args) if _floating(a))
+    for name, extra in (("kernels", 0), ("fused_backward", None)):
+        traces.clear()
+        with route(name):
+            f = mlxtriton.optimize(fn, chip="m3")
+            regions = sum(e.primitive == "Fused" for e in f.graph(*args).eqns)
+            traces.clear()
+            for _ in range(2):
+                mx.eval(mx.grad(lambda *a: f(*a).sum(), argnums=argnums)(*args))
+        assert len(traces) == 1 + (regions if extra is None else extra)
+
+
 # ---- modules: nn.value_and_grad and an optimizer loop --------------------------------------------
 
 class TinyLM(nn.Module):
@@ -386,7 +414,8 @@ class TinyLM(nn.Module):
         return self.head(self.norm(self.block(self.embed(tokens))))
 
 
-def _train(optimized: bool, steps: int = 4, compile_step: bool = False, chip: str = "m3"):
+def _train(optimized: bool, steps: int = 4, compile_step: bool = False, chip: str = "m3",
+           after_first_step=lambda: None):
     mx.random.seed(0)  # parameters are drawn when the module is built
     model = examples.init_eval(TinyLM())
     forward = mlxtriton.optimize(model, chip=chip) if optimized else model
@@ -412,10 +441,12 @@ def _train(optimized: bool, steps: int = 4, compile_step: bool = False, chip: st
         loss = step(tokens, mx.roll(tokens, -1, axis=1))
         mx.eval(loss, model.parameters(), optimizer.state)
         losses.append(loss.item())
+        if len(losses) == 1:
+            after_first_step()
     return losses, model
 
 
-@pytest.mark.parametrize("variant", ["cpu", "kernels", "compiled_step"])
+@pytest.mark.parametrize("variant", ["cpu", "kernels", "fused_backward", "compiled_step"])
 def test_training_a_tiny_transformer_matches_and_never_retraces(variant, monkeypatch):
     traces = []
     original = compiled_module.trace_call
@@ -423,9 +454,12 @@ def test_training_a_tiny_transformer_matches_and_never_retraces(variant, monkeyp
     compile_step = variant == "compiled_step"
     want, plain = _train(False, compile_step=compile_step)
     assert not traces
-    with route("kernels" if variant == "kernels" else "cpu"):
-        got, trained = _train(True, compile_step=compile_step)
-    assert len(traces) == 1  # the first step traced; new weights never retrace
+    first = []
+    with route("cpu" if compile_step else variant):
+        got, trained = _train(True, compile_step=compile_step, after_first_step=lambda: first.append(len(traces)))
+    # the first step traced (the model; with fused backward also its regions' VJPs), once
+    assert first[0] == 1 or (variant == "fused_backward" and first[0] > 1)
+    assert len(traces) == first[0]  # new weights never retrace
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert want[-1] < want[0]  # it learns
     # Adam divides by sqrt(v): a gradient entry near zero amplifies the kernels' rounding
@@ -446,3 +480,23 @@ def test_module_gradients_flow_to_the_parameters():
     for (_, a), (_, b) in zip(got, want):
         assert a.any().item() or not b.any().item()
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+
+
+# Kernels a region's backward becomes (MLXTRITON_FUSED_BACKWARD), for the CUDA target: row
+# families one row kernel; norms also a column sum per weight / bias; cross-entropy one kernel
+# and MLX's scatter of the labels' one-hot.
+BACKWARD_KERNELS = {"softmax": 1, "log_softmax": 1, "logsumexp": 1, "pointwise": 1, "rms_norm": 2,
+                    "rms_norm_silu_gate": 2, "layer_norm": 3, "cross_entropy": 1}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_region_backward_kernels(family):
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 64, 4096, mx.float32)
+    graph = mlxtriton.optimize(fn, chip="h200").graph(*args)
+    region = max((e for e in graph.eqns if e.primitive == "Fused"), key=lambda e: len(body_of(e).eqns))
+    body = body_of(region)
+    primals = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.inputs]
+    cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
+    backward = mlxtriton.optimize(vjp_function(body), chip="h200")
+    assert len(backward.lower(primals, cotangents, target="cuda")) == BACKWARD_KERNELS[family]

@@ -28,7 +28,7 @@ from mlxtriton.graph.evaluate import check_arguments
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.patterns import optimize_patterns
-from mlxtriton.runtime.autodiff import detached, differentiable
+from mlxtriton.runtime.autodiff import detached, differentiable, fused_backward
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
@@ -156,7 +156,8 @@ class _Executable:
                     continue
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
-                launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e))
+                launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e),
+                                               target.chip if fused_backward() else None)
                 steps.append((launch_region, e.inputs, e.outputs))
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))

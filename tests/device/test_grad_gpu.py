@@ -12,6 +12,7 @@ import pytest
 
 import mlxtriton
 from mlxtriton import examples
+from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 from tests.test_grad import FAMILIES, _arguments, _listed, _train, mlx_jvp, mlx_vjp, rms_gate
 
 pytestmark = [pytest.mark.cuda, pytest.mark.metal]
@@ -34,9 +35,12 @@ def _close(got, want, dtype):
                                    atol=TOL[dtype] * scale)
 
 
+@pytest.mark.parametrize("backward", ["mlx", "fused"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_vjp_and_jvp_through_launched_kernels(family, dtype):
+def test_vjp_and_jvp_through_launched_kernels(family, dtype, backward, monkeypatch):
+    """backward "mlx": mx.compile of MLX's VJP of each region; "fused": generated kernels."""
+    monkeypatch.setenv(FUSED_BACKWARD_ENV, "1" if backward == "fused" else "0")
     fn, spec = FAMILIES[family]
     args = _arguments(spec, 64, 1000, dtype)
     f = mlxtriton.optimize(fn)
