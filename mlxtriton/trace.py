@@ -111,10 +111,13 @@ def _captured_arrays(obj, seen: set[int], depth: int = 0):
         yield from _captured_arrays(vars(obj) if hasattr(obj, "__dict__") else {}, seen, depth + 1)
 
 
-def _evaluate_captured(fn) -> None:
+def _evaluate_captured(fn, arguments: Sequence[mx.array] = ()) -> None:
     """Evaluate lazily computed captured state (e.g. fresh nn.Linear weights) before tracing, so
-    its producers (RandomBits, ...) never leak into the graph as equations."""
-    arrays = list(_captured_arrays(fn, set()))
+    its producers (RandomBits, ...) never leak into the graph as equations. Arrays that are also
+    arguments (a module's parameters, passed as inputs) are left alone: under mx.grad or
+    mx.compile they are the transformation's tracers, which cannot be evaluated."""
+    passed = {id(a) for a in arguments}
+    arrays = [a for a in _captured_arrays(fn, set()) if id(a) not in passed]
     if arrays:
         mx.eval(arrays)
 
@@ -226,7 +229,7 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
     """Trace one call ``fn(*args, **kwargs)``; the engine under `trace` and the runtime."""
     nums, names = _normalize_static(fn, static_argnums, static_argnames)
     leaves, in_tree = _arguments_tree(args, kwargs, nums, names)
-    _evaluate_captured(fn)
+    _evaluate_captured(fn, leaves)
     out_trees = []
 
     def flat_fn(*flat):
