@@ -1,0 +1,46 @@
+"""Benchmark: per-call cost of a tiny fused call against native MLX ops on the local device.
+
+Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`): 500 queued calls per run, one
+synchronise, median of 5 runs; input 8 x 64 float32, so the figure is launch and host overhead.
+Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import mlx.core as mx
+
+sys.path.insert(0, os.path.dirname(__file__))
+from row_kernels import time_mlx  # noqa: E402
+
+import mlxtriton  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="per_call.json")
+    opts = ap.parse_args()
+    small = mx.random.normal((8, 64))
+    mx.eval(small)
+    variants = {
+        "mx.softmax": lambda x: mx.softmax(x, axis=-1),
+        "x * 2": lambda x: x * 2,
+        "mlxtriton.optimize(softmax)": mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)),
+        "mlxtriton.kernel(softmax)": mlxtriton.kernel(lambda x: mx.softmax(x, axis=-1)),
+    }
+    per_call = {name: 1e6 * time_mlx(fn, (small,), reps=500) for name, fn in variants.items()}
+    print({k: round(v, 1) for k, v in per_call.items()})
+    with open(opts.out, "w") as fh:
+        json.dump({"benchmark": "per_call", "date": datetime.date.today().isoformat(),
+                   "device": mx.device_info().get("device_name", str(mx.default_device())),
+                   "mlx_version": mx.__version__, "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
+                   "per_call_us": per_call}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
