@@ -193,3 +193,23 @@ def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
     _close(mlxtriton.optimize(f)(*args), f(*args))
     with pytest.raises(mlxtriton.SingleKernelError):
         mlxtriton.kernel(f)(*args)
+
+
+def test_kernel_decomposes_fast_norm_primitives_into_its_one_kernel():
+    # On a GPU stream mx.fast.rms_norm traces as one RMSNorm primitive; build that graph by hand
+    # here (the CPU stream decomposes it) and check @kernel's decomposition.
+    from mlxtriton.graph import GraphBuilder
+    from mlxtriton.runtime.compiled import decompose_fast_ops
+
+    b = GraphBuilder()
+    x, w = b.input((4, 256), "float32"), b.input((256,), "float32")
+    (n,) = b.add("RMSNorm", [x, w], eps=1e-5)
+    (s,) = b.add("Sigmoid", [x])
+    (y,) = b.add("Multiply", [n, s])
+    g = verify(b.build([y]))
+    d = verify(decompose_fast_ops(g))
+    assert "RMSNorm" not in d.primitive_counts() and d.primitive_counts()["Reduce"] == 1
+    xs, ws = mx.random.normal((4, 256)), mx.random.normal((256,))
+    assert mx.array_equal(mlxtriton.evaluate(d, xs, ws), mlxtriton.evaluate(g, xs, ws)).item()
+    fused = mlxtriton.fusion.fuse(d)
+    assert fused.primitive_counts() == {"Fused": 1}

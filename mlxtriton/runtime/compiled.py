@@ -22,11 +22,12 @@ from mlxtriton.codegen.lowering import CacheDecision, cache_with_report, kernel_
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
 from mlxtriton.fusion.layout import layout_with_report
-from mlxtriton.graph import pytree
+from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate import check_arguments
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
+from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.autodiff import detached, differentiable, fused_backward
 from mlxtriton.runtime.launch import interpreting, launcher
@@ -290,7 +291,8 @@ class Compiled:
 
     # ---- building ----
     def _trace(self, args, kwargs) -> Graph:
-        return trace_call(self._traced_fn, args, kwargs, self._nums, self._names).graph
+        graph = trace_call(self._traced_fn, args, kwargs, self._nums, self._names).graph
+        return decompose_fast_ops(graph) if self.single_kernel else graph
 
     def _build(self, args, kwargs, device) -> tuple[_Executable, Any]:
         graph = self._trace(args, kwargs)
@@ -358,6 +360,24 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<mlxtriton {'+'.join(p for p in PIPELINE if p in self.passes)} of {self.__name__}>"
+
+
+# Fast-op primitives a GPU trace holds (on the CPU stream they decompose) whose work a generated
+# row kernel does as well: a @kernel function decomposes them, so `rms_norm(x) * gate` can be the
+# one kernel its author asked for rather than mx.fast's kernel plus a second one.
+DECOMPOSED_FOR_KERNELS = frozenset({"RMSNorm", "LayerNorm"})
+
+
+def decompose_fast_ops(graph: Graph, primitives: frozenset[str] = DECOMPOSED_FOR_KERNELS) -> Graph:
+    """Replace each fast-op equation by MLX's own decomposition of it: its MLX rule traced on the
+    CPU stream, where MLX runs the fallback (mlx/fast.cpp) op for op."""
+    for e in [e for e in graph.eqns if e.primitive in primitives]:
+        rule, params = MLX_RULES[e.primitive], dict(e.params)
+        placeholders = tuple(mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in e.inputs)
+        with mx.stream(mx.cpu):
+            body = trace_call(lambda *a: rule(*a, **params), placeholders, {}).graph
+        graph = replace_subgraph(graph, [e], body, e.inputs, e.outputs)
+    return graph
 
 
 def check_single_kernel(graph: Graph, optimized: Graph, passes, chip) -> None:
