@@ -45,6 +45,9 @@ from mlxtriton import examples
 from mlxtriton.runtime import compiled as compiled_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
+sys.path.insert(0, os.path.dirname(__file__))
+from row_kernels import time_mlx as _pipelined  # noqa: E402  (one timing method for all benchmarks)
+
 TRAINING_VARIANTS = ("eager", "compile", "optimize", "optimize+compile", "fused-bwd", "fused-bwd+compile")
 
 
@@ -59,21 +62,9 @@ def fused_backward(variant: str):
 
 
 def time_mlx(fn, reps: int, runs: int) -> float:
-    """Seconds per call of ``fn()`` (which returns arrays to evaluate), pipelined."""
-    for _ in range(3):
-        mx.eval(fn())
-    mx.synchronize()
-    samples = []
-    for _ in range(runs):
-        live = []
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = fn()
-            live = live[-2:] + [out]
-            mx.async_eval(out)
-        mx.synchronize()
-        samples.append((time.perf_counter() - t0) / reps)
-    return statistics.median(samples)
+    """Seconds per call of ``fn()`` (which returns arrays to evaluate): benchmarks/row_kernels.py's
+    pipelined timing."""
+    return _pipelined(fn, (), reps=reps, runs=runs)
 
 
 def _norm(tree) -> float:
