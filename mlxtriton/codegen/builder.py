@@ -18,6 +18,7 @@ from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
 from mlxtriton import hw
 from mlxtriton.codegen.region import Op, Region, contiguous_strides
 from mlxtriton.graph import dtypes as _dtypes
+from mlxtriton.graph._shared_rules import broadcast_shape
 
 
 class RegionError(ValueError):
@@ -281,14 +282,7 @@ def _norm_axes(axes, ndim: int) -> tuple[int, ...]:
 
 
 def _broadcast_shapes(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    ndim = max((len(s) for s in shapes), default=0)
-    out = []
-    for i in range(ndim):
-        sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
-        if len(sizes) > 1:
-            raise ValueError(f"shapes {shapes} do not broadcast")
-        out.append(sizes.pop() if sizes else 1)
-    return tuple(out)
+    return broadcast_shape(*shapes)  # the graph layer's NumPy broadcasting, one definition
 
 
 def _same_dtype(dtypes: list[str], what: str) -> str:
