@@ -113,8 +113,8 @@ def oracle_jvp(fn, args, tangents):
     return [from_jax(o) for o in outs], [from_jax(t) for t in tans]
 
 
-def mlx_vjp(fn, args, cotangents):
-    """``mx.vjp`` of ``fn`` with respect to its inexact arguments."""
+def _of_inexact(fn, args):
+    """``fn`` as a function of its inexact arguments alone (the others fixed), and their values."""
     inexact = [i for i, a in enumerate(args) if _floating(a)]
 
     def f(*values):
@@ -123,19 +123,16 @@ def mlx_vjp(fn, args, cotangents):
             full[i] = v
         return _listed(fn(*full))
 
-    return mx.vjp(f, [args[i] for i in inexact], cotangents)
+    return f, [args[i] for i in inexact]
+
+
+def mlx_vjp(fn, args, cotangents):
+    """``mx.vjp`` of ``fn`` with respect to its inexact arguments."""
+    return mx.vjp(*_of_inexact(fn, args), cotangents)
 
 
 def mlx_jvp(fn, args, tangents):
-    inexact = [i for i, a in enumerate(args) if _floating(a)]
-
-    def f(*values):
-        full = list(args)
-        for i, v in zip(inexact, values):
-            full[i] = v
-        return _listed(fn(*full))
-
-    return mx.jvp(f, [args[i] for i in inexact], tangents)
+    return mx.jvp(*_of_inexact(fn, args), tangents)
 
 
 # Tolerances relative to the largest magnitude of the expected value: gradients of row
