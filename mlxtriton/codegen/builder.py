@@ -32,6 +32,7 @@ class ScheduleParams:
 
     simd_width: int = 32
     max_threads_per_group: int = 1024
+    max_row_threads: int = 1024  # most threads one row takes (hw.derive: the register file's limit)
     pointwise_threads: int = 1024  # threadgroup of pointwise kernels
     pointwise_vector_bytes: int = 16  # bytes of each operand one pointwise thread handles
     pointwise_min_size: int = 1  # smaller pointwise kernels: one element per thread
@@ -40,6 +41,9 @@ class ScheduleParams:
     max_vector_lanes: int = 4
     short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
+    # Registers of row data a thread may hold when the row's threads were capped at
+    # max_row_threads below what resident_registers each would need.
+    max_resident_registers: int = 16
     # 32-bit registers per thread that row data and computed values kept between passes may
     # take together (KEEP): a thread's share at full occupancy, twice the row-data budget.
     kept_registers: int = 32
@@ -66,6 +70,8 @@ class ScheduleParams:
             vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
             short_row_limit=p.short_row_limit,
             resident_registers=max(1, p.register_bytes_per_thread // 4),
+            max_row_threads=p.max_row_threads,
+            max_resident_registers=max(1, p.max_row_register_bytes // 4),
             # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
             # in all per thread) beat recomputing it with 16 registers of row data: softmax
             # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
@@ -1282,11 +1288,18 @@ def build(region: Region,
         return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
 
     budget = params.resident_registers if (ctx.is_row and params.keep_resident) else 0
+    kept_budget = params.kept_registers
+    if budget and T >= params.max_row_threads:
+        # Threads were capped (hw.derive): each holds its larger share of the row, up to
+        # max_resident_registers, rather than streaming it; kept values get the same room again.
+        share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
+        budget = max(budget, min(params.max_resident_registers, share))
+        kept_budget = max(kept_budget, 2 * budget)
     resident, _ = _plan_residency(stores, chunk_regs, budget)
     stores = _rewrite_reduces(stores, resident)
     resident, streamed = _plan_residency(stores, chunk_regs, budget)
     if budget:
-        stores = _keep_computed(stores, resident, chunk_regs, params.kept_registers)
+        stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
 
     def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
@@ -1341,7 +1354,8 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
     # as its registers may cache.
     want = -(-L // per_thread)
-    return max(W, min(params.max_threads_per_group // W * W, -(-want // W) * W))
+    limit = min(params.max_threads_per_group, params.max_row_threads) // W * W
+    return max(W, min(limit, -(-want // W) * W))
 
 
 def _is_column_walk(elem: list[UOp], space: _Space) -> bool:

@@ -35,6 +35,16 @@ _SHORT_ROW_THREADGROUP = 256
 # the sum of an online softmax) per SIMD-group.
 _SCRATCH_BYTES_PER_SIMDGROUP = 8
 
+# 32-bit registers a row kernel's thread may need, for the threads-per-row limit below. A kernel
+# that MLX's cuda_kernel wrapper compiles carries no __launch_bounds__ (MLX writes the signature), so
+# NVRTC may give a thread up to 255 registers, and the launch fails when threads x registers exceed
+# the threadgroup's share of the register file: "too many resources requested for launch" for a
+# 1024-thread RMS norm x gate backward on the H200 (64 registers each; benchmarks/results/
+# backward_rows_h200_run1.json). 128 each leaves room for a resident row slice (at most a quarter
+# of them), kept values and the loads of an unrolled pass; 512-thread rows measured within -4..+6%
+# of 1024-thread ones at 4096 x 16384 float32 (benchmarks/results/kernel_only_h200.json).
+_ROW_THREAD_REGISTERS = 128
+
 _ITEMSIZES = (1, 2, 4, 8)
 
 
@@ -57,6 +67,10 @@ class CodegenParams:
         rows_per_threadgroup: Rows one threadgroup handles (more than one for short rows).
         row_elements_per_thread: Elements of a row each thread handles, when the length is known.
         register_bytes_per_thread: Bytes of row data a thread may keep in registers.
+        max_row_threads: Most threads one row may take: the threadgroup maximum, or on a GPU with
+            a per-threadgroup register file (NVIDIA) what leaves each thread 128 registers.
+        max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
+            left it more elements than ``register_bytes_per_thread`` holds.
         threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
             profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
         reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
@@ -87,6 +101,8 @@ class CodegenParams:
     rows_per_threadgroup: int
     row_elements_per_thread: int | None
     register_bytes_per_thread: int
+    max_row_threads: int
+    max_row_register_bytes: int
     threadgroup_memory_bytes: int
     reduction_scratch_bytes: int
     resident_budget_bytes: int
@@ -201,6 +217,12 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
 
     registers = _minimum(*(register_bytes_per_thread(p) for p in limits))
     short_limit = _SHORT_ROW_LIMIT[profile.backend]
+    # NVIDIA: a threadgroup's threads share registers_per_sm (64 K on sm_90; see _ROW_THREAD_REGISTERS).
+    row_thread_caps = [p.registers_per_sm // _ROW_THREAD_REGISTERS for p in limits
+                       if p.registers_per_sm and p.backend == "cuda"]
+    max_row_threads = max(simd, min([max_threads, *row_thread_caps]) // simd * simd)
+    # A thread of a capped row may hold up to a quarter of its registers (4 bytes each) of row data.
+    max_row_registers = max(registers, _ROW_THREAD_REGISTERS // 4 * 4) if row_thread_caps else registers
 
     if row_length is not None and row_length <= short_limit:
         # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
@@ -216,12 +238,14 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         # in whole SIMD-groups, up to the hardware maximum (MLX's softmax: ceil(n / 4) threads
         # rounded up to 32, at most 1024). Unknown length: the maximum.
         wanted = max_threads if row_length is None else -(-row_length // vector_width)
-        threads_per_row = min(max_threads, max(simd, _round_up(wanted, simd)))
+        threads_per_row = min(max_row_threads, max(simd, _round_up(wanted, simd)))
         row_threadgroup = threads_per_row
         rows_per_threadgroup = 1
         scratch_bytes = _SCRATCH_BYTES_PER_SIMDGROUP * (row_threadgroup // simd)
-        # Registers of every thread plus the threadgroup memory left after the partials.
-        budget = registers * threads_per_row + threadgroup_memory - scratch_bytes
+        # Registers of every thread plus the threadgroup memory left after the partials; a row
+        # capped below the threads it wanted holds more per thread.
+        per_thread = registers if wanted <= max_row_threads else max_row_registers
+        budget = per_thread * threads_per_row + threadgroup_memory - scratch_bytes
 
     return CodegenParams(
         chip=profile.key,
@@ -238,6 +262,8 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         rows_per_threadgroup=rows_per_threadgroup,
         row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
         register_bytes_per_thread=registers,
+        max_row_threads=max_row_threads,
+        max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
         reduction_scratch_bytes=scratch_bytes,
         resident_budget_bytes=budget,
