@@ -98,8 +98,9 @@ def nbytes(args, out) -> int:
     return sum(a.nbytes for a in args) + sum(o.nbytes for o in outs)
 
 
-def triton_softmax_gbs(rows, cols, dtype_name):
-    """The Triton tutorial's fused softmax (02-fused-softmax.py) on the same GPU, if available."""
+def triton_softmax_gbs(rows, cols, dtype_name, timer=None):
+    """The Triton tutorial's fused softmax (02-fused-softmax.py) on the same GPU, if available.
+    Timed with ``triton.testing.do_bench`` unless ``timer`` (``launch -> seconds``) is given."""
     try:
         import torch
         import triton
@@ -127,8 +128,8 @@ def triton_softmax_gbs(rows, cols, dtype_name):
     def run():
         softmax_kernel[(rows,)](y, x, x.stride(0), y.stride(0), rows, cols, BLOCK=block, num_warps=warps)
 
-    ms = triton.testing.do_bench(run, warmup=25, rep=100)
-    return 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+    seconds = timer(run) if timer else triton.testing.do_bench(run, warmup=25, rep=100) * 1e-3
+    return 2 * x.numel() * x.element_size() / seconds / 1e9
 
 
 def main() -> None:
