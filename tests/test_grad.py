@@ -22,6 +22,7 @@ import mlxtriton
 from mlxtriton import examples
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.evaluate import run
+from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of
 from mlxtriton.runtime import compiled as compiled_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV, vjp_function
@@ -496,3 +497,73 @@ def test_region_backward_kernels(family):
     cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
     backward = mlxtriton.optimize(vjp_function(body), chip="h200")
     assert len(backward.lower(primals, cotangents, target="cuda")) == BACKWARD_KERNELS[family]
+
+
+# ---- rows too long for registers: the forward saves its statistics for the backward ------------
+
+def _row_reductions(graph) -> int:
+    return sum(e.primitive in ("Reduce", "LogSumExp", "Softmax") for e in graph.eqns)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_saved_statistics_replace_the_backwards_recomputation(family):
+    """The backward with saved statistics reduces the row less often than MLX's VJP of the
+    region, which recomputes the forward's reductions; and gives the same cotangents."""
+    from mlxtriton.runtime.autodiff import saved_statistics
+    from mlxtriton.trace import trace_call
+
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 4, 300, mx.float32)
+    graph = mlxtriton.optimize(fn, chip="h200").graph(*args)
+    region = max((e for e in graph.eqns if e.primitive == "Fused"), key=lambda e: len(body_of(e).eqns))
+    body = body_of(region)
+    plan = saved_statistics(body, 4)
+    if family == "pointwise":
+        assert plan is None
+        return
+    assert plan is not None and (plan.count or plan.outputs)
+    primals = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.inputs]
+    cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
+    recomputing = trace_call(vjp_function(body), (primals, cotangents), {}).graph
+    assert _row_reductions(plan.backward) < _row_reductions(recomputing)
+    flat = [a for a in args]
+    outs = run(plan.forward, flat, MLX_RULES)
+    cots = [mx.random.normal(v.shape, key=mx.random.key(3)) for v in body.outputs]
+    given = [outs[i] for i in plan.outputs] + outs[len(body.outputs):]
+    got = run(plan.backward, [*flat, *given, *cots], MLX_RULES)
+    want = vjp_function(body)(flat, cots)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.array(g), np.array(w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"pointwise"}))
+def test_rows_too_long_for_registers_take_the_saving_route(family, monkeypatch):
+    """On the H200 a float32 row of 20000 does not fit the registers of its 512 threads: the
+    forward kernel saves its statistics and the generated backward reads them (kernels run in
+    the interpreter), matching the JAX oracle."""
+    plans = []
+    real = compiled_module.saved_statistics
+    monkeypatch.setattr(compiled_module, "saved_statistics",
+                        lambda *a: plans.append(real(*a)) or plans[-1])
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 2, 20000, mx.float32)
+    cotangents = [mx.random.normal(o.shape, key=mx.random.key(7)) for o in _listed(fn(*args))]
+    want_outs, want_grads = oracle_vjp(fn, args, cotangents)
+    with route("fused_backward"):
+        outs, grads = mlx_vjp(mlxtriton.optimize(fn, chip="h200"), args, cotangents)
+    assert any(p is not None for p in plans)
+    assert_close(outs, want_outs, mx.float32)
+    assert_close(grads, want_grads, mx.float32)
+
+
+def test_an_output_computed_twice_gets_both_cotangents():
+    """CSE makes two equal results one var; MLX's vjp of a function returning one array twice
+    would use only the last cotangent, so the runtime returns a copy for the second."""
+    x = mx.array([1.0, -2.0, 0.5])
+
+    def fn(x):
+        return mx.abs(mx.abs(x)), mx.abs(mx.abs(x))
+
+    cotangents = [mx.array([1.0, 1.0, 1.0]), mx.array([2.0, 2.0, 2.0])]
+    got = mx.vjp(mlxtriton.optimize(fn, chip="m3"), [x], cotangents)[1][0]
+    np.testing.assert_allclose(np.array(got), [3.0, -3.0, 3.0])

@@ -148,4 +148,17 @@ def lower_fused(eqn: Eqn, target: hw.Target, dialect: str
     return render(build(region, params), dialect), extra
 
 
-__all__ = ["CacheDecision", "cache", "cache_with_report", "kernel_target", "lower_fused", "DEFAULT_CHIP"]
+def row_fits_on_chip(kernel: LoweredKernel, target: hw.Target) -> bool:
+    """Whether a row kernel's rows (in their widest input type) fit the registers its threads may
+    hold: then a pass more over the row costs no memory traffic; otherwise it re-reads the row."""
+    s = kernel.kernel.arg
+    if s.kind != "row":
+        return True
+    itemsize = max((dtypes.itemsize(d) for d in kernel.input_dtypes), default=4)
+    p = _schedule_params(target, registers=True)(itemsize, s.row_length)
+    capacity = max(p.resident_registers, p.max_resident_registers) * 4 * p.max_row_threads
+    return s.row_length * itemsize <= capacity
+
+
+__all__ = ["CacheDecision", "cache", "cache_with_report", "kernel_target", "lower_fused", "row_fits_on_chip",
+           "DEFAULT_CHIP"]

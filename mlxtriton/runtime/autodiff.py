@@ -11,25 +11,31 @@ May import every layer below the public API.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import mlx.core as mx
 
 from mlxtriton.graph import dtypes
-from mlxtriton.graph.core import Graph
+from mlxtriton.graph.core import Eqn, Graph, Params, Var
 from mlxtriton.graph.evaluate import run
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
+from mlxtriton.graph.primitives import Family, get as get_primitive
+from mlxtriton.graph.transforms import cse, dce, substitute
 
 FUSED_BACKWARD_ENV = "MLXTRITON_FUSED_BACKWARD"
 
 
 def fused_backward() -> bool:
-    """Whether ``MLXTRITON_FUSED_BACKWARD=1`` asks for generated backward kernels: each region's
-    VJP traced and optimised like any function (softmax's backward is one row kernel, RMS norm's
-    a row kernel and a column sum). Off by default until measured on a GPU against mx.compile of
-    MLX's VJP (benchmarks/train_step.py has the variant)."""
-    return os.environ.get(FUSED_BACKWARD_ENV, "") not in ("", "0")
+    """Whether each region's VJP becomes generated kernels (the default): the VJP traced and
+    optimised like any function (softmax's backward is one row kernel, RMS norm's a row kernel
+    and a column sum). ``MLXTRITON_FUSED_BACKWARD=0`` runs ``mx.compile`` of MLX's VJP of the
+    region's body instead. On the H200 the generated backward measured 1.0-4.6x that route and
+    faster than MLX's own VJPs of mx.softmax and mx.fast.layer_norm
+    (benchmarks/results/backward_rows_h200.json)."""
+    return os.environ.get(FUSED_BACKWARD_ENV, "1") != "0"
 
 
 def detached(forward: Callable) -> Callable:
@@ -137,6 +143,133 @@ def differentiable(forward: Callable[..., list], source: Graph, backward_chip: A
     # outputs, the kernel included, before it would consult one (and MLX has none for a kernel).
 
     return function
+
+
+@dataclass(frozen=True)
+class SavedStatistics:
+    """How a row region's forward saves what its backward needs (softmax's max and sum, a norm's
+    mean and reciprocal deviation, cross-entropy's logsumexp) instead of the backward computing
+    them again from the row.
+
+    ``forward`` is the region's body with the statistics appended to its outputs (one value per
+    row each); ``backward`` maps ``(primals..., forward outputs (those listed in ``outputs``),
+    statistics..., cotangents...)`` to the cotangents
+    of every input: MLX's VJP of the body with the recomputed statistics replaced by the saved
+    ones, so the recomputation (a pass over the row per reduction) is gone.
+    """
+
+    forward: Graph
+    backward: Graph
+    count: int  # statistics appended to the forward's outputs
+    outputs: tuple[int, ...] = ()  # the forward outputs the backward reads first, by index
+
+
+def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
+    """The statistics a row region's backward reads, if any (None: nothing to save).
+
+    MLX's VJP of the body is traced; its recomputation of the forward is matched against the
+    body's own equations (common-subexpression elimination over both), and every per-row value
+    of the body that depends on a reduction and that the backward reads becomes an input of the
+    backward and an extra output of the forward. Replacing a var by an equal value is exact, so
+    the gradients do not change, only where the statistics come from.
+    """
+    from mlxtriton.trace import trace_call  # the trace layer sits above graph, beside runtime
+
+    full = max((math.prod(v.shape) for v in body.inputs), default=0)
+    if rows <= 0 or rows >= full or not _inexact(body):
+        return None
+    # per-row values that depend on a reduction over the row
+    stats: list[Var] = []
+    reduced: set[Var] = set()
+    for e in body.eqns:
+        family = get_primitive(e.primitive).family
+        for v in e.outputs:
+            if math.prod(v.shape) == rows and (family is Family.REDUCE or any(i in reduced for i in e.inputs)):
+                reduced.add(v)
+                stats.append(v)
+    primals = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.inputs]
+    cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
+    traced = trace_call(vjp_function(body), (primals, cotangents), {}).graph
+    n = len(body.inputs)
+    rename = dict(zip(body.inputs, traced.inputs[:n]))
+    body_eqns = tuple(Eqn(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs, e.params)
+                      for e in body.eqns)
+    merged = cse(traced.replace(eqns=body_eqns + traced.eqns, constants=body.constants + traced.constants))
+    merged = dce(_softmax_from_logsumexp(merged))
+    # The forward's outputs are there for the taking; of the statistics, those a live equation
+    # computing a full row reads (softmax's max feeding x - max, a norm's rstd feeding x * rstd).
+    outputs = [v for v in body.outputs if v not in body.inputs]
+    needed = [v for v in stats if v not in outputs and any(
+        v in e.inputs and not all(o in reduced for o in e.outputs) for e in merged.eqns)]
+    used_outputs = [v for v in outputs if any(v in e.inputs for e in merged.eqns)]
+    if not needed and not used_outputs:
+        return None
+    given = {v: Var(v.shape, v.dtype) for v in (*outputs, *needed)}
+    backward = dce(substitute(merged, given))
+    backward = backward.replace(
+        inputs=(*backward.inputs[:n], *(given[v] for v in (*outputs, *needed)), *backward.inputs[n:]),
+        in_tree=None, out_tree=None)
+    forward = body.replace(outputs=(*body.outputs, *needed))
+    return SavedStatistics(forward, backward, len(needed), tuple(body.outputs.index(v) for v in outputs))
+
+
+def _softmax_from_logsumexp(graph: Graph) -> Graph:
+    """``Softmax(z)`` as ``exp(z - LogSumExp(z))`` where the graph computes that LogSumExp (MLX's
+    VJP of logsumexp and cross-entropy is written with a softmax of the forward's input): the
+    backward then reads the saved logsumexp instead of reducing the row twice more."""
+    lse = {e.inputs[0]: e.outputs[0] for e in graph.eqns if e.primitive == "LogSumExp"}
+    eqns: list[Eqn] = []
+    for e in graph.eqns:
+        z = e.inputs[0] if e.primitive == "Softmax" else None
+        # float32 only: a logsumexp rounded to half precision moves exp(z - lse) by up to 6%
+        # (bf16 rows of 65536 on the H200), where MLX's softmax of z is exact to rounding.
+        if (z is None or z not in lse or lse[z].shape != (*z.shape[:-1], 1)
+                or lse[z].dtype != "float32"):
+            eqns.append(e)
+            continue
+        wide = Var(z.shape, lse[z].dtype)
+        diff = Var(z.shape, z.dtype)
+        eqns += [Eqn("Broadcast", (lse[z],), (wide,), Params({"shape": z.shape})),
+                 Eqn("Subtract", (z, wide), (diff,), Params()),
+                 Eqn("Exp", (diff,), e.outputs, Params())]
+    return graph if len(eqns) == len(graph.eqns) else graph.replace(eqns=tuple(eqns))
+
+
+def differentiable_saving(forward: Callable[..., list], source: Graph, plan: SavedStatistics,
+                          backward_chip: Any) -> Callable[..., list]:
+    """`differentiable` for a forward that also returns ``plan``'s statistics after ``source``'s
+    outputs (the kernel of ``plan.forward``): the VJP reads them instead of recomputing them.
+    The returned function gives ``source``'s outputs only."""
+    from mlxtriton.runtime.compiled import graph_function  # compiled imports this module
+
+    n_out = len(source.outputs)
+    run_backward = graph_function(plan.backward, backward_chip)
+
+    def backward(primals, statistics, cotangents):
+        return run_backward(*primals, *statistics, *cotangents)
+    inexact = _inexact(source)
+    function = mx.custom_function(forward)
+
+    @function.vjp
+    def vjp(primals, cotangents, outputs):
+        primals, cotangents, outputs = _listed(primals), _listed(cotangents), _listed(outputs)
+        given = [outputs[i] for i in plan.outputs] + outputs[n_out:]
+        grads = backward(primals, given, cotangents[:n_out])
+        out = [mx.zeros_like(p) for p in primals]
+        for i, g in zip(inexact, grads):
+            out[i] = g
+        return tuple(out)
+
+    @function.jvp
+    def jvp(primals, tangents):
+        primals, tangents = _listed(primals), _listed(tangents)
+        tangents = [mx.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in inexact]
+        outs = mx.jvp(_of_inexact(source, primals), [primals[i] for i in inexact], tangents)[1]
+        # the statistics are internal (the caller never sees them): their tangents are unused
+        stats = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in plan.forward.outputs[n_out:]]
+        return (*outs, *stats)
+
+    return lambda *flat: function(*flat)[:n_out]
 
 
 def _listed(x) -> list:

@@ -18,7 +18,8 @@ import mlx.core as mx
 
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError
-from mlxtriton.codegen.lowering import CacheDecision, cache_with_report, kernel_target, lower_fused
+from mlxtriton.codegen.lowering import (CacheDecision, cache_with_report, kernel_target, lower_fused,
+                                        row_fits_on_chip)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
 from mlxtriton.fusion.layout import layout_with_report
@@ -29,7 +30,8 @@ from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
-from mlxtriton.runtime.autodiff import detached, differentiable, fused_backward
+from mlxtriton.runtime.autodiff import (detached, differentiable, differentiable_saving, fused_backward,
+                                        saved_statistics)
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
@@ -157,13 +159,19 @@ class _Executable:
                     continue
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
-                launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e),
-                                               target.chip if fused_backward() else None)
+                launch_region = _saving_statistics(e, kernel, extra, target, dialect)
+                if launch_region is None:
+                    launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e),
+                                                   target.chip if fused_backward() else None)
                 steps.append((launch_region, e.inputs, e.outputs))
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))
         constants = list(graph.constants)
         inputs, outputs = graph.inputs, graph.outputs
+        # An output var listed twice (CSE merged two equal results): MLX's vjp of a function that
+        # returns one array twice uses only the last cotangent, so later copies are new arrays.
+        repeated = [i for i, v in enumerate(outputs) if v in outputs[:i]]
+
         def run(*flat):
             env = dict(zip(inputs, flat))
             env.update(constants)
@@ -171,13 +179,60 @@ class _Executable:
                 results = fn(*[env[v] for v in ins])
                 for v, r in zip(outs, results):
                     env[v] = r
-            return [env[v] for v in outputs]
+            results = [env[v] for v in outputs]
+            for i in repeated:  # one array returned twice gets one cotangent from MLX's vjp
+                results[i] = mx.contiguous(results[i])
+            return results
 
         # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
         # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
         self.run = run if (launch and interpreting()) else mx.compile(run)
+
+
+def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: hw.Target,
+                       dialect: str) -> Callable | None:
+    """A differentiable launch of a row region whose forward saves its row statistics for a
+    generated backward (runtime/autodiff.SavedStatistics), or None where that does not pay:
+    only rows too long to stay in registers, whose backward would otherwise read them again once
+    per statistic. The forward kernel then writes one value per row and statistic more."""
+    if not fused_backward() or row_fits_on_chip(kernel, target):
+        return None
+    body = body_of(e)
+    plan = saved_statistics(body, kernel.kernel.arg.rows)
+    if plan is None:
+        return None
+    forward = kernel, constants
+    if plan.count:
+        extra_outputs = plan.forward.outputs[len(body.outputs):]
+        saving = Eqn(e.primitive, e.inputs, (*e.outputs, *(Var(v.shape, v.dtype) for v in extra_outputs)),
+                     e.params.set(body=plan.forward))
+        try:
+            forward = lower_fused(saving, target, dialect)
+        except RegionError:
+            return None
+    return differentiable_saving(detached(launcher(*forward)), body, plan, target.chip)
+
+
+def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
+    """``graph`` (fixed shapes, flat inputs -> flat outputs) optimised for ``chip`` and made
+    runnable, without tracing anything: the backward of a region whose forward saved its
+    statistics (runtime/autodiff) is a graph already. Built on the first call, for its device."""
+    built: dict[str, _Executable] = {}
+
+    def call(*flat):
+        device = mx.default_device()
+        executable = built.get(device.type)
+        if executable is None:
+            optimized, _ = run_passes(graph, frozenset(PIPELINE), chip, device)
+            target = hw.target(chip, device)
+            launch = target.can_launch or interpreting()
+            ktarget, dialect = kernel_target(chip, device) if launch else (target, None)
+            executable = built[device.type] = _Executable(optimized, launch, ktarget, dialect)
+        return executable.run(*flat)
+
+    return call
 
 
 def _returning(executable: "_Executable", out_tree) -> Callable:

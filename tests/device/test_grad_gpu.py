@@ -58,6 +58,18 @@ def test_vjp_and_jvp_through_launched_kernels(family, dtype, backward, monkeypat
     _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_vjp_of_rows_too_long_for_registers(family, dtype):
+    """Rows longer than the registers hold (65536): the forward saves its row statistics and the
+    generated backward reads them (runtime/autodiff.SavedStatistics)."""
+    fn, spec = FAMILIES[family]
+    args = _arguments(spec, 4, 65536, dtype)
+    outs = _listed(fn(*args))
+    cotangents = [mx.random.normal(o.shape, key=mx.random.key(5)).astype(o.dtype) for o in outs]
+    _close(mlx_vjp(mlxtriton.optimize(fn), args, cotangents), mlx_vjp(fn, args, cotangents), dtype)
+
+
 def test_second_order_and_kernel_decorator():
     x, w = _arguments("xw", 32, 512, mx.float32)
     for f in (mlxtriton.optimize(rms_gate), mlxtriton.kernel(rms_gate)):
