@@ -567,3 +567,14 @@ def test_an_output_computed_twice_gets_both_cotangents():
     cotangents = [mx.array([1.0, 1.0, 1.0]), mx.array([2.0, 2.0, 2.0])]
     got = mx.vjp(mlxtriton.optimize(fn, chip="m3"), [x], cotangents)[1][0]
     np.testing.assert_allclose(np.array(got), [3.0, -3.0, 3.0])
+
+
+def test_saving_route_places_gradients_by_input_position():
+    """Labels before logits: the saved-statistics backward gives one cotangent per input in
+    order (integer zeros for the labels), not the logits' gradient in the labels' place."""
+    fn = lambda labels, x: nn.losses.cross_entropy(x, labels, reduction="mean")  # noqa: E731
+    x, labels = _arguments("xl", 2, 20000, mx.float32)
+    want = mx.grad(fn, argnums=1)(labels, x)
+    with route("fused_backward"):
+        got = mx.grad(mlxtriton.optimize(fn, chip="h200"), argnums=1)(labels, x)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-7)

@@ -23,7 +23,7 @@ from mlxtriton.graph.core import Eqn, Graph, Params, Var
 from mlxtriton.graph.evaluate import run
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.primitives import Family, get as get_primitive
-from mlxtriton.graph.transforms import cse, dce, substitute
+from mlxtriton.graph.transforms import cse, dce, make_eqn, substitute
 
 FUSED_BACKWARD_ENV = "MLXTRITON_FUSED_BACKWARD"
 
@@ -134,10 +134,7 @@ def differentiable(forward: Callable[..., list], source: Graph, backward_chip: A
 
     @function.jvp
     def jvp(primals, tangents):
-        primals, tangents = _listed(primals), _listed(tangents)
-        # MLX passes None for an input that carries no tangent.
-        tangents = [mx.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in inexact]
-        return tuple(mx.jvp(_of_inexact(source, primals), [primals[i] for i in inexact], tangents)[1])
+        return tuple(_output_tangents(source, primals, tangents))
 
     # No vmap rule: MLX batches every node between a vmapped input and the custom function's
     # outputs, the kernel included, before it would consult one (and MLX has none for a kernel).
@@ -227,11 +224,9 @@ def _softmax_from_logsumexp(graph: Graph) -> Graph:
                 or lse[z].dtype != "float32"):
             eqns.append(e)
             continue
-        wide = Var(z.shape, lse[z].dtype)
-        diff = Var(z.shape, z.dtype)
-        eqns += [Eqn("Broadcast", (lse[z],), (wide,), Params({"shape": z.shape})),
-                 Eqn("Subtract", (z, wide), (diff,), Params()),
-                 Eqn("Exp", (diff,), e.outputs, Params())]
+        wide = make_eqn("Broadcast", [lse[z]], {"shape": z.shape})
+        diff = make_eqn("Subtract", [z, wide.outputs[0]])
+        eqns += [wide, diff, Eqn("Exp", diff.outputs, e.outputs, Params())]
     return graph if len(eqns) == len(graph.eqns) else graph.replace(eqns=tuple(eqns))
 
 
@@ -245,31 +240,31 @@ def differentiable_saving(forward: Callable[..., list], source: Graph, plan: Sav
     n_out = len(source.outputs)
     run_backward = graph_function(plan.backward, backward_chip)
 
-    def backward(primals, statistics, cotangents):
-        return run_backward(*primals, *statistics, *cotangents)
-    inexact = _inexact(source)
     function = mx.custom_function(forward)
 
     @function.vjp
     def vjp(primals, cotangents, outputs):
-        primals, cotangents, outputs = _listed(primals), _listed(cotangents), _listed(outputs)
+        outputs = _listed(outputs)
         given = [outputs[i] for i in plan.outputs] + outputs[n_out:]
-        grads = backward(primals, given, cotangents[:n_out])
-        out = [mx.zeros_like(p) for p in primals]
-        for i, g in zip(inexact, grads):
-            out[i] = g
-        return tuple(out)
+        # plan.backward is vjp_function's graph: a cotangent for every input, integer zeros too
+        return tuple(run_backward(*_listed(primals), *given, *_listed(cotangents)[:n_out]))
 
     @function.jvp
     def jvp(primals, tangents):
-        primals, tangents = _listed(primals), _listed(tangents)
-        tangents = [mx.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in inexact]
-        outs = mx.jvp(_of_inexact(source, primals), [primals[i] for i in inexact], tangents)[1]
         # the statistics are internal (the caller never sees them): their tangents are unused
         stats = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in plan.forward.outputs[n_out:]]
-        return (*outs, *stats)
+        return (*_output_tangents(source, primals, tangents), *stats)
 
     return lambda *flat: function(*flat)[:n_out]
+
+
+def _output_tangents(source: Graph, primals, tangents) -> list:
+    """The JVP rule of a region: MLX's JVP of ``source`` (MLX hands a lone primal or tangent
+    over bare, and None for an input that carries no tangent)."""
+    primals, tangents = _listed(primals), _listed(tangents)
+    inexact = _inexact(source)
+    tangents = [mx.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in inexact]
+    return mx.jvp(_of_inexact(source, primals), [primals[i] for i in inexact], tangents)[1]
 
 
 def _listed(x) -> list:
