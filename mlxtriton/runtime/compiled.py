@@ -9,23 +9,21 @@ May import every layer below the public API.
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import mlx.core as mx
 
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError
-from mlxtriton.codegen.lowering import (CacheDecision, cache_with_report, kernel_target, lower_fused,
+from mlxtriton.codegen.lowering import (cache_with_report, kernel_target, lower_fused,
                                         row_fits_on_chip)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
 from mlxtriton.fusion.layout import layout_with_report
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.evaluate import check_arguments
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.transforms import replace_subgraph
@@ -191,6 +189,15 @@ class _Executable:
         self.run = run if (launch and interpreting()) else mx.compile(run)
 
 
+def _executable(optimized: Graph, chip: Any, device) -> _Executable:
+    """An optimised graph made runnable on ``device``: kernels where the device launches them
+    (or the interpreter is asked for), MLX ops otherwise."""
+    target = hw.target(chip, device)
+    launch = target.can_launch or interpreting()
+    ktarget, dialect = kernel_target(chip, device) if launch else (target, None)
+    return _Executable(optimized, launch, ktarget, dialect)
+
+
 def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: hw.Target,
                        dialect: str) -> Callable | None:
     """A differentiable launch of a row region whose forward saves its row statistics for a
@@ -226,10 +233,7 @@ def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
         executable = built.get(device.type)
         if executable is None:
             optimized, _ = run_passes(graph, frozenset(PIPELINE), chip, device)
-            target = hw.target(chip, device)
-            launch = target.can_launch or interpreting()
-            ktarget, dialect = kernel_target(chip, device) if launch else (target, None)
-            executable = built[device.type] = _Executable(optimized, launch, ktarget, dialect)
+            executable = built[device.type] = _executable(optimized, chip, device)
         return executable.run(*flat)
 
     return call
@@ -354,10 +358,7 @@ class Compiled:
         optimized, _ = run_passes(graph, self.passes, self.chip, device)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
-        target = hw.target(self.chip, device)
-        launch = target.can_launch or interpreting()
-        ktarget, dialect = kernel_target(self.chip, device) if launch else (target, None)
-        executable = _Executable(optimized, launch, ktarget, dialect)
+        executable = _executable(optimized, self.chip, device)
         if self.single_kernel and executable.fallbacks:
             raise SingleKernelError(f"cannot be one kernel: {executable.fallbacks[0][1]}")
         return executable, graph.out_tree
