@@ -27,8 +27,6 @@ Run: python benchmarks/backward_rows.py --out results.json [--quick] [--families
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 
@@ -38,7 +36,7 @@ import mlxtriton
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import families, make_args, time_mlx  # noqa: E402  (one definition of each)
+from row_kernels import families, make_args, results_file, time_mlx  # noqa: E402  (one definition of each)
 
 
 def _inexact(args) -> list[int]:
@@ -88,17 +86,8 @@ def main() -> None:
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
     if opts.shapes:
         shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
-    rows_out = []
-    result = {
-        "benchmark": "backward_rows", "date": datetime.date.today().isoformat(),
-        "device": mx.device_info().get("device_name", str(mx.default_device())),
-        "mlx_version": mx.__version__, "python": sys.version.split()[0],
-        "method": __doc__.split("Method:")[1].split("Run:")[0].strip(), "rows": rows_out,
-    }
-
-    def save():
-        with open(opts.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+    result, save = results_file("backward_rows", __doc__, opts.out)
+    rows_out = result["rows"]
 
     for dtype_name in opts.dtypes.split(","):
         dtype = getattr(mx, dtype_name)

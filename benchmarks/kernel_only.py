@@ -48,6 +48,15 @@ CTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16", 
           "uint32": "uint32_t", "int64": "int64_t", "bool": "bool", "uint8": "uint8_t", "int8": "int8_t"}
 
 
+def _to_torch(a: mx.array):
+    """An MLX array as a CUDA tensor of the same dtype and values (bfloat16 through float32,
+    which NumPy lacks; exact). MLX and PyTorch name their dtypes alike."""
+    import torch
+
+    host = np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)
+    return torch.from_numpy(host).to("cuda").to(getattr(torch, str(a.dtype).split(".")[-1]))
+
+
 def _library(patterns: list[str]):
     for pattern in patterns:
         for path in sorted(glob.glob(pattern, recursive=True), reverse=True):
@@ -220,8 +229,6 @@ def main() -> None:
                 want = mlxtriton.optimize(composed)(*args)
                 want = [want] if isinstance(want, mx.array) else list(want)
                 mx.eval(want)
-                host = [np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a) for a in args]
-                tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
                 row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols}
                 try:
                     variants = kernel_variants(composed, args, registers)
@@ -234,10 +241,8 @@ def main() -> None:
                 row["bytes"] = moved
                 for label, k, extra in variants:
                     try:
-                        ins = [torch.from_numpy(h).to("cuda").to(tdt.get(str(a.dtype).split(".")[-1], torch.from_numpy(h).dtype))
-                               for h, a in zip(host, args)]
-                        ins += [torch.from_numpy(np.array(c)).to("cuda") for c in extra]
-                        outs = [torch.empty(s, dtype=tdt.get(d, torch.int32), device="cuda")
+                        ins = [_to_torch(a) for a in (*args, *extra)]
+                        outs = [torch.empty(s, dtype=getattr(torch, d), device="cuda")
                                 for s, d in zip(k.output_shapes, k.output_dtypes)]
                         fn = drv.compile(wrapped_source(k), k.name)
                         shared = dict(k.options).get("shared_memory", 0)
@@ -255,7 +260,7 @@ def main() -> None:
                         row[f"{label}_schedule"] = k.kernel.arg.describe()
                     except Exception as e:  # noqa: BLE001
                         row[f"{label}_error"] = f"{type(e).__name__}: {e}"[:500]
-                x = torch.randn(rows, cols, device="cuda", dtype=tdt[dtype_name])
+                x = torch.randn(rows, cols, device="cuda", dtype=getattr(torch, dtype_name))
                 row["torch_clone_gbs"] = 2 * x.numel() * x.element_size() / (
                     triton.testing.do_bench(lambda: x.clone(), warmup=25, rep=100) * 1e-3) / 1e9
                 if name == "softmax":

@@ -83,6 +83,24 @@ def families(dtype):
     }
 
 
+def results_file(benchmark: str, doc: str, path: str):
+    """``(result, save)``: the JSON record of one run (date, device, MLX version and the method
+    paragraph of the benchmark's docstring; rows appended to ``result["rows"]``) and a function
+    writing it to ``path``, called after every row so a run cut short still leaves its figures."""
+    result = {
+        "benchmark": benchmark, "date": datetime.date.today().isoformat(),
+        "device": mx.device_info().get("device_name", str(mx.default_device())),
+        "mlx_version": mx.__version__, "python": sys.version.split()[0],
+        "method": doc.split("Method:")[1].split("Run:")[0].strip(), "rows": [],
+    }
+
+    def save():
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+    return result, save
+
+
 def make_args(spec, rows, cols, dtype):
     x = mx.random.normal((rows, cols)).astype(dtype)
     arrays = {"x": x, "w": mx.random.normal((cols,)).astype(dtype),
@@ -145,20 +163,8 @@ def main() -> None:
                                                        (8192, 8192), (4096, 16384)])
     if opts.shapes:
         shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
-    rows_out = []
-    result = {
-        "benchmark": "row_kernels",
-        "date": datetime.date.today().isoformat(),
-        "device": mx.device_info().get("device_name", str(mx.default_device())),
-        "mlx_version": mx.__version__,
-        "python": sys.version.split()[0],
-        "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
-        "rows": rows_out,
-    }
-
-    def save():  # after every row: a run cut short still leaves its figures
-        with open(opts.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+    result, save = results_file("row_kernels", __doc__, opts.out)
+    rows_out = result["rows"]
 
     for dtype_name in opts.dtypes.split(","):
         dtype = getattr(mx, dtype_name)
