@@ -480,8 +480,8 @@ def test_module_gradients_flow_to_the_parameters():
 
 
 # Kernels a region's backward becomes (MLXTRITON_FUSED_BACKWARD), for the CUDA target: row
-# families one row kernel; norms also a column sum per weight / bias; cross-entropy one kernel
-# and MLX's scatter of the labels' one-hot.
+# families one row kernel; norms also a column sum per weight / bias; cross-entropy one kernel,
+# the labels' one-hot a compare inside it (no MLX scatter: patterns.cleanups.one_hot_scatter).
 BACKWARD_KERNELS = {"softmax": 1, "log_softmax": 1, "logsumexp": 1, "pointwise": 1, "rms_norm": 2,
                     "rms_norm_silu_gate": 2, "layer_norm": 3, "cross_entropy": 1}
 
@@ -497,6 +497,7 @@ def test_region_backward_kernels(family):
     cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
     backward = mlxtriton.optimize(vjp_function(body), chip="h200")
     assert len(backward.lower(primals, cotangents, target="cuda")) == BACKWARD_KERNELS[family]
+    assert "ScatterAxis" not in backward.graph(primals, cotangents).primitive_counts()
 
 
 # ---- rows too long for registers: the forward saves its statistics for the backward ------------

@@ -51,6 +51,7 @@ class ScheduleParams:
     # (lowering.py); without it multi-pass rows are streamed. The register count above still
     # shapes threads per row either way.
     keep_resident: bool = True
+    cores: int = 132  # GPU cores / SMs: a column reduction spreads over at least this many groups
 
     @classmethod
     def from_hw(cls, p: "hw.CodegenParams") -> ScheduleParams:
@@ -72,6 +73,7 @@ class ScheduleParams:
             resident_registers=max(1, p.register_bytes_per_thread // 4),
             max_row_threads=p.max_row_threads,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
+            cores=p.cores,
             # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
             # in all per thread) beat recomputing it with 16 registers of row data: softmax
             # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
@@ -1271,11 +1273,22 @@ def build(region: Region,
     elem = [u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
             if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
     W = params.simd_width
+    interleaved = False
     if ctx.is_row:
-        V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
-        T = _threads_per_row(elem, space, V, L, params)
-        # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
-        G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
+        if _is_column_walk(elem, space):
+            # neighbouring rows are neighbours in memory: neighbouring threads take them
+            # A one-pass column kernel keeps no row in registers: the register limit on threads
+            # per row (hw.derive) does not bind it.
+            V = 1
+            threads = (params.max_threads_per_group if _passes(stores) == 1
+                       else params.max_row_threads)
+            T, G = _column_threads(R, L, threads, params)
+            interleaved = T > 1
+        else:
+            V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
+            T = _threads_per_row(elem, space, V, L, params)
+            # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
+            G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
         C = -(-(L // V) // T)
     else:
         L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
@@ -1316,7 +1329,7 @@ def build(region: Region,
         sched = K.Schedule(
             name=_kernel_name(region.name), kind="row", elements=R * L, threadgroup_size=T * G,
             vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
-            simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
+            interleaved=interleaved, simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
             resident=names(resident), streamed=names(streamed),
             kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype)
     else:
@@ -1333,11 +1346,40 @@ def build(region: Region,
     return UOp(Ops.KERNEL, "void", marked.src + unused, sched)
 
 
+# Elements each lane of a split column reduces at least, so that its loop outweighs the
+# combination of the lanes' partials through threadgroup memory.
+_COLUMN_LANE_ELEMENTS = 16
+# Fewest neighbouring columns a threadgroup takes: 8 float32 are one 32-byte memory sector.
+_COLUMN_MIN_GROUP = 8
+
+
+def _column_threads(R: int, L: int, threads: int, params: ScheduleParams) -> tuple[int, int]:
+    """(threads per row, rows per threadgroup) of a column reduction over R rows of L elements
+    whose rows are neighbours in memory, in threadgroups of at most ``threads``.
+
+    A SIMD-group's worth of neighbouring rows per threadgroup (one coalesced access per lane
+    step), fewer (down to a 32-byte sector of float32) while that leaves fewer threadgroups than
+    half the cores, and each row split among as many lanes as the threadgroup holds, combined
+    through threadgroup memory. Measured on the H200 (benchmarks/results/column_variants_h200.json):
+    a thread per column gave a 4096-column weight gradient over 32768 rows 16 threadgroups and
+    1066 GB/s for the RMS-norm backward; 32 lanes x 32 columns sum it at 4218 GB/s (16 x 32:
+    3985; 64 x 16, 256 threadgroups: 2893), and 512 columns of 65536 at 2536 with 128 lanes x 8
+    columns (32 x 32, 16 threadgroups: 1477).
+    """
+    G = min(params.simd_width, _pow2ceil(R))
+    while G > _COLUMN_MIN_GROUP and 2 * -(-R // G) < params.cores:
+        G //= 2
+    T = 1
+    while 2 * T * G <= threads and L >= 2 * T * _COLUMN_LANE_ELEMENTS:
+        T *= 2
+    if T == 1:  # short columns: a thread each, as many to a threadgroup as short rows take
+        return 1, min(params.group_threads, R)
+    return T, G
+
+
 def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
                      params: ScheduleParams) -> int:
     W = params.simd_width
-    if V == 1 and _is_column_walk(elem, space):
-        return 1  # neighbouring rows are neighbours in memory: a thread per row coalesces
     vectors = L // V
     if vectors <= W:
         return _pow2ceil(vectors)  # tiny rows: several rows share a SIMD-group
@@ -1359,13 +1401,18 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
 
 
 def _is_column_walk(elem: list[UOp], space: _Space) -> bool:
-    """True when per-element accesses stride along the row but are unit-stride across rows."""
+    """True when per-element accesses stride along the row but are unit-stride across rows.
+
+    An access the same for every row (a vector indexed by the reduced axis, such as a per-row
+    scale of a weight gradient) is read by all of a SIMD-group's threads at once: it does not
+    decide the walk."""
     if space.row_coord is None or space.lane_coord is None:
         return False
     saw_unit_row = False
     for u in elem:
         _, coeffs = space.group_coeffs(u.src[1])
-        if coeffs.get(space.lane_coord, 0) == 1:
+        across = any(k for coord, k in coeffs.items() if coord is not space.lane_coord)
+        if coeffs.get(space.lane_coord, 0) == 1 and across:
             return False
         saw_unit_row |= coeffs.get(space.row_coord, 0) == 1
     return saw_unit_row

@@ -159,7 +159,11 @@ class Schedule:
     two; rows of up to ``simd_width`` threads reduce with SIMD shuffles only, longer ones through
     threadgroup memory too), ``rows_per_group`` rows share a threadgroup, each thread owns
     ``chunks`` vectors of ``vector_width`` elements, vector c of lane t starting at element
-    ``(c * threads_per_row + t) * vector_width`` (coalesced). Pointwise kernels: one vector of
+    ``(c * threads_per_row + t) * vector_width`` (coalesced). Thread ``tid`` of a threadgroup is
+    lane ``tid % threads_per_row`` of its row ``tid // threads_per_row``, unless ``interleaved``:
+    then it is lane ``tid // rows_per_group`` of row ``tid % rows_per_group``, so that neighbouring
+    threads serve neighbouring rows (a column reduction, whose rows are neighbours in memory) and a
+    row's lanes meet through threadgroup memory. Pointwise kernels: one vector of
     ``vector_width`` elements per thread.
     """
 
@@ -173,6 +177,7 @@ class Schedule:
     threads_per_row: int = 1
     rows_per_group: int = 1
     chunks: int = 1
+    interleaved: bool = False  # lanes of a row rows_per_group threads apart (see above)
     simd_width: int = 32
     passes: int = 1  # passes over the row: one per reduction stage, plus one for row stores
     on_chip: str = "none"  # "registers": multi-pass inputs stay in registers; "stream": re-read
@@ -185,6 +190,8 @@ class Schedule:
     def reduction_tree(self) -> str:
         if self.kind != "row" or self.threads_per_row == 1:
             return "none"  # a thread owns a whole row
+        if self.interleaved:
+            return "threadgroup"  # a row's lanes sit in different SIMD-groups
         if self.threads_per_row <= self.simd_width:
             return "simd"  # butterfly shuffles inside a SIMD-group, no barriers
         return "simd+threadgroup"  # shuffles, then SIMD-group partials through threadgroup memory
@@ -206,7 +213,8 @@ class Schedule:
             return (f"pointwise: {self.elements} elements, {self.vector_width} per thread, "
                     f"threadgroup {self.threadgroup_size}")
         text = (f"row: {self.rows} rows x {self.row_length}, {self.threads_per_row} threads/row, "
-                f"{self.rows_per_group} rows/threadgroup, vector {self.vector_width}, "
+                f"{self.rows_per_group} rows/threadgroup{' interleaved' * self.interleaved}, "
+                f"vector {self.vector_width}, "
                 f"{self.chunks} vectors/thread, reduction {self.reduction_tree}, "
                 f"{self.passes} pass(es)")
         if self.on_chip == "registers":

@@ -365,7 +365,11 @@ def _render_row(r: _KernelWriter) -> list[str]:
     specials = {u.arg[0]: u for u in r.k.toposort if u.op is Ops.SPECIAL}
     lines = r.lines
     lines.append(f"const int mt_tid = static_cast<int>({d.thread_in_group});")
-    if G > 1:
+    if s.interleaved:
+        lines.append(f"const int mt_lane = mt_tid / {G};")
+        lines.append(f"const int mt_row_raw = static_cast<int>({d.group_in_grid}) * {G} + "
+                     f"mt_tid % {G};")
+    elif G > 1:
         lines.append(f"const int mt_lane = mt_tid % {T};")
         lines.append(f"const int mt_row_raw = static_cast<int>({d.group_in_grid}) * {G} + "
                      f"mt_tid / {T};")
@@ -380,7 +384,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
         lines.append(f"const {it} mt_row = mt_active ? mt_row_raw : {R - 1};")
     else:
         lines.append(f"const {it} mt_row = mt_row_raw;")
-    if T > W:
+    if T > W and not s.interleaved:
         lines.append(f"const int mt_warp = mt_tid / {W};")
         lines.append(f"const int mt_wlane = mt_tid % {W};")
     if "row" in specials:
@@ -574,9 +578,12 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
     s, d = r.s, r.d
     T, W = s.threads_per_row, s.simd_width
     lines = r.lines
-    for u, acc in accs.items():
-        lines.extend(_shuffle_tree(r, u, acc, min(T, W)))
-    if T > W:
+    if s.interleaved:
+        _combine_interleaved(r, accs)
+    else:
+        for u, acc in accs.items():
+            lines.extend(_shuffle_tree(r, u, acc, min(T, W)))
+    if T > W and not s.interleaved:
         warps = T // W
         stage: list[str] = []
         for u, acc in accs.items():
@@ -614,6 +621,32 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
         r.bound[_KERNEL][mx_node] = accs[online][0]
 
 
+def _combine_interleaved(r: _Renderer, accs: dict[UOp, list[str]]) -> None:
+    """Lanes of an interleaved row sit ``rows_per_group`` threads apart, in different
+    SIMD-groups: each thread leaves its partials in threadgroup memory (slot ``mt_tid`` is lane
+    ``mt_tid / G`` of row ``mt_tid % G``) and every lane combines its row's in lane order, so all
+    of them hold the same total."""
+    s, d = r.s, r.d
+    T, G = s.threads_per_row, s.rows_per_group
+    stage = []
+    for u, acc in accs.items():
+        arrays = []
+        for k, a in enumerate(acc):
+            sm = r.tmp("mt_sm")
+            r.shared_decls.append(f"{d.shared} {d.type(_acc_type(u, k))} {sm}[{T * G}];")
+            r.lines.append(f"{sm}[mt_tid] = {a};")
+            arrays.append(sm)
+        stage.append((u, acc, arrays))
+    r.lines.append(d.barrier)  # one per pass; each reduction owns its slots
+    for u, acc, arrays in stage:
+        r.lines.extend(f"{a} = {sm}[mt_tid % {G}];" for sm, a in zip(arrays, acc))
+        other = [f"mt_x{k}" for k in range(len(acc))]
+        body = [f"const {d.type(_acc_type(u, k))} {o} = {sm}[mt_t * {G} + mt_tid % {G}];"
+                for k, (o, sm) in enumerate(zip(other, arrays))]
+        r.lines.extend(_loop(f"for (int mt_t = 1; mt_t < {T}; ++mt_t)",
+                             body + _combine_step(r, u, acc, other), None))
+
+
 def _partial_identities(r: _Renderer, u: UOp) -> list[str]:
     vdt = u.src[0].dtype
     if u.arg in ("argmax", "argmin"):
@@ -628,6 +661,9 @@ def _describe(s) -> list[str]:
     if s.kind == "row":
         lines.append(f"// thread layout: lane t of a row owns elements (c * {s.threads_per_row}"
                      f" + t) * {s.vector_width} + [0, {s.vector_width}) for c < {s.chunks}")
+        if s.interleaved:
+            lines.append(f"// interleaved: thread i is lane i / {s.rows_per_group} of row "
+                         f"i % {s.rows_per_group} of its threadgroup")
     return lines
 
 

@@ -74,6 +74,8 @@ class CodegenParams:
         threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
             profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
         reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
+        cores: GPU cores (Apple) or streaming multiprocessors (NVIDIA), of the largest bin that
+            ships: a kernel of fewer threadgroups leaves cores idle.
         resident_budget_bytes: On-chip bytes available to keep *one row* resident across passes
             (registers of its threads plus the threadgroup memory left after the scratch), so a
             softmax or norm reads the row from memory once instead of once per pass.
@@ -105,6 +107,7 @@ class CodegenParams:
     max_row_register_bytes: int
     threadgroup_memory_bytes: int
     reduction_scratch_bytes: int
+    cores: int
     resident_budget_bytes: int
     row_resident: bool | None
 
@@ -266,6 +269,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
         reduction_scratch_bytes=scratch_bytes,
+        cores=max(profile.gpu_cores or (1,)),  # the tuned-for chip's, like every decision
         resident_budget_bytes=budget,
         row_resident=None if row_length is None else row_length * dtype_itemsize <= budget,
     )

@@ -16,8 +16,10 @@ from mlxtriton.graph.core import Graph, Var
 from mlxtriton.graph.evaluate_mlx import EVALUATED, MLX_RULES
 from mlxtriton.graph.primitives import Family, get as get_primitive
 
-# Movement ops that keep every element's value: a scalar stays that scalar through them.
-VALUE_PRESERVING = frozenset({"Broadcast", "Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Transpose", "Copy"})
+# Movement ops that keep every element's value: a scalar stays that scalar through them (Full is
+# mx.full materialising its broadcast input; MLX's VJPs start gradients from one).
+VALUE_PRESERVING = frozenset({"Broadcast", "Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten",
+                              "Transpose", "Copy", "Full"})
 
 # A constant sub-graph is evaluated at optimize time only up to this many elements per value:
 # a 2048 x 2048 attention mask (4M) is checked for causality, a weight-sized broadcast is not.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import mlx.core as mx
+
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.primitives import Family, family
 
@@ -16,7 +18,8 @@ from mlxtriton.patterns.rewrite import Match, Rules
 
 # The rules: an equation computed twice merges, constant folding (small results only), scalar
 # and broadcast canonicalisation, transpose of transpose, reshape chains, x * 1, x + 0, exp(log x),
-# x / s == x * (1/s), x / sqrt(y) == x * rsqrt(y), x * x == square(x), exact casts skipped.
+# x / s == x * (1/s), x / sqrt(y) == x * rsqrt(y), x * x == square(x), exact casts skipped, a
+# scatter of one index per row into zeros == a compare and select.
 
 RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 # Folding makes small constants only (as graph.fold_constants): a 4096 x 4096 folded transpose
@@ -158,6 +161,31 @@ def square(m: Match):  # x ** 2 -> square(x), x * x -> square(x)
     return m.add("Square", [m["x"]])
 
 
+def one_hot_scatter(m: Match):  # put_along_axis(zeros, idx, u) with one index per row -> select
+    """``out[..., c, ...] = u[...] if c == idx[...] else 0``: a compare and a select that fuse into
+    the kernel reading ``out``, where MLX's scatter writes zeros, copies and scatters (three
+    passes over ``out``). MLX's VJP of ``take_along_axis`` (cross-entropy's label pick) is this
+    scatter. Negative indices wrap as MLX's do; an out-of-range index leaves its row zero, as
+    MLX's scatter drops it."""
+    e, out = m.root, m.root.outputs[0]
+    idx, upd = m["idx"], m["upd"]
+    axis = e.params["axis"] % out.ndim
+    if (idx.shape != upd.shape or idx.shape[axis] != 1 or upd.dtype != out.dtype
+            or any(idx.shape[k] != out.shape[k] for k in range(out.ndim) if k != axis)
+            or idx.dtype not in dtypes.INTEGER):
+        return None
+    n = out.shape[axis]
+    iota = m.reshape(m.constant(mx.arange(n, dtype=dtypes.to_mx(idx.dtype))),
+                     [n if k == axis else 1 for k in range(out.ndim)])
+    if idx.dtype in dtypes.SIGNED:
+        negative = m.add("Less", [idx, m.splat(0, idx)])
+        idx = m.add("Select", [negative, m.add("Add", [idx, m.splat(n, idx)]), idx])
+    hit = m.add("Equal", [m.add("Broadcast", [iota], shape=out.shape),
+                          m.add("Broadcast", [idx], shape=out.shape)], equal_nan=False)
+    m.detail = f"{e.params['kind']} of one index per row along axis {axis}"
+    return m.add("Select", [hit, m.add("Broadcast", [upd], shape=out.shape), m.splat(0, out)])
+
+
 _x = P.var("x")
 _sqrt = P("Sqrt", P.var("y"), where=lambda e: not e.params["reciprocal"])
 _maybe_broadcast_sqrt = P("Broadcast", _sqrt, name="b") | _sqrt
@@ -183,6 +211,8 @@ CLEANUPS = Rules(
         (P("Divide", P.scalar(value=1.0), _maybe_broadcast_sqrt), reciprocal_sqrt),
         (P("Power", _x, P.scalar(value=2.0)), square),
         (P("Multiply", _x, _x), square),
+        (P("ScatterAxis", P.scalar(value=0), P.var("idx"), P.var("upd"),
+           where=lambda e: e.params["kind"] in ("sum", "none")), one_hot_scatter),
     ],
     group="cleanup",
     # Clean-ups rewrite views and single cheap ops: one kept alive by another user costs nothing.

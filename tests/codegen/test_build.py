@@ -122,12 +122,33 @@ def test_one_element_rows_are_a_thread_each():
     assert (k.arg.threads_per_row, k.arg.reduction_tree) == (1, "none")
 
 
-def test_column_sums_walk_columns_with_a_thread_per_column():
+def test_column_sums_give_neighbouring_columns_to_neighbouring_threads():
     k = build(oracle.column_sum(shape=(4096, 512)), CUDA_PARAMS)
     s = k.arg
-    assert (s.rows, s.row_length, s.threads_per_row, s.rows_per_group) == (512, 4096, 1, 256)
+    # 512 columns of 4096 on the 132-SM H200: 8 columns per threadgroup (64 threadgroups rather
+    # than 16 of 32 columns), 128 lanes each (1024 threads: one pass holds no row in registers),
+    # a column's lanes 8 threads apart, combined through threadgroup memory
+    assert (s.rows, s.row_length, s.threads_per_row, s.rows_per_group, s.interleaved) \
+        == (512, 4096, 128, 8, True)
+    assert s.reduction_tree == "threadgroup" and s.grid == 512 * 128
+    wide = build(oracle.column_sum(shape=(8192, 4096)), CUDA_PARAMS).arg
+    assert (wide.threads_per_row, wide.rows_per_group) == (32, 32)  # 128 threadgroups of 32 columns
     (x,) = _loads(k)
     assert x.arg.access is Access.SCALAR  # strided along the reduction, coalesced across threads
+    short = build(oracle.column_sum(shape=(16, 512)), CUDA_PARAMS).arg
+    assert (short.threads_per_row, short.interleaved, short.reduction_tree) == (1, False, "none")
+
+
+def test_a_vector_along_the_reduced_axis_keeps_a_column_walk():
+    # the weight gradient of a norm: sum over rows of g * x * rstd[row]; rstd is read by every
+    # thread at once, so the walk still follows g and x down their columns
+    b = RegionBuilder("weight_grad")
+    g, x = b.input((256, 64), "float32", "g"), b.input((256, 64), "float32", "x")
+    r = b.op("Broadcast", b.op("ExpandDims", b.input((256,), "float32", "r"), axes=(1,)),
+             shape=(256, 64))
+    out = b.op("Reduce", b.op("Multiply", b.op("Multiply", g, x), r), axes=(0,), kind="sum")
+    k = build(b.build([out]), CUDA_PARAMS)
+    assert (k.arg.rows, k.arg.row_length, k.arg.vector_width, k.arg.interleaved) == (64, 256, 1, True)
 
 
 def test_pointwise_broadcasts_are_index_arithmetic_not_copies():

@@ -38,6 +38,12 @@ def _cases():
     x = b.input((37, 1000), "float32", "x")
     yield "argmax-min-prod", b.build([b.op("ArgReduce", x, kind="argmax", axis=1),
                                       b.op("Reduce", x, kind="min", axes=(1,))])
+    for L, R in ((3000, 37), (40, 9)):  # interleaved column lanes with two-part accumulators
+        b = RegionBuilder("colargmax")
+        x = b.input((L, R), "float32", "x")
+        yield f"column-argmin-max-sum-{L}x{R}", b.build([
+            b.op("ArgReduce", x, kind="argmin", axis=0), b.op("Reduce", x, kind="max", axes=(0,)),
+            b.op("Reduce", b.op("Exp", x), kind="sum", axes=(0,))])
     b = RegionBuilder("anyall")
     m = b.input((37, 70), "bool", "m")
     yield "bool", b.build([b.op("Reduce", m, kind="and", axes=(1,)),

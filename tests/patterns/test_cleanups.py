@@ -92,3 +92,22 @@ def test_rules_keep_the_values_of_random_programs(case):
         g2, _ = rewrite(g, rules)
         verify(g2)
         _close(evaluate(g2, *args), want)
+
+
+def test_a_scatter_of_one_index_per_row_into_zeros_is_a_compare_and_select():
+    # MLX's VJP of take_along_axis (cross-entropy's label pick) is this scatter; negative indices
+    # wrap. The select fuses into the kernel reading it, the scatter was three passes of its own.
+    u = mx.array([[1.0], [2.0], [3.0], [4.0]])
+    for kind in ("put", "add"):
+        def one_hot(u, i, kind=kind):
+            if kind == "put":
+                return mx.put_along_axis(mx.zeros((4, 6)), i, u, axis=1)
+            return mx.vjp(lambda x: mx.take_along_axis(x, i, axis=1), [mx.zeros((4, 6))], [u])[1][0]
+
+        # (MLX's CPU VJP of take_along_axis can crash on negative indices: only put wraps here)
+        labels = [[5], [-1], [0], [-6]] if kind == "put" else [[5], [1], [0], [3]]
+        c, report = counts(one_hot, u, mx.array(labels))
+        assert report.rules_fired().get("one_hot_scatter") == 1 and "ScatterAxis" not in c
+    two = mx.array([[0, 1]] * 4)  # two indices per row may collide: the scatter stays
+    c, _ = counts(lambda v, i: mx.put_along_axis(mx.zeros((4, 6)), i, v, axis=1), mx.ones((4, 2)), two)
+    assert c.get("ScatterAxis") == 1
