@@ -12,10 +12,10 @@ Rows (each a median of ``runs`` pipelined runs of ``reps`` calls, as benchmarks/
   step/<variant>      value_and_grad plus an AdamW update (what a training loop calls)
 Variants: ``eager`` (the module), ``compile`` (``mx.compile`` of the function; of the step with
 the model and optimizer state as inputs/outputs), ``optimize`` (the loss calls
-``mlxtriton.optimize(block)``; its kernels' backward is MLX's VJP of each region's body),
-``optimize+compile`` (that, inside the ``mx.compile``d step), ``fused-bwd`` and
-``fused-bwd+compile`` (the same with MLXTRITON_FUSED_BACKWARD=1: each region's VJP optimised
-into generated kernels instead of ``mx.compile`` of MLX's VJP), and for the forward
+``mlxtriton.optimize(block)`` with MLXTRITON_FUSED_BACKWARD=0: its kernels' backward is
+``mx.compile`` of MLX's VJP of each region's body), ``optimize+compile`` (that, inside the
+``mx.compile``d step), ``fused-bwd`` and ``fused-bwd+compile`` (the default since 2026-11-21,
+MLXTRITON_FUSED_BACKWARD=1: each region's VJP optimised into generated kernels), and for the forward
 ``optimize-no-autodiff``: the same kernels without the ``mx.custom_function`` wrappers, the cost
 of being differentiable on the forward path. Every loss and gradient is compared with eager's
 (relative error of the loss, and of the gradients' global norm).
