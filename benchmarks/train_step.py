@@ -125,7 +125,7 @@ def main() -> None:
             return mx.compile(block)
         if variant == "optimize-no-autodiff":
             saved = compiled_module.differentiable
-            compiled_module.differentiable = lambda forward, body: forward
+            compiled_module.differentiable = lambda forward, *_: forward
             try:
                 f = mlxtriton.optimize(block)
                 mx.eval(f(x))  # built now, without the wrappers

@@ -159,8 +159,12 @@ class _Executable:
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
                 launch_region = _saving_statistics(e, kernel, extra, target, dialect)
                 if launch_region is None:
+                    # A pointwise region's backward is pointwise: mx.compile of MLX's VJP fuses it
+                    # as well as a generated kernel would, and inside a compiled training step
+                    # with its neighbours too (runtime/autodiff.fused_backward).
+                    generated = fused_backward() and e.params["kind"] != "pointwise"
                     launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e),
-                                                   target.chip if fused_backward() else None)
+                                                   target.chip if generated else None)
                 steps.append((launch_region, e.inputs, e.outputs))
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))
