@@ -25,7 +25,7 @@ from mlxtriton.graph.evaluate import run
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of
 from mlxtriton.runtime import compiled as compiled_module
-from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV, vjp_function
+from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV, stop_shift_gradients, vjp_function
 from mlxtriton.runtime.launch import INTERPRET_ENV
 from tests.strategies import programs
 
@@ -581,3 +581,32 @@ def test_saving_route_places_gradients_by_input_position():
     with route("fused_backward"):
         got = mx.grad(mlxtriton.optimize(fn, chip="h200"), argnums=1)(labels, x)
     np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-7)
+
+
+def test_a_row_max_no_output_depends_on_is_differentiated_as_a_constant():
+    """x - max(x) under logsumexp - gather (cross-entropy) or softmax: MLX's VJP of the max adds
+    two row reductions whose result is zero up to rounding; the backward skips them."""
+    x = mx.array([[1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 2.0, 2.0], [-1.0, 4.0, 0.0, 4.0]])  # tied maxima
+    labels = mx.array([1, 0, 3])
+
+    def counts(fn, *args):
+        return stop_shift_gradients(mlxtriton.trace(fn)(*args)).primitive_counts().get("StopGradient", 0)
+
+    ce = FAMILIES["cross_entropy"][0]
+    assert counts(ce, x, labels) == 1
+    assert counts(lambda x: mx.softmax(x - x.max(-1, keepdims=True), -1), x) == 1
+    assert counts(lambda x: x - x.max(-1, keepdims=True), x) == 0  # the output keeps the shift
+    assert counts(lambda x: mx.exp(x - x.max(-1, keepdims=True)), x) == 0  # exp does not cancel it
+    assert counts(lambda x: mx.softmax(x - x.max(0, keepdims=True), -1), x) == 0  # other axis
+    with route("fused_backward"):
+        f = mlxtriton.optimize(ce, chip="m3")
+        cot = mx.array(1.7)
+        got = mx.vjp(lambda x: f(x, labels), [x], [cot])[1][0]
+    want = mx.vjp(lambda x: ce(x, labels), [x], [cot])[1][0]
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6, atol=1e-6)
+    region = next(e for e in f.graph(x, labels).eqns if e.primitive == "Fused")
+    backward = mlxtriton.trace(vjp_function(body_of(region)))(
+        [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body_of(region).inputs],
+        [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body_of(region).outputs])
+    reductions = sum(e.primitive == "Reduce" for e in backward.eqns)
+    assert reductions == 1  # the softmax's max only: no tie count, no sum of the cotangents

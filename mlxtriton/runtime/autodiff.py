@@ -86,7 +86,9 @@ def _of_inexact(source: Graph, flat: list) -> Callable[..., list]:
 def vjp_function(source: Graph) -> Callable[[list, list], list]:
     """``(primals, cotangents) -> cotangents of every input``: MLX's VJP of ``source`` evaluated
     with MLX ops (integer inputs get integer zeros). A plain MLX function: it can be compiled,
-    traced and optimised like any other (a region's backward as generated kernels)."""
+    traced and optimised like any other (a region's backward as generated kernels). A row max
+    the outputs do not depend on is differentiated as a constant (`stop_shift_gradients`)."""
+    source = stop_shift_gradients(source)
     inexact = _inexact(source)
 
     def backward(primals: list, cotangents: list) -> list:
@@ -97,6 +99,78 @@ def vjp_function(source: Graph) -> Callable[[list, list], list]:
         return out
 
     return backward
+
+
+def _shift_free(graph: Graph, shift: Var, x: Var, axes: tuple[int, ...]) -> bool:
+    """Whether no output of ``graph`` depends on the row shift ``s`` of ``shift = x - s``: every
+    value carrying ``+ s`` (a full row, its keepdims or squeezed per-row form) feeds only ops that
+    keep it (max, min, logsumexp or a one-per-row gather over ``axes``, broadcasts, adding an
+    unshifted value) or cancel it (a softmax; the difference of two shifted values)."""
+    full = x.shape
+    keep = tuple(1 if k in axes else n for k, n in enumerate(full))
+    squeezed = tuple(n for k, n in enumerate(full) if k not in axes)
+    shifted = {shift}
+    for e in graph.eqns:
+        hit = [v in shifted for v in e.inputs]
+        if not any(hit):
+            continue
+        out, p = e.outputs[0], e.primitive
+        if p == "Softmax" and hit == [True] and axes == (len(full) - 1,):
+            continue  # softmax(z + s) == softmax(z)
+        if p == "Subtract" and all(hit) and e.inputs[0].shape == e.inputs[1].shape:
+            continue  # (a + s) - (b + s): the shift cancels
+        keeps = (
+            (p == "Reduce" and e.params["kind"] in ("max", "min") and out.shape == keep
+             and tuple(sorted(a % len(full) for a in e.params["axes"])) == axes)
+            or (p == "LogSumExp" and axes == (len(full) - 1,) and out.shape == keep)
+            or (p == "GatherAxis" and hit == [True, False] and out.shape == keep
+                and (e.params["axis"] % len(full),) == axes)
+            or (p in ("Broadcast", "ExpandDims", "Squeeze") and out.shape in (full, keep, squeezed))
+            or (p in ("Add", "Subtract") and hit[0] != hit[1] and (p == "Add" or hit[0])
+                and out.shape in (full, keep, squeezed)))
+        if not keeps:
+            return False
+        shifted.add(out)
+    return not any(v in shifted for v in graph.outputs)
+
+
+def stop_shift_gradients(graph: Graph) -> Graph:
+    """``x - max(x)`` read as ``x - stop_gradient(max(x))`` where no output depends on the max:
+    logsumexp(x - m) - (x - m)[label] (how MLX writes cross-entropy) or softmax(x - m). The
+    gradient is the same in exact arithmetic, but MLX's VJP of max spreads the (rounding-size)
+    sum of the row's cotangents over the elements equal to the max, two more reductions over
+    the row, which for rows too long for registers are two more reads of it. A stop-gradient
+    is an identity for every other transformation.
+
+    Example:
+        >>> g = mlxtriton.trace(lambda x: mx.softmax(x - x.max(-1, keepdims=True), -1))(mx.ones((2, 4)))
+        >>> stop_shift_gradients(g).primitive_counts()["StopGradient"]
+        1
+    """
+    producer = {v: e for e in graph.eqns for v in e.outputs}
+    stops: dict[Eqn, Eqn] = {}
+    for e in graph.eqns:
+        if e.primitive != "Subtract":
+            continue
+        x, wide = e.inputs
+        b = producer.get(wide)
+        m = producer.get(b.inputs[0]) if b is not None and b.primitive == "Broadcast" else None
+        if (m is None or m.primitive != "Reduce" or m.params["kind"] != "max" or m.inputs[0] is not x
+                or wide.shape != x.shape or x.dtype not in dtypes.FLOATING):
+            continue
+        axes = tuple(sorted(a % x.ndim for a in m.params["axes"]))
+        if _shift_free(graph, e.outputs[0], x, axes):
+            stops[e] = make_eqn("StopGradient", [wide])
+    if not stops:
+        return graph
+    eqns: list[Eqn] = []
+    for e in graph.eqns:
+        if e in stops:
+            stop = stops[e]
+            eqns += [stop, Eqn(e.primitive, (e.inputs[0], stop.outputs[0]), e.outputs, e.params)]
+        else:
+            eqns.append(e)
+    return graph.replace(eqns=tuple(eqns))
 
 
 def differentiable(forward: Callable[..., list], source: Graph, backward_chip: Any = None) -> Callable[..., list]:
