@@ -384,7 +384,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
         lines.append(f"const {it} mt_row = mt_active ? mt_row_raw : {R - 1};")
     else:
         lines.append(f"const {it} mt_row = mt_row_raw;")
-    if T > W and not s.interleaved:
+    if T > W:  # (unused in an interleaved row: _drop_dead removes them)
         lines.append(f"const int mt_warp = mt_tid / {W};")
         lines.append(f"const int mt_wlane = mt_tid % {W};")
     if "row" in specials:
@@ -575,38 +575,8 @@ def _acc_type(u: UOp, k: int) -> str:
 
 def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, list[str]],
                             aliased: dict[UOp, UOp]) -> None:
-    s, d = r.s, r.d
-    T, W = s.threads_per_row, s.simd_width
     lines = r.lines
-    if s.interleaved:
-        _combine_interleaved(r, accs)
-    else:
-        for u, acc in accs.items():
-            lines.extend(_shuffle_tree(r, u, acc, min(T, W)))
-    if T > W and not s.interleaved:
-        warps = T // W
-        stage: list[str] = []
-        for u, acc in accs.items():
-            arrays = []
-            for k, a in enumerate(acc):
-                sm = r.tmp("mt_sm")
-                r.shared_decls.append(f"{d.shared} {d.type(_acc_type(u, k))} {sm}[{warps}];")
-                arrays.append(sm)
-            stage.append((u, acc, arrays))
-        lines.append("if (mt_wlane == 0) {")
-        for u, acc, arrays in stage:
-            lines.extend(_indent([f"{sm}[mt_warp] = {a};" for sm, a in zip(arrays, acc)]))
-        lines.append("}")
-        # one barrier per pass; each reduction owns its slots, so no barrier guards reuse
-        lines.append(d.barrier)
-        for u, acc, arrays in stage:
-            idents = _partial_identities(r, u)
-            for sm, a, ident in zip(arrays, acc, idents):
-                lines.append(f"{a} = mt_wlane < {warps} ? {sm}[mt_wlane] : {ident};")
-            # Over the whole SIMD-group, not just the first `warps` lanes: a narrower butterfly
-            # leaves lanes >= its width holding only identities (seen on the H200: 192-thread
-            # rows of 3000 gave inf and 0 in lanes 8-31), and every lane reads the result.
-            lines.extend(_shuffle_tree(r, u, acc, W))
+    (_combine_interleaved if r.s.interleaved else _combine_simd)(r, accs)
     for u, acc in accs.items():
         if u.arg == "sumexp":
             # The running sum counts elements equal to the running max as exp(0) = 1, so that
@@ -621,6 +591,47 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
         r.bound[_KERNEL][mx_node] = accs[online][0]
 
 
+def _shared_partials(r: _Renderer, accs: dict[UOp, list[str]], slots: int
+                     ) -> list[tuple[UOp, list[str], list[str]]]:
+    """(reduction, accumulators, threadgroup arrays of ``slots`` partials, one per accumulator)."""
+    stage = []
+    for u, acc in accs.items():
+        arrays = []
+        for k in range(len(acc)):
+            sm = r.tmp("mt_sm")
+            r.shared_decls.append(f"{r.d.shared} {r.d.type(_acc_type(u, k))} {sm}[{slots}];")
+            arrays.append(sm)
+        stage.append((u, acc, arrays))
+    return stage
+
+
+def _combine_simd(r: _Renderer, accs: dict[UOp, list[str]]) -> None:
+    """Lanes of a row are neighbouring threads: shuffles inside each SIMD-group, then (rows wider
+    than one) the SIMD-groups' partials through threadgroup memory and shuffles again."""
+    s, lines = r.s, r.lines
+    T, W = s.threads_per_row, s.simd_width
+    for u, acc in accs.items():
+        lines.extend(_shuffle_tree(r, u, acc, min(T, W)))
+    if T <= W:
+        return
+    warps = T // W
+    stage = _shared_partials(r, accs, warps)
+    lines.append("if (mt_wlane == 0) {")
+    for u, acc, arrays in stage:
+        lines.extend(_indent([f"{sm}[mt_warp] = {a};" for sm, a in zip(arrays, acc)]))
+    lines.append("}")
+    # one barrier per pass; each reduction owns its slots, so no barrier guards reuse
+    lines.append(r.d.barrier)
+    for u, acc, arrays in stage:
+        idents = _partial_identities(r, u)
+        for sm, a, ident in zip(arrays, acc, idents):
+            lines.append(f"{a} = mt_wlane < {warps} ? {sm}[mt_wlane] : {ident};")
+        # Over the whole SIMD-group, not just the first `warps` lanes: a narrower butterfly
+        # leaves lanes >= its width holding only identities (seen on the H200: 192-thread
+        # rows of 3000 gave inf and 0 in lanes 8-31), and every lane reads the result.
+        lines.extend(_shuffle_tree(r, u, acc, W))
+
+
 def _combine_interleaved(r: _Renderer, accs: dict[UOp, list[str]]) -> None:
     """Lanes of an interleaved row sit ``rows_per_group`` threads apart, in different
     SIMD-groups: each thread leaves its partials in threadgroup memory (slot ``mt_tid`` is lane
@@ -628,15 +639,9 @@ def _combine_interleaved(r: _Renderer, accs: dict[UOp, list[str]]) -> None:
     of them hold the same total."""
     s, d = r.s, r.d
     T, G = s.threads_per_row, s.rows_per_group
-    stage = []
-    for u, acc in accs.items():
-        arrays = []
-        for k, a in enumerate(acc):
-            sm = r.tmp("mt_sm")
-            r.shared_decls.append(f"{d.shared} {d.type(_acc_type(u, k))} {sm}[{T * G}];")
-            r.lines.append(f"{sm}[mt_tid] = {a};")
-            arrays.append(sm)
-        stage.append((u, acc, arrays))
+    stage = _shared_partials(r, accs, T * G)
+    for u, acc, arrays in stage:
+        r.lines.extend(f"{sm}[mt_tid] = {a};" for sm, a in zip(arrays, acc))
     r.lines.append(d.barrier)  # one per pass; each reduction owns its slots
     for u, acc, arrays in stage:
         r.lines.extend(f"{a} = {sm}[mt_tid % {G}];" for sm, a in zip(arrays, acc))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import mlx.core as mx
 
@@ -101,36 +101,66 @@ def vjp_function(source: Graph) -> Callable[[list, list], list]:
     return backward
 
 
-def _shift_free(graph: Graph, shift: Var, x: Var, axes: tuple[int, ...]) -> bool:
+class _Rows(NamedTuple):
+    """The forms a value carrying a per-row shift takes: a full row, keepdims, squeezed."""
+
+    full: tuple[int, ...]
+    axes: tuple[int, ...]  # the reduced (row) axes
+
+    @property
+    def keep(self) -> tuple[int, ...]:
+        return tuple(1 if k in self.axes else n for k, n in enumerate(self.full))
+
+    @property
+    def forms(self) -> tuple[tuple[int, ...], ...]:
+        return self.full, self.keep, tuple(n for k, n in enumerate(self.full) if k not in self.axes)
+
+    @property
+    def last(self) -> bool:
+        return self.axes == (len(self.full) - 1,)
+
+    def reduces(self, axes) -> bool:
+        return tuple(sorted(a % len(self.full) for a in axes)) == self.axes
+
+
+# What a primitive does to a per-row shift ``s`` of the inputs marked True: "keeps" it (the output
+# carries ``+ s``), "cancels" it (the output does not depend on ``s``), or None (anything else:
+# the output depends on ``s`` some other way).
+_SHIFT_RULES: dict[str, Callable[[Eqn, list[bool], _Rows], str | None]] = {
+    "Softmax": lambda e, hit, rows: "cancels" if hit == [True] and rows.last else None,
+    "Reduce": lambda e, hit, rows: "keeps" if (
+        e.params["kind"] in ("max", "min") and rows.reduces(e.params["axes"])
+        and e.outputs[0].shape == rows.keep) else None,
+    "LogSumExp": lambda e, hit, rows: "keeps" if rows.last and e.outputs[0].shape == rows.keep else None,
+    "GatherAxis": lambda e, hit, rows: "keeps" if (
+        hit == [True, False] and rows.reduces([e.params["axis"]])
+        and e.outputs[0].shape == rows.keep) else None,
+    **{p: (lambda e, hit, rows: "keeps" if e.outputs[0].shape in rows.forms else None)
+       for p in ("Broadcast", "ExpandDims", "Squeeze")},
+    "Add": lambda e, hit, rows: "keeps" if (
+        hit[0] != hit[1] and e.outputs[0].shape in rows.forms) else None,
+    "Subtract": lambda e, hit, rows: (
+        "cancels" if all(hit) and e.inputs[0].shape == e.inputs[1].shape
+        else "keeps" if hit == [True, False] and e.outputs[0].shape in rows.forms else None),
+}
+
+
+def _shift_free(graph: Graph, shift: Var, rows: _Rows) -> bool:
     """Whether no output of ``graph`` depends on the row shift ``s`` of ``shift = x - s``: every
-    value carrying ``+ s`` (a full row, its keepdims or squeezed per-row form) feeds only ops that
-    keep it (max, min, logsumexp or a one-per-row gather over ``axes``, broadcasts, adding an
-    unshifted value) or cancel it (a softmax; the difference of two shifted values)."""
-    full = x.shape
-    keep = tuple(1 if k in axes else n for k, n in enumerate(full))
-    squeezed = tuple(n for k, n in enumerate(full) if k not in axes)
+    value carrying ``+ s`` feeds only ops that keep it (max, min, logsumexp or a one-per-row
+    gather over the row, broadcasts, adding an unshifted value) or cancel it (a softmax; the
+    difference of two shifted values): `_SHIFT_RULES`."""
     shifted = {shift}
     for e in graph.eqns:
         hit = [v in shifted for v in e.inputs]
         if not any(hit):
             continue
-        out, p = e.outputs[0], e.primitive
-        if p == "Softmax" and hit == [True] and axes == (len(full) - 1,):
-            continue  # softmax(z + s) == softmax(z)
-        if p == "Subtract" and all(hit) and e.inputs[0].shape == e.inputs[1].shape:
-            continue  # (a + s) - (b + s): the shift cancels
-        keeps = (
-            (p == "Reduce" and e.params["kind"] in ("max", "min") and out.shape == keep
-             and tuple(sorted(a % len(full) for a in e.params["axes"])) == axes)
-            or (p == "LogSumExp" and axes == (len(full) - 1,) and out.shape == keep)
-            or (p == "GatherAxis" and hit == [True, False] and out.shape == keep
-                and (e.params["axis"] % len(full),) == axes)
-            or (p in ("Broadcast", "ExpandDims", "Squeeze") and out.shape in (full, keep, squeezed))
-            or (p in ("Add", "Subtract") and hit[0] != hit[1] and (p == "Add" or hit[0])
-                and out.shape in (full, keep, squeezed)))
-        if not keeps:
+        rule = _SHIFT_RULES.get(e.primitive)
+        effect = rule(e, hit, rows) if rule else None
+        if effect is None:
             return False
-        shifted.add(out)
+        if effect == "keeps":
+            shifted.add(e.outputs[0])
     return not any(v in shifted for v in graph.outputs)
 
 
@@ -147,19 +177,18 @@ def stop_shift_gradients(graph: Graph) -> Graph:
         >>> stop_shift_gradients(g).primitive_counts()["StopGradient"]
         1
     """
-    producer = {v: e for e in graph.eqns for v in e.outputs}
     stops: dict[Eqn, Eqn] = {}
     for e in graph.eqns:
         if e.primitive != "Subtract":
             continue
         x, wide = e.inputs
-        b = producer.get(wide)
-        m = producer.get(b.inputs[0]) if b is not None and b.primitive == "Broadcast" else None
+        b = graph.producer(wide)
+        m = graph.producer(b.inputs[0]) if b is not None and b.primitive == "Broadcast" else None
         if (m is None or m.primitive != "Reduce" or m.params["kind"] != "max" or m.inputs[0] is not x
                 or wide.shape != x.shape or x.dtype not in dtypes.FLOATING):
             continue
-        axes = tuple(sorted(a % x.ndim for a in m.params["axes"]))
-        if _shift_free(graph, e.outputs[0], x, axes):
+        rows = _Rows(x.shape, tuple(sorted(a % x.ndim for a in m.params["axes"])))
+        if _shift_free(graph, e.outputs[0], rows):
             stops[e] = make_eqn("StopGradient", [wide])
     if not stops:
         return graph
