@@ -15,6 +15,7 @@ from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import ROW_LOADS, Role, role
 from mlxtriton.fusion.index_space import IndexSpace, RegionError, analyze
 from mlxtriton.fusion.report import Boundary, FusionReport, RegionReport, Unfused
+from mlxtriton.fusion.split import SplitDecision, split_reductions
 
 # Arrays (inputs + outputs) one generated kernel may bind. Metal binds at most 31 buffers per
 # compute command encoder (developer.apple.com/metal/limits, "buffer argument table"); MLX's own
@@ -287,7 +288,7 @@ def _region(clustering: _Clustering, view: list[Eqn], reads: list[Var], outs: li
     return fused_eqn(body, body_inputs, tuple(outs), space.kind, name), report
 
 
-def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
+def fuse_with_report(graph: Graph, chip=None, *, split: bool = True) -> tuple[Graph, FusionReport]:
     """Group a graph's equations into `Fused` regions, one generated kernel each.
 
     Pointwise regions are DAGs of elementwise ops; row regions add reductions over trailing axes
@@ -299,6 +300,8 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
         graph: a graph from `mlxtriton.trace`.
         chip: the chip to fuse for (a name or `mlxtriton.hw.Profile`); it sets how many arrays one
             kernel may bind. None: the strictest limit (Metal), valid on every backend.
+        split: first split reductions over too few rows for the chip's cores in two levels
+            (`split.split_reductions`; needs a chip). False keeps one kernel per reduction.
 
     Returns:
         ``(fused graph, report)``: the graph computes the same values (on CPU, bit for bit: a
@@ -312,6 +315,10 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
         >>> fused.primitive_counts(), report.regions[0].kind
         ({'Fused': 1}, 'row')
     """
+    # Reports number equations in the graph clustered: after a split, the split graph.
+    splits: list[SplitDecision] = []
+    if split:
+        graph, splits = split_reductions(graph, chip)
     position = {e: i for i, e in enumerate(graph.eqns)}
     graph = dce(graph)
     clustering = _Clustering(graph, max_arrays(chip), position)
@@ -375,7 +382,8 @@ def fuse_with_report(graph: Graph, chip=None) -> tuple[Graph, FusionReport]:
                       "region: stays an MLX op (a view where MLX can)")
         unfused.append(Unfused(position[e], e.primitive, _signature(e), reason))
     unfused.sort(key=lambda u: u.equation)
-    return result, FusionReport(tuple(regions), tuple(unfused), tuple(clustering.boundaries))
+    return result, FusionReport(tuple(regions), tuple(unfused), tuple(clustering.boundaries),
+                                splits=tuple(splits))
 
 
 def fuse(graph: Graph, chip=None) -> Graph:

@@ -105,12 +105,14 @@ class FusionReport:
     unfused: tuple[Unfused, ...] = ()
     boundaries: tuple[Boundary, ...] = ()
     layout: tuple[LayoutDecision, ...] = field(default=())
+    splits: tuple = ()  # split.SplitDecision: reductions split in two levels before clustering
 
     def with_layout(self, decisions) -> "FusionReport":
         return replace(self, layout=self.layout + tuple(decisions))
 
     def as_text(self) -> str:
-        lines = [f"{len(self.regions)} fused region(s)"]
+        lines = [d.as_text() for d in self.splits]
+        lines.append(f"{len(self.regions)} fused region(s)")
         lines += ["  " + r.as_text() for r in self.regions]
         if self.unfused:
             lines.append(f"{len(self.unfused)} equation(s) left as MLX ops")

@@ -107,8 +107,10 @@ class Lowered:
 
 
 def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = None,
-               dialect: str | None = None) -> tuple[Graph, list[StageReport]]:
-    """Run the selected passes in pipeline order; each stage's graph and what it decided."""
+               dialect: str | None = None, single_kernel: bool = False
+               ) -> tuple[Graph, list[StageReport]]:
+    """Run the selected passes in pipeline order; each stage's graph and what it decided.
+    ``single_kernel`` (`@kernel`): no reduction is split in two levels."""
     stages: list[StageReport] = []
     target = hw.target(chip, device)
     for name in PIPELINE:
@@ -118,7 +120,7 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
             graph, rewrites = optimize_patterns(graph, target.chip, fusing="fuse" in passes)
             stages.append(StageReport(name, graph, rewrites.lines(), rewrites))
         elif name == "fuse":
-            graph, report = fuse_with_report(graph, target.chip)
+            graph, report = fuse_with_report(graph, target.chip, split=not single_kernel)
             stages.append(StageReport(name, graph, _fusion_lines(report)))
         elif name == "layout":
             graph, decisions = layout_with_report(graph, target.chip)
@@ -132,7 +134,8 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
 
 
 def _fusion_lines(report: FusionReport) -> list[str]:
-    lines = [r.as_text() for r in report.regions]
+    lines = [d.as_text() for d in report.splits]
+    lines += [r.as_text() for r in report.regions]
     lines += [f"not fused: {u.as_text()}" for u in report.unfused]
     lines += [f"boundary: {b.as_text()}" for b in report.boundaries]
     return lines
@@ -359,7 +362,8 @@ class Compiled:
 
     def _build(self, args, kwargs, device) -> tuple[_Executable, Any]:
         graph = self._trace(args, kwargs)
-        optimized, _ = run_passes(graph, self.passes, self.chip, device)
+        optimized, _ = run_passes(graph, self.passes, self.chip, device,
+                                  single_kernel=self.single_kernel)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
         executable = _executable(optimized, self.chip, device)
@@ -371,7 +375,8 @@ class Compiled:
     def graph(self, *args, **kwargs) -> Graph:
         """The optimised graph for these arguments: what will run, fused regions included."""
         args = self._call_args(args)
-        return run_passes(self._trace(args, kwargs), self.passes, self.chip)[0]
+        return run_passes(self._trace(args, kwargs), self.passes, self.chip,
+                          single_kernel=self.single_kernel)[0]
 
     def lower(self, *args, target: str | None = None, **kwargs) -> Lowered:
         """The kernels a call with these arguments would launch, for ``target`` ("metal" or
@@ -384,7 +389,8 @@ class Compiled:
         args = self._call_args(args)
         graph = self._trace(args, kwargs)
         ktarget, dialect = kernel_target(self.chip, None, target)
-        optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect)
+        optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
+                                  self.single_kernel)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
         kernels, fallbacks = [], []
@@ -404,7 +410,8 @@ class Compiled:
         args = self._call_args(args)
         graph = self._trace(args, kwargs)
         ktarget, dialect = kernel_target(self.chip, None, target)
-        optimized, stages = run_passes(graph, self.passes, self.chip, ktarget.device, dialect)
+        optimized, stages = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
+                                       self.single_kernel)
         kernels = []
         for e in optimized.eqns:
             if is_fused(e):
@@ -446,7 +453,7 @@ def check_single_kernel(graph: Graph, optimized: Graph, passes, chip) -> None:
     others = [e for e in optimized.eqns if not is_fused(e)]
     if len(fused) == 1 and not others:
         return
-    _, report = fuse_with_report(graph, hw.resolve(chip))
+    _, report = fuse_with_report(graph, hw.resolve(chip), split=False)
     if others:
         # Name the equation that computes something (a Matmul), not the reshape feeding it.
         from mlxtriton.graph.primitives import Family, get as get_primitive

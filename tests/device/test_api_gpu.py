@@ -70,3 +70,23 @@ def test_fused_call_allocates_only_its_outputs():
     y = f(x)
     mx.eval(y)
     assert mx.get_peak_memory() - base <= y.nbytes * 1.01 + (1 << 16)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", ["sum of squares", "mse", "row max", "variance", "over two axes"])
+def test_two_level_reductions_match_mlx(case, dtype):
+    """Reductions over too few rows for the chip, split in two levels at their real sizes."""
+    mx.random.seed(5)
+    a, b = mx.random.normal((1 << 22,)).astype(dtype), mx.random.normal((1 << 22,)).astype(dtype)
+    fn, args = {
+        "sum of squares": (lambda x: mx.sqrt(mx.sum(x * x)), (a,)),
+        "mse": (lambda x, y: mx.mean((x - y) ** 2), (a, b)),
+        "row max": (lambda x: mx.max(x.reshape(8, -1) * 2, axis=-1), (a,)),
+        "variance": (lambda x: mx.var(x.reshape(16, -1), axis=-1), (a,)),
+        "over two axes": (lambda x, y: mx.sum(x.reshape(4, 1024, 1024) * y[:1024], axis=(1, 2)), (a, b)),
+    }[case]
+    f = mlxtriton.optimize(fn)
+    assert "split:" in str(f.explain(*args))
+    assert len(f.lower(*args)) >= 2
+    want = fn(*(x.astype(mx.float32) for x in args))  # float32 reference for the bf16 sums
+    _close(f(*args), want.astype(dtype), TOL[dtype])

@@ -1,0 +1,228 @@
+"""Fusion layer: the graph -> graph pass that splits a long reduction over few rows into two
+levels, so that a row kernel has enough threadgroups to fill the chip. May import mlxtriton.graph
+and mlxtriton.hw.
+
+A row kernel gives each row one threadgroup. ``mx.sum(x * x)`` over 4M elements is one row: one
+threadgroup on one core streams the whole array while the others idle. Splitting the row into
+``S`` segments turns it into two reductions, each an ordinary row kernel:
+
+    sum(f(x))  ->  sum(sum(f(reshape(x, [S, L/S])), axis=-1))
+
+the first over ``R * S`` rows of ``L / S`` elements (``f``, the pointwise work feeding the
+reduction, is rebuilt on the reshaped inputs so that it fuses into that kernel: a reshape may only
+sit on a region's loads), the second over ``R`` rows of ``S`` partials. Sums and products of
+float16 / bfloat16 keep their partials in float32 and round once, as MLX's own reductions do.
+Associative reductions only (sum, prod, max, min, and, or): arg-reductions, ``LogSumExp`` and
+``Softmax`` over few long rows still run one threadgroup per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.transforms import dce, make_eqn, substitute, topological_sort
+
+from mlxtriton.fusion._rules import ELEMENTWISE
+
+SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})
+
+# Threadgroups a split aims for, per GPU core: several resident per core keep enough loads in
+# flight to cover memory latency (an H200 SM holds four 512-thread blocks; an Apple core, 1024
+# threads at full occupancy with small threadgroups).
+GROUPS_PER_CORE = 4
+# A reduction smaller than this stays one level: one threadgroup streams it in a few microseconds,
+# about the cost of the second kernel a split adds.
+MIN_SPLIT_BYTES = 1 << 20
+# Elements each first-level row keeps, so that its threadgroup still has a row's worth of work.
+MIN_SEGMENT = 4096
+# Partials the second level combines at most: one row kernel's threadgroup.
+MAX_SEGMENTS = 1024
+
+_WIDE = {"float16": "float32", "bfloat16": "float32"}
+
+
+@dataclass(frozen=True)
+class SplitDecision:
+    """One reduction split in two levels: ``rows`` rows of ``length`` elements became
+    ``rows * segments`` rows of ``length // segments``, then ``rows`` rows of ``segments``."""
+
+    equation: int  # position in the graph the pass read
+    kind: str
+    rows: int
+    length: int
+    segments: int
+    cores: int
+    eqns: tuple[Eqn, ...] = field(default=(), repr=False, compare=False)  # what replaced it
+
+    def as_text(self) -> str:
+        return (f"split: traced eqn {self.equation} Reduce {self.kind} of {self.rows} row(s) x {self.length} "
+                f"-> {self.rows * self.segments} x {self.length // self.segments} then "
+                f"{self.rows} x {self.segments} (too few rows for {self.cores} cores)")
+
+
+def segments(rows: int, length: int, first: int, itemsize: int, cores: int) -> int:
+    """How many segments to cut each row into (1: leave it): a divisor ``S`` of ``first`` (the
+    outermost reduced extent that can be cut) filling ``GROUPS_PER_CORE * cores`` threadgroups."""
+    if rows >= cores or rows * length * itemsize < MIN_SPLIT_BYTES:
+        return 1
+    want = min(MAX_SEGMENTS, -(-GROUPS_PER_CORE * cores // rows), length // MIN_SEGMENT)
+    return max((d for d in range(2, want + 1) if first % d == 0), default=1)
+
+
+class _Cone:
+    """Rebuilds the pointwise work feeding a reduction on inputs whose reduced dims are cut in
+    two. ``split(q)`` maps a value's reduced dims (rank-aligned to the operand) to their new
+    shape; values the cone reads from outside are reshaped (a load's index arithmetic)."""
+
+    def __init__(self, graph: Graph, operand: Var, lead: int, split):
+        self.graph, self.operand, self.lead, self.split = graph, operand, lead, split
+        self.eqns: list[Eqn] = []
+        self.memo: dict[Var, Var] = {}
+
+    def emit(self, primitive: str, inputs, **params) -> Var:
+        e = make_eqn(primitive, inputs, params)
+        self.eqns.append(e)
+        return e.outputs[0]
+
+    def reshape(self, v: Var, shape: tuple[int, ...]) -> Var:
+        return v if v.shape == shape else self.emit("Reshape", [v], shape=shape)
+
+    def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        q = self.split(shape[self.lead:])
+        return None if q is None else shape[:self.lead] + q
+
+    def value(self, v: Var) -> Var | None:
+        """``v`` (shaped like the operand) in the cut shape; None where it cannot be cut."""
+        if v in self.memo:
+            return self.memo[v]
+        out = self.operand.shape
+        e = self.graph.producer(v)
+        if e is not None and e.primitive in ELEMENTWISE and len(e.outputs) == 1 and all(
+                u.shape == out for u in e.inputs):
+            inputs = [self.value(u) for u in e.inputs]
+            if any(u is None for u in inputs):
+                return None
+            new = self.emit(e.primitive, inputs, **dict(e.params))
+        elif e is not None and e.primitive == "Broadcast" and len(e.inputs) == 1:
+            src = e.inputs[0]
+            aligned = (1,) * (len(out) - src.ndim) + src.shape
+            target = self.new_shape(aligned)
+            if target is None:
+                return None
+            new = self.emit("Broadcast", [self.reshape(src, target)], shape=self.new_shape(out))
+        else:
+            new = self.reshape(v, self.new_shape(out))
+        self.memo[v] = new
+        return new
+
+
+def _cut(reduced: tuple[int, ...], flat: bool, s: int):
+    """The reduced dims' new shape: the first (or, ``flat``, all of them together) cut into
+    ``s`` segments; a broadcast source's size-1 dims stay size 1."""
+
+    def split(q: tuple[int, ...]) -> tuple[int, ...] | None:
+        if flat:
+            if q == reduced:
+                return (s, math.prod(reduced) // s)
+            return (1, 1) if all(d == 1 for d in q) else None
+        head = (s, q[0] // s) if q[0] == reduced[0] else (1, 1)
+        return head + q[1:]
+
+    return split
+
+
+def _leaves_full_or_scalar(graph: Graph, operand: Var, lead: int) -> bool:
+    """Whether every broadcast feeding the operand's pointwise cone is full or constant over the
+    reduced dims (then they may be flattened into one before cutting)."""
+    seen, stack = set(), [operand]
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        e = graph.producer(v)
+        if e is None:
+            continue
+        if e.primitive in ELEMENTWISE and all(u.shape == operand.shape for u in e.inputs):
+            stack.extend(e.inputs)
+        elif e.primitive == "Broadcast" and len(e.inputs) == 1:
+            src = e.inputs[0]
+            q = ((1,) * (operand.ndim - src.ndim) + src.shape)[lead:]
+            if q != operand.shape[lead:] and any(d != 1 for d in q):
+                return False
+    return True
+
+
+def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
+    """Split every reduction over the trailing axes whose rows are too few for ``chip``'s cores
+    and long enough to be worth a second kernel (`segments`).
+
+    Args:
+        graph: a graph from `mlxtriton.trace` (before `fuse`).
+        chip: a chip name or `mlxtriton.hw.Profile`; None leaves the graph as it is (the core
+            count decides the split).
+
+    Returns:
+        ``(graph, decisions)``: the graph computes the same values up to the order of the
+        additions; one decision per split reduction.
+
+    Example:
+        >>> import mlx.core as mx, mlxtriton
+        >>> g = mlxtriton.trace(lambda x: mx.sum(x * x))(mx.ones((1 << 20,)))
+        >>> split, decisions = split_reductions(g, "h200")
+        >>> decisions[0].segments, split.primitive_counts()["Reduce"]
+        (256, 2)
+    """
+    if chip is None:
+        return graph, []
+    from mlxtriton import hw
+
+    cores = max(hw.resolve(chip).gpu_cores or (1,))
+    mapping: dict[Var, Var] = {}
+    new_eqns: list[Eqn] = []
+    decisions: list[SplitDecision] = []
+    for i, e in enumerate(graph.eqns):
+        if e.primitive != "Reduce" or e.params["kind"] not in SPLITTABLE:
+            continue
+        x, out = e.inputs[0], e.outputs[0]
+        axes = tuple(sorted(a % x.ndim for a in e.params["axes"]))
+        lead = x.ndim - len(axes)
+        if not axes or axes != tuple(range(lead, x.ndim)):
+            continue  # not a row reduction (column reductions are strided kernels of their own)
+        reduced = x.shape[lead:]
+        rows, length = math.prod(x.shape[:lead]), math.prod(reduced)
+        flat = len(reduced) > 1 and _leaves_full_or_scalar(graph, x, lead)
+        first = length if flat else reduced[0]
+        s = segments(rows, length, first, _itemsize(x.dtype), cores)
+        if s == 1:
+            continue
+        cone = _Cone(graph, x, lead, _cut(reduced, flat, s))
+        cut = cone.value(x)
+        if cut is None:
+            continue
+        kind, wide = e.params["kind"], _WIDE.get(out.dtype) if e.params["kind"] in ("sum", "prod") else None
+        if wide and cut.dtype == out.dtype:
+            cut = cone.emit("AsType", [cut], dtype=wide)
+        inner = tuple(range(lead + 1, cut.ndim))
+        partial = cone.emit("Reduce", [cut], kind=kind, axes=inner)
+        total = cone.emit("Reduce", [partial], kind=kind, axes=tuple(range(lead, cut.ndim)))
+        if total.dtype != out.dtype:
+            total = cone.emit("AsType", [total], dtype=out.dtype)
+        total = cone.reshape(total, out.shape)
+        new_eqns.extend(cone.eqns)
+        mapping[out] = total
+        decisions.append(SplitDecision(i, kind, rows, length, s, cores, tuple(cone.eqns)))
+    if not decisions:
+        return graph, []
+    g = graph.replace(eqns=graph.eqns + tuple(new_eqns))
+    g = substitute(g, mapping)
+    g = g.replace(eqns=topological_sort(g.eqns, list(g.inputs) + [v for v, _ in g.constants]))
+    return dce(g), decisions
+
+
+def _itemsize(dtype: str) -> int:
+    from mlxtriton.graph import dtypes
+
+    return dtypes.itemsize(dtype)

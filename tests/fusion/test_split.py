@@ -1,0 +1,150 @@
+"""Two-level reductions: a long reduction over too few rows for the chip is split into a row kernel
+over segments and a second over the partials. The split graph computes what the traced one does
+(JAX oracle, every reducing kind), the pointwise work feeding it moves into the first kernel, and
+`@kernel` never splits."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlxtriton
+from mlxtriton.fusion import fuse_with_report, split as split_module
+from mlxtriton.fusion.split import split_reductions
+from mlxtriton.graph import evaluate, verify
+from tests.codegen import metal_check
+from tests.fusion.test_properties import check_bodies
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """Split tiny test arrays as the chip would split large ones."""
+    monkeypatch.setattr(split_module, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(split_module, "MIN_SEGMENT", 4)
+
+
+def _np(a):
+    a = a.astype(mx.float32) if isinstance(a, mx.array) else a
+    return np.asarray(a).astype(np.float64)
+
+
+def _close(want, got, tol):
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.shape == b.shape and str(a.dtype) == str(b.dtype)
+        t = 2e-2 if "bfloat16" in str(a.dtype) else tol
+        np.testing.assert_allclose(_np(a), _np(b), rtol=t, atol=t, equal_nan=True)
+
+
+def _trace(fn, *args):
+    return mlxtriton.trace(fn)(*args)
+
+
+def test_a_full_sum_is_split_to_fill_the_chip():
+    g = _trace(lambda x: mx.sum(x * x), mx.ones((1 << 20,)))
+    split, decisions = split_reductions(g, "h200")
+    (d,) = decisions
+    # 4 threadgroups per SM on 132 SMs asks for 528; 1M / 4096 allows 256.
+    assert (d.rows, d.length, d.segments, d.cores) == (1, 1 << 20, 256, 132)
+    assert "-> 256 x 4096 then 1 x 256" in d.as_text()
+    verify(split)
+    fused, report = fuse_with_report(g, "h200")
+    assert [(r.kind, r.shape) for r in report.regions] == [("row", (256, 4096)), ("row", (256,))]
+    assert report.splits == (d,) and str(report).startswith("split: traced eqn 1 Reduce sum")
+    # The square fused into the first level, which reads x itself (its reshape is index arithmetic).
+    first = next(e for e in fused.eqns if e.primitive == "Fused")
+    assert first.inputs[0].shape == (1 << 20,) and "Multiply" in first.params["body"].primitive_counts()
+    # An M3 (10 cores) asks for 40: the largest divisor of 2^20 below is 32.
+    assert split_reductions(g, "m3")[1][0].segments == 32
+
+
+@pytest.mark.parametrize("shape, axis, why", [
+    ((256, 65536), -1, "rows fill the chip"),
+    ((1000,), None, "too small to be worth a second kernel"),
+    ((1, 1 << 20), 0, "not a reduction over trailing axes"),
+])
+def test_no_split(shape, axis, why):
+    g = _trace(lambda x: mx.sum(x, axis=axis), mx.ones(shape))
+    assert split_reductions(g, "h200")[1] == [], why
+    assert split_reductions(g, None)[1] == []
+
+
+def test_a_prime_length_has_no_segments():
+    g = _trace(lambda x: mx.sum(x), mx.ones((1048573,)))  # prime
+    assert split_reductions(g, "h200")[1] == []
+
+
+_X = mx.random.normal((8, 64), key=mx.random.key(0))
+_W = mx.random.normal((64,), key=mx.random.key(1))
+_Y3 = mx.random.normal((3, 8, 16), key=mx.random.key(2))
+_B3 = mx.random.normal((3, 1, 16), key=mx.random.key(3))
+_NAN = mx.where(mx.arange(64 * 8).reshape(8, 64) == 77, mx.array(float("nan")), _X)
+
+CASES = {
+    "sum of squares": (lambda x: mx.sum(x * x), (_X,)),
+    "mean with a broadcast weight": (lambda x, w: mx.mean((x * w) ** 2), (_X, _W)),
+    "two trailing axes, broadcast": (lambda y, b: mx.sum(mx.exp(y - b), axis=(1, 2)), (_Y3, _B3)),
+    "keepdims and an epilogue": (lambda y: y / mx.sum(mx.abs(y), axis=(1, 2), keepdims=True), (_Y3,)),
+    "variance": (lambda x: mx.var(x), (_X,)),
+    "max with NaN": (lambda x: mx.max(x), (_NAN,)),
+    "min": (lambda x: mx.min(x * 2.0), (_X,)),
+    "prod": (lambda x: mx.prod(1.0 + x * 0.01), (_X,)),
+    "all / any": (lambda x: (mx.all(x > -3.0), mx.any(x > 2.5)), (_X,)),
+    "int32 sum": (lambda x: mx.sum((x * 10).astype(mx.int32)), (_X,)),
+    "bool sum": (lambda x: mx.sum(x > 0), (_X,)),
+    "through a transpose": (lambda x: mx.sum(x.T * mx.arange(8)), (_X,)),
+    "bfloat16": (lambda x: mx.sum(x.astype(mx.bfloat16) * 3), (_X,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_split_graph_equals_the_traced_one(name, small):
+    fn, args = CASES[name]
+    g = _trace(fn, *args)
+    split, decisions = split_reductions(g, "h200")
+    assert decisions, "the case must split"
+    verify(split)
+    for backend in ("jax", "mlx"):
+        _close(evaluate(g, *args, backend=backend), evaluate(split, *args, backend=backend), 1e-5)
+    fused, _ = fuse_with_report(g, "h200")
+    check_bodies(fused)
+
+
+def test_half_partials_stay_float32(small):
+    x = (mx.arange(4096) % 7 + 1.0 / 256).astype(mx.bfloat16)
+    g = _trace(lambda x: mx.sum(x), x)
+    split, (d,) = split_reductions(g, "h200")
+    reduces = [e for e in split.eqns if e.primitive == "Reduce"]
+    assert [e.outputs[0].dtype for e in reduces] == ["float32", "float32"]
+    assert split.outputs[0].dtype == "bfloat16"
+    # Partials in float32 and one rounding: the float64 sum rounded to bfloat16.
+    exact = np.asarray(x.astype(mx.float32)).astype(np.float64).sum()
+    assert evaluate(split, x).item() == mx.array(exact).astype(mx.bfloat16).item()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_split_kernels_run_in_the_interpreter(name, small, monkeypatch):
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    fn, args = CASES[name]
+    f = mlxtriton.optimize(fn, chip="h200")
+    _close(fn(*args), f(*args), 1e-4)
+
+
+def test_lowered_split_is_two_row_kernels_that_type_check_as_metal():
+    f = mlxtriton.optimize(lambda x: mx.sum(x * x), chip="h200")
+    x = mx.ones((1 << 20,))
+    lowered = f.lower(x, target="cuda")
+    assert [k.output_shapes for k in lowered] == [((256, 1),), ((),)]
+    assert [k.grid[0] // k.threadgroup[0] for k in lowered] == [256, 1]  # threadgroups
+    assert "split: traced eqn" in str(f.explain(x, target="cuda"))
+    for k in f.lower(x, target="metal"):
+        assert metal_check.check(k) == [], k.as_text()
+
+
+def test_kernel_never_splits():
+    # @kernel promises one kernel: the long reduction stays one threadgroup per row.
+    k = mlxtriton.kernel(lambda x: mx.sum(x * x), chip="h200")
+    x = mx.ones((1 << 20,))
+    (kernel,) = k.lower(x, target="cuda")
+    assert kernel.grid[0] == kernel.threadgroup[0]  # one threadgroup
