@@ -177,22 +177,60 @@ def test_unknown_chip_is_a_clear_error():
         mlxtriton.optimize(rms_gate, chip="m99")
 
 
-def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
-    # Fusion makes one pointwise region writing f32[8,3,3,3] and f32[8] here (equal index space
-    # up to size-1 axes), which codegen does not store from one kernel yet: optimize stays
-    # correct and says so; @kernel refuses.
+def test_outputs_equal_up_to_size_1_axes_are_one_kernel(monkeypatch):
+    # Fusion makes one pointwise region writing f32[8,1,1,1] and f32[8] here: one domain, the
+    # size-1 axes at coordinate 0.
     def f(v, w, b, g):
         s = mx.rsqrt(v + 1e-5)
         scale = mx.broadcast_to(s.reshape(8, 1, 1, 1), w.shape) * mx.broadcast_to(g.reshape(8, 1, 1, 1), w.shape)
         return w * scale, (-b * s) * g
 
-    args = (mx.ones((8,)) * 2, mx.ones((8, 3, 3, 3)), mx.ones((8,)), mx.ones((8,)))
+    mx.random.seed(4)
+    args = (mx.random.uniform(shape=(8,)) + 1, mx.random.normal((8, 3, 3, 3)), mx.random.normal((8,)),
+            mx.random.normal((8,)))
     lowered = mlxtriton.optimize(f).lower(*args, target="cuda")
-    assert lowered.fallbacks and "runs as MLX ops" in lowered.as_text()
+    assert not lowered.fallbacks and len(lowered) == 2
+    assert sorted(lowered[0].output_shapes) == [(8,), (8, 1, 1, 1)]
+    for k in mlxtriton.optimize(f).lower(*args, target="metal"):
+        assert metal_check.check(k) == [], k.as_text()
     monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
     _close(mlxtriton.optimize(f)(*args), f(*args))
-    with pytest.raises(mlxtriton.SingleKernelError):
-        mlxtriton.kernel(f)(*args)
+
+
+def test_a_row_result_reshaped_across_size_1_axes_is_one_kernel(monkeypatch):
+    # Batch 1: the softmax's (1, 8, 64) rows are read back as (8, 64); the row's max and sum
+    # stay at their own row's index through the reshape.
+    f = lambda x: mx.softmax(x, axis=-1).reshape(-1, 64)
+    x = mx.random.normal((1, 8, 64))
+    (kernel,) = mlxtriton.kernel(f).lower(x, target="cuda")
+    assert kernel.output_shapes == ((8, 64),)
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    _close(mlxtriton.kernel(f)(x), f(x))
+
+
+def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
+    # Every region the fusion pass makes today is one kernel; a future gap must still run, as
+    # MLX ops, and say so. Inject one: codegen refuses the row region.
+    from mlxtriton.codegen import lowering
+    from mlxtriton.codegen.builder import RegionError
+
+    build = lowering.build
+
+    def refuse(region, *a, **k):
+        if any(o.primitive == "Softmax" for o in region.ops):
+            raise RegionError("injected: codegen cannot write this region")
+        return build(region, *a, **k)
+
+    monkeypatch.setattr(lowering, "build", refuse)
+    f = lambda x: mx.softmax(x * 2, axis=-1) + 1
+    x = mx.random.normal((4, 32))
+    lowered = mlxtriton.optimize(f).lower(x, target="cuda")
+    assert lowered.fallbacks and "runs as MLX ops: injected" in lowered.as_text()
+    assert "cannot be generated: injected" in str(mlxtriton.optimize(f).explain(x, target="cuda"))
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    _close(mlxtriton.optimize(f)(x), f(x))
+    with pytest.raises(mlxtriton.SingleKernelError, match="injected"):
+        mlxtriton.kernel(f)(x)
 
 
 def test_kernel_decomposes_fast_norm_primitives_into_its_one_kernel():

@@ -160,10 +160,12 @@ class _Lowering:
         if found:
             (self.domain, self.reduce_axes), = found.keys()
         else:
-            shapes = {self.shapes[v] for v in self.region.outputs}
-            if len(shapes) > 1:
-                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {shapes}")
-            self.domain, self.reduce_axes = shapes.pop(), ()
+            # Outputs may differ in size-1 axes only (y and y.reshape(4, 1, 64)): each is the
+            # domain, its size-1 axes at coordinate 0 (_output_coords).
+            shapes = list(dict.fromkeys(self.shapes[v] for v in self.region.outputs))
+            if len({tuple(n for n in s if n != 1) for s in shapes}) > 1:
+                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {set(shapes)}")
+            self.domain, self.reduce_axes = shapes[0], ()
         if math.prod(self.domain) == 0:
             raise RegionError(f"the domain {self.domain} is empty: nothing to launch")
 
@@ -531,10 +533,16 @@ def _infer_reshape(ctx, o, shapes, dtypes):
 
 def _lower_reshape(ctx, v, o, coords):
     (a,) = o.args
+    old = ctx.shapes[a]
+    have = [c for c, n in zip(coords, ctx.shapes[v]) if n != 1]
+    if [n for n in old if n != 1] == [n for n in ctx.shapes[v] if n != 1]:
+        # Size-1 axes added or dropped only: the same coordinates, no arithmetic (so that a
+        # reduced value read through it is still at its own row's index: check_row).
+        it = iter(have)
+        return ctx.at(a, tuple(ctx.zero if n == 1 else next(it) for n in old))
     flat = ctx.zero
     for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):  # shapes[v]: -1 resolved
         flat = flat + c * s
-    old = ctx.shapes[a]
     out, inner = [], 1
     for n in reversed(old):
         out.append(ctx.zero if n == 1 else (flat // inner) % n)
