@@ -1224,6 +1224,47 @@ _ALGEBRA = K.PatternMatcher(((
     lambda v, m: K.alu(Ops.SUB, m, m) if _is_float(m.dtype) else None),))
 
 
+def _sign_bound(u: UOp, want: int, depth: int = 8) -> bool:
+    """Whether ``u`` is provably <= 0 (``want`` -1) or >= 0 (``want`` 1), or NaN."""
+    if depth == 0 or not _is_float(u.dtype):
+        return False
+    op, src = u.op, u.src
+    if op is Ops.CONST:
+        return isinstance(u.arg, (int, float)) and (u.arg * want >= 0 or u.arg != u.arg)
+    if op is Ops.SUB:
+        a, b = src
+        if a is b:
+            return True  # 0, or NaN
+        if want < 0 and b.op is Ops.REDUCE and b.arg == "max" and b.src[0] is a:
+            return True  # v - max(v): the row's max is no smaller than any of its elements
+        return _sign_bound(a, want, depth - 1) and _sign_bound(b, -want, depth - 1)
+    if op is Ops.ADD:
+        return all(_sign_bound(x, want, depth - 1) for x in src)
+    if op in (Ops.MUL, Ops.DIV):
+        a, b = src
+        return ((_sign_bound(a, want, depth - 1) and _sign_bound(b, 1, depth - 1))
+                or (_sign_bound(a, -want, depth - 1) and _sign_bound(b, -1, depth - 1)))
+    if op is Ops.NEG:
+        return _sign_bound(src[0], -want, depth - 1)
+    if op is Ops.WHERE:
+        return all(_sign_bound(x, want, depth - 1) for x in src[1:])
+    if op is Ops.KEEP or (op is Ops.CAST and _is_float(src[0].dtype)):
+        return _sign_bound(src[0], want, depth - 1)
+    if want > 0:
+        return op in (Ops.ABS, Ops.SQUARE, Ops.EXP, Ops.EXP_SHIFTED, Ops.SQRT) or (
+            op is Ops.MAX and any(_sign_bound(x, 1, depth - 1) for x in src))
+    return op is Ops.MIN and any(_sign_bound(x, -1, depth - 1) for x in src)
+
+
+# exp of a value that cannot exceed 0 (x - max(x), a softmax's or logsumexp's exponent) is the
+# dialect's fast exponential, as in MLX's own softmax and logsumexp kernels: its error is a few
+# ulp near 0 and grows only where the result is tiny. On the H200 it takes cross-entropy over
+# bfloat16 rows off the exponential's throughput (benchmarks/results/row_kernels_h200*.json).
+_FAST_EXP = K.PatternMatcher(((
+    UPat(Ops.EXP, name="e"),
+    lambda e: UOp(Ops.EXP_SHIFTED, e.dtype, e.src) if _sign_bound(e.src[0], -1) else None),))
+
+
 def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     def fix(node: UOp) -> UOp | None:
         if node.op is not Ops.REDUCE:
@@ -1318,6 +1359,7 @@ def build(region: Region,
         kept_budget = max(kept_budget, 2 * budget)
     resident, _ = _plan_residency(stores, chunk_regs, budget)
     stores = _rewrite_reduces(stores, resident)
+    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), _FAST_EXP).src)
     resident, streamed = _plan_residency(stores, chunk_regs, budget)
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)

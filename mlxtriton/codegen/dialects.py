@@ -152,7 +152,8 @@ _METAL_MATH = {
     Ops.REM: "fmod",
 }
 _CUDA_MATH = {
-    Ops.SQRT: "sqrtf", Ops.RSQRT: "rsqrtf", Ops.EXP: "expf", Ops.LOG: "logf", Ops.LOG2: "log2f",
+    Ops.SQRT: "sqrtf", Ops.RSQRT: "rsqrtf", Ops.EXP: "expf", Ops.EXP_SHIFTED: "__expf",
+    Ops.LOG: "logf", Ops.LOG2: "log2f",
     Ops.LOG10: "log10f", Ops.SIN: "sinf", Ops.COS: "cosf", Ops.TAN: "tanf", Ops.ASIN: "asinf",
     Ops.ACOS: "acosf", Ops.ATAN: "atanf", Ops.SINH: "sinhf", Ops.COSH: "coshf",
     Ops.TANH: "tanhf", Ops.ASINH: "asinhf", Ops.ACOSH: "acoshf", Ops.ATANH: "atanhf",
@@ -181,7 +182,7 @@ METAL = Dialect(
     code_for_op=_freeze({
         **_float_math("metal::{}", _METAL_MATH),
         (Ops.EXPM1, "float"): "mt_expm1({0})", (Ops.LOG1P, "float"): "mt_log1p({0})",
-        (Ops.ERF, "float"): "mt_erf({0})",
+        (Ops.ERF, "float"): "mt_erf({0})", (Ops.EXP_SHIFTED, "float"): "metal::fast::exp({0})",
     }),
     casts=_freeze({}),
     literals=_freeze({"inf": "INFINITY", "nan": "NAN"}),

@@ -83,7 +83,7 @@ def _round(x: np.ndarray) -> np.ndarray:
 _UNARY: dict[Ops, Callable[[np.ndarray], np.ndarray]] = {
     Ops.NEG: np.negative, Ops.NOT: np.logical_not, Ops.ABS: np.abs, Ops.SIGN: _sign,
     Ops.SQUARE: lambda x: x * x, Ops.SQRT: np.sqrt, Ops.RSQRT: lambda x: 1 / np.sqrt(x),
-    Ops.EXP: np.exp, Ops.EXPM1: np.expm1, Ops.LOG: np.log, Ops.LOG2: np.log2,
+    Ops.EXP: np.exp, Ops.EXP_SHIFTED: np.exp, Ops.EXPM1: np.expm1, Ops.LOG: np.log, Ops.LOG2: np.log2,
     Ops.LOG10: np.log10, Ops.LOG1P: np.log1p, Ops.SIN: np.sin, Ops.COS: np.cos, Ops.TAN: np.tan,
     Ops.ASIN: np.arcsin, Ops.ACOS: np.arccos, Ops.ATAN: np.arctan, Ops.SINH: np.sinh,
     Ops.COSH: np.cosh, Ops.TANH: np.tanh, Ops.ASINH: np.arcsinh, Ops.ACOSH: np.arccosh,

@@ -40,6 +40,9 @@ class Ops(enum.Enum):
     SQRT = enum.auto()
     RSQRT = enum.auto()
     EXP = enum.auto()
+    # exp of a value known to be <= 0 or NaN (v - max(v)): the dialect's fast exponential, as
+    # MLX's own softmax and logsumexp kernels use (CUDA __expf, Metal fast::exp)
+    EXP_SHIFTED = enum.auto()
     EXPM1 = enum.auto()
     LOG = enum.auto()
     LOG2 = enum.auto()
@@ -90,7 +93,8 @@ class Ops(enum.Enum):
 
 class GroupOp:
     Unary = frozenset({
-        Ops.NEG, Ops.NOT, Ops.ABS, Ops.SIGN, Ops.SQUARE, Ops.SQRT, Ops.RSQRT, Ops.EXP, Ops.EXPM1,
+        Ops.NEG, Ops.NOT, Ops.ABS, Ops.SIGN, Ops.SQUARE, Ops.SQRT, Ops.RSQRT, Ops.EXP,
+        Ops.EXP_SHIFTED, Ops.EXPM1,
         Ops.LOG, Ops.LOG2, Ops.LOG10, Ops.LOG1P, Ops.SIN, Ops.COS, Ops.TAN, Ops.ASIN, Ops.ACOS,
         Ops.ATAN, Ops.SINH, Ops.COSH, Ops.TANH, Ops.ASINH, Ops.ACOSH, Ops.ATANH, Ops.ERF,
         Ops.SIGMOID, Ops.FLOOR, Ops.CEIL, Ops.ROUND,

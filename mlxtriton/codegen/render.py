@@ -506,7 +506,8 @@ def _declare_acc(r: _Renderer, u: UOp) -> list[str]:
 
 
 def _exp(r: _Renderer, x: str) -> str:
-    return r.code(Ops.EXP, "float32", [x])
+    # every exponent of the running max's combine is a difference with the larger value: <= 0
+    return r.code(Ops.EXP_SHIFTED, "float32", [x])
 
 
 def _arg_take(kind: str, bv: str, bi: str, v: str, i: str) -> str:

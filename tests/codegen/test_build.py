@@ -69,10 +69,38 @@ def test_softmax_keeps_exp_in_registers_for_the_write_pass(family):
     region = oracle.FAMILIES[family](shape=(32768, 4096), dtype="bfloat16")
     k = build(region, CUDA_PARAMS)
     (kept,) = [u for u in k.toposort if u.op is Ops.KEEP]
-    assert kept.src[0].op is Ops.EXP and k.arg.kept == 1
+    assert kept.src[0].op is Ops.EXP_SHIFTED and k.arg.kept == 1
     source = lower(region, "cuda").source
     assert source.count("expf(") == 1  # the sum's pass computes it; the write pass reads it
     assert "kept in registers" in source
+
+
+def _exps(region):
+    return sorted(u.op.name for u in build(region, CUDA_PARAMS).toposort
+                  if u.op in (Ops.EXP, Ops.EXP_SHIFTED))
+
+
+def test_exp_of_a_value_bounded_by_zero_is_the_fast_exponential():
+    from mlxtriton.codegen.region import RegionBuilder
+
+    # softmax, cross-entropy (MLX writes exp((x - m) - (m - m))), a scaled shift: x - max(x) <= 0
+    assert _exps(oracle.softmax(shape=(64, 1000))) == ["EXP_SHIFTED"]
+    assert _exps(oracle.FAMILIES["crossentropymlx"](shape=(64, 1000))) == ["EXP_SHIFTED"]
+    # an online sumexp (a streamed logsumexp) rescales by exp(old max - new max) <= 0 too
+    streamed = lower(oracle.FAMILIES["crossentropy"](shape=(8, 65536)), "cuda").source
+    assert "__expf(" in streamed and "expf(" not in streamed.replace("__expf(", "")
+    for shift, exps in [("max", ["EXP_SHIFTED"]), ("min", ["EXP"]), ("sum", ["EXP"])]:
+        b = RegionBuilder("shifted")
+        x = b.input((8, 256), "float32", "x")
+        m = b.op("Reduce", x, kind=shift, axes=(1,))
+        scale = b.op("Broadcast", b.constant(0.5, "float32"), shape=(8, 256))
+        e = b.op("Exp", b.op("Multiply", b.op("Subtract", x, b.op("Broadcast", m, shape=(8, 256))), scale))
+        assert _exps(b.build([e])) == exps, shift  # x - min(x) and x - sum(x) may be positive
+    # a plain exp is MLX's exp, its error bounded everywhere
+    b = RegionBuilder("plain")
+    assert _exps(b.build([b.op("Exp", b.input((8, 256), "float32", "x"))])) == ["EXP"]
+    cuda, metal = lower(oracle.softmax(shape=(64, 1000)), "cuda"), lower(oracle.softmax(shape=(64, 1000)), "metal")
+    assert "__expf(" in cuda.source and "metal::fast::exp(" in metal.source
 
 
 def test_streamed_rows_keep_nothing():
