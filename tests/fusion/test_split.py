@@ -6,6 +6,7 @@ over segments and a second over the partials. The split graph computes what the 
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 import mlxtriton
 from mlxtriton.fusion import fuse_with_report, split as split_module
@@ -148,3 +149,47 @@ def test_kernel_never_splits():
     x = mx.ones((1 << 20,))
     (kernel,) = k.lower(x, target="cuda")
     assert kernel.grid[0] == kernel.threadgroup[0]  # one threadgroup
+
+
+def test_gradients_through_a_split_reduction(small):
+    # The two levels differentiate like the one reduction they replace.
+    def loss(x, y):
+        return mx.mean((x - y) ** 2) + mx.max(x) * 0.5
+
+    x, y = _X, mx.random.normal(_X.shape, key=mx.random.key(9))
+    f = mlxtriton.optimize(loss, chip="h200")
+    assert "split:" in str(f.explain(x, y))
+    (v, g), (v0, g0) = mx.value_and_grad(f, (0, 1))(x, y), mx.value_and_grad(loss, (0, 1))(x, y)
+    _close(v0, v, 1e-5)
+    _close(tuple(g0), tuple(g), 1e-5)
+
+
+@settings(deadline=None, max_examples=25)
+@given(data=st.data())
+def test_random_reductions_split_like_the_traced_graph(data):
+    """Random kinds, row counts, reduced ranks, broadcast operands and dtypes: the split graph
+    equals the traced one under the JAX oracle."""
+    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any"]))
+    lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
+    reduced = data.draw(st.lists(st.sampled_from([2, 3, 4, 6, 8, 12, 16]), min_size=1, max_size=3))
+    dtype = data.draw(st.sampled_from([mx.float32, mx.float16, mx.bfloat16, mx.int32]))
+    shape = tuple(lead) + tuple(reduced)
+    # a second operand broadcast over some of the dims
+    bshape = tuple(d if data.draw(st.booleans()) else 1 for d in shape)
+    seed = data.draw(st.integers(0, 2**16))
+    x = (mx.random.normal(shape, key=mx.random.key(seed)) * 2).astype(dtype)
+    b = (mx.random.uniform(shape=bshape, key=mx.random.key(seed + 1)) + 0.5).astype(dtype)
+    axes = tuple(range(len(lead), len(shape)))
+    fn = {"sum": lambda x, b: mx.sum(x * b, axis=axes), "max": lambda x, b: mx.max(x - b, axis=axes),
+          "min": lambda x, b: mx.min(x + b, axis=axes, keepdims=True),
+          "prod": lambda x, b: mx.prod(mx.abs(x) * 0.1 + b, axis=axes),
+          "all": lambda x, b: mx.all(x > -b, axis=axes), "any": lambda x, b: mx.any(x > b * 2, axis=axes)}[kind]
+    g = _trace(fn, x, b)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
+        mp.setattr(split_module, "MIN_SEGMENT", 1)
+        split, decisions = split_reductions(g, "h200")
+    verify(split)
+    assume(decisions)
+    tol = 5e-2 if dtype in (mx.float16, mx.bfloat16) else 1e-4
+    _close(evaluate(g, x, b, backend="jax"), evaluate(split, x, b, backend="jax"), tol)
