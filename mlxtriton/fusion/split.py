@@ -76,10 +76,13 @@ class _Cone:
     two. ``split(q)`` maps a value's reduced dims (rank-aligned to the operand) to their new
     shape; values the cone reads from outside are reshaped (a load's index arithmetic)."""
 
-    def __init__(self, graph: Graph, operand: Var, lead: int, split):
+    def __init__(self, graph: Graph, operand: Var, lead: int, split, shared: dict):
         self.graph, self.operand, self.lead, self.split = graph, operand, lead, split
         self.eqns: list[Eqn] = []
         self.memo: dict[Var, Var] = {}
+        # (value, shape) -> its reshape, shared by every split of the graph: two reductions of x
+        # read one reshaped x, so clustering sees one load and may merge their kernels
+        self.shared = shared
 
     def emit(self, primitive: str, inputs, **params) -> Var:
         e = make_eqn(primitive, inputs, params)
@@ -87,7 +90,11 @@ class _Cone:
         return e.outputs[0]
 
     def reshape(self, v: Var, shape: tuple[int, ...]) -> Var:
-        return v if v.shape == shape else self.emit("Reshape", [v], shape=shape)
+        if v.shape == shape:
+            return v
+        if (v, shape) not in self.shared:
+            self.shared[v, shape] = self.emit("Reshape", [v], shape=shape)
+        return self.shared[v, shape]
 
     def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         q = self.split(shape[self.lead:])
@@ -183,6 +190,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     mapping: dict[Var, Var] = {}
     new_eqns: list[Eqn] = []
     decisions: list[SplitDecision] = []
+    reshapes: dict[tuple[Var, tuple[int, ...]], Var] = {}
     for i, e in enumerate(graph.eqns):
         if e.primitive != "Reduce" or e.params["kind"] not in SPLITTABLE:
             continue
@@ -198,7 +206,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         s = segments(rows, length, first, _itemsize(x.dtype), cores)
         if s == 1:
             continue
-        cone = _Cone(graph, x, lead, _cut(reduced, flat, s))
+        cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
         cut = cone.value(x)
         if cut is None:
             continue

@@ -193,3 +193,13 @@ def test_random_reductions_split_like_the_traced_graph(data):
     assume(decisions)
     tol = 5e-2 if dtype in (mx.float16, mx.bfloat16) else 1e-4
     _close(evaluate(g, x, b, backend="jax"), evaluate(split, x, b, backend="jax"), tol)
+
+
+def test_two_reductions_of_one_array_share_the_first_level(small):
+    # Both cones read one reshaped x, so clustering merges their first levels: x is read once.
+    g = _trace(lambda x: (mx.sum(x), mx.max(x)), _X)
+    fused, report = fuse_with_report(g, "h200")
+    assert len(report.splits) == 2
+    firsts = [r for r in report.regions if len(r.shape) == 2]
+    assert len(firsts) == 1 and len(firsts[0].outputs) == 2
+    _close(evaluate(g, _X), evaluate(fused, _X), 1e-5)
