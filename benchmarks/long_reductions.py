@@ -3,8 +3,8 @@ statistics of a few long rows): mlxtriton's two-level split against the one-thre
 kernel (`@mlxtriton.kernel`, which never splits), `mx.compile` and eager MLX, on the local device.
 
 Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`): 50 queued calls per run, one
-synchronise, median of 5 runs. Effective bandwidth = bytes of the inputs / time (every case reads
-its inputs once and writes a few values). Each variant's error is measured against the same
+synchronise, median of 5 runs. Effective bandwidth = bytes of the inputs and outputs / time
+(every case reads its inputs once; softmax also writes a row-sized output). Each variant's error is measured against the same
 function in float64 on the CPU.
 Run: python benchmarks/long_reductions.py --out benchmarks/results/long_reductions_<device>.json
 """
@@ -38,6 +38,8 @@ def cases(dtype):
         "max, 1 x 16M": (lambda x: mx.max(x), (a,), True),
         "row sum, 8 x 2M": (lambda x: mx.sum(x.reshape(8, -1), axis=-1), (a,), True),
         "row variance, 32 x 512K": (lambda x: mx.var(x.reshape(32, -1), axis=-1), (a,), True),
+        "row logsumexp, 8 x 2M": (lambda x: mx.logsumexp(x.reshape(8, -1), axis=-1), (a,), True),
+        "row softmax, 8 x 2M": (lambda x: mx.softmax(x.reshape(8, -1), axis=-1), (a,), True),
     }
 
 
@@ -48,7 +50,7 @@ def main() -> None:
     results = []
     for dtype in (mx.float32, mx.bfloat16):
         for name, (fn, args, one_kernel) in cases(dtype).items():
-            nbytes = sum(x.nbytes for x in args)
+            nbytes = sum(x.nbytes for x in args) + fn(*args).nbytes
             with mx.stream(mx.cpu):  # float64 exists on the CPU only
                 want = np.array(fn(*(x.astype(mx.float64) for x in args)))
             variants = {"mlxtriton": mlxtriton.optimize(fn), "mx.compile": mx.compile(fn), "eager": fn}

@@ -12,8 +12,9 @@ the first over ``R * S`` rows of ``L / S`` elements (``f``, the pointwise work f
 reduction, is rebuilt on the reshaped inputs so that it fuses into that kernel: a reshape may only
 sit on a region's loads), the second over ``R`` rows of ``S`` partials. Sums and products of
 float16 / bfloat16 keep their partials in float32 and round once, as MLX's own reductions do.
-Associative reductions only (sum, prod, max, min, and, or): arg-reductions, ``LogSumExp`` and
-``Softmax`` over few long rows still run one threadgroup per row.
+``LogSumExp`` splits as the logsumexp of the segments' logsumexps (in float32), and ``Softmax``
+becomes ``exp(x - logsumexp(x))`` over that: three kernels, three passes over memory, each with the
+whole chip. Arg-reductions over few long rows still run one threadgroup per row.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import mlx.core as mx
+
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.transforms import dce, make_eqn, substitute, topological_sort
 
 from mlxtriton.fusion._rules import ELEMENTWISE
 
-SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})
+SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})  # Reduce kinds; also LogSumExp, Softmax
 
 # Threadgroups a split aims for, per GPU core: several resident per core keep enough loads in
 # flight to cover memory latency (an H200 SM holds four 512-thread blocks; an Apple core, 1024
@@ -57,7 +60,8 @@ class SplitDecision:
     eqns: tuple[Eqn, ...] = field(default=(), repr=False, compare=False)  # what replaced it
 
     def as_text(self) -> str:
-        return (f"split: traced eqn {self.equation} Reduce {self.kind} of {self.rows} row(s) x {self.length} "
+        what = f"Reduce {self.kind}" if self.kind in SPLITTABLE else self.kind
+        return (f"split: traced eqn {self.equation} {what} of {self.rows} row(s) x {self.length} "
                 f"-> {self.rows * self.segments} x {self.length // self.segments} then "
                 f"{self.rows} x {self.segments} (too few rows for {self.cores} cores)")
 
@@ -191,11 +195,16 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     new_eqns: list[Eqn] = []
     decisions: list[SplitDecision] = []
     reshapes: dict[tuple[Var, tuple[int, ...]], Var] = {}
+    constants: list[tuple[Var, mx.array]] = []
     for i, e in enumerate(graph.eqns):
-        if e.primitive != "Reduce" or e.params["kind"] not in SPLITTABLE:
+        if e.primitive == "Reduce" and e.params["kind"] in SPLITTABLE:
+            kind = e.params["kind"]
+            axes = tuple(sorted(a % e.inputs[0].ndim for a in e.params["axes"]))
+        elif e.primitive in ("LogSumExp", "Softmax"):
+            kind, axes = e.primitive, (e.inputs[0].ndim - 1,)
+        else:
             continue
         x, out = e.inputs[0], e.outputs[0]
-        axes = tuple(sorted(a % x.ndim for a in e.params["axes"]))
         lead = x.ndim - len(axes)
         if not axes or axes != tuple(range(lead, x.ndim)):
             continue  # not a row reduction (column reductions are strided kernels of their own)
@@ -210,24 +219,54 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         cut = cone.value(x)
         if cut is None:
             continue
-        kind, wide = e.params["kind"], _WIDE.get(out.dtype) if e.params["kind"] in ("sum", "prod") else None
-        if wide and cut.dtype == out.dtype:
-            cut = cone.emit("AsType", [cut], dtype=wide)
-        inner = tuple(range(lead + 1, cut.ndim))
-        partial = cone.emit("Reduce", [cut], kind=kind, axes=inner)
-        total = cone.emit("Reduce", [partial], kind=kind, axes=tuple(range(lead, cut.ndim)))
-        if total.dtype != out.dtype:
-            total = cone.emit("AsType", [total], dtype=out.dtype)
+        if kind in ("LogSumExp", "Softmax"):
+            total = _split_logsumexp(cone, cut, lead, s)
+            if kind == "Softmax":
+                total = _softmax_from(cone, x, total, out.dtype, constants)
+        else:
+            total = _split_reduce(cone, cut, kind, lead, out.dtype)
         total = cone.reshape(total, out.shape)
         new_eqns.extend(cone.eqns)
         mapping[out] = total
         decisions.append(SplitDecision(i, kind, rows, length, s, cores, tuple(cone.eqns)))
     if not decisions:
         return graph, []
-    g = graph.replace(eqns=graph.eqns + tuple(new_eqns))
+    g = graph.replace(eqns=graph.eqns + tuple(new_eqns), constants=graph.constants + tuple(constants))
     g = substitute(g, mapping)
     g = g.replace(eqns=topological_sort(g.eqns, list(g.inputs) + [v for v, _ in g.constants]))
     return dce(g), decisions
+
+
+def _split_reduce(cone: _Cone, cut: Var, kind: str, lead: int, dtype: str) -> Var:
+    """reduce(reduce(cut over each segment) over the segments); half sums in float32."""
+    wide = _WIDE.get(dtype) if kind in ("sum", "prod") else None
+    if wide and cut.dtype == dtype:
+        cut = cone.emit("AsType", [cut], dtype=wide)
+    partial = cone.emit("Reduce", [cut], kind=kind, axes=tuple(range(lead + 1, cut.ndim)))
+    total = cone.emit("Reduce", [partial], kind=kind, axes=tuple(range(lead, cut.ndim)))
+    return total if total.dtype == dtype else cone.emit("AsType", [total], dtype=dtype)
+
+
+def _split_logsumexp(cone: _Cone, cut: Var, lead: int, s: int) -> Var:
+    """logsumexp of each segment, then of the segments' (in float32): exact, and MLX's edge
+    cases hold (a segment of -inf gives -inf and weighs nothing; +inf and NaN propagate)."""
+    if cut.dtype != "float32":
+        cut = cone.emit("AsType", [cut], dtype="float32")
+    partial = cone.emit("LogSumExp", [cut])  # [rows..., S, 1]
+    return cone.emit("LogSumExp", [cone.reshape(partial, partial.shape[:lead] + (s,))])
+
+
+def _softmax_from(cone: _Cone, x: Var, lse: Var, dtype: str, constants: list) -> Var:
+    """softmax(x) = exp(x - logsumexp(x)), NaN on a row holding +inf as MLX's softmax (its
+    max is +inf there, and inf - inf poisons the row's sum)."""
+    xf = x if x.dtype == "float32" else cone.emit("AsType", [x], dtype="float32")
+    lse = cone.emit("Broadcast", [lse], shape=x.shape)
+    y = cone.emit("Exp", [cone.emit("Subtract", [xf, lse])])
+    inf, nan = Var((), "float32"), Var((), "float32")
+    constants += [(inf, mx.array(float("inf"))), (nan, mx.array(float("nan")))]
+    poisoned = cone.emit("Equal", [lse, cone.emit("Broadcast", [inf], shape=x.shape)], equal_nan=False)
+    y = cone.emit("Select", [poisoned, cone.emit("Broadcast", [nan], shape=x.shape), y])
+    return y if dtype == "float32" else cone.emit("AsType", [y], dtype=dtype)
 
 
 def _itemsize(dtype: str) -> int:

@@ -73,7 +73,8 @@ def test_fused_call_allocates_only_its_outputs():
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("case", ["sum of squares", "mse", "row max", "variance", "over two axes"])
+@pytest.mark.parametrize("case", ["sum of squares", "mse", "row max", "variance", "over two axes",
+                                  "logsumexp", "softmax"])
 def test_two_level_reductions_match_mlx(case, dtype):
     """Reductions over too few rows for the chip, split in two levels at their real sizes."""
     mx.random.seed(5)
@@ -84,6 +85,8 @@ def test_two_level_reductions_match_mlx(case, dtype):
         "row max": (lambda x: mx.max(x.reshape(8, -1) * 2, axis=-1), (a,)),
         "variance": (lambda x: mx.var(x.reshape(16, -1), axis=-1), (a,)),
         "over two axes": (lambda x, y: mx.sum(x.reshape(4, 1024, 1024) * y[:1024], axis=(1, 2)), (a, b)),
+        "logsumexp": (lambda x: mx.logsumexp(x.reshape(4, -1) * 3, axis=-1), (a,)),
+        "softmax": (lambda x: mx.softmax(x.reshape(4, -1), axis=-1), (a,)),
     }[case]
     f = mlxtriton.optimize(fn)
     assert "split:" in str(f.explain(*args))

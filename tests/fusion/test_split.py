@@ -80,6 +80,12 @@ _X = mx.random.normal((8, 64), key=mx.random.key(0))
 _W = mx.random.normal((64,), key=mx.random.key(1))
 _Y3 = mx.random.normal((3, 8, 16), key=mx.random.key(2))
 _B3 = mx.random.normal((3, 1, 16), key=mx.random.key(3))
+# row 0: one +inf; row 1: all -inf; row 2: a NaN; row 3: one segment of -inf
+_INF = mx.concatenate([
+    mx.where(mx.arange(64) == 5, mx.array(float("inf")), _X[0])[None],
+    mx.full((1, 64), float("-inf")),
+    mx.where(mx.arange(64) == 9, mx.array(float("nan")), _X[2])[None],
+    mx.where(mx.arange(64) < 16, mx.array(float("-inf")), _X[3])[None], _X[4:]])
 _NAN = mx.where(mx.arange(64 * 8).reshape(8, 64) == 77, mx.array(float("nan")), _X)
 
 CASES = {
@@ -96,6 +102,11 @@ CASES = {
     "bool sum": (lambda x: mx.sum(x > 0), (_X,)),
     "through a transpose": (lambda x: mx.sum(x.T * mx.arange(8)), (_X,)),
     "bfloat16": (lambda x: mx.sum(x.astype(mx.bfloat16) * 3), (_X,)),
+    "logsumexp": (lambda x: mx.logsumexp(x * 3.0, axis=-1), (_X,)),
+    "logsumexp of a vector": (lambda x: mx.logsumexp(x.reshape(-1)), (_X,)),
+    "softmax": (lambda x: mx.softmax(x * 2.0, axis=-1), (_X,)),
+    "softmax bfloat16": (lambda x: mx.softmax(x.astype(mx.bfloat16), axis=-1), (_X,)),
+    "softmax and logsumexp with inf": (lambda x: (mx.softmax(x, axis=-1), mx.logsumexp(x, axis=-1)), (_INF,)),
 }
 
 
