@@ -223,9 +223,12 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             total = _split_logsumexp(cone, cut, lead, s)
             if kind == "Softmax":
                 total = _softmax_from(cone, x, total, out.dtype, constants)
+            elif total.dtype != out.dtype:
+                total = cone.emit("AsType", [total], dtype=out.dtype)
         else:
             total = _split_reduce(cone, cut, kind, lead, out.dtype)
         total = cone.reshape(total, out.shape)
+        assert total.aval == out.aval, (e.primitive, total.aval, out.aval)
         new_eqns.extend(cone.eqns)
         mapping[out] = total
         decisions.append(SplitDecision(i, kind, rows, length, s, cores, tuple(cone.eqns)))

@@ -104,6 +104,7 @@ CASES = {
     "bfloat16": (lambda x: mx.sum(x.astype(mx.bfloat16) * 3), (_X,)),
     "logsumexp": (lambda x: mx.logsumexp(x * 3.0, axis=-1), (_X,)),
     "logsumexp of a vector": (lambda x: mx.logsumexp(x.reshape(-1)), (_X,)),
+    "logsumexp float16": (lambda x: mx.logsumexp(x.astype(mx.float16), axis=-1, keepdims=True), (_X,)),
     "softmax": (lambda x: mx.softmax(x * 2.0, axis=-1), (_X,)),
     "softmax bfloat16": (lambda x: mx.softmax(x.astype(mx.bfloat16), axis=-1), (_X,)),
     "softmax and logsumexp with inf": (lambda x: (mx.softmax(x, axis=-1), mx.logsumexp(x, axis=-1)), (_INF,)),
