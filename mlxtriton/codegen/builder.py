@@ -1223,6 +1223,16 @@ _ALGEBRA = K.PatternMatcher(((
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", name="m", src=(UPat(name="v"),)))),)),
     lambda v, m: K.alu(Ops.SUB, m, m) if _is_float(m.dtype) else None),))
 
+# sumexp(v - max v) is sumexp(v): v - max v - max(v - max v) is v - max v when the max is finite,
+# and both are NaN otherwise. On a streamed row the statistic and the max are then one online
+# pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over rows of
+# 65536). Rows resident in registers keep the two passes over registers, which are cheaper
+# than the online rescaling.
+_SHIFTED_SUMEXP = K.PatternMatcher(((
+    UPat(Ops.REDUCE, arg="sumexp", name="r", src=(UPat(Ops.SUB, src=(
+        UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),
+    lambda r, v: UOp(Ops.REDUCE, r.dtype, (v,), "sumexp")),))
+
 
 def _sign_bound(u: UOp, want: int, depth: int = 8) -> bool:
     """Whether ``u`` is provably <= 0 (``want`` -1) or >= 0 (``want`` 1), or NaN."""
@@ -1271,6 +1281,8 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
             return None
         if node.arg == "sumexp" and _loads_under(node.src[0]) <= resident:
             return _expand_sumexp(node)  # its loads are in registers: the extra pass is free
+        if node.arg == "sumexp":
+            return _SHIFTED_SUMEXP.rewrite(node)  # streamed: one pass with the max
         if node.arg == "sum" and not _loads_under(node) <= resident:
             return _ONLINE.rewrite(node)  # streamed: save a pass over memory
         return None
