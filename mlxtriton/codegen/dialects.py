@@ -24,6 +24,7 @@ class Dialect:
     shared: str  # qualifier of a threadgroup-memory array declared in the body
     global_space: str  # address-space qualifier of an input/output buffer pointer
     unroll: str  # pragma that fully unrolls the next loop
+    unroll_by: str  # pragma that unrolls the next loop {n} times
     shuffle_xor: str  # {x} from the lane whose index is this lane's xor {o}
     vector_type: str  # a {N}-lane vector of {T} that one 16-byte load fills
     vector_lane: str  # lane {l} of vector {v}
@@ -173,6 +174,7 @@ METAL = Dialect(
     shared="threadgroup",
     global_space="device ",
     unroll="#pragma clang loop unroll(full)",
+    unroll_by="#pragma clang loop unroll_count({n})",
     shuffle_xor="metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
     # Metal's own vector types: a load from device memory is a plain vector load (a struct
     # would need a copy constructor across address spaces)
@@ -206,6 +208,7 @@ CUDA = Dialect(
     shared="__shared__",
     global_space="",
     unroll="#pragma unroll",
+    unroll_by="#pragma unroll {n}",
     shuffle_xor="__shfl_xor_sync(0xffffffffu, {x}, {o})",
     # CUDA has no half4: an aligned array struct (MLX's AlignedVector) loads as one ld.v4
     vector_type="mt_vec<{T}, {N}>",

@@ -105,6 +105,11 @@ _COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}", "max": "mt_max({a}, {b})",
 
 _KERNEL, _CHUNK, _LANE = 0, 1, 2
 
+# Chunks of a streamed row a thread's loop unrolls (loads of several chunks in flight): 1 = none.
+STREAM_UNROLL = 1
+# Whether an online max-and-sum (sumexp) rescales once per vector (True) or per element.
+ONLINE_CHUNKED = True
+
 
 def _kind(dtype: str) -> str:
     return "float" if dtype in _dtypes.FLOATING else "int"
@@ -412,7 +417,8 @@ def _render_row(r: _KernelWriter) -> list[str]:
     elem_stores = [st for st in _stores(r.k) if st.arg.access is not Access.HOISTED]
     row_stores = [st for st in _stores(r.k) if st.arg.access is Access.HOISTED]
     guard_col = L % (T * V) != 0
-    unroll_chunks = d.unroll if r.resident else None
+    unroll_chunks = d.unroll if r.resident else (
+        d.unroll_by.format(n=STREAM_UNROLL) if STREAM_UNROLL > 1 and C > 1 else None)
 
     def chunk_loop(body) -> list[str]:
         block = r.element_block(body)
@@ -525,6 +531,23 @@ def _accumulate(r: _Renderer, u: UOp, acc: list[str]) -> None:
         r.emit(_LANE, f"const bool {take} = {_arg_take(u.arg, acc[0], acc[1], v, i)};")
         r.emit(_LANE, f"{acc[0]} = {take} ? {v} : {acc[0]};")
         r.emit(_LANE, f"{acc[1]} = {take} ? {i} : {acc[1]};")
+    elif u.arg == "sumexp" and r.s.vector_width > 1 and ONLINE_CHUNKED:
+        # One rescale per vector: the lanes' values, their max, then exp(v - new max) each
+        # (1 + 1/V exponentials per element, no branch), as MLX's own logsumexp kernel.
+        m, s = acc
+        V, one = r.s.vector_width, r.literal("float32", 1.0)
+        vals = r.tmp("mt_sv")
+        r.emit(_CHUNK, f"float {vals}[{V}];")
+        r.emit(_LANE, f"{vals}[mt_l] = {v};")
+        mc = r.tmp("mt_mc")
+        body = [f"float {mc} = {vals}[0];"]
+        body += [f"{mc} = {r.use(f'mt_max({mc}, {vals}[{l}])')};" for l in range(1, V)]
+        body += [f"{mc} = {r.use(f'mt_max({m}, {mc})')};",
+                 f"{s} = ({m} == {mc}) ? {s} : {s} * {_exp(r, f'{m} - {mc}')};"]
+        body += [f"{s} += ({vals}[{l}] == {mc}) ? {one} : {_exp(r, f'{vals}[{l}] - {mc}')};"
+                 for l in range(V)]
+        body += [f"{m} = {mc};"]
+        r.chunk_post.extend(["{"] + _indent(body) + ["}"])
     elif u.arg == "sumexp":
         m, s = acc
         one = r.literal("float32", 1.0)

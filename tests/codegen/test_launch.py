@@ -86,3 +86,32 @@ def test_cuda_launch_matches_interpreter(name, region):
 @pytest.mark.parametrize("name,region", CASES, ids=[n for n, _ in CASES])
 def test_metal_launch_matches_interpreter(name, region):
     _check("metal", name, region)
+
+
+def _special_rows(shape) -> np.ndarray:
+    """Row 0: one +inf; row 1: all -inf; row 2: a NaN; row 3: -inf everywhere but the end (the
+    running max stays -inf for most of the row, then the sum must not be poisoned)."""
+    R, L = shape
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32) * 3
+    x[0, L // 3] = np.inf
+    x[1, :] = -np.inf
+    x[2, L // 2] = np.nan
+    x[3, : L - 5] = -np.inf
+    return x
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["softmax", "logsumexp", "crossentropy", "crossentropymlx"])
+@pytest.mark.parametrize("L", [500, 65536], ids=["resident", "streamed"])
+def test_cuda_online_rows_keep_special_values(family, L):
+    # The online max-and-sum rescales once per vector on hardware; the interpreter follows the
+    # kernel IR's semantics (MLX's): the two agree on infinities and NaN too.
+    region = oracle.FAMILIES[family](shape=(4, L), dtype="float32")
+    kernel = render(build(region, chip_params("h200")), "cuda")
+    inputs = oracle.random_inputs(region, seed=3)
+    inputs[0] = _special_rows((4, L))
+    want = interpret(kernel.kernel, inputs)
+    got = launch(kernel, inputs)
+    for g, w, d in zip(got, want, kernel.output_dtypes):
+        oracle.assert_close(g, w, d, scale=4.0)
+        assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))

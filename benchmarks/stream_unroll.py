@@ -1,0 +1,68 @@
+"""Benchmark (experiment): streamed rows: how many chunks the thread loop unrolls, and whether an
+online max-and-sum rescales per element (a branch) or once per vector.
+
+Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`), each unroll factor a fresh
+`mlxtriton.optimize` (the kernel name hashes the source, so each factor is its own kernel), rows
+too long for registers (streamed), float32 and bfloat16, beside `mx.compile` in the same run.
+Run: python benchmarks/stream_unroll.py --out benchmarks/results/stream_unroll_<device>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import datetime
+import json
+import os
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from row_kernels import time_mlx  # noqa: E402
+
+import mlxtriton  # noqa: E402
+render = importlib.import_module("mlxtriton.codegen.render")  # the module (the package exports a function of that name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="stream_unroll.json")
+    opts = ap.parse_args()
+    R, L = 1024, 65536
+    labels = mx.random.randint(0, L, (R,)).astype(mx.int32)
+    fns = {
+        "cross_entropy": (lambda x, y: nn.losses.cross_entropy(x, y, reduction="none"), True),
+        "softmax": (lambda x: mx.softmax(x, axis=-1), False),
+        "logsumexp": (lambda x: mx.logsumexp(x, axis=-1), False),
+        "rms_norm": (lambda x: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-5), False),
+    }
+    rows = []
+    for dtype in (mx.float32, mx.bfloat16):
+        x = mx.random.normal((R, L)).astype(dtype)
+        mx.eval(x, labels)
+        for name, (fn, with_labels) in fns.items():
+            args = (x, labels) if with_labels else (x,)
+            out = fn(*args)
+            nbytes = x.nbytes + out.nbytes
+            row = {"family": name, "dtype": str(dtype).split(".")[-1], "shape": [R, L],
+                   "mx.compile_gbs": round(nbytes / time_mlx(mx.compile(fn), args) / 1e9, 1)}
+            for chunked in (False, True):
+                for n in (1, 4):
+                    render.STREAM_UNROLL, render.ONLINE_CHUNKED = n, chunked
+                    f = mlxtriton.optimize(fn)
+                    key = f"{'per_vector' if chunked else 'per_element'}_unroll{n}_gbs"
+                    row[key] = round(nbytes / time_mlx(f, args) / 1e9, 1)
+            render.STREAM_UNROLL, render.ONLINE_CHUNKED = 1, True
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    with open(opts.out, "w") as fh:
+        json.dump({"benchmark": "stream_unroll", "date": datetime.date.today().isoformat(),
+                   "device": mx.device_info().get("device_name", str(mx.default_device())),
+                   "mlx_version": mx.__version__,
+                   "method": __doc__.split("Method:")[1].split("Run:")[0].strip(), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
