@@ -12,7 +12,6 @@ Run: python benchmarks/long_reductions.py --out benchmarks/results/long_reductio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import time_mlx  # noqa: E402
+from row_kernels import results_file, time_mlx  # noqa: E402
 
 import mlxtriton  # noqa: E402
 
@@ -47,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="long_reductions.json")
     opts = ap.parse_args()
-    results = []
+    result, save = results_file("long_reductions", __doc__, opts.out)
     for dtype in (mx.float32, mx.bfloat16):
         for name, (fn, args, one_kernel) in cases(dtype).items():
             nbytes = sum(x.nbytes for x in args) + fn(*args).nbytes
@@ -65,13 +64,8 @@ def main() -> None:
                 row[vname] = {"us": round(1e6 * t, 1), "GB/s": round(nbytes / t / 1e9, 1),
                               "max_rel_err_vs_float64": err}
             print(json.dumps(row), flush=True)
-            results.append(row)
-    with open(opts.out, "w") as fh:
-        json.dump({"benchmark": "long_reductions", "date": datetime.date.today().isoformat(),
-                   "device": mx.device_info().get("device_name", str(mx.default_device())),
-                   "mlx_version": mx.__version__,
-                   "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
-                   "results": results}, fh, indent=1)
+            result["rows"].append(row)
+            save()
 
 
 if __name__ == "__main__":

@@ -8,15 +8,13 @@ Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.js
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import time_mlx  # noqa: E402
+from row_kernels import results_file, time_mlx  # noqa: E402
 
 import mlxtriton  # noqa: E402
 
@@ -35,11 +33,9 @@ def main() -> None:
     }
     per_call = {name: 1e6 * time_mlx(fn, (small,), reps=500) for name, fn in variants.items()}
     print({k: round(v, 1) for k, v in per_call.items()})
-    with open(opts.out, "w") as fh:
-        json.dump({"benchmark": "per_call", "date": datetime.date.today().isoformat(),
-                   "device": mx.device_info().get("device_name", str(mx.default_device())),
-                   "mlx_version": mx.__version__, "method": __doc__.split("Method:")[1].split("Run:")[0].strip(),
-                   "per_call_us": per_call}, fh, indent=1)
+    result, save = results_file("per_call", __doc__, opts.out)
+    result["per_call_us"] = per_call
+    save()
 
 
 if __name__ == "__main__":

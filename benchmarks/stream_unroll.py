@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import datetime
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import time_mlx  # noqa: E402
+from row_kernels import results_file, time_mlx  # noqa: E402
 
 import mlxtriton  # noqa: E402
 render = importlib.import_module("mlxtriton.codegen.render")  # the module (the package exports a function of that name)
@@ -38,7 +37,7 @@ def main() -> None:
         "logsumexp": (lambda x: mx.logsumexp(x, axis=-1), False),
         "rms_norm": (lambda x: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-5), False),
     }
-    rows = []
+    result, save = results_file("stream_unroll", __doc__, opts.out)
     for dtype in (mx.float32, mx.bfloat16):
         x = mx.random.normal((R, L)).astype(dtype)
         mx.eval(x, labels)
@@ -56,12 +55,8 @@ def main() -> None:
                     row[key] = round(nbytes / time_mlx(f, args) / 1e9, 1)
             render.STREAM_UNROLL, render.ONLINE_CHUNKED = 1, True
             print(json.dumps(row), flush=True)
-            rows.append(row)
-    with open(opts.out, "w") as fh:
-        json.dump({"benchmark": "stream_unroll", "date": datetime.date.today().isoformat(),
-                   "device": mx.device_info().get("device_name", str(mx.default_device())),
-                   "mlx_version": mx.__version__,
-                   "method": __doc__.split("Method:")[1].split("Run:")[0].strip(), "rows": rows}, fh, indent=1)
+            result["rows"].append(row)
+            save()
 
 
 if __name__ == "__main__":
