@@ -89,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     want = mx.fast.rms_norm(xs, ws, 1e-5) * mx.sigmoid(xs)
     err = float(mx.max(mx.abs(interpreted - want)).item())
     print(f"the kernel IR run by the NumPy interpreter: max |error| = {err:.2e}")
-    return 0 if (same and agree and close and err < 1e-4) else 1
+
+    _section("7. a gradient norm: one long reduction split in two levels for the chip")
+    grad_norm = mlxtriton.optimize(lambda g: mx.sqrt(mx.sum(g * g)), chip="h200")
+    g = mx.random.normal((1 << 22,))
+    fuse_stage = next(s for s in grad_norm.explain(g, target="cuda").stages if s.stage == "fuse")
+    print("\n".join("   " + line for line in fuse_stage.lines[:3]))
+    norm_ok = abs(grad_norm(g).item() - np.linalg.norm(np.array(g, dtype=np.float64))) < 1e-3
+    print(f"optimize(grad_norm)(g) matches the float64 norm: {norm_ok}")
+    return 0 if (same and agree and close and err < 1e-4 and norm_ok) else 1
 
 
 if __name__ == "__main__":
