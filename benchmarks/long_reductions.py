@@ -35,6 +35,7 @@ def cases(dtype):
         "grad norm sqrt(sum(x*x)), 1 x 16M": (lambda x: mx.sqrt(mx.sum(x * x)), (a,), True),
         "mse mean((x-y)^2), 1 x 16M": (lambda x, y: mx.mean((x - y) ** 2), (a, b), True),
         "max, 1 x 16M": (lambda x: mx.max(x), (a,), True),
+        "argmax, 1 x 16M": (lambda x: mx.argmax(x), (a,), True),
         "row sum, 8 x 2M": (lambda x: mx.sum(x.reshape(8, -1), axis=-1), (a,), True),
         "row variance, 32 x 512K": (lambda x: mx.var(x.reshape(32, -1), axis=-1), (a,), True),
         "row logsumexp, 8 x 2M": (lambda x: mx.logsumexp(x.reshape(8, -1), axis=-1), (a,), True),

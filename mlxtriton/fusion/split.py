@@ -14,7 +14,8 @@ sit on a region's loads), the second over ``R`` rows of ``S`` partials. Sums and
 float16 / bfloat16 keep their partials in float32 and round once, as MLX's own reductions do.
 ``LogSumExp`` splits as the logsumexp of the segments' logsumexps (in float32), and ``Softmax``
 becomes ``exp(x - logsumexp(x))`` over that: three kernels, three passes over memory, each with the
-whole chip. Arg-reductions over few long rows still run one threadgroup per row.
+whole chip. ``argmax`` / ``argmin`` pick the segment holding the extreme (from the segments' max or
+min), then the index within it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from mlxtriton.graph.transforms import dce, make_eqn, substitute, topological_so
 
 from mlxtriton.fusion._rules import ELEMENTWISE
 
-SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})  # Reduce kinds; also LogSumExp, Softmax
+SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})  # Reduce kinds; also ArgReduce,
+# LogSumExp and Softmax over the last axis
 
 # Threadgroups a split aims for, per GPU core: several resident per core keep enough loads in
 # flight to cover memory latency (an H200 SM holds four 512-thread blocks; an Apple core, 1024
@@ -202,6 +204,8 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             axes = tuple(sorted(a % e.inputs[0].ndim for a in e.params["axes"]))
         elif e.primitive in ("LogSumExp", "Softmax"):
             kind, axes = e.primitive, (e.inputs[0].ndim - 1,)
+        elif e.primitive == "ArgReduce":
+            kind, axes = e.params["kind"], (e.params["axis"] % e.inputs[0].ndim,)
         else:
             continue
         x, out = e.inputs[0], e.outputs[0]
@@ -219,7 +223,9 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         cut = cone.value(x)
         if cut is None:
             continue
-        if kind in ("LogSumExp", "Softmax"):
+        if kind in ("argmax", "argmin"):
+            total = _split_arg(cone, cut, kind, lead, length // s, constants)
+        elif kind in ("LogSumExp", "Softmax"):
             total = _split_logsumexp(cone, cut, lead, s)
             if kind == "Softmax":
                 total = _softmax_from(cone, x, total, out.dtype, constants)
@@ -248,6 +254,20 @@ def _split_reduce(cone: _Cone, cut: Var, kind: str, lead: int, dtype: str) -> Va
     partial = cone.emit("Reduce", [cut], kind=kind, axes=tuple(range(lead + 1, cut.ndim)))
     total = cone.emit("Reduce", [partial], kind=kind, axes=tuple(range(lead, cut.ndim)))
     return total if total.dtype == dtype else cone.emit("AsType", [total], dtype=dtype)
+
+
+def _split_arg(cone: _Cone, cut: Var, kind: str, lead: int, segment: int, constants: list) -> Var:
+    """The segment holding the extreme (the first, a NaN counting as the extreme as in MLX's
+    argmax: the segments' max or min propagates it), then the index within it."""
+    extreme = cone.emit("Reduce", [cut], kind="max" if kind == "argmax" else "min", axes=(lead + 1,))
+    within = cone.emit("ArgReduce", [cut], kind=kind, axis=lead + 1)  # [rows..., S, 1]
+    shape = cut.shape[:lead + 1]
+    best = cone.emit("ArgReduce", [cone.reshape(extreme, shape)], kind=kind, axis=lead)
+    picked = cone.emit("GatherAxis", [cone.reshape(within, shape), best], axis=lead)
+    size = Var((), best.dtype)
+    constants.append((size, mx.array(segment, dtype=mx.uint32)))
+    offset = cone.emit("Multiply", [best, cone.emit("Broadcast", [size], shape=best.shape)])
+    return cone.emit("Add", [offset, picked])
 
 
 def _split_logsumexp(cone: _Cone, cut: Var, lead: int, s: int) -> Var:

@@ -102,6 +102,9 @@ CASES = {
     "bool sum": (lambda x: mx.sum(x > 0), (_X,)),
     "through a transpose": (lambda x: mx.sum(x.T * mx.arange(8)), (_X,)),
     "bfloat16": (lambda x: mx.sum(x.astype(mx.bfloat16) * 3), (_X,)),
+    "argmax with ties and NaN": (lambda x: (mx.argmax(mx.round(x), axis=-1), mx.argmin(x, axis=-1),
+                                            mx.argmax(_NAN * 1.0, axis=-1)), (_X,)),
+    "argmax of a vector": (lambda x: mx.argmax(x.reshape(-1) * 2.0), (_X,)),
     "logsumexp": (lambda x: mx.logsumexp(x * 3.0, axis=-1), (_X,)),
     "logsumexp of a vector": (lambda x: mx.logsumexp(x.reshape(-1)), (_X,)),
     "logsumexp float16": (lambda x: mx.logsumexp(x.astype(mx.float16), axis=-1, keepdims=True), (_X,)),
@@ -181,9 +184,10 @@ def test_gradients_through_a_split_reduction(small):
 def test_random_reductions_split_like_the_traced_graph(data):
     """Random kinds, row counts, reduced ranks, broadcast operands and dtypes: the split graph
     equals the traced one under the JAX oracle."""
-    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any"]))
+    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any", "argmax", "argmin"]))
     lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
-    reduced = data.draw(st.lists(st.sampled_from([2, 3, 4, 6, 8, 12, 16]), min_size=1, max_size=3))
+    reduced = data.draw(st.lists(st.sampled_from([2, 3, 4, 6, 8, 12, 16]), min_size=1,
+                                 max_size=1 if kind.startswith("arg") else 3))
     dtype = data.draw(st.sampled_from([mx.float32, mx.float16, mx.bfloat16, mx.int32]))
     shape = tuple(lead) + tuple(reduced)
     # a second operand broadcast over some of the dims
@@ -195,7 +199,10 @@ def test_random_reductions_split_like_the_traced_graph(data):
     fn = {"sum": lambda x, b: mx.sum(x * b, axis=axes), "max": lambda x, b: mx.max(x - b, axis=axes),
           "min": lambda x, b: mx.min(x + b, axis=axes, keepdims=True),
           "prod": lambda x, b: mx.prod(mx.abs(x) * 0.1 + b, axis=axes),
-          "all": lambda x, b: mx.all(x > -b, axis=axes), "any": lambda x, b: mx.any(x > b * 2, axis=axes)}[kind]
+          "all": lambda x, b: mx.all(x > -b, axis=axes), "any": lambda x, b: mx.any(x > b * 2, axis=axes),
+          # rounded: ties across segments, where the first must win
+          "argmax": lambda x, b: mx.argmax(mx.round(x * b), axis=-1),
+          "argmin": lambda x, b: mx.argmin(mx.round(x - b), axis=-1, keepdims=True)}[kind]
     g = _trace(fn, x, b)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
