@@ -1227,7 +1227,7 @@ _ALGEBRA = K.PatternMatcher(((
 # and both are NaN otherwise. On a streamed row the statistic and the max are then one online
 # pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over rows of
 # 65536). Rows resident in registers keep the two passes over registers, which are cheaper
-# than the online rescaling.
+# than the online rescaling, and take the simpler exponent.
 _SHIFTED_SUMEXP = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="sumexp", name="r", src=(UPat(Ops.SUB, src=(
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),
@@ -1280,7 +1280,9 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
         if node.op is not Ops.REDUCE:
             return None
         if node.arg == "sumexp" and _loads_under(node.src[0]) <= resident:
-            return _expand_sumexp(node)  # its loads are in registers: the extra pass is free
+            # its loads are in registers: the extra pass is free (and exp(x - max x), not
+            # exp((x - m) - (m - m)), one subtraction per element less)
+            return _expand_sumexp(_SHIFTED_SUMEXP.rewrite(node) or node)
         if node.arg == "sumexp":
             return _SHIFTED_SUMEXP.rewrite(node)  # streamed: one pass with the max
         if node.arg == "sum" and not _loads_under(node) <= resident:
