@@ -89,6 +89,7 @@ class _Cone:
         # (value, shape) -> its reshape, shared by every split of the graph: two reductions of x
         # read one reshaped x, so clustering sees one load and may merge their kernels
         self.shared = shared
+        self.added: list[tuple[Var, tuple[int, ...]]] = []
 
     def emit(self, primitive: str, inputs, **params) -> Var:
         e = make_eqn(primitive, inputs, params)
@@ -100,7 +101,13 @@ class _Cone:
             return v
         if (v, shape) not in self.shared:
             self.shared[v, shape] = self.emit("Reshape", [v], shape=shape)
+            self.added.append((v, shape))
         return self.shared[v, shape]
+
+    def abandon(self) -> None:
+        """Forget this cone's reshapes: its equations are dropped, so no later cone may read them."""
+        for key in self.added:
+            del self.shared[key]
 
     def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         q = self.split(shape[self.lead:])
@@ -222,6 +229,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
         cut = cone.value(x)
         if cut is None:
+            cone.abandon()
             continue
         if kind in ("argmax", "argmin"):
             total = _split_arg(cone, cut, kind, lead, length // s, constants)
