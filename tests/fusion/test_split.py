@@ -184,11 +184,14 @@ def test_gradients_through_a_split_reduction(small):
 def test_random_reductions_split_like_the_traced_graph(data):
     """Random kinds, row counts, reduced ranks, broadcast operands and dtypes: the split graph
     equals the traced one under the JAX oracle."""
-    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any", "argmax", "argmin"]))
+    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any", "argmax", "argmin",
+                                      "logsumexp", "softmax"]))
+    last_axis = kind.startswith("arg") or kind in ("logsumexp", "softmax")
     lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
     reduced = data.draw(st.lists(st.sampled_from([2, 3, 4, 6, 8, 12, 16]), min_size=1,
-                                 max_size=1 if kind.startswith("arg") else 3))
-    dtype = data.draw(st.sampled_from([mx.float32, mx.float16, mx.bfloat16, mx.int32]))
+                                 max_size=1 if last_axis else 3))
+    floats = [mx.float32, mx.float16, mx.bfloat16]
+    dtype = data.draw(st.sampled_from(floats if kind in ("logsumexp", "softmax") else floats + [mx.int32]))
     shape = tuple(lead) + tuple(reduced)
     # a second operand broadcast over some of the dims
     bshape = tuple(d if data.draw(st.booleans()) else 1 for d in shape)
@@ -202,7 +205,9 @@ def test_random_reductions_split_like_the_traced_graph(data):
           "all": lambda x, b: mx.all(x > -b, axis=axes), "any": lambda x, b: mx.any(x > b * 2, axis=axes),
           # rounded: ties across segments, where the first must win
           "argmax": lambda x, b: mx.argmax(mx.round(x * b), axis=-1),
-          "argmin": lambda x, b: mx.argmin(mx.round(x - b), axis=-1, keepdims=True)}[kind]
+          "argmin": lambda x, b: mx.argmin(mx.round(x - b), axis=-1, keepdims=True),
+          "logsumexp": lambda x, b: mx.logsumexp(x * b, axis=-1),
+          "softmax": lambda x, b: mx.softmax(x - b, axis=-1)}[kind]
     g = _trace(fn, x, b)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
