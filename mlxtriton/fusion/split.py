@@ -38,8 +38,13 @@ SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})  # Reduce kin
 # threads at full occupancy with small threadgroups).
 GROUPS_PER_CORE = 4
 # A reduction smaller than this stays one level: one threadgroup streams it in a few microseconds,
-# about the cost of the second kernel a split adds.
+# about the cost of the second kernel a split adds. Measured on the H200 (pipelined calls,
+# benchmarks/results/split_threshold_h200.json): a sum of squares over 1 MiB takes 15.7 us in one
+# threadgroup and 16.9 split, over 2 MiB 24.1 and 19.1. An argmax, slower per element in one
+# threadgroup and three kernels split, pays from half as much: 512 KiB 34.8 against 27.9 us,
+# 256 KiB 23.5 against 26.3.
 MIN_SPLIT_BYTES = 1 << 20
+MIN_ARG_SPLIT_BYTES = 1 << 19
 # Elements each first-level row keeps, so that its threadgroup still has a row's worth of work.
 MIN_SEGMENT = 4096
 # Partials the second level combines at most: one row kernel's threadgroup.
@@ -68,10 +73,13 @@ class SplitDecision:
                 f"{self.rows} x {self.segments} (too few rows for {self.cores} cores)")
 
 
-def segments(rows: int, length: int, first: int, itemsize: int, cores: int) -> int:
+def segments(rows: int, length: int, first: int, itemsize: int, cores: int,
+             min_bytes: int | None = None) -> int:
     """How many segments to cut each row into (1: leave it): a divisor ``S`` of ``first`` (the
-    outermost reduced extent that can be cut) filling ``GROUPS_PER_CORE * cores`` threadgroups."""
-    if rows >= cores or rows * length * itemsize < MIN_SPLIT_BYTES:
+    outermost reduced extent that can be cut) filling ``GROUPS_PER_CORE * cores`` threadgroups,
+    for at least ``min_bytes`` (default `MIN_SPLIT_BYTES`) of input."""
+    min_bytes = MIN_SPLIT_BYTES if min_bytes is None else min_bytes
+    if rows >= cores or rows * length * itemsize < min_bytes:
         return 1
     want = min(MAX_SEGMENTS, -(-GROUPS_PER_CORE * cores // rows), length // MIN_SEGMENT)
     return max((d for d in range(2, want + 1) if first % d == 0), default=1)
@@ -223,7 +231,8 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         rows, length = math.prod(x.shape[:lead]), math.prod(reduced)
         flat = len(reduced) > 1 and _leaves_full_or_scalar(graph, x, lead)
         first = length if flat else reduced[0]
-        s = segments(rows, length, first, _itemsize(x.dtype), cores)
+        s = segments(rows, length, first, _itemsize(x.dtype), cores,
+                     MIN_ARG_SPLIT_BYTES if kind in ("argmax", "argmin") else None)
         if s == 1:
             continue
         cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
