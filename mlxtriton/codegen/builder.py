@@ -51,6 +51,9 @@ class ScheduleParams:
     # (lowering.py); without it multi-pass rows are streamed. The register count above still
     # shapes threads per row either way.
     keep_resident: bool = True
+    # Threadgroup memory a row kernel may stage multi-pass inputs in when they do not fit its
+    # registers (the chip's limit less the reduction scratch); 0: never stage.
+    staging_bytes: int = 0
     cores: int = 132  # GPU cores / SMs: a column reduction spreads over at least this many groups
 
     @classmethod
@@ -74,10 +77,16 @@ class ScheduleParams:
             max_row_threads=p.max_row_threads,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
             cores=p.cores,
+            staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes) if STAGE_ROWS else 0,
             # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
             # in all per thread) beat recomputing it with 16 registers of row data: softmax
             # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
             kept_registers=max(1, p.register_bytes_per_thread // 2))
+
+
+# Whether rows too long for registers may be staged in threadgroup memory (benchmarks switch it
+# off to compare with streaming them).
+STAGE_ROWS = True
 
 
 def chip_params(chip: str = "auto", device: Any = None
@@ -1144,6 +1153,30 @@ def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
     return resident, set(multi) - resident
 
 
+# Passes over memory a streamed load must take before staging it in threadgroup memory pays.
+# Measured on the H200 (benchmarks/results/staging_h200.json): a layer norm (three reads of the
+# row streamed, one staged) gains 52% at 2048x32768 float32 and 29% at 1024x65536 bfloat16; a
+# softmax (two reads: the online max-and-sum, the write) gains at most 5% and loses 17% at
+# 1024x65536 bfloat16, where 128 KB of staging leaves one threadgroup per SM.
+_STAGE_MIN_READS = 3
+
+
+def _plan_staging(stores: list[UOp], streamed: set[UOp], group_bytes: Callable[[UOp], int],
+                  budget: int) -> set[UOp]:
+    """Loads that missed the registers and that streaming would read at least
+    `_STAGE_MIN_READS` times: stage those that fit ``budget`` bytes of threadgroup memory, so
+    later passes read them on chip."""
+    reads = _pass_loads(stores)
+    staged: set[UOp] = set()
+    used = 0
+    candidates = [u for u in streamed if len(reads.get(u, ())) >= _STAGE_MIN_READS]
+    for u in sorted(candidates, key=lambda u: (group_bytes(u), u.src[0].arg.slot)):
+        if used + group_bytes(u) <= budget:
+            staged.add(u)
+            used += group_bytes(u)
+    return staged
+
+
 # Values costly enough to keep in registers rather than compute again in a later pass: a
 # transcendental (a MUFU op plus range reduction on the H200, ~8 instructions for expf), or an
 # IEEE division. A subtraction or a widening cast is one instruction: not worth the registers.
@@ -1371,6 +1404,15 @@ def build(region: Region,
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
         kept_budget = max(kept_budget, 2 * budget)
+    # what does not fit the registers may fit threadgroup memory: each thread stages its own
+    # elements there between passes (no thread reads another's, so no barrier)
+    staging = params.staging_bytes if budget and not interleaved else 0
+
+    def group_bytes(u: UOp) -> int:
+        return T * G * C * V * _dtypes.itemsize(u.dtype)
+
+    # Staging comes after the reductions are rewritten: a row the online max-and-sum reads in
+    # one pass (cross-entropy) needs nothing on chip.
     resident, _ = _plan_residency(stores, chunk_regs, budget)
     stores = _rewrite_reduces(stores, resident)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), _FAST_EXP).src)
@@ -1378,6 +1420,9 @@ def build(region: Region,
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
+    staged = _plan_staging(stores, streamed, group_bytes, staging)
+    streamed -= staged
+    resident |= staged
 
     def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
         if node.op not in (Ops.LOAD, Ops.STORE):
@@ -1388,13 +1433,14 @@ def build(region: Region,
 
     marked = UOp(Ops.KERNEL, "void", tuple(_map_nodes(stores, mark)), None)
     names = lambda loads: tuple(sorted({u.src[0].arg.name for u in loads}))  # noqa: E731
-    on_chip = "registers" if resident else ("stream" if streamed else "none")
+    on_chip = (("threadgroup" if staged == resident else "registers") if resident
+               else ("stream" if streamed else "none"))
     if ctx.is_row:
         sched = K.Schedule(
             name=_kernel_name(region.name), kind="row", elements=R * L, threadgroup_size=T * G,
             vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
             interleaved=interleaved, simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
-            resident=names(resident), streamed=names(streamed),
+            resident=names(resident), staged=names(staged), streamed=names(streamed),
             kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype)
     else:
         threads = L // V

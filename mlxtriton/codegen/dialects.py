@@ -25,6 +25,11 @@ class Dialect:
     global_space: str  # address-space qualifier of an input/output buffer pointer
     unroll: str  # pragma that fully unrolls the next loop
     unroll_by: str  # pragma that unrolls the next loop {n} times
+    # A threadgroup array of {count} {T} named {name} at byte {offset} of the staging area, and
+    # what declares the area once (CUDA: dynamic shared memory, sized by ``staging_option``)
+    staged_array: str
+    staging_area: str
+    staging_option: str | None
     shuffle_xor: str  # {x} from the lane whose index is this lane's xor {o}
     vector_type: str  # a {N}-lane vector of {T} that one 16-byte load fills
     vector_lane: str  # lane {l} of vector {v}
@@ -175,6 +180,9 @@ METAL = Dialect(
     global_space="device ",
     unroll="#pragma clang loop unroll(full)",
     unroll_by="#pragma clang loop unroll_count({n})",
+    staged_array="threadgroup {T} {name}[{count}];",
+    staging_area="",
+    staging_option=None,
     shuffle_xor="metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
     # Metal's own vector types: a load from device memory is a plain vector load (a struct
     # would need a copy constructor across address spaces)
@@ -209,6 +217,10 @@ CUDA = Dialect(
     global_space="",
     unroll="#pragma unroll",
     unroll_by="#pragma unroll {n}",
+    # static __shared__ stops at 48 KB; MLX opts a kernel in above 48000 bytes of dynamic memory
+    staged_array="{T}* {name} = reinterpret_cast<{T}*>(mt_stage + {offset});",
+    staging_area="extern __shared__ __align__(16) unsigned char mt_stage[];",
+    staging_option="shared_memory",
     shuffle_xor="__shfl_xor_sync(0xffffffffu, {x}, {o})",
     # CUDA has no half4: an aligned array struct (MLX's AlignedVector) loads as one ld.v4
     vector_type="mt_vec<{T}, {N}>",

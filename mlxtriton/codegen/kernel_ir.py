@@ -184,8 +184,11 @@ class Schedule:
     interleaved: bool = False  # lanes of a row rows_per_group threads apart (see above)
     simd_width: int = 32
     passes: int = 1  # passes over the row: one per reduction stage, plus one for row stores
-    on_chip: str = "none"  # "registers": multi-pass inputs stay in registers; "stream": re-read
-    resident: tuple[str, ...] = ()  # inputs held in registers across passes
+    # "registers": multi-pass inputs stay in registers; "threadgroup": in threadgroup memory
+    # (rows too long for registers); "stream": re-read from memory; "none": one pass
+    on_chip: str = "none"
+    resident: tuple[str, ...] = ()  # inputs held on chip across passes (registers or staged)
+    staged: tuple[str, ...] = ()  # of those, inputs held in threadgroup memory
     streamed: tuple[str, ...] = ()  # inputs read again from memory by a later pass
     kept: int = 0  # computed values kept in registers between passes (KEEP nodes)
     index_dtype: str = "int32"
@@ -221,8 +224,11 @@ class Schedule:
                 f"vector {self.vector_width}, "
                 f"{self.chunks} vectors/thread, reduction {self.reduction_tree}, "
                 f"{self.passes} pass(es)")
-        if self.on_chip == "registers":
-            text += f"; on chip: {', '.join(self.resident)} resident in registers"
+        in_registers = [n for n in self.resident if n not in self.staged]
+        parts = [f"{', '.join(in_registers)} resident in registers"] if in_registers else []
+        parts += [f"{', '.join(self.staged)} staged in threadgroup memory"] if self.staged else []
+        if parts:
+            text += "; on chip: " + ", ".join(parts)
         elif self.on_chip == "stream":
             text += f"; on chip: none, {', '.join(self.streamed)} re-read from memory"
         if self.kept:

@@ -114,7 +114,12 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
         itemsize = max((dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
         per_thread = params(itemsize, s.row_length if s.kind == "row" else None).resident_registers * 4
         budget = per_thread * s.threads_per_row * s.rows_per_group
-        if s.on_chip == "registers":
+        if s.on_chip == "threadgroup":
+            p = params(itemsize, s.row_length)
+            reason = (f"rows of {s.row_length} exceed the {per_thread} B/thread register budget of "
+                      f"{target.chip.name}; {', '.join(s.staged)} staged in its "
+                      f"{p.staging_bytes} B of threadgroup memory instead of read again")
+        elif s.on_chip == "registers":
             reason = (f"{', '.join(s.resident)} fit{'s' if len(s.resident) == 1 else ''} the "
                       f"{per_thread} B/thread register budget of {target.chip.name}")
         elif s.on_chip == "stream":
@@ -144,7 +149,7 @@ def lower_fused(eqn: Eqn, target: hw.Target, dialect: str
     """
     schedule = dict(eqn.params["schedule"] or ())
     region, extra = _region(eqn)
-    params = _schedule_params(target, registers=schedule.get("on_chip") == "registers")
+    params = _schedule_params(target, registers=schedule.get("on_chip") in ("registers", "threadgroup"))
     return render(build(region, params), dialect), extra
 
 

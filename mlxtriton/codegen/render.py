@@ -127,7 +127,9 @@ class _Renderer:
         self.bound: list[dict[UOp, str]] = [{}, {}, {}]
         self.level_lines: list[list[str]] = [self.lines, [], []]
         self.chunk_post: list[str] = []
-        self.resident: dict[UOp, str] = {}  # LOAD -> register array
+        self.resident: dict[UOp, str] = {}  # LOAD -> register array (or threadgroup array)
+        self.staged: set[UOp] = set()  # resident loads held in threadgroup memory
+        self.staging_bytes = 0  # bytes of the dialect's staging area the kernel uses
         self.loaded: set[UOp] = set()  # resident LOADs already filled
         self.store_vectors: dict[UOp, str] = {}
 
@@ -217,7 +219,7 @@ class _Renderer:
         T = self.d.type(p.dtype)
         access = u.arg.access
         if u in self.resident and u in self.loaded:
-            return f"{self.resident[u]}[{self.reg_index()}]"
+            return self.slot(u)
         if access is Access.VECTOR:
             vec = self.chunk_vector_load(u)
             text = self.d.vector_lane.format(v=vec, l="mt_l")
@@ -235,16 +237,23 @@ class _Renderer:
             text = name
         if u in self.resident:
             # first pass that reads it: fill the register array, later passes reuse it
-            self.emit(_LANE, f"{self.resident[u]}[{self.reg_index()}] = {text};")
+            self.emit(_LANE, f"{self.slot(u)} = {text};")
             self.loaded_now.add(u)
         return text
+
+    def slot(self, u: UOp) -> str:
+        """Where a resident load or kept value lives for this thread's current element: its
+        register, or its own slot of a threadgroup array (threads interleaved: no bank conflicts)."""
+        if u in self.staged:
+            return f"{self.resident[u]}[({self.reg_index()}) * {self.s.threadgroup_size} + mt_tid]"
+        return f"{self.resident[u]}[{self.reg_index()}]"
 
     def keep(self, u: UOp, level: int) -> str:
         """A kept value: computed and saved by the first pass that reads it, read back after."""
         if u in self.loaded:
-            return f"{self.resident[u]}[{self.reg_index()}]"
+            return self.slot(u)
         text = self.expr(u.src[0], level)
-        self.emit(_LANE, f"{self.resident[u]}[{self.reg_index()}] = {text};")
+        self.emit(_LANE, f"{self.slot(u)} = {text};")
         self.loaded_now.add(u)
         return text
 
@@ -401,7 +410,18 @@ def _render_row(r: _KernelWriter) -> list[str]:
 
     # inputs and computed values that stay on chip between passes: one register array each
     for u in r.k.toposort:
-        if u.op is Ops.LOAD and u.arg.resident:
+        if u.op is Ops.LOAD and u.arg.resident and u.src[0].arg.name in s.staged:
+            name = r.tmp("mt_s")
+            r.resident[u] = name
+            r.staged.add(u)
+            count = C * V * s.threadgroup_size
+            if d.staging_area and not r.staging_bytes:
+                lines.append(d.staging_area)
+            lines.append(d.staged_array.format(T=d.type(u.dtype), name=name, count=count,
+                                               offset=r.staging_bytes)
+                         + f"  // {u.src[0].arg.name}, staged in threadgroup memory across passes")
+            r.staging_bytes += -(-count * _dtypes.itemsize(u.dtype) // 16) * 16
+        elif u.op is Ops.LOAD and u.arg.resident:
             name = r.tmp("mt_r")
             r.resident[u] = name
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].arg.name}, "
@@ -417,7 +437,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
     elem_stores = [st for st in _stores(r.k) if st.arg.access is not Access.HOISTED]
     row_stores = [st for st in _stores(r.k) if st.arg.access is Access.HOISTED]
     guard_col = L % (T * V) != 0
-    unroll_chunks = d.unroll if r.resident else (
+    unroll_chunks = d.unroll if set(r.resident) - r.staged else (
         d.unroll_by.format(n=STREAM_UNROLL) if STREAM_UNROLL > 1 and C > 1 else None)
 
     def chunk_loop(body) -> list[str]:
@@ -737,7 +757,8 @@ def render(kernel: UOp, dialect: Dialect | str) -> LoweredKernel:
         grid=(s.grid, 1, 1), threadgroup=(s.threadgroup_size, 1, 1),
         output_shapes=tuple(p.shape for p in outs), output_dtypes=tuple(p.dtype for p in outs),
         input_shapes=tuple(p.shape for p in ins), input_dtypes=tuple(p.dtype for p in ins),
-        options=d.constructor_options, kernel=kernel)
+        options=tuple((k, r.staging_bytes if k == d.staging_option else v)
+                      for k, v in d.constructor_options), kernel=kernel)
 
 
 _DECL = re.compile(r"^\s*const [\w:<>, ]+? (mt_\w+) = ")

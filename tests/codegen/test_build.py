@@ -11,7 +11,7 @@ from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, S
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import Access, Ops, print_kernel
 from mlxtriton.codegen.region import RegionBuilder
-from mlxtriton.codegen.render import lower
+from mlxtriton.codegen.render import lower, render
 from tests.codegen import codegen_oracle as oracle
 
 
@@ -101,6 +101,43 @@ def test_exp_of_a_value_bounded_by_zero_is_the_fast_exponential():
     assert _exps(b.build([b.op("Exp", b.input((8, 256), "float32", "x"))])) == ["EXP"]
     cuda, metal = lower(oracle.softmax(shape=(64, 1000)), "cuda"), lower(oracle.softmax(shape=(64, 1000)), "metal")
     assert "__expf(" in cuda.source and "metal::fast::exp(" in metal.source
+
+
+def test_rows_too_long_for_registers_stage_in_threadgroup_memory():
+    from mlxtriton.codegen.builder import chip_params
+
+    h200 = chip_params("h200")
+    # A layer norm streamed reads the row three times: 65536 bfloat16 (128 KB) or 32768 float32
+    # fit the H200's 227 KB of shared memory
+    for region in (oracle.layer_norm(shape=(64, 65536), dtype="bfloat16"), oracle.layer_norm(shape=(64, 32768))):
+        k = build(region, h200)
+        assert (k.arg.on_chip, k.arg.staged, k.arg.streamed, k.arg.passes) == ("threadgroup", ("x",), (), 3)
+        lowered = render(k, "cuda")
+        assert dict(lowered.options)["shared_memory"] == 131072
+        assert "extern __shared__" in lowered.source and "staged in threadgroup memory" in lowered.source
+    # a softmax streamed reads it twice (online max-and-sum, then the write): not worth staging;
+    # 65536 float32 (256 KB) does not fit; a one-pass row (online cross-entropy) needs nothing
+    assert build(oracle.softmax(shape=(64, 32768)), h200).arg.on_chip == "stream"
+    assert build(oracle.layer_norm(shape=(64, 65536)), h200).arg.on_chip == "stream"
+    ce = build(oracle.cross_entropy_mlx(shape=(8, 65536), dtype="bfloat16"), h200).arg
+    assert (ce.passes, ce.staged) == (1, ())
+
+
+def test_staged_rows_type_check_as_metal():
+    import dataclasses
+
+    from tests.codegen import metal_check
+
+    # Apple rows that miss the registers miss the 32 KB of threadgroup memory too; force it
+    params = dataclasses.replace(METAL_PARAMS, resident_registers=1, max_resident_registers=1,
+                                 staging_bytes=32 * 1024 - 256)
+    for dtype in ("float32", "float16"):
+        region = oracle.layer_norm(shape=(64, 2048), dtype=dtype)
+        k = build(region, params)
+        assert k.arg.on_chip == "threadgroup", k.arg.describe()
+        lowered = render(k, "metal")
+        assert "threadgroup " in lowered.source and dict(lowered.options) == {"atomic_outputs": False}
+        assert metal_check.check(lowered) == [], lowered.source
 
 
 def test_streamed_rows_keep_nothing():
