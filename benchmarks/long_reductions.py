@@ -11,7 +11,6 @@ Run: python benchmarks/long_reductions.py --out benchmarks/results/long_reductio
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -44,10 +43,7 @@ def cases(dtype):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="long_reductions.json")
-    opts = ap.parse_args()
-    result, save = results_file("long_reductions", __doc__, opts.out)
+    result, save = results_file("long_reductions", __doc__)
     for dtype in (mx.float32, mx.bfloat16):
         for name, (fn, args, one_kernel) in cases(dtype).items():
             nbytes = sum(x.nbytes for x in args) + fn(*args).nbytes

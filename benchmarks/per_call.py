@@ -7,7 +7,6 @@ Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.js
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,9 +19,6 @@ import mlxtriton  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="per_call.json")
-    opts = ap.parse_args()
     small = mx.random.normal((8, 64))
     mx.eval(small)
     variants = {
@@ -33,7 +29,7 @@ def main() -> None:
     }
     per_call = {name: 1e6 * time_mlx(fn, (small,), reps=500) for name, fn in variants.items()}
     print({k: round(v, 1) for k, v in per_call.items()})
-    result, save = results_file("per_call", __doc__, opts.out)
+    result, save = results_file("per_call", __doc__)
     result["per_call_us"] = per_call
     save()
 

@@ -83,10 +83,15 @@ def families(dtype):
     }
 
 
-def results_file(benchmark: str, doc: str, path: str):
+def results_file(benchmark: str, doc: str, path: str | None = None):
     """``(result, save)``: the JSON record of one run (date, device, MLX version and the method
     paragraph of the benchmark's docstring; rows appended to ``result["rows"]``) and a function
-    writing it to ``path``, called after every row so a run cut short still leaves its figures."""
+    writing it to ``path`` (None: the command line's ``--out``, default ``<benchmark>.json``),
+    called after every row so a run cut short still leaves its figures."""
+    if path is None:
+        ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+        ap.add_argument("--out", default=f"{benchmark}.json")
+        path = ap.parse_args().out
     result = {
         "benchmark": benchmark, "date": datetime.date.today().isoformat(),
         "device": mx.device_info().get("device_name", str(mx.default_device())),

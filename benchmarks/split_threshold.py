@@ -11,7 +11,6 @@ Run: python benchmarks/split_threshold.py --out benchmarks/results/split_thresho
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,10 +25,7 @@ from mlxtriton.fusion import split  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="split_threshold.json")
-    opts = ap.parse_args()
-    result, save = results_file("split_threshold", __doc__, opts.out)
+    result, save = results_file("split_threshold", __doc__)
     fns = {"sum of squares": lambda x: mx.sum(x * x), "argmax": lambda x: mx.argmax(x)}
     for n in (1 << 14, 1 << 15, 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20):
         x = mx.random.normal((n,))

@@ -9,7 +9,6 @@ Run: python benchmarks/staging.py --out benchmarks/results/staging_<device>.json
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -26,10 +25,7 @@ builder = importlib.import_module("mlxtriton.codegen.builder")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="staging.json")
-    opts = ap.parse_args()
-    result, save = results_file("staging", __doc__, opts.out)
+    result, save = results_file("staging", __doc__)
     fns = {
         "softmax": lambda x: mx.softmax(x, axis=-1),
         "log_softmax": lambda x: x - mx.logsumexp(x, axis=-1, keepdims=True),

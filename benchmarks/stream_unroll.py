@@ -9,7 +9,6 @@ Run: python benchmarks/stream_unroll.py --out benchmarks/results/stream_unroll_<
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -26,9 +25,6 @@ render = importlib.import_module("mlxtriton.codegen.render")  # the module (the 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="stream_unroll.json")
-    opts = ap.parse_args()
     R, L = 1024, 65536
     labels = mx.random.randint(0, L, (R,)).astype(mx.int32)
     fns = {
@@ -37,7 +33,7 @@ def main() -> None:
         "logsumexp": (lambda x: mx.logsumexp(x, axis=-1), False),
         "rms_norm": (lambda x: x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-5), False),
     }
-    result, save = results_file("stream_unroll", __doc__, opts.out)
+    result, save = results_file("stream_unroll", __doc__)
     for dtype in (mx.float32, mx.bfloat16):
         x = mx.random.normal((R, L)).astype(dtype)
         mx.eval(x, labels)
