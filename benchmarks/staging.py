@@ -28,7 +28,8 @@ builder = importlib.import_module("mlxtriton.codegen.builder")
 def main() -> None:
     # STAGE_MIN_READS=2 also stages what streaming reads twice (a softmax): the experiment
     # behind builder._STAGE_MIN_READS
-    min_reads = int(os.environ.get("STAGE_MIN_READS", builder._STAGE_MIN_READS))
+    default_reads = builder._STAGE_MIN_READS
+    min_reads = int(os.environ.get("STAGE_MIN_READS", default_reads))
     result, save = results_file("staging", __doc__)
     result["stage_min_reads"] = min_reads
     fns = {
@@ -51,12 +52,12 @@ def main() -> None:
                 row = {"family": name, "dtype": str(dtype).split(".")[-1], "shape": list(shape)}
                 for staged in (False, True):
                     builder.STAGE_ROWS = staged
-                    builder._STAGE_MIN_READS = min_reads if staged else builder._STAGE_MIN_READS
+                    builder._STAGE_MIN_READS = min_reads if staged else default_reads
                     f = mlxtriton.optimize(fn)
                     row[f"{'staged' if staged else 'streamed'}_on_chip"] = f.lower(x)[0].kernel.arg.on_chip
                     row[f"{'staged' if staged else 'streamed'}_gbs"] = round(nbytes / time_mlx(f, (x,)) / 1e9, 1)
                 builder.STAGE_ROWS = True
-                builder._STAGE_MIN_READS = 3
+                builder._STAGE_MIN_READS = default_reads
                 print(json.dumps(row), flush=True)
                 result["rows"].append(row)
                 save()
