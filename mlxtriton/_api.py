@@ -61,8 +61,8 @@ def layout(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(),
 def cache(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
     """On-chip ("M3") caching: keep a multi-pass row kernel's row in registers across passes
     where it fits the chip's on-chip budget (larger on Apple9+ with dynamic caching), else in
-    threadgroup memory where streaming would read it three times or more and it fits there,
-    otherwise stream it with one extra read per pass. The decision is recorded in each region's
+    threadgroup memory where that pays (streaming would read it three times or more, or twice
+    and two threadgroups still fit a core), otherwise stream it with one extra read per pass. The decision is recorded in each region's
     ``schedule`` and shown by ``.lower()`` and ``.explain()``. Implies `fuse`.
 
     Example:

@@ -54,6 +54,9 @@ class ScheduleParams:
     # Threadgroup memory a row kernel may stage multi-pass inputs in when they do not fit its
     # registers (the chip's limit less the reduction scratch); 0: never stage.
     staging_bytes: int = 0
+    # Staging that still leaves two threadgroups per core (half its threadgroup memory, less
+    # scratch): worth it even for a row streaming would read only twice.
+    staging_shared_bytes: int = 0
     cores: int = 132  # GPU cores / SMs: a column reduction spreads over at least this many groups
 
     @classmethod
@@ -78,6 +81,8 @@ class ScheduleParams:
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
             cores=p.cores,
             staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes) if STAGE_ROWS else 0,
+            staging_shared_bytes=max(0, min(p.threadgroup_memory_bytes, p.core_threadgroup_memory_bytes // 2)
+                                     - 2 * p.reduction_scratch_bytes) if STAGE_ROWS else 0,
             # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
             # in all per thread) beat recomputing it with 16 registers of row data: softmax
             # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
@@ -1153,23 +1158,27 @@ def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
     return resident, set(multi) - resident
 
 
-# Passes over memory a streamed load must take before staging it in threadgroup memory pays.
-# Measured on the H200 (benchmarks/results/staging_h200.json): a layer norm (three reads of the
-# row streamed, one staged) gains 52% at 2048x32768 float32 and 29% at 1024x65536 bfloat16; a
-# softmax (two reads: the online max-and-sum, the write) gains at most 5% and loses 17% at
-# 1024x65536 bfloat16, where 128 KB of staging leaves one threadgroup per SM.
+# Passes over memory a streamed load must take before staging it in threadgroup memory pays even
+# when the staging leaves one threadgroup per core. Measured on the H200
+# (benchmarks/results/staging_h200*.json): a layer norm (three reads streamed, one staged) gains
+# 52% at 2048x32768 float32 (128 KB staged) and 29% at 1024x65536 bfloat16; a softmax (two
+# reads: the online max-and-sum, the write) loses 3% at 2048x32768 float32 and 17% at 1024x65536
+# bfloat16 (128 KB: one threadgroup per SM), but gains 29% at 2048x24576 float32 (96 KB) and 25%
+# at 3072x20480 (80 KB), where two threadgroups share an SM.
 _STAGE_MIN_READS = 3
 
 
 def _plan_staging(stores: list[UOp], streamed: set[UOp], group_bytes: Callable[[UOp], int],
-                  budget: int) -> set[UOp]:
-    """Loads that missed the registers and that streaming would read at least
-    `_STAGE_MIN_READS` times: stage those that fit ``budget`` bytes of threadgroup memory, so
-    later passes read them on chip."""
+                  budget: int, shared_budget: int) -> set[UOp]:
+    """Loads that missed the registers: stage in threadgroup memory those that fit ``budget``
+    bytes and that streaming would read at least `_STAGE_MIN_READS` times, or twice when all
+    staged fit ``shared_budget`` (two threadgroups per core), so later passes read them on chip."""
     reads = _pass_loads(stores)
+    total = sum(group_bytes(u) for u in streamed if len(reads.get(u, ())) >= 2)
+    least = 2 if total <= shared_budget else _STAGE_MIN_READS
     staged: set[UOp] = set()
     used = 0
-    candidates = [u for u in streamed if len(reads.get(u, ())) >= _STAGE_MIN_READS]
+    candidates = [u for u in streamed if len(reads.get(u, ())) >= least]
     for u in sorted(candidates, key=lambda u: (group_bytes(u), u.src[0].arg.slot)):
         if used + group_bytes(u) <= budget:
             staged.add(u)
@@ -1420,7 +1429,8 @@ def build(region: Region,
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
-    staged = _plan_staging(stores, streamed, group_bytes, staging)
+    staged = _plan_staging(stores, streamed, group_bytes, staging,
+                           params.staging_shared_bytes if staging else 0)
     streamed -= staged
     resident |= staged
 

@@ -74,6 +74,9 @@ class CodegenParams:
         threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
             profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
         reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
+        core_threadgroup_memory_bytes: Threadgroup memory one core (SM) holds for all its
+            resident threadgroups: a threadgroup taking more than half leaves it one at a time.
+            Apple does not publish it; the per-threadgroup figure stands in.
         cores: GPU cores (Apple) or streaming multiprocessors (NVIDIA), of the largest bin that
             ships: a kernel of fewer threadgroups leaves cores idle.
         resident_budget_bytes: On-chip bytes available to keep *one row* resident across passes
@@ -107,6 +110,7 @@ class CodegenParams:
     max_row_register_bytes: int
     threadgroup_memory_bytes: int
     reduction_scratch_bytes: int
+    core_threadgroup_memory_bytes: int
     cores: int
     resident_budget_bytes: int
     row_resident: bool | None
@@ -269,6 +273,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
         reduction_scratch_bytes=scratch_bytes,
+        core_threadgroup_memory_bytes=profile.shared_memory_per_sm_bytes or threadgroup_memory,
         cores=max(profile.gpu_cores or (1,)),  # the tuned-for chip's, like every decision
         resident_budget_bytes=budget,
         row_resident=None if row_length is None else row_length * dtype_itemsize <= budget,
