@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+_default_device = mx.default_device  # bound once: the hot path calls it on every call
+
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError
 from mlxtriton.codegen.lowering import (cache_with_report, kernel_target, lower_fused,
@@ -331,7 +333,11 @@ class Compiled:
         # Fast path: positional arrays only (the common case) key on shapes and dtypes alone.
         if self._plain and not kwargs:
             try:
-                key = (*[(a.shape, a.dtype) for a in args], mx.default_device().type)
+                if len(args) == 1:  # the most common call: no list, no unpacking
+                    a = args[0]
+                    key = (a.shape, a.dtype, _default_device().type)
+                else:
+                    key = (*[(a.shape, a.dtype) for a in args], _default_device().type)
                 return self._fast[key](*args)
             except (KeyError, AttributeError):
                 pass
@@ -351,7 +357,9 @@ class Compiled:
                 self._cache.popitem(last=False)
                 self._fast.clear()  # rebuilt from _cache entries on their next call
             if self._plain and not kwargs and all(isinstance(a, mx.array) for a in args):
-                self._fast[(*[(a.shape, a.dtype) for a in args], device.type)] = _returning(*entry)
+                key = ((args[0].shape, args[0].dtype, device.type) if len(args) == 1
+                       else (*[(a.shape, a.dtype) for a in args], device.type))
+                self._fast[key] = _returning(*entry)
         executable, out_tree = entry
         return pytree.unflatten(out_tree, executable.run(*leaves))
 
