@@ -36,7 +36,7 @@ import mlxtriton
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import families, make_args, results_file, time_mlx  # noqa: E402  (one definition of each)
+from row_kernels import family_cases, results_file, time_mlx  # noqa: E402  (one definition of each)
 
 
 def _inexact(args) -> list[int]:
@@ -82,62 +82,53 @@ def main() -> None:
     ap.add_argument("--shapes", default="")
     ap.add_argument("--reps", type=int, default=30)
     opts = ap.parse_args()
-    chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
-    if opts.shapes:
-        shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
     result, save = results_file("backward_rows", __doc__, opts.out)
     rows_out = result["rows"]
 
-    for dtype_name in opts.dtypes.split(","):
-        dtype = getattr(mx, dtype_name)
-        for name, (composed, native, spec) in families(dtype).items():
-            if chosen and name not in chosen:
-                continue
-            for rows, cols in shapes:
-                args = make_args(spec, rows, cols, dtype)
-                out = composed(*args)
-                cot = mx.random.normal(out.shape).astype(out.dtype)
-                mx.eval(out, cot)
-                inexact = [args[i] for i in _inexact(args)]
-                reads = sum(a.nbytes for a in args) + cot.nbytes
-                writes = sum(a.nbytes for a in inexact)
-                moved = {"bwd": reads + writes, "fwd+bwd": reads + writes + out.nbytes}
-                variants = {"mx.compile": (composed, True), "mlxtriton": (None, True),
-                            "mlxtriton/mlx-vjp": (None, False)}
-                if native is not None:
-                    variants["mlx_native"] = (native, True)
-                row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
-                       "bytes": moved}
-                reference = None
-                for kind in ("bwd", "fwd+bwd"):
-                    for vname, (fn, flag) in variants.items():
-                        if vname.startswith("mlxtriton"):
-                            fn = built(composed, flag)
-                        run, primals = vjp_of(fn, args, cot, kind == "fwd+bwd")
-                        if not vname.startswith("mlxtriton"):
-                            run = mx.compile(run)
-                        try:
-                            grads = run(*primals)
-                            grads = grads[1] if kind == "fwd+bwd" else grads
-                            mx.eval(grads)
-                            if vname == "mx.compile" and kind == "bwd":
-                                reference = grads
-                            elif reference is not None and kind == "bwd":
-                                row[f"{vname}_maxrel"] = max(max_rel(g, r) for g, r in zip(grads, reference))
-                            t = time_mlx(run, primals, reps=opts.reps)
-                        except Exception as err:  # noqa: BLE001 (recorded, the run goes on)
-                            row[f"{kind}/{vname}_error"] = f"{type(err).__name__}: {err}"[:300]
-                            continue
-                        row[f"{kind}/{vname}_us"] = 1e6 * t
-                        row[f"{kind}/{vname}_gbs"] = moved[kind] / t / 1e9
-                    os.environ.pop(FUSED_BACKWARD_ENV, None)
-                rows_out.append(row)
-                save()
-                print(f"{name:14s} {dtype_name:8s} {rows}x{cols}: " + "  ".join(
-                    f"{k.replace('_gbs', '')} {v:.0f}" for k, v in row.items() if k.endswith("_gbs")),
-                    flush=True)
-                del args, out, cot
+    for dtype_name, name, composed, native, rows, cols, args in family_cases(opts, shapes):
+        out = composed(*args)
+        cot = mx.random.normal(out.shape).astype(out.dtype)
+        mx.eval(out, cot)
+        inexact = [args[i] for i in _inexact(args)]
+        reads = sum(a.nbytes for a in args) + cot.nbytes
+        writes = sum(a.nbytes for a in inexact)
+        moved = {"bwd": reads + writes, "fwd+bwd": reads + writes + out.nbytes}
+        variants = {"mx.compile": (composed, True), "mlxtriton": (None, True),
+                    "mlxtriton/mlx-vjp": (None, False)}
+        if native is not None:
+            variants["mlx_native"] = (native, True)
+        row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
+               "bytes": moved}
+        reference = None
+        for kind in ("bwd", "fwd+bwd"):
+            for vname, (fn, flag) in variants.items():
+                if vname.startswith("mlxtriton"):
+                    fn = built(composed, flag)
+                run, primals = vjp_of(fn, args, cot, kind == "fwd+bwd")
+                if not vname.startswith("mlxtriton"):
+                    run = mx.compile(run)
+                try:
+                    grads = run(*primals)
+                    grads = grads[1] if kind == "fwd+bwd" else grads
+                    mx.eval(grads)
+                    if vname == "mx.compile" and kind == "bwd":
+                        reference = grads
+                    elif reference is not None and kind == "bwd":
+                        row[f"{vname}_maxrel"] = max(max_rel(g, r) for g, r in zip(grads, reference))
+                    t = time_mlx(run, primals, reps=opts.reps)
+                except Exception as err:  # noqa: BLE001 (recorded, the run goes on)
+                    row[f"{kind}/{vname}_error"] = f"{type(err).__name__}: {err}"[:300]
+                    continue
+                row[f"{kind}/{vname}_us"] = 1e6 * t
+                row[f"{kind}/{vname}_gbs"] = moved[kind] / t / 1e9
+            os.environ.pop(FUSED_BACKWARD_ENV, None)
+        rows_out.append(row)
+        save()
+        print(f"{name:14s} {dtype_name:8s} {rows}x{cols}: " + "  ".join(
+            f"{k.replace('_gbs', '')} {v:.0f}" for k, v in row.items() if k.endswith("_gbs")),
+            flush=True)
+        del args, out, cot
     print("wrote", opts.out)
 
 

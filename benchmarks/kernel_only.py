@@ -42,7 +42,7 @@ from mlxtriton.codegen.render import render
 from mlxtriton.graph.fused import is_fused
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import families, make_args, triton_softmax_gbs  # noqa: E402
+from row_kernels import family_cases, triton_softmax_gbs  # noqa: E402
 
 CTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16", "int32": "int32_t",
           "uint32": "uint32_t", "int64": "int64_t", "bool": "bool", "uint8": "uint8_t", "int8": "int8_t"}
@@ -204,8 +204,6 @@ def main() -> None:
     import triton
 
     drv = Driver()
-    chosen = set(filter(None, opts.families.split(",")))
-    shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
     registers = [tuple(int(n) for n in r.split("x")) for r in opts.registers.split(",") if r]
     rows_out = []
     result = {"benchmark": "kernel_only", "date": datetime.date.today().isoformat(),
@@ -219,58 +217,52 @@ def main() -> None:
         with open(opts.out, "w") as fh:
             json.dump(result, fh, indent=1)
 
-    for dtype_name in opts.dtypes.split(","):
-        dtype = getattr(mx, dtype_name)
-        for name, (composed, _native, spec) in families(dtype).items():
-            if chosen and name not in chosen:
-                continue
-            for rows, cols in shapes:
-                args = make_args(spec, rows, cols, dtype)
-                want = mlxtriton.optimize(composed)(*args)
-                want = [want] if isinstance(want, mx.array) else list(want)
-                mx.eval(want)
-                row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols}
-                try:
-                    variants = kernel_variants(composed, args, registers)
-                except Exception as err:  # noqa: BLE001
-                    row["error"] = f"{type(err).__name__}: {err}"[:300]
-                    rows_out.append(row)
-                    save()
-                    continue
-                moved = sum(a.nbytes for a in args) + sum(w.nbytes for w in want)
-                row["bytes"] = moved
-                for label, k, extra in variants:
-                    try:
-                        ins = [_to_torch(a) for a in (*args, *extra)]
-                        outs = [torch.empty(s, dtype=getattr(torch, d), device="cuda")
-                                for s, d in zip(k.output_shapes, k.output_dtypes)]
-                        fn = drv.compile(wrapped_source(k), k.name)
-                        shared = dict(k.options).get("shared_memory", 0)
-                        blocks = -(-k.grid[0] // k.threadgroup[0])
-                        launch = drv.launcher(fn, ins + outs, blocks, k.threadgroup[0], shared)
-                        launch()
-                        torch.cuda.synchronize()
-                        err = max(float(np.max(np.abs(o.float().cpu().numpy().reshape(w.shape)
-                                                      - np.array(w.astype(mx.float32)))))
-                                  for o, w in zip(outs, want))
-                        ms = triton.testing.do_bench(launch, warmup=25, rep=100)
-                        row[f"{label}_gbs"] = moved / (ms * 1e-3) / 1e9
-                        row[f"{label}_maxerr"] = err
-                        row[f"{label}_threads"] = k.threadgroup[0]
-                        row[f"{label}_schedule"] = k.kernel.arg.describe()
-                    except Exception as e:  # noqa: BLE001
-                        row[f"{label}_error"] = f"{type(e).__name__}: {e}"[:500]
-                x = torch.randn(rows, cols, device="cuda", dtype=getattr(torch, dtype_name))
-                row["torch_clone_gbs"] = 2 * x.numel() * x.element_size() / (
-                    triton.testing.do_bench(lambda: x.clone(), warmup=25, rep=100) * 1e-3) / 1e9
-                if name == "softmax":
-                    row["triton_gbs"] = triton_softmax_gbs(rows, cols, dtype_name)
-                    row["triton_pipelined_gbs"] = triton_softmax_gbs(rows, cols, dtype_name, timer=pipelined_torch)
-                rows_out.append(row)
-                save()
-                print(f"{name:14s} {dtype_name:8s} {rows}x{cols}: " + "  ".join(
-                    f"{k_.replace('_gbs', '')} {v:.0f}" for k_, v in row.items() if k_.endswith("_gbs"))
-                    + "".join(f"  [{k_}: {v}]" for k_, v in row.items() if k_.endswith("_error")), flush=True)
+    for dtype_name, name, composed, _native, rows, cols, args in family_cases(opts, []):
+        want = mlxtriton.optimize(composed)(*args)
+        want = [want] if isinstance(want, mx.array) else list(want)
+        mx.eval(want)
+        row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols}
+        try:
+            variants = kernel_variants(composed, args, registers)
+        except Exception as err:  # noqa: BLE001
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
+            rows_out.append(row)
+            save()
+            continue
+        moved = sum(a.nbytes for a in args) + sum(w.nbytes for w in want)
+        row["bytes"] = moved
+        for label, k, extra in variants:
+            try:
+                ins = [_to_torch(a) for a in (*args, *extra)]
+                outs = [torch.empty(s, dtype=getattr(torch, d), device="cuda")
+                        for s, d in zip(k.output_shapes, k.output_dtypes)]
+                fn = drv.compile(wrapped_source(k), k.name)
+                shared = dict(k.options).get("shared_memory", 0)
+                blocks = -(-k.grid[0] // k.threadgroup[0])
+                launch = drv.launcher(fn, ins + outs, blocks, k.threadgroup[0], shared)
+                launch()
+                torch.cuda.synchronize()
+                err = max(float(np.max(np.abs(o.float().cpu().numpy().reshape(w.shape)
+                                              - np.array(w.astype(mx.float32)))))
+                          for o, w in zip(outs, want))
+                ms = triton.testing.do_bench(launch, warmup=25, rep=100)
+                row[f"{label}_gbs"] = moved / (ms * 1e-3) / 1e9
+                row[f"{label}_maxerr"] = err
+                row[f"{label}_threads"] = k.threadgroup[0]
+                row[f"{label}_schedule"] = k.kernel.arg.describe()
+            except Exception as e:  # noqa: BLE001
+                row[f"{label}_error"] = f"{type(e).__name__}: {e}"[:500]
+        x = torch.randn(rows, cols, device="cuda", dtype=getattr(torch, dtype_name))
+        row["torch_clone_gbs"] = 2 * x.numel() * x.element_size() / (
+            triton.testing.do_bench(lambda: x.clone(), warmup=25, rep=100) * 1e-3) / 1e9
+        if name == "softmax":
+            row["triton_gbs"] = triton_softmax_gbs(rows, cols, dtype_name)
+            row["triton_pipelined_gbs"] = triton_softmax_gbs(rows, cols, dtype_name, timer=pipelined_torch)
+        rows_out.append(row)
+        save()
+        print(f"{name:14s} {dtype_name:8s} {rows}x{cols}: " + "  ".join(
+            f"{k_.replace('_gbs', '')} {v:.0f}" for k_, v in row.items() if k_.endswith("_gbs"))
+            + "".join(f"  [{k_}: {v}]" for k_, v in row.items() if k_.endswith("_error")), flush=True)
     print("wrote", opts.out)
 
 

@@ -155,6 +155,22 @@ def triton_softmax_gbs(rows, cols, dtype_name, timer=None):
     return 2 * x.numel() * x.element_size() / seconds / 1e9
 
 
+def family_cases(opts, default_shapes):
+    """Every selected case of a family benchmark: ``(dtype name, family, composed function, MLX's
+    own op or None, rows, cols, arguments)`` for ``opts.dtypes`` x ``opts.families`` (empty: all)
+    x ``opts.shapes`` ("ROWSxCOLS,...", empty: ``default_shapes``)."""
+    chosen = set(filter(None, opts.families.split(",")))
+    shapes = ([tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
+              if opts.shapes else default_shapes)
+    for dtype_name in opts.dtypes.split(","):
+        dtype = getattr(mx, dtype_name)
+        for name, (composed, native, spec) in families(dtype).items():
+            if chosen and name not in chosen:
+                continue
+            for rows, cols in shapes:
+                yield dtype_name, name, composed, native, rows, cols, make_args(spec, rows, cols, dtype)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="row_kernels.json")
@@ -166,44 +182,36 @@ def main() -> None:
     chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] + ([] if opts.quick else [(65536, 512), (32768, 1024), (16384, 2048),
                                                        (8192, 8192), (4096, 16384)])
-    if opts.shapes:
-        shapes = [tuple(int(n) for n in s.split("x")) for s in opts.shapes.split(",")]
     result, save = results_file("row_kernels", __doc__, opts.out)
     rows_out = result["rows"]
 
-    for dtype_name in opts.dtypes.split(","):
-        dtype = getattr(mx, dtype_name)
-        for name, (composed, native, spec) in families(dtype).items():
-            if chosen and name not in chosen:
-                continue
-            for rows, cols in shapes:
-                args = make_args(spec, rows, cols, dtype)
-                opt = mlxtriton.optimize(composed)
-                compiled = mx.compile(composed)
-                out = opt(*args)
-                moved = nbytes(args, out)
-                row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved}
-                variants = {"eager": composed, "mx.compile": compiled, "mlxtriton": opt}
-                if native is not None:
-                    variants["mlx_native"] = native
-                for vname, fn in variants.items():
-                    t = time_mlx(fn, args)
-                    row[vname + "_us"] = 1e6 * t
-                    row[vname + "_gbs"] = moved / t / 1e9
-                if name == "softmax":
-                    row["triton_gbs"] = triton_softmax_gbs(rows, cols, dtype_name)
-                x = args[0]
-                t = time_mlx(lambda a: a + 0, (x,))
-                row["copy_gbs"] = 2 * x.nbytes / t / 1e9
-                row["speedup_vs_compile"] = row["mx.compile_us"] / row["mlxtriton_us"]
-                rows_out.append(row)
-                save()
-                print(f"{name:14s} {dtype_name:8s} {rows:6d}x{cols:<6d} mlxtriton {row['mlxtriton_gbs']:7.0f} GB/s "
-                      f"compile {row['mx.compile_gbs']:7.0f} eager {row['eager_gbs']:7.0f} "
-                      + (f"native {row['mlx_native_gbs']:7.0f} " if native else "")
-                      + (f"triton {row['triton_gbs']:7.0f} " if row.get("triton_gbs") else "")
-                      + f"copy {row['copy_gbs']:7.0f}  x{row['speedup_vs_compile']:.2f} vs compile", flush=True)
-                del args, out
+    for dtype_name, name, composed, native, rows, cols, args in family_cases(opts, shapes):
+        opt = mlxtriton.optimize(composed)
+        compiled = mx.compile(composed)
+        out = opt(*args)
+        moved = nbytes(args, out)
+        row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved}
+        variants = {"eager": composed, "mx.compile": compiled, "mlxtriton": opt}
+        if native is not None:
+            variants["mlx_native"] = native
+        for vname, fn in variants.items():
+            t = time_mlx(fn, args)
+            row[vname + "_us"] = 1e6 * t
+            row[vname + "_gbs"] = moved / t / 1e9
+        if name == "softmax":
+            row["triton_gbs"] = triton_softmax_gbs(rows, cols, dtype_name)
+        x = args[0]
+        t = time_mlx(lambda a: a + 0, (x,))
+        row["copy_gbs"] = 2 * x.nbytes / t / 1e9
+        row["speedup_vs_compile"] = row["mx.compile_us"] / row["mlxtriton_us"]
+        rows_out.append(row)
+        save()
+        print(f"{name:14s} {dtype_name:8s} {rows:6d}x{cols:<6d} mlxtriton {row['mlxtriton_gbs']:7.0f} GB/s "
+              f"compile {row['mx.compile_gbs']:7.0f} eager {row['eager_gbs']:7.0f} "
+              + (f"native {row['mlx_native_gbs']:7.0f} " if native else "")
+              + (f"triton {row['triton_gbs']:7.0f} " if row.get("triton_gbs") else "")
+              + f"copy {row['copy_gbs']:7.0f}  x{row['speedup_vs_compile']:.2f} vs compile", flush=True)
+        del args, out
     # pointwise chains: at least mx.compile's bandwidth
     for dtype_name in opts.dtypes.split(","):
         if chosen and "pointwise_chain" not in chosen:
