@@ -21,7 +21,7 @@ min), then the index within it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -64,7 +64,6 @@ class SplitDecision:
     length: int
     segments: int
     cores: int
-    eqns: tuple[Eqn, ...] = field(default=(), repr=False, compare=False)  # what replaced it
 
     def as_text(self) -> str:
         what = f"Reduce {self.kind}" if self.kind in SPLITTABLE else self.kind
@@ -161,28 +160,6 @@ def _cut(reduced: tuple[int, ...], flat: bool, s: int):
     return split
 
 
-def _leaves_full_or_scalar(graph: Graph, operand: Var, lead: int) -> bool:
-    """Whether every broadcast feeding the operand's pointwise cone is full or constant over the
-    reduced dims (then they may be flattened into one before cutting)."""
-    seen, stack = set(), [operand]
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        e = graph.producer(v)
-        if e is None:
-            continue
-        if e.primitive in ELEMENTWISE and all(u.shape == operand.shape for u in e.inputs):
-            stack.extend(e.inputs)
-        elif e.primitive == "Broadcast" and len(e.inputs) == 1:
-            src = e.inputs[0]
-            q = ((1,) * (operand.ndim - src.ndim) + src.shape)[lead:]
-            if q != operand.shape[lead:] and any(d != 1 for d in q):
-                return False
-    return True
-
-
 def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     """Split every reduction over the trailing axes whose rows are too few for ``chip``'s cores
     and long enough to be worth a second kernel (`segments`).
@@ -229,16 +206,20 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             continue  # not a row reduction (column reductions are strided kernels of their own)
         reduced = x.shape[lead:]
         rows, length = math.prod(x.shape[:lead]), math.prod(reduced)
-        flat = len(reduced) > 1 and _leaves_full_or_scalar(graph, x, lead)
-        first = length if flat else reduced[0]
-        s = segments(rows, length, first, _itemsize(x.dtype), cores,
-                     MIN_ARG_SPLIT_BYTES if kind in ("argmax", "argmin") else None)
-        if s == 1:
-            continue
-        cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
-        cut = cone.value(x)
-        if cut is None:
+        min_bytes = MIN_ARG_SPLIT_BYTES if kind in ("argmax", "argmin") else None
+        # Several reduced dims: cut them flattened into one when every broadcast feeding the
+        # reduction is full or constant over them (the cone says), else cut the outermost.
+        for flat in (True, False) if len(reduced) > 1 else (False,):
+            s = segments(rows, length, length if flat else reduced[0], _itemsize(x.dtype), cores,
+                         min_bytes)
+            if s == 1:
+                continue
+            cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
+            cut = cone.value(x)
+            if cut is not None:
+                break
             cone.abandon()
+        else:
             continue
         if kind in ("argmax", "argmin"):
             total = _split_arg(cone, cut, kind, lead, length // s, constants)
@@ -254,7 +235,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         assert total.aval == out.aval, (e.primitive, total.aval, out.aval)
         new_eqns.extend(cone.eqns)
         mapping[out] = total
-        decisions.append(SplitDecision(i, kind, rows, length, s, cores, tuple(cone.eqns)))
+        decisions.append(SplitDecision(i, kind, rows, length, s, cores))
     if not decisions:
         return graph, []
     g = graph.replace(eqns=graph.eqns + tuple(new_eqns), constants=graph.constants + tuple(constants))
