@@ -32,7 +32,12 @@ class ScheduleParams:
 
     simd_width: int = 32
     max_threads_per_group: int = 1024
-    max_row_threads: int = 1024  # most threads one row takes (hw.derive: the register file's limit)
+    max_row_threads: int = 1024  # most threads one row takes
+    # threads per row taken before more: a row that fits their registers, or of a kernel that
+    # reads its rows in one pass (online max and sum: a cross-entropy), takes no more
+    preferred_row_threads: int = 1024
+    # largest threadgroup launched without declaring a bound on it (the dialect's launch_bounds)
+    unbounded_threads: int = 1024
     pointwise_threads: int = 1024  # threadgroup of pointwise kernels
     pointwise_vector_bytes: int = 16  # bytes of each operand one pointwise thread handles
     pointwise_min_size: int = 1  # smaller pointwise kernels: one element per thread
@@ -77,7 +82,8 @@ class ScheduleParams:
             vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
             short_row_limit=p.short_row_limit,
             resident_registers=max(1, p.register_bytes_per_thread // 4),
-            max_row_threads=p.max_row_threads,
+            max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
+            unbounded_threads=p.unbounded_threads,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
             cores=p.cores,
             staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes) if STAGE_ROWS else 0,
@@ -1379,6 +1385,7 @@ def build(region: Region,
             if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
     W = params.simd_width
     interleaved = False
+    row_cap = params.max_row_threads
     if ctx.is_row:
         if _is_column_walk(elem, space):
             # neighbouring rows are neighbours in memory: neighbouring threads take them
@@ -1391,7 +1398,9 @@ def build(region: Region,
             interleaved = T > 1
         else:
             V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
-            T = _threads_per_row(elem, space, V, L, params)
+            # a kernel the online max-and-sum can read in one pass takes fewer threads per row
+            one_pass = _passes(_rewrite_reduces(stores, set())) == 1
+            T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
             # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
             G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
         C = -(-(L // V) // T)
@@ -1407,9 +1416,13 @@ def build(region: Region,
 
     budget = params.resident_registers if (ctx.is_row and params.keep_resident) else 0
     kept_budget = params.kept_registers
-    if budget and T >= params.max_row_threads:
-        # Threads were capped (hw.derive): each holds its larger share of the row, up to
-        # max_resident_registers, rather than streaming it; kept values get the same room again.
+    if budget and T >= row_cap and C * V <= params.max_resident_registers:
+        # Threads were capped: each holds its larger share of the row, up to
+        # max_resident_registers elements, rather than streaming it; kept values get the same
+        # room again. Elements, not registers: the passes compute on them as float32, so a
+        # bfloat16 share counts as much as a float32 one (1024x65536 bf16 rows held as 64
+        # elements per thread in 32 registers spilled: layer norm 1943 GB/s against 2554
+        # staged, benchmarks/results/row_registers_h200.json).
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
         kept_budget = max(kept_budget, 2 * budget)
@@ -1460,6 +1473,8 @@ def build(region: Region,
             simd_width=W, index_dtype=ctx.index_dtype)
     if sched.grid > _INT32_LIMIT:
         raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
+    if sched.threadgroup_size > params.unbounded_threads:
+        sched = replace(sched, launch_bound=sched.threadgroup_size)
     # inputs no store depends on stay parameters of the kernel (MLX passes every input)
     reached = {u for u in marked.toposort if u.op is Ops.PARAM}
     unused = tuple(p for p in ctx.in_params if p not in reached)
@@ -1498,11 +1513,12 @@ def _column_threads(R: int, L: int, threads: int, params: ScheduleParams) -> tup
 
 
 def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
-                     params: ScheduleParams) -> int:
+                     params: ScheduleParams, one_pass: bool) -> tuple[int, int]:
+    """Threads per row, and the cap they met (where a thread holds its larger share of the row)."""
     W = params.simd_width
     vectors = L // V
     if vectors <= W:
-        return _pow2ceil(vectors)  # tiny rows: several rows share a SIMD-group
+        return _pow2ceil(vectors), params.max_row_threads  # tiny rows: several share a SIMD-group
     # The row stays in registers in its own type: 32-bit registers hold two bfloat16 elements.
     # Counting one element per register gave bf16 rows twice the threads. On the H200, 32768 x
     # 4096 bf16 with 128 threads of 32 elements against 256 of 16: softmax 3955 against 3594
@@ -1512,12 +1528,17 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     itemsize = max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
     per_thread = max(1, params.resident_registers * 4 // itemsize)
     if L <= params.short_row_limit and -(-vectors // W) * V <= per_thread:
-        return W  # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
+        # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
+        return W, params.max_row_threads
     # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
-    # as its registers may cache.
-    want = -(-L // per_thread)
-    limit = min(params.max_threads_per_group, params.max_row_threads) // W * W
-    return max(W, min(limit, -(-want // W) * W))
+    # as its registers may cache; past preferred_row_threads only for a row that misses their
+    # registers (max_resident_registers elements each) and is read in several passes.
+    want = -(-(-(-L // per_thread)) // W) * W
+    cap = min(params.max_threads_per_group, params.max_row_threads) // W * W
+    preferred = min(cap, params.preferred_row_threads // W * W)
+    if one_pass or -(-L // preferred) <= params.max_resident_registers:
+        cap = preferred
+    return max(W, min(cap, want)), cap
 
 
 def _is_column_walk(elem: list[UOp], space: _Space) -> bool:

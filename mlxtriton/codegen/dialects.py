@@ -39,6 +39,9 @@ class Dialect:
     literals: Mapping[str, str]  # "inf", "nan" (float32)
     scalar_input: str  # how the body reads a 0-d input named {name}
     prelude: str  # first lines of the header
+    # Last lines of the header, given the kernel's {threads} per threadgroup: MLX writes the
+    # signature right after the header, so this is where a bound on them can reach the compiler.
+    launch_bounds: str
     helpers: Mapping[str, str] = field(default_factory=dict)  # "mt_name" -> definition
     constructor_options: tuple[tuple[str, object], ...] = ()  # extra kernel-constructor args
 
@@ -198,6 +201,9 @@ METAL = Dialect(
     literals=_freeze({"inf": "INFINITY", "nan": "NAN"}),
     scalar_input="{name}",  # MLX passes a 0-d input as `const constant T& name`
     prelude="#include <metal_stdlib>\n",
+    # Metal sizes registers per pipeline and MLX checks the threadgroup against the pipeline's
+    # maximum: nothing to declare
+    launch_bounds="",
     helpers=_helpers("inline", "metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
                      {"exp": "metal::exp", "fabs": "metal::abs",
                                 "isinf": "metal::isinf", "log1p": "mt_log1p"},
@@ -236,6 +242,13 @@ CUDA = Dialect(
     literals=_freeze({"inf": "__int_as_float(0x7f800000)", "nan": "__int_as_float(0x7fffffff)"}),
     scalar_input="{name}[0]",
     prelude="#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n",
+    # MLX's wrapper writes `__global__ void custom_kernel_...(` without __launch_bounds__, so
+    # NVRTC may give a thread more registers than a full threadgroup can have and the launch
+    # fails ("too many resources requested for launch"). Redefining __global__ at the end of our
+    # header puts the bound on the one kernel that follows (MLX's own includes come before it):
+    # NVRTC then keeps threads x registers within the register file, spilling if it must.
+    launch_bounds=("#undef __global__\n"
+                   "#define __global__ __attribute__((global)) __launch_bounds__({threads})\n"),
     helpers=_helpers("__device__ __forceinline__", "__shfl_xor_sync(0xffffffffu, {x}, {o})",
                      {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {}),
     constructor_options=(("shared_memory", 0),),

@@ -192,6 +192,9 @@ class Schedule:
     streamed: tuple[str, ...] = ()  # inputs read again from memory by a later pass
     kept: int = 0  # computed values kept in registers between passes (KEEP nodes)
     index_dtype: str = "int32"
+    # threads per threadgroup declared to the compiler, which then fits their registers in the
+    # register file (0: none declared)
+    launch_bound: int = 0
 
     @property
     def reduction_tree(self) -> str:

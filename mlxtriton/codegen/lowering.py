@@ -112,7 +112,11 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
             eqns.append(e)
             continue
         itemsize = max((dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
-        per_thread = params(itemsize, s.row_length if s.kind == "row" else None).resident_registers * 4
+        sp = params(itemsize, s.row_length if s.kind == "row" else None)
+        # a row capped at max_row_threads holds its larger share (builder.build does the same)
+        per_thread = 4 * (max(sp.resident_registers, sp.max_resident_registers)
+                          if s.kind == "row" and s.threads_per_row >= sp.max_row_threads
+                          else sp.resident_registers)
         budget = per_thread * s.threads_per_row * s.rows_per_group
         if s.on_chip == "threadgroup":
             p = params(itemsize, s.row_length)
@@ -154,15 +158,16 @@ def lower_fused(eqn: Eqn, target: hw.Target, dialect: str
 
 
 def row_fits_on_chip(kernel: LoweredKernel, target: hw.Target) -> bool:
-    """Whether a row kernel's rows (in their widest input type) fit the registers its threads may
-    hold: then a pass more over the row costs no memory traffic; otherwise it re-reads the row."""
+    """Whether a row kernel's rows fit the registers its threads may hold (as ``build`` counts
+    them: elements per thread of the most threads a row takes): then a pass more over the row
+    costs no memory traffic; otherwise it re-reads the row."""
     s = kernel.kernel.arg
     if s.kind != "row":
         return True
     itemsize = max((dtypes.itemsize(d) for d in kernel.input_dtypes), default=4)
     p = _schedule_params(target, registers=True)(itemsize, s.row_length)
-    capacity = max(p.resident_registers, p.max_resident_registers) * 4 * p.max_row_threads
-    return s.row_length * itemsize <= capacity
+    per_thread = max(p.resident_registers * 4 // itemsize, p.max_resident_registers)
+    return s.row_length <= per_thread * p.max_row_threads
 
 
 __all__ = ["CacheDecision", "cache", "cache_with_report", "kernel_target", "lower_fused", "row_fits_on_chip",

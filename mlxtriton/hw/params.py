@@ -35,15 +35,32 @@ _SHORT_ROW_THREADGROUP = 256
 # the sum of an online softmax) per SIMD-group.
 _SCRATCH_BYTES_PER_SIMDGROUP = 8
 
-# 32-bit registers a row kernel's thread may need, for the threads-per-row limit below. A kernel
-# that MLX's cuda_kernel wrapper compiles carries no __launch_bounds__ (MLX writes the signature), so
-# NVRTC may give a thread up to 255 registers, and the launch fails when threads x registers exceed
-# the threadgroup's share of the register file: "too many resources requested for launch" for a
-# 1024-thread RMS norm x gate backward on the H200 (64 registers each; benchmarks/results/
-# backward_rows_h200_run1.json). 128 each leaves room for a resident row slice (at most a quarter
-# of them), kept values and the loads of an unrolled pass; 512-thread rows measured within -4..+6%
-# of 1024-thread ones at 4096 x 16384 float32 (benchmarks/results/kernel_only_h200.json).
-_ROW_THREAD_REGISTERS = 128
+# 32-bit registers a thread may need, for the threadgroup size a kernel may launch without
+# declaring a bound. MLX's cuda_kernel wrapper writes the signature without __launch_bounds__, so
+# NVRTC may give a thread up to 255 registers, and a launch fails when threads x registers exceed
+# the register file: "too many resources requested for launch" for a 1024-thread RMS norm x gate
+# backward (benchmarks/results/backward_rows_h200_run1.json) and 65536-long bf16 rows
+# (benchmarks/results/row_registers_h200_nobounds.json). Threadgroups up to registers_per_sm / 128
+# (512 on the H200) have never failed; larger ones declare the bound in our header
+# (`mlxtriton.codegen.dialects.CUDA.launch_bounds`), and NVRTC then keeps a 1024-thread kernel
+# within 64 registers, spilling if it must. Not every kernel declares it: the bound changed
+# NVRTC's code for a 512-thread cross-entropy over 4096x16384 float32 from 3709-3715 to
+# 3478-3487 GB/s in two runs each (benchmarks/results/row_registers_h200*.json, row_kernels).
+_UNBOUNDED_THREAD_REGISTERS = 128
+
+# Fraction of a full-size row thread's registers that may hold row data (one half): the rest keeps
+# indices, accumulators, kept values and the loads of an unrolled pass.
+_ROW_DATA_REGISTER_SHARE = 2
+
+# Threads per row a row kernel takes before more, on a GPU whose threadgroup shares one register
+# file: a row that fits the registers of this many threads, and any row of a kernel that reads
+# its rows in one pass (an online max-and-sum: a cross-entropy), takes no more. Measured on the
+# H200 (benchmarks/results/row_registers_h200.json): rows that miss the registers of 512 threads
+# run 1.05-1.45x faster at 1024 (float32 softmax 2048x32768 2628 -> 3589 GB/s, layer norm 3102
+# -> 3829; bfloat16 softmax 2048x32768 2375 -> 2920); rows that fit 512 lost up to 5% at 1024
+# (float32 4096x16384 layer norm 3859 -> 3680, RMS norm x gate 3701 -> 3472); one-pass
+# cross-entropy ran 3527 against 3178 at 2048x32768 and 3484 against 3162 at 1536x40960.
+_PREFERRED_ROW_THREADS = 512
 
 _ITEMSIZES = (1, 2, 4, 8)
 
@@ -67,10 +84,15 @@ class CodegenParams:
         rows_per_threadgroup: Rows one threadgroup handles (more than one for short rows).
         row_elements_per_thread: Elements of a row each thread handles, when the length is known.
         register_bytes_per_thread: Bytes of row data a thread may keep in registers.
-        max_row_threads: Most threads one row may take: the threadgroup maximum, or on a GPU with
-            a per-threadgroup register file (NVIDIA) what leaves each thread 128 registers.
+        max_row_threads: Most threads one row may take: the threadgroup maximum.
+        preferred_row_threads: Threads per row a kernel takes before more: rows that fit the
+            registers of this many, and rows a kernel reads in one pass, take no more.
+        unbounded_threads: Most threads per threadgroup a kernel may launch without declaring
+            a bound on them (larger ones declare it: see the CUDA dialect's ``launch_bounds``).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
-            left it more elements than ``register_bytes_per_thread`` holds.
+            left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
+            threadgroup shares one register file (NVIDIA), half of what each of
+            ``max_row_threads`` threads gets of it.
         threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
             profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
         reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
@@ -107,6 +129,8 @@ class CodegenParams:
     row_elements_per_thread: int | None
     register_bytes_per_thread: int
     max_row_threads: int
+    preferred_row_threads: int
+    unbounded_threads: int
     max_row_register_bytes: int
     threadgroup_memory_bytes: int
     reduction_scratch_bytes: int
@@ -224,12 +248,17 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
 
     registers = _minimum(*(register_bytes_per_thread(p) for p in limits))
     short_limit = _SHORT_ROW_LIMIT[profile.backend]
-    # NVIDIA: a threadgroup's threads share registers_per_sm (64 K on sm_90; see _ROW_THREAD_REGISTERS).
-    row_thread_caps = [p.registers_per_sm // _ROW_THREAD_REGISTERS for p in limits
-                       if p.registers_per_sm and p.backend == "cuda"]
-    max_row_threads = max(simd, min([max_threads, *row_thread_caps]) // simd * simd)
-    # A thread of a capped row may hold up to a quarter of its registers (4 bytes each) of row data.
-    max_row_registers = max(registers, _ROW_THREAD_REGISTERS // 4 * 4) if row_thread_caps else registers
+    max_row_threads = max(simd, max_threads // simd * simd)
+    # NVIDIA: a threadgroup's threads share registers_per_sm (64 K on sm_90), so a thread of a
+    # full-size row has registers_per_sm / max_row_threads of them (4 bytes each); half may hold
+    # row data (see _ROW_DATA_REGISTER_SHARE).
+    files = [p.registers_per_sm for p in limits if p.registers_per_sm and p.backend == "cuda"]
+    if files:
+        max_row_registers = max(registers, min(files) * 4 // max_row_threads // _ROW_DATA_REGISTER_SHARE)
+        preferred_row_threads = min(max_row_threads, _PREFERRED_ROW_THREADS)
+        unbounded_threads = min(max_threads, min(files) // _UNBOUNDED_THREAD_REGISTERS)
+    else:
+        max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
 
     if row_length is not None and row_length <= short_limit:
         # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
@@ -270,6 +299,8 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
         register_bytes_per_thread=registers,
         max_row_threads=max_row_threads,
+        preferred_row_threads=preferred_row_threads,
+        unbounded_threads=unbounded_threads,
         max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
         reduction_scratch_bytes=scratch_bytes,

@@ -107,19 +107,23 @@ def test_rows_too_long_for_registers_stage_in_threadgroup_memory():
     from mlxtriton.codegen.builder import chip_params
 
     h200 = chip_params("h200")
-    # A layer norm streamed reads the row three times: 65536 bfloat16 (128 KB) or 32768 float32
-    # fit the H200's 227 KB of shared memory
-    for region in (oracle.layer_norm(shape=(64, 65536), dtype="bfloat16"), oracle.layer_norm(shape=(64, 32768))):
+    # A layer norm streamed reads the row three times: 65536 bfloat16 (128 KB) or 40960 float32
+    # (160 KB) miss the registers of 1024 threads (32 elements each) but fit the H200's 227 KB
+    # of shared memory
+    for region, nbytes in ((oracle.layer_norm(shape=(64, 65536), dtype="bfloat16"), 131072),
+                           (oracle.layer_norm(shape=(64, 40960)), 163840)):
         k = build(region, h200)
         assert (k.arg.on_chip, k.arg.staged, k.arg.streamed, k.arg.passes) == ("threadgroup", ("x",), (), 3)
         lowered = render(k, "cuda")
-        assert dict(lowered.options)["shared_memory"] == 131072
+        assert dict(lowered.options)["shared_memory"] == nbytes
         assert "extern __shared__" in lowered.source and "staged in threadgroup memory" in lowered.source
+    # 32768 float32 is 32 elements for each of 1024 threads: registers
+    assert build(oracle.layer_norm(shape=(64, 32768)), h200).arg.on_chip == "registers"
     # a softmax streamed reads it twice (online max-and-sum, then the write): staged only while
-    # two threadgroups still share an SM (96 KB of 24576 float32, not 128 KB of 32768);
+    # two threadgroups still share an SM (96 KB of 49152 bfloat16, not 160 KB of 40960 float32);
     # 65536 float32 (256 KB) does not fit; a one-pass row (online cross-entropy) needs nothing
-    assert build(oracle.softmax(shape=(64, 24576)), h200).arg.on_chip == "threadgroup"
-    assert build(oracle.softmax(shape=(64, 32768)), h200).arg.on_chip == "stream"
+    assert build(oracle.softmax(shape=(64, 49152), dtype="bfloat16"), h200).arg.on_chip == "threadgroup"
+    assert build(oracle.softmax(shape=(64, 40960)), h200).arg.on_chip == "stream"
     assert build(oracle.layer_norm(shape=(64, 65536)), h200).arg.on_chip == "stream"
     ce = build(oracle.cross_entropy_mlx(shape=(8, 65536), dtype="bfloat16"), h200).arg
     assert (ce.passes, ce.staged) == (1, ())
@@ -311,3 +315,26 @@ def test_unknown_primitives_and_mixed_dtypes_are_named():
     b = RegionBuilder("f64")
     with pytest.raises(RegionError, match="float64"):
         build(b.build([b.op("Exp", b.input((4,), "float64", "x"))]))
+
+
+def test_long_rows_take_1024_threads_under_a_declared_launch_bound():
+    from mlxtriton.codegen.builder import chip_params
+
+    h200 = chip_params("h200")
+    # 32768 float32 misses the registers of 512 threads (32 elements each): 1024 threads hold it,
+    # and the kernel declares the bound so NVRTC fits their registers in the register file
+    k = build(oracle.softmax(shape=(64, 32768)), h200)
+    assert (k.arg.threads_per_row, k.arg.on_chip, k.arg.launch_bound) == (1024, "registers", 1024)
+    lowered = render(k, "cuda")
+    assert lowered.header.endswith("#undef __global__\n#define __global__ __attribute__((global)) "
+                                   "__launch_bounds__(1024)\n")
+    assert render(k, "metal").header.count("__global__") == 0
+    # a row that fits 512 threads' registers keeps 512, launched without a bound
+    k = build(oracle.softmax(shape=(64, 16384)), h200)
+    assert (k.arg.threads_per_row, k.arg.on_chip, k.arg.launch_bound) == (512, "registers", 0)
+    assert "__launch_bounds__" not in render(k, "cuda").header
+    # bfloat16 counts its elements, not its registers: 32768 take 1024 threads too
+    assert build(oracle.softmax(shape=(64, 32768), dtype="bfloat16"), h200).arg.threads_per_row == 1024
+    # a cross-entropy read in one pass (online max-and-sum) keeps 512 threads
+    ce = build(oracle.cross_entropy_mlx(shape=(8, 32768)), h200).arg
+    assert (ce.threads_per_row, ce.passes, ce.launch_bound) == (512, 1, 0)

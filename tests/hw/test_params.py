@@ -33,7 +33,7 @@ def test_register_budget_per_family(family, registers):
     ("Apple8", 64 * 1024 + 32 * 1024 - 256),
     ("Apple9", 128 * 1024 + 32 * 1024 - 256),    # larger: Dynamic Caching
     ("Apple10", 128 * 1024 + 32 * 1024 - 256),
-    ("sm_90", 512 * 128 + 227 * 1024 - 128),  # 512 threads (register-file row limit) x 128 B + opt-in shared memory
+    ("sm_90", 1024 * 128 + 227 * 1024 - 256),  # 1024 threads x half their 64 registers + opt-in shared memory
 ])
 def test_resident_budget_per_family(family, budget):
     assert derive(FAMILY_CHIPS[family], row_length=1 << 20).resident_budget_bytes == budget
@@ -164,8 +164,9 @@ def test_params_are_frozen_and_hashable():
 def test_a_device_clamps_hard_limits():
     p = derive("h200", 4, 8192, device=hw.profile("m3"))
     assert p.threadgroup_memory_bytes == 32768  # not the H200's 227 KB: the M3 could not launch it
-    # rows capped at 512 threads by the H200's register file, each thread holding up to 128 B
-    assert p.resident_budget_bytes == 512 * 128 + 32768 - 128
+    # rows capped at 1024 threads, each thread holding up to 128 B (half the 64 registers the
+    # tuned-for H200 gives it)
+    assert p.resident_budget_bytes == 1024 * 128 + 32768 - 256
     assert p.short_row_limit == 1024 and p.pointwise_elements_per_thread == 4  # tuning: the H200's
 
 
@@ -185,12 +186,13 @@ def test_a_cpu_device_clamps_nothing():
     assert derive("m3", 4, 4096, device=hw.profile("cpu")) == derive("m3", 4, 4096)
 
 
-def test_row_threads_leave_each_thread_128_registers_on_nvidia():
-    """MLX's cuda_kernel wrapper gives no __launch_bounds__: a 1024-thread row kernel may need more
-    than the 64 registers a thread then gets, and its launch fails. Rows take at most 512 threads on
-    the H200, holding more per thread; Apple GPUs keep the threadgroup maximum."""
+def test_long_rows_take_1024_threads_and_half_their_registers_on_nvidia():
+    """Generated CUDA declares __launch_bounds__, so a 1024-thread row fits the register file
+    (64 registers each on the H200) and may hold half of them as row data; Apple GPUs keep the
+    threadgroup maximum and their per-thread budget."""
     h200 = derive("h200", row_length=16384)
-    assert (h200.max_row_threads, h200.threads_per_row, h200.row_elements_per_thread) == (512, 512, 32)
+    assert (h200.max_row_threads, h200.threads_per_row, h200.row_elements_per_thread) == (1024, 1024, 16)
     assert h200.max_row_register_bytes == 128 and h200.row_resident
-    assert derive("h200", row_length=4096).threads_per_row == 512  # one float4 each wants 1024
+    assert derive("h200", row_length=32768).row_resident  # 1024 threads x 32 floats
+    assert derive("m3", row_length=16384).max_row_register_bytes == derive("m3").register_bytes_per_thread
     assert derive("m3", row_length=16384).max_row_threads == 1024
