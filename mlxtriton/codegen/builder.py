@@ -1422,7 +1422,7 @@ def build(region: Region,
         # room again. Elements, not registers: the passes compute on them as float32, so a
         # bfloat16 share counts as much as a float32 one (1024x65536 bf16 rows held as 64
         # elements per thread in 32 registers spilled: layer norm 1943 GB/s against 2554
-        # staged, benchmarks/results/row_registers_h200.json).
+        # staged, benchmarks/results/row_registers_h200_bounds_all.json).
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
         kept_budget = max(kept_budget, 2 * budget)

@@ -45,7 +45,9 @@ _SCRATCH_BYTES_PER_SIMDGROUP = 8
 # (`mlxtriton.codegen.dialects.CUDA.launch_bounds`), and NVRTC then keeps a 1024-thread kernel
 # within 64 registers, spilling if it must. Not every kernel declares it: the bound changed
 # NVRTC's code for a 512-thread cross-entropy over 4096x16384 float32 from 3709-3715 to
-# 3478-3487 GB/s in two runs each (benchmarks/results/row_registers_h200*.json, row_kernels).
+# 3478-3487 GB/s in two runs each (benchmarks/results/: unbounded in row_registers_h200_nobounds
+# and row_kernels_h200_fastexp, bounded in row_registers_h200_bounds_all ("t512") and
+# row_kernels_h200_bounds_all).
 _UNBOUNDED_THREAD_REGISTERS = 128
 
 # Fraction of a full-size row thread's registers that may hold row data (one half): the rest keeps
@@ -55,10 +57,11 @@ _ROW_DATA_REGISTER_SHARE = 2
 # Threads per row a row kernel takes before more, on a GPU whose threadgroup shares one register
 # file: a row that fits the registers of this many threads, and any row of a kernel that reads
 # its rows in one pass (an online max-and-sum: a cross-entropy), takes no more. Measured on the
-# H200 (benchmarks/results/row_registers_h200.json): rows that miss the registers of 512 threads
-# run 1.05-1.45x faster at 1024 (float32 softmax 2048x32768 2628 -> 3589 GB/s, layer norm 3102
+# H200 (benchmarks/results/row_registers_h200_bounds_all.json): rows that miss the registers of 512 threads
+# run 1.04-1.45x faster at 1024 (float32 softmax 2048x32768 2628 -> 3589 GB/s, layer norm 3102
 # -> 3829; bfloat16 softmax 2048x32768 2375 -> 2920); rows that fit 512 lost up to 5% at 1024
-# (float32 4096x16384 layer norm 3859 -> 3680, RMS norm x gate 3701 -> 3472); one-pass
+# (float32 4096x16384 layer norm 3859 -> 3680; RMS norm x gate 3701 -> 3472 between the tables
+# row_kernels_h200_fastexp and row_kernels_h200_bounds_all); one-pass
 # cross-entropy ran 3527 against 3178 at 2048x32768 and 3484 against 3162 at 1536x40960.
 _PREFERRED_ROW_THREADS = 512
 
