@@ -2,6 +2,8 @@
 
 Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`): 1000 queued calls per run, one
 synchronise, median of 9 runs; input 8 x 64 float32, so the figure is launch and host overhead.
+``mx.compile`` of ``mx.softmax`` alone and wrapped in an ``mx.custom_function`` (with a VJP, as
+mlxtriton wraps each launch so that grad works) show what that wrapper costs per call.
 On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch.launcher`, one
 ``mx.fast.*_kernel`` call) and under ``mx.compile``: what MLX's custom-kernel path itself costs,
 which no code of ours adds to.
@@ -30,6 +32,15 @@ def main() -> None:
         "mlxtriton.optimize(softmax)": mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)),
         "mlxtriton.kernel(softmax)": mlxtriton.kernel(lambda x: mx.softmax(x, axis=-1)),
     }
+    softmax = lambda x: mx.softmax(x, axis=-1)  # noqa: E731
+    wrapped = mx.custom_function(softmax)
+
+    @wrapped.vjp
+    def _(primals, cotangent, output):
+        return (cotangent,)  # never called: the benchmark takes no gradient
+
+    variants["mx.compile(mx.softmax)"] = mx.compile(softmax)
+    variants["mx.compile(custom_function(mx.softmax))"] = mx.compile(lambda x: wrapped(x))
     if mx.default_device() == mx.gpu:
         from mlxtriton.runtime.launch import launcher
 

@@ -15,6 +15,9 @@ name hashes the source):
   staged or streamed instead of filling the registers);
 - ``t1024``: 1024 threads, 32 registers of row data each (the first run, before our header
   declared the launch bound: the launch error is recorded).
+- ``v8``: 16-byte vectors of 2-byte types (8 lanes of our CUDA ``mt_vec``; CUDA's and
+  Metal's vector types stop at 4) instead of 8-byte ones in row kernels (the shipped rule gives
+  them to pointwise kernels only: hw.params.derive).
 
 A launch that fails poisons later launches in the same process, so ``ROW_REGISTER_VARIANTS``
 picks variants per run.
@@ -50,6 +53,7 @@ VARIANTS = {
     "regs64": ({"max_row_threads": 512, "max_resident_registers": 64}, 64),
     "t1024_r16": ({"max_row_threads": 1024, "max_resident_registers": 16}, None),
     "t1024": ({"max_row_threads": 1024, "max_resident_registers": 32}, None),
+    "v8": ({"max_vector_lanes": 8, "vector_bytes": 16}, None),
 }
 
 

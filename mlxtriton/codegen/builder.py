@@ -44,6 +44,7 @@ class ScheduleParams:
     group_threads: int = 256  # threadgroup of short-row kernels (several rows each)
     vector_bytes: int = 16  # widest single load or store
     max_vector_lanes: int = 4
+    pointwise_vector_lanes: int = 4  # the same for pointwise kernels
     short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
     # Registers of row data a thread may hold when the row's threads were capped at
@@ -80,6 +81,7 @@ class ScheduleParams:
             pointwise_min_size=p.pointwise_min_size,
             group_threads=min(256, p.pointwise_threadgroup_size),
             vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
+            pointwise_vector_lanes=p.pointwise_vector_width,
             short_row_limit=p.short_row_limit,
             resident_registers=max(1, p.register_bytes_per_thread // 4),
             max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
@@ -1407,7 +1409,7 @@ def build(region: Region,
     else:
         L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
         small = L < params.pointwise_min_size
-        V = 1 if small else _choose_vector(elem, space, params.max_vector_lanes,
+        V = 1 if small else _choose_vector(elem, space, params.pointwise_vector_lanes,
                                            params.pointwise_vector_bytes)
         R, T, G, C = 1, 1, 1, 1
 

@@ -67,6 +67,9 @@ _PREFERRED_ROW_THREADS = 512
 
 _ITEMSIZES = (1, 2, 4, 8)
 
+# Most lanes of a generated CUDA vector of a pointwise kernel (`mt_vec`; see derive): the widest measured.
+_CUDA_VECTOR_LANES = 8
+
 
 @dataclass(frozen=True)
 class CodegenParams:
@@ -76,7 +79,8 @@ class CodegenParams:
         chip: Key of the profile the decisions follow (e.g. ``"m3-max"``).
         dtype_itemsize: Bytes per element these parameters are for.
         simd_width: Lanes of a SIMD-group / warp: the width of ``simd_sum`` / shuffle reductions.
-        vector_width: Elements per vector load or store (at most 4 lanes and 16 bytes).
+        vector_width: Elements per vector load or store of a row kernel (at most 4 lanes and 16 bytes).
+        pointwise_vector_width: The same for pointwise kernels (on CUDA up to 8 lanes of 16 bytes).
         pointwise_threadgroup_size: Threads per threadgroup of a pointwise kernel.
         pointwise_elements_per_thread: Elements each pointwise thread handles on large arrays.
         pointwise_min_size: Arrays smaller than this get one element per thread.
@@ -121,6 +125,7 @@ class CodegenParams:
     dtype_itemsize: int
     simd_width: int
     vector_width: int
+    pointwise_vector_width: int
     pointwise_threadgroup_size: int
     pointwise_elements_per_thread: int
     pointwise_min_size: int
@@ -240,8 +245,17 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
 
     # At most 4 lanes and 16 bytes per vector access: Metal and CUDA vector types stop at 4
     # components, and 16 B is the widest single load (the seed's 8-wide vectors do not exist).
+    # Generated CUDA loads through its own aligned struct (`mt_vec`), so a pointwise kernel
+    # there takes 16 bytes of a 2-byte type as one vector (8 lanes): the bfloat16 pointwise
+    # chain ran 2969 -> 3560 GB/s on the H200. Row kernels stay at 4 lanes: 8 moved most bf16
+    # rows within 2%, long ones up by 2-7%, but cross-entropy over rows of 512-2048 down by
+    # 18-35% (benchmarks/results/row_vectors_h200.json, row_kernels_h200_bf16_v8.json against
+    # row_kernels_h200_session5.json).
     lanes = _minimum(*(p.max_vector_lanes for p in limits))
     vector_bytes = _minimum(*(p.max_vector_bytes for p in limits))
+    type_lanes = [p.max_vector_lanes for p in limits if p.backend != "cuda"]
+    pointwise_lanes = _minimum(*type_lanes) if type_lanes else _CUDA_VECTOR_LANES
+    pointwise_vector_width = max(1, min(pointwise_lanes, vector_bytes // dtype_itemsize))
     vector_width = max(1, min(lanes, vector_bytes // dtype_itemsize))
 
     # Pointwise: as many threads per threadgroup as the hardware allows (MLX does this on both
@@ -291,6 +305,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         dtype_itemsize=dtype_itemsize,
         simd_width=simd,
         vector_width=vector_width,
+        pointwise_vector_width=pointwise_vector_width,
         pointwise_threadgroup_size=max_threads,
         pointwise_elements_per_thread=pointwise_elements,
         pointwise_min_size=min_size,

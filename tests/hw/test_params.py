@@ -63,11 +63,13 @@ def test_small_pointwise_arrays_take_one_element_per_thread_on_metal():
 
 
 @pytest.mark.parametrize("chip", [p.key for p in GPUS])
-@pytest.mark.parametrize("itemsize,width", [(1, 4), (2, 4), (4, 4), (8, 2)])
-def test_vector_width_is_at_most_4_lanes_and_16_bytes(chip, itemsize, width):
+@pytest.mark.parametrize("itemsize,metal,cuda", [(1, 4, 8), (2, 4, 8), (4, 4, 4), (8, 2, 2)])
+def test_vector_width_is_at_most_16_bytes_and_4_lanes_but_for_cuda_pointwise(chip, itemsize, metal, cuda):
+    # vector types stop at 4 components; generated CUDA pointwise kernels load through their own struct
     p = derive(chip, itemsize)
-    assert p.vector_width == width
-    assert p.vector_width * itemsize <= 16
+    assert p.vector_width == metal and p.vector_width * itemsize <= 16
+    assert p.pointwise_vector_width == (cuda if hw.profile(chip).backend == "cuda" else metal)
+    assert p.pointwise_vector_width * itemsize <= 16
 
 
 @pytest.mark.parametrize("chip", [p.key for p in GPUS])
@@ -124,6 +126,7 @@ def test_invariants(chip, itemsize, row_length):
         assert threads % simd == 0 and simd <= threads <= profile.max_threads_per_threadgroup
     assert p.threads_per_row * p.rows_per_threadgroup == p.row_threadgroup_size
     assert 1 <= p.vector_width <= 4 and p.vector_width * itemsize <= 16
+    assert 1 <= p.pointwise_vector_width <= 8 and p.pointwise_vector_width * itemsize <= 16
     assert p.threadgroup_memory_bytes <= profile.threadgroup_memory_max_bytes
     assert 0 <= p.reduction_scratch_bytes <= p.threadgroup_memory_bytes
     assert p.resident_budget_bytes > 0
