@@ -1391,11 +1391,12 @@ def build(region: Region,
     if ctx.is_row:
         if _is_column_walk(elem, space):
             # neighbouring rows are neighbours in memory: neighbouring threads take them
-            # A one-pass column kernel keeps no row in registers: the register limit on threads
-            # per row (hw.derive) does not bind it.
+            # A one-pass column kernel keeps no row in registers: the threadgroup maximum. A
+            # multi-pass one keeps preferred_row_threads (512 on the H200, what it had while
+            # rows were capped there; 1024 is not measured for it).
             V = 1
             threads = (params.max_threads_per_group if _passes(stores) == 1
-                       else params.max_row_threads)
+                       else min(params.max_row_threads, params.preferred_row_threads))
             T, G = _column_threads(R, L, threads, params)
             interleaved = T > 1
         else:
