@@ -116,3 +116,25 @@ def test_cuda_online_rows_keep_special_values(family, L):
     for g, w, d in zip(got, want, kernel.output_dtypes):
         oracle.assert_close(g, w, d, scale=4.0)
         assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))
+
+
+@pytest.mark.cuda
+def test_cuda_declared_launch_bound_reaches_nvrtc():
+    """MLX's wrapper writes no __launch_bounds__; our header redefines __global__ with it. A
+    1024-thread softmax forced to hold 64 float32 per thread needs more than the 64 registers
+    a thread of a full threadgroup gets: without the bound reaching NVRTC its launch fails
+    ("too many resources requested for launch"); with it NVRTC spills and the kernel runs."""
+    import dataclasses
+
+    h200 = chip_params("h200")
+    region = oracle.softmax(shape=(4, 65536))
+
+    def params(itemsize, length):
+        return dataclasses.replace(h200(itemsize, length), max_resident_registers=64)
+
+    kernel = render(build(region, params), "cuda")
+    s = kernel.kernel.arg
+    assert (s.threads_per_row, s.on_chip, s.launch_bound) == (1024, "registers", 1024)
+    inputs = oracle.random_inputs(region, seed=5)
+    for g, w, d in zip(launch(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
+        oracle.assert_close(g, w, d)
