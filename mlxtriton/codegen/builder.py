@@ -1536,7 +1536,8 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
     # as its registers may cache; past preferred_row_threads only for a row that misses their
     # registers (max_resident_registers elements each) and is read in several passes.
-    want = -(-(-(-L // per_thread)) // W) * W
+    want = -(-L // per_thread)
+    want = -(-want // W) * W  # whole SIMD-groups
     cap = min(params.max_threads_per_group, params.max_row_threads) // W * W
     preferred = min(cap, params.preferred_row_threads // W * W)
     if one_pass or -(-L // preferred) <= params.max_resident_registers:

@@ -113,9 +113,10 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
             continue
         itemsize = max((dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
         sp = params(itemsize, s.row_length if s.kind == "row" else None)
-        # a row capped at max_row_threads holds its larger share (builder.build does the same)
+        # a row whose threads were capped holds its larger share (as builder.build decides)
+        capped = min(sp.max_row_threads, sp.preferred_row_threads)
         per_thread = 4 * (max(sp.resident_registers, sp.max_resident_registers)
-                          if s.kind == "row" and s.threads_per_row >= sp.max_row_threads
+                          if s.kind == "row" and s.threads_per_row >= capped
                           else sp.resident_registers)
         budget = per_thread * s.threads_per_row * s.rows_per_group
         if s.on_chip == "threadgroup":
