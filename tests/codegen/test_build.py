@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlxtriton.codegen.builder import (CUDA_PARAMS, METAL_PARAMS, RegionError, ScheduleParams,
                                      build, chip_params)
@@ -318,8 +320,6 @@ def test_unknown_primitives_and_mixed_dtypes_are_named():
 
 
 def test_long_rows_take_1024_threads_under_a_declared_launch_bound():
-    from mlxtriton.codegen.builder import chip_params
-
     h200 = chip_params("h200")
     # 32768 float32 misses the registers of 512 threads (32 elements each): 1024 threads hold it,
     # and the kernel declares the bound so NVRTC fits their registers in the register file
@@ -338,3 +338,17 @@ def test_long_rows_take_1024_threads_under_a_declared_launch_bound():
     # a cross-entropy read in one pass (online max-and-sum) keeps 512 threads
     ce = build(oracle.cross_entropy_mlx(shape=(8, 32768)), h200).arg
     assert (ce.threads_per_row, ce.passes, ce.launch_bound) == (512, 1, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(family=st.sampled_from(["softmax", "layer_norm", "rms_norm", "cross_entropy_mlx", "logsumexp"]),
+       length=st.integers(1, 1 << 17), dtype=st.sampled_from(["float32", "bfloat16"]))
+def test_threadgroups_above_512_declare_their_bound_on_the_h200(family, length, dtype):
+    """Every H200 kernel of more than 512 threads declares exactly its threadgroup as the bound,
+    and no smaller one declares any; a row takes more than 512 threads only when it misses 512
+    threads' registers (32 elements each) and is read in several passes."""
+    region = getattr(oracle, family)(shape=(2, length), dtype=dtype)
+    s = build(region, chip_params("h200")).arg
+    assert s.launch_bound == (s.threadgroup_size if s.threadgroup_size > 512 else 0)
+    if s.threads_per_row > 512:
+        assert -(-length // 512) > 32 and s.passes > 1
