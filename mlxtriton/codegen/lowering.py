@@ -120,10 +120,9 @@ def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dial
                           else sp.resident_registers)
         budget = per_thread * s.threads_per_row * s.rows_per_group
         if s.on_chip == "threadgroup":
-            p = params(itemsize, s.row_length)
             reason = (f"rows of {s.row_length} exceed the {per_thread} B/thread register budget of "
                       f"{target.chip.name}; {', '.join(s.staged)} staged in its "
-                      f"{p.staging_bytes} B of threadgroup memory instead of read again")
+                      f"{sp.staging_bytes} B of threadgroup memory instead of read again")
         elif s.on_chip == "registers":
             reason = (f"{', '.join(s.resident)} fit{'s' if len(s.resident) == 1 else ''} the "
                       f"{per_thread} B/thread register budget of {target.chip.name}")

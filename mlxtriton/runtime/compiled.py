@@ -15,8 +15,6 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-_default_device = mx.default_device  # bound once: the hot path calls it on every call
-
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError
 from mlxtriton.codegen.lowering import (cache_with_report, kernel_target, lower_fused,
@@ -34,6 +32,8 @@ from mlxtriton.runtime.autodiff import (detached, differentiable, differentiable
                                         saved_statistics)
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
+
+_default_device = mx.default_device  # bound once: the hot path calls it on every call
 
 # The order passes always run in, whatever order the combinators were applied in: a pass that
 # runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
