@@ -13,7 +13,10 @@ Variants:
                       backward optimised into generated kernels (the default; rows too long for
                       registers read the statistics their forward saved);
   mlxtriton/mlx-vjp   the same with MLXTRITON_FUSED_BACKWARD=0: each region's backward is
-                      ``mx.compile`` of MLX's VJP of the region's body.
+                      ``mx.compile`` of MLX's VJP of the region's body;
+  mlxtriton/no-partials  the generated backward with fusion/partials.py off: a norm's weight
+                      gradient a column kernel of its own over the row kernel's ``g * xhat``
+                      (``--no-partials-variant`` drops it).
 Every variant's gradients are compared with mx.compile's (largest relative difference).
 Bandwidth counts what the computation must move: for bwd, each input the backward reads (the
 primals and the cotangent) once and each gradient written once; for fwd+bwd, plus the outputs.
@@ -27,12 +30,14 @@ Run: python benchmarks/backward_rows.py --out results.json [--quick] [--families
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 import mlx.core as mx
 
 import mlxtriton
+from mlxtriton.fusion import partials as partials_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -67,6 +72,21 @@ def built(fn, fused: bool):
     return mlxtriton.optimize(fn)
 
 
+@contextlib.contextmanager
+def partials_as(vname: str):
+    """fusion/partials.py off ("mlxtriton/no-partials"), or aiming at N threadgroups per core
+    ("mlxtriton/blocksN"), while a variant's backward is built (its first call)."""
+    saved = partials_module.block_rows, partials_module.GROUPS_PER_CORE
+    if vname == "mlxtriton/no-partials":
+        partials_module.block_rows = lambda rows, cores: 1
+    elif vname.startswith("mlxtriton/blocks"):
+        partials_module.GROUPS_PER_CORE = int(vname[len("mlxtriton/blocks"):])
+    try:
+        yield
+    finally:
+        partials_module.block_rows, partials_module.GROUPS_PER_CORE = saved
+
+
 def max_rel(a, b) -> float:
     a, b = a.astype(mx.float32), b.astype(mx.float32)
     scale = mx.maximum(mx.max(mx.abs(b)), mx.array(1e-30))
@@ -81,6 +101,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--shapes", default="")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--no-partials-variant", action="store_true")
+    ap.add_argument("--blocks-per-core", default="",
+                    help="comma-separated threadgroups per core to try for the block sums")
     opts = ap.parse_args()
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
     result, save = results_file("backward_rows", __doc__, opts.out)
@@ -96,6 +119,10 @@ def main() -> None:
         moved = {"bwd": reads + writes, "fwd+bwd": reads + writes + out.nbytes}
         variants = {"mx.compile": (composed, True), "mlxtriton": (None, True),
                     "mlxtriton/mlx-vjp": (None, False)}
+        if not opts.no_partials_variant:
+            variants["mlxtriton/no-partials"] = (None, True)
+        for n in filter(None, opts.blocks_per_core.split(",")):
+            variants[f"mlxtriton/blocks{int(n)}"] = (None, True)
         if native is not None:
             variants["mlx_native"] = (native, True)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
@@ -109,7 +136,8 @@ def main() -> None:
                 if not vname.startswith("mlxtriton"):
                     run = mx.compile(run)
                 try:
-                    grads = run(*primals)
+                    with partials_as(vname):
+                        grads = run(*primals)
                     grads = grads[1] if kind == "fwd+bwd" else grads
                     mx.eval(grads)
                     if vname == "mx.compile" and kind == "bwd":

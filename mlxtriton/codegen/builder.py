@@ -170,11 +170,19 @@ class _Lowering:
     # the domain: the shape every value is evaluated over, and the reduced axes
     def _find_domain(self) -> None:
         found: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        self.blocks: dict[int, _Block] = {}
         for k, o in enumerate(self.region.ops):
+            if (block := _block_sum(self, o)) is not None:
+                self.blocks[self.n_in + k] = block
+                continue
             if o.primitive in _REDUCING:
                 v = self.n_in + k
                 shape = self.shapes[o.args[0]]
                 found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
+        if self.blocks and not found:
+            v = next(iter(self.blocks))
+            raise RegionError(f"op {v - self.n_in} (block column sum): a block column sum needs "
+                              "a row kernel, and this region reduces no row")
         if len(found) > 1:
             listing = "; ".join(f"value {v}: shape {s} axes {a}" for (s, a), v in found.items())
             raise RegionError("one kernel reduces one set of axes of one shape; this region has "
@@ -190,6 +198,31 @@ class _Lowering:
             self.domain, self.reduce_axes = shapes[0], ()
         if math.prod(self.domain) == 0:
             raise RegionError(f"the domain {self.domain} is empty: nothing to launch")
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        """Block column sums belong to a row kernel over their value's rows, read by nothing
+        but the stores, all over blocks of one size."""
+        if not self.blocks:
+            return
+        reads = {a for o in self.region.ops for a in o.args}
+        for v, b in self.blocks.items():
+            what = f"op {v - self.n_in} (block column sum)"
+            if self.shapes[b.value] != self.domain or self.reduce_axes != tuple(
+                    range(b.row_axes, len(self.domain))):
+                raise RegionError(f"{what}: sums {self.shapes[b.value]} over blocks of its "
+                                  f"leading {b.row_axes} axes, but the row kernel's domain is "
+                                  f"{self.domain} reducing axes {self.reduce_axes}")
+            if v in reads:
+                raise RegionError(f"{what}: its partial sums are only written out, not read "
+                                  f"by the region")
+        if len({b.rows for b in self.blocks.values()}) > 1:
+            raise RegionError("block column sums of one kernel take blocks of one size, not "
+                              f"{sorted({b.rows for b in self.blocks.values()})}")
+
+    @property
+    def rows_per_block(self) -> int:
+        return next(iter(self.blocks.values())).rows if self.blocks else 1
 
     @property
     def is_row(self) -> bool:
@@ -753,7 +786,49 @@ def _reduce_node(ctx: _Lowering, v: int, o: Op) -> UOp:
     return UOp(Ops.REDUCE, acc, (x.cast(acc),), kind)
 
 
+class _Block(NamedTuple):
+    """A block column sum: ``Reduce(sum, axes=(1,))`` of ``Reshape(value, [G, B, *rest])``,
+    where ``value`` spans the row kernel's domain, its leading ``row_axes`` axes (the rows)
+    cut into G blocks of ``rows`` = B consecutive rows and ``rest`` its reduced axes: the
+    partial column sums a weight gradient's sum over tokens starts from (fusion/partials.py)."""
+
+    value: int
+    rows: int
+    row_axes: int
+
+
+def _block_sum(ctx: _Lowering, o: Op) -> _Block | None:
+    if o.primitive != "Reduce" or _reduce_kind(o) != "sum":
+        return None
+    (a,) = o.args
+    if a < ctx.n_in or ctx.region.ops[a - ctx.n_in].primitive != "Reshape":
+        return None
+    shape = ctx.shapes[a]
+    if len(shape) < 2 or _norm_axes(o.param("axes"), len(shape)) != (1,):
+        return None
+    (src,) = ctx.region.ops[a - ctx.n_in].args
+    old = ctx.shapes[src]
+    G, B, rest = shape[0], shape[1], shape[2:]
+    k = len(old) - len(rest)
+    if k < 1 or old[k:] != rest or math.prod(old[:k]) != G * B:
+        return None
+    return _Block(src, B, k)
+
+
+def _flat_row(ctx: _Lowering, row_axes: int) -> UOp:
+    flat = ctx.zero
+    for c, st in zip(ctx.dims[:row_axes], contiguous_strides(ctx.domain[:row_axes])):
+        flat = flat + c * st
+    return flat
+
+
 def _lower_reduce(ctx, v, o, coords):
+    if (block := ctx.blocks.get(v)) is not None:
+        x = ctx.at(block.value, ctx.dims)
+        acc = accumulator_dtype(ctx.dtypes[v])
+        if x.dtype == "bool":
+            x = x.cast("int32")
+        return UOp(Ops.BLOCK_SUM, acc, (x.cast(acc),), block.rows).cast(ctx.compute(v))
     ctx.check_row(v, coords)
     r = _reduce_node(ctx, v, o)
     kind = _reduce_kind(o)
@@ -838,6 +913,10 @@ def _output_coords(ctx: _Lowering, v: int) -> tuple[UOp, ...]:
     """Coordinates of output v over the domain: the domain's own (a full output) or the row's
     (one value per row); size-1 axes anywhere read coordinate 0."""
     shape, dom = ctx.shapes[v], ctx.domain
+    if (block := ctx.blocks.get(v)) is not None:
+        # [G, 1, *rest]: this row's block, and the row's element
+        k = block.row_axes
+        return (_flat_row(ctx, k) // block.rows, ctx.zero) + ctx.dims[k:]
     if shape == dom:
         return ctx.dims
     candidates = [range(len(dom))]
@@ -1406,6 +1485,13 @@ def build(region: Region,
             T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
             # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
             G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
+        if ctx.blocks:
+            if interleaved:
+                raise RegionError("block column sums need a row kernel whose rows are not "
+                                  "neighbours in memory")
+            # one row per threadgroup, walked B rows in sequence; whole SIMD-groups (the
+            # reduction shuffles with a full mask)
+            T, G = max(T, W), 1
         C = -(-(L // V) // T)
     else:
         L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
@@ -1467,7 +1553,8 @@ def build(region: Region,
             vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
             interleaved=interleaved, simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
             resident=names(resident), staged=names(staged), streamed=names(streamed),
-            kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype)
+            kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype,
+            rows_per_block=ctx.rows_per_block)
     else:
         threads = L // V
         sched = K.Schedule(

@@ -203,6 +203,11 @@ def interpret(kernel: UOp, inputs: Sequence[np.ndarray], check_access: bool = Tr
                 vals[u] = _reduce(u.arg, v, pos).astype(_np_compute(u.dtype))
             elif u.op is Ops.CAST:
                 vals[u] = _cast(src[0], u.dtype)
+            elif u.op is Ops.BLOCK_SUM:
+                # each row sees its block's sum: [R, L] -> [R / B, B, L], summed over B
+                v = np.broadcast_to(src[0], full).astype(_np_compute(u.dtype))
+                sums = v.reshape(full[0] // u.arg, u.arg, full[1]).sum(axis=1, dtype=v.dtype)
+                vals[u] = np.repeat(sums, u.arg, axis=0)
             elif u.op is Ops.KEEP:  # where a value lives, not what it is
                 vals[u] = src[0]
             elif u.op is Ops.WHERE:

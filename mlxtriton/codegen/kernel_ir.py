@@ -31,6 +31,10 @@ class Ops(enum.Enum):
     # for the later passes that read it, instead of computed again (the value itself: the
     # interpreter passes it through)
     KEEP = enum.auto()
+    # src: (value,), arg: rows per block B. Per column, the sum of a per-element value over the
+    # B consecutive rows one threadgroup walks in sequence (a weight gradient's partial sum over
+    # tokens); only a store reads it, after the threadgroup's last row
+    BLOCK_SUM = enum.auto()
     # unary
     NEG = enum.auto()
     NOT = enum.auto()
@@ -195,6 +199,9 @@ class Schedule:
     # threads per threadgroup declared to the compiler, which then fits their registers in the
     # register file (0: none declared)
     launch_bound: int = 0
+    # rows one threadgroup walks in sequence (row kernels with BLOCK_SUM outputs: each thread
+    # adds its columns' values over the block in registers, one partial per block and column)
+    rows_per_block: int = 1
 
     @property
     def reduction_tree(self) -> str:
@@ -215,7 +222,7 @@ class Schedule:
         """Threads in the grid (MLX's ``grid`` counts threads)."""
         if self.kind == "pointwise":
             return self.elements // self.vector_width
-        groups = -(-self.rows // self.rows_per_group)
+        groups = -(-self.rows // (self.rows_per_group * self.rows_per_block))
         return groups * self.threadgroup_size
 
     def describe(self) -> str:
@@ -227,6 +234,9 @@ class Schedule:
                 f"vector {self.vector_width}, "
                 f"{self.chunks} vectors/thread, reduction {self.reduction_tree}, "
                 f"{self.passes} pass(es)")
+        if self.rows_per_block > 1:
+            text += (f"; {self.rows_per_block} rows per threadgroup in sequence, column sums "
+                     f"kept per block")
         in_registers = [n for n in self.resident if n not in self.staged]
         parts = [f"{', '.join(in_registers)} resident in registers"] if in_registers else []
         parts += [f"{', '.join(self.staged)} staged in threadgroup memory"] if self.staged else []

@@ -132,6 +132,7 @@ class _Renderer:
         self.staging_bytes = 0  # bytes of the dialect's staging area the kernel uses
         self.loaded: set[UOp] = set()  # resident LOADs already filled
         self.store_vectors: dict[UOp, str] = {}
+        self.block_acc: dict[UOp, str] = {}  # BLOCK_SUM -> its register array
 
     # -- naming and expressions ---------------------------------------------------------------
     def tmp(self, prefix: str = "mt_t") -> str:
@@ -198,6 +199,10 @@ class _Renderer:
             text = self.keep(u, level)
         elif u.op is Ops.REDUCE:
             raise AssertionError("a reduction is read before its pass finished")
+        elif u.op is Ops.BLOCK_SUM:
+            # only the stores after a block's last row read it: this element's register
+            return f"{self.block_acc[u]}[{self.reg_index()}]"
+
         else:
             args = [self.expr(s, level) for s in u.src]
             if u.op is Ops.CAST:
@@ -390,8 +395,12 @@ def _render_row(r: _KernelWriter) -> list[str]:
     else:
         lines.append("const int mt_lane = mt_tid;")
         lines.append(f"const int mt_row_raw = static_cast<int>({d.group_in_grid});")
+    B = s.rows_per_block
     active = R % G != 0
-    if active:
+    row_decl = f"const {it} mt_row = static_cast<{it}>(mt_row_raw) * {B} + mt_rb;"
+    if B > 1:
+        assert G == 1 and not active, "a threadgroup walking a block of rows takes one at a time"
+    elif active:
         # rows past the end recompute the last row (their SIMD lanes still take part in the
         # shuffles) and store nothing
         lines.append(f"const bool mt_active = mt_row_raw < {R};")
@@ -432,12 +441,23 @@ def _render_row(r: _KernelWriter) -> list[str]:
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].op.name.lower()}, "
                          f"computed once and kept in registers")
 
+    # block column sums: one register array each, added to by every row of the block
+    blocks = [u for u in r.k.toposort if u.op is Ops.BLOCK_SUM]
+    for u in blocks:
+        name = r.block_acc[u] = r.tmp("mt_b")
+        lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
+    start = len(lines)  # a threadgroup walking a block of rows repeats what follows per row
+
     by_pass = _reductions_by_pass(r.k)
     n_reduce_passes = max(by_pass, default=-1) + 1
-    elem_stores = [st for st in _stores(r.k) if st.arg.access is not Access.HOISTED]
+    block_stores = [st for st in _stores(r.k)
+                    if any(x.op is Ops.BLOCK_SUM for x in st.src[2].toposort)]
+    elem_stores = [st for st in _stores(r.k)
+                   if st.arg.access is not Access.HOISTED and st not in block_stores]
     row_stores = [st for st in _stores(r.k) if st.arg.access is Access.HOISTED]
     guard_col = L % (T * V) != 0
-    unroll_chunks = d.unroll if set(r.resident) - r.staged else (
+    # register arrays indexed by the chunk stay registers only in a fully unrolled loop
+    unroll_chunks = d.unroll if (set(r.resident) - r.staged) or blocks else (
         d.unroll_by.format(n=STREAM_UNROLL) if STREAM_UNROLL > 1 and C > 1 else None)
 
     def chunk_loop(body) -> list[str]:
@@ -472,12 +492,17 @@ def _render_row(r: _KernelWriter) -> list[str]:
         lines.extend(chunk_loop(body))
         _combine_across_threads(r, reduces, accs, aliased)
 
-    if elem_stores:
-        lines.append(f"// pass {n_reduce_passes + 1}: write rows")
+    if elem_stores or blocks:
+        lines.append(f"// pass {n_reduce_passes + 1}: "
+                     + ", ".join(w for w, on in (("write rows", elem_stores),
+                                                 ("add to the block column sums", blocks)) if on))
 
         def store_body():
             for st in elem_stores:
                 r.store(st, _LANE)
+            for u in blocks:
+                value = r.expr(u.src[0], _LANE)
+                r.emit(_LANE, f"{r.block_acc[u]}[{r.reg_index()}] += {value};")
 
         block_lines = chunk_loop(store_body)
         if active:
@@ -492,6 +517,25 @@ def _render_row(r: _KernelWriter) -> list[str]:
             index = r.expr(st.src[1], _KERNEL)
             body_lines.append(f"{st.src[0].arg.name}[{index}] = {value};")
         lines.extend((["if (%s) {" % cond] + _indent(body_lines) + ["}"]) if cond else body_lines)
+    if B > 1:
+        # The rows of the block one after another; the reduction scratch in threadgroup memory
+        # is written again by the next row, so its readers finish first.
+        per_row = [row_decl] + lines[start:] + ([d.barrier] if T > W else [])
+        del lines[start:]
+        lines.extend(_loop(f"for (int mt_rb = 0; mt_rb < {B}; ++mt_rb)", per_row, None))
+    if block_stores:
+        # after the block's last row: its partial sums, at the block's index (row / B)
+        r.bound[_KERNEL] = {specials["row"]: "mt_row"} if "row" in specials else {}
+        lines.append("// the block's column sums")
+
+        def block_body():
+            for st in block_stores:
+                r.store(st, _LANE)
+
+        start = len(lines)
+        lines.extend(chunk_loop(block_body))  # after its per-row index arithmetic, if any
+        first = _used([row_decl.replace(" + mt_rb;", ";")], lines[start:])
+        lines[start:] = ["{"] + _indent(first + lines[start:]) + ["}"]
     return lines
 
 
@@ -720,6 +764,9 @@ def _describe(s) -> list[str]:
         if s.interleaved:
             lines.append(f"// interleaved: thread i is lane i / {s.rows_per_group} of row "
                          f"i % {s.rows_per_group} of its threadgroup")
+        if s.rows_per_block > 1:
+            lines.append(f"// threadgroup b walks rows b * {s.rows_per_block} + [0, "
+                         f"{s.rows_per_block}) in turn; block column sums written after them")
     return lines
 
 

@@ -15,6 +15,7 @@ from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import ROW_LOADS, Role, role
 from mlxtriton.fusion.index_space import IndexSpace, RegionError, analyze
 from mlxtriton.fusion.report import Boundary, FusionReport, RegionReport, Unfused
+from mlxtriton.fusion.partials import PartialsDecision, column_partials
 from mlxtriton.fusion.split import SplitDecision, split_reductions
 
 # Arrays (inputs + outputs) one generated kernel may bind. Metal binds at most 31 buffers per
@@ -301,7 +302,9 @@ def fuse_with_report(graph: Graph, chip=None, *, split: bool = True) -> tuple[Gr
         chip: the chip to fuse for (a name or `mlxtriton.hw.Profile`); it sets how many arrays one
             kernel may bind. None: the strictest limit (Metal), valid on every backend.
         split: first split reductions over too few rows for the chip's cores in two levels
-            (`split.split_reductions`; needs a chip). False keeps one kernel per reduction.
+            (`split.split_reductions`), and move column sums over a row region's rows into it
+            as partial sums per block of rows (`partials.column_partials`); both need a chip.
+            False keeps one kernel per reduction.
 
     Returns:
         ``(fused graph, report)``: the graph computes the same values (on CPU, bit for bit: a
@@ -368,6 +371,11 @@ def fuse_with_report(graph: Graph, chip=None, *, split: bool = True) -> tuple[Gr
     defined = list(graph.inputs) + [v for v, _ in graph.constants]
     result = dce(graph.replace(eqns=topological_sort(outer, defined)))
 
+    partials: list[PartialsDecision] = []
+    if split:
+        result, regions, partials = column_partials(result, tuple(regions), chip)
+        regions = list(regions)
+
     survivors = set(result.eqns)
     reported = {u.equation for u in unfused}
     for e in graph.eqns:
@@ -383,7 +391,7 @@ def fuse_with_report(graph: Graph, chip=None, *, split: bool = True) -> tuple[Gr
         unfused.append(Unfused(position[e], e.primitive, _signature(e), reason))
     unfused.sort(key=lambda u: u.equation)
     return result, FusionReport(tuple(regions), tuple(unfused), tuple(clustering.boundaries),
-                                splits=tuple(splits))
+                                splits=tuple(splits), partials=tuple(partials))
 
 
 def fuse(graph: Graph, chip=None) -> Graph:

@@ -48,6 +48,9 @@ class IndexSpace:
     reduced: tuple[int, ...]
     axes: dict[Var, tuple[int | None, ...]] = field(repr=False)
     loads: tuple[Load, ...] = field(repr=False)
+    # block column sums of a row region (fusion/partials.py): [G, 1, *reduced] outputs, one
+    # partial per block of rows; they are not in ``axes``
+    blocks: tuple[Var, ...] = field(default=(), repr=False)
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -94,7 +97,45 @@ def _axes_text(axes: Iterable[int]) -> str:
     return f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
 
 
-def analyze(eqns: Sequence[Eqn]) -> IndexSpace:
+@dataclass(frozen=True)
+class _BlockSum:
+    value: Var  # summed over blocks of its leading `row_axes` axes
+    out: Var  # [G, 1, *value.shape[row_axes:]]
+    row_axes: int
+
+
+def _block_sums(eqns: Sequence[Eqn]) -> tuple[list[Eqn], list[_BlockSum]]:
+    """Peel block column sums, ``Reduce(sum, axes=(1,))`` of ``Reshape(v, [G, B, *rest])`` with
+    ``v``'s leading axes cut into G blocks of B rows (`fusion.partials`), off a row region's
+    equations. Only while other reductions remain: a block sum belongs to a row kernel."""
+    producer = {v: e for e in eqns for v in e.outputs}
+    reads: dict[Var, int] = {}
+    for e in eqns:
+        for v in e.inputs:
+            reads[v] = reads.get(v, 0) + 1
+    found, skip = [], set()
+    for e in eqns:
+        if e.primitive != "Reduce" or e.params["kind"] != "sum":
+            continue
+        (x,) = e.inputs
+        m = producer.get(x)
+        if m is None or m.primitive != "Reshape" or reads[x] != 1 or x.ndim < 2:
+            continue
+        if tuple(sorted(a % x.ndim for a in e.params["axes"])) != (1,):
+            continue
+        v = m.inputs[0]
+        k = v.ndim - (x.ndim - 2)
+        if k < 1 or v.shape[k:] != x.shape[2:] or math.prod(v.shape[:k]) != x.shape[0] * x.shape[1]:
+            continue
+        found.append(_BlockSum(v, e.outputs[0], k))
+        skip |= {e, m}
+    rest = [e for e in eqns if e not in skip]
+    if not any(role(e)[0] is Role.REDUCTION for e in rest):
+        return list(eqns), []
+    return rest, found
+
+
+def analyze(eqns: Sequence[Eqn], block_sums: bool = False) -> IndexSpace:
     """The index space of equations meant to run as one kernel (in topological order); values they
     read but do not define are loads.
 
@@ -105,9 +146,40 @@ def analyze(eqns: Sequence[Eqn]) -> IndexSpace:
     and a reduced value is broadcast back only along them. A load may reach the domain through any
     movement op: that is index arithmetic on the load.
 
+    With ``block_sums``, a row region's block column sums (`fusion.partials`) are listed in
+    ``blocks``; clustering never forms them.
+
     Raises:
         RegionError: the equations are not one kernel; the message names the equation and why.
     """
+    blocks: list[_BlockSum] = []
+    rest = list(eqns)
+    if block_sums:
+        rest, blocks = _block_sums(eqns)
+    space = _analyze(rest)
+    for b in blocks:
+        n = len(space.shape)
+        if (space.kind != "row" or b.value not in space.axes and not any(
+                ld.var is b.value for ld in space.loads)):
+            raise RegionError(f"a block column sum of {b.value.type_str()} needs a row region "
+                              "that reads or computes it")
+        axes = space.axes.get(b.value) or next(ld.axes for ld in space.loads if ld.var is b.value)
+        if (axes != tuple(range(n)) or b.value.shape != space.shape
+                or space.reduced != tuple(range(b.row_axes, n))):
+            raise RegionError(f"a block column sum of {b.value.type_str()} over its leading "
+                              f"{b.row_axes} axes in a row region over {list(space.shape)} "
+                              f"reducing axes {space.reduced}: not the region's rows")
+    if blocks:
+        # loads name their equation by its position among all of ``eqns``
+        position = {id(e): k for k, e in enumerate(eqns)}
+        loads = tuple(Load(position[id(rest[ld.eqn])], ld.slot, ld.var, ld.axes)
+                      for ld in space.loads)
+        space = IndexSpace(space.kind, space.shape, space.reduced, space.axes, loads,
+                           tuple(b.out for b in blocks))
+    return space
+
+
+def _analyze(eqns: Sequence[Eqn]) -> IndexSpace:
     classes = _Classes()
     defined = {v for e in eqns for v in e.outputs}
     loaded: set[Var] = set()  # values read from outside, and movement of them (index arithmetic)
@@ -316,4 +388,4 @@ def index_space(body: Graph) -> IndexSpace:
         >>> s.kind, s.shape, s.reduced
         ('row', (4, 8), (1,))
     """
-    return analyze(body.eqns)
+    return analyze(body.eqns, block_sums=True)

@@ -87,6 +87,8 @@ def _passes(body: Graph, space: IndexSpace) -> dict[Var, int]:
         if r is Role.MOVEMENT and e.inputs[0] in loaded:
             loaded.add(e.outputs[0])
             continue
+        if any(v not in space.axes for v in e.outputs):
+            continue  # a block column sum's reshape and sum: added up in the write pass
         level = max((depth.get(v, 0) for v in e.inputs), default=0)
         row_sized = [v for v in e.inputs if v in loaded or (v in space.axes and space.is_full(v))]
         used = frozenset().union(*(needs.get(v, frozenset({v}) if v in loaded else frozenset()) for v in row_sized))

@@ -106,12 +106,13 @@ class FusionReport:
     boundaries: tuple[Boundary, ...] = ()
     layout: tuple[LayoutDecision, ...] = field(default=())
     splits: tuple = ()  # split.SplitDecision: reductions split in two levels before clustering
+    partials: tuple = ()  # partials.PartialsDecision: column sums moved into row kernels
 
     def with_layout(self, decisions) -> "FusionReport":
         return replace(self, layout=self.layout + tuple(decisions))
 
     def as_text(self) -> str:
-        lines = [d.as_text() for d in self.splits]
+        lines = [d.as_text() for d in self.splits] + [d.as_text() for d in self.partials]
         lines.append(f"{len(self.regions)} fused region(s)")
         lines += ["  " + r.as_text() for r in self.regions]
         if self.unfused:

@@ -136,7 +136,7 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
 
 
 def _fusion_lines(report: FusionReport) -> list[str]:
-    lines = [d.as_text() for d in report.splits]
+    lines = [d.as_text() for d in report.splits] + [d.as_text() for d in report.partials]
     lines += [r.as_text() for r in report.regions]
     lines += [f"not fused: {u.as_text()}" for u in report.unfused]
     lines += [f"boundary: {b.as_text()}" for b in report.boundaries]

@@ -248,6 +248,34 @@ def cross_entropy_mlx(shape=(6, 100), dtype="float32") -> Region:
     return b.build([b.op("Subtract", lse, picked)])
 
 
+def rms_norm_grad(shape=(6, 100), dtype="float32", eps=1.0) -> Region:
+    """RMS norm's backward with its weight gradient and a bias-style sum of the cotangent as
+    block column sums (fusion/partials.py): dx, and per block of B rows sum(g * xhat) and
+    sum(g), B the largest of 8, 4, 2, 1 dividing the rows. (A large eps: with a small one dx
+    of a short row is a difference of nearly equal values, which no tolerance fits.)"""
+    R, L = shape
+    B = next(n for n in (8, 4, 2, 1) if R % n == 0)
+    b = RegionBuilder("rmsnormgrad")
+    x, g, w = b.input(shape, dtype, "x"), b.input(shape, dtype, "g"), b.input((L,), dtype, "w")
+    xf, gf = b.op("AsType", x, dtype="float32"), b.op("AsType", g, dtype="float32")
+    ms = b.op("Multiply", b.op("Reduce", b.op("Square", xf), kind="sum", axes=(1,)),
+              _row_scalar(b, 1 / L, R))
+    inv = b.op("Broadcast", b.op("Sqrt", b.op("Add", ms, _row_scalar(b, eps, R)),
+                                 reciprocal=True), shape=shape)
+    xhat = b.op("Multiply", xf, inv)
+    gw = b.op("Multiply", gf, b.op("Broadcast", b.op("AsType", w, dtype="float32"), shape=shape))
+    dot = b.op("Multiply", b.op("Reduce", b.op("Multiply", gw, xhat), kind="sum", axes=(1,)),
+               _row_scalar(b, 1 / L, R))
+    dx = b.op("Multiply", inv, b.op("Subtract", gw, b.op("Multiply", xhat,
+                                                         b.op("Broadcast", dot, shape=shape))))
+
+    def block_sum(v):
+        return b.op("Reduce", b.op("Reshape", v, shape=(R // B, B, L)), kind="sum", axes=(1,))
+
+    return b.build([b.op("AsType", dx, dtype=dtype), block_sum(b.op("Multiply", gf, xhat)),
+                    block_sum(gf)])
+
+
 def column_sum(shape=(100, 6), dtype="float32") -> Region:
     b = RegionBuilder("colsum")
     x = b.input(shape, dtype, "x")
@@ -268,7 +296,7 @@ def pointwise_broadcast(shape=(4, 6, 32), dtype="float32") -> Region:
 FAMILIES = {
     "softmax": softmax, "logsoftmax": lambda **k: softmax(log=True, **k),
     "layernorm": layer_norm, "rmsnorm": rms_norm, "rmsnormgate": lambda **k: rms_norm(gate=True, **k),
-    "residualrmsnorm": residual_rms_norm,
+    "residualrmsnorm": residual_rms_norm, "rmsnormgrad": rms_norm_grad,
     "logsumexp": logsumexp, "crossentropy": cross_entropy, "colsum": column_sum,
     "softmaxcomposed": softmax_composed, "crossentropymlx": cross_entropy_mlx,
     "pointwise": pointwise_broadcast,

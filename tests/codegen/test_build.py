@@ -352,3 +352,20 @@ def test_threadgroups_above_512_declare_their_bound_on_the_h200(family, length, 
     assert s.launch_bound == (s.threadgroup_size if s.threadgroup_size > 512 else 0)
     if s.threads_per_row > 512:
         assert -(-length // 512) > 32 and s.passes > 1
+
+
+def test_block_column_sums_belong_to_a_row_kernel():
+    def region(with_row_reduction: bool, read_back: bool):
+        b = RegionBuilder("blocks")
+        x = b.input((8, 16), "float32", "x")
+        p = b.op("Reduce", b.op("Reshape", b.op("Exp", x), shape=(2, 4, 16)), kind="sum", axes=(1,))
+        outs = [b.op("Softmax", x) if with_row_reduction else b.op("Exp", x)]
+        return b.build(outs + [b.op("Multiply", p, p) if read_back else p])
+
+    with pytest.raises(RegionError, match="needs a row kernel, and this region reduces no row"):
+        build(region(False, False))
+    with pytest.raises(RegionError, match="only written out, not read by the region"):
+        build(region(True, True))
+    s = build(region(True, False), CUDA_PARAMS).arg
+    # 2 threadgroups of whole SIMD-groups, each walking 4 rows
+    assert (s.rows_per_block, s.rows_per_group, s.threads_per_row, s.grid) == (4, 1, 32, 64)

@@ -25,6 +25,10 @@ CASES = {
         lambda: oracle.cross_entropy(shape=(64, 1000), dtype="float16"), "metal"),
     "logsumexp_f32_100x24_short.metal": (lambda: oracle.logsumexp(shape=(100, 24)), "metal"),
     "colsum_f32_4096x512.cuda": (lambda: oracle.column_sum(shape=(4096, 512)), "cuda"),
+    "rmsnormgrad_bf16_64x4096_blocks.cuda": (
+        lambda: oracle.rms_norm_grad(shape=(64, 4096), dtype="bfloat16"), "cuda"),
+    "rmsnormgrad_f32_64x4096_blocks.metal": (
+        lambda: oracle.rms_norm_grad(shape=(64, 4096)), "metal"),
     "pointwise_f16.metal": (lambda: oracle.pointwise_broadcast(dtype="float16"), "metal"),
 }
 

@@ -49,7 +49,8 @@ def test_family_matches_oracle(family, dtype, chip):
 # and past the tiny chip's on-chip budget (256 elements) so rows stream.
 LENGTHS = st.sampled_from([1, 2, 3, 5, 31, 32, 33, 64, 100, 257, 700, 1031])
 ROW_FAMILIES = ("softmax", "logsoftmax", "layernorm", "rmsnorm", "rmsnormgate", "logsumexp",
-                "crossentropy", "colsum", "residualrmsnorm", "softmaxcomposed", "crossentropymlx")
+                "crossentropy", "colsum", "residualrmsnorm", "softmaxcomposed", "crossentropymlx",
+                "rmsnormgrad")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,6 +60,19 @@ ROW_FAMILIES = ("softmax", "logsoftmax", "layernorm", "rmsnorm", "rmsnormgate", 
 def test_row_kernels_any_length(family, rows, length, dtype, chip, seed):
     shape = (length, rows) if family == "colsum" else (rows, length)
     run_and_compare(oracle.FAMILIES[family](shape=shape, dtype=dtype), CHIPS[chip], seed)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.sampled_from([2, 6, 8, 24, 40]), length=LENGTHS, dtype=st.sampled_from(FLOATS),
+       chip=st.sampled_from(sorted(CHIPS)), seed=st.integers(0, 2**16))
+def test_block_column_sums_any_shape(rows, length, dtype, chip, seed):
+    # threadgroups walking blocks of 2-8 rows, each keeping its columns' partial sums
+    region = oracle.FAMILIES["rmsnormgrad"](shape=(rows, length), dtype=dtype)
+    kernel = run_and_compare(region, CHIPS[chip], seed)
+    s = kernel.arg
+    assert s.rows_per_block == max(n for n in (8, 4, 2, 1) if rows % n == 0) > 1
+    assert s.rows_per_group == 1 and s.threads_per_row >= s.simd_width
+    assert s.grid == rows // s.rows_per_block * s.threadgroup_size
 
 
 # -- non-contiguous inputs: the region reads a transposed or strided view of what MLX passes ----
