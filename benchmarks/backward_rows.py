@@ -16,7 +16,9 @@ Variants:
                       ``mx.compile`` of MLX's VJP of the region's body;
   mlxtriton/no-partials  the generated backward with fusion/partials.py off: a norm's weight
                       gradient a column kernel of its own over the row kernel's ``g * xhat``
-                      (``--no-partials-variant`` drops it).
+                      (``--no-partials-variant`` drops it); ``--blocks-per-core N,..`` and
+                      ``--block-registers N,..`` add variants with other block sizes
+                      (mlxtriton/blocksN) and register limits for block sums (mlxtriton/regsN).
 Every variant's gradients are compared with mx.compile's (largest relative difference).
 Bandwidth counts what the computation must move: for bwd, each input the backward reads (the
 primals and the cotangent) once and each gradient written once; for fwd+bwd, plus the outputs.
@@ -37,6 +39,7 @@ import sys
 import mlx.core as mx
 
 import mlxtriton
+from mlxtriton.hw import params as hw_params
 from mlxtriton.fusion import partials as partials_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
@@ -76,15 +79,18 @@ def built(fn, fused: bool):
 def partials_as(vname: str):
     """fusion/partials.py off ("mlxtriton/no-partials"), or aiming at N threadgroups per core
     ("mlxtriton/blocksN"), while a variant's backward is built (its first call)."""
-    saved = partials_module.block_rows, partials_module.GROUPS_PER_CORE
+    saved = partials_module.block_rows, partials_module.GROUPS_PER_CORE, hw_params.BLOCK_SUM_REGISTERS
     if vname == "mlxtriton/no-partials":
         partials_module.block_rows = lambda rows, cores: 1
     elif vname.startswith("mlxtriton/blocks"):
         partials_module.GROUPS_PER_CORE = int(vname[len("mlxtriton/blocks"):])
+    elif vname.startswith("mlxtriton/regs"):
+        hw_params.BLOCK_SUM_REGISTERS = int(vname[len("mlxtriton/regs"):])
     try:
         yield
     finally:
-        partials_module.block_rows, partials_module.GROUPS_PER_CORE = saved
+        (partials_module.block_rows, partials_module.GROUPS_PER_CORE,
+         hw_params.BLOCK_SUM_REGISTERS) = saved
 
 
 def max_rel(a, b) -> float:
@@ -104,6 +110,8 @@ def main() -> None:
     ap.add_argument("--no-partials-variant", action="store_true")
     ap.add_argument("--blocks-per-core", default="",
                     help="comma-separated threadgroups per core to try for the block sums")
+    ap.add_argument("--block-registers", default="",
+                    help="comma-separated register limits to try for the block sums")
     opts = ap.parse_args()
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
     result, save = results_file("backward_rows", __doc__, opts.out)
@@ -123,6 +131,8 @@ def main() -> None:
             variants["mlxtriton/no-partials"] = (None, True)
         for n in filter(None, opts.blocks_per_core.split(",")):
             variants[f"mlxtriton/blocks{int(n)}"] = (None, True)
+        for n in filter(None, opts.block_registers.split(",")):
+            variants[f"mlxtriton/regs{int(n)}"] = (None, True)
         if native is not None:
             variants["mlx_native"] = (native, True)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,

@@ -1490,8 +1490,13 @@ def build(region: Region,
                 raise RegionError("block column sums need a row kernel whose rows are not "
                                   "neighbours in memory")
             # one row per threadgroup, walked B rows in sequence; whole SIMD-groups (the
-            # reduction shuffles with a full mask)
+            # reduction shuffles with a full mask), and threads enough that the block sums'
+            # registers stay within hw.params.BLOCK_SUM_REGISTERS per thread
             T, G = max(T, W), 1
+            most = min(params.max_threads_per_group, params.max_row_threads)
+            while (2 * T <= most and
+                   len(ctx.blocks) * -(-(L // V) // T) * V > hw.params.BLOCK_SUM_REGISTERS):
+                T *= 2
         C = -(-(L // V) // T)
     else:
         L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
@@ -1563,7 +1568,9 @@ def build(region: Region,
             simd_width=W, index_dtype=ctx.index_dtype)
     if sched.grid > _INT32_LIMIT:
         raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
-    if sched.threadgroup_size > params.unbounded_threads:
+    if sched.threadgroup_size > params.unbounded_threads or ctx.blocks:
+        # (block sums hold registers the residency plan does not count: NVRTC must fit them
+        # to the threadgroup, spilling if it must, rather than fail the launch)
         sched = replace(sched, launch_bound=sched.threadgroup_size)
     # inputs no store depends on stay parameters of the kernel (MLX passes every input)
     reached = {u for u in marked.toposort if u.op is Ops.PARAM}

@@ -68,6 +68,15 @@ def block_rows(rows: int, cores: int) -> int:
     return 1
 
 
+def _registers_hold(profile, x: Var, length: int, sums: int) -> bool:
+    """Whether ``sums`` block sums over rows of ``length`` fit the registers the row kernel's
+    threads may give them (`hw.params.BLOCK_SUM_REGISTERS` each, at most ``max_row_threads``)."""
+    from mlxtriton import hw
+
+    p = hw.derive(profile, 4, length)
+    return sums * length <= p.max_row_threads * hw.params.BLOCK_SUM_REGISTERS
+
+
 def _column_sum(e: Eqn) -> tuple[Var, tuple[int, ...]] | None:
     """(the summed body input, reduced axes) of a column region that is one sum, its result
     reshaped only in size-1 dims; else None."""
@@ -113,7 +122,9 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
         return graph, regions, []
     from mlxtriton import hw
 
-    cores = max(hw.resolve(chip).gpu_cores or (1,))
+    profile = hw.resolve(chip)
+    cores = max(profile.gpu_cores or (1,))
+    sums: dict[Eqn, int] = {}  # block sums each row region takes
     rows_eqns: dict[Eqn, Eqn] = {}  # original row region -> its current rewrite
     new_columns: dict[Eqn, Eqn] = {}
     decisions: list[PartialsDecision] = []
@@ -137,10 +148,11 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
         if (x.shape != space.shape or space.reduced != tuple(range(k, n))
                 or axes != tuple(range(k))):
             continue
-        R = math.prod(space.shape[:k])
+        R, L = math.prod(space.shape[:k]), math.prod(space.shape[k:])
         B = block_rows(R, cores)
-        if B == 1:
+        if B == 1 or not _registers_hold(profile, x, L, sums.get(row_eqn, 0) + 1):
             continue
+        sums[row_eqn] = sums.get(row_eqn, 0) + 1
         rewritten, partial = _add_block_sum(current, outer, R // B, B, k)
         if rewritten is None:
             continue

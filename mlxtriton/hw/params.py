@@ -71,6 +71,15 @@ _ITEMSIZES = (1, 2, 4, 8)
 _CUDA_VECTOR_LANES = 8
 
 
+# Registers per thread a row kernel's block column sums may take (a weight gradient's partial
+# sums over blocks of rows, fusion/partials.py): past them the row takes more threads, and a row
+# that would need more than its most threads hold gets no block sums. Measured on the H200
+# (benchmarks/results/backward_rows_h200_partials.json, 32 registers of them at 128 threads): a
+# bf16 RMS norm x gate backward at 32768x4096 ran 1792 GB/s against 2190 without block sums,
+# and a float32 layer norm over rows of 16384 (64 registers at 512 threads) failed to launch.
+BLOCK_SUM_REGISTERS = 16
+
+
 @dataclass(frozen=True)
 class CodegenParams:
     """How to shape kernels for one chip, element size and (optionally) row length.

@@ -369,3 +369,13 @@ def test_block_column_sums_belong_to_a_row_kernel():
     s = build(region(True, False), CUDA_PARAMS).arg
     # 2 threadgroups of whole SIMD-groups, each walking 4 rows
     assert (s.rows_per_block, s.rows_per_group, s.threads_per_row, s.grid) == (4, 1, 32, 64)
+
+
+def test_block_sums_take_threads_for_their_registers_and_declare_the_bound():
+    # two block sums over f32 rows of 4096: 256 threads would hold 2 x 16 registers of sums
+    # (hw.params.BLOCK_SUM_REGISTERS is 16), so the row takes 512; the bound is declared
+    region = oracle.FAMILIES["rmsnormgrad"](shape=(64, 4096))
+    s = build(region, chip_params("h200")).arg
+    assert (s.threads_per_row, s.chunks * s.vector_width, s.launch_bound) == (512, 8, 512)
+    assert "__launch_bounds__(512)" in render(build(region, chip_params("h200")), "cuda").header
+    assert build(oracle.FAMILIES["rmsnorm"](shape=(64, 4096)), chip_params("h200")).arg.launch_bound == 0

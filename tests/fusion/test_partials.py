@@ -139,3 +139,15 @@ def test_gradients_through_generated_kernels(family, monkeypatch):
         outs, grads = mlx_vjp(f, args, cot)
     assert_close(outs, want_outs, mx.float32)
     assert_close(grads, want_grads, mx.float32)
+
+
+def test_sums_whose_registers_do_not_fit_stay_column_kernels():
+    # an M3 row takes at most 1024 threads, 16 registers of block sums each: 16384 elements
+    def one_sum(cols):
+        g, _ = _vjp_graph(_rms, _arguments("xw", 40, cols, mx.float32))
+        return len(fuse_with_report(g, "m3")[1].partials)
+
+    assert one_sum(16384) == 1 and one_sum(32768) == 0
+    fn, spec = FAMILIES["layer_norm"]
+    g, _ = _vjp_graph(fn, _arguments(spec, 40, 16384, mx.float32))
+    assert len(fuse_with_report(g, "m3")[1].partials) == 1  # the weight's; the bias's stays
