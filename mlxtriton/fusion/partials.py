@@ -68,7 +68,7 @@ def block_rows(rows: int, cores: int) -> int:
     return 1
 
 
-def _registers_hold(profile, x: Var, length: int, sums: int) -> bool:
+def _registers_hold(profile, length: int, sums: int) -> bool:
     """Whether ``sums`` block sums over rows of ``length`` fit the registers the row kernel's
     threads may give them (`hw.params.BLOCK_SUM_REGISTERS` each, at most ``max_row_threads``)."""
     from mlxtriton import hw
@@ -150,12 +150,12 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
             continue
         R, L = math.prod(space.shape[:k]), math.prod(space.shape[k:])
         B = block_rows(R, cores)
-        if B == 1 or not _registers_hold(profile, x, L, sums.get(row_eqn, 0) + 1):
+        if B == 1 or not _registers_hold(profile, L, sums.get(row_eqn, 0) + 1):
             continue
-        sums[row_eqn] = sums.get(row_eqn, 0) + 1
         rewritten, partial = _add_block_sum(current, outer, R // B, B, k)
         if rewritten is None:
             continue
+        sums[row_eqn] = sums.get(row_eqn, 0) + 1
         rows_eqns[row_eqn] = rewritten
         new_columns[ce] = _partial_column(ce, partial)
         decisions.append(PartialsDecision(ce.params["name"], row_eqn.params["name"],
@@ -237,10 +237,11 @@ def _reports(regions, rows_eqns: dict[Eqn, Eqn], new_columns: dict[Eqn, Eqn]):
             r, name=e.params["name"],
             shape=space.shape if space is not None else body.inputs[0].shape,
             reduced=space.reduced if space is not None else (0,),
-            primitives=(r.primitives + tuple(q.primitive for q in added if q.primitive != "Reshape")
-                        if space is not None else ("Reduce",)),
-            folded=(r.folded + ("Reshape",) * sum(q.primitive == "Reshape" for q in added)
-                    if space is not None else ("Reshape",)),
+            primitives=(r.primitives if space is not None else ()) + tuple(
+                q.primitive for q in (added if space is not None else body.eqns)
+                if q.primitive != "Reshape"),
+            folded=(r.folded if space is not None else ()) + ("Reshape",) * sum(
+                q.primitive == "Reshape" for q in (added if space is not None else body.eqns)),
             inputs=tuple(v.type_str() for v in body.inputs),
             outputs=tuple(v.type_str() for v in body.outputs)))
     return tuple(out)
