@@ -202,7 +202,6 @@ class _Renderer:
         elif u.op is Ops.BLOCK_SUM:
             # only the stores after a block's last row read it: this element's register
             return f"{self.block_acc[u]}[{self.reg_index()}]"
-
         else:
             args = [self.expr(s, level) for s in u.src]
             if u.op is Ops.CAST:

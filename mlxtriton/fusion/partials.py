@@ -28,13 +28,13 @@ from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.fused import body_of, fused_eqn, is_fused
 from mlxtriton.graph.transforms import dce, make_eqn, topological_sort
 
+from mlxtriton.fusion._rules import Role, role
 from mlxtriton.fusion.index_space import RegionError, analyze
 from mlxtriton.fusion.report import RegionReport
-from mlxtriton.fusion.split import GROUPS_PER_CORE
+from mlxtriton.fusion.split import _WIDE, GROUPS_PER_CORE  # float32 partials of half types
 
 # Fewest rows a block takes: below two a partial per row is the value itself.
 MIN_BLOCK_ROWS = 2
-_WIDE = {"float16": "float32", "bfloat16": "float32"}
 _SIZE1_MOVES = frozenset({"Reshape", "Squeeze", "ExpandDims"})
 
 
@@ -221,6 +221,13 @@ def _partial_column(column: Eqn, partial: Var) -> Eqn:
     return fused_eqn(body, (partial,), (out,), "column", f"column_{body.structural_hash[:10]}")
 
 
+def _ops(eqns) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(computed, folded movement) primitives of equations, as a region report lists them."""
+    moves = [role(e)[0] is Role.MOVEMENT for e in eqns]
+    return (tuple(e.primitive for e, m in zip(eqns, moves) if not m),
+            tuple(e.primitive for e, m in zip(eqns, moves) if m))
+
+
 def _reports(regions, rows_eqns: dict[Eqn, Eqn], new_columns: dict[Eqn, Eqn]):
     by_name = {e.params["name"]: e for e in list(rows_eqns.values()) + list(new_columns.values())}
     renamed = {old.params["name"]: new for old, new in new_columns.items()}
@@ -231,17 +238,15 @@ def _reports(regions, rows_eqns: dict[Eqn, Eqn], new_columns: dict[Eqn, Eqn]):
             out.append(r)
             continue
         body = body_of(e)
-        space = analyze(body.eqns, block_sums=True) if e.params["kind"] == "row" else None
-        added = body.eqns[len(r.primitives) + len(r.folded):]  # what this pass appended
-        out.append(replace(
-            r, name=e.params["name"],
-            shape=space.shape if space is not None else body.inputs[0].shape,
-            reduced=space.reduced if space is not None else (0,),
-            primitives=(r.primitives if space is not None else ()) + tuple(
-                q.primitive for q in (added if space is not None else body.eqns)
-                if q.primitive != "Reshape"),
-            folded=(r.folded if space is not None else ()) + ("Reshape",) * sum(
-                q.primitive == "Reshape" for q in (added if space is not None else body.eqns)),
-            inputs=tuple(v.type_str() for v in body.inputs),
-            outputs=tuple(v.type_str() for v in body.outputs)))
+        if e.params["kind"] == "row":  # the same region and what this pass appended to it
+            space = analyze(body.eqns, block_sums=True)
+            computes, moves = _ops(body.eqns[len(r.primitives) + len(r.folded):])
+            shape, reduced = space.shape, space.reduced
+            primitives, folded = r.primitives + computes, r.folded + moves
+        else:  # a new column region over the partials
+            (primitives, folded), shape, reduced = _ops(body.eqns), body.inputs[0].shape, (0,)
+        out.append(replace(r, name=e.params["name"], shape=shape, reduced=reduced,
+                           primitives=primitives, folded=folded,
+                           inputs=tuple(v.type_str() for v in body.inputs),
+                           outputs=tuple(v.type_str() for v in body.outputs)))
     return tuple(out)
