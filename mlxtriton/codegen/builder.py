@@ -1234,7 +1234,15 @@ def _expand_sumexp(r: UOp) -> UOp:
 
 def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
                     budget: int) -> tuple[set[UOp], set[UOp]]:
-    """Loads read by several passes: keep the most-reused in registers within the budget."""
+    """Loads read by several passes: keep the most-reused in registers within the budget.
+
+    A threadgroup walking a block of rows loads what is the same for every row (a norm's
+    weight) once for all of them wherever it stays (render.py), but its registers still go to
+    the row's own inputs first: on the H200, giving them to the weight instead (counting it read
+    once per row of the block) left float32 norm backwards over rows of 16384 3-10% slower, the
+    float32 gate at 32768x4096 4% faster and the others within 1%
+    (benchmarks/results/block_sums_h200*.json).
+    """
     multi = {u: p for u, p in _pass_loads(stores).items() if len(p) > 1}
     resident: set[UOp] = set()
     used = 0

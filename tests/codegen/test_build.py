@@ -379,3 +379,17 @@ def test_block_sums_take_threads_for_their_registers_and_declare_the_bound():
     assert (s.threads_per_row, s.chunks * s.vector_width, s.launch_bound) == (512, 8, 512)
     assert "__launch_bounds__(512)" in render(build(region, chip_params("h200")), "cuda").header
     assert build(oracle.FAMILIES["rmsnorm"](shape=(64, 4096)), chip_params("h200")).arg.launch_bound == 0
+
+
+@pytest.mark.parametrize("language", ["cuda", "metal"], ids=["cuda-source", "metal-source"])
+def test_a_block_of_rows_loads_what_its_rows_share_once(language):
+    # the weight w is the same for every row: loaded before the threadgroup walks its rows,
+    # the rows' own x and g inside the walk
+    region = oracle.FAMILIES["rmsnormgrad"](shape=(64, 4096), dtype="bfloat16")
+    k = build(region, chip_params("h200" if language == "cuda" else "m3"))
+    assert k.arg.rows_per_block > 1 and "w" in k.arg.resident
+    src = render(k, language).source
+    walk = src.index("for (int mt_rb")
+    assert src.count("(w + ") == 1 and src.index("(w + ") < walk
+    assert src.count("(x + ") == 1 and src.index("(x + ") > walk
+    assert src.count("(g + ") == 1 and src.index("(g + ") > walk
