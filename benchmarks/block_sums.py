@@ -70,9 +70,12 @@ def variant(name: str):
     elif name.startswith("flag:"):
         for item in name[len("flag:"):].split("+"):
             path, value = item.split("=")
-            module, attr = path.rsplit(".", 1)
-            put(importlib.import_module(f"mlxtriton.{module}"), attr, type(getattr(
-                importlib.import_module(f"mlxtriton.{module}"), attr))(int(value)))
+            module_name, attr = path.rsplit(".", 1)
+            module = importlib.import_module(f"mlxtriton.{module_name}")
+            current = getattr(module, attr)
+            # a switch that is None (a rule decides) or a bool takes 0 / 1 as False / True
+            kind = bool if current is None or isinstance(current, bool) else type(current)
+            put(module, attr, kind(int(value)))
     elif name != "default":
         raise ValueError(f"unknown variant {name!r}")
     try:

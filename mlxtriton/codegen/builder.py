@@ -1431,6 +1431,22 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     return list(root.src)
 
 
+# Where a row kernel's block column sums live: None, the rule below; True / False, threadgroup
+# memory / registers wherever they fit (benchmarks set it to measure the other choice).
+# The rule: in threadgroup memory (each thread its own slots, no barrier) when the threadgroup is
+# large enough that its declared launch bound caps a thread's registers (above
+# ``unbounded_threads``: 64 registers at 1024 threads on the H200) and the kernel also keeps
+# computed values in registers; otherwise in registers. H200, backward row kernels alone
+# (benchmarks/results/block_sums_h200_shared.json): RMS norm x gate over rows of 16384, whose
+# 1024-thread kernels spilled 88-112 bytes, f32 581 -> 454 us and bf16 345 -> 304 us; the
+# other ten lost up to 9% (f32 layer norm and RMS norm over 16384 256 -> 280 and 238 -> 259,
+# bf16 layer norm over 4096 402 -> 433), except bf16 RMS norm over 4096 (224 -> 215) and bf16
+# layer norm over 16384 (level). The whole backward through MLX with the rule
+# (backward_rows_h200_session7_gate16384.json): the gate over 16384 f32 2175 -> 2807 GB/s,
+# bf16 1788 -> 2018 (without block sums: 2211, 2042).
+BLOCK_SUMS_SHARED: bool | None = None
+
+
 def _kernel_name(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9]", "", name) or "region"
     return stem[:40]
@@ -1544,7 +1560,14 @@ def build(region: Region,
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
-    staged = _plan_staging(stores, streamed, group_bytes, staging,
+    sums_bytes = len(ctx.blocks) * T * G * C * V * 4
+    shared_sums = (BLOCK_SUMS_SHARED if BLOCK_SUMS_SHARED is not None else
+                   bool(ctx.blocks) and T * G > params.unbounded_threads
+                   and any(u.op is Ops.KEEP for s in stores for u in s.toposort))
+    shared_sums = shared_sums and bool(ctx.blocks) and sums_bytes <= staging
+    # (only such threadgroups hold sums there, and they fill a core on their own: the sums
+    # share the threadgroup's limit with staged rows, not the budget that keeps two per core)
+    staged = _plan_staging(stores, streamed, group_bytes, staging - sums_bytes * shared_sums,
                            params.staging_shared_bytes if staging else 0)
     streamed -= staged
     resident |= staged
@@ -1567,7 +1590,7 @@ def build(region: Region,
             interleaved=interleaved, simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
             resident=names(resident), staged=names(staged), streamed=names(streamed),
             kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype,
-            rows_per_block=ctx.rows_per_block)
+            rows_per_block=ctx.rows_per_block, block_sums_shared=shared_sums)
     else:
         threads = L // V
         sched = K.Schedule(

@@ -202,6 +202,8 @@ class Schedule:
     # rows one threadgroup walks in sequence (row kernels with BLOCK_SUM outputs: each thread
     # adds its columns' values over the block in registers, one partial per block and column)
     rows_per_block: int = 1
+    # those column sums held in threadgroup memory (each thread its own slots), not registers
+    block_sums_shared: bool = False
 
     @property
     def reduction_tree(self) -> str:
@@ -236,7 +238,7 @@ class Schedule:
                 f"{self.passes} pass(es)")
         if self.rows_per_block > 1:
             text += (f"; {self.rows_per_block} rows per threadgroup in sequence, column sums "
-                     f"kept per block")
+                     f"kept per block" + " in threadgroup memory" * self.block_sums_shared)
         in_registers = [n for n in self.resident if n not in self.staged]
         parts = [f"{', '.join(in_registers)} resident in registers"] if in_registers else []
         parts += [f"{', '.join(self.staged)} staged in threadgroup memory"] if self.staged else []

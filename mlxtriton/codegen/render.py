@@ -260,7 +260,10 @@ class _Renderer:
         return f"{self.resident[u]}[{self.reg_index()}]"
 
     def block_slot(self, u: UOp) -> str:
-        """This thread's current element of block sum ``u``: its register."""
+        """This thread's current element of block sum ``u``: its register, or its own slot of a
+        threadgroup array."""
+        if self.s.block_sums_shared:
+            return f"{self.block_acc[u]}[({self.reg_index()}) * {self.s.threadgroup_size} + mt_tid]"
         return f"{self.block_acc[u]}[{self.reg_index()}]"
 
     def keep(self, u: UOp, level: int) -> str:
@@ -433,13 +436,9 @@ def _render_row(r: _KernelWriter) -> list[str]:
             name = r.tmp("mt_s")
             r.resident[u] = name
             r.staged.add(u)
-            count = C * V * s.threadgroup_size
-            if d.staging_area and not r.staging_bytes:
-                lines.append(d.staging_area)
-            lines.append(d.staged_array.format(T=d.type(u.dtype), name=name, count=count,
-                                               offset=r.staging_bytes)
-                         + f"  // {u.src[0].arg.name}, staged in threadgroup memory across passes")
-            r.staging_bytes += -(-count * _dtypes.itemsize(u.dtype) // 16) * 16
+            lines += _threadgroup_array(r, u.dtype, name, C * V * s.threadgroup_size,
+                                        f"{u.src[0].arg.name}, staged in threadgroup memory "
+                                        "across passes")
         elif u.op is Ops.LOAD and u.arg.resident:
             name = r.tmp("mt_r")
             r.resident[u] = name
@@ -455,7 +454,13 @@ def _render_row(r: _KernelWriter) -> list[str]:
     blocks = [u for u in r.k.toposort if u.op is Ops.BLOCK_SUM]
     for u in blocks:
         name = r.block_acc[u] = r.tmp("mt_b")
-        lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
+        if s.block_sums_shared:
+            lines += _threadgroup_array(r, u.dtype, name, C * V * s.threadgroup_size,
+                                        "block column sums, each thread its own slots")
+            lines.append(f"for (int mt_i = 0; mt_i < {C * V}; ++mt_i) "
+                         f"{name}[mt_i * {s.threadgroup_size} + mt_tid] = {r.literal(u.dtype, 0)};")
+        else:
+            lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
     hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and HOIST_BLOCK_LOADS
                and _row_independent(u)]
 
@@ -559,6 +564,17 @@ def _render_row(r: _KernelWriter) -> list[str]:
         first = _used([row_decl.replace(" + mt_rb;", ";")], lines[start:])
         lines[start:] = ["{"] + _indent(first + lines[start:]) + ["}"]
     return lines
+
+
+def _threadgroup_array(r: _Renderer, dtype: str, name: str, count: int, comment: str) -> list[str]:
+    """Declare ``count`` elements of ``dtype`` at the next 16-byte offset of the dialect's
+    staging area (declaring the area first, where the dialect has one)."""
+    d = r.d
+    out = [d.staging_area] if d.staging_area and not r.staging_bytes else []
+    out.append(d.staged_array.format(T=d.type(dtype), name=name, count=count,
+                                     offset=r.staging_bytes) + f"  // {comment}")
+    r.staging_bytes += -(-count * _dtypes.itemsize(dtype) // 16) * 16
+    return out
 
 
 def _row_independent(u: UOp) -> bool:

@@ -276,6 +276,23 @@ def rms_norm_grad(shape=(6, 100), dtype="float32", eps=1.0) -> Region:
                     block_sum(gf)])
 
 
+def gated_block_sum(shape=(16, 100), dtype="float32") -> Region:
+    """A row kernel that keeps a computed value between passes (the sigmoid, as RMS norm x
+    gate's backward does) and writes a block column sum: ``sigmoid(z) * sum(x * sigmoid(z))``
+    per row, and per block of B rows ``sum(x * sigmoid(z))`` (B as in `rms_norm_grad`)."""
+    R, L = shape
+    B = next(n for n in (8, 4, 2, 1) if R % n == 0)
+    b = RegionBuilder("gatedblocks")
+    x, z = b.input(shape, dtype, "x"), b.input(shape, dtype, "z")
+    s = b.op("Sigmoid", b.op("AsType", z, dtype="float32"))
+    xs = b.op("Multiply", b.op("AsType", x, dtype="float32"), s)
+    out = b.op("Multiply", s, b.op("Broadcast", b.op("Reduce", xs, kind="sum", axes=(1,)),
+                                   shape=shape))
+    return b.build([b.op("AsType", out, dtype=dtype),
+                    b.op("Reduce", b.op("Reshape", xs, shape=(R // B, B, L)), kind="sum",
+                         axes=(1,))])
+
+
 def column_sum(shape=(100, 6), dtype="float32") -> Region:
     b = RegionBuilder("colsum")
     x = b.input(shape, dtype, "x")

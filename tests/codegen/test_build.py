@@ -393,3 +393,32 @@ def test_a_block_of_rows_loads_what_its_rows_share_once(language):
     assert src.count("(w + ") == 1 and src.index("(w + ") < walk
     assert src.count("(x + ") == 1 and src.index("(x + ") > walk
     assert src.count("(g + ") == 1 and src.index("(g + ") > walk
+
+
+def test_block_sums_leave_capped_registers_to_kept_values():
+    # a 1024-thread kernel (64 registers each under its bound on the H200) that keeps its
+    # sigmoid between passes holds its block sums in threadgroup memory; at 256 threads, on an
+    # M3, or without a kept value, in registers
+    h200 = chip_params("h200")
+    s = build(oracle.gated_block_sum(shape=(16, 16384)), h200).arg
+    assert (s.threads_per_row, s.kept > 0, s.block_sums_shared) == (1024, True, True)
+    assert "column sums kept per block in threadgroup memory" in s.describe()
+    src = render(build(oracle.gated_block_sum(shape=(16, 16384)), h200), "cuda")
+    assert "+ mt_tid] += " in src.source and dict(src.options)["shared_memory"] >= 16 * 1024 * 4
+    s = build(oracle.gated_block_sum(shape=(16, 4096)), h200).arg
+    assert (s.threads_per_row, s.kept > 0, s.block_sums_shared) == (256, True, False)
+    assert not build(oracle.gated_block_sum(shape=(16, 16384)), chip_params("m3")).arg.block_sums_shared
+    assert not build(oracle.FAMILIES["rmsnormgrad"](shape=(16, 32768)), h200).arg.block_sums_shared
+
+
+def test_block_sums_in_threadgroup_memory_type_check_in_metal(monkeypatch):
+    from mlxtriton.codegen import builder
+    from tests.codegen import metal_check
+
+    monkeypatch.setattr(builder, "BLOCK_SUMS_SHARED", True)
+    for region in (oracle.gated_block_sum(shape=(16, 4096)),
+                   oracle.FAMILIES["rmsnormgrad"](shape=(16, 1000), dtype="bfloat16")):
+        k = build(region, chip_params("m3"))
+        assert k.arg.block_sums_shared
+        kernel = render(k, "metal")
+        assert not metal_check.check(kernel), kernel.source

@@ -138,3 +138,24 @@ def test_cuda_declared_launch_bound_reaches_nvrtc():
     inputs = oracle.random_inputs(region, seed=5)
     for g, w, d in zip(launch(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
         oracle.assert_close(g, w, d)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["gated-16x16384", "gated-bf16-8x16384", "rmsnormgrad-forced-16x4096"])
+def test_cuda_block_sums_in_threadgroup_memory(case, monkeypatch):
+    """Block column sums held in threadgroup memory (the rule picks it for a 1024-thread kernel
+    that keeps computed values; forced here for one that does not) add up as in registers."""
+    from mlxtriton.codegen import builder
+
+    if case == "gated-16x16384":
+        region = oracle.gated_block_sum(shape=(16, 16384))
+    elif case == "gated-bf16-8x16384":
+        region = oracle.gated_block_sum(shape=(8, 16384), dtype="bfloat16")
+    else:
+        monkeypatch.setattr(builder, "BLOCK_SUMS_SHARED", True)
+        region = oracle.FAMILIES["rmsnormgrad"](shape=(16, 4096), dtype="bfloat16")
+    kernel = render(build(region, chip_params("h200")), "cuda")
+    assert kernel.kernel.arg.block_sums_shared
+    inputs = oracle.random_inputs(region, seed=11)
+    for g, w, d in zip(launch(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
+        oracle.assert_close(g, w, d, scale=4.0)
