@@ -38,6 +38,8 @@ class ScheduleParams:
     preferred_row_threads: int = 1024
     # largest threadgroup launched without declaring a bound on it (the dialect's launch_bounds)
     unbounded_threads: int = 1024
+    # threads per core a kernel walking blocks of rows declares room for (0: none; see hw.params)
+    block_threads_per_core: int = 0
     pointwise_threads: int = 1024  # threadgroup of pointwise kernels
     pointwise_vector_bytes: int = 16  # bytes of each operand one pointwise thread handles
     pointwise_min_size: int = 1  # smaller pointwise kernels: one element per thread
@@ -85,7 +87,7 @@ class ScheduleParams:
             short_row_limit=p.short_row_limit,
             resident_registers=max(1, p.register_bytes_per_thread // 4),
             max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
-            unbounded_threads=p.unbounded_threads,
+            unbounded_threads=p.unbounded_threads, block_threads_per_core=p.block_threads_per_core,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
             cores=p.cores,
             staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes) if STAGE_ROWS else 0,
@@ -1602,7 +1604,9 @@ def build(region: Region,
     if sched.threadgroup_size > params.unbounded_threads or ctx.blocks:
         # (block sums hold registers the residency plan does not count: NVRTC must fit them
         # to the threadgroup, spilling if it must, rather than fail the launch)
-        sched = replace(sched, launch_bound=sched.threadgroup_size)
+        sched = replace(sched, launch_bound=sched.threadgroup_size,
+                        launch_min_groups=(params.block_threads_per_core // sched.threadgroup_size
+                                           if ctx.blocks else 0))
     # inputs no store depends on stay parameters of the kernel (MLX passes every input)
     reached = {u for u in marked.toposort if u.op is Ops.PARAM}
     unused = tuple(p for p in ctx.in_params if p not in reached)

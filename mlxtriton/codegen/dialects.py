@@ -39,8 +39,9 @@ class Dialect:
     literals: Mapping[str, str]  # "inf", "nan" (float32)
     scalar_input: str  # how the body reads a 0-d input named {name}
     prelude: str  # first lines of the header
-    # Last lines of the header, given the kernel's {threads} per threadgroup: MLX writes the
-    # signature right after the header, so this is where a bound on them can reach the compiler.
+    # Last lines of the header, given the kernel's {bound} (threads per threadgroup, and
+    # threadgroups per core to leave room for when more than one): MLX writes the signature
+    # right after the header, so this is where a bound on them can reach the compiler.
     launch_bounds: str
     helpers: Mapping[str, str] = field(default_factory=dict)  # "mt_name" -> definition
     constructor_options: tuple[tuple[str, object], ...] = ()  # extra kernel-constructor args
@@ -248,7 +249,7 @@ CUDA = Dialect(
     # header puts the bound on the one kernel that follows (MLX's own includes come before it):
     # NVRTC then keeps threads x registers within the register file, spilling if it must.
     launch_bounds=("#undef __global__\n"
-                   "#define __global__ __attribute__((global)) __launch_bounds__({threads})\n"),
+                   "#define __global__ __attribute__((global)) __launch_bounds__({bound})\n"),
     helpers=_helpers("__device__ __forceinline__", "__shfl_xor_sync(0xffffffffu, {x}, {o})",
                      {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {}),
     constructor_options=(("shared_memory", 0),),

@@ -199,6 +199,8 @@ class Schedule:
     # threads per threadgroup declared to the compiler, which then fits their registers in the
     # register file (0: none declared)
     launch_bound: int = 0
+    # threadgroups per core the compiler should leave room for under that bound (0, 1: none)
+    launch_min_groups: int = 0
     # rows one threadgroup walks in sequence (row kernels with BLOCK_SUM outputs: each thread
     # adds its columns' values over the block in registers, one partial per block and column)
     rows_per_block: int = 1

@@ -839,7 +839,8 @@ def render(kernel: UOp, dialect: Dialect | str) -> LoweredKernel:
     # an input the region never reads is still a parameter MLX declares; say so to the compiler
     unused = [f"(void){u.arg.name};" for u in kernel.src if u.op is Ops.PARAM]
     source = "\n".join(_describe(s) + r.shared_decls + unused + _drop_dead(body)) + "\n"
-    header = _header(d, r.helpers) + (d.launch_bounds.format(threads=s.launch_bound)
+    bound = f"{s.launch_bound}, {s.launch_min_groups}" if s.launch_min_groups > 1 else s.launch_bound
+    header = _header(d, r.helpers) + (d.launch_bounds.format(bound=bound)
                                       if s.launch_bound else "")
     params = r.params
     ins = [p for p in params if p.role == "input"]

@@ -71,6 +71,17 @@ _ITEMSIZES = (1, 2, 4, 8)
 _CUDA_VECTOR_LANES = 8
 
 
+# Registers a thread of a kernel walking blocks of rows (block column sums) may take, whatever
+# its threadgroup size: its launch bound asks for registers_per_sm / this threads per SM (1024
+# on the H200; a 1024-thread threadgroup gets exactly this from its bound alone). Such a kernel
+# walks its rows one after another, so it hides latency only with threads that stay resident.
+# Measured on the H200 (benchmarks/results/block_sums_h200_minthreads.json, backward row kernels
+# alone at 32768x4096): with 256- and 512-thread threadgroups asking for 1024 threads per SM,
+# bf16 RMS norm x gate 652 -> 590 us (102 registers, 2 threadgroups per SM -> 64, 4), bf16 RMS
+# norm 226 -> 211, f32 gate 860 -> 830, the other three within 2%; 768 threads per SM lost up
+# to 19%, 1536 up to 60% (spills).
+_BLOCK_THREAD_REGISTERS = 64
+
 # Registers per thread a row kernel's block column sums may take (a weight gradient's partial
 # sums over blocks of rows, fusion/partials.py): past them the row takes more threads, and a row
 # that would need more than its most threads hold gets no block sums. Measured on the H200
@@ -105,6 +116,8 @@ class CodegenParams:
             registers of this many, and rows a kernel reads in one pass, take no more.
         unbounded_threads: Most threads per threadgroup a kernel may launch without declaring
             a bound on them (larger ones declare it: see the CUDA dialect's ``launch_bounds``).
+        block_threads_per_core: Threads per core (SM) a kernel walking blocks of rows asks its
+            compiler to leave room for, in its launch bound (0: none declared).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
             left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
             threadgroup shares one register file (NVIDIA), half of what each of
@@ -148,6 +161,7 @@ class CodegenParams:
     max_row_threads: int
     preferred_row_threads: int
     unbounded_threads: int
+    block_threads_per_core: int
     max_row_register_bytes: int
     threadgroup_memory_bytes: int
     reduction_scratch_bytes: int
@@ -283,8 +297,10 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         max_row_registers = max(registers, min(files) * 4 // max_row_threads // _ROW_DATA_REGISTER_SHARE)
         preferred_row_threads = min(max_row_threads, _PREFERRED_ROW_THREADS)
         unbounded_threads = min(max_threads, min(files) // _UNBOUNDED_THREAD_REGISTERS)
+        block_threads = min(files) // _BLOCK_THREAD_REGISTERS
     else:
         max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
+        block_threads = 0
 
     if row_length is not None and row_length <= short_limit:
         # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
@@ -328,6 +344,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         max_row_threads=max_row_threads,
         preferred_row_threads=preferred_row_threads,
         unbounded_threads=unbounded_threads,
+        block_threads_per_core=block_threads,
         max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
         reduction_scratch_bytes=scratch_bytes,

@@ -373,11 +373,19 @@ def test_block_column_sums_belong_to_a_row_kernel():
 
 def test_block_sums_take_threads_for_their_registers_and_declare_the_bound():
     # two block sums over f32 rows of 4096: 256 threads would hold 2 x 16 registers of sums
-    # (hw.params.BLOCK_SUM_REGISTERS is 16), so the row takes 512; the bound is declared
+    # (hw.params.BLOCK_SUM_REGISTERS is 16), so the row takes 512; the bound is declared, with
+    # room for 1024 threads per SM (64 registers each)
     region = oracle.FAMILIES["rmsnormgrad"](shape=(64, 4096))
     s = build(region, chip_params("h200")).arg
     assert (s.threads_per_row, s.chunks * s.vector_width, s.launch_bound) == (512, 8, 512)
-    assert "__launch_bounds__(512)" in render(build(region, chip_params("h200")), "cuda").header
+    assert "__launch_bounds__(512, 2)" in render(build(region, chip_params("h200")), "cuda").header
+    s = build(oracle.FAMILIES["rmsnormgrad"](shape=(64, 1024)), chip_params("h200")).arg
+    assert (s.launch_bound, s.launch_min_groups) == (128, 8)
+    s = build(oracle.FAMILIES["rmsnormgrad"](shape=(64, 32768)), chip_params("h200")).arg
+    assert (s.launch_bound, s.launch_min_groups) == (1024, 1)
+    assert "__launch_bounds__(1024)\n" in render(build(oracle.FAMILIES["rmsnormgrad"](
+        shape=(64, 32768)), chip_params("h200")), "cuda").header
+    assert build(region, chip_params("m3")).arg.launch_min_groups == 0
     assert build(oracle.FAMILIES["rmsnorm"](shape=(64, 4096)), chip_params("h200")).arg.launch_bound == 0
 
 
