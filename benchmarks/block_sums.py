@@ -18,7 +18,10 @@ kernels' times. Variants (comma-separated ``--variants``):
                 joined by "+": flag:codegen.render.HOIST_BLOCK_LOADS=0.
 Recorded runs (benchmarks/results/block_sums_h200*.json, 2026-11-21) also measured switches
 that were then removed with the code they switched (see docs/design.md): BLOCK_REUSE and
-BLOCK_SUMS_HELD (codegen.builder), PREFETCH_NEXT_ROW and PREFETCH_LINES (codegen.render).
+BLOCK_SUMS_HELD (codegen.builder), PREFETCH_NEXT_ROW and PREFETCH_LINES (codegen.render),
+BLOCK_MIN_THREADS (codegen.render; now hw block_threads_per_core), BODY_RANGES
+(fusion.cluster, with --families cross_entropy: block_sums_h200_ce_iota.json).
+Any family of row_kernels.py can be given: the backward is taken in the inexact arguments.
 
 Run on the H200: python benchmarks/block_sums.py --out results.json [--families ...]
 [--dtypes ...] [--shapes 32768x4096,...] [--variants default,no-partials,regs32,...]
@@ -85,10 +88,20 @@ def variant(name: str):
             setattr(module, attr, value)
 
 
-def backward_of(fn):
+def backward_of(fn, args):
+    """The gradients of ``fn`` in its inexact arguments (integer ones, labels, held fixed)."""
+    inexact = [i for i, a in enumerate(args) if mx.issubdtype(a.dtype, mx.inexact)]
+
     def backward(*primals_and_cotangent):
         *primals, c = primals_and_cotangent
-        return mx.vjp(fn, primals, [c])[1]
+
+        def of_inexact(*values):
+            full = list(primals)
+            for i, v in zip(inexact, values):
+                full[i] = v
+            return fn(*full)
+
+        return mx.vjp(of_inexact, [primals[i] for i in inexact], [c])[1]
     return backward
 
 
@@ -138,7 +151,7 @@ def main() -> None:
         moved = sum(a.nbytes for a in args) + cot.nbytes + sum(a.nbytes for a in inexact)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved,
                "variants": {}}
-        backward = backward_of(composed)
+        backward = backward_of(composed, args)
         for vname in filter(None, opts.variants.split(",")):
             entry: dict = {"kernels": []}
             row["variants"][vname] = entry
