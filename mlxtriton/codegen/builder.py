@@ -1449,6 +1449,14 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
 BLOCK_SUMS_SHARED: bool | None = None
 
 
+def _sums_in_threadgroup_memory(stores: list[UOp], threads: int, params: ScheduleParams) -> bool:
+    """Whether a row kernel's block sums go to threadgroup memory (the rule above)."""
+    if BLOCK_SUMS_SHARED is not None:
+        return BLOCK_SUMS_SHARED
+    return (threads > params.unbounded_threads
+            and any(u.op is Ops.KEEP for st in stores for u in st.toposort))
+
+
 def _kernel_name(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9]", "", name) or "region"
     return stem[:40]
@@ -1562,13 +1570,11 @@ def build(region: Region,
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
-    sums_bytes = len(ctx.blocks) * T * G * C * V * 4
-    shared_sums = (BLOCK_SUMS_SHARED if BLOCK_SUMS_SHARED is not None else
-                   bool(ctx.blocks) and T * G > params.unbounded_threads
-                   and any(u.op is Ops.KEEP for s in stores for u in s.toposort))
-    shared_sums = shared_sums and bool(ctx.blocks) and sums_bytes <= staging
-    # (only such threadgroups hold sums there, and they fill a core on their own: the sums
-    # share the threadgroup's limit with staged rows, not the budget that keeps two per core)
+    sums_bytes = len(ctx.blocks) * T * G * C * V * 4  # float32 block sums, one per element
+    shared_sums = bool(ctx.blocks) and sums_bytes <= staging and _sums_in_threadgroup_memory(
+        stores, T * G, params)
+    # (only threadgroups that fill a core on their own hold sums there: the sums share the
+    # threadgroup's limit with staged rows, not the budget that keeps two per core)
     staged = _plan_staging(stores, streamed, group_bytes, staging - sums_bytes * shared_sums,
                            params.staging_shared_bytes if staging else 0)
     streamed -= staged
