@@ -20,10 +20,14 @@ Recorded runs (benchmarks/results/block_sums_h200*.json, 2026-11-21) also measur
 that were then removed with the code they switched (see docs/design.md): BLOCK_REUSE and
 BLOCK_SUMS_HELD (codegen.builder), PREFETCH_NEXT_ROW and PREFETCH_LINES (codegen.render),
 BLOCK_MIN_THREADS (codegen.render; now hw block_threads_per_core), BODY_RANGES
-(fusion.cluster, with --families cross_entropy: block_sums_h200_ce_iota.json).
+(fusion.cluster, with --families cross_entropy: block_sums_h200_ce_iota.json), ROW_MIN_THREADS
+(codegen.render: forward_min_threads_h200.json, backward_min_threads_h200.json).
 Any family of row_kernels.py can be given: the backward is taken in the inexact arguments.
 
-Run on the H200: python benchmarks/block_sums.py --out results.json [--families ...]
+With ``--forward`` it measures the families' forward kernels instead (bytes: inputs read and
+outputs written once).
+
+Run on the H200: python benchmarks/block_sums.py --out results.json [--forward] [--families ...]
 [--dtypes ...] [--shapes 32768x4096,...] [--variants default,no-partials,regs32,...]
 """
 
@@ -125,6 +129,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--shapes", default="32768x4096,4096x16384")
     ap.add_argument("--variants", default="default,no-partials,regs8,regs32,blocks8,blocks16")
+    ap.add_argument("--forward", action="store_true",
+                    help="the families' forward kernels instead of their backward's")
     opts = ap.parse_args()
     import torch
     import triton
@@ -148,16 +154,20 @@ def main() -> None:
         out = composed(*args)
         cot = mx.random.normal(out.shape).astype(out.dtype)
         inexact = [a for a in args if mx.issubdtype(a.dtype, mx.inexact)]
-        moved = sum(a.nbytes for a in args) + cot.nbytes + sum(a.nbytes for a in inexact)
+        if opts.forward:  # the function itself: its inputs read and outputs written once
+            measured, call = composed, list(args)
+            moved = sum(a.nbytes for a in args) + out.nbytes
+        else:
+            measured, call = backward_of(composed, args), [*args, cot]
+            moved = sum(a.nbytes for a in args) + cot.nbytes + sum(a.nbytes for a in inexact)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved,
                "variants": {}}
-        backward = backward_of(composed, args)
         for vname in filter(None, opts.variants.split(",")):
             entry: dict = {"kernels": []}
             row["variants"][vname] = entry
             try:
                 with variant(vname):
-                    lowered = mlxtriton.optimize(backward, chip="h200").lower(*args, cot, target="cuda")
+                    lowered = mlxtriton.optimize(measured, chip="h200").lower(*call, target="cuda")
                 total_ms = 0.0
                 for k in lowered.kernels:
                     ins = [torch.randn(s, device="cuda").to(getattr(torch, d)) if d.startswith(("float", "bfloat"))
