@@ -1334,6 +1334,13 @@ def _peak_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp],
     return max(live.values(), default=0)
 
 
+def _held_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int]) -> int:
+    """Registers of every resident load and kept value together: the register arrays a thread
+    declares, whether or not their passes overlap (NVRTC keeps them all)."""
+    root = UOp(Ops.KERNEL, "void", tuple(stores), None)
+    return sum(regs(u) for u in root.toposort if u.op is Ops.KEEP or u in resident)
+
+
 def _keep_computed(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int],
                    budget: int) -> list[UOp]:
     """Keep costly computed values in registers between passes (KEEP) while resident loads and
@@ -1431,6 +1438,17 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     pm = K.PatternMatcher(((UPat(Ops.REDUCE, name="node"), fix),)) + _ALGEBRA
     root = K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), pm)
     return list(root.src)
+
+
+# Whether a row kernel whose register arrays (resident loads and kept values, `_held_registers`)
+# take more than 2 * max_resident_registers per thread (64 on the H200: what two threadgroups
+# of preferred_row_threads leave each thread) takes twice the threads instead. H200, backward
+# kernels alone (benchmarks/results/backward_preferred_threads_h200.json): the float32 softmax
+# backward over rows of 16384 (x held and two exponentials kept, 96 registers of arrays; NVRTC
+# took 94, one threadgroup per SM) 2139 -> 2659 GB/s at 1024 threads. Kernels holding less are left at
+# 512: there 1024 threads were level or lost (bf16 cross-entropy backward 2821 -> 2046; forward
+# layer norm and RMS norm x gate over 16384, 5-6%: hw.params._PREFERRED_ROW_THREADS).
+WIDEN_HELD_ROWS = True
 
 
 # Where a row kernel's block column sums live: None, the rule below; True / False, threadgroup
@@ -1570,6 +1588,13 @@ def build(region: Region,
     if budget:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
+        if (ctx.is_row and not interleaved and not ctx.blocks and WIDEN_HELD_ROWS
+                and T * G == params.preferred_row_threads < min(params.max_threads_per_group,
+                                                                 params.max_row_threads)
+                and _held_registers(stores, resident, chunk_regs) > 2 * params.max_resident_registers):
+            # more held between passes than two threadgroups of preferred_row_threads leave a
+            # thread: twice the threads, each holding half
+            return build(region, replace(params, preferred_row_threads=2 * T))
     sums_bytes = len(ctx.blocks) * T * G * C * V * 4  # float32 block sums, one per element
     shared_sums = bool(ctx.blocks) and sums_bytes <= staging and _sums_in_threadgroup_memory(
         stores, T * G, params)

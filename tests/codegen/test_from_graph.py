@@ -78,3 +78,22 @@ def test_fused_regions_become_one_kernel_each(name, dtype):
             env[v] = o
     assert fused >= 1, f"{name}: nothing fused\n{graph}"
     mx.eval([env[v] for v in graph.outputs])
+
+
+def test_rows_holding_more_than_two_threadgroups_leave_take_twice_the_threads():
+    # the float32 softmax backward over rows of 16384 holds x and kept exponentials (96
+    # registers of arrays at 512 threads): it takes 1024; its forward, a layer norm, and the
+    # bfloat16 backward (half the registers) keep 512
+    x = _x(256, 16384)
+
+    def backward(x, c):
+        return mx.vjp(lambda x: mx.softmax(x, axis=-1), [x], [c])[1]
+
+    def threads(fn, *args):
+        (k,) = mlxtriton.optimize(fn, chip="h200").lower(*args, target="cuda").kernels
+        return k.threadgroup[0]
+
+    assert threads(backward, x, x) == 1024
+    assert threads(backward, x.astype(mx.bfloat16), x.astype(mx.bfloat16)) == 512
+    assert threads(lambda x: mx.softmax(x, axis=-1), x) == 512
+    assert threads(lambda x: mx.fast.layer_norm(x, None, None, 1e-5), x) == 512
