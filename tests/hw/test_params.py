@@ -109,6 +109,13 @@ def test_short_row_residency_is_registers_only():
     assert not derive("m1", 4, 1024).row_resident  # 32 x 64 B = 2 KB: it streams instead
 
 
+def test_block_kernels_leave_room_for_1024_threads_per_sm_on_nvidia_only():
+    # 64 registers a thread: the H200's register file over 1024 threads; Metal declares nothing
+    assert derive("h200").block_threads_per_core == 65536 // 64
+    assert derive("h200").unbounded_threads == 512
+    assert derive("m3").block_threads_per_core == 0
+
+
 def test_cuda_threadgroup_memory_is_the_opt_in_limit():
     assert derive("h200").threadgroup_memory_bytes == 232448  # cuda_kernel(shared_memory=N) opts in
     assert derive("m3").threadgroup_memory_bytes == 32768
