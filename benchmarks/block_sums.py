@@ -1,9 +1,10 @@
-"""Benchmark: the kernels of a norm's backward with block column sums (fusion/partials.py), each
-compiled with NVRTC and timed alone, with what NVRTC made of it: registers per thread, bytes
-spilled to local memory, threadgroups resident per SM (the CUDA occupancy calculator).
+"""Benchmark: the kernels of a row family's backward (by default the norms', whose weight
+gradients are block column sums: fusion/partials.py), each compiled with NVRTC and timed alone,
+with what NVRTC made of it: registers per thread, bytes spilled to local memory, threadgroups
+resident per SM (the CUDA occupancy calculator).
 
 benchmarks/backward_rows.py times whole MLX calls; this one explains them. For each family
-(rms_norm, layer_norm, rms_norm_gate: benchmarks/row_kernels.py), dtype and shape, the backward
+(default rms_norm, layer_norm, rms_norm_gate; any of benchmarks/row_kernels.py), dtype and shape, the backward
 ``mx.vjp(fn, primals, [cotangent])[1]`` is optimised for the H200 under each variant and every
 kernel of ``.lower(..., target="cuda")`` is compiled as ``mx.fast.cuda_kernel`` wraps it
 (benchmarks/kernel_only.py), launched on random data of its inputs' shapes and timed with
@@ -21,8 +22,8 @@ that were then removed with the code they switched (see docs/design.md): BLOCK_R
 BLOCK_SUMS_HELD (codegen.builder), PREFETCH_NEXT_ROW and PREFETCH_LINES (codegen.render),
 BLOCK_MIN_THREADS (codegen.render; now hw block_threads_per_core), BODY_RANGES
 (fusion.cluster, with --families cross_entropy: block_sums_h200_ce_iota.json), ROW_MIN_THREADS
-(codegen.render: forward_min_threads_h200.json, backward_min_threads_h200.json).
-Any family of row_kernels.py can be given: the backward is taken in the inexact arguments.
+(codegen.render: forward_min_threads_h200.json, backward_min_threads_h200.json). The backward
+is taken in the inexact arguments (a cross-entropy's labels are held fixed).
 
 With ``--forward`` it measures the families' forward kernels instead (bytes: inputs read and
 outputs written once).
