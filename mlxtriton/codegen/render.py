@@ -256,14 +256,19 @@ class _Renderer:
         """Where a resident load or kept value lives for this thread's current element: its
         register, or its own slot of a threadgroup array (threads interleaved: no bank conflicts)."""
         if u in self.staged:
-            return f"{self.resident[u]}[({self.reg_index()}) * {self.s.threadgroup_size} + mt_tid]"
+            return self.own_slot(self.resident[u], self.reg_index())
         return f"{self.resident[u]}[{self.reg_index()}]"
+
+    def own_slot(self, array: str, element: str) -> str:
+        """This thread's ``element`` of a threadgroup array holding every thread's elements,
+        threads interleaved (no bank conflicts, no thread reads another's)."""
+        return f"{array}[({element}) * {self.s.threadgroup_size} + mt_tid]"
 
     def block_slot(self, u: UOp) -> str:
         """This thread's current element of block sum ``u``: its register, or its own slot of a
         threadgroup array."""
         if self.s.block_sums_shared:
-            return f"{self.block_acc[u]}[({self.reg_index()}) * {self.s.threadgroup_size} + mt_tid]"
+            return self.own_slot(self.block_acc[u], self.reg_index())
         return f"{self.block_acc[u]}[{self.reg_index()}]"
 
     def keep(self, u: UOp, level: int) -> str:
@@ -458,7 +463,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
             lines += _threadgroup_array(r, u.dtype, name, C * V * s.threadgroup_size,
                                         "block column sums, each thread its own slots")
             lines.append(f"for (int mt_i = 0; mt_i < {C * V}; ++mt_i) "
-                         f"{name}[mt_i * {s.threadgroup_size} + mt_tid] = {r.literal(u.dtype, 0)};")
+                         f"{r.own_slot(name, 'mt_i')} = {r.literal(u.dtype, 0)};")
         else:
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
     hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and HOIST_BLOCK_LOADS
