@@ -50,7 +50,7 @@ from mlxtriton.fusion import partials as partials_module
 from mlxtriton.hw import params as hw_params
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_only import Driver, wrapped_source  # noqa: E402
+from kernel_only import Driver  # noqa: E402
 from row_kernels import family_cases  # noqa: E402
 
 FAMILIES = "rms_norm,layer_norm,rms_norm_gate"
@@ -174,14 +174,8 @@ def main() -> None:
                     ins = [torch.randn(s, device="cuda").to(getattr(torch, d)) if d.startswith(("float", "bfloat"))
                            else torch.zeros(s, device="cuda", dtype=getattr(torch, d))
                            for s, d in zip(k.input_shapes, k.input_dtypes)]
-                    outs = [torch.empty(s, dtype=getattr(torch, d), device="cuda")
-                            for s, d in zip(k.output_shapes, k.output_dtypes)]
-                    fn = drv.compile(wrapped_source(k), k.name)
-                    shared = dict(k.options).get("shared_memory", 0)
+                    launch, _, fn, shared = drv.bind(k, ins)
                     threads = k.threadgroup[0]
-                    launch = drv.launcher(fn, ins + outs, -(-k.grid[0] // threads), threads, shared)
-                    launch()
-                    torch.cuda.synchronize()
                     ms = triton.testing.do_bench(launch, warmup=25, rep=100)
                     total_ms += ms
                     entry["kernels"].append({"name": k.name, "us": 1e3 * ms, "threads": threads,

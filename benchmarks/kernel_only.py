@@ -131,6 +131,20 @@ class Driver:
         launch._keep = (ptrs, params)  # the argument memory must outlive the launches
         return launch
 
+    def bind(self, k, inputs: list) -> tuple:
+        """``k`` (a LoweredKernel) compiled as mx.fast.cuda_kernel wraps it and bound to the
+        ``inputs`` tensors and fresh outputs, launched once: ``(launch, outputs, function,
+        shared memory bytes)``."""
+        outs = [self.torch.empty(s, dtype=getattr(self.torch, d), device="cuda")
+                for s, d in zip(k.output_shapes, k.output_dtypes)]
+        fn = self.compile(wrapped_source(k), k.name)
+        shared = dict(k.options).get("shared_memory", 0)
+        threads = k.threadgroup[0]
+        launch = self.launcher(fn, inputs + outs, -(-k.grid[0] // threads), threads, shared)
+        launch()
+        self.torch.cuda.synchronize()
+        return launch, outs, fn, shared
+
 
 # MLX's wrapper includes its utils.cuh, which brings the fixed-width integer types; NVRTC alone
 # has no <cstdint>.
@@ -233,15 +247,7 @@ def main() -> None:
         row["bytes"] = moved
         for label, k, extra in variants:
             try:
-                ins = [_to_torch(a) for a in (*args, *extra)]
-                outs = [torch.empty(s, dtype=getattr(torch, d), device="cuda")
-                        for s, d in zip(k.output_shapes, k.output_dtypes)]
-                fn = drv.compile(wrapped_source(k), k.name)
-                shared = dict(k.options).get("shared_memory", 0)
-                blocks = -(-k.grid[0] // k.threadgroup[0])
-                launch = drv.launcher(fn, ins + outs, blocks, k.threadgroup[0], shared)
-                launch()
-                torch.cuda.synchronize()
+                launch, outs, _, _ = drv.bind(k, [_to_torch(a) for a in (*args, *extra)])
                 err = max(float(np.max(np.abs(o.float().cpu().numpy().reshape(w.shape)
                                               - np.array(w.astype(mx.float32)))))
                           for o, w in zip(outs, want))
