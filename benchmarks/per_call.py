@@ -1,7 +1,10 @@
 """Benchmark: per-call cost of a tiny fused call against native MLX ops on the local device.
 
-Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`): 1000 queued calls per run, one
-synchronise, median of 9 runs; input 8 x 64 float32, so the figure is launch and host overhead.
+Method: pipelined timing (as benchmarks/row_kernels.py `time_mlx`): 1000 queued calls per run,
+one synchronise; the variants' runs interleaved (run r of every variant, then run r + 1), so a
+drift of the machine's speed during the benchmark falls on all of them alike; per variant the
+median of ``--runs`` runs, and the median over runs of its ratio to ``mx.softmax`` in the same
+round. Input 8 x 64 float32, so the figure is launch and host overhead.
 ``mx.compile`` of ``mx.softmax`` alone and wrapped in an ``mx.custom_function`` (with a VJP, as
 mlxtriton wraps each launch so that grad works) show what that wrapper costs per call.
 On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch.launcher`, one
@@ -12,18 +15,47 @@ Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.js
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import sys
+import time
 
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import results_file, time_mlx  # noqa: E402
+from row_kernels import results_file  # noqa: E402
 
 import mlxtriton  # noqa: E402
 
 
+def interleaved(variants: dict, args: tuple, reps: int, runs: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant in each of ``runs`` rounds; a round times ``reps``
+    queued calls of every variant in turn."""
+    for fn in variants.values():
+        for _ in range(3):
+            mx.eval(fn(*args))
+    mx.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(runs):
+        for name, fn in variants.items():
+            live = []
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                out = fn(*args)
+                live = live[-2:] + [out]
+                mx.async_eval(out)
+            mx.synchronize()
+            times[name].append((time.perf_counter() - t0) / reps)
+    return times
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="per_call.json")
+    ap.add_argument("--reps", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=15)
+    opts = ap.parse_args()
     small = mx.random.normal((8, 64))
     mx.eval(small)
     variants = {
@@ -48,10 +80,16 @@ def main() -> None:
         raw = launcher(k)
         variants["raw custom kernel launch"] = lambda x: raw(x)[0]
         variants["mx.compile(raw custom kernel launch)"] = mx.compile(lambda x: raw(x)[0])
-    per_call = {name: 1e6 * time_mlx(fn, (small,), reps=1000, runs=9) for name, fn in variants.items()}
-    print({k: round(v, 1) for k, v in per_call.items()})
-    result, save = results_file("per_call", __doc__)
+    rounds = interleaved(variants, (small,), reps=opts.reps, runs=opts.runs)
+    per_call = {name: 1e6 * statistics.median(t) for name, t in rounds.items()}
+    ratio = {name: statistics.median(a / b for a, b in zip(t, rounds["mx.softmax"]))
+             for name, t in rounds.items()}
+    for name in variants:
+        print(f"{name:42s} {per_call[name]:6.2f} us  {ratio[name]:.3f}x mx.softmax", flush=True)
+    result, save = results_file("per_call", __doc__, opts.out)
     result["per_call_us"] = per_call
+    result["ratio_to_mx_softmax"] = ratio
+    result["runs_us"] = {name: [1e6 * x for x in t] for name, t in rounds.items()}
     save()
 
 
