@@ -18,7 +18,9 @@ Variants:
                       gradient a column kernel of its own over the row kernel's ``g * xhat``
                       (``--no-partials-variant`` drops it); ``--blocks-per-core N,..`` and
                       ``--block-registers N,..`` add variants with other block sizes
-                      (mlxtriton/blocksN) and register limits for block sums (mlxtriton/regsN).
+                      (mlxtriton/blocksN) and register limits for block sums (mlxtriton/regsN),
+                      ``--flags module.ATTR=V,..`` one per module switch (mlxtriton/flag:...),
+                      as benchmarks/block_sums.py sets them.
 Every variant's gradients are compared with mx.compile's (largest relative difference).
 Bandwidth counts what the computation must move: for bwd, each input the backward reads (the
 primals and the cotangent) once and each gradient written once; for fwd+bwd, plus the outputs.
@@ -39,11 +41,10 @@ import sys
 import mlx.core as mx
 
 import mlxtriton
-from mlxtriton.hw import params as hw_params
-from mlxtriton.fusion import partials as partials_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
+from block_sums import variant  # noqa: E402
 from row_kernels import family_cases, results_file, time_mlx  # noqa: E402  (one definition of each)
 
 
@@ -75,22 +76,13 @@ def built(fn, fused: bool):
     return mlxtriton.optimize(fn)
 
 
-@contextlib.contextmanager
-def partials_as(vname: str):
-    """fusion/partials.py off ("mlxtriton/no-partials"), or aiming at N threadgroups per core
-    ("mlxtriton/blocksN"), while a variant's backward is built (its first call)."""
-    saved = partials_module.block_rows, partials_module.GROUPS_PER_CORE, hw_params.BLOCK_SUM_REGISTERS
-    if vname == "mlxtriton/no-partials":
-        partials_module.block_rows = lambda rows, cores: 1
-    elif vname.startswith("mlxtriton/blocks"):
-        partials_module.GROUPS_PER_CORE = int(vname[len("mlxtriton/blocks"):])
-    elif vname.startswith("mlxtriton/regs"):
-        hw_params.BLOCK_SUM_REGISTERS = int(vname[len("mlxtriton/regs"):])
-    try:
-        yield
-    finally:
-        (partials_module.block_rows, partials_module.GROUPS_PER_CORE,
-         hw_params.BLOCK_SUM_REGISTERS) = saved
+def variant_of(vname: str):
+    """The module switches of an "mlxtriton/<variant>" (benchmarks/block_sums.py `variant`:
+    no-partials, blocksN, regsN, flag:module.ATTR=V) set while its kernels are built (on the
+    first call, forward and backward alike); other variants set none."""
+    if not vname.startswith("mlxtriton/") or vname == "mlxtriton/mlx-vjp":
+        return contextlib.nullcontext()
+    return variant(vname[len("mlxtriton/"):])
 
 
 def max_rel(a, b) -> float:
@@ -112,6 +104,9 @@ def main() -> None:
                     help="comma-separated threadgroups per core to try for the block sums")
     ap.add_argument("--block-registers", default="",
                     help="comma-separated register limits to try for the block sums")
+    ap.add_argument("--flags", default="",
+                    help="comma-separated module switches, each a variant: "
+                         "runtime.autodiff.HALF_LOGSUMEXP_IN_FLOAT32=0,...")
     opts = ap.parse_args()
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
     result, save = results_file("backward_rows", __doc__, opts.out)
@@ -133,6 +128,8 @@ def main() -> None:
             variants[f"mlxtriton/blocks{int(n)}"] = (None, True)
         for n in filter(None, opts.block_registers.split(",")):
             variants[f"mlxtriton/regs{int(n)}"] = (None, True)
+        for flag in filter(None, opts.flags.split(",")):
+            variants[f"mlxtriton/flag:{flag}"] = (None, True)
         if native is not None:
             variants["mlx_native"] = (native, True)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
@@ -146,7 +143,7 @@ def main() -> None:
                 if not vname.startswith("mlxtriton"):
                     run = mx.compile(run)
                 try:
-                    with partials_as(vname):
+                    with variant_of(vname):
                         grads = run(*primals)
                     grads = grads[1] if kind == "fwd+bwd" else grads
                     mx.eval(grads)

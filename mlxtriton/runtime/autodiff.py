@@ -27,6 +27,10 @@ from mlxtriton.graph.transforms import cse, dce, make_eqn, substitute
 
 FUSED_BACKWARD_ENV = "MLXTRITON_FUSED_BACKWARD"
 
+# Whether a half-precision logsumexp's forward saves it in float32 for the backward
+# (`_logsumexp_in_float32`; benchmarks switch it off to measure what it saves).
+HALF_LOGSUMEXP_IN_FLOAT32 = True
+
 
 def fused_backward() -> bool:
     """Whether each region's VJP becomes generated kernels (the default): the VJP traced and
@@ -137,6 +141,9 @@ _SHIFT_RULES: dict[str, Callable[[Eqn, list[bool], _Rows], str | None]] = {
         and e.outputs[0].shape == rows.keep) else None,
     **{p: (lambda e, hit, rows: "keeps" if e.outputs[0].shape in rows.forms else None)
        for p in ("Broadcast", "ExpandDims", "Squeeze")},
+    # a cast between floating types: (x - s) in float32 is x - s up to rounding
+    "AsType": lambda e, hit, rows: "keeps" if (
+        e.inputs[0].dtype in dtypes.FLOATING and e.outputs[0].dtype in dtypes.FLOATING) else None,
     "Add": lambda e, hit, rows: "keeps" if (
         hit[0] != hit[1] and e.outputs[0].shape in rows.forms) else None,
     "Subtract": lambda e, hit, rows: (
@@ -281,6 +288,8 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
     full = max((math.prod(v.shape) for v in body.inputs), default=0)
     if rows <= 0 or rows >= full or not _inexact(body):
         return None
+    if HALF_LOGSUMEXP_IN_FLOAT32:
+        body = _logsumexp_in_float32(body)
     # per-row values that depend on a reduction over the row
     stats: list[Var] = []
     reduced: set[Var] = set()
@@ -314,6 +323,25 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
         in_tree=None, out_tree=None)
     forward = body.replace(outputs=(*body.outputs, *needed))
     return SavedStatistics(forward, backward, len(needed), tuple(body.outputs.index(v) for v in outputs))
+
+
+def _logsumexp_in_float32(body: Graph) -> Graph:
+    """A half-precision ``LogSumExp(z)`` written as ``AsType(LogSumExp(AsType(z, float32)))``:
+    what a generated row kernel computes anyway (half inputs accumulate in float32, the result
+    rounded once), but with the float32 logsumexp a value of the graph, which the forward can
+    save and the backward read (`_softmax_from_logsumexp` rebuilds ``softmax(z)`` only from a
+    float32 one). Without it a bfloat16 cross-entropy's backward over rows too long for
+    registers reduced each row again for the softmax's sum: two more reads of the row."""
+    eqns: list[Eqn] = []
+    for e in body.eqns:
+        z = e.inputs[0] if e.primitive == "LogSumExp" else None
+        if z is None or z.dtype not in ("float16", "bfloat16"):
+            eqns.append(e)
+            continue
+        wide = make_eqn("AsType", [z], {"dtype": "float32"})
+        lse = make_eqn("LogSumExp", wide.outputs, e.params)
+        eqns += [wide, lse, Eqn("AsType", lse.outputs, e.outputs, Params({"dtype": z.dtype}))]
+    return body if len(eqns) == len(body.eqns) else body.replace(eqns=tuple(eqns))
 
 
 def _softmax_from_logsumexp(graph: Graph) -> Graph:
