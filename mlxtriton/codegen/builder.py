@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 from mlxtriton.codegen import kernel_ir as K
 from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
 from mlxtriton import hw
-from mlxtriton.codegen.region import Op, Region, contiguous_strides
+from mlxtriton.codegen.region import Input, Op, Region, contiguous_strides
 from mlxtriton.graph import dtypes as _dtypes
 from mlxtriton.graph._shared_rules import broadcast_shape
 
@@ -1148,18 +1148,34 @@ def _lane_access(u: UOp, V: int, space: _Space) -> Access:
     return Access.VECTOR
 
 
-def _choose_vector(elem_accesses: list[UOp], space: _Space, lanes: int, max_bytes: int) -> int:
+def _choose_vector(elem_accesses: list[UOp], space: _Space, lanes: int, max_bytes: int,
+                   domain: int = 0) -> int:
     """The widest vector (a power of two) some per-element access can use, within the byte
-    limit for every access that would be vectorised."""
+    limit for every access that would be vectorised. With ``domain`` (a pointwise kernel's
+    size; `WIDE_SMALL_OPERANDS`), an access to a buffer smaller than it may take twice the
+    limit."""
     if space.lane_group is None:
         return 1
+
+    def limit(u: UOp) -> int:
+        small = WIDE_SMALL_OPERANDS and u.src[0].arg.size < domain
+        return 2 * max_bytes if small else max_bytes
+
     V = 1 << (max(1, lanes).bit_length() - 1)
     while V > 1:
         vec = [u for u in elem_accesses if _lane_access(u, V, space) is Access.VECTOR]
-        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= max_bytes for u in vec):
+        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= limit(u) for u in vec):
             return V
         V //= 2
     return 1
+
+
+# A pointwise kernel's vector is as wide as its full-size operands allow: a smaller operand
+# broadcast over the domain, read again and again from cache rather than memory, may take two
+# loads per vector. Cross-entropy's backward over bfloat16 rows, whose one-hot compares each
+# element with an int32 column index (a row of 65536 read by every row), had taken 4 bfloat16
+# lanes (8 bytes) per load and store for the index's 16 bytes.
+WIDE_SMALL_OPERANDS = True
 
 
 def _pow2ceil(n: int) -> int:
@@ -1507,7 +1523,12 @@ def build(region: Region,
     R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
     L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
     if callable(params):
-        itemsize = max((_dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
+        sized = region.inputs
+        if WIDE_SMALL_OPERANDS and not ctx.is_row:  # the element size of full-size operands
+            full = math.prod(ctx.domain)
+            sized = [*(i for i in region.inputs if math.prod(i.shape) >= full),
+                     *(Input((), ctx.dtypes[v]) for v in region.outputs)]
+        itemsize = max((_dtypes.itemsize(i.dtype) for i in sized), default=4)
         params = params(itemsize, L if ctx.is_row else None)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(_emit_stores(ctx)), None),
                                   _ALGEBRA).src)
@@ -1554,7 +1575,7 @@ def build(region: Region,
         L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
         small = L < params.pointwise_min_size
         V = 1 if small else _choose_vector(elem, space, params.pointwise_vector_lanes,
-                                           params.pointwise_vector_bytes)
+                                           params.pointwise_vector_bytes, L)
         R, T, G, C = 1, 1, 1, 1
 
     def chunk_regs(u: UOp) -> int:

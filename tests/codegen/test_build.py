@@ -430,3 +430,33 @@ def test_block_sums_in_threadgroup_memory_type_check_in_metal(monkeypatch):
         assert k.arg.block_sums_shared
         kernel = render(k, "metal")
         assert not metal_check.check(kernel), kernel.source
+
+
+def test_a_small_wide_operand_does_not_narrow_a_pointwise_vector():
+    """bfloat16 rows selected by an int32 column index broadcast over them (cross-entropy's
+    one-hot): on the H200 8 bf16 lanes (16 bytes) per load and store, the index read 8 at a
+    time from cache; without the rule its 16 bytes held the vector to 4 lanes. Metal's vector
+    types keep 4. The kernel computes what the oracle does."""
+    b = RegionBuilder("onehot")
+    x = b.input((16, 4096), "bfloat16", "x")
+    col = b.input((4096,), "int32", "col")
+    lab = b.input((16, 1), "int32", "lab")
+    hit = b.op("Equal", b.op("Broadcast", col, shape=(16, 4096)), b.op("Broadcast", lab, shape=(16, 4096)),
+               equal_nan=False)
+    zero = b.op("Broadcast", b.constant(0.0, "bfloat16"), shape=(16, 4096))
+    region = b.build([b.op("Select", hit, x, zero)])
+    assert build(region, chip_params("h200")).arg.vector_width == 8
+    assert build(region, chip_params("m3")).arg.vector_width == 4
+    from mlxtriton.codegen import builder as builder_module
+
+    try:
+        builder_module.WIDE_SMALL_OPERANDS = False
+        assert build(region, chip_params("h200")).arg.vector_width == 4
+    finally:
+        builder_module.WIDE_SMALL_OPERANDS = True
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((16, 4096)).astype(np.float32), np.arange(4096, dtype=np.int32),
+            np.array([[3], [4095], [0], [4100]] * 4, np.int32)]
+    got = interpret(build(region, chip_params("h200")), args)[0]
+    np.testing.assert_array_equal(got, oracle.evaluate(region, args)[0])
+    assert np.count_nonzero(got) == 12
