@@ -28,8 +28,8 @@ from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
-from mlxtriton.runtime.autodiff import (detached, differentiable, differentiable_saving, fused_backward,
-                                        saved_statistics)
+from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
+                                        fused_backward, saved_statistics)
 from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
@@ -39,6 +39,9 @@ _default_device = mx.default_device  # bound once: the hot path calls it on ever
 # runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
 # first: fusion then groups what the rewrites left (a gate after its matmuls, a bias add + ReLU).
 PIPELINE = ("patterns", "fuse", "layout", "cache")
+# Whether every row region whose rows stay in registers saves its statistics for the backward
+# (benchmarks switch it on to measure; `_resident_saves_statistics` decides otherwise).
+SAVE_RESIDENT_STATISTICS = False
 DEFAULT_CACHE_SIZE = 64
 
 
@@ -210,14 +213,24 @@ def _executable(optimized: Graph, chip: Any, device) -> _Executable:
 def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: hw.Target,
                        dialect: str) -> Callable | None:
     """A differentiable launch of a row region whose forward saves its row statistics for a
-    generated backward (runtime/autodiff.SavedStatistics), or None where that does not pay:
-    only rows too long to stay in registers, whose backward would otherwise read them again once
-    per statistic. The forward kernel then writes one value per row and statistic more."""
-    if not fused_backward() or row_fits_on_chip(kernel, target):
+    generated backward (runtime/autodiff.SavedStatistics), or None where that does not pay.
+    The forward kernel then writes one value per row and statistic more.
+
+    Rows too long to stay in registers always save: their backward would otherwise read them
+    again once per statistic. Rows in registers cost no reads to reduce again, only compute:
+    they save where the region computes a logsumexp (log-softmax, cross-entropy), whose
+    backward otherwise recomputes the row's exponentials, except float32 rows whose backward
+    then becomes pointwise (float32 cross-entropy). Forward and backward together on the H200
+    (`_resident_saves_statistics`)."""
+    if not fused_backward():
         return None
     body = body_of(e)
+    resident = row_fits_on_chip(kernel, target)
+    if resident and (kernel.kernel.arg.kind != "row" or not (
+            SAVE_RESIDENT_STATISTICS or "LogSumExp" in body.primitive_counts())):
+        return None
     plan = saved_statistics(body, kernel.kernel.arg.rows)
-    if plan is None:
+    if plan is None or (resident and not _resident_saves_statistics(body, plan)):
         return None
     forward = kernel, constants
     if plan.count:
@@ -229,6 +242,21 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
         except RegionError:
             return None
     return differentiable_saving(detached(launcher(*forward)), body, plan, target.chip)
+
+
+def _resident_saves_statistics(body: Graph, plan: SavedStatistics) -> bool:
+    """Whether a region whose rows stay in registers saves its statistics (`_saving_statistics`).
+    Measured forward and backward together on the H200 (benchmarks/results/
+    backward_rows_h200_session8_resident.json, GB/s, recomputing -> saving): log-softmax f32
+    2345 -> 3256 at 32768x4096, 2264 -> 2880 at 4096x16384; bf16 2215 -> 2796, 1847 -> 2591;
+    bf16 cross-entropy 1955 -> 2087, 1516 -> 1765; but float32 cross-entropy, whose backward
+    with the logsumexp saved is a pointwise kernel, 2741 -> 2478 and 2486 -> 2404. Softmax and
+    the norms, measured the same way, moved -44% to +11% (`_session8_resident_norms.json`)."""
+    if SAVE_RESIDENT_STATISTICS:
+        return True
+    half = any(v.dtype in ("float16", "bfloat16") for v in body.inputs)
+    reduces = any(e.primitive in ("Reduce", "LogSumExp", "Softmax") for e in plan.backward.eqns)
+    return half or reduces
 
 
 def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
