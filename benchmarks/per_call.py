@@ -19,12 +19,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import results_file  # noqa: E402
+from row_kernels import results_file, time_queued  # noqa: E402
 
 import mlxtriton  # noqa: E402
 
@@ -39,14 +38,7 @@ def interleaved(variants: dict, args: tuple, reps: int, runs: int) -> dict[str, 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(runs):
         for name, fn in variants.items():
-            live = []
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                out = fn(*args)
-                live = live[-2:] + [out]
-                mx.async_eval(out)
-            mx.synchronize()
-            times[name].append((time.perf_counter() - t0) / reps)
+            times[name].append(time_queued(fn, args, reps))
     return times
 
 

@@ -30,21 +30,23 @@ import mlx.nn as nn
 import mlxtriton
 
 
+def time_queued(fn, args, reps: int) -> float:
+    """Seconds per call of ``reps`` calls queued with ``mx.async_eval``, synchronised once."""
+    live = []
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = fn(*args)
+        live = live[-2:] + [out]
+        mx.async_eval(out)
+    mx.synchronize()
+    return (time.perf_counter() - t0) / reps
+
+
 def time_mlx(fn, args, reps: int = 50, runs: int = 5) -> float:
     for _ in range(3):
         mx.eval(fn(*args))
     mx.synchronize()
-    samples = []
-    for _ in range(runs):
-        live = []
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            out = fn(*args)
-            live = live[-2:] + [out]
-            mx.async_eval(out)
-        mx.synchronize()
-        samples.append((time.perf_counter() - t0) / reps)
-    return statistics.median(samples)
+    return statistics.median(time_queued(fn, args, reps) for _ in range(runs))
 
 
 def families(dtype):
