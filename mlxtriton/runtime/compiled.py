@@ -26,6 +26,7 @@ from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
+from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
@@ -255,7 +256,7 @@ def _resident_saves_statistics(body: Graph, plan: SavedStatistics) -> bool:
     if SAVE_RESIDENT_STATISTICS:
         return True
     half = any(v.dtype in ("float16", "bfloat16") for v in body.inputs)
-    reduces = any(e.primitive in ("Reduce", "LogSumExp", "Softmax") for e in plan.backward.eqns)
+    reduces = any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
     return half or reduces
 
 
@@ -492,8 +493,6 @@ def check_single_kernel(graph: Graph, optimized: Graph, passes, chip) -> None:
     _, report = fuse_with_report(graph, hw.resolve(chip), split=False)
     if others:
         # Name the equation that computes something (a Matmul), not the reshape feeding it.
-        from mlxtriton.graph.primitives import Family, get as get_primitive
-
         unfused = sorted(report.unfused, key=lambda u: get_primitive(u.primitive).family is Family.MOVEMENT)
         detail = unfused[0].as_text() if unfused else f"{others[0].primitive} is not part of any region"
         raise SingleKernelError(f"cannot be one kernel: equation {detail}")
