@@ -5,6 +5,9 @@ one synchronise; the variants' runs interleaved (run r of every variant, then ru
 drift of the machine's speed during the benchmark falls on all of them alike; per variant the
 median of ``--runs`` runs, and the median over runs of its ratio to ``mx.softmax`` in the same
 round. Input 8 x 64 float32, so the figure is launch and host overhead.
+Native MLX ops differ among themselves (``mx.softmax`` is among the cheapest: one primitive, no
+scalar operand), so several are timed, and each variant's ratio to their median in the same round
+is reported too.
 ``mx.compile`` of ``mx.softmax`` alone and wrapped in an ``mx.custom_function`` (with a VJP, as
 mlxtriton wraps each launch so that grad works) show what that wrapper costs per call.
 On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch.launcher`, one
@@ -50,9 +53,18 @@ def main() -> None:
     opts = ap.parse_args()
     small = mx.random.normal((8, 64))
     mx.eval(small)
-    variants = {
+    natives = {
         "mx.softmax": lambda x: mx.softmax(x, axis=-1),
         "x * 2": lambda x: x * 2,
+        "x + x": lambda x: x + x,
+        "mx.exp": mx.exp,
+        "mx.sum(axis=-1)": lambda x: mx.sum(x, axis=-1),
+        "mx.logsumexp(axis=-1)": lambda x: mx.logsumexp(x, axis=-1),
+        "mx.fast.rms_norm": lambda x: mx.fast.rms_norm(x, None, 1e-5),
+        "mx.fast.layer_norm": lambda x: mx.fast.layer_norm(x, None, None, 1e-5),
+    }
+    variants = {
+        **natives,
         "mlxtriton.optimize(softmax)": mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)),
         "mlxtriton.kernel(softmax)": mlxtriton.kernel(lambda x: mx.softmax(x, axis=-1)),
     }
@@ -76,11 +88,18 @@ def main() -> None:
     per_call = {name: 1e6 * statistics.median(t) for name, t in rounds.items()}
     ratio = {name: statistics.median(a / b for a, b in zip(t, rounds["mx.softmax"]))
              for name, t in rounds.items()}
+    native = [statistics.median(rounds[n][r] for n in natives) for r in range(opts.runs)]
+    ratio_native = {name: statistics.median(a / b for a, b in zip(t, native))
+                    for name, t in rounds.items()}
     for name in variants:
-        print(f"{name:42s} {per_call[name]:6.2f} us  {ratio[name]:.3f}x mx.softmax", flush=True)
+        print(f"{name:42s} {per_call[name]:6.2f} us  {ratio[name]:.3f}x mx.softmax  "
+              f"{ratio_native[name]:.3f}x native median", flush=True)
     result, save = results_file("per_call", __doc__, opts.out)
     result["per_call_us"] = per_call
     result["ratio_to_mx_softmax"] = ratio
+    result["native_ops"] = list(natives)
+    result["native_median_us"] = 1e6 * statistics.median(native)
+    result["ratio_to_native_median"] = ratio_native
     result["runs_us"] = {name: [1e6 * x for x in t] for name, t in rounds.items()}
     save()
 

@@ -72,6 +72,22 @@ def test_fused_call_allocates_only_its_outputs():
     assert mx.get_peak_memory() - base <= y.nbytes * 1.01 + (1 << 16)
 
 
+def test_calls_follow_the_default_device_between_calls():
+    """The cached call of one device is never taken for another: the same function and shapes
+    launch a kernel on the GPU and run MLX ops on the CPU, whichever came first."""
+    x = mx.random.normal((64, 1000))
+    f = mlxtriton.optimize(lambda x: mx.exp(x) / mx.exp(x).sum(axis=-1, keepdims=True))
+    want = np.array(mx.softmax(x, axis=-1))
+    gpu = mx.default_device()
+    try:
+        for device in (gpu, mx.cpu, gpu, mx.cpu):
+            mx.set_default_device(device)
+            np.testing.assert_allclose(np.array(f(x)), want, rtol=1e-5, atol=1e-6)
+    finally:
+        mx.set_default_device(gpu)
+    assert len(f._cache) == 2  # one entry per device, each built once
+
+
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", ["sum of squares", "mse", "row max", "variance", "over two axes",
                                   "logsumexp", "softmax", "argmax"])
