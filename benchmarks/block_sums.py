@@ -22,7 +22,8 @@ that were then removed with the code they switched (see docs/design.md): BLOCK_R
 BLOCK_SUMS_HELD (codegen.builder), PREFETCH_NEXT_ROW and PREFETCH_LINES (codegen.render),
 BLOCK_MIN_THREADS (codegen.render; now hw block_threads_per_core), BODY_RANGES
 (fusion.cluster, with --families cross_entropy: block_sums_h200_ce_iota.json), ROW_MIN_THREADS
-(codegen.render: forward_min_threads_h200.json, backward_min_threads_h200.json). The backward
+(codegen.render: forward_min_threads_h200.json, backward_min_threads_h200.json),
+RESIDENT_SUMEXP_ONLINE (codegen.builder: forward_online_h200_session9.json). The backward
 is taken in the inexact arguments (a cross-entropy's labels are held fixed).
 
 With ``--forward`` it measures the families' forward kernels instead (bytes: inputs read and

@@ -1389,7 +1389,9 @@ _ALGEBRA = K.PatternMatcher(((
 # and both are NaN otherwise. On a streamed row the statistic and the max are then one online
 # pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over rows of
 # 65536). Rows resident in registers keep the two passes over registers, which are cheaper
-# than the online rescaling, and take the simpler exponent.
+# than the online rescaling, and take the simpler exponent: the online form for them (one
+# threadgroup reduction instead of two) lost 0-26% on the H200 (softmax f32 2048x32768 3705 ->
+# 3480 GB/s, bf16 32768x4096 3981 -> 3143; benchmarks/results/forward_online_h200_session9.json).
 _SHIFTED_SUMEXP = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="sumexp", name="r", src=(UPat(Ops.SUB, src=(
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),
@@ -1436,6 +1438,23 @@ _FAST_EXP = K.PatternMatcher(((
     UPat(Ops.EXP, name="e"),
     lambda e: UOp(Ops.EXP_SHIFTED, e.dtype, e.src) if _sign_bound(e.src[0], -1) else None),))
 
+
+# Whether a row at the most threads a threadgroup has keeps row data and computed values in at
+# most 1.5x max_resident_registers (48 of the 64 registers a thread has at 1024 threads on the
+# H200), leaving room for the loads in flight. Rows there had kept as many registers again as
+# their data (64: the whole register file): NVRTC then spilled, and at 2048x32768 float32 the
+# RMS norm x gate backward took 1048 us (32 registers, 440 bytes spilled) against 559 without
+# its kept sigmoid, the softmax backward 429 against 406 (benchmarks/results/
+# backward_capkept_kernels_h200_session9.json); through MLX, forward and backward, 1206 -> 1913
+# and 2931 -> 3089 GB/s (backward_rows_h200_session9_capkept.json); 4096x16384 and 1536x40960
+# unchanged. A bfloat16 row's data takes half the registers and keeps its exponentials (its
+# softmax 3000 against 2632 GB/s without, forward_keep_h200_session9.json).
+CAP_KEPT_AT_WIDEST = True
+
+# Whether row kernels keep costly computed values in registers between passes (`_keep_computed`;
+# benchmarks switch it off to measure: forward_keep_h200_session9.json,
+# backward_keep_h200_session9.json).
+KEEP_COMPUTED = True
 
 def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     def fix(node: UOp) -> UOp | None:
@@ -1586,13 +1605,15 @@ def build(region: Region,
     if budget and T >= row_cap and C * V <= params.max_resident_registers:
         # Threads were capped: each holds its larger share of the row, up to
         # max_resident_registers elements, rather than streaming it; kept values get the same
-        # room again. Elements, not registers: the passes compute on them as float32, so a
+        # room again, or at the most threads half as much (CAP_KEPT_AT_WIDEST). Elements, not registers: the passes compute on them as float32, so a
         # bfloat16 share counts as much as a float32 one (1024x65536 bf16 rows held as 64
         # elements per thread in 32 registers spilled: layer norm 1943 GB/s against 2554
         # staged, benchmarks/results/row_registers_h200_bounds_all.json).
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
-        kept_budget = max(kept_budget, 2 * budget)
+        widest = T * G >= min(params.max_threads_per_group, params.max_row_threads)
+        kept_budget = max(kept_budget, min(2 * budget, 3 * params.max_resident_registers // 2)
+                          if widest and CAP_KEPT_AT_WIDEST else 2 * budget)
     # what does not fit the registers may fit threadgroup memory: each thread stages its own
     # elements there between passes (no thread reads another's, so no barrier)
     staging = params.staging_bytes if budget and not interleaved else 0
@@ -1606,7 +1627,7 @@ def build(region: Region,
     stores = _rewrite_reduces(stores, resident)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), _FAST_EXP).src)
     resident, streamed = _plan_residency(stores, chunk_regs, budget)
-    if budget:
+    if budget and KEEP_COMPUTED:
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
         if (ctx.is_row and not interleaved and not ctx.blocks and WIDEN_HELD_ROWS

@@ -80,6 +80,30 @@ def test_fused_regions_become_one_kernel_each(name, dtype):
     mx.eval([env[v] for v in graph.outputs])
 
 
+def test_rows_at_the_most_threads_keep_at_most_half_again_their_data(monkeypatch):
+    # 1024 threads over rows of 32768 (H200): a float32 thread holds 32 registers of x, and
+    # keeping the gate's sigmoid (32 more) would take all 64 it has; bfloat16 x takes 16, so
+    # its softmax keeps the exponentials for the write pass
+    from mlxtriton.codegen import builder
+
+    x, w = _x(256, 32768), _x(32768, seed=1)
+
+    def gate_backward(x, w, g, c):
+        def gate(x, w, g):
+            return x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + 1e-5) * w * nn.silu(g)
+        return mx.vjp(gate, [x, w, g], [c])[1]
+
+    def schedules(fn, *args):
+        return [k.kernel.arg for k in mlxtriton.optimize(fn, chip="h200").lower(*args, target="cuda").kernels]
+
+    row = schedules(gate_backward, x, w, x, x)[0]
+    assert (row.threads_per_row, row.elements_per_thread, row.kept) == (1024, 32, 0)
+    (soft,) = schedules(lambda x: mx.softmax(x, axis=-1), x.astype(mx.bfloat16))
+    assert (soft.threads_per_row, soft.kept) == (1024, 1)
+    monkeypatch.setattr(builder, "CAP_KEPT_AT_WIDEST", False)  # before: the whole register file
+    assert schedules(gate_backward, x, w, x, x)[0].kept == 1
+
+
 def test_rows_holding_more_than_two_threadgroups_leave_take_twice_the_threads():
     # the float32 softmax backward over rows of 16384 holds x and kept exponentials (96
     # registers of arrays at 512 threads): it takes 1024; its forward, a layer norm, and the
