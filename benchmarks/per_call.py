@@ -12,7 +12,8 @@ is reported too.
 mlxtriton wraps each launch so that grad works) show what that wrapper costs per call.
 On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch.launcher`, one
 ``mx.fast.*_kernel`` call) and under ``mx.compile``: what MLX's custom-kernel path itself costs,
-which no code of ours adds to.
+which no code of ours adds to; then inside an ``mx.custom_function``, and with its input through
+``mx.stop_gradient`` as well: what each piece mlxtriton adds around the launch costs.
 Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.json
 """
 
@@ -84,6 +85,16 @@ def main() -> None:
         raw = launcher(k)
         variants["raw custom kernel launch"] = lambda x: raw(x)[0]
         variants["mx.compile(raw custom kernel launch)"] = mx.compile(lambda x: raw(x)[0])
+        # what mlxtriton adds inside the compiled function, one piece at a time: the
+        # custom_function carrying the gradient, then the stop_gradient on each input that keeps
+        # the kernel off mx.jvp's tape (runtime/autodiff.detached)
+        carried = mx.custom_function(lambda x: raw(x)[0])
+        carried.vjp(lambda primals, cotangent, output: (cotangent,))
+        variants["mx.compile(custom_function(launch))"] = mx.compile(lambda x: carried(x))
+        detached = mx.custom_function(lambda x: raw(mx.stop_gradient(x))[0])
+        detached.vjp(lambda primals, cotangent, output: (cotangent,))
+        variants["mx.compile(custom_function(launch of stop_gradient(x)))"] = mx.compile(
+            lambda x: detached(x))
     rounds = interleaved(variants, (small,), reps=opts.reps, runs=opts.runs)
     per_call = {name: 1e6 * statistics.median(t) for name, t in rounds.items()}
     ratio = {name: statistics.median(a / b for a, b in zip(t, rounds["mx.softmax"]))

@@ -136,6 +136,34 @@ def test_repeated_calls_do_not_retrace(monkeypatch):
     assert len(f._cache) == 1  # bounded: the oldest entry went
 
 
+def test_repeated_calls_run_mlx_s_cached_graph_without_python_of_ours():
+    # a positional-array call goes through one mx.compile: MLX's cache (shapes, dtypes,
+    # device) finds the traced graph; the body that looks up our entry runs only when MLX
+    # traces a new signature, or under a transformation, which calls it with tracers
+    f = mlxtriton.optimize(rms_gate)
+    x, w = mx.random.normal((4, 64)), mx.random.normal((64,))
+    _close(f(x, w), rms_gate(x, w))
+    calls = []
+    for key, run in list(f._plain_calls.items()):
+        f._plain_calls[key] = lambda *a, run=run: calls.append(1) or run(*a)
+    for _ in range(3):
+        _close(f(x, w), rms_gate(x, w))
+    assert calls == []
+    _close(mx.grad(lambda x: f(x, w).sum())(x), mx.grad(lambda x: rms_gate(x, w).sum())(x))
+    assert calls
+    # outputs mx.compile cannot return (a dict) and non-array arguments take the general path
+    g = mlxtriton.optimize(lambda x, s: mx.softmax(x * s, axis=-1))
+    for s in (2.0, 3.0):
+        _close(g(x, s), mx.softmax(x * s, axis=-1))
+    assert not g._plain_calls
+    d = mlxtriton.optimize(lambda x: {"y": mx.softmax(x, axis=-1)})
+    _close(d(x)["y"], mx.softmax(x, axis=-1))
+    assert d._dispatch is None
+    f.clear_cache()
+    assert not f._plain_calls
+    _close(f(x, w), rms_gate(x, w))
+
+
 def test_modules_read_their_current_weights_without_retracing():
     model = examples.init_eval(examples.MLP(dims=16, hidden_dims=32))
     f = mlxtriton.optimize(model)

@@ -35,9 +35,7 @@ from mlxtriton.runtime.launch import interpreting, launcher
 from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
 
 _default_device = mx.default_device  # bound once: the hot path calls it on every call
-# DeviceType is a Python Enum, whose hash runs Python code (0.14 us here): the hot path compares
-# the default device's type with `is` and keeps one table of cached calls per device type.
-_GPU = mx.gpu
+_ARRAY = mx.array
 
 # The order passes always run in, whatever order the combinators were applied in: a pass that
 # runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
@@ -202,7 +200,9 @@ class _Executable:
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
         # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
-        self.run = run if (launch and interpreting()) else mx.compile(run)
+        self.traceable = not (launch and interpreting())
+        self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
+        self.run = mx.compile(run) if self.traceable else run
 
 
 def _executable(optimized: Graph, chip: Any, device) -> _Executable:
@@ -280,16 +280,20 @@ def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
     return call
 
 
-def _returning(executable: "_Executable", out_tree) -> Callable:
-    """``executable.run`` returning the caller's structure, specialised for one array or a flat
-    tuple of arrays (most functions), so a cached call does no tree walking."""
-    run = executable.run
+def _structured(executable: "_Executable", out_tree) -> Callable | None:
+    """``executable.body`` returning the caller's structure where it is one array or a flat
+    tuple of arrays (most functions: what ``mx.compile`` can return), else None."""
+    body = executable.body
     if isinstance(out_tree, pytree.Leaf):
-        return lambda *a: run(*a)[0]
+        return lambda *a: body(*a)[0]
     if (isinstance(out_tree, pytree.Node) and out_tree.kind is tuple
             and all(isinstance(c, pytree.Leaf) for c in out_tree.children)):
-        return lambda *a: tuple(run(*a))
-    return lambda *a: pytree.unflatten(out_tree, run(*a))
+        return lambda *a: tuple(body(*a))
+    return None
+
+
+class _Unbuilt(Exception):
+    """Raised inside the dispatch's trace for arguments no cache entry serves yet."""
 
 
 def _mlx_step(e: Eqn) -> Callable:
@@ -343,8 +347,12 @@ class Compiled:
         self._cache: "OrderedDict[tuple, tuple[_Executable, Any]]" = OrderedDict()
         # positional-array calls of a plain function skip flattening (see __call__)
         self._plain = self._module is None and not nums and not names
-        self._fast_gpu: dict[tuple, Callable] = {}  # (shape, dtype) per argument -> call
-        self._fast_cpu: dict[tuple, Callable] = {}
+        # Positional-array calls of a plain function go through one mx.compile of
+        # `_dispatch_body`: MLX's own cache (keyed on the default device and the inputs' shapes
+        # and dtypes, in C++) finds the traced graph, so a repeated call runs no Python of ours
+        # beyond __call__. `_plain_calls` is what the body looks up while MLX traces it.
+        self._plain_calls: dict[tuple, Callable] = {}
+        self._dispatch = self._new_dispatch() if self._plain and not interpreting() else None
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -363,17 +371,28 @@ class Compiled:
 
     # ---- the hot path ----
     def __call__(self, *args, **kwargs):
-        # Fast path: positional arrays only (the common case) key on shapes and dtypes alone.
-        if self._plain and not kwargs:
-            fast = self._fast_gpu if _default_device().type is _GPU else self._fast_cpu
-            try:
-                if len(args) == 1:  # the most common call: no list, no unpacking
-                    a = args[0]
-                    return fast[a.shape, a.dtype](a)
-                return fast[tuple([(a.shape, a.dtype) for a in args])](*args)
-            except (KeyError, AttributeError):
-                pass
+        dispatch = self._dispatch
+        if dispatch is not None and not kwargs:
+            for a in args:
+                if type(a) is not _ARRAY:
+                    break
+            else:
+                try:
+                    return dispatch(*args)
+                except _Unbuilt:
+                    pass  # first call with these shapes: build below, then dispatch
         return self._call(args, kwargs)
+
+    def _new_dispatch(self) -> Callable:
+        return mx.compile(self._dispatch_body)
+
+    def _dispatch_body(self, *flat):
+        # Runs while mx.compile traces a new shape signature (or, under grad / vmap / an
+        # outer compile, on every call: MLX then calls it with tracers as it would the body).
+        run = self._plain_calls.get((_default_device().type, tuple([(a.shape, a.dtype) for a in flat])))
+        if run is None:
+            raise _Unbuilt  # MLX drops the failed trace; __call__ builds and calls again
+        return run(*flat)
 
     def _call(self, args, kwargs):
         args = self._call_args(args)
@@ -387,15 +406,23 @@ class Compiled:
             self._cache[key] = entry
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-                self._fast_gpu.clear()  # rebuilt from _cache entries on their next call
-                self._fast_cpu.clear()
-            if self._plain and not kwargs and all(isinstance(a, mx.array) for a in args):
-                fast = self._fast_gpu if device.type is _GPU else self._fast_cpu
-                key = ((args[0].shape, args[0].dtype) if len(args) == 1
-                       else tuple([(a.shape, a.dtype) for a in args]))
-                fast[key] = _returning(*entry)
+                self._reset_dispatch()  # MLX's traced graphs of evicted entries go with it
         executable, out_tree = entry
+        if (self._dispatch is not None and not kwargs
+                and all(type(a) is _ARRAY for a in args)):
+            structured = _structured(executable, out_tree) if executable.traceable else None
+            if structured is None:
+                self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
+            else:
+                plain_key = (device.type, tuple([(a.shape, a.dtype) for a in args]))
+                self._plain_calls[plain_key] = structured
+                return self._dispatch(*args)
         return pytree.unflatten(out_tree, executable.run(*leaves))
+
+    def _reset_dispatch(self) -> None:
+        self._plain_calls.clear()
+        if self._dispatch is not None:
+            self._dispatch = self._new_dispatch()
 
     # ---- building ----
     def _trace(self, args, kwargs) -> Graph:
@@ -465,8 +492,7 @@ class Compiled:
 
     def clear_cache(self) -> None:
         self._cache.clear()
-        self._fast_gpu.clear()
-        self._fast_cpu.clear()
+        self._reset_dispatch()
 
     def __repr__(self) -> str:
         return f"<mlxtriton {'+'.join(p for p in PIPELINE if p in self.passes)} of {self.__name__}>"
