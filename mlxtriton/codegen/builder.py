@@ -1605,10 +1605,11 @@ def build(region: Region,
     if budget and T >= row_cap and C * V <= params.max_resident_registers:
         # Threads were capped: each holds its larger share of the row, up to
         # max_resident_registers elements, rather than streaming it; kept values get the same
-        # room again, or at the most threads half as much (CAP_KEPT_AT_WIDEST). Elements, not registers: the passes compute on them as float32, so a
-        # bfloat16 share counts as much as a float32 one (1024x65536 bf16 rows held as 64
-        # elements per thread in 32 registers spilled: layer norm 1943 GB/s against 2554
-        # staged, benchmarks/results/row_registers_h200_bounds_all.json).
+        # room again, or at the most threads half as much (CAP_KEPT_AT_WIDEST). Elements, not
+        # registers: the passes compute on them as float32, so a bfloat16 share counts as much
+        # as a float32 one (1024x65536 bf16 rows held as 64 elements per thread in 32
+        # registers spilled: layer norm 1943 GB/s against 2554 staged,
+        # benchmarks/results/row_registers_h200_bounds_all.json).
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
         widest = T * G >= min(params.max_threads_per_group, params.max_row_threads)

@@ -389,7 +389,8 @@ class Compiled:
     def _dispatch_body(self, *flat):
         # Runs while mx.compile traces a new shape signature (or, under grad / vmap / an
         # outer compile, on every call: MLX then calls it with tracers as it would the body).
-        run = self._plain_calls.get((_default_device().type, tuple([(a.shape, a.dtype) for a in flat])))
+        key = (_default_device().type, tuple([(a.shape, a.dtype) for a in flat]))
+        run = self._plain_calls.get(key)
         if run is None:
             raise _Unbuilt  # MLX drops the failed trace; __call__ builds and calls again
         return run(*flat)
