@@ -186,9 +186,6 @@ def main():
                    "raw_obj_tuple_shapes": lambda x: kobj(inputs=[x], **call2),
                    "compiled_softmax": mx.compile(lambda x: mx.softmax(x, axis=-1))}.items():
         pc[nm] = 1e6 * time_mlx(fn, (small,), reps=500)
-    import timeit
-    key = (((8, 64), mx.float32), mx.default_device().type)
-    pc["host_only_dict_lookup_us"] = 1e6 * timeit.timeit(lambda: opt._fast[key], number=10000) / 10000
     print("per call us", pc, flush=True)
     res["per_call_us"] = pc; save()
 

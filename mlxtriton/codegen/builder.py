@@ -1456,6 +1456,7 @@ CAP_KEPT_AT_WIDEST = True
 # backward_keep_h200_session9.json).
 KEEP_COMPUTED = True
 
+
 def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     def fix(node: UOp) -> UOp | None:
         if node.op is not Ops.REDUCE:
@@ -1557,6 +1558,7 @@ def build(region: Region,
     elem = [u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
             if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
     W = params.simd_width
+    most_threads = min(params.max_threads_per_group, params.max_row_threads)  # per threadgroup
     interleaved = False
     row_cap = params.max_row_threads
     if ctx.is_row:
@@ -1585,8 +1587,7 @@ def build(region: Region,
             # reduction shuffles with a full mask), and threads enough that the block sums'
             # registers stay within hw.params.BLOCK_SUM_REGISTERS per thread
             T, G = max(T, W), 1
-            most = min(params.max_threads_per_group, params.max_row_threads)
-            while (2 * T <= most and
+            while (2 * T <= most_threads and
                    len(ctx.blocks) * -(-(L // V) // T) * V > hw.params.BLOCK_SUM_REGISTERS):
                 T *= 2
         C = -(-(L // V) // T)
@@ -1612,9 +1613,8 @@ def build(region: Region,
         # benchmarks/results/row_registers_h200_bounds_all.json).
         share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
         budget = max(budget, min(params.max_resident_registers, share))
-        widest = T * G >= min(params.max_threads_per_group, params.max_row_threads)
         kept_budget = max(kept_budget, min(2 * budget, 3 * params.max_resident_registers // 2)
-                          if widest and CAP_KEPT_AT_WIDEST else 2 * budget)
+                          if T * G >= most_threads and CAP_KEPT_AT_WIDEST else 2 * budget)
     # what does not fit the registers may fit threadgroup memory: each thread stages its own
     # elements there between passes (no thread reads another's, so no barrier)
     staging = params.staging_bytes if budget and not interleaved else 0
@@ -1632,8 +1632,7 @@ def build(region: Region,
         stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
         resident, streamed = _plan_residency(stores, chunk_regs, budget)
         if (ctx.is_row and not interleaved and not ctx.blocks and WIDEN_HELD_ROWS
-                and T * G == params.preferred_row_threads < min(params.max_threads_per_group,
-                                                                 params.max_row_threads)
+                and T * G == params.preferred_row_threads < most_threads
                 and _held_registers(stores, resident, chunk_regs) > 2 * params.max_resident_registers):
             # more held between passes than two threadgroups of preferred_row_threads leave a
             # thread: twice the threads, each holding half
