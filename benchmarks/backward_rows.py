@@ -45,7 +45,7 @@ from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
 from block_sums import variant  # noqa: E402
-from row_kernels import family_cases, results_file, time_mlx  # noqa: E402  (one definition of each)
+from row_kernels import family_arguments, family_cases, results_file, time_mlx  # noqa: E402  (one definition of each)
 
 
 def _inexact(args) -> list[int]:
@@ -95,9 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="backward_rows.json")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--families", default="")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--shapes", default="")
+    family_arguments(ap)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-partials-variant", action="store_true")
     ap.add_argument("--blocks-per-core", default="",

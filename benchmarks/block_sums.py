@@ -52,7 +52,7 @@ from mlxtriton.hw import params as hw_params
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel_only import Driver  # noqa: E402
-from row_kernels import family_cases  # noqa: E402
+from row_kernels import family_arguments, family_cases  # noqa: E402
 
 FAMILIES = "rms_norm,layer_norm,rms_norm_gate"
 
@@ -127,9 +127,7 @@ def kernel_facts(drv: Driver, fn, threads: int, shared: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="block_sums.json")
-    ap.add_argument("--families", default=FAMILIES)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--shapes", default="32768x4096,4096x16384")
+    family_arguments(ap, FAMILIES, "32768x4096,4096x16384")
     ap.add_argument("--variants", default="default,no-partials,regs8,regs32,blocks8,blocks16")
     ap.add_argument("--forward", action="store_true",
                     help="the families' forward kernels instead of their backward's")

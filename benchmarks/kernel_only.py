@@ -42,7 +42,7 @@ from mlxtriton.codegen.render import render
 from mlxtriton.graph.fused import is_fused
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import family_cases, triton_softmax_gbs  # noqa: E402
+from row_kernels import family_arguments, family_cases, triton_softmax_gbs  # noqa: E402
 
 CTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16", "int32": "int32_t",
           "uint32": "uint32_t", "int64": "int64_t", "bool": "bool", "uint8": "uint8_t", "int8": "int8_t"}
@@ -208,9 +208,7 @@ def pipelined_torch(launch, reps=50, runs=5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="kernel_only.json")
-    ap.add_argument("--families", default="")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--shapes", default="32768x4096,4096x16384")
+    family_arguments(ap, shapes="32768x4096,4096x16384")
     ap.add_argument("--registers", default="8x1024,32x1024,16x512,32x512,64x512",
                     help="schedule variants: RESIDENT_REGISTERSxMAX_THREADS,...")
     opts = ap.parse_args()

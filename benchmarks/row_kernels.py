@@ -157,6 +157,13 @@ def triton_softmax_gbs(rows, cols, dtype_name, timer=None):
     return 2 * x.numel() * x.element_size() / seconds / 1e9
 
 
+def family_arguments(ap: argparse.ArgumentParser, families: str = "", shapes: str = "") -> None:
+    """The options `family_cases` reads: --families, --dtypes, --shapes (with these defaults)."""
+    ap.add_argument("--families", default=families, help="comma-separated subset of families")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--shapes", default=shapes, help="comma-separated ROWSxCOLS, e.g. 4096x16384")
+
+
 def family_cases(opts, default_shapes):
     """Every selected case of a family benchmark: ``(dtype name, family, composed function, MLX's
     own op or None, rows, cols, arguments)`` for ``opts.dtypes`` x ``opts.families`` (empty: all)
@@ -177,9 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="row_kernels.json")
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
-    ap.add_argument("--families", default="", help="comma-separated subset of families")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--shapes", default="", help="comma-separated ROWSxCOLS, e.g. 4096x16384")
+    family_arguments(ap)
     opts = ap.parse_args()
     chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] + ([] if opts.quick else [(65536, 512), (32768, 1024), (16384, 2048),
