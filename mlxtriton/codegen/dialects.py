@@ -137,13 +137,31 @@ def _shuffle64(fn: str, shuffle_xor: str) -> str:
             f"}}")
 
 
-def _helpers(fn: str, shuffle_xor: str, names: dict[str, str], extra: dict[str, str]
-             ) -> Mapping[str, str]:
+def _helpers(fn: str, shuffle_xor: str, names: dict[str, str], extra: dict[str, str],
+             overloads: dict[str, str] | None = None) -> Mapping[str, str]:
     # dialect-only helpers first: shared ones may call them (mt_logaddexp -> mt_log1p)
     out = dict(extra)
     out.update({k: v.format(fn=fn, **names) for k, v in _SHARED_HELPERS.items()})
     out["mt_shuffle64"] = _shuffle64(fn, shuffle_xor)
+    for name, text in (overloads or {}).items():  # written after the shared definition
+        out[name] += "\n" + text
     return _freeze(out)
+
+
+# A float max or min that propagates NaN is one instruction from sm_80 (PTX max.NaN.f32), where
+# the shared comparison takes three: H200, kernels alone (benchmarks/results/
+# ce_nanmax_h200_session10.json), bf16 cross-entropy forward 3011 -> 3336 GB/s at 32768x4096,
+# 2432 -> 2726 at 4096x16384, its backward 3076 -> 3391 and 2979 -> 3185; float32 softmax and
+# log-softmax over 16384 2%; the others level.
+_CUDA_NAN_MINMAX = {
+    f"mt_{op}": ("#if __CUDA_ARCH__ >= 800\n"
+                 f"__device__ __forceinline__ float mt_{op}(float a, float b) {{\n"
+                 f"  float r;\n"
+                 f"  asm(\"{op}.NaN.f32 %0, %1, %2;\" : \"=f\"(r) : \"f\"(a), \"f\"(b));\n"
+                 f"  return r;\n"
+                 f"}}\n"
+                 "#endif")
+    for op in ("max", "min")}
 
 
 def _float_math(fmt: str, names: dict[Ops, str]) -> dict[tuple[Ops, str], str]:
@@ -251,7 +269,8 @@ CUDA = Dialect(
     launch_bounds=("#undef __global__\n"
                    "#define __global__ __attribute__((global)) __launch_bounds__({bound})\n"),
     helpers=_helpers("__device__ __forceinline__", "__shfl_xor_sync(0xffffffffu, {x}, {o})",
-                     {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {}),
+                     {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"}, {},
+                     _CUDA_NAN_MINMAX),
     constructor_options=(("shared_memory", 0),),
 )
 

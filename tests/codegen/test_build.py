@@ -3,6 +3,8 @@ and errors that name the op that prevents one kernel."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -401,6 +403,21 @@ def test_a_block_of_rows_loads_what_its_rows_share_once(language):
     assert src.count("(w + ") == 1 and src.index("(w + ") < walk
     assert src.count("(x + ") == 1 and src.index("(x + ") > walk
     assert src.count("(g + ") == 1 and src.index("(g + ") > walk
+
+
+@pytest.mark.parametrize("length", [4096, 65536], ids=["resident", "streamed"])
+def test_a_rows_own_scalars_are_read_before_its_passes(length, monkeypatch):
+    # a cross-entropy's label and the logit it picks do not wait for the row's reductions:
+    # read after their barriers, each would wait for memory with nothing else in flight
+    render_module = importlib.import_module("mlxtriton.codegen.render")  # the package exports render()
+    region = oracle.FAMILIES["crossentropy"](shape=(8, length), dtype="bfloat16")
+    for hoisted in (True, False):
+        monkeypatch.setattr(render_module, "HOIST_ROW_LOADS", hoisted)
+        src = render(build(region, chip_params("h200")), "cuda").source
+        first_pass, label = src.index("// pass 1"), src.index("= labels[mt_row]")
+        picked = src.index("= logits[", label)  # the picked logit: indexed by the label
+        assert (label < first_pass and picked < first_pass) == hoisted
+        assert src.count("= labels[") == 1
 
 
 def test_block_sums_leave_capped_registers_to_kept_values():

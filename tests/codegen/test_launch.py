@@ -159,3 +159,24 @@ def test_cuda_block_sums_in_threadgroup_memory(case, monkeypatch):
     inputs = oracle.random_inputs(region, seed=11)
     for g, w, d in zip(launch(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
         oracle.assert_close(g, w, d, scale=4.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_max_and_min_propagate_nan_from_either_side(dtype):
+    # From sm_80 a float max / min is one PTX max.NaN.f32 / min.NaN.f32 (codegen/dialects.py):
+    # a NaN in either operand, elementwise or anywhere in a row, gives NaN as MLX's does.
+    b = RegionBuilder("nanminmax")
+    x, y = b.input((6, 300), dtype, "x"), b.input((6, 300), dtype, "y")
+    region = b.build([b.op("Maximum", x, y), b.op("Minimum", x, y),
+                      b.op("Reduce", x, kind="max", axes=(1,)), b.op("Reduce", y, kind="min", axes=(1,))])
+    kernel = render(build(region, chip_params("h200")), "cuda")
+    assert "max.NaN.f32" in kernel.header
+    inputs = oracle.random_inputs(region, seed=11)
+    inputs[0][1, 7] = inputs[0][4, 299] = np.nan
+    inputs[1][2, 0] = inputs[1][4, 150] = np.nan
+    got, want = launch(kernel, inputs), interpret(kernel.kernel, inputs)
+    for g, w, d in zip(got, want, kernel.output_dtypes):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        assert np.isnan(w).any() and np.array_equal(np.isnan(g), np.isnan(w))
+        assert np.array_equal(g[~np.isnan(g)], w[~np.isnan(w)])
