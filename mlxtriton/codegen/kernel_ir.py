@@ -45,7 +45,7 @@ class Ops(enum.Enum):
     RSQRT = enum.auto()
     EXP = enum.auto()
     # exp of a value known to be <= 0 or NaN (v - max(v)): the dialect's fast exponential, as
-    # MLX's own softmax and logsumexp kernels use (CUDA __expf, Metal fast::exp)
+    # MLX's own softmax and logsumexp kernels use (CUDA ex2.approx.ftz, Metal fast::exp)
     EXP_SHIFTED = enum.auto()
     EXPM1 = enum.auto()
     LOG = enum.auto()
