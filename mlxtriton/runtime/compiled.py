@@ -41,9 +41,9 @@ _ARRAY = mx.array
 # runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
 # first: fusion then groups what the rewrites left (a gate after its matmuls, a bias add + ReLU).
 PIPELINE = ("patterns", "fuse", "layout", "cache")
-# Whether every row region whose rows stay in registers saves its statistics for the backward
-# (benchmarks switch it on to measure; `_resident_saves_statistics` decides otherwise).
-SAVE_RESIDENT_STATISTICS = False
+# Whether row regions whose rows stay in registers save their statistics for the backward:
+# None, `_resident_saves_statistics` decides; True / False, every one / none (benchmarks).
+SAVE_RESIDENT_STATISTICS: bool | None = None
 DEFAULT_CACHE_SIZE = 64
 
 
@@ -222,19 +222,19 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
 
     Rows too long to stay in registers always save: their backward would otherwise read them
     again once per statistic. Rows in registers cost no reads to reduce again, only compute:
-    they save where the region computes a logsumexp (log-softmax, cross-entropy), whose
-    backward otherwise recomputes the row's exponentials, except float32 rows whose backward
-    then becomes pointwise (float32 cross-entropy). Forward and backward together on the H200
-    (`_resident_saves_statistics`)."""
+    they save where the region computes a logsumexp and its backward, given it, still reduces
+    the row (log-softmax: the cotangent's sum), not where that backward would be pointwise
+    (cross-entropy recomputes its row's max and sum instead). Forward and backward together on
+    the H200 (`_resident_saves_statistics`)."""
     if not fused_backward():
         return None
     body = body_of(e)
     resident = row_fits_on_chip(kernel, target)
-    if resident and (kernel.kernel.arg.kind != "row" or not (
+    if resident and (kernel.kernel.arg.kind != "row" or SAVE_RESIDENT_STATISTICS is False or not (
             SAVE_RESIDENT_STATISTICS or "LogSumExp" in body.primitive_counts())):
         return None
     plan = saved_statistics(body, kernel.kernel.arg.rows)
-    if plan is None or (resident and not _resident_saves_statistics(body, plan)):
+    if plan is None or (resident and not _resident_saves_statistics(plan)):
         return None
     forward = kernel, constants
     if plan.count:
@@ -248,19 +248,23 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
     return differentiable_saving(detached(launcher(*forward)), body, plan, target.chip)
 
 
-def _resident_saves_statistics(body: Graph, plan: SavedStatistics) -> bool:
+def _resident_saves_statistics(plan: SavedStatistics) -> bool:
     """Whether a region whose rows stay in registers saves its statistics (`_saving_statistics`).
     Measured forward and backward together on the H200 (benchmarks/results/
     backward_rows_h200_session8_resident.json, GB/s, recomputing -> saving): log-softmax f32
     2345 -> 3256 at 32768x4096, 2264 -> 2880 at 4096x16384; bf16 2215 -> 2796, 1847 -> 2591;
     bf16 cross-entropy 1955 -> 2087, 1516 -> 1765; but float32 cross-entropy, whose backward
     with the logsumexp saved is a pointwise kernel, 2741 -> 2478 and 2486 -> 2404. Softmax and
-    the norms, measured the same way, moved -44% to +11% (`_session8_resident_norms.json`)."""
-    if SAVE_RESIDENT_STATISTICS:
-        return True
-    half = any(v.dtype in ("float16", "bfloat16") for v in body.inputs)
-    reduces = any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
-    return half or reduces
+    the norms, measured the same way, moved -44% to +11% (`_session8_resident_norms.json`).
+    Since CUDA's exponential and max became one instruction each (session 10,
+    `backward_rows_h200_session10_saves.json`, saving -> recomputing) bf16 cross-entropy, whose
+    backward with the logsumexp saved is pointwise too, recomputes as float32 does: forward and
+    backward 2118 -> 2400 at 32768x4096 and 1981 -> 2176 at 4096x16384, the gradients alone
+    2123 -> 3511 and 1938 -> 3039 (they no longer run the saving forward); log-softmax still
+    saves (bf16 2955 -> 2262 recomputing)."""
+    if SAVE_RESIDENT_STATISTICS is not None:
+        return SAVE_RESIDENT_STATISTICS
+    return any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
 
 
 def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
