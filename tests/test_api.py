@@ -143,14 +143,12 @@ def test_repeated_calls_run_mlx_s_cached_graph_without_python_of_ours():
     f = mlxtriton.optimize(rms_gate)
     x, w = mx.random.normal((4, 64)), mx.random.normal((64,))
     _close(f(x, w), rms_gate(x, w))
-    calls = []
-    for key, run in list(f._plain_calls.items()):
-        f._plain_calls[key] = lambda *a, run=run: calls.append(1) or run(*a)
+    calls = _spy_on_dispatch(f)
     for _ in range(3):
         _close(f(x, w), rms_gate(x, w))
     assert calls == []
     _close(mx.grad(lambda x: f(x, w).sum())(x), mx.grad(lambda x: rms_gate(x, w).sum())(x))
-    assert calls
+    assert calls == ["body"]
     # outputs mx.compile cannot return (a dict) and non-array arguments take the general path
     g = mlxtriton.optimize(lambda x, s: mx.softmax(x * s, axis=-1))
     for s in (2.0, 3.0):
@@ -162,6 +160,77 @@ def test_repeated_calls_run_mlx_s_cached_graph_without_python_of_ours():
     f.clear_cache()
     assert not f._plain_calls
     _close(f(x, w), rms_gate(x, w))
+
+
+def _spy_on_dispatch(f) -> list[str]:
+    """Which of each dispatch entry's two bodies runs ("body": kernels inside their derivative
+    rules, "plain": bare), appended to the list returned."""
+    calls: list[str] = []
+    for key, (body, plain) in list(f._plain_calls.items()):
+        f._plain_calls[key] = (lambda *a, run=body: calls.append("body") or run(*a),
+                               lambda *a, run=plain: calls.append("plain") or run(*a))
+    return calls
+
+
+def test_only_calls_no_transformation_sees_trace_the_bare_kernels(monkeypatch):
+    # MLX replays a compiled trace only for inputs none of which is a tracer: the trace our own
+    # mx.compile makes holds the kernels bare; grad, jvp, vmap, an outer mx.compile's trace and
+    # disabled compilation call the body itself, with the kernels inside their derivative rules
+    f = mlxtriton.optimize(rms_gate)
+    x, w = mx.random.normal((4, 64)), mx.random.normal((64,))
+    f(x, w)
+    calls = _spy_on_dispatch(f)
+    f._dispatch = f._new_dispatch()  # MLX traces the signature again
+    for _ in range(3):
+        _close(f(x, w), rms_gate(x, w))
+    assert calls == ["plain"]  # traced once, then replayed without Python of ours
+    _close(mx.grad(lambda x: f(x, w).sum())(x), mx.grad(lambda x: rms_gate(x, w).sum())(x))
+    _close(mx.jvp(lambda x: f(x, w), [x], [x])[1], mx.jvp(lambda x: rms_gate(x, w), [x], [x])[1])
+    _close(mx.compile(lambda x: f(x, w))(x), rms_gate(x, w))
+    assert calls == ["plain", "body", "body", "body"]
+    mx.disable_compile()
+    try:
+        _close(f(x, w), rms_gate(x, w))
+    finally:
+        mx.enable_compile()
+    assert calls[-1] == "body"
+    # the general path (a module, keyword arguments) chooses the same way under its mx.compile
+    traced, real = [], compiled_module._tracing
+    monkeypatch.setattr(compiled_module, "_tracing", lambda p: traced.append(real(p)) or traced[-1])
+    g = mlxtriton.optimize(rms_gate)
+    _close(g(x, w=w), rms_gate(x, w))
+    _close(mx.grad(lambda x: g(x, w=w).sum())(x), mx.grad(lambda x: rms_gate(x, w).sum())(x))
+    assert traced == [True, False]
+
+
+def test_plain_bodies_launch_kernels_bare(monkeypatch):
+    # a launching executable's plain body calls each kernel bare; its body goes through the
+    # kernel's derivative rules (stand-ins here for the launch and for runtime/autodiff)
+    from mlxtriton.codegen.lowering import kernel_target
+    from mlxtriton.graph import dtypes
+
+    launched, wrapped = [], []
+
+    def fake_launcher(kernel, constants=()):
+        def run(*arrays):
+            launched.append(kernel.name)
+            return [mx.zeros(s, dtypes.to_mx(d)) for s, d in zip(kernel.output_shapes, kernel.output_dtypes)]
+        return run
+
+    def fake_differentiable(forward, *_, **__):
+        return lambda *a: wrapped.append(1) or forward(*a)
+
+    monkeypatch.setattr(compiled_module, "launcher", fake_launcher)
+    monkeypatch.setattr(compiled_module, "differentiable", fake_differentiable)
+    x = mx.random.normal((4, 64))
+    graph = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1), chip="h200").graph(x)
+    target, dialect = kernel_target("h200", None, "cuda")
+    ex = compiled_module._Executable(graph, True, target, dialect)
+    assert ex.plain_body is not ex.body
+    ex.plain_body(x)
+    assert len(launched) == 1 and not wrapped
+    ex.body(x)
+    assert len(launched) == 2 and wrapped == [1]
 
 
 def test_modules_read_their_current_weights_without_retracing():

@@ -4,8 +4,9 @@ A generated kernel has no derivative or batching rule in MLX. `differentiable` w
 launch in ``mx.custom_function`` whose rules are MLX's own transformations of the fused region's
 *body* (the unfused equations, evaluated with MLX ops): MLX differentiates its own primitives,
 and everything outside the regions (matmuls, fast ops) is differentiated by MLX as usual, from
-what its forward saved. Built once per cache entry; a call adds a few graph nodes per kernel
-(stop-gradients and one CustomTransforms node), no tracing.
+what its forward saved. Built once per cache entry; a call a transformation traces adds a few
+graph nodes per kernel (stop-gradients and one CustomTransforms node), no tracing; calls no
+transformation sees launch the kernels bare (runtime/compiled._tracing).
 May import every layer below the public API.
 """
 

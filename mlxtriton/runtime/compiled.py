@@ -148,12 +148,53 @@ def _fusion_lines(report: FusionReport) -> list[str]:
     return lines
 
 
+Step = tuple[Callable, tuple[Var, ...], tuple[Var, ...]]
+
+# An evaluated scalar every compiled call passes last: inside the trace of our own mx.compile it
+# is a placeholder MLX refuses to read (`_tracing`), anywhere else it reads.
+_PROBE = mx.array(0)
+
+
+def _tracing(probe: mx.array) -> bool:
+    """Whether our own ``mx.compile`` is tracing the call that passed ``probe``.
+
+    MLX traces a compiled function only for inputs none of which is a tracer and replays that
+    trace only for such inputs; with any tracer among them (grad, vjp, jvp, vmap, an outer
+    mx.compile's trace) or with compilation disabled it calls the function itself, every time.
+    A trace therefore serves only calls that no transformation sees, which need no derivative
+    rules: there the bare kernel launches are traced (`_Executable.plain_body`). MLX's tracer
+    for the probe has no value, and reading it raises; the probe itself is always readable.
+    """
+    try:
+        probe.item()
+    except ValueError:
+        return True
+    return False
+
+
+def _choosing(body: Callable, plain: Callable) -> Callable:
+    """``plain`` while our own mx.compile traces the call, ``body`` otherwise (`_tracing`); the
+    caller passes `_PROBE` after the arrays."""
+
+    def traced(*flat):
+        *flat, probe = flat
+        return (plain if _tracing(probe) else body)(*flat)
+
+    return traced
+
+
 class _Executable:
-    """One cache entry: the optimised graph made runnable for one device."""
+    """One cache entry: the optimised graph made runnable for one device.
+
+    ``body`` launches each kernel inside its derivative rules (what a transformation traces);
+    ``plain_body`` launches the kernels bare, and a region whose forward would save statistics
+    for its backward without them: what MLX's trace of a call no transformation sees replays.
+    ``run`` is the two under one ``mx.compile``, each where it belongs."""
 
     def __init__(self, graph: Graph, launch: bool, target: hw.Target, dialect: str | None):
         self.graph = graph
-        steps: list[tuple[Callable, tuple[Var, ...], tuple[Var, ...]]] = []
+        steps: list[Step] = []
+        plain_steps: list[Step] = []
         self.fallbacks: list[tuple[str, str]] = []  # regions run as MLX ops, and why
         for e in graph.eqns:
             if is_fused(e) and launch:
@@ -164,7 +205,9 @@ class _Executable:
                     # (a @kernel function raises instead: Compiled._build checks.)
                     self.fallbacks.append((e.params["name"], str(err)))
                     steps.append((_mlx_step(e), e.inputs, e.outputs))
+                    plain_steps.append(steps[-1])
                     continue
+                bare = launcher(kernel, extra)
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
                 launch_region = _saving_statistics(e, kernel, extra, target, dialect)
@@ -173,36 +216,49 @@ class _Executable:
                     # as well as a generated kernel would, and inside a compiled training step
                     # with its neighbours too (runtime/autodiff.fused_backward).
                     generated = fused_backward() and e.params["kind"] != "pointwise"
-                    launch_region = differentiable(detached(launcher(kernel, extra)), body_of(e),
+                    launch_region = differentiable(detached(bare), body_of(e),
                                                    target.chip if generated else None)
                 steps.append((launch_region, e.inputs, e.outputs))
+                plain_steps.append((bare, e.inputs, e.outputs))
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))
-        constants = list(graph.constants)
-        inputs, outputs = graph.inputs, graph.outputs
-        # An output var listed twice (CSE merged two equal results): MLX's vjp of a function that
-        # returns one array twice uses only the last cotangent, so later copies are new arrays.
-        repeated = [i for i, v in enumerate(outputs) if v in outputs[:i]]
-
-        def run(*flat):
-            env = dict(zip(inputs, flat))
-            env.update(constants)
-            for fn, ins, outs in steps:
-                results = fn(*[env[v] for v in ins])
-                for v, r in zip(outs, results):
-                    env[v] = r
-            results = [env[v] for v in outputs]
-            for i in repeated:  # one array returned twice gets one cotangent from MLX's vjp
-                results[i] = mx.contiguous(results[i])
-            return results
-
+                plain_steps.append(steps[-1])
+        run = _runner(graph, steps)
         # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
         # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
         self.traceable = not (launch and interpreting())
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
-        self.run = mx.compile(run) if self.traceable else run
+        self.plain_body = _runner(graph, plain_steps) if launch else run
+        if self.traceable:
+            compiled = mx.compile(_choosing(self.body, self.plain_body))
+            self.run = lambda *flat: compiled(*flat, _PROBE)
+        else:
+            self.run = run
+
+
+def _runner(graph: Graph, steps: list[Step]) -> Callable[..., list]:
+    """``graph``'s flat inputs -> its flat outputs, each equation a step."""
+    constants = list(graph.constants)
+    inputs, outputs = graph.inputs, graph.outputs
+    # An output var listed twice (CSE merged two equal results): MLX's vjp of a function that
+    # returns one array twice uses only the last cotangent, so later copies are new arrays.
+    repeated = [i for i, v in enumerate(outputs) if v in outputs[:i]]
+
+    def run(*flat):
+        env = dict(zip(inputs, flat))
+        env.update(constants)
+        for fn, ins, outs in steps:
+            results = fn(*[env[v] for v in ins])
+            for v, r in zip(outs, results):
+                env[v] = r
+        results = [env[v] for v in outputs]
+        for i in repeated:  # one array returned twice gets one cotangent from MLX's vjp
+            results[i] = mx.contiguous(results[i])
+        return results
+
+    return run
 
 
 def _executable(optimized: Graph, chip: Any, device) -> _Executable:
@@ -284,10 +340,9 @@ def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
     return call
 
 
-def _structured(executable: "_Executable", out_tree) -> Callable | None:
-    """``executable.body`` returning the caller's structure where it is one array or a flat
-    tuple of arrays (most functions: what ``mx.compile`` can return), else None."""
-    body = executable.body
+def _structured(body: Callable[..., list], out_tree) -> Callable | None:
+    """``body`` returning the caller's structure where it is one array or a flat tuple of arrays
+    (most functions: what ``mx.compile`` can return), else None."""
     if isinstance(out_tree, pytree.Leaf):
         return lambda *a: body(*a)[0]
     if (isinstance(out_tree, pytree.Node) and out_tree.kind is tuple
@@ -355,7 +410,7 @@ class Compiled:
         # `_dispatch_body`: MLX's own cache (keyed on the default device and the inputs' shapes
         # and dtypes, in C++) finds the traced graph, so a repeated call runs no Python of ours
         # beyond __call__. `_plain_calls` is what the body looks up while MLX traces it.
-        self._plain_calls: dict[tuple, Callable] = {}
+        self._plain_calls: dict[tuple, tuple[Callable, Callable]] = {}  # (body, plain)
         self._dispatch = self._new_dispatch() if self._plain and not interpreting() else None
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
@@ -382,7 +437,7 @@ class Compiled:
                     break
             else:
                 try:
-                    return dispatch(*args)
+                    return dispatch(*args, _PROBE)
                 except _Unbuilt:
                     pass  # first call with these shapes: build below, then dispatch
         return self._call(args, kwargs)
@@ -391,13 +446,16 @@ class Compiled:
         return mx.compile(self._dispatch_body)
 
     def _dispatch_body(self, *flat):
-        # Runs while mx.compile traces a new shape signature (or, under grad / vmap / an
-        # outer compile, on every call: MLX then calls it with tracers as it would the body).
+        # Runs while mx.compile traces a new shape signature, which only calls no transformation
+        # sees replay: the bare kernels (`_tracing`). Under grad / vmap / an outer compile MLX
+        # calls it with tracers on every call: the kernels inside their derivative rules.
+        *flat, probe = flat
         key = (_default_device().type, tuple([(a.shape, a.dtype) for a in flat]))
-        run = self._plain_calls.get(key)
-        if run is None:
+        entry = self._plain_calls.get(key)
+        if entry is None:
             raise _Unbuilt  # MLX drops the failed trace; __call__ builds and calls again
-        return run(*flat)
+        body, plain = entry
+        return (plain if _tracing(probe) else body)(*flat)
 
     def _call(self, args, kwargs):
         args = self._call_args(args)
@@ -415,13 +473,14 @@ class Compiled:
         executable, out_tree = entry
         if (self._dispatch is not None and not kwargs
                 and all(type(a) is _ARRAY for a in args)):
-            structured = _structured(executable, out_tree) if executable.traceable else None
+            structured = _structured(executable.body, out_tree) if executable.traceable else None
             if structured is None:
                 self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
             else:
                 plain_key = (device.type, tuple([(a.shape, a.dtype) for a in args]))
-                self._plain_calls[plain_key] = structured
-                return self._dispatch(*args)
+                self._plain_calls[plain_key] = (structured,
+                                                _structured(executable.plain_body, out_tree))
+                return self._dispatch(*args, _PROBE)
         return pytree.unflatten(out_tree, executable.run(*leaves))
 
     def _reset_dispatch(self) -> None:

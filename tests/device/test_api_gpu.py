@@ -88,6 +88,24 @@ def test_calls_follow_the_default_device_between_calls():
     assert len(f._cache) == 2  # one entry per device, each built once
 
 
+def test_calls_no_transformation_sees_launch_the_kernel_bare():
+    """What MLX replays for a plain call is the kernel alone (runtime/compiled._tracing), a
+    saving region's too (no statistics written); under grad the kernel sits inside its
+    derivative rules and the gradient is right."""
+    import io
+
+    for fn in (lambda x: mx.softmax(x, axis=-1), lambda x: x - mx.logsumexp(x, axis=-1, keepdims=True)):
+        f = mlxtriton.optimize(fn)
+        x = mx.random.normal((512, 40000))  # f32 rows of 40000: the forward saves statistics
+        for _ in range(2):
+            y = f(x)
+            text = io.StringIO()
+            mx.export_to_dot(text, y)
+            assert text.getvalue().count("shape=rectangle") == 1, text.getvalue()
+            _close(y, fn(x), 1e-4)
+        _close(mx.grad(lambda x: (f(x) * x).sum())(x), mx.grad(lambda x: (fn(x) * x).sum())(x), 1e-4)
+
+
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", ["sum of squares", "mse", "row max", "variance", "over two axes",
                                   "logsumexp", "softmax", "argmax"])
