@@ -148,11 +148,6 @@ def _helpers(fn: str, shuffle_xor: str, names: dict[str, str], extra: dict[str, 
     return _freeze(out)
 
 
-# A float max or min that propagates NaN is one instruction from sm_80 (PTX max.NaN.f32), where
-# the shared comparison takes three: H200, kernels alone (benchmarks/results/
-# ce_nanmax_h200_session10.json), bf16 cross-entropy forward 3011 -> 3336 GB/s at 32768x4096,
-# 2432 -> 2726 at 4096x16384, its backward 3076 -> 3391 and 2979 -> 3185; float32 softmax and
-# log-softmax over 16384 2%; the others level.
 # The exponential of a value that cannot exceed 0 (Ops.EXP_SHIFTED): __expf's ex2.approx of
 # x * log2(e), but flushing results below 2^-126 to zero (.ftz), as Metal's fast::exp does. MLX
 # compiles without --use_fast_math, where __expf's ex2.approx keeps subnormal results at the
@@ -167,6 +162,11 @@ _CUDA_FAST_EXP = {
                    "}"),
 }
 
+# A float max or min that propagates NaN is one instruction from sm_80 (PTX max.NaN.f32), where
+# the shared comparison takes three: H200, kernels alone (benchmarks/results/
+# ce_nanmax_h200_session10.json), bf16 cross-entropy forward 3011 -> 3336 GB/s at 32768x4096,
+# 2432 -> 2726 at 4096x16384, its backward 3076 -> 3391 and 2979 -> 3185; float32 softmax and
+# log-softmax over 16384 2%; the others level.
 _CUDA_NAN_MINMAX = {
     f"mt_{op}": ("#if __CUDA_ARCH__ >= 800\n"
                  f"__device__ __forceinline__ float mt_{op}(float a, float b) {{\n"

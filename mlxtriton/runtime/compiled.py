@@ -449,13 +449,11 @@ class Compiled:
         # Runs while mx.compile traces a new shape signature, which only calls no transformation
         # sees replay: the bare kernels (`_tracing`). Under grad / vmap / an outer compile MLX
         # calls it with tracers on every call: the kernels inside their derivative rules.
-        *flat, probe = flat
-        key = (_default_device().type, tuple([(a.shape, a.dtype) for a in flat]))
+        key = (_default_device().type, tuple([(a.shape, a.dtype) for a in flat[:-1]]))
         entry = self._plain_calls.get(key)
         if entry is None:
             raise _Unbuilt  # MLX drops the failed trace; __call__ builds and calls again
-        body, plain = entry
-        return (plain if _tracing(probe) else body)(*flat)
+        return _choosing(*entry)(*flat)  # the probe last
 
     def _call(self, args, kwargs):
         args = self._call_args(args)
