@@ -13,7 +13,10 @@ mlxtriton wraps each launch so that grad works) show what that wrapper costs per
 On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch.launcher`, one
 ``mx.fast.*_kernel`` call) and under ``mx.compile``: what MLX's custom-kernel path itself costs,
 which no code of ours adds to; then inside an ``mx.custom_function``, and with its input through
-``mx.stop_gradient`` as well: what each piece mlxtriton adds around the launch costs.
+``mx.stop_gradient`` as well: what each piece mlxtriton adds around the launch costs when a
+transformation traces the call. Since session 10 a call no transformation sees replays the bare
+launch (runtime/compiled._tracing), so `mlxtriton.optimize(softmax)` should sit with the bare
+launch under ``mx.compile`` plus the dispatch.
 Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.json
 """
 
