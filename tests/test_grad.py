@@ -626,6 +626,20 @@ def test_rows_in_registers_save_a_logsumexp(family, dtype, saves, monkeypatch):
     assert bool(saving) == saves
 
 
+@pytest.mark.parametrize("switch,family,saves", [(False, "log_softmax", False), (True, "softmax", True)])
+def test_the_saving_switch_overrides_the_rule(switch, family, saves, monkeypatch):
+    """`SAVE_RESIDENT_STATISTICS` (what benchmarks set to measure the rule's choices): False keeps
+    even a log-softmax from saving, True makes even a softmax save; gradients right either way."""
+    monkeypatch.setattr(compiled_module, "SAVE_RESIDENT_STATISTICS", switch)
+    saving = []
+    real = compiled_module.differentiable_saving
+    monkeypatch.setattr(compiled_module, "differentiable_saving",
+                        lambda *a: saving.append(1) or real(*a))
+    fn, spec = FAMILIES[family]
+    _fused_backward_matches_float32_oracle(fn, _arguments(spec, 4, 300, mx.float32), mx.float32)
+    assert bool(saving) == saves
+
+
 def test_an_output_computed_twice_gets_both_cotangents():
     """CSE makes two equal results one var; MLX's vjp of a function returning one array twice
     would use only the last cotangent, so the runtime returns a copy for the second."""
