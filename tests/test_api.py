@@ -164,11 +164,11 @@ def test_repeated_calls_run_mlx_s_cached_graph_without_python_of_ours():
 
 def _spy_on_dispatch(f) -> list[str]:
     """Which of each dispatch entry's two bodies runs ("body": kernels inside their derivative
-    rules, "plain": bare), appended to the list returned."""
+    rules, "bare": kernels bare), appended to the list returned."""
     calls: list[str] = []
-    for key, (body, plain) in list(f._plain_calls.items()):
+    for key, (body, bare) in list(f._plain_calls.items()):
         f._plain_calls[key] = (lambda *a, run=body: calls.append("body") or run(*a),
-                               lambda *a, run=plain: calls.append("plain") or run(*a))
+                               lambda *a, run=bare: calls.append("bare") or run(*a))
     return calls
 
 
@@ -183,11 +183,11 @@ def test_only_calls_no_transformation_sees_trace_the_bare_kernels(monkeypatch):
     f._dispatch = f._new_dispatch()  # MLX traces the signature again
     for _ in range(3):
         _close(f(x, w), rms_gate(x, w))
-    assert calls == ["plain"]  # traced once, then replayed without Python of ours
+    assert calls == ["bare"]  # traced once, then replayed without Python of ours
     _close(mx.grad(lambda x: f(x, w).sum())(x), mx.grad(lambda x: rms_gate(x, w).sum())(x))
     _close(mx.jvp(lambda x: f(x, w), [x], [x])[1], mx.jvp(lambda x: rms_gate(x, w), [x], [x])[1])
     _close(mx.compile(lambda x: f(x, w))(x), rms_gate(x, w))
-    assert calls == ["plain", "body", "body", "body"]
+    assert calls == ["bare", "body", "body", "body"]
     mx.disable_compile()
     try:
         _close(f(x, w), rms_gate(x, w))
@@ -203,8 +203,8 @@ def test_only_calls_no_transformation_sees_trace_the_bare_kernels(monkeypatch):
     assert traced == [True, False]
 
 
-def test_plain_bodies_launch_kernels_bare(monkeypatch):
-    # a launching executable's plain body calls each kernel bare; its body goes through the
+def test_bare_bodies_launch_kernels_bare(monkeypatch):
+    # a launching executable's bare body calls each kernel bare; its body goes through the
     # kernel's derivative rules (stand-ins here for the launch and for runtime/autodiff)
     from mlxtriton.codegen.lowering import kernel_target
     from mlxtriton.graph import dtypes
@@ -226,8 +226,8 @@ def test_plain_bodies_launch_kernels_bare(monkeypatch):
     graph = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1), chip="h200").graph(x)
     target, dialect = kernel_target("h200", None, "cuda")
     ex = compiled_module._Executable(graph, True, target, dialect)
-    assert ex.plain_body is not ex.body
-    ex.plain_body(x)
+    assert ex.bare_body is not ex.body
+    ex.bare_body(x)
     assert len(launched) == 1 and not wrapped
     ex.body(x)
     assert len(launched) == 2 and wrapped == [1]

@@ -162,7 +162,7 @@ def _tracing(probe: mx.array) -> bool:
     trace only for such inputs; with any tracer among them (grad, vjp, jvp, vmap, an outer
     mx.compile's trace) or with compilation disabled it calls the function itself, every time.
     A trace therefore serves only calls that no transformation sees, which need no derivative
-    rules: there the bare kernel launches are traced (`_Executable.plain_body`). MLX's tracer
+    rules: there the bare kernel launches are traced (`_Executable.bare_body`). MLX's tracer
     for the probe has no value, and reading it raises; the probe itself is always readable.
     """
     try:
@@ -172,13 +172,13 @@ def _tracing(probe: mx.array) -> bool:
     return False
 
 
-def _choosing(body: Callable, plain: Callable) -> Callable:
-    """``plain`` while our own mx.compile traces the call, ``body`` otherwise (`_tracing`); the
+def _choosing(body: Callable, bare: Callable) -> Callable:
+    """``bare`` while our own mx.compile traces the call, ``body`` otherwise (`_tracing`); the
     caller passes `_PROBE` after the arrays."""
 
     def traced(*flat):
         *flat, probe = flat
-        return (plain if _tracing(probe) else body)(*flat)
+        return (bare if _tracing(probe) else body)(*flat)
 
     return traced
 
@@ -187,14 +187,14 @@ class _Executable:
     """One cache entry: the optimised graph made runnable for one device.
 
     ``body`` launches each kernel inside its derivative rules (what a transformation traces);
-    ``plain_body`` launches the kernels bare, and a region whose forward would save statistics
+    ``bare_body`` launches the kernels bare, and a region whose forward would save statistics
     for its backward without them: what MLX's trace of a call no transformation sees replays.
     ``run`` is the two under one ``mx.compile``, each where it belongs."""
 
     def __init__(self, graph: Graph, launch: bool, target: hw.Target, dialect: str | None):
         self.graph = graph
         steps: list[Step] = []
-        plain_steps: list[Step] = []
+        bare_steps: list[Step] = []
         self.fallbacks: list[tuple[str, str]] = []  # regions run as MLX ops, and why
         for e in graph.eqns:
             if is_fused(e) and launch:
@@ -205,7 +205,7 @@ class _Executable:
                     # (a @kernel function raises instead: Compiled._build checks.)
                     self.fallbacks.append((e.params["name"], str(err)))
                     steps.append((_mlx_step(e), e.inputs, e.outputs))
-                    plain_steps.append(steps[-1])
+                    bare_steps.append(steps[-1])
                     continue
                 bare = launcher(kernel, extra)
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
@@ -219,10 +219,10 @@ class _Executable:
                     launch_region = differentiable(detached(bare), body_of(e),
                                                    target.chip if generated else None)
                 steps.append((launch_region, e.inputs, e.outputs))
-                plain_steps.append((bare, e.inputs, e.outputs))
+                bare_steps.append((bare, e.inputs, e.outputs))
             else:
                 steps.append((_mlx_step(e), e.inputs, e.outputs))
-                plain_steps.append(steps[-1])
+                bare_steps.append(steps[-1])
         run = _runner(graph, steps)
         # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
@@ -230,9 +230,9 @@ class _Executable:
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
         self.traceable = not (launch and interpreting())
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
-        self.plain_body = _runner(graph, plain_steps) if launch else run
+        self.bare_body = _runner(graph, bare_steps) if launch else run
         if self.traceable:
-            compiled = mx.compile(_choosing(self.body, self.plain_body))
+            compiled = mx.compile(_choosing(self.body, self.bare_body))
             self.run = lambda *flat: compiled(*flat, _PROBE)
         else:
             self.run = run
@@ -286,11 +286,12 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
         return None
     body = body_of(e)
     resident = row_fits_on_chip(kernel, target)
-    if resident and (kernel.kernel.arg.kind != "row" or SAVE_RESIDENT_STATISTICS is False or not (
-            SAVE_RESIDENT_STATISTICS or "LogSumExp" in body.primitive_counts())):
+    switch = SAVE_RESIDENT_STATISTICS
+    if resident and (kernel.kernel.arg.kind != "row" or switch is False or (
+            switch is None and "LogSumExp" not in body.primitive_counts())):
         return None
     plan = saved_statistics(body, kernel.kernel.arg.rows)
-    if plan is None or (resident and not _resident_saves_statistics(plan)):
+    if plan is None or (resident and not (switch or _resident_saves_statistics(plan))):
         return None
     forward = kernel, constants
     if plan.count:
@@ -305,7 +306,8 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
 
 
 def _resident_saves_statistics(plan: SavedStatistics) -> bool:
-    """Whether a region whose rows stay in registers saves its statistics (`_saving_statistics`).
+    """Whether a region whose rows stay in registers and computes a logsumexp saves its
+    statistics (`_saving_statistics`, where `SAVE_RESIDENT_STATISTICS` overrides this rule).
     Measured forward and backward together on the H200 (benchmarks/results/
     backward_rows_h200_session8_resident.json, GB/s, recomputing -> saving): log-softmax f32
     2345 -> 3256 at 32768x4096, 2264 -> 2880 at 4096x16384; bf16 2215 -> 2796, 1847 -> 2591;
@@ -318,8 +320,6 @@ def _resident_saves_statistics(plan: SavedStatistics) -> bool:
     backward 2118 -> 2400 at 32768x4096 and 1981 -> 2176 at 4096x16384, the gradients alone
     2123 -> 3511 and 1938 -> 3039 (they no longer run the saving forward); log-softmax still
     saves (bf16 2955 -> 2262 recomputing)."""
-    if SAVE_RESIDENT_STATISTICS is not None:
-        return SAVE_RESIDENT_STATISTICS
     return any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
 
 
@@ -410,7 +410,7 @@ class Compiled:
         # `_dispatch_body`: MLX's own cache (keyed on the default device and the inputs' shapes
         # and dtypes, in C++) finds the traced graph, so a repeated call runs no Python of ours
         # beyond __call__. `_plain_calls` is what the body looks up while MLX traces it.
-        self._plain_calls: dict[tuple, tuple[Callable, Callable]] = {}  # (body, plain)
+        self._plain_calls: dict[tuple, tuple[Callable, Callable]] = {}  # (body, bare body)
         self._dispatch = self._new_dispatch() if self._plain and not interpreting() else None
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
@@ -477,7 +477,7 @@ class Compiled:
             else:
                 plain_key = (device.type, tuple([(a.shape, a.dtype) for a in args]))
                 self._plain_calls[plain_key] = (structured,
-                                                _structured(executable.plain_body, out_tree))
+                                                _structured(executable.bare_body, out_tree))
                 return self._dispatch(*args, _PROBE)
         return pytree.unflatten(out_tree, executable.run(*leaves))
 
