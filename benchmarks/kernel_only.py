@@ -128,7 +128,11 @@ class Driver:
             if rc != 0:
                 raise RuntimeError(f"cuLaunchKernel failed with {rc}")
 
-        launch._keep = (ptrs, params)  # the argument memory must outlive the launches
+        # The tensors must outlive the launches, not only their pointers: a tensor freed here
+        # returns its memory to PyTorch's cache, the next allocation (do_bench's L2 flush
+        # buffer, a result) reuses it, and a cross-entropy's labels read from it point anywhere
+        # (the illegal memory access seen in sessions 10 and 11 at bf16 32768x1024).
+        launch._keep = (tensors, ptrs, params)
         return launch
 
     def bind(self, k, inputs: list) -> tuple:
