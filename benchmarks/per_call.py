@@ -4,7 +4,8 @@ Method: pipelined timing (as benchmarks/row_kernels.py `time_mlx`): 1000 queued 
 one synchronise; the variants' runs interleaved (run r of every variant, then run r + 1), so a
 drift of the machine's speed during the benchmark falls on all of them alike; per variant the
 median of ``--runs`` runs, and the median over runs of its ratio to ``mx.softmax`` in the same
-round. Input 8 x 64 float32, so the figure is launch and host overhead.
+round. Input 8 x 64 float32, so the figure is launch and host overhead. "host alone" times the
+calls without evaluating anything: the Python and graph building each call costs the host.
 Native MLX ops differ among themselves (``mx.softmax`` is among the cheapest: one primitive, no
 scalar operand), so several are timed, and each variant's ratio to their median in the same round
 is reported too.
@@ -26,6 +27,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import mlx.core as mx
 
@@ -54,6 +56,8 @@ def main() -> None:
     ap.add_argument("--out", default="per_call.json")
     ap.add_argument("--reps", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--only", default="", help="comma-separated substrings: time only the variants "
+                    "(besides the native ops) whose names hold one")
     opts = ap.parse_args()
     small = mx.random.normal((8, 64))
     mx.eval(small)
@@ -98,7 +102,23 @@ def main() -> None:
         detached.vjp(lambda primals, cotangent, output: (cotangent,))
         variants["mx.compile(custom_function(launch of stop_gradient(x)))"] = mx.compile(
             lambda x: detached(x))
+        # what optimize's dispatch passes besides the arrays: the probe (runtime/compiled._PROBE)
+        from mlxtriton.runtime.compiled import _PROBE
+
+        probed = mx.compile(lambda x, probe: raw(x)[0])
+        variants["mx.compile(raw launch) with the probe"] = lambda x: probed(x, _PROBE)
+    if opts.only:
+        keep = opts.only.split(",")
+        variants = {n: f for n, f in variants.items() if n in natives or any(k in n for k in keep)}
     rounds = interleaved(variants, (small,), reps=opts.reps, runs=opts.runs)
+    # The host's share: the calls alone, nothing evaluated (the outputs are dropped unevaluated)
+    host = {name: [] for name in variants}
+    for _ in range(opts.runs):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(opts.reps):
+                fn(small)
+            host[name].append((time.perf_counter() - t0) / opts.reps)
     per_call = {name: 1e6 * statistics.median(t) for name, t in rounds.items()}
     ratio = {name: statistics.median(a / b for a, b in zip(t, rounds["mx.softmax"]))
              for name, t in rounds.items()}
@@ -107,7 +127,8 @@ def main() -> None:
                     for name, t in rounds.items()}
     for name in variants:
         print(f"{name:42s} {per_call[name]:6.2f} us  {ratio[name]:.3f}x mx.softmax  "
-              f"{ratio_native[name]:.3f}x native median", flush=True)
+              f"{ratio_native[name]:.3f}x native median  host alone "
+              f"{1e6 * statistics.median(host[name]):5.2f} us", flush=True)
     result, save = results_file("per_call", __doc__, opts.out)
     result["per_call_us"] = per_call
     result["ratio_to_mx_softmax"] = ratio
@@ -115,6 +136,7 @@ def main() -> None:
     result["native_median_us"] = 1e6 * statistics.median(native)
     result["ratio_to_native_median"] = ratio_native
     result["runs_us"] = {name: [1e6 * x for x in t] for name, t in rounds.items()}
+    result["host_alone_us"] = {name: 1e6 * statistics.median(t) for name, t in host.items()}
     save()
 
 
