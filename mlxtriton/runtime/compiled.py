@@ -355,6 +355,12 @@ class _Unbuilt(Exception):
     """Raised inside the dispatch's trace for arguments no cache entry serves yet."""
 
 
+def _plain_key(device_type, arrays) -> tuple:
+    """What `Compiled._plain_calls` is keyed on: the device type and the arrays' shapes and
+    dtypes (what MLX's own compile cache tells signatures apart by)."""
+    return device_type, tuple([(a.shape, a.dtype) for a in arrays])
+
+
 def _mlx_step(e: Eqn) -> Callable:
     rule = MLX_RULES[e.primitive]
     params = dict(e.params)
@@ -449,8 +455,7 @@ class Compiled:
         # Runs while mx.compile traces a new shape signature, which only calls no transformation
         # sees replay: the bare kernels (`_tracing`). Under grad / vmap / an outer compile MLX
         # calls it with tracers on every call: the kernels inside their derivative rules.
-        key = (_default_device().type, tuple([(a.shape, a.dtype) for a in flat[:-1]]))
-        entry = self._plain_calls.get(key)
+        entry = self._plain_calls.get(_plain_key(_default_device().type, flat[:-1]))
         if entry is None:
             raise _Unbuilt  # MLX drops the failed trace; __call__ builds and calls again
         return _choosing(*entry)(*flat)  # the probe last
@@ -475,9 +480,8 @@ class Compiled:
             if structured is None:
                 self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
             else:
-                plain_key = (device.type, tuple([(a.shape, a.dtype) for a in args]))
-                self._plain_calls[plain_key] = (structured,
-                                                _structured(executable.bare_body, out_tree))
+                self._plain_calls[_plain_key(device.type, args)] = (
+                    structured, _structured(executable.bare_body, out_tree))
                 return self._dispatch(*args, _PROBE)
         return pytree.unflatten(out_tree, executable.run(*leaves))
 
