@@ -184,7 +184,8 @@ def kernel_variants(fn, args, registers: list[tuple[int, int]]):
             p = ScheduleParams.from_hw(target.derive(itemsize, row_length))
             p = p if on_chip else dataclasses.replace(p, keep_resident=False)
             if regs is not None:
-                p = dataclasses.replace(p, resident_registers=regs[0], max_threads_per_group=regs[1],
+                p = dataclasses.replace(p, resident_registers=regs[0], vector_row_share=1,
+                                        max_threads_per_group=regs[1],
                                         kept_registers=max(p.kept_registers, 2 * regs[0]))
             return p
         out.append((label, render(build(region, params), "cuda"), extra))

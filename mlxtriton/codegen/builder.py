@@ -49,6 +49,8 @@ class ScheduleParams:
     pointwise_vector_lanes: int = 4  # the same for pointwise kernels
     short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
+    # a multi-pass row that also reads a vector along the row takes 1 / this of resident_registers
+    vector_row_share: int = 1
     # Registers of row data a thread may hold when the row's threads were capped at
     # max_row_threads below what resident_registers each would need.
     max_resident_registers: int = 16
@@ -86,6 +88,8 @@ class ScheduleParams:
             pointwise_vector_lanes=p.pointwise_vector_width,
             short_row_limit=p.short_row_limit,
             resident_registers=max(1, p.register_bytes_per_thread // 4),
+            vector_row_share=max(1, p.register_bytes_per_thread // p.vector_row_register_bytes)
+            if VECTOR_ROW_SHARE else 1,
             max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
             unbounded_threads=p.unbounded_threads, block_threads_per_core=p.block_threads_per_core,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
@@ -102,6 +106,10 @@ class ScheduleParams:
 # Whether rows too long for registers may be staged in threadgroup memory (benchmarks switch it
 # off to compare with streaming them).
 STAGE_ROWS = True
+# Whether a multi-pass row that also reads a vector along the row takes the chip's smaller share
+# of row data per thread (hw.params.CodegenParams.vector_row_register_bytes); benchmarks switch
+# it off to compare.
+VECTOR_ROW_SHARE = True
 
 
 def chip_params(chip: str = "auto", device: Any = None
@@ -1731,7 +1739,10 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # layer norm and RMS norm x gate measured 2% and 5% below their 256-thread figures (3857
     # against 3945, 3473 against 3645 GB/s, in separate runs).
     itemsize = max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
-    per_thread = max(1, params.resident_registers * 4 // itemsize)
+    registers = params.resident_registers
+    if params.vector_row_share > 1 and not one_pass and _reads_row_vector(elem, space):
+        registers = max(1, registers // params.vector_row_share)  # hw.params._VECTOR_ROW_REGISTER_SHARE
+    per_thread = max(1, registers * 4 // itemsize)
     if L <= params.short_row_limit and -(-vectors // W) * V <= per_thread:
         # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
         return W, params.max_row_threads
@@ -1745,6 +1756,20 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     if one_pass or -(-L // preferred) <= params.max_resident_registers:
         cap = preferred
     return max(W, min(cap, want)), cap
+
+
+def _reads_row_vector(elem: list[UOp], space: _Space) -> bool:
+    """Whether a float load walks along the row but is the same for every row: a norm's weight
+    or bias (not an integer range such as cross-entropy's one-hot column index)."""
+    if space.row_coord is None or space.lane_coord is None:
+        return False
+    for u in elem:
+        if u.op is not Ops.LOAD or not _is_float(u.dtype):
+            continue
+        _, coeffs = space.group_coeffs(u.src[1])
+        if coeffs.get(space.lane_coord, 0) and not coeffs.get(space.row_coord, 0):
+            return True
+    return False
 
 
 def _is_column_walk(elem: list[UOp], space: _Space) -> bool:

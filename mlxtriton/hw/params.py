@@ -65,6 +65,18 @@ _ROW_DATA_REGISTER_SHARE = 2
 # cross-entropy ran 3527 against 3178 at 2048x32768 and 3484 against 3162 at 1536x40960.
 _PREFERRED_ROW_THREADS = 512
 
+# On a GPU whose threadgroup shares one register file, a multi-pass row kernel that also reads a
+# vector along the row (a norm's weight and bias) gives each thread this fraction of the row
+# data a plain row would get: twice the threads, half the elements each. Measured on the H200,
+# kernels alone (benchmarks/results/kernel_only_h200_session12_short.json and the session-4
+# kernel_only_h200.json; GB/s, 16 -> 8 registers of row data): bfloat16 layer norm 3338 -> 3486
+# (32768x1024), 3402 -> 3534 (16384x2048), 3687 -> 3846 (8192x8192), 3628 -> 3764 (4096x16384);
+# bfloat16 RMS norm x gate 3046 -> 3294, 3030 -> 3298, 3290 -> 3446, 3244 -> 3382; float32 RMS
+# norm x gate 3984 -> 4065, 3970 -> 4074, 3511 -> 3911; float32 layer norm level. Softmax and
+# cross-entropy, which read no such vector, lost with it (bfloat16 softmax 32768x4096 4044 ->
+# 3754, cross-entropy 2582 -> 2460).
+_VECTOR_ROW_REGISTER_SHARE = 2
+
 _ITEMSIZES = (1, 2, 4, 8)
 
 # Most lanes of a generated CUDA vector of a pointwise kernel (`mt_vec`; see derive): the widest measured.
@@ -118,6 +130,9 @@ class CodegenParams:
             a bound on them (larger ones declare it: see the CUDA dialect's ``launch_bounds``).
         block_threads_per_core: Threads per core (SM) a kernel walking blocks of rows asks its
             compiler to leave room for, in its launch bound (0: none declared).
+        vector_row_register_bytes: ``register_bytes_per_thread`` for a multi-pass row kernel
+            that also reads a vector along the row (a norm's weight): half on NVIDIA (measured,
+            see ``_VECTOR_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
             left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
             threadgroup shares one register file (NVIDIA), half of what each of
@@ -158,6 +173,7 @@ class CodegenParams:
     rows_per_threadgroup: int
     row_elements_per_thread: int | None
     register_bytes_per_thread: int
+    vector_row_register_bytes: int
     max_row_threads: int
     preferred_row_threads: int
     unbounded_threads: int
@@ -297,9 +313,11 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         max_row_registers = max(registers, min(files) * 4 // max_row_threads // _ROW_DATA_REGISTER_SHARE)
         preferred_row_threads = min(max_row_threads, _PREFERRED_ROW_THREADS)
         unbounded_threads = min(max_threads, min(files) // _UNBOUNDED_THREAD_REGISTERS)
+        vector_row_registers = max(4, registers // _VECTOR_ROW_REGISTER_SHARE)
         block_threads = min(files) // _BLOCK_THREAD_REGISTERS
     else:
         max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
+        vector_row_registers = registers
         block_threads = 0
 
     if row_length is not None and row_length <= short_limit:
@@ -341,6 +359,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         rows_per_threadgroup=rows_per_threadgroup,
         row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
         register_bytes_per_thread=registers,
+        vector_row_register_bytes=vector_row_registers,
         max_row_threads=max_row_threads,
         preferred_row_threads=preferred_row_threads,
         unbounded_threads=unbounded_threads,

@@ -134,6 +134,48 @@ def test_rows_too_long_for_registers_stage_in_threadgroup_memory():
     assert (ce.passes, ce.staged) == (1, ())
 
 
+def test_rows_reading_a_weight_take_half_the_row_data_per_thread_on_nvidia():
+    from mlxtriton import hw
+    from mlxtriton.codegen import builder
+
+    h200, m3 = chip_params("h200"), chip_params("m3")
+    assert hw.derive(hw.profile("h200"), 2).vector_row_register_bytes * 2 == \
+        hw.derive(hw.profile("h200"), 2).register_bytes_per_thread
+    for dtype, shape in (("bfloat16", (64, 2048)), ("bfloat16", (64, 8192)), ("float32", (64, 2048))):
+        plain = build(oracle.softmax(shape=shape, dtype=dtype), h200).arg
+        for region in (oracle.layer_norm(shape=shape, dtype=dtype),
+                       oracle.rms_norm(shape=shape, dtype=dtype, gate=True)):
+            k = build(region, h200)
+            assert k.arg.threads_per_row == 2 * plain.threads_per_row, (dtype, shape, k.arg.describe())
+            assert k.arg.elements_per_thread * 2 == plain.elements_per_thread
+            assert k.arg.on_chip == "registers"
+            # interpreted, the schedule computes what the oracle does
+            inputs = oracle.random_inputs(region)
+            oracle.assert_close(interpret(k, inputs)[0], oracle.evaluate(region, inputs)[0], dtype)
+        # Apple chips keep one share (nothing measured there); switched off, NVIDIA does too
+        assert (build(oracle.layer_norm(shape=shape, dtype=dtype), m3).arg.threads_per_row
+                == build(oracle.softmax(shape=shape, dtype=dtype), m3).arg.threads_per_row)
+    # an integer range along the row (cross-entropy's one-hot column index) is no weight
+    R, L = 64, 2048
+    b = RegionBuilder("softmaxminusonehot")
+    x, iota, label = b.input((R, L), "bfloat16", "x"), b.input((L,), "int32", "iota"), b.input((R, 1), "int32", "label")
+    xf = b.op("AsType", x, dtype="float32")
+    e = b.op("Exp", b.op("Subtract", xf, b.op("Broadcast", b.op("Reduce", xf, kind="max", axes=(1,), keepdims=True), shape=(R, L))))
+    p_ = b.op("Divide", e, b.op("Broadcast", b.op("Reduce", e, kind="sum", axes=(1,), keepdims=True), shape=(R, L)))
+    hit = b.op("Equal", b.op("Broadcast", iota, shape=(R, L)), b.op("Broadcast", label, shape=(R, L)))
+    ce = b.build([b.op("AsType", b.op("Subtract", p_, b.op("AsType", hit, dtype="float32")), dtype="bfloat16")])
+    with_rule = build(ce, h200).arg.threads_per_row
+    flag = builder.VECTOR_ROW_SHARE
+    try:  # chip_params reads the switch when a kernel is built
+        builder.VECTOR_ROW_SHARE = False
+        off = chip_params("h200")
+        assert (build(oracle.layer_norm(shape=(64, 2048), dtype="bfloat16"), off).arg.threads_per_row
+                == build(oracle.softmax(shape=(64, 2048), dtype="bfloat16"), off).arg.threads_per_row)
+        assert with_rule == build(ce, off).arg.threads_per_row == 128
+    finally:
+        builder.VECTOR_ROW_SHARE = flag
+
+
 def test_staged_rows_type_check_as_metal():
     import dataclasses
 
