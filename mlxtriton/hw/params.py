@@ -68,7 +68,7 @@ _PREFERRED_ROW_THREADS = 512
 # On a GPU whose threadgroup shares one register file, a multi-pass row kernel that also reads a
 # vector along the row (a norm's weight and bias) gives each thread this fraction of the row
 # data a plain row would get: twice the threads, half the elements each. Measured on the H200,
-# kernels alone (benchmarks/results/kernel_only_h200_session12_short.json and the session-4
+# kernels alone (benchmarks/results/kernel_only_h200_session12_short.json and the earlier
 # kernel_only_h200.json; GB/s, 16 -> 8 registers of row data): bfloat16 layer norm 3338 -> 3486
 # (32768x1024), 3402 -> 3534 (16384x2048), 3687 -> 3846 (8192x8192), 3628 -> 3764 (4096x16384);
 # bfloat16 RMS norm x gate 3046 -> 3294, 3030 -> 3298, 3290 -> 3446, 3244 -> 3382; float32 RMS
