@@ -210,7 +210,7 @@ class _Executable:
                 bare = launcher(kernel, extra)
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
-                launch_region = _saving_statistics(e, kernel, extra, target, dialect)
+                launch_region = _saving_statistics(e, kernel, bare, target, dialect)
                 if launch_region is None:
                     # A pointwise region's backward is pointwise: mx.compile of MLX's VJP fuses it
                     # as well as a generated kernel would, and inside a compiled training step
@@ -270,7 +270,7 @@ def _executable(optimized: Graph, chip: Any, device) -> _Executable:
     return _Executable(optimized, launch, ktarget, dialect)
 
 
-def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: hw.Target,
+def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw.Target,
                        dialect: str) -> Callable | None:
     """A differentiable launch of a row region whose forward saves its row statistics for a
     generated backward (runtime/autodiff.SavedStatistics), or None where that does not pay.
@@ -293,16 +293,16 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, constants: tuple, target: 
     plan = saved_statistics(body, kernel.kernel.arg.rows)
     if plan is None or (resident and not (switch or _resident_saves_statistics(plan))):
         return None
-    forward = kernel, constants
+    forward = bare  # the region's own launch, where no statistic is appended
     if plan.count:
         extra_outputs = plan.forward.outputs[len(body.outputs):]
         saving = Eqn(e.primitive, e.inputs, (*e.outputs, *(Var(v.shape, v.dtype) for v in extra_outputs)),
                      e.params.set(body=plan.forward))
         try:
-            forward = lower_fused(saving, target, dialect)
+            forward = launcher(*lower_fused(saving, target, dialect))
         except RegionError:
             return None
-    return differentiable_saving(detached(launcher(*forward)), body, plan, target.chip)
+    return differentiable_saving(detached(forward), body, plan, target.chip)
 
 
 def _resident_saves_statistics(plan: SavedStatistics) -> bool:
