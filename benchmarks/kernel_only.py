@@ -11,7 +11,8 @@ with NVRTC, launches it through the CUDA driver API on PyTorch tensors, checks i
 against ``mlxtriton.optimize(fn)`` run by MLX on the same data, and times it with the same
 ``do_bench`` as Triton. Variants rebuild the kernel with other schedule numbers through the
 real code generator (``resident_registers``: how many 32-bit registers of row data a thread
-holds, which sets threads per row) to measure what the schedule chooser should pick.
+holds, which sets threads per row; a variant gives every row that share, a row reading a weight
+vector too) to measure what the schedule chooser should pick.
 The Triton kernel is also timed pipelined in PyTorch (launches queued back to back, one
 synchronize), the method row_kernels.py uses for MLX.
 
