@@ -110,6 +110,15 @@ STAGE_ROWS = True
 # of row data per thread (hw.params.CodegenParams.vector_row_register_bytes); benchmarks switch
 # it off to compare.
 VECTOR_ROW_SHARE = True
+# Whether such a row of a half type also takes more than preferred_row_threads when half its
+# elements per thread would miss their registers (bf16 rows of 8193-16384 then take 1024 threads
+# of 16 elements, not 512 of 32). H200 through MLX, 4096 x 16384, in one run with it off
+# (benchmarks/results/row_kernels_h200_session13_past_preferred.json, GB/s off -> on): bf16
+# layer norm 3504 -> 3575, RMS norm 3587 -> 3667, RMS norm x gate 3172 -> 3303 (2.55x
+# mx.compile); the backward level (backward_rows_h200_session13_past_preferred.json). float32
+# rows keep 512 threads: given 1024, layer norm 3832 -> 3650, the gate 3671 -> 3459 (RMS norm
+# 3841 -> 3877). float16 follows bfloat16 (not measured). Benchmarks switch it off to compare.
+VECTOR_ROW_PAST_PREFERRED = True
 
 
 def chip_params(chip: str = "auto", device: Any = None
@@ -1739,9 +1748,10 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # layer norm and RMS norm x gate measured 2% and 5% below their 256-thread figures (3857
     # against 3945, 3473 against 3645 GB/s, in separate runs).
     itemsize = max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
-    registers = params.resident_registers
+    registers, share = params.resident_registers, 1
     if params.vector_row_share > 1 and not one_pass and _reads_row_vector(elem, space):
-        registers = max(1, registers // params.vector_row_share)  # hw.params._VECTOR_ROW_REGISTER_SHARE
+        share = params.vector_row_share  # hw.params._VECTOR_ROW_REGISTER_SHARE
+        registers = max(1, registers // share)
     per_thread = max(1, registers * 4 // itemsize)
     if L <= params.short_row_limit and -(-vectors // W) * V <= per_thread:
         # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
@@ -1749,11 +1759,14 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
     # as its registers may cache; past preferred_row_threads only for a row that misses their
     # registers (max_resident_registers elements each) and is read in several passes.
+    # A half-precision row reading a vector misses them at half the elements
+    # (`VECTOR_ROW_PAST_PREFERRED`).
     want = -(-L // per_thread)
     want = -(-want // W) * W  # whole SIMD-groups
     cap = min(params.max_threads_per_group, params.max_row_threads) // W * W
     preferred = min(cap, params.preferred_row_threads // W * W)
-    if one_pass or -(-L // preferred) <= params.max_resident_registers:
+    held = params.max_resident_registers // (share if VECTOR_ROW_PAST_PREFERRED and itemsize < 4 else 1)
+    if one_pass or -(-L // preferred) <= held:
         cap = preferred
     return max(W, min(cap, want)), cap
 

@@ -176,6 +176,30 @@ def test_rows_reading_a_weight_take_half_the_row_data_per_thread_on_nvidia():
         builder.VECTOR_ROW_SHARE = flag
 
 
+def test_half_rows_reading_a_weight_take_more_than_the_preferred_threads_where_half_misses():
+    from mlxtriton.codegen import builder
+    from mlxtriton.hw import params as hw_params
+
+    h200 = chip_params("h200")
+    preferred = hw_params._PREFERRED_ROW_THREADS  # 512
+    for dtype, widest in (("bfloat16", 2 * preferred), ("float16", 2 * preferred), ("float32", preferred)):
+        region = oracle.rms_norm(shape=(8, 16384), dtype=dtype, gate=True)
+        k = build(region, h200)
+        assert k.arg.threads_per_row == widest, (dtype, k.arg.describe())
+        assert k.arg.on_chip == "registers"
+        if dtype == "bfloat16":  # the wider schedule computes what the oracle does
+            inputs = oracle.random_inputs(region)
+            oracle.assert_close(interpret(k, inputs)[0], oracle.evaluate(region, inputs)[0], dtype)
+    # a row that fits half the registers of the preferred threads keeps them
+    assert build(oracle.layer_norm(shape=(8, 8192), dtype="bfloat16"), h200).arg.threads_per_row == preferred
+    flag = builder.VECTOR_ROW_PAST_PREFERRED
+    try:
+        builder.VECTOR_ROW_PAST_PREFERRED = False
+        assert build(oracle.layer_norm(shape=(8, 16384), dtype="bfloat16"), h200).arg.threads_per_row == preferred
+    finally:
+        builder.VECTOR_ROW_PAST_PREFERRED = flag
+
+
 def test_staged_rows_type_check_as_metal():
     import dataclasses
 
