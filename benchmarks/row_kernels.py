@@ -185,6 +185,9 @@ def main() -> None:
     ap.add_argument("--out", default="row_kernels.json")
     ap.add_argument("--quick", action="store_true", help="fewer sizes (smoke run)")
     family_arguments(ap)
+    ap.add_argument("--flags", default="", help="comma-separated module switches, each a variant "
+                    "mlxtriton/flag:module.ATTR=V (+ joins several) built under it, as "
+                    "benchmarks/backward_rows.py takes them")
     opts = ap.parse_args()
     chosen = set(filter(None, opts.families.split(",")))
     shapes = [(32768, 4096)] + ([] if opts.quick else [(65536, 512), (32768, 1024), (16384, 2048),
@@ -201,6 +204,11 @@ def main() -> None:
         variants = {"eager": composed, "mx.compile": compiled, "mlxtriton": opt}
         if native is not None:
             variants["mlx_native"] = native
+        for flag in filter(None, opts.flags.split(",")):
+            from block_sums import variant  # block_sums imports this module
+            with variant(f"flag:{flag}"):  # kernels are built on the first call
+                variants[f"mlxtriton/flag:{flag}"] = flagged = mlxtriton.optimize(composed)
+                mx.eval(flagged(*args))
         for vname, fn in variants.items():
             t = time_mlx(fn, args)
             row[vname + "_us"] = 1e6 * t
@@ -217,7 +225,9 @@ def main() -> None:
               f"compile {row['mx.compile_gbs']:7.0f} eager {row['eager_gbs']:7.0f} "
               + (f"native {row['mlx_native_gbs']:7.0f} " if native else "")
               + (f"triton {row['triton_gbs']:7.0f} " if row.get("triton_gbs") else "")
-              + f"copy {row['copy_gbs']:7.0f}  x{row['speedup_vs_compile']:.2f} vs compile", flush=True)
+              + f"copy {row['copy_gbs']:7.0f}  x{row['speedup_vs_compile']:.2f} vs compile"
+              + "".join(f"  {v[len('mlxtriton/'):-4]} {row[v]:.0f}" for v in row
+                        if v.startswith("mlxtriton/") and v.endswith("_gbs")), flush=True)
         del args, out
     # pointwise chains: at least mx.compile's bandwidth
     for dtype_name in opts.dtypes.split(","):
