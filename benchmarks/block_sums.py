@@ -82,6 +82,9 @@ def variant(name: str):
             module_name, attr = path.rsplit(".", 1)
             module = importlib.import_module(f"mlxtriton.{module_name}")
             current = getattr(module, attr)
+            if isinstance(current, tuple):  # a range or pair: "A:B"
+                put(module, attr, tuple(type(c)(v) for c, v in zip(current, value.split(":"), strict=True)))
+                continue
             # a switch that is None (a rule decides) or a bool takes 0 / 1 as False / True
             kind = bool if current is None or isinstance(current, bool) else type(current)
             put(module, attr, kind(int(value)))

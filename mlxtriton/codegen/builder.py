@@ -119,6 +119,16 @@ VECTOR_ROW_SHARE = True
 # rows keep 512 threads: given 1024, layer norm 3832 -> 3650, the gate 3671 -> 3459 (RMS norm
 # 3841 -> 3877). float16 follows bfloat16 (not measured). Benchmarks switch it off to compare.
 VECTOR_ROW_PAST_PREFERRED = True
+# Row lengths (low, high] over which a row kernel of a half type that writes nothing per
+# element (cross-entropy's forward: it reads the rows, writes one loss each) gives each thread
+# twice the row data (`_reads_half_rows_only`). H200, bf16 cross-entropy kernels alone
+# (benchmarks/results/kernel_only_h200_session13_ce_long.json, 16 -> 32 registers of row data):
+# 4096x16384 2821 -> 3066 GB/s, 32768x4096 3608 -> 3700, 8192x8192 level (3096, 3100); over
+# rows of 2048 it lost (16384x2048 2627 -> 2538, kernel_only_h200_session11_ce_short.json);
+# float32 level or lower, bf16 log-softmax (which writes its rows) level. Through MLX, one run
+# with it off (row_kernels_h200_session13_read_only_rows.json, off -> on): 32768x4096 3686 ->
+# 3915 (2.55x mx.compile), 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354. (0, 0): never.
+READ_ONLY_HALF_ROWS = (2048, 16384)
 
 
 def chip_params(chip: str = "auto", device: Any = None
@@ -1593,6 +1603,9 @@ def build(region: Region,
             V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
             # a kernel the online max-and-sum can read in one pass takes fewer threads per row
             one_pass = _passes(_rewrite_reduces(stores, set())) == 1
+            if _reads_half_rows_only(elem, L):
+                params = replace(params, resident_registers=2 * params.resident_registers,
+                                 kept_registers=max(params.kept_registers, 4 * params.resident_registers))
             T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
             # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
             G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
@@ -1769,6 +1782,16 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     if one_pass or -(-L // preferred) <= held:
         cap = preferred
     return max(W, min(cap, want)), cap
+
+
+def _reads_half_rows_only(elem: list[UOp], L: int) -> bool:
+    """Whether a row kernel of a half type writes nothing per element (a loss: the rows are
+    read, one value per row written) over rows in `READ_ONLY_HALF_ROWS`' range: such a kernel
+    takes twice the row data per thread (half the threads)."""
+    low, high = READ_ONLY_HALF_ROWS
+    if not low < L <= high or any(u.op is Ops.STORE for u in elem):
+        return False
+    return max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4) < 4
 
 
 def _reads_row_vector(elem: list[UOp], space: _Space) -> bool:
