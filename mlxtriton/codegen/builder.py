@@ -127,7 +127,9 @@ VECTOR_ROW_PAST_PREFERRED = True
 # rows of 2048 it lost (16384x2048 2627 -> 2538, kernel_only_h200_session11_ce_short.json);
 # float32 level or lower, bf16 log-softmax (which writes its rows) level. Through MLX, one run
 # with it off (row_kernels_h200_session13_read_only_rows.json, off -> on): 32768x4096 3686 ->
-# 3915 (2.55x mx.compile), 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354. (0, 0): never.
+# 3915 (2.55x mx.compile), 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354. Only over rows
+# enough to fill every core 16 times (all measured shapes; not a split reduction's few hundred
+# segments). (0, 0): never.
 READ_ONLY_HALF_ROWS = (2048, 16384)
 
 
@@ -1603,7 +1605,7 @@ def build(region: Region,
             V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
             # a kernel the online max-and-sum can read in one pass takes fewer threads per row
             one_pass = _passes(_rewrite_reduces(stores, set())) == 1
-            if _reads_half_rows_only(elem, L):
+            if _reads_half_rows_only(elem, R, L, params):
                 params = replace(params, resident_registers=2 * params.resident_registers,
                                  kept_registers=max(params.kept_registers, 4 * params.resident_registers))
             T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
@@ -1784,12 +1786,14 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     return max(W, min(cap, want)), cap
 
 
-def _reads_half_rows_only(elem: list[UOp], L: int) -> bool:
+def _reads_half_rows_only(elem: list[UOp], R: int, L: int, params: ScheduleParams) -> bool:
     """Whether a row kernel of a half type writes nothing per element (a loss: the rows are
     read, one value per row written) over rows in `READ_ONLY_HALF_ROWS`' range: such a kernel
-    takes twice the row data per thread (half the threads)."""
+    takes twice the row data per thread (half the threads). Only where its rows fill every core
+    many times over (16 rows a core): a split reduction's first level, a few hundred segments,
+    would leave the cores half empty."""
     low, high = READ_ONLY_HALF_ROWS
-    if not low < L <= high or any(u.op is Ops.STORE for u in elem):
+    if not low < L <= high or R < 16 * params.cores or any(u.op is Ops.STORE for u in elem):
         return False
     return max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4) < 4
 

@@ -201,13 +201,16 @@ def test_half_rows_reading_a_weight_take_more_than_the_preferred_threads_where_h
 
 
 def test_half_rows_a_kernel_only_reads_take_twice_the_row_data_per_thread():
+    import dataclasses
+
     from mlxtriton.codegen import builder
 
     h200 = chip_params("h200")
+    R = 16 * h200(2, 4096).cores  # rows enough to fill every core many times over
     for L in (2048, 4096, 16384):
-        ce = build(oracle.cross_entropy_mlx(shape=(8, L), dtype="bfloat16"), h200).arg
-        lse = build(oracle.cross_entropy_mlx(shape=(8, L), dtype="float32"), h200).arg
-        writes = build(oracle.softmax(shape=(8, L), dtype="bfloat16"), h200).arg
+        ce = build(oracle.cross_entropy_mlx(shape=(R, L), dtype="bfloat16"), h200).arg
+        lse = build(oracle.cross_entropy_mlx(shape=(R, L), dtype="float32"), h200).arg
+        writes = build(oracle.softmax(shape=(R, L), dtype="bfloat16"), h200).arg
         assert ce.on_chip == "registers", ce.describe()
         if L == 2048:  # below the measured range: as any row
             assert ce.elements_per_thread == writes.elements_per_thread
@@ -215,14 +218,20 @@ def test_half_rows_a_kernel_only_reads_take_twice_the_row_data_per_thread():
             assert ce.elements_per_thread == 2 * writes.elements_per_thread, ce.describe()
             assert ce.threads_per_row * 2 == writes.threads_per_row
         assert lse.threads_per_row >= writes.threads_per_row  # float32 keeps its share
-    region = oracle.cross_entropy_mlx(shape=(4, 4096), dtype="bfloat16")
-    k = build(region, h200)
+    # few rows (a split reduction's first level) keep their threads
+    few = build(oracle.cross_entropy_mlx(shape=(256, 4096), dtype="bfloat16"), h200).arg
+    assert few.threads_per_row == build(oracle.softmax(shape=(256, 4096), dtype="bfloat16"), h200).arg.threads_per_row
+    # the wider share computes what the oracle does (one core, so that 16 rows qualify)
+    one_core = lambda itemsize, L: dataclasses.replace(h200(itemsize, L), cores=1)  # noqa: E731
+    region = oracle.cross_entropy_mlx(shape=(16, 4096), dtype="bfloat16")
+    k = build(region, one_core)
+    assert k.arg.elements_per_thread == 2 * build(oracle.softmax(shape=(16, 4096), dtype="bfloat16"), one_core).arg.elements_per_thread
     inputs = oracle.random_inputs(region)
     oracle.assert_close(interpret(k, inputs)[0], oracle.evaluate(region, inputs)[0], "bfloat16")
     flag = builder.READ_ONLY_HALF_ROWS
     try:
         builder.READ_ONLY_HALF_ROWS = (0, 0)
-        assert build(region, h200).arg.threads_per_row == 2 * k.arg.threads_per_row
+        assert build(region, one_core).arg.threads_per_row == 2 * k.arg.threads_per_row
     finally:
         builder.READ_ONLY_HALF_ROWS = flag
 
