@@ -1579,6 +1579,7 @@ def build(region: Region,
                      *(Input((), ctx.dtypes[v]) for v in region.outputs)]
         itemsize = max((_dtypes.itemsize(i.dtype) for i in sized), default=4)
         params = params(itemsize, L if ctx.is_row else None)
+    chosen = params  # what a rebuild with other numbers starts from (rules below apply once)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(_emit_stores(ctx)), None),
                                   _ALGEBRA).src)
     space = _index_space(ctx, stores)
@@ -1668,7 +1669,7 @@ def build(region: Region,
                 and _held_registers(stores, resident, chunk_regs) > 2 * params.max_resident_registers):
             # more held between passes than two threadgroups of preferred_row_threads leave a
             # thread: twice the threads, each holding half
-            return build(region, replace(params, preferred_row_threads=2 * T))
+            return build(region, replace(chosen, preferred_row_threads=2 * T))
     sums_bytes = len(ctx.blocks) * T * G * C * V * 4  # float32 block sums, one per element
     shared_sums = bool(ctx.blocks) and sums_bytes <= staging and _sums_in_threadgroup_memory(
         stores, T * G, params)
