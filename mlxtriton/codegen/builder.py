@@ -51,6 +51,9 @@ class ScheduleParams:
     resident_registers: int = 16  # 32-bit registers per thread that may hold row data
     # a multi-pass row that also reads a vector along the row takes 1 / this of resident_registers
     vector_row_share: int = 1
+    # a half-precision row kernel writing nothing per element holds this many times the row data
+    # (over READ_ONLY_HALF_ROWS)
+    read_only_row_share: int = 1
     # Registers of row data a thread may hold when the row's threads were capped at
     # max_row_threads below what resident_registers each would need.
     max_resident_registers: int = 16
@@ -90,6 +93,7 @@ class ScheduleParams:
             resident_registers=max(1, p.register_bytes_per_thread // 4),
             vector_row_share=max(1, p.register_bytes_per_thread // p.vector_row_register_bytes)
             if VECTOR_ROW_SHARE else 1,
+            read_only_row_share=max(1, p.read_only_row_register_bytes // p.register_bytes_per_thread),
             max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
             unbounded_threads=p.unbounded_threads, block_threads_per_core=p.block_threads_per_core,
             max_resident_registers=max(1, p.max_row_register_bytes // 4),
@@ -121,7 +125,8 @@ VECTOR_ROW_SHARE = True
 VECTOR_ROW_PAST_PREFERRED = True
 # Row lengths (low, high] over which a row kernel of a half type that writes nothing per
 # element (cross-entropy's forward: it reads the rows, writes one loss each) gives each thread
-# twice the row data (`_reads_half_rows_only`). H200, bf16 cross-entropy kernels alone
+# `ScheduleParams.read_only_row_share` times the row data (`_reads_half_rows_only`; twice on
+# NVIDIA: hw.params._READ_ONLY_ROW_REGISTER_SHARE, once on Apple). H200, bf16 cross-entropy kernels alone
 # (benchmarks/results/kernel_only_h200_session13_ce_long.json, 16 -> 32 registers of row data):
 # 4096x16384 2821 -> 3066 GB/s, 32768x4096 3608 -> 3700, 8192x8192 level (3096, 3100); over
 # rows of 2048 it lost (16384x2048 2627 -> 2538, kernel_only_h200_session11_ce_short.json);
@@ -1606,9 +1611,10 @@ def build(region: Region,
             V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
             # a kernel the online max-and-sum can read in one pass takes fewer threads per row
             one_pass = _passes(_rewrite_reduces(stores, set())) == 1
-            if _reads_half_rows_only(elem, R, L, params):
-                params = replace(params, resident_registers=2 * params.resident_registers,
-                                 kept_registers=max(params.kept_registers, 4 * params.resident_registers))
+            if params.read_only_row_share > 1 and _reads_half_rows_only(elem, R, L, params):
+                held = params.read_only_row_share * params.resident_registers
+                params = replace(params, resident_registers=held,
+                                 kept_registers=max(params.kept_registers, 2 * held))
             T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
             # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
             G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
@@ -1790,7 +1796,7 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
 def _reads_half_rows_only(elem: list[UOp], R: int, L: int, params: ScheduleParams) -> bool:
     """Whether a row kernel of a half type writes nothing per element (a loss: the rows are
     read, one value per row written) over rows in `READ_ONLY_HALF_ROWS`' range: such a kernel
-    takes twice the row data per thread (half the threads). Only where its rows fill every core
+    takes ``read_only_row_share`` times the row data per thread (fewer threads). Only where its rows fill every core
     many times over (16 rows a core): a split reduction's first level, a few hundred segments,
     would leave the cores half empty."""
     low, high = READ_ONLY_HALF_ROWS

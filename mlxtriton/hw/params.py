@@ -77,6 +77,15 @@ _PREFERRED_ROW_THREADS = 512
 # 3754, cross-entropy 2582 -> 2460).
 _VECTOR_ROW_REGISTER_SHARE = 2
 
+# On such a GPU, a row kernel of a half type that writes nothing per element (cross-entropy's
+# forward: it reads the rows and writes one loss each) may hold this many times the row data a
+# plain row holds per thread, over the row lengths codegen/builder.READ_ONLY_HALF_ROWS gives
+# (half the threads: with no row to write, more of the row in flight per thread keeps the
+# memory busy). Measured on the H200 (benchmarks/results/kernel_only_h200_session13_ce_long.json,
+# row_kernels_h200_session13_read_only_rows.json): bf16 cross-entropy through MLX 32768x4096
+# 3686 -> 3915 GB/s, 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354.
+_READ_ONLY_ROW_REGISTER_SHARE = 2
+
 _ITEMSIZES = (1, 2, 4, 8)
 
 # Most lanes of a generated CUDA vector of a pointwise kernel (`mt_vec`; see derive): the widest measured.
@@ -133,6 +142,9 @@ class CodegenParams:
         vector_row_register_bytes: ``register_bytes_per_thread`` for a multi-pass row kernel
             that also reads a vector along the row (a norm's weight): half on NVIDIA (measured,
             see ``_VECTOR_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
+        read_only_row_register_bytes: ``register_bytes_per_thread`` for a row kernel of a half
+            type that writes nothing per element (a cross-entropy): twice on NVIDIA (measured,
+            see ``_READ_ONLY_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
             left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
             threadgroup shares one register file (NVIDIA), half of what each of
@@ -174,6 +186,7 @@ class CodegenParams:
     row_elements_per_thread: int | None
     register_bytes_per_thread: int
     vector_row_register_bytes: int
+    read_only_row_register_bytes: int
     max_row_threads: int
     preferred_row_threads: int
     unbounded_threads: int
@@ -314,10 +327,11 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         preferred_row_threads = min(max_row_threads, _PREFERRED_ROW_THREADS)
         unbounded_threads = min(max_threads, min(files) // _UNBOUNDED_THREAD_REGISTERS)
         vector_row_registers = max(4, registers // _VECTOR_ROW_REGISTER_SHARE)
+        read_only_row_registers = registers * _READ_ONLY_ROW_REGISTER_SHARE
         block_threads = min(files) // _BLOCK_THREAD_REGISTERS
     else:
         max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
-        vector_row_registers = registers
+        vector_row_registers = read_only_row_registers = registers
         block_threads = 0
 
     if row_length is not None and row_length <= short_limit:
@@ -360,6 +374,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
         register_bytes_per_thread=registers,
         vector_row_register_bytes=vector_row_registers,
+        read_only_row_register_bytes=read_only_row_registers,
         max_row_threads=max_row_threads,
         preferred_row_threads=preferred_row_threads,
         unbounded_threads=unbounded_threads,
