@@ -38,7 +38,7 @@ import numpy as np
 import mlxtriton
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_only import Driver, _to_torch, kernel_variants, pipelined_torch  # noqa: E402
+from kernel_only import Driver, _to_torch, kernel_variants, pipelined_torch, summary  # noqa: E402
 from row_kernels import families, make_args  # noqa: E402
 
 
@@ -176,10 +176,9 @@ def main() -> None:
                 row[f"{label}_maxerr"] = float(np.max(np.abs(out.float().cpu().numpy().reshape(ref.shape) - ref)))
 
             for label, k, extra in kernel_variants(ce, args, registers):
-                tpr = k.kernel.arg.threads_per_row if hasattr(k.kernel.arg, "threads_per_row") else None
                 edits = [(label, k.source)]
                 try:
-                    edits.append((f"{label}_select", select_source(k.source, tpr or int(re.search(r"(\d+) threads/row", k.kernel.arg.describe()).group(1)))))
+                    edits.append((f"{label}_select", select_source(k.source, k.kernel.arg.threads_per_row)))
                 except ValueError as e:
                     row[f"{label}_select_error"] = str(e)
                 edits.append((f"{label}_nogather", nogather_source(k.source)))
@@ -215,9 +214,7 @@ def main() -> None:
             bench(row, "torch_clone", lambda: tx.clone(), 2 * args[0].nbytes, pipelined=True)
             rows_out.append(row)
             save()
-            print(f"{dtype_name:8s} {rows}x{cols}: " + "  ".join(
-                f"{k_.replace('_gbs', '')} {v:.0f}" for k_, v in row.items() if k_.endswith("_gbs"))
-                + "".join(f"  [{k_}: {v}]" for k_, v in row.items() if k_.endswith("_error")), flush=True)
+            print(summary(f"{dtype_name:8s} {rows}x{cols}", row), flush=True)
     print("wrote", opts.out)
 
 

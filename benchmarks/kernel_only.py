@@ -211,6 +211,13 @@ def pipelined_torch(launch, reps=50, runs=5) -> float:
     return statistics.median(samples)
 
 
+def summary(label: str, row: dict) -> str:
+    """One line of a result row: every ``*_gbs`` figure, then every ``*_error``."""
+    return f"{label}: " + "  ".join(
+        f"{k.replace('_gbs', '')} {v:.0f}" for k, v in row.items() if k.endswith("_gbs")) + "".join(
+        f"  [{k}: {v}]" for k, v in row.items() if k.endswith("_error"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="kernel_only.json")
@@ -279,9 +286,7 @@ def main() -> None:
             row["triton_pipelined_gbs"] = triton_softmax_gbs(rows, cols, dtype_name, timer=pipelined_torch)
         rows_out.append(row)
         save()
-        print(f"{name:14s} {dtype_name:8s} {rows}x{cols}: " + "  ".join(
-            f"{k_.replace('_gbs', '')} {v:.0f}" for k_, v in row.items() if k_.endswith("_gbs"))
-            + "".join(f"  [{k_}: {v}]" for k_, v in row.items() if k_.endswith("_error")), flush=True)
+        print(summary(f"{name:14s} {dtype_name:8s} {rows}x{cols}", row), flush=True)
     print("wrote", opts.out)
 
 
