@@ -1769,7 +1769,7 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
     # GB/s, cross-entropy 2342 against 1942 (benchmarks/results/row_variants_h200.json); bf16
     # layer norm and RMS norm x gate measured 2% and 5% below their 256-thread figures (3857
     # against 3945, 3473 against 3645 GB/s, in separate runs).
-    itemsize = max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
+    itemsize = _row_itemsize(elem)
     registers, share = params.resident_registers, 1
     if params.vector_row_share > 1 and not one_pass and _reads_row_vector(elem, space):
         share = params.vector_row_share  # hw.params._VECTOR_ROW_REGISTER_SHARE
@@ -1802,7 +1802,12 @@ def _reads_half_rows_only(elem: list[UOp], R: int, L: int, params: ScheduleParam
     low, high = READ_ONLY_HALF_ROWS
     if not low < L <= high or R < 16 * params.cores or any(u.op is Ops.STORE for u in elem):
         return False
-    return max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4) < 4
+    return _row_itemsize(elem) < 4
+
+
+def _row_itemsize(elem: list[UOp]) -> int:
+    """The widest element a row kernel loads per element (4 when it loads none)."""
+    return max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
 
 
 def _reads_row_vector(elem: list[UOp], space: _Space) -> bool:
