@@ -18,6 +18,7 @@ synchronize), the method row_kernels.py uses for MLX.
 
 Run on the H200: python benchmarks/kernel_only.py --out results.json [--families softmax,...]
 [--dtypes float32,...] [--shapes 32768x4096,...] [--registers 8x1024,32x512,...]
+[--flags codegen.builder.SWITCH=0,...] (a variant built under a module switch)
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def main() -> None:
     family_arguments(ap, shapes="32768x4096,4096x16384")
     ap.add_argument("--registers", default="8x1024,32x1024,16x512,32x512,64x512",
                     help="schedule variants: RESIDENT_REGISTERSxMAX_THREADS,...")
+    ap.add_argument("--flags", default="", help="comma-separated module switches, each a variant "
+                    "flag:module.ATTR=V built under it, as benchmarks/row_kernels.py takes them")
     opts = ap.parse_args()
     import torch
     import triton
@@ -250,6 +253,12 @@ def main() -> None:
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols}
         try:
             variants = kernel_variants(composed, args, registers)
+            for flag in filter(None, opts.flags.split(",")):
+                from block_sums import variant  # block_sums imports row_kernels
+
+                with variant(f"flag:{flag}"):
+                    (_, k, extra), = kernel_variants(composed, args, [])
+                variants.append((f"flag:{flag}", k, extra))
         except Exception as err:  # noqa: BLE001
             row["error"] = f"{type(err).__name__}: {err}"[:300]
             rows_out.append(row)

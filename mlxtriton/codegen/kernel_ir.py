@@ -194,6 +194,8 @@ class Schedule:
     resident: tuple[str, ...] = ()  # inputs held on chip across passes (registers or staged)
     staged: tuple[str, ...] = ()  # of those, inputs held in threadgroup memory
     streamed: tuple[str, ...] = ()  # inputs read again from memory by a later pass
+    # inputs only the write pass reads, loaded into registers during the first pass
+    prefetched: tuple[str, ...] = ()
     kept: int = 0  # computed values kept in registers between passes (KEEP nodes)
     index_dtype: str = "int32"
     # threads per threadgroup declared to the compiler, which then fits their registers in the
@@ -244,6 +246,8 @@ class Schedule:
         in_registers = [n for n in self.resident if n not in self.staged]
         parts = [f"{', '.join(in_registers)} resident in registers"] if in_registers else []
         parts += [f"{', '.join(self.staged)} staged in threadgroup memory"] if self.staged else []
+        parts += ([f"{', '.join(self.prefetched)} loaded in pass 1 for the write pass"]
+                  if self.prefetched else [])
         if parts:
             text += "; on chip: " + ", ".join(parts)
         elif self.on_chip == "stream":

@@ -455,8 +455,9 @@ def _render_row(r: _KernelWriter) -> list[str]:
         elif u.op is Ops.LOAD and u.arg.resident:
             name = r.tmp("mt_r")
             r.resident[u] = name
-            lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].arg.name}, "
-                         f"resident in registers across passes")
+            held = ("loaded in pass 1 for the write pass" if u.src[0].arg.name in s.prefetched
+                    else "resident in registers across passes")
+            lines.append(f"{d.type(u.dtype)} {name}[{C * V}];  // {u.src[0].arg.name}, {held}")
         elif u.op is Ops.KEEP:
             name = r.tmp("mt_k")
             r.resident[u] = name
@@ -477,6 +478,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
     hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and HOIST_BLOCK_LOADS
                and _row_independent(u)]
 
+    prefetched = [u for u in r.resident if u.op is Ops.LOAD and u.src[0].arg.name in s.prefetched]
     by_pass = _reductions_by_pass(r.k)
     n_reduce_passes = max(by_pass, default=-1) + 1
     block_stores = [st for st in _stores(r.k)
@@ -530,10 +532,13 @@ def _render_row(r: _KernelWriter) -> list[str]:
                 continue
             accs[u] = _declare_acc(r, u)
 
-        def body(reduces=reduces, accs=accs):
+        def body(reduces=reduces, accs=accs, first=p == 0):
             for u in reduces:
                 if u in accs:
                     _accumulate(r, u, accs[u])
+            if first:  # issued with the row's loads (hw.params._PREFETCH_STORE_LOADS)
+                for u in prefetched:
+                    r.expr(u, _LANE)
 
         lines.extend(chunk_loop(body))
         _combine_across_threads(r, reduces, accs, aliased)

@@ -86,6 +86,18 @@ _VECTOR_ROW_REGISTER_SHARE = 2
 # 3686 -> 3915 GB/s, 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354.
 _READ_ONLY_ROW_REGISTER_SHARE = 2
 
+# On such a GPU, a row kernel whose rows stay in registers loads an input that only its write
+# pass reads (the gate of RMS norm x SiLU gate) during its first pass, into registers, so that
+# its latency overlaps the row's own loads instead of following the reductions' barriers
+# (codegen/builder.PREFETCH_STORE_LOADS). Measured on the H200, one run with it off
+# (benchmarks/results/kernel_only_h200_session14_prefetch.json, kernels alone, GB/s off -> on):
+# bf16 RMS norm x gate 65536x512 3452 -> 3652, 32768x1024 3351 -> 3507, 16384x2048 3319 ->
+# 3475, 32768x4096 3720 -> 3989, 8192x8192 3453 -> 3708; float32 4096x16384 3722 -> 3922, the
+# others within 1%; through MLX (row_kernels_h200_session14_prefetch.json) bf16 32768x4096 3581
+# -> 3976 (2.95x mx.compile), float32 4096x16384 3668 -> 3849. A threadgroup of 1024 threads
+# (bf16 rows of 16384) lost 13% with it (prefetch_probe_h200_session14.json), so it keeps none.
+_PREFETCH_STORE_LOADS = True
+
 _ITEMSIZES = (1, 2, 4, 8)
 
 # Most lanes of a generated CUDA vector of a pointwise kernel (`mt_vec`; see derive): the widest measured.
@@ -145,6 +157,9 @@ class CodegenParams:
         read_only_row_register_bytes: ``register_bytes_per_thread`` for a row kernel of a half
             type that writes nothing per element (a cross-entropy): twice on NVIDIA (measured,
             see ``_READ_ONLY_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
+        prefetch_store_loads: Whether a row kernel holding its rows in registers loads inputs
+            only its write pass reads during its first pass: on NVIDIA (measured, see
+            ``_PREFETCH_STORE_LOADS``), not elsewhere (not measured).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
             left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
             threadgroup shares one register file (NVIDIA), half of what each of
@@ -187,6 +202,7 @@ class CodegenParams:
     register_bytes_per_thread: int
     vector_row_register_bytes: int
     read_only_row_register_bytes: int
+    prefetch_store_loads: bool
     max_row_threads: int
     preferred_row_threads: int
     unbounded_threads: int
@@ -329,10 +345,12 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         vector_row_registers = max(4, registers // _VECTOR_ROW_REGISTER_SHARE)
         read_only_row_registers = registers * _READ_ONLY_ROW_REGISTER_SHARE
         block_threads = min(files) // _BLOCK_THREAD_REGISTERS
+        prefetch = _PREFETCH_STORE_LOADS
     else:
         max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
         vector_row_registers = read_only_row_registers = registers
         block_threads = 0
+        prefetch = False
 
     if row_length is not None and row_length <= short_limit:
         # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
@@ -375,6 +393,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         register_bytes_per_thread=registers,
         vector_row_register_bytes=vector_row_registers,
         read_only_row_register_bytes=read_only_row_registers,
+        prefetch_store_loads=prefetch,
         max_row_threads=max_row_threads,
         preferred_row_threads=preferred_row_threads,
         unbounded_threads=unbounded_threads,
