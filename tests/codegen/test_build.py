@@ -258,6 +258,15 @@ def test_an_input_only_the_write_pass_reads_is_loaded_in_the_first_pass(L):
     assert "(gate + " in first and "(gate + " not in write  # loaded early, read from registers
     inputs = oracle.random_inputs(region)
     oracle.assert_close(interpret(k, inputs)[0], oracle.evaluate(region, inputs)[0], "bfloat16")
+    # the renderer's shared code serves Metal too, should a chip's numbers ask for it there
+    import dataclasses
+
+    from tests.codegen import metal_check
+
+    on_apple = build(oracle.rms_norm(shape=(8, L), dtype="float16", gate=True),
+                     dataclasses.replace(METAL_PARAMS, prefetch_store_loads=True))
+    assert on_apple.arg.prefetched == ("gate",), on_apple.arg.describe()
+    assert metal_check.check(render(on_apple, "metal")) == []
     # not on Apple (not measured there), not for a weight every row shares (w), not at the
     # widest threadgroup (bf16 rows of 16384: 1024 threads, measured slower), not switched off
     assert build(region, chip_params("m3")).arg.prefetched == ()
