@@ -1399,6 +1399,11 @@ def _held_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp],
     return sum(regs(u) for u in root.toposort if u.op is Ops.KEEP or u in resident)
 
 
+def row_independent(u: UOp) -> bool:
+    """A per-element load whose index does not depend on the row (a norm's weight)."""
+    return not any(x.op is Ops.SPECIAL and x.arg[0] == "row" for x in u.src[1].toposort)
+
+
 def _prefetched(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int],
                 budget: int) -> set[UOp]:
     """Loads of the row (not a weight every row shares) that only the write pass reads, to load
@@ -1422,7 +1427,7 @@ def _prefetched(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int
     held = _held_registers(stores, resident, regs)
     chosen: set[UOp] = set()
     for u in sorted((u for u, p in passes.items() if p == {last} and u not in resident
-                     and any(x.op is Ops.SPECIAL and x.arg[0] == "row" for x in u.src[1].toposort)),
+                     and not row_independent(u)),
                     key=lambda u: u.src[0].arg.slot):
         if held + regs(u) <= budget:
             chosen.add(u)

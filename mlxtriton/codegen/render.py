@@ -476,7 +476,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
         else:
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
     hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and HOIST_BLOCK_LOADS
-               and _row_independent(u)]
+               and _build.row_independent(u)]
 
     prefetched = [u for u in r.resident if u.op is Ops.LOAD and u.src[0].arg.name in s.prefetched]
     by_pass = _reductions_by_pass(r.k)
@@ -599,11 +599,6 @@ def _threadgroup_array(r: _Renderer, dtype: str, name: str, count: int, comment:
                                      offset=r.staging_bytes) + f"  // {comment}")
     r.staging_bytes += -(-count * _dtypes.itemsize(dtype) // 16) * 16
     return out
-
-
-def _row_independent(u: UOp) -> bool:
-    """A per-element load whose index does not depend on the row (a norm's weight)."""
-    return not any(x.op is Ops.SPECIAL and x.arg[0] == "row" for x in u.src[1].toposort)
 
 
 def _identity(r: _Renderer, kind: str, dtype: str) -> str:
