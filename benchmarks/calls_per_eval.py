@@ -20,37 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
+from per_eval import queued  # noqa: E402
 from row_kernels import families, make_args, nbytes, results_file, triton_softmax_gbs  # noqa: E402
 
 import mlxtriton  # noqa: E402
-
-
-def per_call(fn, arg_sets, reps: int = 20, runs: int = 5) -> float:
-    """Seconds per call of ``fn`` over every argument set of ``arg_sets``, all of one round
-    evaluated together, ``reps`` rounds queued, synchronised once; median of ``runs``."""
-    def round_():
-        outs = [fn(*a) for a in arg_sets]
-        mx.async_eval(outs)
-        return outs
-
-    for _ in range(3):
-        mx.eval(round_())
-    samples = []
-    for _ in range(runs):
-        live = []
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            live = live[-2:] + [round_()]
-        mx.synchronize()
-        samples.append((time.perf_counter() - t0) / (reps * len(arg_sets)))
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -76,8 +54,8 @@ def main() -> None:
                 copy = lambda x, *_: x + 0  # noqa: E731
                 for vname, fn, size in (("mlxtriton", opt, moved), ("mx.compile", compiled, moved),
                                         ("copy", copy, 2 * sets[0][0].nbytes)):
-                    row[f"{vname}_1_gbs"] = size / per_call(fn, sets[:1], reps=50) / 1e9
-                    row[f"{vname}_{opts.calls}_gbs"] = size / per_call(fn, sets) / 1e9
+                    row[f"{vname}_1_gbs"] = size / queued(fn, sets[:1], 1)[0] / 1e9
+                    row[f"{vname}_{opts.calls}_gbs"] = size / queued(fn, sets, len(sets), reps=20)[0] / 1e9
                 if name == "softmax":
                     from kernel_only import pipelined_torch  # needs PyTorch and Triton on the device
                     row["triton_gbs"] = triton_softmax_gbs(rows, cols, dtype_name)
