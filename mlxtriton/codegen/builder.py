@@ -1412,7 +1412,7 @@ def _prefetched(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int
     of following the reductions' barriers (hw.params._PREFETCH_STORE_LOADS).
 
     The caller asks only for kernels whose rows all stay in registers and whose threadgroup is
-    below the widest: at 1024 threads (a bf16 RMS norm x gate over rows of 16384) it lost 13%.
+    below the widest: at 1024 threads (a bf16 RMS norm x gate over rows of 16384) it lost 12-13%.
     A weight every row reads stays in the write pass, where it comes from cache: loaded early
     too, bf16 layer norm at 8192x8192 fell 3798 -> 2890 GB/s and the gate 3723 -> 3373, the
     rest within a few percent either way (H200, kernels alone,
@@ -1846,9 +1846,9 @@ def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
 def _reads_half_rows_only(elem: list[UOp], R: int, L: int, params: ScheduleParams) -> bool:
     """Whether a row kernel of a half type writes nothing per element (a loss: the rows are
     read, one value per row written) over rows in `READ_ONLY_HALF_ROWS`' range: such a kernel
-    takes ``read_only_row_share`` times the row data per thread (fewer threads). Only where its rows fill every core
-    many times over (16 rows a core): a split reduction's first level, a few hundred segments,
-    would leave the cores half empty."""
+    takes ``read_only_row_share`` times the row data per thread (fewer threads). Only where its
+    rows fill every core many times over (16 rows a core): a split reduction's first level, a few
+    hundred segments, would leave the cores half empty."""
     low, high = READ_ONLY_HALF_ROWS
     if not low < L <= high or R < 16 * params.cores or any(u.op is Ops.STORE for u in elem):
         return False

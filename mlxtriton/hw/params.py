@@ -95,7 +95,8 @@ _READ_ONLY_ROW_REGISTER_SHARE = 2
 # 3475, 32768x4096 3720 -> 3989, 8192x8192 3453 -> 3708; float32 4096x16384 3722 -> 3922, the
 # others within 1%; through MLX (row_kernels_h200_session14_prefetch.json) bf16 32768x4096 3581
 # -> 3976 (2.95x mx.compile), float32 4096x16384 3668 -> 3849. A threadgroup of 1024 threads
-# (bf16 rows of 16384) lost 13% with it (prefetch_probe_h200_session14.json), so it keeps none.
+# (bf16 rows of 16384) lost 12-13% with it (benchmarks/prefetch_probe.py,
+# prefetch_probe_h200_session14.json), so it keeps none.
 # Mixed: float32 4096x16384 eight calls per evaluation 3913 -> 3720
 # (calls_per_eval_h200_session13_all.json -> calls_per_eval_h200_session14_gate.json), where
 # one per evaluation gained 3676 -> 3851; bf16 gained both ways.
