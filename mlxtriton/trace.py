@@ -7,15 +7,18 @@ May import mlx and mlxtriton.graph only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import mlx.core as mx
 
+from mlxtriton import state as state_lib
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
 from mlxtriton.graph.primitives import get as get_primitive
@@ -48,20 +51,36 @@ def _normalize_static(fn, static_argnums, static_argnames) -> tuple[tuple[int, .
     return nums, names
 
 
-def _arguments_tree(args, kwargs, static_argnums, static_argnames):
-    """The (args, kwargs) pytree with declared-static arguments wrapped as static leaves."""
+def _arguments_tree(args, kwargs, static_argnums, static_argnames, objects: list | None = None):
+    """The (args, kwargs) pytree with declared-static arguments wrapped as static leaves. An
+    argument object holding state (a cache, a module) becomes an `ObjectRef` and is appended to
+    ``objects`` with its path, where given (else it is a `PyTreeError`)."""
     n = len(args)
     nums = {i % n if n else i for i in static_argnums if -n <= i < n}
     leaves: list[mx.array] = []
     args_trees, kwargs_trees = [], []
+    on_object = None
+    if objects is not None:
+        def on_object(obj, path):
+            for i, (o, _) in enumerate(objects):
+                if o is obj:
+                    return pytree.ObjectRef(i)
+            if not state_lib.is_state_object(obj):
+                raise pytree.PyTreeError(
+                    f"{path} is {pytree.describe(obj)}: neither an mx.array, a container of arrays, "
+                    "a Python scalar nor an object holding arrays in its attributes; declare it "
+                    "static (static_argnums/static_argnames) to make it part of the cache key")
+            objects.append((obj, path))
+            return pytree.ObjectRef(len(objects) - 1)
     for i, a in enumerate(args):
-        arg_leaves, t = pytree.flatten(pytree.Static(a) if i in nums else a, path=f"argument {i}")
+        arg_leaves, t = pytree.flatten(pytree.Static(a) if i in nums else a, path=f"argument {i}",
+                                       on_object=on_object)
         leaves += arg_leaves
         args_trees.append(t)
     for k, v in kwargs.items():
         arg_leaves, t = pytree.flatten(
-            pytree.Static(v) if k in static_argnames else v, path=f"keyword argument {k!r}"
-        )
+            pytree.Static(v) if k in static_argnames else v, path=f"argument {k!r}",
+            on_object=on_object)
         leaves += arg_leaves
         kwargs_trees.append(t)
     tree = pytree.Node(tuple, None, (
@@ -176,6 +195,10 @@ class _GraphBuilder:
         outputs = entry["outputs"]
         arguments = entry["arguments"]
         name = entry["name"]
+        if name == "Depends" and _is_stop_marker(entry):
+            v = self.use(entry["inputs"][0][0])
+            self.eqns.append(Eqn.trusted("StopGradient", (v,), (self.new(*outputs[0]),), Params()))
+            return
         needs_outputs = self.needs_outputs.get(name)
         if needs_outputs is None:
             prim = get_primitive(name)  # raises UnsupportedPrimitiveError naming it
@@ -203,6 +226,71 @@ class _GraphBuilder:
         return Graph(self.inputs, tuple(self.eqns), outputs, tuple(self.constants), in_tree, out_tree)
 
 
+# ---- while a trace runs --------------------------------------------------------------------
+# MLX's exporter records neither StopGradient (it is dropped) nor Contiguous (no exportable
+# state). While a thread traces, mx.stop_gradient(x) is recorded as mx.depends([x], [x, x]), a
+# form MLX's own code never builds, which the builder turns back into a StopGradient equation;
+# mx.contiguous(x) is x itself (a graph has value semantics: layout is the runtime's business).
+_STOP_GRADIENT, _CONTIGUOUS = mx.stop_gradient, mx.contiguous
+_trace_lock = threading.Lock()
+_tracing_threads: dict[int, int] = {}  # thread ident -> nesting depth
+_compile_was_enabled = False
+
+
+def _is_stop_marker(entry: dict) -> bool:
+    ins = entry["inputs"]
+    return len(ins) == 3 and len(entry["outputs"]) == 1 and ins[0][0] == ins[1][0] == ins[2][0]
+
+
+def _stop_gradient(x, *args, **kwargs):
+    if threading.get_ident() in _tracing_threads and isinstance(x, mx.array) and not args and not kwargs:
+        return mx.depends([x], [x, x])[0]
+    return _STOP_GRADIENT(x, *args, **kwargs)
+
+
+def _contiguous(x, *args, **kwargs):
+    if threading.get_ident() in _tracing_threads and isinstance(x, mx.array):
+        return x
+    return _CONTIGUOUS(x, *args, **kwargs)
+
+
+def _compile_enabled() -> bool:
+    """Whether mx.compile compiles now (MLX has no getter): a compiled function that runs its
+    Python body on every call is not being compiled."""
+    calls = []
+    probe = mx.compile(lambda x: (calls.append(1), x)[1])
+    x = mx.array(0)
+    probe(x)
+    probe(x)
+    return len(calls) == 1
+
+
+@contextlib.contextmanager
+def _tracing():
+    """mx.compile off (mlx.nn's compiled helpers are traced through, not recorded as opaque
+    Compiled primitives) and the stop_gradient / contiguous substitutes on, for this thread."""
+    global _compile_was_enabled
+    me = threading.get_ident()
+    with _trace_lock:
+        if not _tracing_threads:
+            _compile_was_enabled = _compile_enabled()
+            if _compile_was_enabled:
+                mx.disable_compile()
+            mx.stop_gradient, mx.contiguous = _stop_gradient, _contiguous
+        _tracing_threads[me] = _tracing_threads.get(me, 0) + 1
+    try:
+        yield
+    finally:
+        with _trace_lock:
+            _tracing_threads[me] -= 1
+            if not _tracing_threads[me]:
+                del _tracing_threads[me]
+            if not _tracing_threads:
+                mx.stop_gradient, mx.contiguous = _STOP_GRADIENT, _CONTIGUOUS
+                if _compile_was_enabled:
+                    mx.enable_compile()
+
+
 def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _GraphBuilder:
     builder = _GraphBuilder()
     # The trace allocates one small object per var and equation; generational GC passes over
@@ -218,49 +306,135 @@ def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _GraphBuilder:
 
 
 @dataclass(frozen=True)
+class StateIO:
+    """How a traced call's graph meets its state objects (`mlxtriton.state`).
+
+    The graph's inputs are the argument leaves, then ``snapshot.leaves[i]`` for i in ``inputs``;
+    its outputs are the results, then the state outputs ``changes.plan`` writes back."""
+
+    roots: tuple[tuple[Any, str], ...]  # (object, name): the function's, then the arguments'
+    inputs: tuple[int, ...]
+    changes: state_lib.Changes
+    results: int  # how many of the graph's outputs are the function's results
+
+
+@dataclass(frozen=True)
 class Traced:
-    """A traced call: its graph, and the caller's argument leaves in graph-input order."""
+    """A traced call: its graph, the caller's argument leaves, and its state (None: it has none)."""
 
     graph: Graph
     args: tuple[mx.array, ...]
+    state: StateIO | None = None
+    snapshot: state_lib.Snapshot | None = None
 
 
-def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), static_argnames=()) -> Traced:
-    """Trace one call ``fn(*args, **kwargs)``; the engine under `trace` and the runtime."""
-    nums, names = _normalize_static(fn, static_argnums, static_argnames)
-    leaves, in_tree = _arguments_tree(args, kwargs, nums, names)
-    _evaluate_captured(fn, leaves)
-    out_trees = []
+def state_roots(fn: Callable, objects: Sequence[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    """The state objects of a call: what ``fn`` reaches, the argument objects, the random key."""
+    roots = state_lib.function_roots(fn)
+    known = {id(o) for o, _ in roots}
+    roots += [(o, p) for o, p in objects if id(o) not in known]
+    return roots + [(state_lib.RANDOM, "mx.random.state")]
+
+
+def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), static_argnames=(),
+               *, normalized: bool = False, read_only_constants: bool = False) -> Traced:
+    """Trace one call ``fn(*args, **kwargs)``; the engine under `trace` and the runtime.
+
+    Module parameters and buffers, the arrays of argument objects and the random key are graph
+    inputs after the arguments; what the call rebinds of them are graph outputs after its
+    results (`StateIO`). With ``read_only_constants``, state the call only reads is a constant
+    instead (`trace`'s view: a graph of the call as it was). The caller's objects are left as
+    they were, whatever happens."""
+    nums, names = ((static_argnums, static_argnames) if normalized
+                   else _normalize_static(fn, static_argnums, static_argnames))
+    objects: list[tuple[Any, str]] = []
+    leaves, in_tree = _arguments_tree(args, kwargs, nums, names, objects)
+    roots = state_roots(fn, objects)
+    before = state_lib.snapshot([o for o, _ in roots], [p for _, p in roots], prepare=True)
+    _evaluate_captured(fn, [*leaves, *before.leaves])
+    n_args = len(leaves)
+    found: list = []  # (out_tree, changes) of the last trace
 
     def flat_fn(*flat):
-        a, kw = pytree.unflatten(in_tree, list(flat))
-        a = tuple(x.value if isinstance(x, pytree.Static) else x for x in a)
-        kw = {k: v.value if isinstance(v, pytree.Static) else v for k, v in kw.items()}
-        result = fn(*a, **kw)
-        out_leaves, out_tree = pytree.flatten(result)
-        if any(isinstance(t, pytree.Static) for t in _static_leaves(out_tree)):
-            raise TraceError(
-                f"{_name(fn)} returned non-array values {out_tree}; a traced function must return "
-                "arrays or containers of arrays"
-            )
-        out_trees.append(out_tree)
-        return tuple(out_leaves)
+        found.clear()
+        saved = before.save()
+        try:
+            before.substitute(flat[n_args:])
+            a, kw = pytree.unflatten(in_tree, list(flat[:n_args]), [o for o, _ in objects])
+            a = tuple(x.value if isinstance(x, pytree.Static) else x for x in a)
+            kw = {k: v.value if isinstance(v, pytree.Static) else v for k, v in kw.items()}
+            result = fn(*a, **kw)
+            out_leaves, out_tree = pytree.flatten(result)
+            if any(isinstance(t, pytree.Static) for t in _static_leaves(out_tree)):
+                raise TraceError(
+                    f"{_name(fn)} returned non-array values {out_tree}; a traced function must "
+                    "return arrays or containers of arrays")
+            after = state_lib.snapshot(before.roots, before.names)
+            changes = state_lib.plan_writes(before, after)
+            found.append((out_tree, changes))
+            return (*out_leaves, *(after.leaves[i] for i in changes.outputs))
+        finally:
+            before.restore(saved)
 
-    try:
-        builder = _export(flat_fn, leaves)
-    except ValueError as err:
-        # Some GPU-only primitives have no exportable state (MLX 0.32's CUDA CrossEntropy). On the
-        # CPU stream MLX decomposes them into ordinary primitives with the same semantics.
-        match = _NO_STATE.search(str(err))
-        if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
-            raise
-        warnings.warn(
-            f"MLX cannot export the state of primitive {match.group(1)}; tracing "
-            f"{_name(fn)} on the CPU stream instead, where it decomposes", TraceWarning, stacklevel=3)
-        out_trees.clear()
-        with mx.stream(mx.cpu):
-            builder = _export(flat_fn, leaves)
-    return Traced(builder.graph(in_tree, out_trees[-1]), tuple(leaves))
+    flat_args = [*leaves, *before.leaves]
+    with _tracing():
+        try:
+            builder = _export(flat_fn, flat_args)
+        except ValueError as err:
+            # Some GPU-only primitives have no exportable state (MLX 0.32's CUDA CrossEntropy).
+            # On the CPU stream MLX decomposes them into ordinary primitives, same semantics.
+            match = _NO_STATE.search(str(err))
+            if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
+                raise
+            warnings.warn(
+                f"MLX cannot export the state of primitive {match.group(1)}; tracing "
+                f"{_name(fn)} on the CPU stream instead, where it decomposes", TraceWarning,
+                stacklevel=3)
+            with mx.stream(mx.cpu):
+                builder = _export(flat_fn, flat_args)
+    out_tree, changes = found[-1]
+    graph = builder.graph(in_tree, out_tree)
+    return _with_state(graph, tuple(leaves), before, changes, roots, read_only_constants)
+
+
+def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,
+                changes: state_lib.Changes, roots, read_only_constants: bool = False) -> Traced:
+    """The traced graph with unchanged state outputs and unread state inputs dropped (or, with
+    ``read_only_constants``, those the call does not write made constants), and its state
+    inputs and outputs named."""
+    n_args = len(leaves)
+    n_results = len(graph.outputs) - len(changes.outputs)
+    state_outs = graph.outputs[n_results:]
+    changes, kept = changes.without([
+        j is not None and state_outs[i] is graph.inputs[n_args + j]
+        for i, j in enumerate(changes.same_slot)])
+    outputs = graph.outputs[:n_results] + tuple(state_outs[i] for i in kept)
+    read = {v for e in graph.eqns for v in e.inputs} | set(outputs)
+    inputs = tuple(i for i in range(len(before.leaves)) if graph.inputs[n_args + i] in read)
+    constants = graph.constants
+    if read_only_constants:
+        written = set(changes.same_slot)
+        constants += tuple((graph.inputs[n_args + i], before.leaves[i]) for i in inputs
+                           if i not in written)
+        inputs = tuple(i for i in inputs if i in written)
+    paths = before.leaf_paths()
+    names = [""] * len(kept)
+    for w in changes.plan.writes:
+        if w.op == "array":
+            names[w.value] = w.path
+        elif w.op == "tree":
+            for j, i in enumerate(w.value[1]):
+                names[i] = f"{w.path}<{j}>"
+    graph = graph.replace(
+        inputs=graph.inputs[:n_args] + tuple(graph.inputs[n_args + i] for i in inputs),
+        outputs=outputs,
+        constants=constants,
+        state_inputs=tuple(paths[i] for i in inputs),
+        state_outputs=tuple(names),
+        state_values=tuple(before.leaves[i] for i in inputs))
+    if not inputs and not changes.plan.writes:
+        return Traced(graph, leaves)
+    return Traced(graph, leaves, StateIO(tuple(roots), inputs, changes, n_results), before)
 
 
 def _static_leaves(tree):
@@ -284,8 +458,11 @@ def trace(
 
     Arguments may be arrays or nested tuples, lists and dicts of arrays; Python scalars (and
     arguments declared static) are static: they are baked into the graph and its identity.
-    Captured arrays (closures, ``mlx.nn`` module parameters) become graph constants; use
-    `functionalize` to make a module's parameters graph inputs instead.
+    Captured arrays (closures, ``mlx.nn`` module parameters) the call only reads become graph
+    constants; use `functionalize` to make a module's parameters graph inputs instead. State the
+    call rebinds (batch-norm statistics, a cache's arrays, the random key) is read from trailing
+    inputs and written to trailing outputs (`Graph.state_inputs`, `Graph.state_outputs`), and the
+    caller's objects are left as they were.
 
     Args:
         fn: a function of MLX arrays, written with ``mx.*``, ``mlx.nn`` and ``mx.fast``.
@@ -312,7 +489,8 @@ def trace(
     """
 
     def traced(*args, **kwargs) -> Graph:
-        return trace_call(fn, args, kwargs, static_argnums, static_argnames).graph
+        return trace_call(fn, args, kwargs, static_argnums, static_argnames,
+                          read_only_constants=True).graph
 
     traced.__name__ = f"trace({_name(fn)})"
     traced.__doc__ = fn.__doc__

@@ -16,18 +16,20 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mlxtriton"
 ALLOWED = {
     "graph": set(),
     "hw": set(),
-    "trace": {"graph"},
+    "state": {"graph"},  # a call's implicit state (tracing layer)
+    "trace": {"graph", "state"},
     "fusion": {"graph", "hw"},
     "patterns": {"graph", "hw", "fusion"},
     "codegen": {"graph", "hw", "fusion"},
-    "runtime": {"graph", "hw", "fusion", "patterns", "codegen", "trace"},
+    "runtime": {"graph", "hw", "fusion", "patterns", "codegen", "trace", "state"},
 }
 KERNEL_LAUNCHERS = {"metal_kernel", "cuda_kernel", "precompiled_cuda_kernel"}
 
 
 def layer_of(path: pathlib.Path) -> str:
     rel = path.relative_to(PACKAGE)
-    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem == "trace" else "api"
+    return (rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem in ("trace", "state")
+            else "api")
 
 
 def imported_layers(tree: ast.AST):

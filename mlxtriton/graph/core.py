@@ -141,6 +141,12 @@ class Graph:
         outputs: result vars (may repeat, may be inputs or constants).
         in_tree, out_tree: the caller's pytree structure of arguments and results, or None for a
             flat graph built by hand (`mlxtriton.graph.pytree`). Part of the graph's identity.
+        state_inputs, state_outputs: names of the trailing inputs and outputs that are a traced
+            call's implicit state (`mlxtriton.state`: module arrays, argument objects' arrays, the
+            random key) rather than its arguments and results; empty for a pure function.
+        state_values: the state inputs' values when the call was traced (what `evaluate` binds
+            them to); not part of the graph's identity, and dropped by the runtime, which binds
+            the live values on every call.
 
     Equality and hashing are structural: two graphs are equal when they have the same inputs,
     constant values, equations and outputs up to a renaming of vars.
@@ -152,6 +158,9 @@ class Graph:
     constants: tuple[tuple[Var, mx.array], ...] = ()
     in_tree: Any = None
     out_tree: Any = None
+    state_inputs: tuple[str, ...] = ()
+    state_outputs: tuple[str, ...] = ()
+    state_values: tuple[mx.array, ...] = ()
 
     def __post_init__(self):
         for name in ("inputs", "eqns", "outputs", "constants"):
@@ -211,7 +220,10 @@ class Graph:
             for e in self.eqns
         )
         outs = tuple(index[v] for v in self.outputs)
-        return (ins, consts, eqns, outs, self.in_tree, self.out_tree)
+        canonical = (ins, consts, eqns, outs, self.in_tree, self.out_tree)
+        if self.state_inputs or self.state_outputs:
+            canonical += (self.state_inputs, self.state_outputs)
+        return canonical
 
     @cached_property
     def structural_hash(self) -> str:

@@ -104,7 +104,9 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
             NumPy arrays).
 
     Returns:
-        The outputs in the traced function's structure.
+        The outputs in the traced function's structure. State the traced call read (module
+        arrays, the random key) is bound to its values at trace time; state it wrote is not
+        returned (`Graph.state_outputs`).
 
     Raises:
         PyTreeError: the arguments' structure or static values differ from the trace.
@@ -119,6 +121,13 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
         True
     """
     flat = flatten_arguments(graph, args, kwargs)
+    if graph.state_inputs:  # bound to their values when traced (the call's state is not changed)
+        if len(graph.state_values) != len(graph.state_inputs):
+            raise EvaluationError(
+                "the graph reads state (" + ", ".join(graph.state_inputs) + ") whose values it "
+                "does not hold: run its flat form, mlxtriton.graph.evaluate.run(graph, "
+                "arguments + state, rules)")
+        flat = [*flat, *graph.state_values]
     check_arguments(graph, flat)
     if backend == "mlx":
         outs = run(graph, flat, _mlx_rules())
@@ -128,6 +137,7 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
         outs = [from_jax(o) for o in run(graph, [to_jax(a) for a in flat], _jax_rules(), to_jax)]
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'mlx' or 'jax'")
+    outs = outs[:len(outs) - len(graph.state_outputs)]  # the results, not the state written
     if graph.out_tree is None:
         return outs[0] if len(outs) == 1 else tuple(outs)
     return pytree.unflatten(graph.out_tree, outs)

@@ -69,4 +69,9 @@ def pretty(graph: Graph, indent: int = 2) -> str:
                 lines.append(f"{pad}  {k}={body}")
     outs = ", ".join(use(v) for v in graph.outputs)
     lines.append(f"{' ' * indent}in ({outs}{',' if len(graph.outputs) == 1 else ''}) }}")
+    if graph.state_inputs or graph.state_outputs:  # the trailing inputs / outputs that are state
+        n_in, n_out = len(graph.inputs) - len(graph.state_inputs), len(graph.outputs) - len(graph.state_outputs)
+        reads = ", ".join(f"{use(v)} = {p}" for v, p in zip(graph.inputs[n_in:], graph.state_inputs))
+        writes = ", ".join(f"{p} = {use(v)}" for v, p in zip(graph.outputs[n_out:], graph.state_outputs))
+        lines.append(f"{' ' * indent}state: reads {reads or 'nothing'}; writes {writes or 'nothing'}")
     return "\n".join(lines)

@@ -307,7 +307,11 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
     rename = dict(zip(body.inputs, traced.inputs[:n]))
     body_eqns = tuple(Eqn(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs, e.params)
                       for e in body.eqns)
-    merged = cse(traced.replace(eqns=body_eqns + traced.eqns, constants=body.constants + traced.constants))
+    merged = traced.replace(eqns=body_eqns + traced.eqns, constants=body.constants + traced.constants)
+    # The merged graph is evaluated, never differentiated: a stop-gradient is the identity there,
+    # and keeping it would only keep equal values apart (and the softmax the backward rebuilds).
+    merged = cse(substitute(merged, {e.outputs[0]: e.inputs[0] for e in merged.eqns
+                                     if e.primitive == "StopGradient"}))
     merged = dce(_softmax_from_logsumexp(merged))
     # The forward's outputs are there for the taking; of the statistics, those a live equation
     # computing a full row reads (softmax's max feeding x - max, a norm's rstd feeding x * rstd).

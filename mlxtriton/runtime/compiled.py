@@ -9,9 +9,12 @@ May import every layer below the public API.
 
 from __future__ import annotations
 
+import inspect
+import threading
+import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, NamedTuple
 
 import mlx.core as mx
 
@@ -32,7 +35,9 @@ from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics)
 from mlxtriton.runtime.launch import interpreting, launcher
-from mlxtriton.trace import _arguments_tree, _normalize_static, trace_call
+from mlxtriton import state as state_lib
+from mlxtriton.state import function_roots
+from mlxtriton.trace import StateIO, _arguments_tree, _normalize_static, state_roots, trace_call
 
 _default_device = mx.default_device  # bound once: the hot path calls it on every call
 _ARRAY = mx.array
@@ -372,26 +377,64 @@ def _mlx_step(e: Eqn) -> Callable:
     return step
 
 
+class RebuildWarning(UserWarning):
+    """An optimized function rebuilt on many calls in a row: something in its cache key changes
+    on every call (the message names it)."""
+
+
+class CacheInfo(NamedTuple):
+    """What `Compiled.cache_info` reports (as ``functools.lru_cache`` does): calls served by a
+    built entry, builds (trace, passes, codegen), entries evicted (least recently used first),
+    entries held, the bound, and why the last build happened."""
+
+    hits: int
+    builds: int
+    evictions: int
+    entries: int
+    maxsize: int
+    last_build: str | None
+
+
+# A function that builds on this many calls in a row, with no call served in between, warns once.
+REBUILDS_BEFORE_WARNING = 8
+
+
+@dataclass
+class _Entry:
+    """One cache entry: the executable, the results' structure, how the call meets its state,
+    and what the entry was keyed on (to say what changed when another call builds)."""
+
+    executable: _Executable
+    out_tree: Any
+    state: StateIO | None
+    key: tuple
+    leaf_paths: list[str]
+    state_paths: list[str]
+
+
 class Compiled:
     """A function whose calls run an optimised graph (what `mlxtriton.optimize`, `fuse`,
     `layout`, `cache` and `kernel` return).
 
-    Calling it returns what the original returns. ``.graph(*args)`` gives the optimised graph,
-    ``.lower(*args, target=...)`` the kernels it would launch (any host), ``.explain(*args)``
-    what each stage did and why.
+    Calling it returns what the original returns, and leaves the state it touched (module
+    buffers, argument objects, the random key) as the original would (`mlxtriton.state`).
+    ``.graph(*args)`` gives the optimised graph, ``.lower(*args, target=...)`` the kernels it
+    would launch (any host), ``.explain(*args)`` what each stage did and why, ``.cache_info()``
+    how its cache is doing.
     """
 
     def __init__(self, fn: Callable, passes: frozenset[str], chip: Any = "auto",
                  static_argnums=(), static_argnames=(), single_kernel: bool = False,
                  cache_size: int = DEFAULT_CACHE_SIZE):
-        import mlx.nn as nn
-
         if isinstance(fn, Compiled):  # combinators compose: union of passes, innermost function
             passes = passes | fn.passes
             chip = fn.chip if chip == "auto" else chip
             single_kernel = single_kernel or fn.single_kernel
             static_argnums, static_argnames = fn._static_argnums, fn._static_argnames
             fn = fn.fn
+        if not callable(fn):
+            raise TypeError(f"mlxtriton expects a function or an mlx.nn.Module to optimize, got "
+                            f"{pytree.describe(fn)}")
         self.fn = fn
         self.passes = frozenset(passes)
         unknown = self.passes - set(PIPELINE)
@@ -400,39 +443,28 @@ class Compiled:
         self.chip = chip
         hw.resolve(chip)  # an unknown chip name fails here, listing the known ones
         self.single_kernel = single_kernel
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be a positive int, got {cache_size!r}")
         self.cache_size = cache_size
-        # A module runs with its current parameters as graph inputs: new weights, no retrace.
-        self._module = fn if isinstance(fn, nn.Module) else None
-        self._traced_fn = self._apply_module if self._module is not None else fn
         self._static_argnums, self._static_argnames = static_argnums, static_argnames
-        nums, names = _normalize_static(self._traced_fn, static_argnums, static_argnames)
-        if self._module is not None:  # apply(params, *args): user positions shift by one
-            nums = tuple(n + 1 for n in nums)
-        self._nums, self._names = nums, names
-        self._cache: "OrderedDict[tuple, tuple[_Executable, Any]]" = OrderedDict()
-        # positional-array calls of a plain function skip flattening (see __call__)
-        self._plain = self._module is None and not nums and not names
-        # Positional-array calls of a plain function go through one mx.compile of
+        self._nums, self._names = check_static_arguments(fn, static_argnums, static_argnames)
+        self._cache: "OrderedDict[tuple, _Entry]" = OrderedDict()
+        self._lock = threading.RLock()
+        self._hits = self._builds = self._evictions = self._stale = self._in_a_row = 0
+        self._last_build: str | None = None
+        self._warned = False
+        # Positional-array calls of a function that holds no state go through one mx.compile of
         # `_dispatch_body`: MLX's own cache (keyed on the default device and the inputs' shapes
         # and dtypes, in C++) finds the traced graph, so a repeated call runs no Python of ours
-        # beyond __call__. `_plain_calls` is what the body looks up while MLX traces it.
+        # beyond __call__. `_plain_calls` is what the body looks up while MLX traces it. A
+        # function found to read or write state (a module, the random key) leaves this path.
         self._plain_calls: dict[tuple, tuple[Callable, Callable]] = {}  # (body, bare body)
-        self._dispatch = self._new_dispatch() if self._plain and not interpreting() else None
+        self._plain_entries: dict[tuple, tuple] = {}  # the same keys -> the cache's keys
+        plain = not self._nums and not self._names and not function_roots(fn)
+        self._dispatch = self._new_dispatch() if plain and not interpreting() else None
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
-
-    def _apply_module(self, params, *args, **kwargs):
-        module = self._module
-        saved = module.parameters()
-        module.update(params)
-        try:
-            return module(*args, **kwargs)
-        finally:
-            module.update(saved)
-
-    def _call_args(self, args: tuple) -> tuple:
-        return (self._module.parameters(), *args) if self._module is not None else args
 
     # ---- the hot path ----
     def __call__(self, *args, **kwargs):
@@ -443,10 +475,24 @@ class Compiled:
                     break
             else:
                 try:
-                    return dispatch(*args, _PROBE)
+                    out = dispatch(*args, _PROBE)
                 except _Unbuilt:
                     pass  # first call with these shapes: build below, then dispatch
+                else:
+                    self._hits += 1
+                    self._in_a_row = 0
+                    if len(self._cache) > 1:  # keep the least recently used order
+                        self._touch(_plain_key(_default_device().type, args))
+                    return out
         return self._call(args, kwargs)
+
+    def _touch(self, plain_key: tuple) -> None:
+        key = self._plain_entries.get(plain_key)
+        if key is not None:
+            try:
+                self._cache.move_to_end(key)
+            except KeyError:  # evicted meanwhile
+                pass
 
     def _new_dispatch(self) -> Callable:
         return mx.compile(self._dispatch_body)
@@ -461,42 +507,123 @@ class Compiled:
         return _choosing(*entry)(*flat)  # the probe last
 
     def _call(self, args, kwargs):
-        args = self._call_args(args)
-        leaves, tree = _arguments_tree(args, kwargs, self._nums, self._names)
+        objects: list = []
+        leaves, tree = _arguments_tree(args, kwargs, self._nums, self._names, objects)
+        roots = state_roots(self.fn, objects)
+        snap = state_lib.snapshot([o for o, _ in roots], [p for _, p in roots], prepare=True)
         device = mx.default_device()
         # mx.Device compares by value but hashes by identity: key on its type (MLX has one GPU).
-        key = (tree, tuple((a.shape, a.dtype) for a in leaves), device.type)
+        key = (tree, tuple([(a.shape, a.dtype) for a in leaves]), snap.layout, snap.avals,
+               device.type)
         entry = self._cache.get(key)
         if entry is None:
-            entry = self._build(args, kwargs, device)
+            entry = self._build_entry(key, args, kwargs, device, snap, leaves)
+        else:
+            self._hits += 1
+            self._in_a_row = 0
+            try:
+                self._cache.move_to_end(key)
+            except KeyError:  # another thread evicted it meanwhile: it still runs
+                pass
+        executable, io = entry.executable, entry.state
+        if io is None:
+            if (self._dispatch is not None and not kwargs
+                    and all(type(a) is _ARRAY for a in args)):
+                structured = _structured(executable.body, entry.out_tree) if executable.traceable else None
+                if structured is None:
+                    self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
+                else:
+                    plain = _plain_key(device.type, args)
+                    self._plain_calls[plain] = (
+                        structured, _structured(executable.bare_body, entry.out_tree))
+                    self._plain_entries[plain] = key
+                    try:
+                        return self._dispatch(*args, _PROBE)
+                    except (_Unbuilt, TypeError):  # reset by another thread meanwhile
+                        pass
+            return pytree.unflatten(entry.out_tree, executable.run(*leaves))
+        state_leaves = snap.leaves
+        outs = executable.run(*leaves, *[state_leaves[i] for i in io.inputs])
+        io.changes.plan.apply(snap, outs[io.results:])
+        return pytree.unflatten(entry.out_tree, outs[:io.results])
+
+    def _build_entry(self, key, args, kwargs, device, snap, leaves) -> _Entry:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:  # another thread built it while this one waited
+                self._hits += 1
+                return entry
+            previous = next(reversed(self._cache.values()), None)
+            traced = self._trace_call(args, kwargs)
+            # Every call binds the live state: holding its trace-time values would keep old
+            # weights alive.
+            executable = self._build(traced.graph.replace(state_values=()), device)
+            entry = _Entry(executable, traced.graph.out_tree, traced.state, key,
+                           _leaf_paths(key[0]), snap.leaf_paths())
+            if entry.state is not None:
+                self._dispatch = None  # a stateful function: every call walks its state
+                self._plain_calls.clear()
+                self._plain_entries.clear()
+            self._last_build = _why_built(previous, entry, snap)
+            self._builds += 1
+            self._in_a_row += 1
             self._cache[key] = entry
             while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-                self._reset_dispatch()  # MLX's traced graphs of evicted entries go with it
-        executable, out_tree = entry
-        if (self._dispatch is not None and not kwargs
-                and all(type(a) is _ARRAY for a in args)):
-            structured = _structured(executable.body, out_tree) if executable.traceable else None
-            if structured is None:
-                self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
-            else:
-                self._plain_calls[_plain_key(device.type, args)] = (
-                    structured, _structured(executable.bare_body, out_tree))
-                return self._dispatch(*args, _PROBE)
-        return pytree.unflatten(out_tree, executable.run(*leaves))
+                _, evicted = self._cache.popitem(last=False)
+                self._evictions += 1
+                self._forget(evicted)
+            if self._in_a_row >= REBUILDS_BEFORE_WARNING and not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"mlxtriton rebuilt {self.__name__} on {self._in_a_row} calls in a row, the "
+                    f"last because {self._last_build}. Whatever changes on every call is part of "
+                    "the cache key: pass a changing number as an mx.array, and for generation use "
+                    "mlxtriton.lm's caches.", RebuildWarning, stacklevel=3)
+            return entry
+
+    def _forget(self, evicted: _Entry) -> None:
+        """Drop an evicted entry's fast path. MLX's compile cache keeps its trace (MLX evicts
+        nothing); once as many evicted traces as entries have piled up, the dispatch is made
+        anew, dropping them all."""
+        if evicted.state is not None or self._dispatch is None:
+            return
+        tree, avals, _, _, device_type = evicted.key
+        self._plain_calls.pop((device_type, avals), None)
+        self._plain_entries.pop((device_type, avals), None)
+        self._stale += 1
+        if self._stale > self.cache_size:
+            self._reset_dispatch()
 
     def _reset_dispatch(self) -> None:
+        self._stale = 0
         self._plain_calls.clear()
+        self._plain_entries.clear()
         if self._dispatch is not None:
             self._dispatch = self._new_dispatch()
 
-    # ---- building ----
-    def _trace(self, args, kwargs) -> Graph:
-        graph = trace_call(self._traced_fn, args, kwargs, self._nums, self._names).graph
-        return decompose_fast_ops(graph) if self.single_kernel else graph
+    def cache_info(self) -> CacheInfo:
+        """Hits, builds, evictions, entries, the bound, and why the last build happened.
 
-    def _build(self, args, kwargs, device) -> tuple[_Executable, Any]:
-        graph = self._trace(args, kwargs)
+        Example:
+            >>> f = mlxtriton.optimize(lambda x: x * 2)
+            >>> _ = f(mx.ones(3)); _ = f(mx.ones(3)); _ = f(mx.ones(4))
+            >>> f.cache_info()[:5], f.cache_info().last_build
+            ((1, 2, 0, 2, 64), 'argument 0: f32[3] -> f32[4]')
+        """
+        return CacheInfo(self._hits, self._builds, self._evictions, len(self._cache),
+                         self.cache_size, self._last_build)
+
+    # ---- building ----
+    def _trace_call(self, args, kwargs):
+        traced = trace_call(self.fn, args, kwargs, self._nums, self._names, normalized=True)
+        if self.single_kernel:
+            traced = replace(traced, graph=decompose_fast_ops(traced.graph))
+        return traced
+
+    def _trace(self, args, kwargs) -> Graph:
+        return self._trace_call(args, kwargs).graph
+
+    def _build(self, graph: Graph, device) -> _Executable:
         optimized, _ = run_passes(graph, self.passes, self.chip, device,
                                   single_kernel=self.single_kernel)
         if self.single_kernel:
@@ -504,12 +631,11 @@ class Compiled:
         executable = _executable(optimized, self.chip, device)
         if self.single_kernel and executable.fallbacks:
             raise SingleKernelError(f"cannot be one kernel: {executable.fallbacks[0][1]}")
-        return executable, graph.out_tree
+        return executable
 
     # ---- inspection (any host) ----
     def graph(self, *args, **kwargs) -> Graph:
         """The optimised graph for these arguments: what will run, fused regions included."""
-        args = self._call_args(args)
         return run_passes(self._trace(args, kwargs), self.passes, self.chip,
                           single_kernel=self.single_kernel)[0]
 
@@ -521,7 +647,6 @@ class Compiled:
             SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
             RegionError: a region that cannot become one kernel.
         """
-        args = self._call_args(args)
         graph = self._trace(args, kwargs)
         ktarget, dialect = kernel_target(self.chip, None, target)
         optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
@@ -542,7 +667,6 @@ class Compiled:
 
     def explain(self, *args, target: str | None = None, **kwargs) -> Explanation:
         """What each stage did for these arguments and, for what did not fuse, why."""
-        args = self._call_args(args)
         graph = self._trace(args, kwargs)
         ktarget, dialect = kernel_target(self.chip, None, target)
         optimized, stages = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
@@ -557,11 +681,176 @@ class Compiled:
         return Explanation(graph, stages, kernels, ktarget)
 
     def clear_cache(self) -> None:
-        self._cache.clear()
-        self._reset_dispatch()
+        with self._lock:
+            self._cache.clear()
+            self._reset_dispatch()
+
+    def __getattr__(self, name: str):
+        # An optimized module still answers for the module (mlx-lm's generate reads
+        # model.layers, model.make_cache, ...); only what is not Compiled's own gets here.
+        if name.startswith("__") or "fn" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["fn"], name)
 
     def __repr__(self) -> str:
         return f"<mlxtriton {'+'.join(p for p in PIPELINE if p in self.passes)} of {self.__name__}>"
+
+
+def check_static_arguments(fn: Callable, static_argnums, static_argnames) -> tuple[tuple, tuple]:
+    """Normalised static positions and names, checked against ``fn``'s signature as jax.jit
+    checks them: a position past the positional parameters or a name the function does not
+    take is an error (unless it takes ``*args`` / ``**kwargs``).
+
+    Raises:
+        ValueError: naming the argument and what the function takes.
+        TypeError: static_argnums / static_argnames of the wrong type.
+    """
+    nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+    names = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
+        raise TypeError(f"static_argnums must be ints, got {static_argnums!r}")
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"static_argnames must be strings, got {static_argnames!r}")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = None
+    if params is not None:
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+        varkw = any(p.kind is p.VAR_KEYWORD for p in params)
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        for i in nums:
+            if not varargs and not -len(positional) <= i < len(positional):
+                raise ValueError(
+                    f"static_argnums has {i}, but {_name_of(fn)} takes {len(positional)} positional "
+                    f"argument{'s' if len(positional) != 1 else ''} ({', '.join(positional) or 'none'})")
+        for n in names:
+            if not varkw and n not in named:
+                raise ValueError(f"static_argnames has {n!r}, but {_name_of(fn)} takes no argument "
+                                 f"of that name (it takes {', '.join(sorted(named)) or 'none'})")
+        nums = tuple(i % len(positional) if i < 0 and positional else i for i in nums)
+    return _normalize_static(fn, nums, names)
+
+
+def _name_of(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _leaf_paths(tree) -> list[str]:
+    """A readable path per array leaf of an (args, kwargs) tree."""
+    out: list[str] = []
+
+    def go(t, path):
+        if isinstance(t, pytree.Leaf):
+            out.append(path)
+        elif isinstance(t, pytree.Node):
+            keys = t.keys if t.kind is dict else range(len(t.children))
+            for k, c in zip(keys, t.children):
+                go(c, f"{path}[{k!r}]" if path else "")
+
+    args, kwargs = tree.children
+    for i, c in enumerate(args.children):
+        go(c, f"argument {i}")
+    for k, c in zip(kwargs.keys, kwargs.children):
+        go(c, f"argument {k!r}")
+    return out
+
+
+def _aval_text(aval) -> str:
+    shape, dtype = aval
+    return f"{dtypes.short(dtypes.from_mx(dtype))}[{','.join(map(str, shape))}]"
+
+
+def _why_built(previous: _Entry | None, entry: _Entry, snap) -> str:
+    """What differs between the last entry used and a new one (cache_info's ``last_build``)."""
+    if previous is None:
+        return "first call"
+    tree, avals, layout, savals, device = entry.key
+    otree, oavals, olayout, osavals, odevice = previous.key
+    if device != odevice:
+        return f"device {odevice} -> {device}"
+    if tree != otree:
+        return _tree_change(otree, tree)
+    if avals != oavals:
+        for path, a, b in zip(entry.leaf_paths, oavals, avals):
+            if a != b:
+                return f"{path}: {_aval_text(a)} -> {_aval_text(b)}"
+    if layout != olayout:
+        return _layout_change(olayout, layout, snap.names)
+    for path, a, b in zip(entry.state_paths, osavals, savals):
+        if a != b:
+            return f"{path}: {_aval_text(a)} -> {_aval_text(b)}"
+    return "a change of state layout"
+
+
+def _tree_change(old, new) -> str:
+    def go(a, b, path):
+        if type(a) is not type(b):
+            return f"{path}: {a} -> {b}"
+        if isinstance(a, pytree.Static):
+            if a != b:
+                ta, tb = type(a.value).__name__, type(b.value).__name__
+                kinds = f" ({ta} -> {tb})" if ta != tb else ""
+                return f"{path}: static value {a.value!r} -> {b.value!r}{kinds}"
+            return None
+        if isinstance(a, pytree.Node):
+            if a.kind is not b.kind or a.keys != b.keys or len(a.children) != len(b.children):
+                return f"{path}: structure {a} -> {b}"
+            keys = a.keys if a.kind is dict else range(len(a.children))
+            for k, ca, cb in zip(keys, a.children, b.children):
+                found = go(ca, cb, f"{path}[{k!r}]")
+                if found:
+                    return found
+        return None
+
+    (oa, okw), (na, nkw) = old.children, new.children
+    if len(oa.children) != len(na.children) or okw.keys != nkw.keys:
+        return f"arguments {old} -> {new}"
+    for i, (a, b) in enumerate(zip(oa.children, na.children)):
+        found = go(a, b, f"argument {i}")
+        if found:
+            return found.replace(f"argument {i}[", f"argument {i}[", 1)
+    for k, a, b in zip(okw.keys, okw.children, nkw.children):
+        found = go(a, b, f"argument {k!r}")
+        if found:
+            return found
+    return f"arguments {old} -> {new}"
+
+
+def _layout_change(old, new, names) -> str:
+    def text(d) -> str:
+        if d is state_lib.ARRAY:
+            return "an array"
+        if isinstance(d, pytree.Static):
+            return repr(d.value)
+        if isinstance(d, state_lib.Container):
+            return f"a {d.cls.__name__}"
+        return str(d)
+
+    def go(a, b, path):
+        if isinstance(a, state_lib.Container) and isinstance(b, state_lib.Container) and (
+                a.kind == b.kind and a.cls is b.cls):
+            if a.training != b.training:
+                return f"{path}: training {a.training} -> {b.training}"
+            if a.keys != b.keys:
+                return f"{path}: attributes {list(a.keys)} -> {list(b.keys)}"
+            for k, ca, cb in zip(a.keys, a.children, b.children):
+                found = go(ca, cb, path + state_lib._step(a.kind, k))
+                if found:
+                    return found
+            return None
+        if a != b:
+            if isinstance(a, pytree.Static) and isinstance(b, pytree.Static):
+                return f"{path}: {a.value!r} -> {b.value!r}"
+            return f"{path}: {text(a)} -> {text(b)}"
+        return None
+
+    for a, b, name in zip(old, new, names):
+        found = go(a, b, name)
+        if found:
+            return found
+    return "a change of state layout"
 
 
 # Fast-op primitives a GPU trace holds (on the CPU stream they decompose) whose work a generated

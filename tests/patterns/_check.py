@@ -33,13 +33,13 @@ def oracle(g, args):
     from mlxtriton.graph.evaluate import _jax_rules, run
     from mlxtriton.graph.evaluate_jax import from_jax, to_jax
 
-    flat = [to_jax(a) for a in args]
+    flat = [to_jax(a) for a in (*args, *g.state_values)]  # state as it was when traced
     try:
         outs = jax.jit(lambda *a: run(g, list(a), _jax_rules(), to_jax))(*flat)
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
             jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
         return evaluate(g, *args, backend="jax")
-    outs = [from_jax(o) for o in outs]
+    outs = [from_jax(o) for o in outs[:len(outs) - len(g.state_outputs)]]
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 

@@ -1,0 +1,585 @@
+"""Tracing layer: the implicit state of a call (mx.compile's ``inputs=``/``outputs=``, found for you).
+
+A traced call may read arrays that are not its arguments and rebind them: a module's parameters
+and buffers (batch-norm statistics), the attributes of objects passed in (mlx-lm's KV caches), and
+MLX's global random key. This module finds those *state objects*, flattens them into array leaves
+and a hashable layout (part of the cache key: structure, Python scalars, training modes), swaps a
+trace's placeholders in and restores the caller's objects afterwards, and turns what a traced call
+changed into a `WritePlan` that every later call applies to the live objects.
+May import mlx and mlxtriton.graph only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import mlx.core as mx
+
+from mlxtriton.graph import pytree
+
+__all__ = ["StateError", "COUNTERS", "PREPARE", "RANDOM", "Snapshot", "WritePlan", "snapshot",
+           "plan_writes", "function_roots", "random_key", "set_random_key"]
+
+# An object's class may name Python int attributes that are not part of the cache key: the traced
+# call advances them, and every later call served by the same trace advances them by the same
+# amount. The object promises its traced behaviour does not depend on their values
+# (mlxtriton.lm's caches count tokens this way).
+COUNTERS = "__mlxtriton_counters__"
+# A method the runtime calls on every state object before every call, outside any trace (a cache
+# grows its buffer there, so that no traced call needs a decision that depends on a counter).
+PREPARE = "__mlxtriton_prepare__"
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+# Markers in a layout: an array slot (its shape and dtype are keyed with the leaves) and a counter
+# (its value is not keyed).
+ARRAY = "<array>"
+COUNTER = "<counter>"
+
+
+class StateError(TypeError):
+    """State the runtime cannot carry from one call to the next (the message says which and why)."""
+
+
+# ---- the random key -------------------------------------------------------------------------
+class _RandomKey:
+    """The calling thread's global random key (``mx.random.state``) as a state root."""
+
+    def __repr__(self) -> str:
+        return "mx.random.state"
+
+
+RANDOM = _RandomKey()
+
+
+def _key_list() -> list:
+    # mx.random.state is a sentinel whose iterator walks the calling thread's key list; a list
+    # iterator's __reduce__ hands back that list: the one place MLX keeps the key.
+    holder = iter(mx.random.state).__reduce__()[1][0]
+    if not isinstance(holder, list) or len(holder) != 1:
+        raise StateError("cannot reach MLX's random key (mx.random.state is not a one-key list)")
+    return holder
+
+
+def random_key() -> mx.array:
+    return mx.random.state[0]
+
+
+def set_random_key(key: mx.array) -> None:
+    _key_list()[0] = key
+
+
+# ---- layouts ----------------------------------------------------------------------------------
+class Container(NamedTuple):
+    """A walked container's layout: kind is "module", "object", "list", "tuple", "dict" or
+    "random"; ``keys`` its attribute names, dict keys or positions; ``children`` their layouts
+    (`ARRAY`, `COUNTER`, a `pytree.Static`, ("opaque", type), ("alias", index) or a Container);
+    ``index`` its position in the walk; ``training`` a module's mode."""
+
+    kind: str
+    cls: type
+    keys: tuple
+    children: tuple
+    index: int
+    training: bool | None = None
+
+
+_MODULE: list = []
+
+
+def _module_type():
+    """mlx.nn.Module, imported on first use (importing mlx.nn costs what the tracer never needs
+    for functions of arrays)."""
+    if not _MODULE:
+        import mlx.nn as nn
+
+        _MODULE.append(nn.Module)
+    return _MODULE[0]
+
+
+def _is_plain_object(obj: Any) -> bool:
+    return (isinstance(getattr(obj, "__dict__", None), dict)
+            and not isinstance(obj, (type, types.ModuleType, types.FunctionType, types.MethodType,
+                                     types.BuiltinFunctionType, types.CodeType)))
+
+
+def is_state_object(obj: Any) -> bool:
+    """Whether an argument can be passed as a state object: a module, or an object that is not
+    callable and keeps its data in attributes (mlx-lm's caches, a user's class). A callable
+    object's behaviour lives in code the cache key cannot see: it must be declared static."""
+    return _is_plain_object(obj) and (isinstance(obj, _module_type()) or not callable(obj))
+
+
+@dataclass
+class Snapshot:
+    """A call's state objects flattened: ``layout`` (hashable; with the leaves' shapes and dtypes,
+    the state's part of the cache key), the array ``leaves`` in walk order with their ``slots``
+    ((container index, key)), the walked ``containers`` (where later writes go) and the declared
+    counters' values."""
+
+    roots: tuple[Any, ...]
+    names: tuple[str, ...]
+    layout: tuple[Container, ...]
+    leaves: list[mx.array]
+    slots: list[tuple[int, Any]]
+    containers: list[Any]
+    counters: dict[tuple[int, Any], int]
+
+    @property
+    def avals(self) -> tuple:
+        return tuple([(a.shape, a.dtype) for a in self.leaves])
+
+    def paths(self) -> dict[int, str]:
+        """A readable path for each walked container (messages, `explain`, cache_info)."""
+        paths: dict[int, str] = {}
+
+        def go(d, path):
+            if isinstance(d, Container):
+                paths.setdefault(d.index, path)
+                for k, c in zip(d.keys, d.children):
+                    go(c, path + _step(d.kind, k))
+
+        for d, name in zip(self.layout, self.names):
+            go(d, name)
+        return paths
+
+    def leaf_paths(self) -> list[str]:
+        paths = self.paths()
+        kinds = _kinds(self.layout)
+        return [paths[c] + _step(kinds[c], k) for c, k in self.slots]
+
+    # -- a trace's placeholders in, the caller's values back --
+    def save(self) -> list:
+        """A shallow copy of every walked container (what `restore` puts back)."""
+        saved = []
+        for obj in self.containers:
+            if obj is RANDOM:
+                saved.append(random_key())
+            elif isinstance(obj, tuple):
+                saved.append(None)
+            else:
+                items = obj.copy() if isinstance(obj, list) else dict(obj) if isinstance(obj, dict) else None
+                saved.append((items, dict(vars(obj)) if hasattr(obj, "__dict__") else None))
+        return saved
+
+    def restore(self, saved: list) -> None:
+        for obj, s in zip(self.containers, saved):
+            if obj is RANDOM:
+                set_random_key(s)
+            elif s is not None:
+                items, attrs = s
+                if isinstance(obj, list):
+                    obj[:] = items
+                elif isinstance(obj, dict):
+                    dict.clear(obj)
+                    dict.update(obj, items)
+                if attrs is not None:
+                    d = vars(obj)
+                    d.clear()
+                    d.update(attrs)
+
+    def substitute(self, values: Sequence[mx.array]) -> None:
+        """Put ``values`` (a trace's placeholders) where the leaves are."""
+        containers = self.containers
+        for (c, k), v in zip(self.slots, values):
+            _put(containers[c], k, v)
+
+
+def _kinds(layout) -> dict[int, str]:
+    kinds: dict[int, str] = {}
+
+    def go(d):
+        if isinstance(d, Container):
+            kinds[d.index] = d.kind
+            for c in d.children:
+                go(c)
+
+    for d in layout:
+        go(d)
+    return kinds
+
+
+def _step(kind: str, key: Any) -> str:
+    if kind == "random":
+        return ""
+    return f".{key}" if kind in ("module", "object") else f"[{key!r}]"
+
+
+def _put(obj: Any, key: Any, value: Any) -> None:
+    if obj is RANDOM:
+        set_random_key(value)
+    elif isinstance(obj, (list, dict)):  # a module is a dict: its arrays and submodules are items
+        obj[key] = value
+    else:
+        setattr(obj, key, value)
+
+
+def _get(obj: Any, key: Any) -> Any:
+    return obj[key] if isinstance(obj, (list, dict)) else getattr(obj, key)
+
+
+_SCALAR_TYPES = frozenset(_SCALARS)
+_ARRAY_TYPE = mx.array
+
+
+class _Walk:
+    """One walk over a call's state objects in a fixed order (the layout fixes it). The hot
+    path of every stateful call: type tests by identity first, one pass over each container."""
+
+    def __init__(self, prepare: bool):
+        self.leaves: list[mx.array] = []
+        self.slots: list[tuple[int, Any]] = []
+        self.containers: list[Any] = []
+        self.counters: dict[tuple[int, Any], int] = {}
+        self.seen: dict[int, int] = {}
+        self.module = _module_type()
+        self.prepare = prepare
+
+    def container(self, obj: Any, path) -> Container:
+        """``path`` is a string or (parent path, kind, key): formatted only for a message."""
+        index = len(self.containers)
+        self.seen[id(obj)] = index
+        self.containers.append(obj)
+        if obj is RANDOM:
+            self.leaves.append(random_key())
+            self.slots.append((index, 0))
+            return Container("random", _RandomKey, (0,), (ARRAY,), index)
+        training = None
+        counters: tuple = ()
+        t = type(obj)
+        if t is list or t is tuple:
+            kind, items = ("list" if t is list else "tuple"), enumerate(obj)
+        elif t is dict:
+            kind, items = "dict", obj.items()
+        elif isinstance(obj, self.module):
+            kind, items = "module", obj.items()
+            training = obj.__dict__.get("_training")
+            if training is None:
+                training = bool(obj.training)
+        elif isinstance(obj, (list, tuple)):
+            kind, items = ("list" if isinstance(obj, list) else "tuple"), enumerate(obj)
+        elif isinstance(obj, dict):
+            kind, items = "dict", obj.items()
+        else:
+            if self.prepare:
+                hook = getattr(t, PREPARE, None)
+                if hook is not None:
+                    hook(obj)
+            kind, items = "object", vars(obj).items()
+            counters = getattr(t, COUNTERS, ())
+        keys, children = [], []
+        leaves, slots, seen = self.leaves, self.slots, self.seen
+        for k, v in items:
+            vt = type(v)
+            if vt is _ARRAY_TYPE:
+                leaves.append(v)
+                slots.append((index, k))
+                d = ARRAY
+            elif counters and k in counters:
+                if vt is not int:
+                    raise StateError(f"{_path_text(path)}{_step(kind, k)} is declared a counter "
+                                     f"({COUNTERS}) but holds {pytree.describe(v)}, not an int")
+                self.counters[(index, k)] = v
+                d = COUNTER
+            elif vt in _SCALAR_TYPES:
+                d = pytree.Static(v)
+            elif id(v) in seen:
+                d = ("alias", seen[id(v)])
+            elif isinstance(v, _ARRAY_TYPE):
+                leaves.append(v)
+                slots.append((index, k))
+                d = ARRAY
+            elif isinstance(v, (list, tuple, dict)) or _is_plain_object(v):
+                d = self.container(v, (path, kind, k))
+            elif isinstance(v, _SCALARS):
+                d = pytree.Static(v)
+            else:
+                d = ("opaque", vt)
+            keys.append(k)
+            children.append(d)
+        return _new_tuple(Container, (kind, t, tuple(keys), tuple(children), index, training))
+
+
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__ (the walk's hot path)
+
+
+def _path_text(path) -> str:
+    parts = []
+    while isinstance(path, tuple):
+        path, kind, key = path
+        parts.append(_step(kind, key))
+    return path + "".join(reversed(parts))
+
+
+def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) -> Snapshot:
+    """Flatten state ``roots`` (objects, or `RANDOM`) into a `Snapshot`; with ``prepare``, call
+    each object's `PREPARE` hook before reading it (the runtime does, outside any trace).
+
+    Raises:
+        StateError: a declared counter that is not an int.
+    """
+    walk = _Walk(prepare)
+    layout = []
+    for r, n in zip(roots, names):
+        layout.append(walk.container(r, n))
+    return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
+                    walk.containers, walk.counters)
+
+
+# ---- what a traced call changed, as writes every later call repeats ---------------------------
+class Write(NamedTuple):
+    """One write to a live container (``container``: its walk index; ``key``: its slot).
+    op "array": state output ``value``; "static": the Python value; "counter": add ``value``;
+    "tree": a new tuple / list / dict built from ``value`` = (layout, state outputs);
+    "delete": remove the slot."""
+
+    container: int
+    key: Any
+    op: str
+    value: Any
+    path: str
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """The writes a cache entry applies to the live state objects after each call."""
+
+    writes: tuple[Write, ...]
+
+    def apply(self, snap: Snapshot, outputs: Sequence[mx.array]) -> None:
+        containers = snap.containers
+        for w in self.writes:
+            obj = containers[w.container]
+            op = w.op
+            if op == "array":
+                _put(obj, w.key, outputs[w.value])
+            elif op == "static":
+                _put(obj, w.key, w.value)
+            elif op == "counter":
+                _put(obj, w.key, _get(obj, w.key) + w.value)
+            elif op == "tree":
+                layout, indices = w.value
+                _put(obj, w.key, _build(layout, iter([outputs[i] for i in indices])))
+            elif isinstance(obj, (list, dict)):
+                del obj[w.key]
+            else:
+                delattr(obj, w.key)
+
+    def paths(self) -> list[str]:
+        return [w.path for w in self.writes]
+
+
+def _build(d: Any, it) -> Any:
+    if d is ARRAY:
+        return next(it)
+    if isinstance(d, pytree.Static):
+        return d.value
+    children = [_build(c, it) for c in d.children]
+    if d.kind == "dict":
+        return dict(zip(d.keys, children))
+    if d.kind == "list":
+        return children
+    return d.cls(*children) if hasattr(d.cls, "_fields") else tuple(children)
+
+
+def _leaf_slots(d: Any, container: int, key: Any) -> list[tuple[int, Any]]:
+    """The (container, key) slots of the array leaves under one slot, in build order."""
+    if d is ARRAY:
+        return [(container, key)]
+    if isinstance(d, Container):
+        return [s for k, c in zip(d.keys, d.children) for s in _leaf_slots(c, d.index, k)]
+    return []
+
+
+def _buildable(d: Any) -> bool:
+    return d is ARRAY or isinstance(d, pytree.Static) or (
+        isinstance(d, Container) and d.kind in ("list", "tuple", "dict")
+        and all(_buildable(c) for c in d.children))
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What `plan_writes` found: the plan, the ``after`` leaves it writes (the state outputs, in
+    order) and, for each, the ``before`` leaf of the same slot where there is one (a state output
+    that is still that input changed nothing: `Changes.without`)."""
+
+    plan: WritePlan
+    outputs: tuple[int, ...]
+    same_slot: tuple[int | None, ...]
+
+    def without(self, unchanged: Sequence[bool]) -> tuple["Changes", list[int]]:
+        """Drop array writes whose output is ``unchanged`` (and trees all of whose are); the
+        state outputs are renumbered. Also returns the kept outputs' old positions."""
+        groups: list[list[int]] = []
+        for w in self.plan.writes:
+            if w.op == "array":
+                groups.append([w.value])
+            elif w.op == "tree":
+                groups.append(list(w.value[1]))
+        dropped = {i for g in groups if g and all(unchanged[i] for i in g) for i in g}
+        renumber = {}
+        for i in range(len(self.outputs)):
+            if i not in dropped:
+                renumber[i] = len(renumber)
+        writes = []
+        for w in self.plan.writes:
+            if w.op == "array":
+                if w.value in dropped:
+                    continue
+                w = w._replace(value=renumber[w.value])
+            elif w.op == "tree":
+                if w.value[1] and all(i in dropped for i in w.value[1]):
+                    continue
+                w = w._replace(value=(w.value[0], tuple(renumber[i] for i in w.value[1])))
+            writes.append(w)
+        kept = [i for i in range(len(self.outputs)) if i not in dropped]
+        return Changes(WritePlan(tuple(writes)), tuple(self.outputs[i] for i in kept),
+                       tuple(self.same_slot[i] for i in kept)), kept
+
+
+def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
+    """Compare the state walk before a traced call with one of the same roots after it (inside
+    the trace: its leaves are the trace's values).
+
+    Raises:
+        StateError: the call replaced a state object by another, attached a new object or a
+            value the runtime cannot rebuild, or changed a module's training mode.
+    """
+    writes: list[Write] = []
+    outputs: list[int] = []
+    same_slot: list[int | None] = []
+    before_leaf = {slot: i for i, slot in enumerate(before.slots)}
+    after_leaf = {slot: i for i, slot in enumerate(after.slots)}
+
+    def same(bd, ad) -> bool:
+        return (isinstance(bd, Container) and isinstance(ad, Container)
+                and before.containers[bd.index] is after.containers[ad.index])
+
+    def add_outputs(slots, b_slots):
+        start = len(outputs)
+        for s, bs in zip(slots, b_slots):
+            outputs.append(after_leaf[s])
+            same_slot.append(before_leaf.get(bs) if bs is not None else None)
+        return start
+
+    def compare(b: Container, a: Container, path: str) -> None:
+        if a.training != b.training:
+            raise StateError(f"the call changed the training mode of {path}; call .train() / "
+                             ".eval() outside the optimized function")
+        bchildren = dict(zip(b.keys, b.children))
+        for k, ad in zip(a.keys, a.children):
+            step = path + _step(a.kind, k)
+            bd = bchildren.get(k, _MISSING)
+            if ad is ARRAY:
+                i = add_outputs([(a.index, k)], [(b.index, k) if bd is ARRAY else None])
+                writes.append(Write(a.index, k, "array", i, step))
+            elif ad is COUNTER:
+                delta = after.counters[(a.index, k)] - (
+                    before.counters[(b.index, k)] if bd is COUNTER else 0)
+                if delta:
+                    writes.append(Write(a.index, k, "counter", delta, step))
+            elif isinstance(ad, pytree.Static):
+                if ad != bd:
+                    writes.append(Write(a.index, k, "static", ad.value, step))
+            elif isinstance(ad, Container) and ad.kind != "tuple" and same(bd, ad):
+                compare(bd, ad, step)
+            elif isinstance(ad, Container) and _buildable(ad):
+                # a new (or, for a tuple, possibly refilled) container of arrays and scalars
+                slots = _leaf_slots(ad, a.index, k)
+                b_slots = (_leaf_slots(bd, b.index, k) if same(bd, ad) else [None] * len(slots))
+                i = add_outputs(slots, b_slots)
+                writes.append(Write(a.index, k, "tree", (ad, tuple(range(i, i + len(slots)))), step))
+            elif ad != bd and not (isinstance(ad, tuple) and ad[:1] == ("alias",) and bd == ad):
+                what = (ad.cls.__name__ if isinstance(ad, Container) else
+                        ad[1].__name__ if ad[0] == "opaque" else "a shared object")
+                raise StateError(f"the call stored a new {what} at {step}: only arrays, Python "
+                                 "scalars and lists, tuples and dicts of them can be carried to "
+                                 "later calls")
+        if a.kind != "random":
+            for k in b.keys:
+                if k not in bchildren or k in a.keys:
+                    continue
+                writes.append(Write(a.index, k, "delete", None, path + _step(a.kind, k)))
+
+    for bd, ad, name in zip(before.layout, after.layout, after.names):
+        compare(bd, ad, name)
+    return Changes(WritePlan(tuple(writes)), tuple(outputs), tuple(same_slot))
+
+
+_MISSING = object()
+
+
+# ---- finding a function's state objects -------------------------------------------------------
+def _holds_state(obj: Any) -> bool:
+    """Whether a captured object is a state root: a module, an optimizer, an object declaring
+    the protocol, or one holding arrays among its attributes (directly or in a container)."""
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    if isinstance(obj, (nn.Module, optim.Optimizer)) or hasattr(type(obj), COUNTERS):
+        return True
+    for v in vars(obj).values():
+        if isinstance(v, mx.array):
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(x, mx.array) for x in v[:8]):
+            return True
+        if isinstance(v, dict) and any(isinstance(x, mx.array) for x in list(v.values())[:8]):
+            return True
+    return False
+
+
+def function_roots(fn: Any) -> list[tuple[Any, str]]:
+    """The state objects ``fn`` reaches outside its arguments, with a name for each: ``fn``
+    itself where it is one (a module), its bound ``self``, and what its closure, defaults and
+    referenced globals hold (modules, optimizers, objects holding arrays), recursively through
+    functions, callable objects and ``functools.partial``."""
+    found: list[tuple[Any, str]] = []
+    seen: set[int] = set()
+
+    def go(obj, path, depth):
+        if depth > 8 or id(obj) in seen or isinstance(obj, (mx.array, *_SCALARS)):
+            return
+        seen.add(id(obj))
+        if inspect.ismethod(obj):
+            go(obj.__self__, path.rsplit(".", 1)[0] if "." in path else "self", depth + 1)
+            go(obj.__func__, path, depth + 1)
+        elif inspect.isfunction(obj):
+            for name, cell in zip(obj.__code__.co_freevars, obj.__closure__ or ()):
+                try:
+                    go(cell.cell_contents, name, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
+            for i, d in enumerate(obj.__defaults__ or ()):
+                go(d, f"{obj.__name__}'s default {i}", depth + 1)
+            for k, d in (obj.__kwdefaults__ or {}).items():
+                go(d, f"{obj.__name__}'s default {k}", depth + 1)
+            g = obj.__globals__
+            for name in obj.__code__.co_names:
+                v = g.get(name)
+                if v is not None and not isinstance(v, (type, types.ModuleType)):
+                    go(v, name, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for i, x in enumerate(obj[:64]):
+                go(x, f"{path}[{i}]", depth + 1)
+        elif isinstance(obj, dict) and not isinstance(obj, _module_type()):
+            for k, x in list(obj.items())[:64]:
+                go(x, f"{path}[{k!r}]", depth + 1)
+        elif isinstance(obj, (types.BuiltinFunctionType, type, types.ModuleType)):
+            return
+        elif _is_plain_object(obj) and _holds_state(obj):
+            found.append((obj, path))
+        elif hasattr(obj, "func") and callable(obj.func):  # functools.partial
+            go(obj.func, path, depth + 1)
+            for i, a in enumerate(getattr(obj, "args", ())):
+                go(a, f"{path} argument {i}", depth + 1)
+            for k, a in (getattr(obj, "keywords", None) or {}).items():
+                go(a, f"{path} argument {k}", depth + 1)
+        elif _is_plain_object(obj) and callable(obj):  # a callable object: what it reaches
+            go(type(obj).__call__, path, depth + 1)
+            for k, v in vars(obj).items():
+                go(v, f"{path}.{k}", depth + 1)
+
+    go(fn, getattr(fn, "__name__", type(fn).__name__), 0)
+    return found

@@ -1,0 +1,483 @@
+"""Stateful programs through `optimize` behave exactly as eager MLX: the random key advances as
+MLX's does, module buffers and argument objects are updated call after call, ``train()`` /
+``eval()`` take effect, ``stop_gradient`` stops gradients, and nothing of a trace is ever left in
+a caller's object."""
+
+from __future__ import annotations
+
+import warnings
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mlxtriton
+from mlxtriton.runtime.compiled import RebuildWarning
+
+
+def _same(a, b):
+    a, b = np.array(a), np.array(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+def _close(a, b, tol=1e-5):
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=tol, atol=tol)
+
+
+def _twins(make, seed=0):
+    """Two modules with the same weights and buffers."""
+    mx.random.seed(seed)
+    a, b = make(), make()
+    b.update(a.parameters())
+    mx.eval(a.parameters(), b.parameters())
+    return a, b
+
+
+def _state_of(module):
+    return {k: np.array(v) for k, v in _flat(module.parameters())}
+
+
+def _flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flat(v, f"{prefix}.{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _flat(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, tree
+
+
+# ---- randomness ------------------------------------------------------------------------------
+
+def test_random_functions_draw_what_eager_draws_call_after_call():
+    def noisy(x):
+        return x + mx.random.normal(x.shape) * mx.random.uniform(shape=(1,))
+
+    f = mlxtriton.optimize(noisy)
+    x = mx.ones((4, 8))
+    mx.random.seed(7)
+    want = [noisy(x) for _ in range(4)]
+    key_after = np.array(mx.random.state[0])
+    mx.random.seed(7)
+    got = [f(x) for _ in range(4)]
+    for g, w in zip(got, want):
+        _same(g, w)
+    _same(mx.random.state[0], key_after)  # the key advanced exactly as eager
+    assert not np.array_equal(np.array(got[0]), np.array(got[1]))
+    assert f.cache_info().builds == 1
+
+
+def test_the_trace_does_not_drag_earlier_random_calls_in():
+    f = mlxtriton.optimize(lambda x: x * mx.random.bernoulli(0.5, x.shape))
+    sizes = []
+    for n in (3, 4, 5):
+        mx.random.normal((2,))  # an unevaluated chain of splits before each new shape
+        sizes.append(len(f.graph(mx.ones((n,))).eqns))
+    assert len(set(sizes)) == 1
+
+
+def test_explicit_keys_are_arguments_not_state():
+    f = mlxtriton.optimize(lambda x, k: x + mx.random.normal(x.shape, key=k))
+    key = mx.random.key(3)
+    before = np.array(mx.random.state[0])
+    _same(f(mx.zeros((3,)), key), mx.random.normal((3,), key=key))
+    _same(mx.random.state[0], before)
+    assert f.graph(mx.zeros((3,)), key).state_inputs == ()
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Dropout(0.5), (4, 16)),
+    (lambda: nn.Dropout2d(0.3), (2, 4, 4, 8)),
+    (lambda: nn.Dropout3d(0.25), (2, 3, 3, 3, 4)),
+])
+def test_dropout_layers_in_train_and_eval(make, shape):
+    eager, opt = _twins(make)
+    f = mlxtriton.optimize(opt)
+    x = mx.random.normal(shape)
+    for mode in ("train", "eval", "train"):
+        getattr(eager, mode)()
+        getattr(opt, mode)()
+        mx.random.seed(11)
+        want = [eager(x) for _ in range(3)]
+        mx.random.seed(11)
+        got = [f(x) for _ in range(3)]
+        for g, w in zip(got, want):
+            _same(g, w)
+    assert f.cache_info().builds == 2  # one per mode, the second training phase served
+
+
+# ---- module state ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.BatchNorm(8), (5, 8)),
+    (lambda: nn.BatchNorm(4), (2, 3, 3, 4)),
+    (lambda: nn.BatchNorm(4, affine=False), (3, 2, 2, 4)),
+    (lambda: nn.BatchNorm(6, momentum=0.3), (7, 5, 6)),
+])
+def test_batch_norm_statistics_follow_eager(make, shape):
+    eager, opt = _twins(make)
+    f = mlxtriton.optimize(opt)
+    for step in range(4):
+        x = mx.random.normal(shape, key=mx.random.key(step))
+        _close(f(x), eager(x))
+        assert _state_of(opt).keys() == _state_of(eager).keys()
+        for k, v in _state_of(eager).items():
+            _close(_state_of(opt)[k], v)
+    eager.eval()
+    opt.eval()
+    x = mx.random.normal(shape)
+    _close(f(x), eager(x))
+    assert f.cache_info().last_build.endswith("training True -> False")
+
+
+def test_trace_of_a_training_batch_norm_leaves_it_usable():
+    bn = nn.BatchNorm(4)
+    before = _state_of(bn)
+    graph = mlxtriton.trace(bn)(mx.ones((3, 4)))
+    assert "BatchNorm.running_mean" in graph.state_outputs
+    after = _state_of(bn)
+    assert before.keys() == after.keys()
+    for k in before:
+        _same(after[k], before[k])
+    mx.eval(bn(mx.ones((3, 4))), bn.parameters())
+
+
+class Counter(nn.Module):
+    """A module with a buffer it rebinds on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.calls = mx.array(0)
+
+    def __call__(self, x):
+        self.calls = self.calls + 1
+        return self.linear(x) * self.calls
+
+
+def test_a_user_buffer_advances_and_weight_updates_need_no_rebuild():
+    eager, opt = _twins(Counter)
+    f = mlxtriton.optimize(opt)
+    x = mx.ones((2, 4))
+    for step in range(3):
+        _close(f(x), eager(x))
+        new = {"linear": {"weight": mx.full((4, 4), float(step))}}
+        eager.update(new)
+        opt.update(new)
+    assert opt.calls.item() == eager.calls.item() == 3
+    assert f.cache_info().builds == 1
+
+
+def test_a_module_captured_by_a_closure_is_state_too():
+    eager, opt = _twins(lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm(4), nn.Dropout(0.5)))
+    f = mlxtriton.optimize(lambda x: opt(x).sum(axis=-1))
+    x = mx.random.normal((6, 4))
+    mx.random.seed(5)
+    want = [eager(x).sum(axis=-1) for _ in range(2)]
+    mx.random.seed(5)
+    got = [f(x) for _ in range(2)]
+    for g, w in zip(got, want):
+        _close(g, w)
+    for k, v in _state_of(eager).items():
+        _close(_state_of(opt)[k], v)
+
+
+# ---- hypothesis: random sequences of calls, mode switches and weight updates ------------------
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 6)
+        self.bn = nn.BatchNorm(6)
+        self.drop = nn.Dropout(0.4)
+
+    def __call__(self, x):
+        return self.drop(nn.relu(self.bn(self.linear(x))))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.sampled_from(["call", "call2", "train", "eval", "update", "seed"]),
+                min_size=1, max_size=10))
+def test_random_sequences_of_calls_modes_and_updates(ops):
+    eager, opt = _twins(Net)
+    f = mlxtriton.optimize(opt)
+    for i, op in enumerate(ops):
+        if op in ("call", "call2"):
+            x = mx.random.normal((3 if op == "call" else 5, 6), key=mx.random.key(i))
+            key = mx.random.state[0]
+            want = eager(x)
+            key_after = mx.random.state[0]
+            mlxtriton.state.set_random_key(key)
+            _close(f(x), want)
+            _same(mx.random.state[0], key_after)
+        elif op in ("train", "eval"):
+            getattr(eager, op)()
+            getattr(opt, op)()
+        elif op == "update":
+            new = {"linear": {"bias": mx.full((6,), float(i))}}
+            eager.update(new)
+            opt.update(new)
+        else:
+            mx.random.seed(i)
+        for k, v in _state_of(eager).items():
+            _close(_state_of(opt)[k], v)
+
+
+# ---- stop_gradient ---------------------------------------------------------------------------
+
+def test_stop_gradient_is_an_equation_and_stops_the_gradient():
+    fn = lambda x: (x * mx.stop_gradient(x)).sum()  # noqa: E731
+    x = mx.array([1.0, -2.0, 3.0])
+    assert "StopGradient" in mlxtriton.trace(fn)(x).primitive_counts()
+    _same(mx.grad(mlxtriton.optimize(fn))(x), x)
+    _same(mx.grad(mlxtriton.optimize(fn, chip="h200"))(x), x)
+
+
+def test_a_loss_with_a_detached_target_trains_as_eager():
+    def loss(w, x):
+        pred = x @ w
+        target = mx.stop_gradient(pred * 0.5 + 1.0)
+        return ((pred - target) ** 2).mean()
+
+    w, x = mx.random.normal((4, 3)), mx.random.normal((5, 4))
+    _close(mx.grad(mlxtriton.optimize(loss))(w, x), mx.grad(loss)(w, x))
+
+
+_SG_UNARY = [mx.exp, mx.tanh, mx.sin, lambda v: v * v, lambda v: mx.sqrt(mx.abs(v) + 1.0)]
+_SG_BINARY = [mx.add, mx.multiply, mx.subtract, lambda a, b: a / (mx.abs(b) + 1.0)]
+
+
+@st.composite
+def stopped_programs(draw):
+    """A random chain of elementwise ops and row reductions with stop_gradient at random places."""
+    steps = []
+    for _ in range(draw(st.integers(2, 8))):
+        kind = draw(st.sampled_from(["unary", "binary", "reduce"]))
+        steps.append((kind, draw(st.integers(0, 4)), draw(st.integers(0, 10)),
+                      draw(st.booleans())))
+    return steps
+
+
+def _program(steps):
+    def fn(x, y):
+        values = [x, y]
+        for kind, op, arg, stop in steps:
+            a = values[arg % len(values)]
+            if kind == "unary":
+                v = _SG_UNARY[op % len(_SG_UNARY)](a)
+            elif kind == "binary":
+                v = _SG_BINARY[op % len(_SG_BINARY)](a, values[(arg + 1) % len(values)])
+            else:
+                v = mx.broadcast_to(mx.mean(a, axis=-1, keepdims=True), a.shape)
+            values.append(mx.stop_gradient(v) if stop else v)
+        return sum(v.sum() for v in values[2:]) + x.sum() * 0.1
+
+    return fn
+
+
+@settings(max_examples=20, deadline=None)
+@given(stopped_programs())
+def test_stop_gradient_in_random_programs_matches_the_jax_oracle(steps):
+    jax = pytest.importorskip("jax")
+    from mlxtriton.graph.evaluate import run
+    from mlxtriton.graph.evaluate_jax import from_jax, jax_rules, to_jax
+
+    fn = _program(steps)
+    x = mx.random.normal((3, 5), key=mx.random.key(1)) * 0.5
+    y = mx.random.normal((3, 5), key=mx.random.key(2)) * 0.5
+    graph = mlxtriton.trace(fn)(x, y)
+    rules = jax_rules()
+    oracle = jax.grad(lambda a, b: run(graph, [a, b], rules, to_jax)[0], argnums=(0, 1))
+    want = [from_jax(g) for g in oracle(to_jax(x), to_jax(y))]
+    got = mx.grad(mlxtriton.optimize(fn, chip="m3"), argnums=(0, 1))(x, y)
+    for g, w in zip(got, want):
+        _close(g, w, 1e-4)
+    for g, w in zip(got, mx.grad(fn, argnums=(0, 1))(x, y)):
+        _close(g, w, 1e-5)
+
+
+# ---- objects as arguments --------------------------------------------------------------------
+
+class Accumulator:
+    """A user class holding arrays and a Python step count."""
+
+    def __init__(self):
+        self.total = mx.zeros((3,))
+        self.history = [None, None]
+        self.steps = 0
+
+
+def add_to(acc: Accumulator, x):
+    acc.total = acc.total + x
+    acc.history[acc.steps % 2] = x * 2
+    acc.steps += 1
+    return acc.total.sum()
+
+
+def test_objects_holding_arrays_are_state():
+    f = mlxtriton.optimize(add_to)
+    eager, opt = Accumulator(), Accumulator()
+    for i in range(5):
+        x = mx.full((3,), float(i))
+        _same(f(opt, x), add_to(eager, x))
+        _same(opt.total, eager.total)
+        assert opt.steps == eager.steps
+        for a, b in zip(opt.history, eager.history):
+            assert (a is None) == (b is None)
+            if a is not None:
+                _same(a, b)
+    # the step count is a Python int: part of the key; the two parities need 2 + 2 builds
+    assert f.cache_info().builds == 5
+
+
+class Broken:
+    def __init__(self):
+        self.value = mx.ones((2,))
+        self.n = 1
+
+
+def test_a_failed_call_leaves_the_callers_object_untouched():
+    def bad(obj, x):
+        obj.value = obj.value + x
+        obj.n += 1
+        obj.extra = x
+        raise RuntimeError("boom")
+
+    obj = Broken()
+    value = obj.value
+    with pytest.raises(RuntimeError, match="boom"):
+        mlxtriton.optimize(bad)(obj, mx.ones((2,)))
+    assert obj.value is value and obj.n == 1 and not hasattr(obj, "extra")
+    _same(obj.value + 1, mx.full((2,), 2.0))
+
+
+def test_an_object_the_call_attaches_cannot_be_carried_and_says_so():
+    def attach(obj, x):
+        obj.child = Broken()
+        return x
+
+    obj = Broken()
+    with pytest.raises(mlxtriton.state.StateError, match="Broken at"):
+        mlxtriton.optimize(attach)(obj, mx.ones((2,)))
+    assert not hasattr(obj, "child")
+
+
+def test_mlx_lm_kv_caches_through_optimize_stay_usable_by_the_plain_model():
+    pytest.importorskip("mlx_lm")
+    from mlx_lm.models import llama
+    from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+    args = llama.ModelArgs(model_type="llama", hidden_size=32, num_hidden_layers=2,
+                           intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           rms_norm_eps=1e-5, vocab_size=64)
+    mx.random.seed(0)
+    model = llama.Model(args)
+    mx.eval(model.parameters())
+    f = mlxtriton.optimize(model)
+    for make in (KVCache, lambda: RotatingKVCache(max_size=8, keep=2)):
+        eager_cache = [make() for _ in range(2)]
+        opt_cache = [make() for _ in range(2)]
+        tokens = mx.array([[1, 5, 7, 9, 11]])
+        _close(f(tokens, cache=opt_cache), model(tokens, cache=eager_cache), 1e-4)
+        for step in range(6):
+            tok = mx.array([[step + 2]])
+            _close(f(tok, cache=opt_cache), model(tok, cache=eager_cache), 1e-4)
+        for a, b in zip(opt_cache, eager_cache):
+            assert a.offset == b.offset
+        # the optimized cache serves the plain model as well as the eager one
+        tok = mx.array([[3]])
+        _close(model(tok, cache=opt_cache), model(tok, cache=eager_cache), 1e-4)
+
+
+# ---- tracing through what the exporter cannot see --------------------------------------------
+
+def test_compiled_mlx_nn_helpers_trace_after_a_plain_call():
+    x = mx.random.normal((4, 8))
+    for helper in (nn.log_softmax, nn.gelu, nn.silu, nn.relu6):
+        helper(x)  # warms mlx.nn's mx.compile cache with these input types
+        f = mlxtriton.optimize(lambda v, h=helper: h(v) * 2.0)
+        _close(f(x), helper(x) * 2.0)
+
+
+def test_a_compiled_helper_with_constant_inputs_and_contiguous():
+    up = nn.Upsample(scale_factor=2, mode="cubic")
+    x = mx.random.normal((1, 4, 4, 2))
+    _close(mlxtriton.optimize(up)(x), up(x))
+    g = mlxtriton.optimize(lambda v: mx.contiguous(v.T) * 2)
+    _close(g(x[0, :, :, 0]), x[0, :, :, 0].T * 2)
+
+
+# ---- the cache says when and why it builds ----------------------------------------------------
+
+def test_cache_info_names_what_changed():
+    f = mlxtriton.optimize(lambda x, s: x * s, static_argnums=1)
+    x = mx.ones((2, 3))
+    f(x, 2)
+    f(x, 2)
+    assert f.cache_info()[:4] == (1, 1, 0, 1)
+    f(x, 2.0)
+    assert f.cache_info().last_build == "argument 1: static value 2 -> 2.0 (int -> float)"
+    f(mx.ones((4, 3)), 2.0)
+    assert f.cache_info().last_build == "argument 0: f32[2,3] -> f32[4,3]"
+
+
+def test_static_values_of_another_type_are_another_trace():
+    g = mlxtriton.optimize(lambda x, s: x * s, static_argnums=1)
+    x = mx.array([1, 2, 3])
+    assert g(x, 2).dtype == mx.int32
+    assert g(x, 2.0).dtype == mx.float32
+    h = mlxtriton.optimize(lambda x, s: (x * s) // 4, static_argnums=1)
+    _same(h(x, 1.0), (x * 1.0) // 4)
+    _same(h(x, 1), (x * 1) // 4)
+
+
+def test_many_rebuilds_in_a_row_warn_naming_the_cause():
+    f = mlxtriton.optimize(lambda x, n: x + n, static_argnums=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(10):
+            f(mx.ones((2,)), n)
+    rebuilt = [w for w in caught if issubclass(w.category, RebuildWarning)]
+    assert len(rebuilt) == 1 and "argument 1: static value 6 -> 7" in str(rebuilt[0].message)
+
+
+def test_lru_eviction_keeps_the_hot_signature():
+    f = mlxtriton.optimize(lambda x: x * 2, chip="m3")
+    f.cache_size = 2
+    hot = mx.ones((1,))
+    for n in range(2, 8):
+        f(hot)
+        f(mx.ones((n,)))
+    info = f.cache_info()
+    assert info.entries == 2 and info.evictions == 5 and info.builds == 7
+
+
+# ---- arguments checked where they are given ---------------------------------------------------
+
+def test_static_arguments_are_checked_against_the_signature():
+    with pytest.raises(ValueError, match="static_argnums has 2, but .* takes 2 positional"):
+        mlxtriton.optimize(lambda x, n: x * n, static_argnums=2)
+    with pytest.raises(ValueError, match="static_argnames has 'm'"):
+        mlxtriton.optimize(lambda x, n: x * n, static_argnames="m")
+    mlxtriton.optimize(lambda *xs: xs[0], static_argnums=3)  # *args takes any position
+    with pytest.raises(TypeError, match="function or an mlx.nn.Module"):
+        mlxtriton.optimize(42)
+
+
+def test_an_unhashable_static_value_is_named_in_one_line():
+    f = mlxtriton.optimize(lambda x, s: x, static_argnums=1)
+    with pytest.raises(mlxtriton.PyTreeError) as err:
+        f(mx.ones(2), np.ones((300, 300)))
+    message = str(err.value)
+    assert "\n" not in message and "numpy.ndarray of shape (300, 300)" in message
+
+
+def test_numpy_arrays_are_accepted_as_mlx_accepts_them():
+    f = mlxtriton.optimize(lambda x, y: x * y)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    _same(f(x, mx.ones((2, 3))), mx.array(x))
