@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import mlx.core as mx
 
+from mlxtriton import _collectives
 from mlxtriton import state as state_lib
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
@@ -159,6 +160,7 @@ class _GraphBuilder:
         self.decoded: dict[tuple, tuple[str, Params]] = {}
         self.needs_outputs: dict[str, bool] = {}  # primitives whose params come from output types
         self.dtype_names = dict(dtypes.FROM_MX)
+        self.collectives = _collectives.Recording()  # what the export calls of mx.distributed
 
     def new(self, name, shape, dtype) -> Var:
         if name in self.env:
@@ -223,7 +225,8 @@ class _GraphBuilder:
 
     def graph(self, in_tree, out_tree) -> Graph:
         outputs = tuple(self.use(n) for n in self.outputs)
-        return Graph(self.inputs, tuple(self.eqns), outputs, tuple(self.constants), in_tree, out_tree)
+        graph = Graph(self.inputs, tuple(self.eqns), outputs, tuple(self.constants), in_tree, out_tree)
+        return self.collectives.resolve(graph)
 
 
 # ---- while a trace runs --------------------------------------------------------------------
@@ -298,7 +301,8 @@ def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _GraphBuilder:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        mx.export_function(builder, flat_fn, *flat_args)
+        with _collectives.recording(builder.collectives):
+            mx.export_function(builder, flat_fn, *flat_args)
     finally:
         if enabled:
             gc.enable()

@@ -24,6 +24,10 @@ ALLOWED = {
     "runtime": {"graph", "hw", "fusion", "patterns", "codegen", "trace", "state"},
 }
 KERNEL_LAUNCHERS = {"metal_kernel", "cuda_kernel", "precompiled_cuda_kernel"}
+# Modules that construct a kernel without ever launching it, and why.
+KERNEL_PLACEHOLDERS = {
+    "_collectives.py": "a collective's placeholder in an export: a metal_kernel call MLX only records",
+}
 
 
 def layer_of(path: pathlib.Path) -> str:
@@ -63,7 +67,7 @@ def test_imports_point_down(path):
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_only_runtime_launches_kernels(path):
-    if layer_of(path) == "runtime":
+    if layer_of(path) == "runtime" or str(path.relative_to(PACKAGE)) in KERNEL_PLACEHOLDERS:
         return
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Attribute) and node.attr in KERNEL_LAUNCHERS:

@@ -81,6 +81,10 @@ STAYS_BECAUSE: dict[Family, str] = {
     Family.OPAQUE: "not fusible (sort, linear algebra, FFT, creation, custom kernel): stays an MLX op",
     Family.FUSED: "already a fused region",
     Family.MOVEMENT: "data movement that is no index map of one input: stays an MLX op",
+    # No region crosses a collective: its result exists only once every rank has sent its part
+    # (SumGradients communicates in its VJP, which a region's own derivative rule would lose).
+    Family.COLLECTIVE: "collective: runs as MLX's mx.distributed op (it or its VJP communicates "
+    "with the other ranks); regions end before it and start after it",
 }
 
 # Metal has no 64-bit float or complex arithmetic; a generated kernel could not compute these.

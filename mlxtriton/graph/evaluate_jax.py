@@ -74,8 +74,13 @@ from mlxtriton.graph import _shared_rules as shared
 from mlxtriton.graph import dtypes, primitives
 from mlxtriton.graph.primitives import UnsupportedPrimitiveError
 
+_OTHER_RANKS = "its result depends on the other processes' values; the oracle sees one process"
 NOT_EVALUATED: dict[str, str] = {
     "CustomKernel": "a custom Metal/CUDA kernel's source has no JAX meaning; the oracle cannot run it",
+    "AllReduce": _OTHER_RANKS,
+    "AllGather": _OTHER_RANKS,
+    "ReduceScatter": _OTHER_RANKS,
+    "Recv": _OTHER_RANKS,
 }
 
 
@@ -802,6 +807,10 @@ def jax_rules() -> dict[str, Callable]:
         ),
     )
     register("Depends", lambda *xs, num_outputs: results(xs[:num_outputs]))
+    # The single-process meaning of the collectives that have one: Send outputs its input (the
+    # message leaves as a side effect), SumGradients is the identity (its VJP communicates).
+    register("Send", lambda x, *, dst, size, rank: x)
+    register("SumGradients", lambda x, *, size, rank: x)
 
     from mlxtriton.graph import fused
 

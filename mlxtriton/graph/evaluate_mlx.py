@@ -423,6 +423,61 @@ _register(
 _register("Depends", lambda *xs, num_outputs: _results(xs[:num_outputs]))
 _register("Fused", fused.mlx_rule)
 
+# --- collectives -----------------------------------------------------------------------------
+# Each calls MLX's own collective over the group the equation names, on the stream MLX picks for
+# that group's backend (ring, MPI: the CPU; NCCL: the GPU), so gradients are MLX's own VJPs. The
+# functions are looked up at each call: inside a trace, the tracer's stand-ins record them.
+
+_GROUPS: dict[tuple[int, int], "mx.distributed.Group"] = {}
+
+
+def _group(size: int, rank: int) -> "mx.distributed.Group":
+    """The group of a collective equation: MLX's world group (``mx.distributed.init()``), which
+    must have that size and this process that rank (the tracer records no other group)."""
+    group = _GROUPS.get((size, rank))
+    if group is None:
+        world = mx.distributed.init()
+        if (world.size(), world.rank()) != (size, rank):
+            raise UnsupportedPrimitiveError(
+                f"a collective over {size} processes as rank {rank} cannot run in this process, "
+                f"rank {world.rank()} of {world.size()}: start one process per rank (mlx.launch)"
+            )
+        # One Group object per process: mlx.nn's sum_gradients caches its function per object.
+        group = _GROUPS[(size, rank)] = world
+    return group
+
+
+_ALL_REDUCE = {"sum": "all_sum", "max": "all_max", "min": "all_min"}
+
+
+def _all_reduce(x, *, kind, size, rank):
+    return getattr(mx.distributed, _ALL_REDUCE[kind])(x, group=_group(size, rank))
+
+
+def _reduce_scatter(x, *, kind, size, rank):
+    if kind != "sum":
+        raise UnsupportedPrimitiveError(f"ReduceScatter of kind {kind!r}: MLX's Python API has sum_scatter only")
+    return mx.distributed.sum_scatter(x, group=_group(size, rank))
+
+
+def _sum_gradients(x, *, size, rank):
+    import mlx.nn.layers.distributed as nn_distributed
+
+    return nn_distributed.sum_gradients(_group(size, rank))(x)
+
+
+_register("AllReduce", _all_reduce)
+_register("AllGather", lambda x, *, size, rank: mx.distributed.all_gather(x, group=_group(size, rank)))
+_register("ReduceScatter", _reduce_scatter)
+_register("Send", lambda x, *, dst, size, rank: mx.distributed.send(x, dst, group=_group(size, rank)))
+_register(
+    "Recv",
+    lambda *, src, shape, dtype, size, rank: mx.distributed.recv(
+        shape, dtypes.to_mx(dtype), src, group=_group(size, rank)
+    ),
+)
+_register("SumGradients", _sum_gradients)
+
 
 def _not_evaluated(name: str, reason: str) -> Callable:
     def rule(*inputs, **params):

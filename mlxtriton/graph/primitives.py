@@ -1,7 +1,8 @@
 """Graph layer: the one table of primitives that ``mx.export_function`` can report.
 
 Each primitive is declared once, with its family and the names of its parameters, and a decoder
-from MLX's positional ``state()`` (as the exporter reports it) to named, hashable params.
+from MLX's positional ``state()`` (as the exporter reports it) to named, hashable params. The
+collectives, which the exporter cannot report, are recorded by the tracer itself.
 Rules other layers need (evaluate with MLX, with JAX, render in a kernel) live in their own tables,
 keyed by primitive name. May import mlx and the graph layer's dtypes only.
 """
@@ -30,6 +31,7 @@ class Family(enum.Enum):
     FAST = "fast"  # mx.fast primitives (GPU streams); they decompose on the CPU stream
     RANDOM = "random"
     OPAQUE = "opaque"  # everything else: sorts, linear algebra, FFT, creation, custom kernels
+    COLLECTIVE = "collective"  # mx.distributed: communicates with the other processes of a group
     FUSED = "fused"  # a region of the graph that runs as one generated kernel (graph/fused.py)
 
 
@@ -426,3 +428,23 @@ declare(
     },
     multiple_outputs=True,
 )
+
+# ---------------------------------------------------------------------------------------------
+# Collectives (mx.distributed, mlx/distributed/primitives.h). MLX 0.32's exporter cannot report
+# them: its factory cuts "Sum AllReduce" at the space, maps "Sum" to Reduce and reads the AllReduce
+# through Reduce's state() (std::bad_array_new_length), and has no entry for AllGather, Send or
+# Recv. The tracer records them through stand-ins instead (mlxtriton/_collectives.py) and builds
+# these equations itself. Each names its group by its size and this process's rank in it; a group
+# of one never appears (MLX returns the input itself). Results depend on the other processes'
+# values, and each equation is one communication: passes never merge, fold or reorder them.
+
+_C = Family.COLLECTIVE
+declare("AllReduce", _C, ("kind", "size", "rank"))  # kind: sum, max or min over the group
+declare("AllGather", _C, ("size", "rank"))  # concatenated along axis 0 in rank order (0-d: (size,))
+declare("ReduceScatter", _C, ("kind", "size", "rank"))  # kind: sum; this rank's part of axis 0
+declare("Send", _C, ("dst", "size", "rank"))  # sends its input to rank dst; outputs the input
+declare("Recv", _C, ("src", "shape", "dtype", "size", "rank"))  # no inputs: receives from rank src
+# mlx.nn's sum_gradients(group): the identity, whose VJP all-sums the cotangent over the group.
+# MLX builds it as an mx.custom_function (CustomTransforms, which the exporter cannot report
+# either); the sharded linear layers ("all-to-sharded") apply it to their input.
+declare("SumGradients", _C, ("size", "rank"))

@@ -53,7 +53,8 @@ def substitute(graph: Graph, mapping: Mapping[Var, Var]) -> Graph:
 
 
 def cse(graph: Graph) -> Graph:
-    """Merge equal constants and equations with the same primitive, inputs and params."""
+    """Merge equal constants and equations with the same primitive, inputs and params (never two
+    collectives: each is one message, and two equal receives get two different ones)."""
     mapping: dict[Var, Var] = {}
     by_digest: dict[tuple, Var] = {}
     constants = []
@@ -69,7 +70,7 @@ def cse(graph: Graph) -> Graph:
     for e in graph.eqns:
         ins = tuple(mapping.get(v, v) for v in e.inputs)
         key = (e.primitive, ins, e.params, tuple(v.aval for v in e.outputs))
-        if key in seen:
+        if key in seen and get_primitive(e.primitive).family is not Family.COLLECTIVE:
             for old, new in zip(e.outputs, seen[key].outputs):
                 mapping[old] = new
             continue
@@ -88,7 +89,8 @@ def cse(graph: Graph) -> Graph:
 # Folding only makes small constants: folding a Broadcast of a scalar to a 4096 x 4096 weight
 # would trade one cheap op for 64 MB of graph constant.
 FOLD_MAX_ELEMENTS = 1024
-_NEVER_FOLD = frozenset({Family.RANDOM, Family.OPAQUE, Family.FAST})
+# A collective communicates when it runs: evaluating one at optimize time would be a message.
+_NEVER_FOLD = frozenset({Family.RANDOM, Family.OPAQUE, Family.FAST, Family.COLLECTIVE})
 
 
 def fold_constants(graph: Graph, max_elements: int = FOLD_MAX_ELEMENTS) -> Graph:

@@ -27,8 +27,9 @@ MAX_EVALUATED = 1 << 22
 # Scalars are recognised in constants up to this size (all elements compared).
 MAX_SCALAR_SOURCE = 1024
 
-# Never evaluated at optimize time: random bits change per call; custom kernels cannot run here.
-_NEVER_CONSTANT = frozenset({Family.RANDOM, Family.FUSED})
+# Never evaluated at optimize time: random bits change per call; custom kernels cannot run here;
+# a collective's value comes from the other ranks (a Recv has no inputs at all).
+_NEVER_CONSTANT = frozenset({Family.RANDOM, Family.FUSED, Family.COLLECTIVE})
 
 
 class Values:
@@ -72,7 +73,8 @@ class Values:
         if self._keys is None:
             self._keys = {}
             for e in self.graph.eqns:
-                if len(e.outputs) == 1:
+                # Two equal collectives are two messages (two receives get different ones).
+                if len(e.outputs) == 1 and get_primitive(e.primitive).family is not Family.COLLECTIVE:
                     self._keys.setdefault(self._key(e), e)
         first = self._keys.get(self._key(eqn))
         return None if first is None or first is eqn else first.outputs[0]

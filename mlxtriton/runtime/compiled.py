@@ -24,6 +24,7 @@ from mlxtriton.codegen.lowering import (cache_with_report, kernel_target, lower_
                                         row_fits_on_chip)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
+from mlxtriton.fusion.collectives import collective_lines
 from mlxtriton.fusion.layout import layout_with_report
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
@@ -133,7 +134,7 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
             stages.append(StageReport(name, graph, rewrites.lines(), rewrites))
         elif name == "fuse":
             graph, report = fuse_with_report(graph, target.chip, split=not single_kernel)
-            stages.append(StageReport(name, graph, _fusion_lines(report)))
+            stages.append(StageReport(name, graph, _fusion_lines(report) + collective_lines(graph)))
         elif name == "layout":
             graph, decisions = layout_with_report(graph, target.chip)
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]

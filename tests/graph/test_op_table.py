@@ -557,6 +557,8 @@ NO_TRACE = {  # reason the Python API cannot produce it on the CPU stream
     "ScaledDotProductAttention": "fast op: decomposes on the CPU stream",
     "CustomKernel": "runs only on a GPU",
     "Fused": "made by fusion, never traced",
+    **dict.fromkeys(("AllReduce", "AllGather", "ReduceScatter", "Send", "Recv", "SumGradients"),
+                    "a collective: traced and checked on several processes by tests/distributed"),
 }
 
 
