@@ -30,6 +30,9 @@ from mlxtriton.graph.core import Eqn, Graph, Params
 from mlxtriton.graph.primitives import UnsupportedPrimitiveError
 from mlxtriton.graph.transforms import dce
 
+# MLX's own stop_gradient (while a trace runs, mx.stop_gradient records a StopGradient equation
+# instead: trace.py): the placeholder must be off the differentiated path for MLX's VJP itself.
+_STOP_GRADIENT = mx.stop_gradient
 _KERNEL = re.compile(r"custom_kernel_mlxtriton_collective_(\d+)_")
 _NOT_DIFFERENTIABLE = re.compile(r"\[Primitive::(vjp|jvp|vmap)\] Not implemented for CustomKernel")
 
@@ -68,7 +71,7 @@ class Recording:
             output_names=["out"], source="",
         )
         if like is not None:  # the kernel is off the differentiated path: only `like` is on it
-            inputs = [mx.stop_gradient(x) for x in inputs]
+            inputs = [_STOP_GRADIENT(x) for x in inputs]
         marker = kernel(inputs=inputs, output_shapes=[out.shape], output_dtypes=[out.dtype],
                         grid=(1, 1, 1), threadgroup=(1, 1, 1))[0]
         return marker if like is None else mx.depends([like], [marker])[0]
