@@ -17,14 +17,16 @@ from mlxtriton.graph import (
 )
 from mlxtriton.trace import TraceError, TraceWarning, functionalize, trace
 from mlxtriton._api import cache, fuse, kernel, layout, optimize, rewrite
-from mlxtriton.runtime.compiled import Compiled, Explanation, Lowered, SingleKernelError
+from mlxtriton.runtime.compiled import (CacheInfo, Compiled, Explanation, Lowered, RebuildWarning,
+                                        SingleKernelError)
+from mlxtriton.state import StateError
 from mlxtriton import hw
 
 __version__ = "0.1.0"
 
 __all__ = [
     "rewrite", "fuse", "layout", "cache", "optimize", "kernel", "Compiled", "Lowered", "Explanation",
-    "SingleKernelError", "TraceWarning", "hw",
+    "SingleKernelError", "TraceWarning", "hw", "CacheInfo", "RebuildWarning", "StateError",
     "trace", "functionalize", "evaluate", "verify", "Graph", "Eqn", "Var",
     "TraceError", "EvaluationError", "PyTreeError", "UnsupportedPrimitiveError", "VerificationError",
 ]

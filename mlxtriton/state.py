@@ -483,7 +483,10 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
             elif isinstance(ad, pytree.Static):
                 if ad != bd:
                     writes.append(Write(a.index, k, "static", ad.value, step))
-            elif isinstance(ad, Container) and ad.kind != "tuple" and same(bd, ad):
+            elif isinstance(ad, Container) and same(bd, ad) and (
+                    ad.kind != "tuple" or not _buildable(ad)):
+                # the same container: what changed inside it (a tuple holding objects, as
+                # mlx-lm's CacheList does, cannot change, but its objects can)
                 compare(bd, ad, step)
             elif isinstance(ad, Container) and _buildable(ad):
                 # a new (or, for a tuple, possibly refilled) container of arrays and scalars

@@ -412,6 +412,11 @@ def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,
     changes, kept = changes.without([
         j is not None and state_outs[i] is graph.inputs[n_args + j]
         for i, j in enumerate(changes.same_slot)])
+    for w in changes.plan.writes:
+        if isinstance(before.containers[w.container], tuple):
+            raise state_lib.StateError(
+                f"the call changed {w.path}, an array in a tuple that also holds objects: the "
+                "tuple cannot be rebuilt around them")
     outputs = graph.outputs[:n_results] + tuple(state_outs[i] for i in kept)
     read = {v for e in graph.eqns for v in e.inputs} | set(outputs)
     inputs = tuple(i for i in range(len(before.leaves)) if graph.inputs[n_args + i] in read)

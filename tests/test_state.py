@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlxtriton
-from mlxtriton.runtime.compiled import RebuildWarning
+from mlxtriton import RebuildWarning
 
 
 def _same(a, b):
@@ -362,7 +362,7 @@ def test_an_object_the_call_attaches_cannot_be_carried_and_says_so():
         return x
 
     obj = Broken()
-    with pytest.raises(mlxtriton.state.StateError, match="Broken at"):
+    with pytest.raises(mlxtriton.StateError, match="Broken at"):
         mlxtriton.optimize(attach)(obj, mx.ones((2,)))
     assert not hasattr(obj, "child")
 
