@@ -68,3 +68,14 @@ def test_a_norm_alone_or_read_by_a_matmul_keeps_the_fast_op_on_apple_chips(chip)
     block = examples.init_eval(examples.LlamaBlock())
     (h,) = examples.example_inputs("llama")
     assert mlxtriton.optimize(block, chip=chip).graph(h).primitive_counts()["RMSNorm"] == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.metal
+def test_on_a_gpu_the_traced_fast_op_times_a_gate_launches_one_kernel():
+    x = mx.random.normal((64, 4096), key=mx.random.key(3))
+    w = mx.random.normal((4096,), key=mx.random.key(4))
+    f = mlxtriton.optimize(rms_norm_gate)
+    assert mlxtriton.trace(rms_norm_gate)(x, w, x).primitive_counts().get("RMSNorm") == 1  # a GPU trace
+    assert f.graph(x, w, x).primitive_counts() == {"Fused": 1} and len(f.lower(x, w, x)) == 1
+    assert mx.allclose(f(x, w, x), rms_norm_gate(x, w, x), atol=1e-4).item()
