@@ -80,9 +80,15 @@ x = mx.random.normal((2, 2048, 4096)).astype(mx.float16)
 
 optimized = {c: mlxtriton.optimize(block, chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
 rewrites = {c: next(s.lines for s in optimized[c].stages if s.stage == "patterns") for c in CHIPS}
-print("\n".join(rewrites["m3"]))
-same = all(rewrites[c] == rewrites["m3"] for c in CHIPS)
-print(f"\nthe pattern stage decided {'the same' if same else 'differently'} on all four chips")
+groups: dict[tuple, list[str]] = {}  # chips whose pattern stage decided alike
+for c in CHIPS:
+    groups.setdefault(tuple(rewrites[c]), []).append(hw.profile(c).name)
+for lines, chips in groups.items():
+    print(f"-- {', '.join(chips)}:")
+    print("\n".join("   " + line for line in lines))
+print("\nthe pattern stage decided " + ("the same on all four chips" if len(groups) == 1 else
+      "; ".join(f"alike on {', '.join(chips)}" if len(chips) > 1 else f"its own way on {chips[0]}"
+                for chips in groups.values())))
 counts = {c: optimized[c].graph.primitive_counts() for c in CHIPS}
 print(table(["primitive", *[hw.profile(c).name for c in CHIPS]],
             [[p, *[counts[c].get(p, 0) for c in CHIPS]] for p in sorted(set().union(*counts.values()))]))
