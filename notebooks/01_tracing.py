@@ -114,15 +114,16 @@ def draw_layers(g, ax, label: bool = True):
 
 dot = to_dot(graph)
 print("\n".join(dot.splitlines()[:6]) + "\n  ...")
-try:
-    import graphviz  # noqa: F401
+try:  # graphviz draws in a notebook where its Python package and its `dot` program are installed
+    import graphviz
+    from IPython.display import display
 
     have_graphviz = shutil.which("dot") is not None
 except ImportError:
     have_graphviz = False
 
 if have_graphviz:
-    display(graphviz.Source(dot))  # noqa: F821 - IPython's display, in a notebook
+    display(graphviz.Source(dot))
 else:
     fig, ax = plt.subplots(figsize=(14, 5))
     draw_layers(graph, ax, label=False)

@@ -80,9 +80,15 @@ x = mx.random.normal((2, 2048, 4096)).astype(mx.float16)
 
 optimized = {c: mlxtriton.optimize(block, chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
 rewrites = {c: next(s.lines for s in optimized[c].stages if s.stage == "patterns") for c in CHIPS}
-print("\n".join(rewrites["m3"]))
-same = all(rewrites[c] == rewrites["m3"] for c in CHIPS)
-print(f"\nthe pattern stage decided {'the same' if same else 'differently'} on all four chips")
+groups: dict[tuple, list[str]] = {}  # chips whose pattern stage decided alike
+for c in CHIPS:
+    groups.setdefault(tuple(rewrites[c]), []).append(hw.profile(c).name)
+for lines, chips in groups.items():
+    print(f"-- {', '.join(chips)}:")
+    print("\n".join("   " + line for line in lines))
+print("\nthe pattern stage decided " + ("the same on all four chips" if len(groups) == 1 else
+      "; ".join(f"alike on {', '.join(chips)}" if len(chips) > 1 else f"its own way on {chips[0]}"
+                for chips in groups.values())))
 counts = {c: optimized[c].graph.primitive_counts() for c in CHIPS}
 print(table(["primitive", *[hw.profile(c).name for c in CHIPS]],
             [[p, *[counts[c].get(p, 0) for c in CHIPS]] for p in sorted(set().union(*counts.values()))]))
@@ -128,7 +134,7 @@ for c in CHIPS:
 # %% [markdown]
 # In this block every row fits on chip on every chip, so the cache decision is the same; the launch
 # shapes are not. M1 spreads a 4096-wide row over twice as many threads as M3 (half the register
-# budget per thread), and so does the H200. Float32 pointwise kernels (the RoPE tables) give each
+# budget per thread), the H200 over four times as many. Float32 pointwise kernels (the RoPE tables) give each
 # thread 16 bytes on the H200 and 8 on Apple chips, as MLX's own kernels do; float16 ones get one
 # 4-wide vector everywhere. M3 and M4 get identical kernels: both are Apple9 (the same feature
 # set, Dynamic Caching, the same limits), and the rules read only the figures that decide a
@@ -146,7 +152,7 @@ lengths = [2**k for k in range(9, 18)]  # 512 .. 131072
 sweep = {c: [] for c in CHIPS}
 softmax = {c: mlxtriton.cache(lambda a: mx.softmax(a, axis=-1), chip=c) for c in CHIPS}
 for n in lengths:
-    xs = mx.zeros((4, n))
+    xs = mx.zeros((256, n))  # rows enough for every chip: no reduction is split in two levels
     for c in CHIPS:
         s = softmax[c].lower(xs, target=DIALECT[c])[0].kernel.arg
         reads = 1 if s.on_chip == "registers" else s.passes
@@ -180,7 +186,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The step in the right panel is the cache decision: the M1 (64 B of row data per thread, 1024
-# threads) and the H200 (64 B per thread) stream rows of 32768 float32 and more; M3 and M4 (128 B
-# per thread) keep them in registers up to 32768. Streaming costs one extra read of the row: 1.5x
-# the memory traffic of a bandwidth-bound kernel.
+# The step in the right panel is the cache decision. The M1 (64 B of row data per thread, at most
+# 1024 threads: 16384 float32) streams rows of 32768 and more; M3 and M4 (128 B per thread) and the
+# H200 (which gives a row 1024 threads where 512 threads' registers do not hold it) keep rows of
+# 32768 in registers; every chip streams rows of 65536 and more. Streaming costs one extra read of
+# the row: 1.5x the memory traffic of a bandwidth-bound kernel.

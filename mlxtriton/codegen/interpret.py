@@ -15,19 +15,22 @@ import numpy as np
 
 from mlxtriton.codegen.kernel_ir import Access, Ops, UOp, kernel_params
 
-try:
-    import ml_dtypes
-
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # bfloat16 kernels need ml_dtypes (a JAX dependency)
-    ml_dtypes = None
-    _BF16 = None
+# NumPy's bfloat16, from ml_dtypes (a JAX dependency), imported by the first `numpy_dtype`
+# call that needs it: importing it costs more than the rest of `import mlxtriton`. Every
+# bfloat16 array the interpreter holds was made through `numpy_dtype`, so `_BF16` is set by then.
+_BF16: np.dtype | None = None
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
+    global _BF16
     if dtype == "bfloat16":
         if _BF16 is None:
-            raise RuntimeError("interpreting bfloat16 needs the ml_dtypes package")
+            try:
+                import ml_dtypes
+            except ImportError:
+                raise RuntimeError("interpreting bfloat16 needs the ml_dtypes package "
+                                   "(pip install ml_dtypes, or the oracle extra)") from None
+            _BF16 = np.dtype(ml_dtypes.bfloat16)
         return _BF16
     return np.dtype(dtype)
 

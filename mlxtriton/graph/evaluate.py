@@ -1,6 +1,6 @@
 """Graph layer: run a graph, with MLX ops (bit-identical to the traced function on CPU) or with
 JAX (the oracle), and abstract evaluation (shapes and dtypes through MLX's lazy graph, no compute).
-May import mlx, the graph layer, and jax lazily (only for ``backend="jax"``).
+May import mlx, numpy, the graph layer, and jax lazily (only for ``backend="jax"``).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
@@ -24,25 +25,79 @@ def _mlx_rules() -> dict[str, Callable]:
     return MLX_RULES
 
 
-def _jax_rules() -> dict[str, Callable]:
-    from mlxtriton.graph.evaluate_jax import jax_rules
+# The packages the oracle imports; missing, they are named with the extra that brings them.
+_ORACLE_PACKAGES = ("jax", "jaxlib", "ml_dtypes")
+ORACLE_EXTRA = "pip install 'mlxtriton[oracle]'"
 
-    return jax_rules()
+
+def _jax_backend() -> tuple[dict[str, Callable], Callable, Callable]:
+    """The oracle's rules and its array conversions; a clear error when JAX is not installed."""
+    try:
+        from mlxtriton.graph.evaluate_jax import from_jax, jax_rules, to_jax
+
+        return jax_rules(), to_jax, from_jax
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in _ORACLE_PACKAGES:
+            raise
+        raise ModuleNotFoundError(
+            f"backend='jax' (the oracle) needs JAX, which is not installed: {ORACLE_EXTRA}",
+            name=e.name) from None
+
+
+def _jax_rules() -> dict[str, Callable]:
+    return _jax_backend()[0]
+
+
+def _is_foreign_array(x) -> bool:
+    """A NumPy or JAX array (anything with a shape, a dtype and ``__array__``), not an mx.array."""
+    return (not isinstance(x, mx.array) and hasattr(x, "__array__") and hasattr(x, "shape")
+            and hasattr(x, "dtype"))
+
+
+def _with_stand_ins(tree, originals: dict[int, Any]):
+    """``tree`` with each NumPy / JAX array replaced by a lazy mx.array (never evaluated),
+    recorded in ``originals`` by the stand-in's id, so that the pytree code, which knows MLX
+    arrays only, sees an array leaf where the caller passed one. The originals are what the
+    arguments' shapes and dtypes are then checked on."""
+    if _is_foreign_array(tree):
+        stand_in = mx.zeros(tuple(tree.shape))
+        originals[id(stand_in)] = tree
+        return stand_in
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_with_stand_ins(c, originals) for c in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_with_stand_ins(c, originals) for c in tree)
+    if isinstance(tree, dict):
+        return {k: _with_stand_ins(v, originals) for k, v in tree.items()}
+    return tree
 
 
 def flatten_arguments(graph: Graph, args: tuple, kwargs: dict) -> list:
-    """The flat list of arrays a graph's inputs bind to, checked against its in_tree."""
+    """The flat list of arrays a graph's inputs bind to, checked against its in_tree. NumPy and
+    JAX arrays count as array leaves (they are returned as given)."""
     if graph.in_tree is None:
         if kwargs:
             raise EvaluationError("a flat graph takes positional arrays only, got keyword arguments")
         return list(args)
+    originals: dict[int, Any] = {}
+    args, kwargs = _with_stand_ins((args, kwargs), originals)
     # Static arguments are compared by value, whether declared static or Python scalars.
     leaves, tree = pytree.flatten((args, kwargs), is_static=lambda _: True)
     if tree != graph.in_tree:
         raise pytree.PyTreeError(
             f"arguments do not match the traced structure: expected {graph.in_tree}, got {tree}"
         )
-    return leaves
+    return [originals.get(id(leaf), leaf) for leaf in leaves]
+
+
+def _to_mlx(a) -> mx.array:
+    """An MLX array equal to an MLX, NumPy or JAX array, bit for bit (bfloat16 through its bits)."""
+    if isinstance(a, mx.array):
+        return a
+    host = np.asarray(a)
+    if _dtype_name(host.dtype) == "bfloat16":
+        return mx.array(host.view(np.uint16)).view(mx.bfloat16)
+    return mx.array(host)
 
 
 def check_arguments(graph: Graph, flat: Sequence) -> None:
@@ -98,10 +153,11 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
 
     Args:
         graph: a graph from `mlxtriton.trace` (or built by hand: then flat positional arrays).
-        *args, **kwargs: arguments with the structure, shapes and dtypes the graph was traced with.
+        *args, **kwargs: arguments with the structure, shapes and dtypes the graph was traced with;
+            arrays may be MLX, NumPy or JAX arrays.
         backend: ``"mlx"`` runs MLX ops, bit-identical on CPU to calling the traced function;
             ``"jax"`` runs jax.numpy / jax.lax with MLX's semantics (the oracle; results are
-            NumPy arrays).
+            NumPy arrays; needs the ``oracle`` extra).
 
     Returns:
         The outputs in the traced function's structure. State the traced call read (module
@@ -112,6 +168,8 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
         PyTreeError: the arguments' structure or static values differ from the trace.
         EvaluationError: an argument's shape or dtype differs from the trace.
         UnsupportedPrimitiveError: a primitive has no rule for ``backend``.
+        ModuleNotFoundError: ``backend="jax"`` without JAX installed (the message names the
+            extra to install).
 
     Example:
         >>> f = lambda x: mx.softmax(x, axis=-1)
@@ -130,11 +188,10 @@ def evaluate(graph: Graph, *args, backend: str = "mlx", **kwargs):
         flat = [*flat, *graph.state_values]
     check_arguments(graph, flat)
     if backend == "mlx":
-        outs = run(graph, flat, _mlx_rules())
+        outs = run(graph, [_to_mlx(a) for a in flat], _mlx_rules())
     elif backend == "jax":
-        from mlxtriton.graph.evaluate_jax import from_jax, to_jax
-
-        outs = [from_jax(o) for o in run(graph, [to_jax(a) for a in flat], _jax_rules(), to_jax)]
+        rules, to_jax, from_jax = _jax_backend()
+        outs = [from_jax(o) for o in run(graph, [to_jax(a) for a in flat], rules, to_jax)]
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'mlx' or 'jax'")
     outs = outs[:len(outs) - len(graph.state_outputs)]  # the results, not the state written

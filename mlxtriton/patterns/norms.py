@@ -6,7 +6,8 @@ where the chip runs them faster so (issue 5, rule 2). May import mlxtriton.graph
 from __future__ import annotations
 
 from mlxtriton.graph import dtypes
-from mlxtriton.graph.core import Var
+from mlxtriton.graph.core import Graph, Var
+from mlxtriton.graph.primitives import Family, family
 
 from mlxtriton.patterns._values import close
 from mlxtriton.patterns.pattern import P, Pat
@@ -32,10 +33,50 @@ GENERATED_AT_LEAST_AS_FAST: dict[str, frozenset[str]] = {"cuda": frozenset({"RMS
 # ... and clearly faster (2.4x): a LayerNorm primitive (what a GPU trace of nn.LayerNorm holds)
 # is decomposed for the fuse stage there.
 GENERATED_FASTER: dict[str, frozenset[str]] = {"cuda": frozenset({"LayerNorm"})}
+# Backends where a norm whose output only pointwise work reads (a gate: `rms_norm(x, w) *
+# silu(g)`, a scale, a residual add) goes to the fuse stage, decomposed, whatever the tables above
+# say: one generated row kernel then reads the row and the gate and writes the product, where
+# MLX's fast op writes the norm's output for a second kernel to read back (4 passes over memory
+# instead of 3). This holds without a measurement, so it is the rule on Apple GPUs, where none of
+# the generated norm kernels has been timed yet; on CUDA the generated kernels measured at least
+# as fast alone (above). A norm read by anything else (a matmul) keeps MLX's fast op there.
+FUSED_WHEN_FEWER_BYTES: frozenset[str] = frozenset({"metal", "cuda"})
+_ELEMENTWISE = family(Family.UNARY) | family(Family.BINARY) | family(Family.TERNARY)
 
 
 def _left_for_fusion(m: Match, primitive: str, table: dict) -> bool:
     return bool(m.context.get("fusing")) and primitive in table.get(m.context.get("backend"), ())
+
+
+def _norm_output(graph: Graph, v: Var) -> Var:
+    """Where a norm's value ends: ``v`` followed through what the norm rules fold into the fast
+    op (a cast, a weight, a bias: a vector along the row), while each step has one reader."""
+    while not graph.is_output(v) and len(graph.users(v)) == 1:
+        (u,) = graph.users(v)
+        other = [w for w in u.inputs if w is not v]
+        if u.primitive == "AsType" or (u.primitive in ("Multiply", "Add") and len(other) == 1
+                                       and _along_row(graph, other[0], v.shape[-1:])):
+            v = u.outputs[0]
+        else:
+            break
+    return v
+
+
+def _along_row(graph: Graph, w: Var, row: tuple[int, ...]) -> bool:
+    e = graph.producer(w)
+    if e is not None and e.primitive == "Broadcast":
+        w = e.inputs[0]
+    return w.shape[-1:] == row and all(d == 1 for d in w.shape[:-1])
+
+
+def _fused_reads_fewer_bytes(m: Match, v: Var) -> bool:
+    """The fuse stage follows and only pointwise work reads the norm's value ``v``
+    (`FUSED_WHEN_FEWER_BYTES`)."""
+    if not m.context.get("fusing") or m.context.get("backend") not in FUSED_WHEN_FEWER_BYTES:
+        return False
+    end = _norm_output(m.graph, v)
+    readers = m.graph.users(end)
+    return not m.graph.is_output(end) and bool(readers) and all(u.primitive in _ELEMENTWISE for u in readers)
 
 
 def mean(of: Pat, name: str) -> Pat:
@@ -89,6 +130,10 @@ def rms_norm(m: Match):  # x * rsqrt(mean(x^2) + eps) -> RMSNorm(x, 1)
         if _is_centered(m, x):
             return None  # the RMS of x - mean(x): the LayerNorm rule speaks for it
         return Note(_FOR_FUSION.format(norm="RMSNorm", backend=m.context["backend"]))
+    if _fused_reads_fewer_bytes(m, m.root.outputs[0]):
+        if _is_centered(m, x):
+            return None  # as above
+        return Note(f"RMSNorm left decomposed for the fuse stage: {_FEWER_BYTES}")
     eps = float(m.value("eps"))
     m.detail = f"RMSNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("RMSNorm", [x, m.constant(1, x.dtype)], eps=eps)
@@ -103,6 +148,8 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
         return Miss(why)
     if _left_for_fusion(m, "LayerNorm", GENERATED_AT_LEAST_AS_FAST):
         return Note(_FOR_FUSION.format(norm="LayerNorm", backend=m.context["backend"]))
+    if _fused_reads_fewer_bytes(m, m.root.outputs[0]):
+        return Note(f"LayerNorm left decomposed for the fuse stage: {_FEWER_BYTES}")
     eps = float(m.value("eps"))
     m.detail = f"LayerNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("LayerNorm", [x, m.constant(1, x.dtype), m.constant(0, x.dtype)], eps=eps)
@@ -110,10 +157,30 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
 
 _FOR_FUSION = ("{norm} left decomposed for the fuse stage: on {backend} its generated row kernel "
                "measured at least as fast as MLX's fast op, and fuses with its neighbours")
+_FEWER_BYTES = ("only pointwise work reads it, so one generated kernel reads fewer bytes than MLX's "
+                "fast op and a second kernel")
+
+
+def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by pointwise work -> its decomposition
+    if not _fused_reads_fewer_bytes(m, m.root.outputs[0]):
+        return None
+    x, w = m.root.inputs
+    out = m.root.outputs[0]
+    # MLX's fallback (mlx/fast.cpp), op for op: float32 statistics, one cast back, the weight.
+    xf = m.astype(x, "float32")
+    total = m.add("Reduce", [m.add("Square", [xf])], kind="sum", axes=(xf.ndim - 1,))
+    ms = m.add("Multiply", [total, m.splat(1.0 / x.shape[-1], total)])
+    inv = m.add("Sqrt", [m.add("Add", [ms, m.splat(m.root.params["eps"], ms)])], reciprocal=True)
+    y = m.astype(m.add("Multiply", [xf, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
+    if not _unit(m, "w", 1):
+        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
+    m.detail = f"RMSNorm decomposed for the fuse stage: {_FEWER_BYTES}"
+    return y
 
 
 def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition, for the fuse stage
-    if not _left_for_fusion(m, "LayerNorm", GENERATED_FASTER):
+    measured = _left_for_fusion(m, "LayerNorm", GENERATED_FASTER)
+    if not (measured or _fused_reads_fewer_bytes(m, m.root.outputs[0])):
         return None
     x, w, b = m.root.inputs
     out = m.root.outputs[0]
@@ -133,8 +200,9 @@ def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition,
         y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
     if not _unit(m, "b", 0):
         y = m.add("Add", [y, m.add("Broadcast", [m.astype(b, out.dtype)], shape=out.shape)])
-    m.detail = (f"LayerNorm decomposed for the fuse stage: on {m.context['backend']} its generated "
-                "row kernel measured 2.4x mx.fast.layer_norm")
+    m.detail = "LayerNorm decomposed for the fuse stage: " + (
+        f"on {m.context['backend']} its generated row kernel measured 2.4x mx.fast.layer_norm"
+        if measured else _FEWER_BYTES)
     return y
 
 
@@ -191,6 +259,7 @@ _vector = P("Broadcast", P.var("w")) | P.var("w")
 NORMS = Rules(
     [
         (P("LayerNorm", P.var("x"), P.var("w"), P.var("b")), layer_norm_for_fusion),
+        (P("RMSNorm", P.var("x"), P.var("w")), rms_norm_for_fusion),
         (_layer, layer_norm),  # first: LayerNorm(x) is also RMSNorm(x - mean(x))
         (_rms, rms_norm),
         (P("AsType", P("RMSNorm", _up, P.var("w"), name="norm")), norm_in_float32),
