@@ -74,15 +74,25 @@ class Explanation:
     source: Graph
     stages: list[StageReport]
     kernels: list[LoweredKernel]
-    target: hw.Target
+    target: hw.Target  # what the kernels are shaped for and written in
+    running: hw.Profile | None = None  # the device this process runs on
 
     @property
     def graph(self) -> Graph:
         return self.stages[-1].graph if self.stages else self.source
 
     def __str__(self) -> str:
-        out = [f"traced: {len(self.source.eqns)} equations; chip {self.target.chip.name}, "
-               f"device {self.target.device.name}"]
+        dialect = "CUDA" if self.target.device.backend == "cuda" else "Metal"
+        head = (f"traced: {len(self.source.eqns)} equations; kernels shaped for the "
+                f"{self.target.chip.name}, written in {dialect}")
+        if self.running is not None and not self.running.is_gpu:
+            head += f"; running on the {self.running.name}, where fused regions run as MLX ops"
+        elif self.running is not None and self.running != self.target.device:
+            head += f"; running on the {self.running.name}"
+        out = [head]
+        if self.source.state_inputs or self.source.state_outputs:
+            out.append(f"   state read: {', '.join(self.source.state_inputs) or 'none'}; "
+                       f"written: {', '.join(self.source.state_outputs) or 'none'}")
         for s in self.stages:
             out.append(f"-- {s.stage}: {len(s.graph.eqns)} equations, "
                        f"{sum(is_fused(e) for e in s.graph.eqns)} fused regions")
@@ -625,7 +635,11 @@ class Compiled:
         return self._trace_call(args, kwargs).graph
 
     def _build(self, graph: Graph, device) -> _Executable:
-        optimized, _ = run_passes(graph, self.passes, self.chip, device,
+        passes = self.passes
+        if not (hw.target(self.chip, device).can_launch or interpreting()):
+            # Regions run as MLX ops here: the schedules the cache stage chooses would go unused.
+            passes = passes - {"cache"}
+        optimized, _ = run_passes(graph, passes, self.chip, device,
                                   single_kernel=self.single_kernel)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
@@ -679,7 +693,7 @@ class Compiled:
                     kernels.append(lower_fused(e, ktarget, dialect)[0])
                 except RegionError as err:
                     stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
-        return Explanation(graph, stages, kernels, ktarget)
+        return Explanation(graph, stages, kernels, ktarget, hw.running_device())
 
     def clear_cache(self) -> None:
         with self._lock:
