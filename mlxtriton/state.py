@@ -29,7 +29,8 @@ __all__ = ["StateError", "COUNTERS", "PREPARE", "RANDOM", "Snapshot", "WritePlan
 # (mlxtriton.lm's caches count tokens this way).
 COUNTERS = "__mlxtriton_counters__"
 # A method the runtime calls on every state object before every call, outside any trace (a cache
-# grows its buffer there, so that no traced call needs a decision that depends on a counter).
+# grows its buffer there, so that no traced call needs a decision that depends on a counter). It
+# may be called more than once before a call: it must do nothing when there is nothing to do.
 PREPARE = "__mlxtriton_prepare__"
 
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
@@ -126,6 +127,7 @@ class Snapshot:
     slots: list[tuple[int, Any]]
     containers: list[Any]
     counters: dict[tuple[int, Any], int]
+    guards: tuple = ()  # what `refresh` checks: (slot checks, sizes, modes, hooks)
 
     @property
     def avals(self) -> tuple:
@@ -179,6 +181,53 @@ class Snapshot:
                     d = vars(obj)
                     d.clear()
                     d.update(attrs)
+
+    def refresh(self, roots: Sequence[Any]) -> "Snapshot | None":
+        """This snapshot's layout read again from the live objects, without walking them: the
+        prepare hooks are called, then every slot the walk read is read and checked (sizes,
+        modes, Python values, object identities, array slots still arrays). None where anything
+        differs: the caller walks again. What a stateful call pays on every call once its
+        state's structure has settled (a tenth of a walk: one check per slot, no layout built).
+        """
+        if len(roots) != len(self.roots) or any(a is not b for a, b in zip(roots, self.roots)):
+            return None
+        checks, sizes, modes, hooks = self.guards
+        for obj in hooks:
+            getattr(type(obj), PREPARE)(obj)
+        for target, n in sizes:
+            if len(target) != n:
+                return None
+        for module, training in modes:
+            if module.__dict__.get("_training") is not training:
+                return None
+        leaves: list[mx.array] = []
+        counters = {}
+        try:
+            for target, k, kind, expected in checks:
+                if kind == _KEY:
+                    leaves.append(random_key())
+                    continue
+                v = target[k]
+                if kind == _LEAF:
+                    if type(v) is not _ARRAY_TYPE:
+                        return None
+                    leaves.append(v)
+                elif kind == _SAME:
+                    if v is not expected:
+                        return None
+                elif kind == _EQUAL:
+                    if type(v) is not expected[0] or v != expected[1]:
+                        return None
+                elif kind == _COUNT:
+                    if type(v) is not int:
+                        return None
+                    counters[(expected, k)] = v
+                elif type(v) is not expected:
+                    return None
+        except (KeyError, IndexError, TypeError):
+            return None
+        return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
+                        counters, self.guards)
 
     def substitute(self, values: Sequence[mx.array]) -> None:
         """Put ``values`` (a trace's placeholders) where the leaves are."""
@@ -236,6 +285,12 @@ class _Walk:
         self.seen: dict[int, int] = {}
         self.module = _module_type()
         self.prepare = prepare
+        # What `Snapshot.refresh` rechecks on the next call instead of walking again: each slot
+        # read (where, key, what it held), each container's size, each module's mode, each hook.
+        self.checks: list[tuple] = []
+        self.sizes: list[tuple[Any, int]] = []
+        self.modes: list[tuple[Any, Any]] = []
+        self.hooks: list[Any] = []
 
     def container(self, obj: Any, path) -> Container:
         """``path`` is a string or (parent path, kind, key): formatted only for a message."""
@@ -245,10 +300,12 @@ class _Walk:
         if obj is RANDOM:
             self.leaves.append(random_key())
             self.slots.append((index, 0))
+            self.checks.append((None, 0, _KEY, None))
             return Container("random", _RandomKey, (0,), (ARRAY,), index)
         training = None
         counters: tuple = ()
         t = type(obj)
+        target = obj  # what the slots are read from
         if t is list or t is tuple:
             kind, items = ("list" if t is list else "tuple"), enumerate(obj)
         elif t is dict:
@@ -256,6 +313,7 @@ class _Walk:
         elif isinstance(obj, self.module):
             kind, items = "module", obj.items()
             training = obj.__dict__.get("_training")
+            self.modes.append((obj, training))
             if training is None:
                 training = bool(obj.training)
         elif isinstance(obj, (list, tuple)):
@@ -263,43 +321,59 @@ class _Walk:
         elif isinstance(obj, dict):
             kind, items = "dict", obj.items()
         else:
-            if self.prepare:
-                hook = getattr(t, PREPARE, None)
-                if hook is not None:
+            hook = getattr(t, PREPARE, None)
+            if hook is not None:
+                self.hooks.append(obj)
+                if self.prepare:
                     hook(obj)
-            kind, items = "object", vars(obj).items()
+            target = vars(obj)
+            kind, items = "object", target.items()
             counters = getattr(t, COUNTERS, ())
+        self.sizes.append((target, len(target)))
         keys, children = [], []
-        leaves, slots, seen = self.leaves, self.slots, self.seen
+        leaves, slots, seen, checks = self.leaves, self.slots, self.seen, self.checks
         for k, v in items:
             vt = type(v)
             if vt is _ARRAY_TYPE:
                 leaves.append(v)
                 slots.append((index, k))
+                checks.append((target, k, _LEAF, None))
                 d = ARRAY
             elif counters and k in counters:
                 if vt is not int:
                     raise StateError(f"{_path_text(path)}{_step(kind, k)} is declared a counter "
                                      f"({COUNTERS}) but holds {pytree.describe(v)}, not an int")
                 self.counters[(index, k)] = v
+                checks.append((target, k, _COUNT, index))
                 d = COUNTER
             elif vt in _SCALAR_TYPES:
                 d = pytree.Static(v)
+                checks.append((target, k, _EQUAL, (vt, v)))
             elif id(v) in seen:
                 d = ("alias", seen[id(v)])
+                checks.append((target, k, _SAME, v))
             elif isinstance(v, _ARRAY_TYPE):
                 leaves.append(v)
                 slots.append((index, k))
+                checks.append((target, k, _LEAF, None))
                 d = ARRAY
             elif isinstance(v, (list, tuple, dict)) or _is_plain_object(v):
+                checks.append((target, k, _SAME, v))
                 d = self.container(v, (path, kind, k))
             elif isinstance(v, _SCALARS):
                 d = pytree.Static(v)
+                checks.append((target, k, _EQUAL, (vt, v)))
             else:
                 d = ("opaque", vt)
+                checks.append((target, k, _TYPE, vt))
             keys.append(k)
             children.append(d)
         return _new_tuple(Container, (kind, t, tuple(keys), tuple(children), index, training))
+
+
+# What a recorded slot check compares (`_Walk.checks`): an array to read, a Python value (type
+# and value), a counter to read, the same object, a value's type, the random key to read.
+_LEAF, _EQUAL, _COUNT, _SAME, _TYPE, _KEY = range(6)
 
 
 _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__ (the walk's hot path)
@@ -325,7 +399,7 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
     for r, n in zip(roots, names):
         layout.append(walk.container(r, n))
     return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
-                    walk.containers, walk.counters)
+                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks))
 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------

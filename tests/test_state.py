@@ -481,3 +481,36 @@ def test_numpy_arrays_are_accepted_as_mlx_accepts_them():
     f = mlxtriton.optimize(lambda x, y: x * y)
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     _same(f(x, mx.ones((2, 3))), mx.array(x))
+
+
+# ---- the per-call refresh of a settled state ---------------------------------------------------
+
+def test_refresh_reads_the_same_leaves_and_notices_every_change_of_structure():
+    from mlxtriton import state
+
+    model = Net()
+    acc = Accumulator()
+    roots, names = [model, acc, state.RANDOM], ["model", "acc", "key"]
+    snap = state.snapshot(roots, names)
+    again = snap.refresh(roots)
+    assert again is not None and again.layout == snap.layout
+    assert all(a is b for a, b in zip(again.leaves[:-1], snap.leaves[:-1]))
+    model.linear.weight = mx.zeros_like(model.linear.weight)  # a new array: read, not a change
+    assert snap.refresh(roots).leaves[0] is model.linear.weight
+    changes = [
+        lambda: model.eval(),
+        lambda: setattr(acc, "steps", 1),
+        lambda: setattr(acc, "steps", 0.0),
+        lambda: acc.history.__setitem__(0, mx.ones(2)),
+        lambda: acc.history.append(None),
+        lambda: setattr(acc, "new", 3),
+        lambda: setattr(model, "drop", nn.Dropout(0.2)),
+        lambda: setattr(acc, "total", None),
+    ]
+    for change in changes:
+        model, acc = Net(), Accumulator()
+        roots = [model, acc, state.RANDOM]
+        snap = state.snapshot(roots, names)
+        change()
+        assert snap.refresh(roots) is None
+    assert snap.refresh([Net(), acc, state.RANDOM]) is None

@@ -464,6 +464,7 @@ class Compiled:
         self._hits = self._builds = self._evictions = self._stale = self._in_a_row = 0
         self._last_build: str | None = None
         self._warned = False
+        self._last_snapshot: state_lib.Snapshot | None = None  # what the next call refreshes
         # Positional-array calls of a function that holds no state go through one mx.compile of
         # `_dispatch_body`: MLX's own cache (keyed on the default device and the inputs' shapes
         # and dtypes, in C++) finds the traced graph, so a repeated call runs no Python of ours
@@ -521,7 +522,11 @@ class Compiled:
         objects: list = []
         leaves, tree = _arguments_tree(args, kwargs, self._nums, self._names, objects)
         roots = state_roots(self.fn, objects)
-        snap = state_lib.snapshot([o for o, _ in roots], [p for _, p in roots], prepare=True)
+        objs = [o for o, _ in roots]
+        last = self._last_snapshot
+        snap = last.refresh(objs) if last is not None else None
+        if snap is None:  # the first call, or the state's structure changed: walk it
+            snap = self._last_snapshot = state_lib.snapshot(objs, [p for _, p in roots], prepare=True)
         device = mx.default_device()
         # mx.Device compares by value but hashes by identity: key on its type (MLX has one GPU).
         key = (tree, tuple([(a.shape, a.dtype) for a in leaves]), snap.layout, snap.avals,
