@@ -128,10 +128,15 @@ class Snapshot:
     containers: list[Any]
     counters: dict[tuple[int, Any], int]
     guards: tuple = ()  # what `refresh` checks: (slot checks, sizes, modes, hooks)
+    _avals: tuple | None = None
 
     @property
     def avals(self) -> tuple:
-        return tuple([(a.shape, a.dtype) for a in self.leaves])
+        """Each leaf's (shape, dtype): part of the cache key."""
+        avals = self._avals
+        if avals is None:
+            avals = self._avals = tuple([(a.shape, a.dtype) for a in self.leaves])
+        return avals
 
     def paths(self) -> dict[int, str]:
         """A readable path for each walked container (messages, `explain`, cache_info)."""
@@ -226,8 +231,11 @@ class Snapshot:
                     return None
         except (KeyError, IndexError, TypeError):
             return None
+        # An array object's shape and dtype never change: read them only for new leaves.
+        avals = tuple([p if a is b else (a.shape, a.dtype)
+                       for a, b, p in zip(leaves, self.leaves, self.avals)])
         return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
-                        counters, self.guards)
+                        counters, self.guards, avals)
 
     def substitute(self, values: Sequence[mx.array]) -> None:
         """Put ``values`` (a trace's placeholders) where the leaves are."""
