@@ -34,7 +34,10 @@ COMPILER_ENV = "CXX"
 _FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fwrapv", "-fno-strict-aliasing", "-fno-exceptions",
           "-fno-rtti", "-fvisibility=hidden", "-ffp-contract=off", "-Wno-unknown-pragmas",
           "-Wno-attributes", "-Wno-unused-but-set-variable"]
-_SANITIZE = ["-fsanitize=bounds,integer-divide-by-zero,shift", "-fno-sanitize-recover=all"]
+_SANITIZE = {"gcc": ["-fsanitize=bounds,integer-divide-by-zero,shift", "-fno-sanitize-recover=all"],
+             # clang's "bounds" adds local-bounds, which traps instead of calling a handler
+             "clang": ["-fsanitize=array-bounds,integer-divide-by-zero,shift",
+                       "-fno-sanitize-recover=all"]}
 _OPTIONAL = ["-ftrivial-auto-var-init=pattern"]
 
 
@@ -72,7 +75,7 @@ def _toolchain() -> tuple[str, list[str], str]:
     cxx = compiler()
     if cxx not in _identities:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-        flags = list(_FLAGS) + _SANITIZE
+        flags = list(_FLAGS) + _SANITIZE["clang" if "clang" in version else "gcc"]
         for flag in _OPTIONAL:
             probe = subprocess.run([cxx, flag, "-x", "c++", "-fsyntax-only", "-"], input="",
                                    capture_output=True, text=True)
