@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -90,7 +91,9 @@ class EmulatedKernel:
         right element size, so bfloat16 may come as ml_dtypes' bfloat16 or as uint16 bits).
 
         ``groups`` runs only those threadgroups (linear ids, x fastest): the outputs they do not
-        write come back as 0xff bytes, and nothing checks that every element is written.
+        write come back as zeros (untouched pages of a large output are never mapped), and
+        nothing checks that every element is written. Without it, outputs start as 0xff bytes
+        (NaN), and every element must be written.
 
         Returns:
             The outputs, of `storage_dtype`.
@@ -112,7 +115,9 @@ class EmulatedKernel:
         outputs = []
         init = dict(k.call_kwargs()).get("init_value")
         for name, shape, dtype in zip(k.output_names, k.output_shapes, k.output_dtypes):
-            if init is None:
+            if groups is not None:
+                out = np.zeros(shape, storage_dtype(dtype))
+            elif init is None:
                 out = np.empty(shape, storage_dtype(dtype))
                 out.reshape(-1).view(np.uint8)[:] = 0xFF
             else:
@@ -143,7 +148,9 @@ class EmulatedKernel:
             launch.n_groups = len(ids)
         if self._entry is None:
             self._entry = _build.entry(self.unit)
-        if self._entry(ctypes.addressof(launch)):
+        with _RUNNING:  # the runtime's state is global to its library: one launch at a time
+            failed = self._entry(ctypes.addressof(launch))
+        if failed:
             raise MetalEmulatorError(self._message(launch))
         return outputs
 
@@ -176,6 +183,7 @@ class EmulatedKernel:
 
 
 _KERNELS: dict[str, EmulatedKernel] = {}
+_RUNNING = threading.Lock()
 
 
 def emulate(kernel: LoweredKernel) -> EmulatedKernel:
@@ -189,7 +197,8 @@ def emulate(kernel: LoweredKernel) -> EmulatedKernel:
 
 def prepare(kernels: Sequence[LoweredKernel]) -> list[EmulatedKernel]:
     """Compile many kernels at once (one translation unit per processor, in parallel): far faster
-    than compiling each on its first call."""
+    than compiling each on its first call. A kernel that does not compile raises `BuildError`
+    when it is launched, not here."""
     emulated = [emulate(k) for k in kernels]
     _build.build([e.unit for e in emulated])
     return emulated

@@ -135,51 +135,44 @@ def _library_path(cache: pathlib.Path, k: str) -> pathlib.Path:
     return cache / f"kernel-{k}.so"
 
 
-def build(units: list[Unit], jobs: int | None = None) -> None:
-    """Compile the units not yet cached: one translation unit per job, in parallel."""
+def build(units: list[Unit], jobs: int | None = None) -> dict[str, str]:
+    """Compile the units not yet cached: one translation unit per job, in parallel.
+
+    Returns:
+        The compiler's message for each unit (by key) that does not compile; the others are built.
+    """
     cxx, flags, identity = _toolchain()
     cache = cache_dir()
     todo = {u.key: u for u in units if not _library_path(cache, u.key).exists()}
     if not todo:
-        return
+        return {}
     runtime = _runtime_object(cxx, flags, identity, cache)
     pending = list(todo.values())
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(pending)))
-    batches = [pending[i::jobs] for i in range(jobs)]
     procs = []
-    for batch in batches:
+    for batch in (pending[i::jobs] for i in range(jobs)):
         batch_key = hashlib.sha256("".join(u.key for u in batch).encode()).hexdigest()[:24]
         stem = cache / f".batch-{batch_key}-{os.getpid()}-{threading.get_ident()}"
         source = stem.with_suffix(".cpp")
-        text = '#include "mlx_utils.h"\n' + "\n".join(u.text for u in batch)
-        source.write_text(text)
+        source.write_text('#include "mlx_utils.h"\n' + "\n".join(u.text for u in batch))
         out = stem.with_suffix(".so")
         procs.append((batch, batch_key, source, out, _run(
             [cxx, *flags, "-shared", "-I", str(INCLUDE), str(source), str(runtime), "-o", str(out)])))
-    failures = []
+    errors: dict[str, str] = {}
     for batch, batch_key, source, out, proc in procs:
         _, stderr = proc.communicate()
-        if proc.returncode:
-            failures.append((batch, stderr))
-            source.unlink(missing_ok=True)
-            continue
-        final = cache / f"batch-{batch_key}.so"
-        os.replace(out, final)
         source.unlink(missing_ok=True)
-        for u in batch:
-            _link(final, _library_path(cache, u.key))
-    for batch, stderr in failures:
-        if len(batch) > 1:  # compile each alone: the others still build, the culprit is named
+        if proc.returncode == 0:
+            final = cache / f"batch-{batch_key}.so"
+            os.replace(out, final)
             for u in batch:
-                try:
-                    build([u], 1)
-                except BuildError:
-                    pass
-        else:
-            raise BuildError(f"the host compiler rejected the emulated kernel:\n{stderr}")
-    missing = [u for u in units if not _library_path(cache, u.key).exists()]
-    if missing:
-        build(missing[:1], 1)  # raises with the compiler's message
+                _link(final, _library_path(cache, u.key))
+        elif len(batch) == 1:
+            errors[batch[0].key] = stderr
+        else:  # each alone: the others still build, and each error is its own kernel's
+            for u in batch:
+                errors.update(build([u], 1))
+    return errors
 
 
 def _link(target: pathlib.Path, name: pathlib.Path) -> None:
@@ -198,7 +191,9 @@ def entry(unit: Unit) -> Callable[[ctypes.c_void_p], int]:
         lib = _libraries.get(unit.key)
         if lib is None:
             if not path.exists():
-                build([unit], 1)
+                errors = build([unit], 1)
+                if errors:
+                    raise BuildError(f"the host compiler rejected the emulated kernel:\n{errors[unit.key]}")
             lib = _libraries[unit.key] = ctypes.CDLL(str(path))
     fn = getattr(lib, unit.symbol)
     fn.restype = ctypes.c_int
