@@ -94,7 +94,7 @@ _METAL_ONLY_HELPERS = {
         "  // log(u) * x / (u - 1) with u = 1 + x cancels the rounding of u (Goldberg 1991)\n"
         "  const float u = 1.0f + x;\n"
         "  if (u == 1.0f) return x;\n"
-        "  if (metal::isinf(u)) return u;\n"
+        "  if (u == INFINITY) return u;  // (x = -inf gives log(-inf): NaN)\n"
         "  return metal::log(u) * (x / (u - 1.0f));\n"
         "}"),
     "mt_expm1": (
@@ -105,7 +105,7 @@ _METAL_ONLY_HELPERS = {
         "  const float um1 = u - 1.0f;\n"
         "  if (um1 == -1.0f) return -1.0f;\n"
         "  if (metal::isinf(u)) return u;\n"
-        "  return um1 * x / metal::log(u);\n"
+        "  return um1 * (x / metal::log(u));  // um1 * x overflows where the result does not\n"
         "}"),
     "mt_erf": (
         "inline float mt_erf(float x) {\n"

@@ -35,7 +35,7 @@ from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics)
-from mlxtriton.runtime.launch import interpreting, launcher
+from mlxtriton.runtime.launch import interpreting, launcher, unavailable
 from mlxtriton import state as state_lib
 from mlxtriton.state import function_roots
 from mlxtriton.trace import StateIO, _arguments_tree, _normalize_static, state_roots, trace_call
@@ -216,14 +216,15 @@ class _Executable:
             if is_fused(e) and launch:
                 try:
                     kernel, extra = lower_fused(e, target, dialect)
+                    bare = launcher(kernel, extra)  # KernelUnavailable: fails on this GPU
                 except RegionError as err:
-                    # A region codegen cannot write stays correct as MLX ops (explain says so);
-                    # (a @kernel function raises instead: Compiled._build checks.)
+                    # A region codegen cannot write, or whose kernel this GPU cannot run, stays
+                    # correct as MLX ops (explain says so); a @kernel function raises instead
+                    # (Compiled._build checks).
                     self.fallbacks.append((e.params["name"], str(err)))
                     steps.append((_mlx_step(e), e.inputs, e.outputs))
                     bare_steps.append(steps[-1])
                     continue
-                bare = launcher(kernel, extra)
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
                 launch_region = _saving_statistics(e, kernel, bare, target, dialect)
@@ -698,6 +699,10 @@ class Compiled:
                     kernels.append(lower_fused(e, ktarget, dialect)[0])
                 except RegionError as err:
                     stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
+                    continue
+                if (why := unavailable(kernels[-1].name)) is not None:
+                    stages[-1].lines.append(f"{e.params['name']} runs as MLX ops: kernel "
+                                            f"{kernels[-1].name} cannot run on this GPU: {why}")
         return Explanation(graph, stages, kernels, ktarget, hw.running_device())
 
     def clear_cache(self) -> None:

@@ -1,17 +1,23 @@
 """Runtime layer: the one place that constructs and calls ``mx.fast.metal_kernel`` /
 ``mx.fast.cuda_kernel``. A `Launcher` is built once per generated kernel (all string work and
-argument conversion happen then) and called with arrays on every run. May import everything below.
+argument conversion happen then) and called with arrays on every run. ``MLXTRITON_INTERPRET``
+runs kernels off the device instead: ``1`` in the NumPy interpreter of the kernel IR, ``metal``
+in the Metal emulator (the exact Metal source, executed as C++). On an Apple GPU the first use
+of each generated kernel is a guarded launch: a kernel that fails to compile or to launch there
+raises `KernelUnavailable`, and its region runs as MLX ops. May import everything below.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from typing import Callable, Sequence
 
 import mlx.core as mx
 import numpy as np
 
+from mlxtriton.codegen.builder import RegionError
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.graph import dtypes
@@ -23,10 +29,30 @@ INTERPRET_ENV = "MLXTRITON_INTERPRET"
 _KERNELS: "OrderedDict[str, object]" = OrderedDict()
 _KERNEL_CACHE_SIZE = 512
 
+# The first use of each Metal kernel on this GPU: None, it ran; else why it cannot run here.
+_FIRST_USE: dict[str, str | None] = {}
+
+
+class KernelUnavailable(RegionError):
+    """A generated kernel that fails to compile or launch on this GPU (its region runs as MLX
+    ops instead)."""
+
 
 def interpreting() -> bool:
-    """Whether ``MLXTRITON_INTERPRET=1`` asks kernels to run in the NumPy interpreter."""
+    """Whether ``MLXTRITON_INTERPRET`` asks kernels to run off the device (``1``: the NumPy
+    interpreter; ``metal``: the Metal emulator). Either runs eagerly, outside ``mx.compile``."""
     return os.environ.get(INTERPRET_ENV, "") not in ("", "0")
+
+
+def emulating() -> bool:
+    """Whether ``MLXTRITON_INTERPRET=metal`` asks kernels to run in the Metal emulator."""
+    return os.environ.get(INTERPRET_ENV, "").lower() == "metal"
+
+
+def unavailable(kernel_name: str) -> str | None:
+    """Why the generated kernel named ``kernel_name`` could not run on this GPU, if it could not
+    (its region runs as MLX ops; ``explain`` shows this)."""
+    return _FIRST_USE.get(kernel_name)
 
 
 def _kernel_object(kernel: LoweredKernel):
@@ -43,9 +69,14 @@ def _kernel_object(kernel: LoweredKernel):
 
 def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = ()) -> Callable[..., list]:
     """A function ``run(*arrays) -> outputs`` launching ``kernel`` on the default device, with
-    ``constants`` appended to the inputs. Built once; each call only calls MLX."""
+    ``constants`` appended to the inputs. Built once; each call only calls MLX.
+
+    Raises:
+        KernelUnavailable: a Metal kernel that fails to compile or launch on this GPU (checked
+            once per kernel, on its first use; a warning names the kernel and the reason).
+    """
     if interpreting():
-        return _interpreter(kernel, constants)
+        return (_emulator if emulating() else _interpreter)(kernel, constants)
     obj = _kernel_object(kernel)
     call = kernel.call_kwargs()
     call["output_dtypes"] = [dtypes.to_mx(d) for d in call["output_dtypes"]]
@@ -54,7 +85,35 @@ def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = ()) -> Calla
     def run(*arrays):
         return obj(inputs=[*arrays, *constants], **call)
 
+    if kernel.target == "metal" and _on_apple_gpu():
+        _first_use(kernel, run, len(kernel.input_names) - len(constants))
     return run
+
+
+def _on_apple_gpu() -> bool:
+    return mx.metal.is_available() and mx.default_device().type == mx.gpu
+
+
+def _first_use(kernel: LoweredKernel, run: Callable[..., list], n_arrays: int) -> None:
+    """Launch ``kernel`` once on zeros, where MLX compiles its library and pipeline and checks the
+    threadgroup against the pipeline's maximum (which the kernel's register use can lower below
+    1024), so that a failure turns into a fallback instead of an error in a later ``mx.eval``."""
+    if kernel.name not in _FIRST_USE:
+        arrays = [mx.zeros(s, dtypes.to_mx(d)) for s, d in
+                  zip(kernel.input_shapes[:n_arrays], kernel.input_dtypes[:n_arrays])]
+        try:
+            mx.eval(run(*arrays))
+            _FIRST_USE[kernel.name] = None
+        except (RuntimeError, ValueError) as err:
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            reason = "; ".join(lines[:3]) or type(err).__name__
+            _FIRST_USE[kernel.name] = reason
+            _KERNELS.pop(kernel.name, None)
+            warnings.warn(f"mlxtriton: generated kernel {kernel.name} cannot run on this GPU "
+                          f"({reason}); its region runs as MLX ops", RuntimeWarning, stacklevel=2)
+    reason = _FIRST_USE[kernel.name]
+    if reason is not None:
+        raise KernelUnavailable(f"generated kernel {kernel.name} cannot run on this GPU: {reason}")
 
 
 def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[..., list]:
@@ -70,3 +129,32 @@ def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callab
                 for o, d in zip(outs, out_dtypes)]
 
     return run
+
+
+def _emulator(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[..., list]:
+    """The Metal emulator in place of a launch: the kernel's Metal source, as MLX would compile
+    it, run on the host (runtime/metal_emulator)."""
+    from mlxtriton.runtime import metal_emulator
+
+    if kernel.target != "metal":
+        raise ValueError(f"MLXTRITON_INTERPRET=metal runs Metal kernels; {kernel.name} is a "
+                         f"{kernel.target} kernel (this device renders {kernel.target})")
+    emulated = metal_emulator.emulate(kernel)
+    constants = list(constants)
+
+    def run(*arrays):
+        host = [_to_host(a) for a in (*arrays, *constants)]
+        return [_from_host(o, d) for o, d in zip(emulated(host), kernel.output_dtypes)]
+
+    return run
+
+
+def _to_host(a: mx.array) -> np.ndarray:
+    """An array's bytes as NumPy (bfloat16 as its uint16 bits)."""
+    return np.array(a.view(mx.uint16) if a.dtype == mx.bfloat16 else a)
+
+
+def _from_host(a: np.ndarray, dtype: str) -> mx.array:
+    if dtype == "bfloat16":
+        return mx.array(a.view(np.uint16)).view(mx.bfloat16)
+    return mx.array(a)

@@ -1,0 +1,221 @@
+"""Runtime layer: the Metal emulator. Runs a generated Metal kernel off the Mac, in CI: the exact
+source MLX would compile for it (MLX's wrapper around our body, `_wrap`), translated line for
+line (`_translate`) and compiled as C++ with the host compiler against an implementation of the
+Metal standard library (``include/``), then executed with Metal's dispatch semantics
+(``runtime.cpp``): grid counted in threads, each threadgroup's threads as cooperative fibers, so
+barriers and 32-lane SIMD-group operations are exact. Out-of-bounds or misaligned device
+accesses, reads of unwritten threadgroup memory, threadgroup-memory races, divergent barriers,
+shuffles from inactive lanes and output elements never (or twice) written fail the launch with a
+`MetalEmulatorError` naming the kernel and the line.
+
+What it does not model: timing, the GPU's exact rounding of transcendental functions (the C
+library's are used), and resource limits other than threads (1024) and threadgroup memory
+(32 KB) per threadgroup. ``MLXTRITON_INTERPRET=metal`` runs every kernel a program launches
+through it (runtime/launch.py). May import the codegen's LoweredKernel and graph dtypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.runtime.metal_emulator import _build
+from mlxtriton.runtime.metal_emulator._build import BuildError, compiler
+from mlxtriton.runtime.metal_emulator._translate import Param, TranslationError, translate, unit
+from mlxtriton.runtime.metal_emulator._wrap import Wrapped, wrap
+
+__all__ = ["BuildError", "EmulatedKernel", "MetalEmulatorError", "TranslationError", "compiler",
+           "emulate", "has_compiler", "prepare", "run", "storage_dtype", "wrap"]
+
+
+def has_compiler() -> bool:
+    """Whether a C++ compiler for the emulator is installed."""
+    try:
+        compiler()
+    except BuildError:
+        return False
+    return True
+
+
+class MetalEmulatorError(RuntimeError):
+    """A kernel did something the GPU leaves undefined (or that MLX would return garbage for)."""
+
+
+class _Buffer(ctypes.Structure):  # mtl_emu_rt.h: Buffer
+    _fields_ = [("data", ctypes.c_void_p), ("nbytes", ctypes.c_int64), ("elem_size", ctypes.c_int64),
+                ("writable", ctypes.c_int32), ("initialised", ctypes.c_int32),
+                ("name", ctypes.c_char_p), ("writer", ctypes.c_void_p)]
+
+
+class _Launch(ctypes.Structure):  # mtl_emu_rt.h: Launch
+    _fields_ = [("grid", ctypes.c_uint32 * 3), ("threadgroup", ctypes.c_uint32 * 3),
+                ("n_buffers", ctypes.c_int32), ("check_unwritten", ctypes.c_int32),
+                ("buffers", ctypes.POINTER(_Buffer)), ("groups", ctypes.POINTER(ctypes.c_int64)),
+                ("n_groups", ctypes.c_int64), ("error_line", ctypes.c_int32),
+                ("error", ctypes.c_char * 2048)]
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype the emulator returns for an MLX dtype name: bfloat16 as ml_dtypes'
+    bfloat16 where installed, else its bits as uint16."""
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+
+            return np.dtype(ml_dtypes.bfloat16)
+        except ImportError:
+            return np.dtype(np.uint16)
+    return np.dtype(dtype)
+
+
+class EmulatedKernel:
+    """One generated Metal kernel, compiled for the emulator; call it with NumPy inputs."""
+
+    def __init__(self, kernel: LoweredKernel):
+        self.kernel = kernel
+        self.wrapped: Wrapped = wrap(kernel)
+        self.translated = translate(self.wrapped.source)
+        key = _build.key(self.translated.text + repr(self.translated.params))
+        symbol = f"mt_launch_{key}"
+        self.unit = _build.Unit(key, symbol, unit(self.translated, kernel.name, f"mtk_{key}", symbol))
+        self._entry = None
+
+    def __call__(self, inputs: Sequence[np.ndarray], groups: Sequence[int] | None = None
+                 ) -> list[np.ndarray]:
+        """Launch on ``inputs`` (NumPy arrays of the kernel's input shapes; any dtype of the
+        right element size, so bfloat16 may come as ml_dtypes' bfloat16 or as uint16 bits).
+
+        ``groups`` runs only those threadgroups (linear ids, x fastest): the outputs they do not
+        write come back as zeros (untouched pages of a large output are never mapped), and
+        nothing checks that every element is written. Without it, outputs start as 0xff bytes
+        (NaN), and every element must be written.
+
+        Returns:
+            The outputs, of `storage_dtype`.
+
+        Raises:
+            MetalEmulatorError: the kernel failed a check; the message names the kernel, the
+                thread and the line of the wrapped source.
+        """
+        k = self.kernel
+        if len(inputs) != len(k.input_names):
+            raise ValueError(f"{k.name} takes {len(k.input_names)} inputs, got {len(inputs)}")
+        arrays: dict[str, np.ndarray] = {}
+        for name, shape, dtype, a in zip(k.input_names, k.input_shapes, k.input_dtypes, inputs):
+            a = np.asarray(a)
+            if tuple(a.shape) != tuple(shape) or a.dtype.itemsize != storage_dtype(dtype).itemsize:
+                raise ValueError(f"{k.name}: input {name} must be {dtype}{list(shape)}, got "
+                                 f"{a.dtype}{list(a.shape)}")
+            arrays[name] = np.ascontiguousarray(a)  # ensure_row_contiguous
+        outputs = []
+        init = dict(k.call_kwargs()).get("init_value")
+        for name, shape, dtype in zip(k.output_names, k.output_shapes, k.output_dtypes):
+            if groups is not None:
+                out = np.zeros(shape, storage_dtype(dtype))
+            elif init is None:
+                out = np.empty(shape, storage_dtype(dtype))
+                out.reshape(-1).view(np.uint8)[:] = 0xFF
+            else:
+                out = np.full(shape, init, dtype=np.float32).astype(storage_dtype(dtype))
+            arrays[name] = out
+            outputs.append(out)
+        buffers = (_Buffer * sum(p.kind != "attribute" for p in self.translated.params))()
+        keep = []
+        for p in self.translated.params:
+            if p.kind == "attribute":
+                continue
+            a = self._argument(p, arrays)
+            keep.append(a)
+            name = p.name.encode()
+            keep.append(name)
+            buffers[p.index] = _Buffer(a.ctypes.data, a.nbytes, a.itemsize, int(p.kind == "output"),
+                                       int(init is not None), name, None)
+        launch = _Launch()
+        launch.grid[:] = k.grid
+        launch.threadgroup[:] = k.threadgroup
+        launch.n_buffers = len(buffers)
+        launch.buffers = buffers
+        launch.check_unwritten = int(init is None and groups is None)
+        if groups is not None:
+            ids = np.ascontiguousarray(groups, dtype=np.int64)
+            keep.append(ids)
+            launch.groups = ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+            launch.n_groups = len(ids)
+        if self._entry is None:
+            self._entry = _build.entry(self.unit)
+        with _RUNNING:  # the runtime's state is global to its library: one launch at a time
+            failed = self._entry(ctypes.addressof(launch))
+        if failed:
+            raise MetalEmulatorError(self._message(launch))
+        return outputs
+
+    def _argument(self, p: Param, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        k = self.kernel
+        if p.name in arrays:
+            a = arrays[p.name]
+        else:
+            base, _, what = p.name.rpartition("_")
+            if base not in arrays or what not in ("shape", "strides", "ndim"):
+                raise TranslationError(f"{k.name}: no array for kernel parameter {p.name}")
+            shape = arrays[base].shape
+            if what == "shape":
+                a = np.asarray(shape, np.int32)
+            elif what == "strides":
+                a = np.asarray([math.prod(shape[i + 1:]) for i in range(len(shape))], np.int64)
+            else:
+                a = np.asarray(len(shape), np.int32)
+        if a.itemsize != p.element_bytes:
+            raise TranslationError(f"{k.name}: parameter {p.name} is {p.type} ({p.element_bytes} "
+                                   f"bytes), its array has {a.itemsize}-byte elements")
+        return a
+
+    def _message(self, launch: _Launch) -> str:
+        text = launch.error.decode(errors="replace")
+        line = launch.error_line
+        lines = self.wrapped.source.splitlines()
+        where = f"\n  line {line}: {lines[line - 1].strip()}" if 0 < line <= len(lines) else ""
+        return f"kernel {self.kernel.name}: {text}{where}"
+
+
+_KERNELS: dict[str, EmulatedKernel] = {}
+_RUNNING = threading.Lock()
+
+
+def emulate(kernel: LoweredKernel) -> EmulatedKernel:
+    """The emulated kernel (compiled on its first call, or by `prepare`)."""
+    wrapped = wrap(kernel)
+    found = _KERNELS.get(wrapped.source)
+    if found is None or found.kernel.grid != kernel.grid or found.kernel.threadgroup != kernel.threadgroup:
+        found = _KERNELS[wrapped.source] = EmulatedKernel(kernel)
+    return found
+
+
+def prepare(kernels: Sequence[LoweredKernel]) -> list[EmulatedKernel]:
+    """Compile many kernels at once (one translation unit per processor, in parallel): far faster
+    than compiling each on its first call. A kernel that does not compile raises `BuildError`
+    when it is launched, not here."""
+    emulated = [emulate(k) for k in kernels]
+    _build.build([e.unit for e in emulated])
+    return emulated
+
+
+def run(kernel: LoweredKernel, inputs: Sequence[np.ndarray], groups: Sequence[int] | None = None
+        ) -> list[np.ndarray]:
+    """Launch ``kernel`` in the emulator (see `EmulatedKernel.__call__`).
+
+    Example:
+        >>> import numpy as np
+        >>> from mlxtriton.codegen.render import lower
+        >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> b = RegionBuilder("double")
+        >>> x = b.input((1000,), "float32", "x")
+        >>> (y,) = run(lower(b.build([b.op("Add", x, x)]), "metal"), [np.ones(1000, np.float32)])
+        >>> float(y.sum())
+        2000.0
+    """
+    return emulate(kernel)(inputs, groups)

@@ -1,0 +1,185 @@
+"""Runtime layer (Metal emulator): MLX-wrapped Metal source -> a C++ translation unit for the
+emulator's headers (``include/``). The body is kept as written; the rewrites are syntactic and
+keep every line where it was, so ``__LINE__`` and compiler messages name lines of the wrapped
+source:
+
+- the ``[[kernel]]`` signature: buffer parameters become checked pointers (``mtl::device_ptr``),
+  which carry their buffer so every access is bounds- and alignment-checked;
+- ``threadgroup T name[N];`` becomes storage the threadgroup's threads share, whose elements
+  record who wrote and read them (races, uninitialised reads);
+- ``buffer[i]`` and ``tg_array[i]`` record their line for the error message;
+  ``reinterpret_cast<P>(q)`` of a device pointer keeps its buffer;
+- Metal attributes (``[[buffer(0)]]``, ``[[thread_position_in_grid]]``, ...) are dropped.
+
+Anything else the source does with these names fails to compile, loudly. Imports nothing from
+mlxtriton.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Type names that may appear in a buffer parameter, and the bytes of one element.
+ELEMENT_BYTES = {
+    "float": 4, "float16_t": 2, "half": 2, "bfloat16_t": 2, "bfloat": 2, "bool": 1,
+    "int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint8_t": 1, "uint16_t": 2,
+    "uint32_t": 4, "uint64_t": 8, "int": 4, "uint": 4, "char": 1, "uchar": 1, "short": 2,
+    "ushort": 2, "long": 8, "ulong": 8,
+}
+
+_METAL_ATTRIBUTE = re.compile(
+    r"\[\[\s*(?:kernel|host_name\(\s*\"[^\"]*\"\s*\)|buffer\(\s*\d+\s*\)|"
+    r"dispatch_quadgroups_per_threadgroup|dispatch_simdgroups_per_threadgroup|"
+    r"dispatch_threads_per_threadgroup|grid_origin|grid_size|quadgroup_index_in_threadgroup|"
+    r"quadgroups_per_threadgroup|simdgroup_index_in_threadgroup|simdgroups_per_threadgroup|"
+    r"thread_execution_width|thread_index_in_quadgroup|thread_index_in_simdgroup|"
+    r"thread_index_in_threadgroup|thread_position_in_grid|thread_position_in_threadgroup|"
+    r"threadgroup_position_in_grid|threadgroups_per_grid|threads_per_grid|"
+    r"threads_per_simdgroup|threads_per_threadgroup)\s*\]\]")
+
+_SIGNATURE = re.compile(r"^(?:template <(?P<tparams>[^>\n]*)>\n)?\[\[kernel\]\] void (?P<name>\w+)\(\n"
+                        r"(?P<params>.*?)\) \{\n", re.S | re.M)
+_INSTANCE = re.compile(r"\ntemplate \[\[host_name\(\"(?P<host>\w+)\"\)\]\] \[\[kernel\]\] "
+                       r"decltype\((?P<inst>[^)]*)\) (?P=inst);\n$")
+_INPUT = re.compile(r"^  const (?P<space>device|constant) (?P<type>\w+)(?P<ref>[*&]) (?P<name>\w+) "
+                    r"\[\[buffer\((?P<index>\d+)\)\]\]$")
+_OUTPUT = re.compile(r"^  device (?:atomic<(?P<atomic>\w+)>|(?P<type>\w+))\* (?P<name>\w+) "
+                     r"\[\[buffer\((?P<index>\d+)\)\]\]$")
+_ATTRIBUTE = re.compile(r"^  (?P<type>uint3|uint) (?P<name>\w+) \[\[(?P=name)\]\]$")
+_THREADGROUP = re.compile(r"^(?P<indent>[ \t]*)threadgroup\s+(?P<type>[\w:<>, ]+?)\s+(?P<name>\w+)\s*"
+                          r"\[(?P<count>[^\]\n]+)\]\s*;", re.M)
+
+
+class TranslationError(ValueError):
+    """Source the emulator cannot take: it names what and where."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the kernel function: a buffer (``index`` is its [[buffer(i)]]) or a
+    thread-position attribute."""
+
+    name: str
+    kind: str  # "input" (const pointer), "scalar" (const reference), "output", "attribute"
+    type: str  # element type name, or "uint" / "uint3" for an attribute
+    index: int = -1
+    atomic: bool = False
+
+    @property
+    def element_bytes(self) -> int:
+        return ELEMENT_BYTES[self.type]
+
+
+@dataclass(frozen=True)
+class Translated:
+    function: str  # what the entry point calls: the kernel's name, with template arguments
+    params: tuple[Param, ...]
+    text: str  # the translated source, line for line the wrapped one
+
+
+def translate(source: str) -> Translated:
+    """Translate MLX-wrapped Metal source (as MLX writes it, without its utilities header)."""
+    sig = _SIGNATURE.search(source)
+    if sig is None:
+        raise TranslationError("no MLX kernel signature ('[[kernel]] void custom_kernel_...(') found")
+    params: list[Param] = []
+    new_lines: list[str] = []
+    for line in sig.group("params").split(",\n"):
+        if m := _INPUT.match(line):
+            kind = "scalar" if m["ref"] == "&" else "input"
+            p = Param(m["name"], kind, m["type"], int(m["index"]))
+            new_lines.append(f"  const {m['type']}& {p.name}" if kind == "scalar" else
+                             f"  ::mtl::device_ptr<const {m['type']}> {p.name}")
+        elif m := _OUTPUT.match(line):
+            atomic = m["atomic"] is not None
+            p = Param(m["name"], "output", m["atomic"] or m["type"], int(m["index"]), atomic)
+            pointee = f"metal::atomic<{p.type}>" if atomic else p.type
+            new_lines.append(f"  ::mtl::device_ptr<{pointee}> {p.name}")
+        elif m := _ATTRIBUTE.match(line):
+            p = Param(m["name"], "attribute", m["type"])
+            new_lines.append(f"  {m['type']} {p.name}")
+        else:
+            raise TranslationError(f"unsupported kernel parameter {line.strip()!r}")
+        if p.kind != "attribute" and p.type not in ELEMENT_BYTES:
+            raise TranslationError(f"unsupported buffer type {p.type!r} of parameter {p.name}")
+        params.append(p)
+    indices = [p.index for p in params if p.kind != "attribute"]
+    if indices != list(range(len(indices))):
+        raise TranslationError(f"buffer indices {indices} are not 0, 1, 2, ... in order")
+
+    head = source[:sig.start()]
+    tail = source[sig.end():]
+    function = sig.group("name")
+    instance = _INSTANCE.search(tail)
+    if instance is not None:
+        function = instance["inst"]
+        tail = tail[:instance.start()] + "\n" + f"// {instance['inst']} instantiated by its call" + "\n"
+    elif sig.group("tparams"):
+        raise TranslationError("a template kernel without MLX's explicit instantiation")
+
+    body = _THREADGROUP.sub(
+        lambda m: (f"{m['indent']}const auto {m['name']} = ::mtl::threadgroup_alloc<{m['type']}, "
+                   f"({m['count']})>(__LINE__, \"{m['name']}\");"), tail)
+    names = [p.name for p in params if p.kind in ("input", "output")]
+    names += [m["name"] for m in _THREADGROUP.finditer(tail)]
+    if names:
+        body = re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\[", r"\1(__LINE__)[", body)
+    body = re.sub(r"\breinterpret_cast\s*<", "::mtl::reinterpret_at<__LINE__, ", body)
+
+    signature = sig.group(0)
+    signature = signature.replace(sig.group("params"), ",\n".join(new_lines))
+    text = _METAL_ATTRIBUTE.sub("", head + signature + body)
+    return Translated(function, tuple(params), text)
+
+
+# The value of each thread-position attribute: an expression of the runtime's Thread `t`,
+# Group `g` and Launch `L` (mtl_emu_rt.h).
+ATTRIBUTE_VALUES = {
+    "thread_position_in_grid": "uint3(t->pos_grid[0], t->pos_grid[1], t->pos_grid[2])",
+    "threads_per_grid": "uint3(L->grid[0], L->grid[1], L->grid[2])",
+    "grid_size": "uint3(L->grid[0], L->grid[1], L->grid[2])",
+    "grid_origin": "uint3(0u, 0u, 0u)",
+    "thread_position_in_threadgroup": "uint3(t->pos_tg[0], t->pos_tg[1], t->pos_tg[2])",
+    "threads_per_threadgroup": "uint3(g->size[0], g->size[1], g->size[2])",
+    "dispatch_threads_per_threadgroup": "uint3(g->dispatch[0], g->dispatch[1], g->dispatch[2])",
+    "threadgroup_position_in_grid": "uint3(g->pos[0], g->pos[1], g->pos[2])",
+    "threadgroups_per_grid": "uint3(g->count[0], g->count[1], g->count[2])",
+    "thread_index_in_threadgroup": "t->lid",
+    "thread_index_in_simdgroup": "t->lid % 32u",
+    "simdgroup_index_in_threadgroup": "t->simd",
+    "simdgroups_per_threadgroup": "(g->n + 31u) / 32u",
+    "dispatch_simdgroups_per_threadgroup": "(g->dispatch[0] * g->dispatch[1] * g->dispatch[2] + 31u) / 32u",
+    "threads_per_simdgroup": "32u",
+    "thread_execution_width": "32u",
+    "quadgroup_index_in_threadgroup": "t->lid / 4u",
+    "thread_index_in_quadgroup": "t->lid % 4u",
+    "quadgroups_per_threadgroup": "(g->n + 3u) / 4u",
+    "dispatch_quadgroups_per_threadgroup": "(g->dispatch[0] * g->dispatch[1] * g->dispatch[2] + 3u) / 4u",
+}
+
+
+def unit(translated: Translated, title: str, namespace: str, symbol: str) -> str:
+    """The translated kernel inside its own namespace (several share one library) and its
+    ``extern "C"`` entry point ``symbol``."""
+    args = []
+    for p in translated.params:
+        if p.kind == "input":
+            args.append(f"::mtl::device_ptr<const {p.type}>(b[{p.index}])")
+        elif p.kind == "scalar":
+            args.append(f"*reinterpret_cast<const {p.type}*>(b[{p.index}].data)")
+        elif p.kind == "output":
+            pointee = f"metal::atomic<{p.type}>" if p.atomic else p.type
+            args.append(f"::mtl::device_ptr<{pointee}>(b[{p.index}])")
+        else:
+            args.append(ATTRIBUTE_VALUES[p.name])
+    call = ",\n      ".join(args)
+    return (f"namespace {namespace} {{\n#line 1 \"{title}\"\n{translated.text}\n"
+            f"#line 1 \"<emulator entry of {title}>\"\n"
+            f"static void entry(::mtl::rt::Thread* t, ::mtl::rt::Buffer* b) {{\n"
+            f"  const ::mtl::rt::Group* g = ::mtl::rt::group;\n"
+            f"  const ::mtl::rt::Launch* L = ::mtl::rt::launch;\n"
+            f"  (void)g; (void)L; (void)t; (void)b;\n"
+            f"  {translated.function}(\n      {call});\n}}\n}}  // namespace {namespace}\n"
+            f"extern \"C\" __attribute__((visibility(\"default\"))) int {symbol}(::mtl::rt::Launch* L) "
+            f"{{\n  return ::mtl::rt::run(L, {namespace}::entry);\n}}\n")

@@ -1,0 +1,251 @@
+"""Every kernel family executed as Metal: the exact source MLX would compile for it, run by the
+Metal emulator (runtime/metal_emulator: Metal's dispatch, 32-lane SIMD-groups, barriers and
+threadgroup memory, bounds-checked buffers), against the NumPy interpreter of the same kernel IR
+and the JAX oracle of the unfused region. The shapes are the device tests' (tests/codegen/
+test_launch.py), which reach every schedule, for float32 / float16 / bfloat16; the golden kernels,
+rows of special values, random lengths on several chips, and deliberately broken Metal dialect
+tables, which these checks must reject."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlxtriton.codegen import builder, dialects
+from mlxtriton.codegen.builder import ScheduleParams, build, chip_params
+from mlxtriton.codegen.interpret import interpret
+from mlxtriton.codegen.region import RegionBuilder
+from mlxtriton.codegen.render import LoweredKernel, render
+from mlxtriton.runtime import metal_emulator as emulator
+from mlxtriton.runtime.metal_emulator import MetalEmulatorError
+from tests.codegen import codegen_oracle as oracle
+from tests.codegen import test_ops_mlx as ops_mlx
+from tests.codegen.test_checks import _extra_regions
+from tests.codegen.test_golden import CASES as GOLDEN_CASES
+from tests.codegen.test_interpret import CHIPS, LENGTHS, ROW_FAMILIES
+from tests.codegen.test_launch import CASES as DEVICE_CASES
+from tests.codegen.test_launch import _special_rows
+
+pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
+
+# What a host without a GPU renders Metal for (codegen.lowering.DEFAULT_CHIP)
+PARAMS = chip_params("m3")
+
+CASES = dict(DEVICE_CASES)
+CASES.update((f"extra-{n}", r) for n, r in _extra_regions())
+SPECIAL = {f"{family}-{L}": oracle.FAMILIES[family](shape=(4, L))
+           for family in ("softmax", "logsumexp", "crossentropy", "crossentropymlx")
+           for L in (500, 65536)}
+GOLDEN = {name: make for name, (make, target) in GOLDEN_CASES.items() if target == "metal"}
+# Golden kernels too large to run whole: the threadgroups (here, rows) run, and a factory of the
+# region over those rows for the oracle.
+SAMPLED = {"softmax_f32_32768x4096.metal": ([0, 1, 16383, 32767],
+                                            lambda n: oracle.softmax(shape=(n, 4096)))}
+
+
+def _inputs(name: str, region, seed: int) -> list[np.ndarray]:
+    inputs = oracle.random_inputs(region, seed)
+    if name == "extra-int":  # a zero divisor is undefined on the GPU (test below)
+        inputs[1][inputs[1] == 0] = 1
+    return inputs
+
+
+def check(kernel: LoweredKernel, region, inputs: list[np.ndarray], nan_positions: bool = False) -> None:
+    """The emulated kernel against the interpreter of its kernel IR and the oracle of its region."""
+    got = emulator.run(kernel, inputs)
+    want = interpret(kernel.kernel, inputs)
+    reference = oracle.evaluate(region, inputs)
+    for g, w, r, d in zip(got, want, reference, kernel.output_dtypes):
+        oracle.assert_close(g, w, d, scale=4.0)
+        oracle.assert_close(g, r, d, scale=4.0)
+        if nan_positions:
+            assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))
+
+
+@pytest.fixture(scope="module")
+def kernels() -> dict[str, LoweredKernel]:
+    """Every kernel of this module, compiled at once (one translation unit per processor)."""
+    out = {f"case-{n}": render(build(r, PARAMS), "metal") for n, r in CASES.items()}
+    out.update((f"special-{n}", render(build(r, PARAMS), "metal")) for n, r in SPECIAL.items())
+    out.update((f"golden-{n}", render(build(make(), builder.PARAMS["metal"]), "metal"))
+               for n, make in GOLDEN.items())
+    emulator.prepare(list(out.values()))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_runs_as_metal(name, kernels):
+    region = CASES[name]
+    check(kernels[f"case-{name}"], region, _inputs(name, region, seed=len(name)))
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+def test_rows_of_infinities_and_nan_run_as_metal(name, kernels):
+    region = SPECIAL[name]
+    inputs = oracle.random_inputs(region, seed=3)
+    inputs[0] = _special_rows(region.inputs[0].shape)
+    got = emulator.run(kernels[f"special-{name}"], inputs)
+    want = interpret(kernels[f"special-{name}"].kernel, inputs)
+    for g, w, d in zip(got, want, kernels[f"special-{name}"].output_dtypes):
+        oracle.assert_close(g, w, d, scale=4.0)
+        assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_kernel_runs_as_metal(name, kernels):
+    kernel = kernels[f"golden-{name}"]
+    region = GOLDEN[name]()
+    if name not in SAMPLED:
+        check(kernel, region, oracle.random_inputs(region, seed=1))
+        return
+    groups, rows_region = SAMPLED[name]
+    assert kernel.kernel.arg.rows_per_group == 1 and kernel.kernel.arg.rows_per_block == 1
+    sample = oracle.random_inputs(rows_region(len(groups)), seed=1)[0]
+    x = np.zeros(region.inputs[0].shape, np.float32)  # pages the sample does not touch stay unmapped
+    x[groups] = sample
+    (got,) = emulator.run(kernel, [x], groups=groups)
+    (want,) = oracle.evaluate(rows_region(len(groups)), [sample])
+    oracle.assert_close(got[groups], want, "float32", scale=4.0)
+
+
+def test_block_sums_kept_in_threadgroup_memory_run_as_metal(monkeypatch):
+    # each thread's own slots of a threadgroup array, read back after the block's rows
+    monkeypatch.setattr(builder, "BLOCK_SUMS_SHARED", True)
+    for region in (oracle.rms_norm_grad(shape=(24, 700), dtype="float16"),
+                   oracle.gated_block_sum(shape=(16, 4096))):
+        kernel = render(build(region, PARAMS), "metal")
+        assert kernel.kernel.arg.block_sums_shared
+        check(kernel, region, oracle.random_inputs(region, seed=2))
+
+
+def test_an_integer_division_by_zero_is_reported():
+    # as in MLX's own Metal kernels, x / 0 and x % 0 are undefined on the GPU (MLX's CPU
+    # returns 0 and x); the emulator rejects them rather than pick a value
+    name, region = next((n, r) for n, r in _extra_regions() if n == "int")
+    inputs = oracle.random_inputs(region, seed=0)
+    inputs[1][5] = 0
+    with pytest.raises(MetalEmulatorError, match="integer division by zero"):
+        emulator.run(render(build(region, PARAMS), "metal"), inputs)
+
+
+_HYPOTHESIS_CHIPS = {"m1": chip_params("m1"), "m3": PARAMS, "m5": chip_params("m5"), "tiny": CHIPS["tiny"]}
+
+
+@settings(max_examples=12, deadline=None)
+@given(family=st.sampled_from(ROW_FAMILIES), rows=st.integers(1, 5), length=LENGTHS,
+       dtype=st.sampled_from(("float32", "float16", "bfloat16")),
+       chip=st.sampled_from(sorted(_HYPOTHESIS_CHIPS)), seed=st.integers(0, 2**16))
+def test_row_kernels_of_any_length_run_as_metal(family, rows, length, dtype, chip, seed):
+    shape = (length, rows) if family == "colsum" else (rows, length)
+    region = oracle.FAMILIES[family](shape=shape, dtype=dtype)
+    check(render(build(region, _HYPOTHESIS_CHIPS[chip]), "metal"), region,
+          oracle.random_inputs(region, seed))
+
+
+# -- planted bugs: the checks above fail on a broken Metal rendering -----------------------------
+
+M = dialects.METAL
+PLANTED = {
+    # (the broken dialect, the region, what the emulator reports; None: wrong values)
+    "simd_sum became simd_max": (dataclasses.replace(M, simd_reduce={"sum": "metal::simd_max({x})"}),
+                                 oracle.softmax(shape=(4, 3000)), None),
+    "a shuffle_xor became shuffle_down": (dataclasses.replace(
+        M, shuffle_xor="metal::simd_shuffle_down({x}, static_cast<ushort>({o}))"),
+        oracle.softmax(shape=(4, 3000)), None),
+    "a missing barrier": (dataclasses.replace(M, barrier=""), oracle.layer_norm(shape=(4, 3000)),
+                          "threadgroup memory"),
+    "a barrier that does not order threadgroup memory": (dataclasses.replace(
+        M, barrier="metal::threadgroup_barrier(metal::mem_flags::mem_none);"),
+        oracle.rms_norm_grad(shape=(8, 3000)), "race on threadgroup memory"),
+    "the threadgroup index off by one": (dataclasses.replace(
+        M, group_in_grid="(threadgroup_position_in_grid.x + 1)"), oracle.rms_norm(shape=(9, 24)),
+        "out-of-bounds read"),
+    "the thread index off by one": (dataclasses.replace(
+        M, thread_in_grid="(thread_position_in_grid.x + 1)"), oracle.pointwise_broadcast(shape=(3, 5, 64)),
+        "unwritten"),
+}
+
+
+@pytest.mark.parametrize("why", sorted(PLANTED))
+def test_a_planted_bug_in_the_metal_dialect_is_caught(why):
+    broken, region, message = PLANTED[why]
+    inputs = oracle.random_inputs(region, seed=4)
+    check(render(build(region, PARAMS), "metal"), region, inputs)  # the real dialect passes
+    kernel = render(build(region, PARAMS), broken)
+    if message is None:
+        with pytest.raises(AssertionError):
+            check(kernel, region, inputs)
+    else:
+        with pytest.raises(MetalEmulatorError, match=message):
+            check(kernel, region, inputs)
+
+
+# -- per-op semantics against MLX's own ops, special values included (tests/codegen/test_ops_mlx) --
+
+def _op_region(prim: str, params: dict, arity: int, dtype: str):
+    b = RegionBuilder(prim)
+    xs = [b.input((64,), dtype, f"a{k}") for k in range(arity)]
+    return b.build([b.op(prim, *xs, **params)])
+
+
+OPS = [(f"{prim}{''.join(map(str, params.values()))}-{dtype}", prim, params, arity, dtype, ref)
+       for prim, params, arity, dts, ref in ops_mlx.TABLE for dtype in dts]
+
+
+@pytest.fixture(scope="module")
+def op_kernels() -> dict[str, LoweredKernel]:
+    out = {name: render(build(_op_region(prim, params, arity, dtype), PARAMS), "metal")
+           for name, prim, params, arity, dtype, _ in OPS}
+    out.update((f"reduce-{kind}-{streamed}", render(build(ops_mlx._reduction_region(kind), ScheduleParams(
+        resident_registers=0) if streamed else PARAMS), "metal"))
+        for kind, _ in ops_mlx.REDUCTIONS for streamed in (False, True))
+    emulator.prepare(list(out.values()))
+    return out
+
+
+@pytest.mark.parametrize("name,prim,params,arity,dtype,ref", OPS, ids=[o[0] for o in OPS])
+def test_op_as_metal_matches_mlx(name, prim, params, arity, dtype, ref, op_kernels):
+    rng = np.random.default_rng(0)
+    args = [ops_mlx._values(dtype, 64, rng, k == 1) for k in range(arity)]
+    (got,) = emulator.run(op_kernels[name], args)
+    want = np.array(ref(*[mx.array(a) for a in args]))
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    if dtype == "float32" and want.dtype.kind == "f":
+        np.testing.assert_allclose(got, want, rtol=4e-6, atol=2e-7, equal_nan=True,
+                                   err_msg=f"{prim} {dtype} on {args}")
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=f"{prim} {dtype} on {args}")
+
+
+@pytest.mark.parametrize("kind,ref", ops_mlx.REDUCTIONS, ids=[r[0] for r in ops_mlx.REDUCTIONS])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_reduction_special_values_as_metal_match_mlx(kind, ref, streamed, op_kernels):
+    (got,) = emulator.run(op_kernels[f"reduce-{kind}-{streamed}"], [ops_mlx._ROWS])
+    want = np.array(ref(mx.array(ops_mlx._ROWS)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, equal_nan=True)
+
+
+# -- on a Mac (pytest -m metal): the emulator against the GPU ----------------------------------
+
+@pytest.fixture(scope="module")
+def gpu_kernels() -> dict[str, LoweredKernel]:
+    out = {n: render(build(r, chip_params("auto")), "metal") for n, r in CASES.items()}
+    emulator.prepare(list(out.values()))
+    return out
+
+
+@pytest.mark.metal
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_emulator_matches_the_gpu(name, gpu_kernels):
+    """The same kernel, rendered for this Mac's chip, launched on its GPU and in the emulator."""
+    from tests.codegen.test_launch import launch
+
+    kernel = gpu_kernels[name]
+    inputs = _inputs(name, CASES[name], seed=len(name))
+    for g, e, d in zip(launch(kernel, inputs), emulator.run(kernel, inputs), kernel.output_dtypes):
+        oracle.assert_close(e, g, d, scale=4.0)
