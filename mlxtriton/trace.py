@@ -323,7 +323,7 @@ class StateIO:
 
 
 @dataclass(frozen=True)
-class Traced:
+class TracedCall:
     """A traced call: its graph, the caller's argument leaves, and its state (None: it has none)."""
 
     graph: Graph
@@ -341,7 +341,7 @@ def state_roots(fn: Callable, objects: Sequence[tuple[Any, str]]) -> list[tuple[
 
 
 def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), static_argnames=(),
-               *, normalized: bool = False, read_only_constants: bool = False) -> Traced:
+               *, normalized: bool = False, read_only_constants: bool = False) -> TracedCall:
     """Trace one call ``fn(*args, **kwargs)``; the engine under `trace` and the runtime.
 
     Module parameters and buffers, the arrays of argument objects and the random key are graph
@@ -402,7 +402,7 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
 
 
 def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,
-                changes: state_lib.Changes, roots, read_only_constants: bool = False) -> Traced:
+                changes: state_lib.Changes, roots, read_only_constants: bool = False) -> TracedCall:
     """The traced graph with unchanged state outputs and unread state inputs dropped (or, with
     ``read_only_constants``, those the call does not write made constants), and its state
     inputs and outputs named."""
@@ -442,8 +442,8 @@ def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,
         state_outputs=tuple(names),
         state_values=tuple(before.leaves[i] for i in inputs))
     if not inputs and not changes.plan.writes:
-        return Traced(graph, leaves)
-    return Traced(graph, leaves, StateIO(tuple(roots), inputs, changes, n_results), before)
+        return TracedCall(graph, leaves)
+    return TracedCall(graph, leaves, StateIO(tuple(roots), inputs, changes, n_results), before)
 
 
 def _static_leaves(tree):

@@ -348,3 +348,23 @@ def test_kernel_decomposes_fast_norm_primitives_into_its_one_kernel():
     assert mx.array_equal(mlxtriton.evaluate(d, xs, ws), mlxtriton.evaluate(g, xs, ws)).item()
     fused = mlxtriton.fusion.fuse(d)
     assert fused.primitive_counts() == {"Fused": 1}
+
+
+def test_trace_stages_a_call_whose_function_takes_a_target_keyword(monkeypatch):
+    from mlxtriton.runtime import compiled as compiled_module
+
+    def loss(logits, target):
+        return nn.losses.cross_entropy(logits, target)
+
+    f = mlxtriton.optimize(loss, chip="m3")
+    logits, labels = mx.random.normal((4, 16)), mx.array([1, 2, 3, 4])
+    traces = []
+    original = compiled_module.trace_call
+    monkeypatch.setattr(compiled_module, "trace_call",
+                        lambda *a, **k: traces.append(1) or original(*a, **k))
+    staged = f.trace(logits, target=labels)  # every argument is the function's
+    assert "-- fuse:" in str(staged.explain())
+    assert len(staged.lower()) == len(staged.lower("cuda")) == 1
+    assert staged.lower("cuda").target == "cuda" and staged.lower().target == "metal"
+    assert staged.graph.primitive_counts() == {"Fused": 1}
+    assert len(traces) == 1  # explain, lower and graph reuse the one trace

@@ -14,6 +14,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Callable, NamedTuple
 
 import mlx.core as mx
@@ -655,10 +656,15 @@ class Compiled:
         return executable
 
     # ---- inspection (any host) ----
+    def trace(self, *args, **kwargs) -> "Traced":
+        """Trace a call without running it (``jax.jit(f).trace``): every argument goes to the
+        function. The result lowers and explains for any target, each computed once:
+        ``f.trace(x).lower(target="cuda")``, ``f.trace(x).explain()``, ``f.trace(x).graph``."""
+        return Traced(self, self._trace(args, kwargs))
+
     def graph(self, *args, **kwargs) -> Graph:
         """The optimised graph for these arguments: what will run, fused regions included."""
-        return run_passes(self._trace(args, kwargs), self.passes, self.chip,
-                          single_kernel=self.single_kernel)[0]
+        return self.trace(*args, **kwargs).graph
 
     def lower(self, *args, target: str | None = None, **kwargs) -> Lowered:
         """The kernels a call with these arguments would launch, for ``target`` ("metal" or
@@ -668,42 +674,11 @@ class Compiled:
             SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
             RegionError: a region that cannot become one kernel.
         """
-        graph = self._trace(args, kwargs)
-        ktarget, dialect = kernel_target(self.chip, None, target)
-        optimized, _ = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
-                                  self.single_kernel)
-        if self.single_kernel:
-            check_single_kernel(graph, optimized, self.passes, self.chip)
-        kernels, fallbacks = [], []
-        for e in optimized.eqns:
-            if not is_fused(e):
-                continue
-            try:
-                kernels.append(lower_fused(e, ktarget, dialect)[0])
-            except RegionError as err:
-                if self.single_kernel:
-                    raise SingleKernelError(f"cannot be one kernel: {err}") from err
-                fallbacks.append((e.params["name"], str(err)))
-        return Lowered(dialect, optimized, tuple(kernels), tuple(fallbacks))
+        return self.trace(*args, **kwargs).lower(target)
 
     def explain(self, *args, target: str | None = None, **kwargs) -> Explanation:
         """What each stage did for these arguments and, for what did not fuse, why."""
-        graph = self._trace(args, kwargs)
-        ktarget, dialect = kernel_target(self.chip, None, target)
-        optimized, stages = run_passes(graph, self.passes, self.chip, ktarget.device, dialect,
-                                       self.single_kernel)
-        kernels = []
-        for e in optimized.eqns:
-            if is_fused(e):
-                try:
-                    kernels.append(lower_fused(e, ktarget, dialect)[0])
-                except RegionError as err:
-                    stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
-                    continue
-                if (why := unavailable(kernels[-1].name)) is not None:
-                    stages[-1].lines.append(f"{e.params['name']} runs as MLX ops: kernel "
-                                            f"{kernels[-1].name} cannot run on this GPU: {why}")
-        return Explanation(graph, stages, kernels, ktarget, hw.running_device())
+        return self.trace(*args, **kwargs).explain(target)
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -876,6 +851,72 @@ def _layout_change(old, new, names) -> str:
         if found:
             return found
     return "a change of state layout"
+
+
+class Traced:
+    """A call traced, not run (`Compiled.trace`): ``source`` is its graph; ``graph`` what runs
+    on this machine; ``lower(target)`` the kernels and ``explain(target)`` the stages' decisions
+    for "metal" or "cuda" (default: the running device's dialect, else Metal). The passes run
+    once per target."""
+
+    def __init__(self, compiled: "Compiled", source: Graph):
+        self._compiled = compiled
+        self.source = source
+        self._targets: dict[str | None, tuple] = {}
+
+    @cached_property
+    def graph(self) -> Graph:
+        c = self._compiled
+        return run_passes(self.source, c.passes, c.chip, single_kernel=c.single_kernel)[0]
+
+    def _for(self, target: str | None) -> tuple:
+        """(kernel target, dialect, optimised graph, stage reports) for ``target``."""
+        found = self._targets.get(target)
+        if found is None:
+            c = self._compiled
+            ktarget, dialect = kernel_target(c.chip, None, target)
+            optimized, stages = run_passes(self.source, c.passes, c.chip, ktarget.device, dialect,
+                                           c.single_kernel)
+            if c.single_kernel:
+                check_single_kernel(self.source, optimized, c.passes, c.chip)
+            found = self._targets[target] = (ktarget, dialect, optimized, stages)
+        return found
+
+    def lower(self, target: str | None = None) -> Lowered:
+        """The kernels a call would launch, for ``target``. Works on any host.
+
+        Raises:
+            SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
+        """
+        ktarget, dialect, optimized, _ = self._for(target)
+        kernels, fallbacks = [], []
+        for e in optimized.eqns:
+            if not is_fused(e):
+                continue
+            try:
+                kernels.append(lower_fused(e, ktarget, dialect)[0])
+            except RegionError as err:
+                if self._compiled.single_kernel:
+                    raise SingleKernelError(f"cannot be one kernel: {err}") from err
+                fallbacks.append((e.params["name"], str(err)))
+        return Lowered(dialect, optimized, tuple(kernels), tuple(fallbacks))
+
+    def explain(self, target: str | None = None) -> Explanation:
+        """What each stage decided for ``target`` and, for what did not fuse, why."""
+        ktarget, dialect, optimized, stages = self._for(target)
+        stages = [replace(st, lines=list(st.lines)) for st in stages]
+        kernels = []
+        for e in optimized.eqns:
+            if is_fused(e):
+                try:
+                    kernels.append(lower_fused(e, ktarget, dialect)[0])
+                except RegionError as err:
+                    stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
+                    continue
+                if (why := unavailable(kernels[-1].name)) is not None:
+                    stages[-1].lines.append(f"{e.params['name']} runs as MLX ops: kernel "
+                                            f"{kernels[-1].name} cannot run on this GPU: {why}")
+        return Explanation(self.source, stages, kernels, ktarget, hw.running_device())
 
 
 # Fast-op primitives a GPU trace holds (on the CPU stream they decompose) whose work a generated
