@@ -38,7 +38,7 @@ class Arch:
     gain: float = 2.0
 
 
-def _cfg(model_type: str, **overrides) -> dict:
+def config(model_type: str, **overrides) -> dict:
     """A llama-like base config (hidden 64, 2 layers, 4 heads over 2 kv heads) with overrides."""
     base = dict(
         model_type=model_type, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -55,61 +55,61 @@ _YARN = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, be
              beta_slow=1, mscale=0.707, mscale_all_dim=0.707)
 
 ARCHS: tuple[Arch, ...] = (
-    Arch("llama", _cfg("llama")),
-    Arch("mistral", _cfg("mistral", sliding_window=32,
+    Arch("llama", config("llama")),
+    Arch("mistral", config("mistral", sliding_window=32,
                          layer_types=["sliding_attention", "full_attention"]), frozenset({SLIDING})),
-    Arch("qwen2", _cfg("qwen2")),
-    Arch("qwen3", _cfg("qwen3")),
-    Arch("gemma", _cfg("gemma")),
+    Arch("qwen2", config("qwen2")),
+    Arch("qwen3", config("qwen3")),
+    Arch("gemma", config("gemma")),
     # At gain 2 gemma2's logits saturate its final soft cap (tanh) and greedy decoding ties.
-    Arch("gemma2", _cfg("gemma2", query_pre_attn_scalar=16.0), gain=1.0),
-    Arch("gemma3_text", _cfg("gemma3_text", sliding_window=32, sliding_window_pattern=2,
+    Arch("gemma2", config("gemma2", query_pre_attn_scalar=16.0), gain=1.0),
+    Arch("gemma3_text", config("gemma3_text", sliding_window=32, sliding_window_pattern=2,
                              query_pre_attn_scalar=16.0), frozenset({SLIDING})),
-    Arch("phi3", _cfg("phi3", original_max_position_embeddings=4096)),
-    Arch("starcoder2", _cfg("starcoder2", norm_epsilon=1e-5)),
-    Arch("cohere", _cfg("cohere", layer_norm_eps=1e-5)),
-    Arch("cohere2", _cfg("cohere2", layer_norm_eps=1e-5, sliding_window=32,
+    Arch("phi3", config("phi3", original_max_position_embeddings=4096)),
+    Arch("starcoder2", config("starcoder2", norm_epsilon=1e-5)),
+    Arch("cohere", config("cohere", layer_norm_eps=1e-5)),
+    Arch("cohere2", config("cohere2", layer_norm_eps=1e-5, sliding_window=32,
                          sliding_window_pattern=2), frozenset({SLIDING})),
-    Arch("olmo2", _cfg("olmo2")),
-    Arch("internlm2", _cfg("internlm2")),
-    Arch("stablelm", _cfg("stablelm", use_qkv_bias=True, partial_rotary_factor=0.5,
+    Arch("olmo2", config("olmo2")),
+    Arch("internlm2", config("internlm2")),
+    Arch("stablelm", config("stablelm", use_qkv_bias=True, partial_rotary_factor=0.5,
                           layer_norm_eps=1e-5)),
     Arch("gpt2", dict(model_type="gpt2", n_ctx=1024, n_embd=64, n_head=4, n_layer=2,
                       n_positions=1024, layer_norm_epsilon=1e-5, vocab_size=VOCAB)),
-    Arch("gpt_neox", _cfg("gpt_neox", num_key_value_heads=4, layer_norm_eps=1e-5,
+    Arch("gpt_neox", config("gpt_neox", num_key_value_heads=4, layer_norm_eps=1e-5,
                           rotary_emb_base=10000, rotary_pct=0.5)),
-    Arch("phi", _cfg("phi", num_key_value_heads=4, layer_norm_eps=1e-5, partial_rotary_factor=0.5)),
-    Arch("mixtral", _cfg("mixtral", num_local_experts=4, num_experts_per_tok=2), frozenset({MOE})),
-    Arch("qwen2_moe", _cfg("qwen2_moe", num_experts=4, num_experts_per_tok=2,
+    Arch("phi", config("phi", num_key_value_heads=4, layer_norm_eps=1e-5, partial_rotary_factor=0.5)),
+    Arch("mixtral", config("mixtral", num_local_experts=4, num_experts_per_tok=2), frozenset({MOE})),
+    Arch("qwen2_moe", config("qwen2_moe", num_experts=4, num_experts_per_tok=2,
                            moe_intermediate_size=32, shared_expert_intermediate_size=64),
          frozenset({MOE})),
-    Arch("qwen3_moe", _cfg("qwen3_moe", num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+    Arch("qwen3_moe", config("qwen3_moe", num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
                            mlp_only_layers=[], moe_intermediate_size=32, norm_topk_prob=True),
          frozenset({MOE})),
-    Arch("olmoe", _cfg("olmoe", num_experts=4, num_experts_per_tok=2), frozenset({MOE})),
-    Arch("deepseek_v2", _cfg("deepseek_v2", num_key_value_heads=4, moe_intermediate_size=32,
+    Arch("olmoe", config("olmoe", num_experts=4, num_experts_per_tok=2), frozenset({MOE})),
+    Arch("deepseek_v2", config("deepseek_v2", num_key_value_heads=4, moe_intermediate_size=32,
                              n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2,
                              kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16,
                              qk_nope_head_dim=16, topk_method="greedy", first_k_dense_replace=1,
                              rope_scaling=_YARN),
          frozenset({MOE})),
-    Arch("deepseek_v3", _cfg("deepseek_v3", num_key_value_heads=4, moe_intermediate_size=32,
+    Arch("deepseek_v3", config("deepseek_v3", num_key_value_heads=4, moe_intermediate_size=32,
                              n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2,
                              kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, v_head_dim=16,
                              qk_nope_head_dim=16, n_group=2, topk_group=1, first_k_dense_replace=1),
          frozenset({MOE})),
-    Arch("granite", _cfg("granite", logits_scaling=4.0, attention_multiplier=0.25,
+    Arch("granite", config("granite", logits_scaling=4.0, attention_multiplier=0.25,
                          embedding_multiplier=2.0, residual_multiplier=0.5, attention_bias=False,
                          mlp_bias=False)),
-    Arch("exaone", _cfg("exaone", num_layers=2, layer_norm_epsilon=1e-5)),
-    Arch("minicpm", _cfg("minicpm", dim_model_base=32, scale_depth=1.4, scale_emb=2.0)),
-    Arch("helium", _cfg("helium", attention_bias=False, mlp_bias=False)),
-    Arch("glm4", _cfg("glm4", attention_bias=True, partial_rotary_factor=0.5)),
-    Arch("olmo3", _cfg("olmo3", sliding_window=32,
+    Arch("exaone", config("exaone", num_layers=2, layer_norm_epsilon=1e-5)),
+    Arch("minicpm", config("minicpm", dim_model_base=32, scale_depth=1.4, scale_emb=2.0)),
+    Arch("helium", config("helium", attention_bias=False, mlp_bias=False)),
+    Arch("glm4", config("glm4", attention_bias=True, partial_rotary_factor=0.5)),
+    Arch("olmo3", config("olmo3", sliding_window=32,
                        layer_types=["sliding_attention", "full_attention"]), frozenset({SLIDING})),
-    Arch("exaone4", _cfg("exaone4", sliding_window=32, sliding_window_pattern="LG",
+    Arch("exaone4", config("exaone4", sliding_window=32, sliding_window_pattern="LG",
                          rope_scaling=None), frozenset({SLIDING})),
-    Arch("gpt_oss", _cfg("gpt_oss", num_local_experts=4, num_experts_per_tok=2, sliding_window=32,
+    Arch("gpt_oss", config("gpt_oss", num_local_experts=4, num_experts_per_tok=2, sliding_window=32,
                          layer_types=["sliding_attention", "full_attention"]),
          frozenset({SLIDING, MOE})),
     Arch("mamba", dict(model_type="mamba", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
@@ -142,7 +142,7 @@ ARCHS: tuple[Arch, ...] = (
                                  rms_norm_eps=1e-6, rope_theta=10000.0, attention_window_size=32,
                                  vocab_size=VOCAB, block_types=["recurrent", "attention"]),
          frozenset({SLIDING, SSM, HYBRID})),
-    Arch("qwen3_next", _cfg("qwen3_next", linear_num_value_heads=4, linear_num_key_heads=2,
+    Arch("qwen3_next", config("qwen3_next", linear_num_value_heads=4, linear_num_key_heads=2,
                             linear_key_head_dim=16, linear_value_head_dim=16,
                             linear_conv_kernel_dim=4, num_experts=4, num_experts_per_tok=2,
                             decoder_sparse_step=1, shared_expert_intermediate_size=32,
@@ -163,7 +163,12 @@ NAMES = tuple(a.name for a in ARCHS)
 
 
 def build(name: str, dtype: mx.Dtype = mx.float32) -> nn.Module:
-    """The zoo entry ``name`` as an mlx-lm model with weights drawn from a seed fixed per name.
+    """The zoo entry ``name`` as an mlx-lm model (see ``build_arch``)."""
+    return build_arch(BY_NAME[name], dtype)
+
+
+def build_arch(arch: Arch, dtype: mx.Dtype = mx.float32) -> nn.Module:
+    """``arch`` as an mlx-lm model with weights drawn from a seed fixed by its name.
 
     Every floating-point parameter of two or more dimensions is redrawn from a normal
     distribution with standard deviation ``gain / sqrt(last dimension)``; the rest (norm scales,
@@ -172,9 +177,8 @@ def build(name: str, dtype: mx.Dtype = mx.float32) -> nn.Module:
     dominates the residual stream); at gain 2 greedy continuations depend on the context, which
     is what a cache comparison needs.
     """
-    arch = BY_NAME[name]
     model_class, args_class = _get_classes(arch.config)
-    mx.random.seed(zlib.crc32(name.encode()))
+    mx.random.seed(zlib.crc32(arch.name.encode()))
     model = model_class(args_class.from_dict(arch.config))
     model.update(tree_map(
         lambda p: (mx.random.normal(p.shape) * (arch.gain / p.shape[-1] ** 0.5)
@@ -219,3 +223,35 @@ def greedy(model: nn.Module, prompt_ids: mx.array, max_tokens: int,
 def cache_factory(model: nn.Module) -> Callable[[], list[Any]]:
     """mlx-lm's cache for ``model``, as a zero-argument factory."""
     return lambda: lm_cache.make_prompt_cache(model)
+
+
+class CharTokenizer:
+    """A tokenizer without files: token ``i`` is the character U+0100 + i (printable, distinct).
+
+    Enough of Hugging Face's tokenizer interface for ``mlx_lm.tokenizer_utils.TokenizerWrapper``,
+    so ``mlx_lm.generate`` / ``stream_generate`` run on the zoo without a download.
+    """
+
+    BASE = 0x100
+    eos_token_id = None
+    bos_token = None
+    chat_template = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) - self.BASE for c in text if 0 <= ord(c) - self.BASE < VOCAB]
+
+    def decode(self, ids, **kwargs) -> str:
+        return "".join(chr(self.BASE + int(i)) for i in ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(self.BASE + i): i for i in range(VOCAB)}
+
+    def apply_chat_template(self, *args, **kwargs):  # TokenizerWrapper inspects its signature
+        raise NotImplementedError("CharTokenizer has no chat template")
+
+
+def tokenizer():
+    """The zoo's ``CharTokenizer`` wrapped for mlx-lm's ``generate`` / ``stream_generate``."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    return TokenizerWrapper(CharTokenizer())
