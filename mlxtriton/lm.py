@@ -74,22 +74,60 @@ def _causal_mask(offset: mx.array, n: int, capacity: int, window: Optional[int])
     return mask
 
 
-class _StaticCache(_lm_cache._BaseCache):
-    """What the linear caches share: the array offset, the host count and the bucket policy."""
+class _ArrayOffsetCache(_lm_cache._BaseCache):
+    """What the still-shaped caches share: the offset as an array beside its host-side count.
+
+    Subclasses hold ``keys`` (None before the first write) and list their arrays in
+    ``_buffers()``.
+    """
 
     __mlxtriton_counters__ = ("_host_offset",)
 
-    def __init__(self, step: int = 256, headroom: int = 16, doubling: bool = False):
-        if step < 1 or headroom < 1:
-            raise ValueError(f"step and headroom must be positive (got step={step}, "
-                             f"headroom={headroom})")
-        self.step = step
+    def __init__(self, headroom: int):
+        if headroom < 1:
+            raise ValueError(f"headroom must be positive (got {headroom})")
         self.headroom = headroom
-        self.doubling = doubling
+        self.keys = None
+        self.values = None
         self.offset = mx.array(0, mx.int32)
         self._host_offset = 0
 
-    # -- the bucket policy ------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Slots allocated per sequence (0 before the first write)."""
+        return 0 if self.empty() else self._buffers()[0].shape[2]
+
+    def size(self) -> int:
+        return self._host_offset
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+    def trim(self, n: int) -> int:
+        n = min(self._host_offset, n)
+        self._host_offset -= n
+        self.offset = self.offset - n
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.empty() else sum(b.nbytes for b in self._buffers())
+
+    def _set_offset(self, offset) -> None:
+        self.offset = mx.array(offset, mx.int32)
+        self._host_offset = int(self.offset.item())
+
+
+class _BucketedCache(_ArrayOffsetCache):
+    """A linear buffer (position p in slot p) whose capacity grows in buckets."""
+
+    def __init__(self, step: int, headroom: int, doubling: bool):
+        if step < 1:
+            raise ValueError(f"step must be positive (got {step})")
+        super().__init__(headroom)
+        self.step = step
+        self.doubling = doubling
+
     def _capacity(self, needed: int) -> int:
         """The policy's capacity for at least ``needed`` tokens: a multiple of ``step``, or
         ``step`` times a power of two when doubling."""
@@ -99,11 +137,6 @@ class _StaticCache(_lm_cache._BaseCache):
         while capacity < needed:
             capacity *= 2
         return capacity
-
-    @property
-    def capacity(self) -> int:
-        """Slots allocated per sequence (0 before the first write)."""
-        return 0 if self.empty() else self._buffers()[0].shape[2]
 
     def _planned_capacity(self, n: int) -> int:
         """The capacity a write of ``n`` tokens will leave: decided from static facts only."""
@@ -117,37 +150,16 @@ class _StaticCache(_lm_cache._BaseCache):
         if not self.empty() and self.capacity - self._host_offset < self.headroom:
             self._resize(self._capacity(self._host_offset + self.headroom))
 
-    # -- mlx-lm's cache protocol --------------------------------------------------------------
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
         """The mask over the whole buffer for ``N`` new tokens (always an array, N == 1 too)."""
         self.__mlxtriton_prepare__()
         return _causal_mask(self.offset, N, self._planned_capacity(N), window_size)
 
-    def size(self) -> int:
-        return self._host_offset
-
-    def empty(self) -> bool:
-        return self.keys is None
-
     def is_trimmable(self) -> bool:
         return True
 
-    def trim(self, n: int) -> int:
-        n = min(self._host_offset, n)
-        self._host_offset -= n
-        self.offset = self.offset - n
-        return n
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers()) if not self.empty() else 0
-
-    def _set_offset(self, offset) -> None:
-        self.offset = mx.array(offset, mx.int32)
-        self._host_offset = int(self.offset.item())
-
-
-class StaticKVCache(_StaticCache):
+class StaticKVCache(_BucketedCache):
     """mlx-lm's ``KVCache`` with a still shape: an array offset, a bucketed buffer read whole.
 
     Args:
@@ -157,16 +169,17 @@ class StaticKVCache(_StaticCache):
         doubling: grow to ``step`` times a power of two instead of the next multiple.
 
     Example:
-        >>> from mlx_lm.generate import generate_step
-        >>> cache = [StaticKVCache() for _ in model.layers]                  # doctest: +SKIP
-        >>> for token, _ in generate_step(prompt, model, prompt_cache=cache):  # doctest: +SKIP
-        ...     print(token)
+        >>> cache = StaticKVCache()
+        >>> keys = mx.ones((1, 2, 7, 16))  # batch, kv heads, tokens, head dimension
+        >>> cache.make_mask(7).shape  # asked before the write, as models do
+        (7, 256)
+        >>> k, v = cache.update_and_fetch(keys, keys)
+        >>> k.shape, cache.offset.item(), cache.make_mask(1).shape
+        ((1, 2, 256, 16), 7, (1, 256))
     """
 
     def __init__(self, step: int = 256, headroom: int = 16, doubling: bool = False):
         super().__init__(step, headroom, doubling)
-        self.keys = None
-        self.values = None
 
     def _buffers(self):
         return (self.keys, self.values)
@@ -210,7 +223,7 @@ class StaticKVCache(_StaticCache):
         return quantized
 
 
-class StaticQuantizedKVCache(_StaticCache):
+class StaticQuantizedKVCache(_BucketedCache):
     """mlx-lm's ``QuantizedKVCache`` with a still shape (see ``StaticKVCache``).
 
     Keys and values are each a (packed, scales, biases) triple of buffers; ``bits`` and
@@ -222,8 +235,6 @@ class StaticQuantizedKVCache(_StaticCache):
         super().__init__(step, headroom, doubling)
         self.group_size = group_size
         self.bits = bits
-        self.keys = None
-        self.values = None
 
     def _buffers(self):
         return (*self.keys, *self.values)
@@ -262,7 +273,7 @@ class StaticQuantizedKVCache(_StaticCache):
         self._set_offset(offset)
 
 
-class StaticRotatingKVCache(_StaticCache):
+class StaticRotatingKVCache(_ArrayOffsetCache):
     """mlx-lm's ``RotatingKVCache`` (sliding-window attention) with a still shape.
 
     A circular buffer: position ``p`` lives in slot ``p % capacity``. Its steady capacity is
@@ -284,11 +295,9 @@ class StaticRotatingKVCache(_StaticCache):
             raise ValueError(
                 f"StaticRotatingKVCache supports keep=0 only (got keep={keep}): mlx-lm's rotating "
                 "cache with kept tokens is not reproduced")
-        super().__init__(step=1, headroom=headroom)
+        super().__init__(headroom)
         self.max_size = max_size
         self.keep = keep
-        self.keys = None
-        self.values = None
 
     def _buffers(self):
         return (self.keys, self.values)
@@ -362,7 +371,6 @@ class StaticRotatingKVCache(_StaticCache):
     @state.setter
     def state(self, v):
         self.keys, self.values, offset, self.max_size, self.keep, self.headroom = v
-        self.step, self.doubling = 1, False
         self._set_offset(offset)
 
 
@@ -436,9 +444,17 @@ def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, st
 
     Example:
         >>> from mlx_lm.generate import generate_step
-        >>> cache = make_prompt_cache(model)                                  # doctest: +SKIP
-        >>> tokens = [t for t, _ in generate_step(prompt, model, max_tokens=8,
-        ...                                       prompt_cache=cache)]         # doctest: +SKIP
+        >>> from mlx_lm.models import llama
+        >>> model = llama.Model(llama.ModelArgs(
+        ...     model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        ...     num_attention_heads=4, rms_norm_eps=1e-5, vocab_size=100))
+        >>> cache = make_prompt_cache(model)
+        >>> logits = model(mx.array([[1, 2, 3]]), cache=cache)  # a prefill of three tokens
+        >>> cache[0].offset.item(), cache[0].capacity
+        (3, 256)
+        >>> steps = generate_step(mx.array([4, 5]), model, max_tokens=4, prompt_cache=cache)
+        >>> len([token for token, _ in steps])
+        4
     """
     caches = _lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
     return [_to_static(c, step, headroom, doubling) for c in caches]

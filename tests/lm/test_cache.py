@@ -1,6 +1,8 @@
 """mlxtriton.lm's still-shaped caches against mlx-lm's own: what each query sees, growth in
 buckets, trimming, state round trips, sizes, quantized caches and the refusals."""
 
+import doctest
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -177,3 +179,7 @@ def test_unsupported_caches_are_named():
 
     with pytest.raises(ValueError, match="empty caches only; this KVCache holds tokens"):
         lm.make_prompt_cache(Filled())
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(lm).failed == 0
