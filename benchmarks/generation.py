@@ -8,7 +8,7 @@ Models: mlx-lm's ``llama`` built from Llama-3.2-1B's and Llama-3-8B's configs wi
   plain          mlx-lm's model with its own caches (``make_prompt_cache``), each step eager
   generate_step  (batch 1) mlx-lm's ``generate_step`` itself: a host sync per token (``.item()``),
                  one step queued ahead
-  compile        the peer a skilled user writes today: a fixed-capacity cache (buffer of
+  compile        the peer a skilled user writes today: a fixed-capacity cache (a buffer of
                  prompt + every generated token, an array offset, a mask over the buffer) and the
                  decode step under ``mx.compile`` with the cache arrays as inputs and outputs
   optimize       ``mlxtriton.optimize(model)`` called with ``mlxtriton.lm.make_prompt_cache``
@@ -124,19 +124,21 @@ def _argmax(logits):
     return mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
 
 
-def decoder(method: str, model, capacity: int):
-    """(prefill(prompt) -> first token, step(token) -> next token, info) for one method."""
+def decoder(method: str, model, needed: int, bucket: int):
+    """(prefill(prompt) -> first token, step(token) -> next token, info) for one method;
+    ``needed``: the tokens the cache will hold; ``bucket``: the still-shaped caches' step."""
     if method == "plain":
         cache = lm_cache.make_prompt_cache(model)
         return (lambda p: _argmax(model(p, cache=cache)),
                 lambda y: _argmax(model(y, cache=cache)), {})
     if method == "compile":
+        capacity = _round_up(needed, bucket)
         cache = [FixedKVCache(capacity) for _ in model.layers]
         state = [c.arrays for c in cache]
         step = mx.compile(lambda y: _argmax(model(y, cache=cache)), inputs=state, outputs=state)
         return lambda p: _argmax(model(p, cache=cache)), step, {"capacity": capacity}
     if method == "optimize":
-        cache = lm.make_prompt_cache(model)
+        cache = lm.make_prompt_cache(model, step=bucket)
         f = mlxtriton.optimize(model)
 
         def info():
@@ -148,10 +150,10 @@ def decoder(method: str, model, capacity: int):
     raise ValueError(f"unknown method {method!r}")
 
 
-def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs):
+def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket):
     prompt = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len),
                                key=mx.random.key(1))
-    prefill, step, info = decoder(method, model, _round_up(prompt_len + warmup + runs * tokens))
+    prefill, step, info = decoder(method, model, prompt_len + warmup + runs * tokens, bucket)
     y = prefill(prompt)
     mx.eval(y)
     t0 = time.perf_counter()
@@ -195,7 +197,7 @@ def time_generate_step(model, prompt_len, tokens, warmup, runs):
     return {"ms": 1e3 * statistics.median(times) / tokens}
 
 
-def _round_up(n, multiple=256):
+def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
@@ -240,6 +242,10 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=32, help="decode steps per timed run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--buckets", default="256",
+                    help="capacity steps of the compile and optimize caches (several: one row "
+                         "entry each, named method@step; reading a longer masked buffer costs "
+                         "bandwidth, a smaller step more builds)")
     ap.add_argument("--copy-bytes", type=int, default=1 << 30)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: a tiny llama, short prompts")
     ap.add_argument("--out")
@@ -270,7 +276,8 @@ def main(argv=None):
                    "(weight + KV bytes per step) / copy GB/s (x + 0 over "
                    f"{args.copy_bytes >> 20} MiB, read + write)"),
         "config": {"models": {m: CONFIGS[m] for m in args.models.split(",")},
-                   "tokens": args.tokens, "runs": args.runs, "warmup": args.warmup},
+                   "tokens": args.tokens, "runs": args.runs, "warmup": args.warmup,
+                   "buckets": args.buckets},
         "rows": [],
     }
 
@@ -297,9 +304,13 @@ def main(argv=None):
                 for prompt_len in (int(p) for p in args.prompts.split(",")):
                     row = {"model": model_name, "dtype": dtype_name, "batch": batch,
                            "prompt": prompt_len, "methods": {}}
+                    buckets = [int(b) for b in args.buckets.split(",")]
                     for method in methods:
-                        row["methods"][method] = _measure(method, model, batch, prompt_len, args,
-                                                          result.get("copy_gbps"))
+                        for bucket in buckets if method in ("compile", "optimize") else [None]:
+                            name = method if len(buckets) == 1 or bucket is None else \
+                                f"{method}@{bucket}"
+                            row["methods"][name] = _measure(method, model, batch, prompt_len,
+                                                            args, result.get("copy_gbps"), bucket)
                     _compare_tokens(row["methods"])
                     result["rows"].append(row)
                     save()
@@ -309,7 +320,7 @@ def main(argv=None):
     print(f"wrote {out}")
 
 
-def _measure(method, model, batch, prompt_len, args, copy_gbps):
+def _measure(method, model, batch, prompt_len, args, copy_gbps, bucket):
     try:
         if method == "roofline":
             context = prompt_len + args.warmup + args.runs * args.tokens / 2
@@ -321,7 +332,7 @@ def _measure(method, model, batch, prompt_len, args, copy_gbps):
             entry = time_generate_step(model, prompt_len, args.tokens, args.warmup, args.runs)
         else:
             entry = time_decoding(method, model, batch, prompt_len, args.tokens, args.warmup,
-                                  args.runs)
+                                  args.runs, bucket)
         entry["tokens_per_s"] = batch * 1e3 / entry["ms"]
         return entry
     except Exception as error:  # one method failing must not lose the others' figures
