@@ -1,7 +1,7 @@
 """A zoo of mlx-lm architectures built from tiny configs with random float32 weights.
 
 Test support for generation and stateful programs: each entry is a real mlx-lm ``Model`` class
-(``mlx_lm.models.<arch>``) with a small config (hidden size 32-64, 2-4 layers, vocabulary 128),
+(``mlx_lm.models.<arch>``) with a small config (hidden size 32-64, 2-3 layers, vocabulary 128),
 weights drawn after ``mx.random.seed`` so every build of one entry is identical. A prefill of 16
 tokens takes milliseconds on a CPU. Nothing is downloaded: prompts are token ids.
 
@@ -30,7 +30,8 @@ SLIDING, SSM, HYBRID, MOE = "sliding", "ssm", "hybrid", "moe"
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
-    """One zoo entry: a name, the mlx-lm config it is built from and what kind of model it is."""
+    """One zoo entry: a name, the mlx-lm config it is built from, what kind of model it is and
+    the scale of its random weights (see ``build_arch``)."""
 
     name: str
     config: dict
