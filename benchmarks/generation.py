@@ -142,8 +142,10 @@ def decoder(method: str, model, needed: int, bucket: int):
         f = mlxtriton.optimize(model)
 
         def info():
-            stats = f.cache_info() if hasattr(f, "cache_info") else None
-            return {"cache_info": str(stats), "capacity": cache[0].capacity}
+            stats = f.cache_info()
+            return {"cache_info": {"builds": stats.builds, "hits": stats.hits,
+                                   "last_build": stats.last_build},
+                    "capacity": cache[0].capacity}
 
         return (lambda p: _argmax(f(p, cache=cache)), lambda y: _argmax(f(y, cache=cache)),
                 info)

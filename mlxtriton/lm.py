@@ -375,7 +375,15 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
 
 
 class CacheList(_lm_cache.CacheList):
-    """mlx-lm's ``CacheList`` (one layer's several caches) that prepares the caches it holds."""
+    """mlx-lm's ``CacheList`` (one layer's several caches) that prepares the caches it holds.
+
+    It keeps them in a list where mlx-lm keeps a tuple: mlxtriton's runtime writes a traced call's
+    results back into objects reached through lists, and not yet through tuples.
+    """
+
+    def __init__(self, *caches):
+        super().__init__()
+        self.caches = list(caches)
 
     def __mlxtriton_prepare__(self) -> None:
         for c in self.caches:
@@ -389,7 +397,7 @@ class CacheList(_lm_cache.CacheList):
 
     @state.setter
     def state(self, v):
-        self.caches = tuple(_CLASSES[name].from_state(s) for s, name in v)
+        self.caches = [_CLASSES[name].from_state(s) for s, name in v]
 
 
 _CLASSES = {

@@ -1,12 +1,13 @@
-"""Greedy generation over the whole mlx-lm zoo with mlxtriton.lm's caches: token for token what
-mlx-lm's own caches give, called eagerly and stepped as mlxtriton's runtime steps a stateful
-program (tests/lm/replay.py), where one trace serves every decode step."""
+"""Greedy generation over the mlx-lm zoo with mlxtriton.lm's caches: token for token what mlx-lm's
+own caches give, called eagerly, stepped as the runtime's protocol says (tests/lm/replay.py) and
+through ``mlxtriton.optimize``, where one build serves every decode step."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.generate import generate, generate_step, stream_generate
 
+import mlxtriton
 from mlxtriton import lm
 from tests import lm_zoo
 from tests.lm.replay import Replay
@@ -60,3 +61,29 @@ def test_generate_and_stream_generate_match_mlx_lm(name):
                                                 **kwargs)]
     assert "".join(streamed) == expected
     assert replay.builds == 3
+
+
+def _optimized_generation_matches(name):
+    model = lm_zoo.build(name)
+    for length in PROMPTS:
+        prompt = lm_zoo.prompt(length)
+        expected, _ = _generate(model, prompt, None)
+        optimized = mlxtriton.optimize(model)
+        tokens, _ = _generate(optimized, prompt, lm.make_prompt_cache(model))
+        assert tokens == expected, f"prompt of {length}"
+        info = optimized.cache_info()
+        assert info.builds == (2 if length == 1 else 3), info
+        assert info.hits == TOKENS - 1, info
+
+
+# One model per cache kind: sliding and global attention, latent attention with experts, a
+# recurrent block beside a sliding window, a CacheList of a recurrent state and a KV cache.
+@pytest.mark.parametrize("name", ["gemma3_text", "deepseek_v3", "recurrent_gemma", "falcon_h1"])
+def test_optimized_generation_matches_mlx_lm(name):
+    _optimized_generation_matches(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", lm_zoo.NAMES)
+def test_optimized_generation_matches_mlx_lm_whole_zoo(name):
+    _optimized_generation_matches(name)
