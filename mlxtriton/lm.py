@@ -1,0 +1,468 @@
+"""Generation with mlx-lm models: key-value caches whose shapes stay still from step to step.
+
+Public API layer. Imports mlx and mlx_lm (an optional dependency: ``pip install mlx-lm``), nothing
+from mlxtriton's layers: the objects here speak mlx-lm's cache protocol, and mlxtriton's runtime
+knows them only through the two ``__mlxtriton_*__`` hooks described below.
+
+mlx-lm's caches keep the write position as a Python int and hand attention a slice whose length
+grows by one token per step, so every decode step has new shapes and a traced or compiled model
+rebuilds on every step. The caches here keep
+
+- the write position ``offset`` as a 0-d int32 array (mlx-lm's models accept an array offset, as
+  its ``BatchKVCache`` already uses), written with a dynamic slice update;
+- a buffer whose capacity grows in buckets (``step`` tokens, or doubling), which attention reads
+  whole under the boolean mask ``make_mask`` returns for every query length, one token included.
+
+Every shape a call sees then depends only on the number of new tokens and the capacity, and one
+build serves every decode step inside a bucket. Capacity decisions taken while a model runs
+depend only on static facts (shapes, capacity, the number of new tokens ``N`` against the static
+``headroom``), never on the offset's value; decisions that need the value are taken eagerly, before
+a call, in ``__mlxtriton_prepare__``, from a host-side count of the tokens written.
+
+The protocol with mlxtriton's runtime:
+
+- ``__mlxtriton_counters__ = ("_host_offset",)``: Python ints that are not part of a trace's cache
+  key; the runtime records how much a traced call changed them and adds the same amount on every
+  later call that the same trace serves. Nothing traced depends on their values.
+- ``__mlxtriton_prepare__()``: called on every cache before every call, outside any trace. Grows
+  the buffer when fewer than ``headroom`` free slots remain (one rebuild per bucket), and brings a
+  sliding-window buffer back to its steady capacity after a long prefill chunk.
+- every other Python scalar attribute (``step``, ``headroom``, ``max_size``, ``bits``, ...) is part
+  of the cache key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+try:
+    from mlx_lm.models import cache as _lm_cache
+except ImportError as error:  # pragma: no cover - exercised only without mlx-lm
+    raise ImportError("mlxtriton.lm needs mlx-lm: pip install mlx-lm") from error
+
+__all__ = [
+    "StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache", "CacheList",
+    "make_prompt_cache",
+]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_axis2(x: mx.array, capacity: int) -> mx.array:
+    """``x`` with zeros appended along axis 2 up to ``capacity`` slots."""
+    extra = capacity - x.shape[2]
+    return mx.concatenate([x, mx.zeros((*x.shape[:2], extra, *x.shape[3:]), x.dtype)], axis=2)
+
+
+def _write(buffer: mx.array, update: mx.array, start: mx.array) -> mx.array:
+    """``buffer`` with ``update`` written along axis 2 from the dynamic position ``start``."""
+    return mx.slice_update(buffer, update, start.reshape(1), axes=(2,))
+
+
+def _causal_mask(offset: mx.array, n: int, capacity: int, window: Optional[int]) -> mx.array:
+    """(n, capacity) booleans: query ``i`` (position offset + i) sees slot ``j`` (position j)."""
+    query = offset + mx.arange(n, dtype=mx.int32)[:, None]
+    key = mx.arange(capacity, dtype=mx.int32)[None]
+    mask = key <= query
+    if window is not None:
+        mask = mask & (key > query - window)
+    return mask
+
+
+class _ArrayOffsetCache(_lm_cache._BaseCache):
+    """What the still-shaped caches share: the offset as an array beside its host-side count.
+
+    Subclasses hold ``keys`` (None before the first write) and list their arrays in
+    ``_buffers()``.
+    """
+
+    __mlxtriton_counters__ = ("_host_offset",)
+
+    def __init__(self, headroom: int):
+        if headroom < 1:
+            raise ValueError(f"headroom must be positive (got {headroom})")
+        self.headroom = headroom
+        self.keys = None
+        self.values = None
+        self.offset = mx.array(0, mx.int32)
+        self._host_offset = 0
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated per sequence (0 before the first write)."""
+        return 0 if self.empty() else self._buffers()[0].shape[2]
+
+    def size(self) -> int:
+        return self._host_offset
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+    def trim(self, n: int) -> int:
+        n = min(self._host_offset, n)
+        self._host_offset -= n
+        self.offset = self.offset - n
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.empty() else sum(b.nbytes for b in self._buffers())
+
+    def _set_offset(self, offset) -> None:
+        self.offset = mx.array(offset, mx.int32)
+        self._host_offset = int(self.offset.item())
+
+
+class _BucketedCache(_ArrayOffsetCache):
+    """A linear buffer (position p in slot p) whose capacity grows in buckets."""
+
+    def __init__(self, step: int, headroom: int, doubling: bool):
+        if step < 1:
+            raise ValueError(f"step must be positive (got {step})")
+        super().__init__(headroom)
+        self.step = step
+        self.doubling = doubling
+
+    def _capacity(self, needed: int) -> int:
+        """The policy's capacity for at least ``needed`` tokens: a multiple of ``step``, or
+        ``step`` times a power of two when doubling."""
+        if not self.doubling:
+            return _round_up(needed, self.step)
+        capacity = self.step
+        while capacity < needed:
+            capacity *= 2
+        return capacity
+
+    def _planned_capacity(self, n: int) -> int:
+        """The capacity a write of ``n`` tokens will leave: decided from static facts only."""
+        if self.empty():
+            return self._capacity(n + self.headroom)
+        if n > self.headroom:  # a prefill chunk: grow by enough whatever the offset
+            return self._capacity(self.capacity + n + self.headroom)
+        return self.capacity  # __mlxtriton_prepare__ left at least headroom free slots
+
+    def __mlxtriton_prepare__(self) -> None:
+        if not self.empty() and self.capacity - self._host_offset < self.headroom:
+            self._resize(self._capacity(self._host_offset + self.headroom))
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
+        """The mask over the whole buffer for ``N`` new tokens (always an array, N == 1 too)."""
+        self.__mlxtriton_prepare__()
+        return _causal_mask(self.offset, N, self._planned_capacity(N), window_size)
+
+    def is_trimmable(self) -> bool:
+        return True
+
+
+class StaticKVCache(_BucketedCache):
+    """mlx-lm's ``KVCache`` with a still shape: an array offset, a bucketed buffer read whole.
+
+    Args:
+        step: capacity grows in multiples of ``step`` tokens.
+        headroom: free slots kept ahead of the offset before a call (writes of up to
+            ``headroom`` tokens never change the capacity inside a call).
+        doubling: grow to ``step`` times a power of two instead of the next multiple.
+
+    Example:
+        >>> cache = StaticKVCache()
+        >>> keys = mx.ones((1, 2, 7, 16))  # batch, kv heads, tokens, head dimension
+        >>> cache.make_mask(7).shape  # asked before the write, as models do
+        (7, 256)
+        >>> k, v = cache.update_and_fetch(keys, keys)
+        >>> k.shape, cache.offset.item(), cache.make_mask(1).shape
+        ((1, 2, 256, 16), 7, (1, 256))
+    """
+
+    def __init__(self, step: int = 256, headroom: int = 16, doubling: bool = False):
+        super().__init__(step, headroom, doubling)
+
+    def _buffers(self):
+        return (self.keys, self.values)
+
+    def _resize(self, capacity: int) -> None:
+        self.keys = _pad_axis2(self.keys, capacity)
+        self.values = _pad_axis2(self.values, capacity)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.__mlxtriton_prepare__()
+        n = keys.shape[2]
+        capacity = self._planned_capacity(n)
+        if self.empty():
+            self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
+            self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
+        elif capacity != self.capacity:
+            self._resize(capacity)
+        self.keys = _write(self.keys, keys, self.offset)
+        self.values = _write(self.values, values, self.offset)
+        self.offset = self.offset + n
+        self._host_offset += n
+        return self.keys, self.values
+
+    @property
+    def state(self):
+        return self.keys, self.values, self.offset, self.step, self.headroom, self.doubling
+
+    @state.setter
+    def state(self, v):
+        self.keys, self.values, offset, self.step, self.headroom, self.doubling = v
+        self._set_offset(offset)
+
+    def to_quantized(self, group_size: int = 64, bits: int = 4) -> "StaticQuantizedKVCache":
+        """The same cache with its buffer quantized (what ``generate_step(kv_bits=...)`` asks)."""
+        quantized = StaticQuantizedKVCache(group_size, bits, self.step, self.headroom,
+                                           self.doubling)
+        quantized.offset, quantized._host_offset = self.offset, self._host_offset
+        if not self.empty():
+            quantized.keys = mx.quantize(self.keys, group_size=group_size, bits=bits)
+            quantized.values = mx.quantize(self.values, group_size=group_size, bits=bits)
+        return quantized
+
+
+class StaticQuantizedKVCache(_BucketedCache):
+    """mlx-lm's ``QuantizedKVCache`` with a still shape (see ``StaticKVCache``).
+
+    Keys and values are each a (packed, scales, biases) triple of buffers; ``bits`` and
+    ``group_size`` route mlx-lm's attention to its quantized path.
+    """
+
+    def __init__(self, group_size: int = 64, bits: int = 8, step: int = 256,
+                 headroom: int = 16, doubling: bool = False):
+        super().__init__(step, headroom, doubling)
+        self.group_size = group_size
+        self.bits = bits
+
+    def _buffers(self):
+        return (*self.keys, *self.values)
+
+    def _resize(self, capacity: int) -> None:
+        self.keys = tuple(_pad_axis2(b, capacity) for b in self.keys)
+        self.values = tuple(_pad_axis2(b, capacity) for b in self.values)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.__mlxtriton_prepare__()
+        n = keys.shape[2]
+        capacity = self._planned_capacity(n)
+        keys = mx.quantize(keys, group_size=self.group_size, bits=self.bits)
+        values = mx.quantize(values, group_size=self.group_size, bits=self.bits)
+        if self.empty():
+            self.keys = tuple(mx.zeros((*k.shape[:2], capacity, k.shape[3]), k.dtype) for k in keys)
+            self.values = tuple(mx.zeros((*v.shape[:2], capacity, v.shape[3]), v.dtype)
+                                for v in values)
+        elif capacity != self.capacity:
+            self._resize(capacity)
+        self.keys = tuple(_write(b, k, self.offset) for b, k in zip(self.keys, keys))
+        self.values = tuple(_write(b, v, self.offset) for b, v in zip(self.values, values))
+        self.offset = self.offset + n
+        self._host_offset += n
+        return self.keys, self.values
+
+    @property
+    def state(self):
+        return (self.keys, self.values, self.offset, self.group_size, self.bits, self.step,
+                self.headroom, self.doubling)
+
+    @state.setter
+    def state(self, v):
+        (self.keys, self.values, offset, self.group_size, self.bits, self.step, self.headroom,
+         self.doubling) = v
+        self._set_offset(offset)
+
+
+class StaticRotatingKVCache(_ArrayOffsetCache):
+    """mlx-lm's ``RotatingKVCache`` (sliding-window attention) with a still shape.
+
+    A circular buffer: position ``p`` lives in slot ``p % capacity``. Its steady capacity is
+    ``max_size + headroom - 1``, enough for a write of up to ``headroom`` tokens to leave every
+    query its last ``max_size`` positions. A longer write (a prefill chunk of ``N`` tokens) first
+    re-lays the buffer out at ``max_size + N - 1`` slots; ``__mlxtriton_prepare__`` brings it back
+    to the steady capacity before the next call. Each query sees the positions in
+    ``(q - window, q]``, as mlx-lm's rotating cache gives it for ``keep=0``.
+
+    Args:
+        max_size: the window, in tokens.
+        keep: tokens kept at the front forever; only 0 is supported (mlx-lm's models build their
+            sliding-window caches with ``keep=0``).
+        headroom: the longest write served without re-laying the buffer out.
+    """
+
+    def __init__(self, max_size: int, keep: int = 0, headroom: int = 16):
+        if keep != 0:
+            raise ValueError(
+                f"StaticRotatingKVCache supports keep=0 only (got keep={keep}): mlx-lm's rotating "
+                "cache with kept tokens is not reproduced")
+        super().__init__(headroom)
+        self.max_size = max_size
+        self.keep = keep
+
+    def _buffers(self):
+        return (self.keys, self.values)
+
+    def _planned_capacity(self, n: int) -> int:
+        return self.max_size + max(n, self.headroom) - 1
+
+    def __mlxtriton_prepare__(self) -> None:
+        steady = self._planned_capacity(1)
+        if not self.empty() and self.capacity != steady:
+            self._relayout(steady)
+
+    def _slot_positions(self, end: mx.array, capacity: int) -> mx.array:
+        """The position each slot holds once ``end`` tokens are written (negative: none)."""
+        slots = mx.arange(capacity, dtype=mx.int32)
+        return end - 1 - (end - 1 - slots) % capacity
+
+    def _relayout(self, capacity: int) -> None:
+        """Move the buffer to ``capacity`` slots, keeping the latest positions (array ops).
+
+        A new slot whose position the old buffer no longer holds receives a stale entry; no query
+        sees it: that position lies more than the old capacity (at least ``max_size``) behind the
+        offset, outside every window.
+        """
+        positions = self._slot_positions(self.offset, capacity)
+        index = (positions % self.capacity)[None, None, :, None]
+        self.keys = mx.take_along_axis(self.keys, index, axis=2)
+        self.values = mx.take_along_axis(self.values, index, axis=2)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.__mlxtriton_prepare__()
+        n = keys.shape[2]
+        capacity = self._planned_capacity(n)
+        if self.empty():
+            self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
+            self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
+        elif capacity != self.capacity:
+            self._relayout(capacity)
+        if n == 1:
+            start = self.offset % capacity
+            self.keys = _write(self.keys, keys, start)
+            self.values = _write(self.values, values, start)
+        else:  # the slots of a chunk may wrap around the end of the buffer
+            slots = ((self.offset + mx.arange(n, dtype=mx.int32)) % capacity)[None, None, :, None]
+            self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
+            self.values = mx.put_along_axis(self.values, slots, values, axis=2)
+        self.offset = self.offset + n
+        self._host_offset += n
+        return self.keys, self.values
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
+        window = window_size or self.max_size
+        if window > self.max_size:
+            raise ValueError(f"window_size {window_size} exceeds the cache's max_size "
+                             f"{self.max_size}")
+        self.__mlxtriton_prepare__()
+        positions = self._slot_positions(self.offset + N, self._planned_capacity(N))[None]
+        query = self.offset + mx.arange(N, dtype=mx.int32)[:, None]
+        return (positions >= 0) & (positions <= query) & (positions > query - window)
+
+    def size(self) -> int:
+        return min(self._host_offset, self.max_size)
+
+    def is_trimmable(self) -> bool:
+        return self._host_offset < self.max_size
+
+    @property
+    def state(self):
+        return self.keys, self.values, self.offset, self.max_size, self.keep, self.headroom
+
+    @state.setter
+    def state(self, v):
+        self.keys, self.values, offset, self.max_size, self.keep, self.headroom = v
+        self._set_offset(offset)
+
+
+class CacheList(_lm_cache.CacheList):
+    """mlx-lm's ``CacheList`` (one layer's several caches) that prepares the caches it holds.
+
+    It keeps them in a list where mlx-lm keeps a tuple: mlxtriton's runtime writes a traced call's
+    results back into objects reached through lists, and not yet through tuples.
+    """
+
+    def __init__(self, *caches):
+        super().__init__()
+        self.caches = list(caches)
+
+    def __mlxtriton_prepare__(self) -> None:
+        for c in self.caches:
+            prepare = getattr(c, "__mlxtriton_prepare__", None)
+            if prepare is not None:
+                prepare()
+
+    @property
+    def state(self):
+        return [(c.state, type(c).__name__) for c in self.caches]
+
+    @state.setter
+    def state(self, v):
+        self.caches = [_CLASSES[name].from_state(s) for s, name in v]
+
+
+_CLASSES = {
+    cls.__name__: cls
+    for cls in (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache, CacheList,
+                _lm_cache.ArraysCache, _lm_cache.KVCache, _lm_cache.RotatingKVCache,
+                _lm_cache.QuantizedKVCache)
+}
+
+
+def _to_static(cache: Any, step: int, headroom: int, doubling: bool) -> Any:
+    """The still-shaped counterpart of one of mlx-lm's fresh caches."""
+    name = type(cache).__name__
+    if isinstance(cache, (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache)):
+        return cache
+    if isinstance(cache, _lm_cache.CacheList):
+        return CacheList(*(_to_static(c, step, headroom, doubling) for c in cache.caches))
+    if not cache.empty():
+        raise ValueError(f"mlxtriton.lm converts empty caches only; this {name} holds tokens")
+    if type(cache) is _lm_cache.KVCache:
+        return StaticKVCache(step, headroom, doubling)
+    if type(cache) is _lm_cache.QuantizedKVCache:
+        return StaticQuantizedKVCache(cache.group_size, cache.bits, step, headroom, doubling)
+    if type(cache) is _lm_cache.RotatingKVCache:
+        return StaticRotatingKVCache(cache.max_size, cache.keep, headroom)
+    if type(cache) is _lm_cache.ArraysCache:
+        return cache  # recurrent states: fixed shapes once the first call has set them
+    raise TypeError(f"mlxtriton.lm has no still-shaped counterpart of mlx-lm's {name}")
+
+
+def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, step: int = 256,
+                      headroom: int = 16, doubling: bool = False) -> list[Any]:
+    """The model's cache for generation, as mlx-lm builds it, with still-shaped caches.
+
+    Mirrors ``mlx_lm.models.cache.make_prompt_cache``: the model's own ``make_cache()`` when it
+    has one, else one ``KVCache`` per layer (a ``RotatingKVCache`` of ``max_kv_size`` tokens when
+    given). Each key-value cache becomes its still-shaped counterpart; recurrent-state caches
+    (``ArraysCache``) are kept, their shapes being fixed once set.
+
+    Args:
+        model: an mlx-lm model.
+        max_kv_size: as in mlx-lm (its rotating caches keep 4 tokens, which is not supported here:
+            a ``ValueError`` says so).
+        step, headroom, doubling: the bucket policy of the growing caches (``StaticKVCache``).
+
+    Returns:
+        One cache per layer, for ``model(tokens, cache=...)`` or ``generate_step(...,
+        prompt_cache=...)``.
+
+    Raises:
+        TypeError: a cache kind without a still-shaped counterpart (named).
+
+    Example:
+        >>> from mlx_lm.generate import generate_step
+        >>> from mlx_lm.models import llama
+        >>> model = llama.Model(llama.ModelArgs(
+        ...     model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        ...     num_attention_heads=4, rms_norm_eps=1e-5, vocab_size=100))
+        >>> cache = make_prompt_cache(model)
+        >>> logits = model(mx.array([[1, 2, 3]]), cache=cache)  # a prefill of three tokens
+        >>> cache[0].offset.item(), cache[0].capacity
+        (3, 256)
+        >>> steps = generate_step(mx.array([4, 5]), model, max_tokens=4, prompt_cache=cache)
+        >>> len([token for token, _ in steps])
+        4
+    """
+    caches = _lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
+    return [_to_static(c, step, headroom, doubling) for c in caches]

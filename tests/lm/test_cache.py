@@ -1,0 +1,185 @@
+"""mlxtriton.lm's still-shaped caches against mlx-lm's own: what each query sees, growth in
+buckets, trimming, state round trips, sizes, quantized caches and the refusals."""
+
+import doctest
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from mlx.utils import tree_map
+from mlx_lm.models import cache as lm_cache
+
+from mlxtriton import lm
+from tests import lm_zoo
+from tests.lm.replay import Replay
+
+
+def _write_positions(cache, start: int, n: int, window):
+    """Write keys whose value is their position; return (mask, the position each slot holds)."""
+    mask = cache.make_mask(n, window_size=window)
+    positions = mx.arange(start, start + n, dtype=mx.float32).reshape(1, 1, n, 1)
+    keys, _ = cache.update_and_fetch(positions, positions)
+    return np.array(mask), np.array(keys[0, 0, :, 0])
+
+
+def _check_visible(mask, slots, start, n, window):
+    assert mask.shape == (n, slots.shape[0])
+    for i in range(n):
+        q = start + i
+        low = 0 if window is None else max(0, q - window + 1)
+        assert sorted(slots[mask[i]].tolist()) == list(range(low, q + 1)), f"query at {q}"
+
+
+@given(step=st.integers(1, 24), headroom=st.integers(1, 8), doubling=st.booleans(),
+       window=st.none() | st.integers(1, 30),
+       chunks=st.lists(st.integers(1, 40), min_size=1, max_size=8))
+def test_kv_cache_shows_each_query_its_past(step, headroom, doubling, window, chunks):
+    cache = lm.StaticKVCache(step=step, headroom=headroom, doubling=doubling)
+    start = 0
+    for n in chunks:
+        mask, slots = _write_positions(cache, start, n, window)
+        _check_visible(mask, slots, start, n, window)
+        start += n
+        assert cache.size() == start == cache.offset.item()
+        cache.__mlxtriton_prepare__()
+        assert cache.capacity - start >= headroom and cache.capacity % step == 0
+
+
+@given(max_size=st.integers(1, 24), headroom=st.integers(1, 8), data=st.data(),
+       chunks=st.lists(st.integers(1, 40), min_size=1, max_size=8))
+def test_rotating_cache_shows_each_query_its_window(max_size, headroom, data, chunks):
+    window = data.draw(st.integers(1, max_size))
+    cache = lm.StaticRotatingKVCache(max_size, headroom=headroom)
+    start = 0
+    for n in chunks:
+        mask, slots = _write_positions(cache, start, n, window)
+        _check_visible(mask, slots, start, n, window)
+        start += n
+        cache.__mlxtriton_prepare__()
+        assert cache.capacity == max_size + headroom - 1  # back to the steady buffer
+
+
+def test_rotating_cache_refuses_a_window_wider_than_its_buffer():
+    with pytest.raises(ValueError, match="window_size 9 exceeds the cache's max_size 8"):
+        lm.StaticRotatingKVCache(8).make_mask(1, window_size=9)
+
+
+def test_capacity_grows_in_buckets_and_each_bucket_is_one_build():
+    model = lm_zoo.build("llama")
+    prompt = lm_zoo.prompt(7)
+    expected = lm_zoo.greedy(model, prompt, 64)
+    for doubling, capacity in ((False, 80), (True, 128)):
+        cache = lm.make_prompt_cache(model, step=16, headroom=4, doubling=doubling)
+        replay = Replay(model)
+        assert lm_zoo.greedy(replay, prompt, 64, prompt_cache=cache) == expected
+        # 7 + 64 tokens with 4 free slots: 5 buckets of 16, or 16 -> 32 -> 64 -> 128.
+        assert [c.capacity for c in cache] == [capacity] * len(cache)
+        buckets = 5 if not doubling else 4
+        assert replay.builds == 2 + buckets  # prefill, first token (int32), a decode per bucket
+
+
+def test_nbytes_and_size_follow_the_buffer():
+    cache = lm.StaticKVCache()
+    assert cache.empty() and cache.nbytes == 0 and cache.size() == 0
+    reference = lm_cache.KVCache()
+    keys = mx.ones((1, 2, 7, 16))
+    cache.update_and_fetch(keys, keys)
+    reference.update_and_fetch(keys, keys)
+    assert cache.nbytes == reference.nbytes == 2 * 2 * 256 * 16 * 4
+    assert cache.size() == reference.size() == 7 and not cache.empty()
+
+
+def _continue(model, cache, tokens):
+    return model(mx.array([tokens]), cache=cache)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "deepseek_v3"])
+def test_trim_matches_mlx_lm(name):
+    model = lm_zoo.build(name)
+    prompt = lm_zoo.prompt(20).tolist()
+    ours, theirs = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
+    for cache in (ours, theirs):
+        _continue(model, cache, prompt)
+    assert lm_cache.can_trim_prompt_cache(ours) == lm_cache.can_trim_prompt_cache(theirs) is True
+    assert lm_cache.trim_prompt_cache(ours, 5) == lm_cache.trim_prompt_cache(theirs, 5) == 5
+    assert [c.size() for c in ours] == [c.size() for c in theirs]
+    a, b = _continue(model, ours, [3, 1, 4]), _continue(model, theirs, [3, 1, 4])
+    np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+    # A sliding-window cache that has wrapped around can no longer be trimmed, as in mlx-lm.
+    for cache in (ours, theirs):
+        _continue(model, cache, lm_zoo.prompt(40, seed=1).tolist())
+    assert lm_cache.can_trim_prompt_cache(ours) == lm_cache.can_trim_prompt_cache(theirs)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "falcon_h1", "mamba2"])
+def test_state_round_trip(name):
+    model = lm_zoo.build(name)
+    cache = lm.make_prompt_cache(model)
+    _continue(model, cache, lm_zoo.prompt(20).tolist())
+    # tree_map rebuilds the state's lists: mlx-lm's ArraysCache would otherwise share its own.
+    copy = [type(c).from_state(tree_map(lambda x: x, c.state)) for c in cache]
+    assert [type(c) for c in copy] == [type(c) for c in cache]
+    for _ in range(3):
+        a, b = _continue(model, cache, [5]), _continue(model, copy, [5])
+        assert mx.array_equal(a, b).item()
+
+
+# A llama whose head dimension (64) is a quantization group.
+_LLAMA64 = lm_zoo.Arch("llama64", lm_zoo.config("llama", hidden_size=128, head_dim=64))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_cache_matches_mlx_lm(bits):
+    model = lm_zoo.build_arch(_LLAMA64)
+    for length in (1, 7, 300):
+        prompt = lm_zoo.prompt(length)
+        expected = lm_zoo.greedy(model, prompt, 32, prompt_cache=[
+            lm_cache.QuantizedKVCache(64, bits) for _ in model.layers])
+        ours = [lm.StaticQuantizedKVCache(64, bits) for _ in model.layers]
+        replay = Replay(model)
+        assert lm_zoo.greedy(replay, prompt, 32, prompt_cache=ours) == expected
+        assert replay.builds <= 3 and replay.replays == 31
+        # generate_step's kv_bits: a full-precision cache quantized after the prompt.
+        kwargs = dict(kv_bits=bits, kv_group_size=64, quantized_kv_start=0)
+        expected = lm_zoo.greedy(model, prompt, 32, **kwargs)
+        got = lm_zoo.greedy(model, prompt, 32, prompt_cache=lm.make_prompt_cache(model), **kwargs)
+        assert got == expected
+
+
+def test_kinds_map_to_still_shaped_caches():
+    kinds = {name: [type(c).__name__ for c in lm.make_prompt_cache(lm_zoo.build(name))]
+             for name in ("llama", "gemma3_text", "mamba", "falcon_h1")}
+    assert kinds == {
+        "llama": ["StaticKVCache"] * 2,
+        "gemma3_text": ["StaticRotatingKVCache", "StaticKVCache"],
+        "mamba": ["ArraysCache"] * 2,
+        "falcon_h1": ["CacheList"] * 2,
+    }
+    falcon = lm.make_prompt_cache(lm_zoo.build("falcon_h1"))[0]
+    assert [type(c).__name__ for c in falcon.caches] == ["ArraysCache", "StaticKVCache"]
+
+
+def test_unsupported_caches_are_named():
+    class Chunked(lm_zoo.nn.Module):
+        def make_cache(self):
+            return [lm_cache.ChunkedKVCache(64)]
+
+    with pytest.raises(TypeError, match="no still-shaped counterpart of mlx-lm's ChunkedKVCache"):
+        lm.make_prompt_cache(Chunked())
+    with pytest.raises(ValueError, match="keep=0 only"):
+        lm.make_prompt_cache(lm_zoo.build("qwen2"), max_kv_size=64)  # mlx-lm keeps 4 tokens
+
+    class Filled(lm_zoo.nn.Module):
+        def make_cache(self):
+            cache = lm_cache.KVCache()
+            cache.update_and_fetch(mx.ones((1, 1, 2, 4)), mx.ones((1, 1, 2, 4)))
+            return [cache]
+
+    with pytest.raises(ValueError, match="empty caches only; this KVCache holds tokens"):
+        lm.make_prompt_cache(Filled())
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(lm).failed == 0

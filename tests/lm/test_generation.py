@@ -1,0 +1,89 @@
+"""Greedy generation over the mlx-lm zoo with mlxtriton.lm's caches: token for token what mlx-lm's
+own caches give, called eagerly, stepped as the runtime's protocol says (tests/lm/replay.py) and
+through ``mlxtriton.optimize``, where one build serves every decode step."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.generate import generate, generate_step, stream_generate
+
+import mlxtriton
+from mlxtriton import lm
+from tests import lm_zoo
+from tests.lm.replay import Replay
+
+TOKENS = 64
+PROMPTS = (1, 7, 300)  # one token (no prefill), a short prefill, a prefill past every window
+# mx.contiguous (qwen3_next's gated delta rule) cannot be exported: trace it with mx.compile.
+TRACERS = {"qwen3_next": "compile"}
+
+
+def _generate(model, prompt, cache):
+    steps = generate_step(prompt, model, max_tokens=TOKENS, sampler=lm_zoo.argmax_sampler,
+                          prompt_cache=cache)
+    tokens, logprobs = zip(*steps)
+    return list(tokens), np.array(mx.stack(logprobs))
+
+
+@pytest.mark.parametrize("name", lm_zoo.NAMES)
+def test_greedy_generation_matches_mlx_lm(name):
+    model = lm_zoo.build(name)
+    for length in PROMPTS:
+        prompt = lm_zoo.prompt(length)
+        expected, expected_logprobs = _generate(model, prompt, None)
+
+        tokens, logprobs = _generate(model, prompt, lm.make_prompt_cache(model))
+        assert tokens == expected, f"eager, prompt of {length}"
+        # Reading a masked buffer sums in another order than mlx-lm's slices: ~1e-5 here.
+        np.testing.assert_allclose(logprobs, expected_logprobs, atol=1e-4)
+
+        replay = Replay(model, TRACERS.get(name, "export"))
+        tokens, _ = _generate(replay, prompt, lm.make_prompt_cache(model))
+        assert tokens == expected, f"replayed, prompt of {length}"
+        # Builds: the prefill (when the prompt has more than one token), the prompt's last token
+        # (int32) and the decode steps (uint32 tokens from the sampler); every later step replays.
+        assert replay.builds == (2 if length == 1 else 3)
+        assert replay.replays == TOKENS - 1
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "recurrent_gemma"])
+def test_generate_and_stream_generate_match_mlx_lm(name):
+    model, tokenizer = lm_zoo.build(name), lm_zoo.tokenizer()
+    prompt = lm_zoo.prompt(40).tolist()
+    kwargs = dict(max_tokens=24, sampler=lm_zoo.argmax_sampler)
+    expected = generate(model, tokenizer, prompt, **kwargs)
+    assert len(expected) == 24
+    assert generate(model, tokenizer, prompt, prompt_cache=lm.make_prompt_cache(model),
+                    **kwargs) == expected
+    replay = Replay(model)
+    streamed = [r.text for r in stream_generate(replay, tokenizer, prompt,
+                                                prompt_cache=lm.make_prompt_cache(model),
+                                                **kwargs)]
+    assert "".join(streamed) == expected
+    assert replay.builds == 3
+
+
+def _optimized_generation_matches(name):
+    model = lm_zoo.build(name)
+    for length in PROMPTS:
+        prompt = lm_zoo.prompt(length)
+        expected, _ = _generate(model, prompt, None)
+        optimized = mlxtriton.optimize(model)
+        tokens, _ = _generate(optimized, prompt, lm.make_prompt_cache(model))
+        assert tokens == expected, f"prompt of {length}"
+        info = optimized.cache_info()
+        assert info.builds == (2 if length == 1 else 3), info
+        assert info.hits == TOKENS - 1, info
+
+
+# One model per cache kind: sliding and global attention, latent attention with experts, a
+# recurrent block beside a sliding window, a CacheList of a recurrent state and a KV cache.
+@pytest.mark.parametrize("name", ["gemma3_text", "deepseek_v3", "recurrent_gemma", "falcon_h1"])
+def test_optimized_generation_matches_mlx_lm(name):
+    _optimized_generation_matches(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", lm_zoo.NAMES)
+def test_optimized_generation_matches_mlx_lm_whole_zoo(name):
+    _optimized_generation_matches(name)
