@@ -81,9 +81,10 @@ def masked_scatter(xp, x, mask, src):
     """MaskedScatter: along the leading batch axis b, the k-th True of mask[b] (row-major) takes
     src[b].flat[k]; other elements keep x. A select between copies, so exact."""
     batch = x.shape[0] if x.ndim else 1
-    flat_x = x.reshape(batch, -1)
-    flat_mask = mask.reshape(batch, -1)
-    values = src.reshape(batch, -1)
+    # Sizes spelled out: a -1 cannot be inferred when the batch is empty.
+    flat_x = x.reshape(batch, x.size // batch if batch else 0)
+    flat_mask = mask.reshape(batch, mask.size // batch if batch else 0)
+    values = src.reshape(batch, src.size // batch if batch else 0)
     if values.shape[1] == 0 or flat_x.shape[1] == 0:
         return xp.where(flat_mask, flat_x, flat_x).reshape(x.shape)
     position = xp.cumsum(flat_mask.astype(xp.int32), axis=1) - 1

@@ -15,21 +15,37 @@ Where MLX and JAX differ, the oracle follows MLX (each checked live against MLX 
 
 - FloorDivide on floats is floor(x / y): MLX keeps floor(-0.0 / 3) == -0.0 and inf // 2 == inf,
   where jnp.floor_divide gives 0.0 and nan.
-- Integer FloorDivide / Remainder / DivMod by zero give quotient 0 and remainder x in MLX (JAX:
-  -1 or -2, and 0). INT_MIN // -1 kills the process with SIGFPE in MLX: never evaluate it.
+- Integer FloorDivide / Remainder by zero give quotient 0 and remainder x in MLX (JAX: -1 or -2,
+  and 0). INT_MIN // -1, and an integer DivMod by zero, kill MLX's process with SIGFPE: never
+  evaluate them.
 - Maximum / Minimum are ``isnan(x) or x > y ? x : y`` (``<`` for Minimum): NaN propagates from
   either side, and on equal values (-0.0 vs 0.0) the second operand wins; jnp.maximum returns
   +0.0 (jnp.minimum -0.0) for either order.
 - Sign: MLX computes (x > 0) - (x < 0), so sign(NaN) == 0 and sign(-0.0) == +0.0 (JAX: NaN and
   -0.0); unsigned integers give x != 0; bool passes through.
-- Integer Power with a negative exponent is 0 in MLX for every base, 1 ** -1 included (JAX: 1).
+- Integer Power is MLX's square-and-multiply loop, wrapping; a negative exponent gives 0 for every
+  base, 1 ** -1 included (JAX: 1).
+- Integer sums, products and scans wrap in their type, as C++ arithmetic does on every target.
 - bool arithmetic: Add is or, Multiply is and, Subtract is xor (jnp.subtract rejects bool);
+  FloorDivide is and, Remainder is x and not y, Power is x or not y (0 ** 0 == 1), DivMod is
+  (x, False); scatter and slice-update sums and maxima are or, products and minima and;
   Abs, Square, Floor, Ceil, Round and Sign of bool (and the rounding ops of integers) return the
   input unchanged (jnp.floor of an int returns a float).
 - Reductions and scans keep MLX's result types: Sum / Prod of bool, int8, int16 give int32 and of
   uint8, uint16 give uint32; Scan keeps the input type (an int8 cumsum wraps at 8 bits) except a
   bool cumsum, which is int32; a bool cumprod / cummax / cummin stays bool. Exclusive scans start
   from 0, 1, -inf / the integer minimum (max), +inf / the integer maximum (min).
+- Accumulation: Sum / Prod of float16 / bfloat16 accumulate in float32 and round once (MLX's
+  CPU reduce widens them; the sum of sixteen bfloat16 50s is 800, where a bfloat16 accumulator
+  gives 792). Scans run sequentially in the output type, rounding at every step as MLX's CPU
+  loop does (a bfloat16 cumsum of ones stops at 256); XLA's cumulative ops reassociate.
+- Max / Min reductions, between -0.0 and +0.0, return the first in order (MLX's sequential loop
+  keeps its accumulator on ties); cummax keeps the new value on ties and cummin the accumulator;
+  both propagate NaN. Scatter max / min apply their updates in order as ``out > u ? out : u``
+  (a NaN already there is replaced, the update wins ties); slice-update max / min are the
+  elementwise Maximum / Minimum.
+- Signed zeros of MLX's own math: sin(-0.0) is +0.0 and erf(+-0.0) is -0.0; logaddexp with an
+  infinite operand returns the larger operand as it is (so logaddexp(-0.0, -inf) is -0.0).
 - Sigmoid is 1 / (1 + exp(-x)), computed in float32 for float16 / bfloat16.
 - Transcendental ops on float16 / bfloat16 (exp, log, sin, erf, erfinv, pow, arctan2, logaddexp,
   sigmoid, rsqrt, ...) compute in float32 and round once, as MLX's CPU kernels do; Softmax and
@@ -60,6 +76,13 @@ int64; JAX saturates), shifts by a negative count or by at least the bit width (
 count; JAX gives 0 or the sign), and out-of-bounds gather / scatter / dynamic-slice indices (JAX
 clamps). erf, erfinv, expm1, exp and friends differ from JAX's by a few ulps (MLX uses its own
 polynomial approximations): the op table states a tolerance per dtype.
+
+Not modelled either: subnormal floats (XLA's CPU flushes subnormal inputs and results to zero,
+MLX keeps them); MLX 0.32.4's CPU cummax / cummin of float16 / bfloat16, which give 0 where an
+operand is NaN (the oracle keeps the NaN, as MLX does for float32); which zero a max / min over
+a contiguous row longer than one SIMD vector returns (MLX compares lane by lane); and infinities
+meeting a convolution's padding, which MLX's CPU paths multiply by zero (NaN) in some cases and
+skip in others.
 """
 
 from __future__ import annotations
@@ -179,8 +202,11 @@ def jax_rules() -> dict[str, Callable]:
     transcendental = {
         "ArcCos": jnp.arccos, "ArcCosh": jnp.arccosh, "ArcSin": jnp.arcsin, "ArcSinh": jnp.arcsinh,
         "ArcTan": jnp.arctan, "ArcTanh": jnp.arctanh, "Cos": jnp.cos, "Cosh": jnp.cosh,
-        "Erf": lax.erf, "ErfInv": lax.erf_inv, "Exp": jnp.exp, "Expm1": jnp.expm1,
-        "Log1p": jnp.log1p, "Sin": jnp.sin, "Sinh": jnp.sinh, "Tan": jnp.tan, "Tanh": jnp.tanh,
+        # MLX's erf(+-0.0) is -0.0 and sin(-0.0) is +0.0 (its own approximations).
+        "Erf": lambda x: jnp.where(x == 0, -jnp.zeros_like(x), lax.erf(x)), "ErfInv": lax.erf_inv,
+        "Exp": jnp.exp, "Expm1": jnp.expm1, "Log1p": jnp.log1p,
+        "Sin": lambda x: jnp.where(x == 0, jnp.zeros_like(x), jnp.sin(x)),
+        "Sinh": jnp.sinh, "Tan": jnp.tan, "Tanh": jnp.tanh,
         "Sigmoid": lambda x: 1 / (1 + jnp.exp(-x)),
     }
     for name, fn in transcendental.items():
@@ -228,12 +254,16 @@ def jax_rules() -> dict[str, Callable]:
         return lax.div(x, y) if is_int(x) else x / y
 
     def floor_divide(x, y):
+        if is_bool(x):  # as integers 0 / 1, by zero giving 0
+            return x & y
         if is_int(x):
             safe = jnp.where(y == 0, jnp.ones_like(y), y)
             return jnp.where(y == 0, jnp.zeros_like(x), jnp.floor_divide(x, safe))
         return jnp.floor(x / y)
 
     def remainder(x, y):
+        if is_bool(x):  # as integers 0 / 1, by zero giving x
+            return x & ~y
         if is_int(x):
             safe = jnp.where(y == 0, jnp.ones_like(y), y)
             return jnp.where(y == 0, x, jnp.remainder(x, safe))
@@ -256,10 +286,17 @@ def jax_rules() -> dict[str, Callable]:
         return jnp.where(pick_x, x, y)
 
     def power(x, y):
+        if is_bool(x):  # x ** 0 == 1
+            return x | ~y
         if is_int(x):
-            negative = y < 0
-            safe = jnp.where(negative, jnp.zeros_like(y), y)
-            return jnp.where(negative, jnp.zeros_like(x), jnp.power(x, safe))
+            # MLX's loop: square-and-multiply, wrapping in the integer type (jnp.power of an array
+            # exponent goes wrong for exponents near the type's maximum).
+            x, y = jnp.broadcast_arrays(x, y)
+            result, base, exponent = jnp.ones_like(x), x, jnp.where(y < 0, jnp.zeros_like(y), y)
+            for _ in range(8 * x.dtype.itemsize):
+                result = jnp.where(exponent & 1, result * base, result)
+                base, exponent = base * base, exponent >> 1
+            return jnp.where(y < 0, jnp.zeros_like(x), result)
         return in_f32(jnp.power)(x, y)
 
     def equal(x, y, *, equal_nan):
@@ -267,6 +304,12 @@ def jax_rules() -> dict[str, Callable]:
         if equal_nan and is_inexact(x):
             eq = eq | (jnp.isnan(x) & jnp.isnan(y))
         return eq
+
+    def logaddexp(x, y):
+        # MLX's formula: an infinite operand returns the larger one as it is (keeping a -0.0).
+        larger, smaller = maximum(x, y), minimum(x, y)
+        out = larger + jnp.log1p(jnp.exp(smaller - larger))
+        return jnp.where((smaller == -jnp.inf) | (larger == jnp.inf), larger, out)
 
     bitwise = {
         "and": jnp.bitwise_and, "or": jnp.bitwise_or, "xor": jnp.bitwise_xor,
@@ -276,7 +319,7 @@ def jax_rules() -> dict[str, Callable]:
         "Add": add, "Subtract": subtract, "Multiply": multiply, "Divide": divide,
         "FloorDivide": floor_divide, "Remainder": remainder, "Maximum": maximum,
         "Minimum": minimum, "Power": power, "ArcTan2": in_f32(jnp.arctan2),
-        "LogAddExp": in_f32(jnp.logaddexp), "Greater": jnp.greater,
+        "LogAddExp": in_f32(logaddexp), "Greater": jnp.greater,
         "GreaterEqual": jnp.greater_equal, "Less": jnp.less, "LessEqual": jnp.less_equal,
         "NotEqual": jnp.not_equal, "LogicalAnd": jnp.logical_and, "LogicalOr": jnp.logical_or,
         "Select": jnp.where,
@@ -284,11 +327,17 @@ def jax_rules() -> dict[str, Callable]:
         register(name, fn)
     register("Equal", equal)
     register("BitwiseBinary", lambda x, y, *, op: bitwise[op](x, y))
-    register("DivMod", lambda x, y: (floor_divide(x, y), remainder(x, y)))
+
+    def divmod_(x, y):
+        if is_bool(x):  # MLX's bool DivMod (checked live): quotient x, remainder False
+            return x, jnp.zeros_like(x)
+        return floor_divide(x, y), remainder(x, y)
+
+    register("DivMod", divmod_)
 
     # --- reductions, scans -----------------------------------------------------------------
 
-    def accumulate_dtype(x):
+    def result_dtype(x):
         # MLX's sum / prod result types (mlx/ops.cpp): small integers widen to 32 bits.
         if x.dtype in (jnp.bool_, jnp.int8, jnp.int16):
             return jnp.int32
@@ -298,16 +347,27 @@ def jax_rules() -> dict[str, Callable]:
 
     def reduce(x, *, kind, axes):
         axes = tuple(axes)
-        if kind == "sum":
-            return jnp.sum(x, axis=axes, keepdims=True, dtype=accumulate_dtype(x))
-        if kind == "prod":
-            return jnp.prod(x, axis=axes, keepdims=True, dtype=accumulate_dtype(x))
+        if kind in ("sum", "prod"):
+            # Half types accumulate in float32 and round once (reduce.cpp widens bfloat16, and
+            # float16 where its SIMD width is 1, as on x86); integers wrap in 32 bits.
+            fn = jnp.sum if kind == "sum" else jnp.prod
+            out = result_dtype(x)
+            return fn(x, axis=axes, keepdims=True, dtype=jnp.float32 if out in half else out).astype(out)
         if kind == "and":
             return jnp.all(x, axis=axes, keepdims=True)
         if kind == "or":
             return jnp.any(x, axis=axes, keepdims=True)
         fn = jnp.max if kind == "max" else jnp.min  # both propagate NaN, as MLX does
-        return fn(x, axis=axes, keepdims=True)
+        out = fn(x, axis=axes, keepdims=True)
+        if not is_inexact(x) or x.size == 0:
+            return out
+        # Between -0.0 and +0.0 the first in order wins, as MLX's sequential loop keeps its
+        # accumulator on ties (its SIMD path over contiguous rows longer than one vector
+        # compares lane by lane, and may keep the other zero).
+        kept = [a for a in range(x.ndim) if a not in axes]
+        flat = jnp.transpose(x, kept + list(axes)).reshape(tuple(x.shape[a] for a in kept) + (-1,))
+        first_zero = jnp.take_along_axis(flat, jnp.argmax(flat == 0, axis=-1)[..., None], axis=-1)
+        return jnp.where(out == 0, first_zero.reshape(out.shape), out)
 
     register("Reduce", reduce)
     register(
@@ -339,21 +399,56 @@ def jax_rules() -> dict[str, Callable]:
         info = jnp.iinfo(dtype)
         return info.min if kind == "max" else info.max
 
+    def scan_step(kind, dtype):
+        """MLX's CPU scan operator ``op(accumulator, x)`` in the output type."""
+        if dtype == jnp.bool_:
+            return {"sum": jnp.logical_or, "prod": jnp.logical_and, "max": jnp.logical_or,
+                    "min": jnp.logical_and}[kind]
+        if kind == "sum":
+            return lambda acc, x: acc + x
+        if kind == "prod":
+            return lambda acc, x: acc * x
+        if kind == "logaddexp":
+            return in_f32(jnp.logaddexp)
+        inexact = jnp.issubdtype(dtype, jnp.inexact)
+
+        def extremum(acc, x):
+            # Equal values keep x for max and the accumulator for min (so -0.0 and 0.0 order as
+            # MLX's), and a NaN on either side stays.
+            out = jnp.where(x < acc, acc, x) if kind == "max" else jnp.where(x < acc, x, acc)
+            return jnp.where(jnp.isnan(acc) | jnp.isnan(x), jnp.nan, out) if inexact else out
+
+        return extremum
+
     def scan(x, *, kind, axis, reverse, inclusive):
+        # Sequential, in the output type, as MLX's CPU kernel runs it: a half-precision cumsum
+        # rounds at every step (XLA's cumulative ops reassociate).
         out_dtype = jnp.int32 if (kind == "sum" and is_bool(x)) else x.dtype
-        work = x.astype(jnp.int32 if kind == "sum" else jnp.uint8) if is_bool(x) else x
-        fn = {"sum": lax.cumsum, "prod": lax.cumprod, "max": lax.cummax, "min": lax.cummin,
-              "logaddexp": lax.cumlogsumexp}[kind]
-        out = fn(work, axis=axis % x.ndim, reverse=reverse).astype(out_dtype)
+        axis = axis % x.ndim
         n = x.shape[axis]
-        if inclusive or n == 0:
-            return out
-        init_shape = list(x.shape)
-        init_shape[axis] = 1
-        init = jnp.full(init_shape, scan_identity(kind, out_dtype), dtype=out_dtype)
+        if n == 0:
+            return x.astype(out_dtype)
+        op = scan_step(kind, out_dtype)
+        seq = jnp.moveaxis(x.astype(out_dtype), axis, 0)
         if reverse:
-            return jnp.concatenate([lax.slice_in_dim(out, 1, n, axis=axis), init], axis=axis)
-        return jnp.concatenate([init, lax.slice_in_dim(out, 0, n - 1, axis=axis)], axis=axis)
+            seq = seq[::-1]
+
+        def step(acc, v):
+            acc = op(acc, v)
+            return acc, acc
+
+        if inclusive:  # the first output copies the first input (keeping a -0.0)
+            _, rest = lax.scan(step, seq[0], seq[1:])
+            out = jnp.concatenate([seq[:1], rest])
+        else:
+            # The barrier keeps XLA from folding init + x into x for a one-step loop (0.0 + -0.0
+            # is +0.0).
+            init = lax.optimization_barrier(jnp.full(seq.shape[1:], scan_identity(kind, out_dtype), out_dtype))
+            _, rest = lax.scan(step, init, seq[:-1])
+            out = jnp.concatenate([init[None], rest])
+        if reverse:
+            out = out[::-1]
+        return jnp.moveaxis(out, 0, axis)
 
     register("Scan", scan)
 
@@ -369,11 +464,12 @@ def jax_rules() -> dict[str, Callable]:
     register("Squeeze", lambda x, *, axes: jnp.squeeze(x, axes))
     register("ExpandDims", lambda x, *, axes: jnp.expand_dims(x, axes))
 
+    # Movement rules spell every size out: a -1 cannot be inferred when another axis is 0.
     def flatten(x, *, start_axis, end_axis):
         if x.ndim == 0:
             return x.reshape(1)
         start, end = start_axis % x.ndim, end_axis % x.ndim
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
     def unflatten(x, *, axis, shape):
         axis = axis % x.ndim
@@ -416,7 +512,7 @@ def jax_rules() -> dict[str, Callable]:
             out = lax.bitcast_convert_type(src, into)
         elif ratio_in > ratio_out:  # each element splits into several along the last axis
             out = lax.bitcast_convert_type(src, into)
-            out = out.reshape(out.shape[:-2] + (-1,))
+            out = out.reshape(out.shape[:-2] + (out.shape[-2] * out.shape[-1],))
         else:  # several elements of the last axis join into one
             k = ratio_out // ratio_in
             grouped = src.reshape(src.shape[:-1] + (src.shape[-1] // k, k))
@@ -427,15 +523,40 @@ def jax_rules() -> dict[str, Callable]:
     register("Full", lambda x: x)
 
     def update(x, index, updates, kind):
+        """Scatter and its reductions; bool sums and maxima are or, products and minima and."""
+        updates = updates.astype(x.dtype)
+        if is_bool(x) and kind != "none":
+            grown = update(x.astype(jnp.uint8), index, updates.astype(jnp.uint8), "max" if kind in ("sum", "max") else "min")
+            return grown.astype(jnp.bool_)
+        if kind in ("max", "min") and is_inexact(x):
+            return scatter_extremum(x, index, updates, kind)
         at = x.at[index]
-        return {"none": at.set, "sum": at.add, "prod": at.multiply, "max": at.max, "min": at.min}[kind](
-            updates.astype(x.dtype)
-        )
+        return {"none": at.set, "sum": at.add, "prod": at.multiply, "max": at.max, "min": at.min}[kind](updates)
 
-    register(
-        "SliceUpdate",
-        lambda x, upd, *, kind, start, stop, strides: update(x, shared.slices(start, stop, strides), upd, kind),
-    )
+    def scatter_extremum(x, index, updates, kind):
+        # MLX applies the updates one by one: out = out > u ? out : u (max; < for min). An update
+        # wins ties (-0.0 against 0.0), lands on a NaN already there, and a NaN update lands.
+        flat_index = [i.reshape(-1) for i in index]
+        flat_updates = updates.reshape(-1)
+
+        def step(out, k):
+            at = tuple(i[k] for i in flat_index)
+            old, new = out[at], flat_updates[k]
+            keep = old > new if kind == "max" else old < new
+            return out.at[at].set(jnp.where(keep, old, new)), None
+
+        return lax.scan(step, x, jnp.arange(flat_updates.size))[0]
+
+    def slice_update(x, upd, *, kind, start, stop, strides):
+        # A slice holds each element once: its reductions are the elementwise ops (Maximum and
+        # Minimum propagate NaN from both sides).
+        index = shared.slices(start, stop, strides)
+        if kind in ("max", "min") and is_inexact(x):
+            combine = maximum if kind == "max" else minimum
+            return x.at[index].set(combine(x[index], upd.astype(x.dtype)))
+        return update(x, index, upd, kind)
+
+    register("SliceUpdate", slice_update)
 
     # --- indexing --------------------------------------------------------------------------
 
@@ -503,8 +624,8 @@ def jax_rules() -> dict[str, Callable]:
 
     def gather_mm(a, b, lhs, rhs, *, left_sorted, right_sorted):
         # The indices pick matrices from a's and b's flattened batch dimensions.
-        a3 = a.reshape((-1,) + a.shape[-2:])
-        b3 = b.reshape((-1,) + b.shape[-2:])
+        a3 = a.reshape((math.prod(a.shape[:-2]),) + a.shape[-2:])
+        b3 = b.reshape((math.prod(b.shape[:-2]),) + b.shape[-2:])
         return matmul(a3[lhs.astype(jnp.int64)], b3[rhs.astype(jnp.int64)])
 
     register("Matmul", matmul)
@@ -572,7 +693,7 @@ def jax_rules() -> dict[str, Callable]:
     def rope(x, offset, *freqs, dims, traditional, base, scale, forward):
         shape = x.shape
         # (B, N, T, D): a missing head axis is added, extra ones fold into it, as the fallback does.
-        x = x[:, None] if x.ndim == 3 else x.reshape(shape[0], -1, shape[-2], shape[-1])
+        x = x[:, None] if x.ndim == 3 else x.reshape(shape[0], math.prod(shape[1:-2]), shape[-2], shape[-1])
         t, half_dims = x.shape[2], dims // 2
         offset = offset.astype(jnp.float32)
         if offset.size > 1:
@@ -618,7 +739,8 @@ def jax_rules() -> dict[str, Callable]:
     fp4 = jnp.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], jnp.float32)
 
     def unpack_codes(w, bits):
-        raw = lax.bitcast_convert_type(w, jnp.uint8).reshape(w.shape[:-1] + (-1,))
+        raw = lax.bitcast_convert_type(w, jnp.uint8)
+        raw = raw.reshape(w.shape[:-1] + (w.shape[-1] * raw.shape[-1],))
         stream = jnp.unpackbits(raw, axis=-1, bitorder="little")
         n = stream.shape[-1] // bits
         stream = stream[..., : n * bits].reshape(stream.shape[:-1] + (n, bits)).astype(jnp.int32)
@@ -663,15 +785,17 @@ def jax_rules() -> dict[str, Callable]:
     def gather_qmm(x, w, scales, *rest, group_size, bits, mode, transpose, left_sorted, right_sorted):
         *extras, lhs, rhs = rest
         weights = dequantize_weights(w, scales, extras, group_size=group_size, bits=bits, mode=mode)
-        x3 = x.reshape((-1,) + x.shape[-2:])[lhs.astype(jnp.int64)]
-        w3 = weights.reshape((-1,) + weights.shape[-2:])[rhs.astype(jnp.int64)]
+        x3 = x.reshape((math.prod(x.shape[:-2]),) + x.shape[-2:])[lhs.astype(jnp.int64)]
+        w3 = weights.reshape((math.prod(weights.shape[:-2]),) + weights.shape[-2:])[rhs.astype(jnp.int64)]
         return quantized_product(x3, w3, transpose)
 
     def affine_quantize(w, group_size, bits):
         # fast::Quantize::eval_cpu, in float32 op for op.
-        n_bins = jnp.float32((1 << bits) - 1)
+        # The barrier keeps XLA from turning x / n_bins into x * (1 / n_bins), which rounds
+        # otherwise: a group spanning [-3, 3] must quantize its edge to code 8, not 7.
+        n_bins = lax.optimization_barrier(jnp.float32((1 << bits) - 1))
         eps = jnp.float32(1e-7)
-        groups = w.astype(jnp.float32).reshape(w.shape[:-1] + (-1, group_size))
+        groups = w.astype(jnp.float32).reshape(w.shape[:-1] + (w.shape[-1] // group_size, group_size))
         w_max = jnp.max(groups, axis=-1, keepdims=True)
         w_min = jnp.min(groups, axis=-1, keepdims=True)
         if bits == 1:
@@ -687,9 +811,10 @@ def jax_rules() -> dict[str, Callable]:
         codes = jnp.clip(jnp.round((groups - bias) / scale), 0, n_bins).astype(jnp.uint32)
         codes = codes.reshape(w.shape)
         bitplanes = (codes[..., None] >> jnp.arange(bits, dtype=jnp.uint32)) & 1
-        stream = bitplanes.reshape(w.shape[:-1] + (-1,)).astype(jnp.uint8)
+        stream = bitplanes.reshape(w.shape[:-1] + (w.shape[-1] * bits,)).astype(jnp.uint8)
         packed = jnp.packbits(stream, axis=-1, bitorder="little")
-        packed = lax.bitcast_convert_type(packed.reshape(packed.shape[:-1] + (-1, 4)), jnp.uint32)
+        packed = packed.reshape(packed.shape[:-1] + (packed.shape[-1] // 4, 4))
+        packed = lax.bitcast_convert_type(packed, jnp.uint32)
         return packed, scale[..., 0].astype(w.dtype), bias[..., 0].astype(w.dtype)
 
     def quantize(w, *rest, group_size, bits, mode, dequantize: bool, dtype):
