@@ -151,15 +151,21 @@ class Values:
             return None
         flat = a.reshape(-1)
         first = flat[0]
-        if v.size > 1:
-            same = mx.all(flat == first).item() or (
-                mx.issubdtype(a.dtype, mx.floating) and mx.all(mx.isnan(flat)).item())
-            if not same:
-                return None
+        if v.size > 1 and not _all_same(flat):
+            return None
         for dtype in reversed(casts):
             first = first.astype(dtypes.to_mx(dtype))
         value = first.item()
         return value
+
+
+def _all_same(flat: mx.array) -> bool:
+    """Every element equal to the first, -0.0 and 0.0 told apart (all NaN counts as one value)."""
+    if mx.issubdtype(flat.dtype, mx.floating):
+        if mx.all(mx.isnan(flat)).item():
+            return True
+        flat = flat.view({2: mx.uint16, 4: mx.uint32, 8: mx.uint64}[flat.dtype.size])
+    return bool(mx.all(flat == flat[0]).item())
 
 
 def close(a: float, b: float, rel: float = 1e-6) -> bool:

@@ -19,6 +19,16 @@ from mlxtriton.patterns.rewrite import Match, Miss, Rules
 # softmax, and grouped-query heads repeated with mx.repeat / broadcasts are un-repeated (SDPA reads
 # each kv head once). Float32 casts around a half-precision softmax make it precise. A scale after
 # the softmax, or a softmax over another axis, is a near miss.
+#
+# The rewrites keep every value up to rounding, special values included; where they would not,
+# they are near misses: a softmax without the max subtraction (exp overflows where Softmax does
+# not), a float16 scale applied to q @ k^T (the product overflows past 65504 before the scale,
+# SDPA scales q first). A boolean mask filling with -inf gives NaN on a row it hides entirely,
+# where SDPA fills with the lowest value and averages v: unless the mask is a constant that hides
+# no row, such rows are set to NaN after SDPA. The one difference left is in scores that are
+# themselves infinite or NaN (from infinite or NaN q or k): SDPA's mask fill is the lowest finite
+# value, the decomposed softmax meets -inf, and a row whose kept scores are all -inf, or a NaN
+# score under an additive mask, comes out differently.
 
 _RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 
@@ -49,6 +59,10 @@ def _softmax_axis(m: Match) -> tuple[int, ...]:
     return axes
 
 
+_NO_MAX = ("exp(x) / sum(exp(x)) without the row max subtracted: exp overflows to inf (and the "
+           "quotient to NaN) where Softmax does not, so it is not the same function")
+
+
 def softmax(m: Match):  # exp(x - max x) / sum(exp(x - max x)) over the last axis -> Softmax(x)
     x = m["x"]
     axes = _softmax_axis(m)
@@ -56,6 +70,8 @@ def softmax(m: Match):  # exp(x - max x) / sum(exp(x - max x)) over the last axi
         return None
     if axes != (x.ndim - 1,):
         return Miss(f"softmax over axis {axes[0] if len(axes) == 1 else axes}, not the last axis")
+    if "max" not in m:
+        return Miss(_NO_MAX)
     m.detail = f"Softmax over the last axis of {x.type_str()}"
     return m.add("Softmax", [x], precise=False)
 
@@ -75,14 +91,17 @@ def _floating_cast(e) -> bool:
 
 
 def _scaled(m: Match, v: Var) -> tuple[Var, float] | None:
-    """``(x, s)`` when ``v`` is ``x * s`` for a known scalar ``s``."""
+    """``(x, s)`` when ``v`` is ``x * s`` or ``x / (1 / s)`` for a known scalar ``s``."""
     e = m.graph.producer(v)
-    if e is None or e.primitive != "Multiply":
+    if e is None or e.primitive not in ("Multiply", "Divide"):
         return None
-    for a, b in (e.inputs, e.inputs[::-1]):
+    pairs = (e.inputs,) if e.primitive == "Divide" else (e.inputs, e.inputs[::-1])
+    for a, b in pairs:
         s = m.values.scalar(b)
         if s is not None and not m.values.is_constant(a) and isinstance(s, (int, float)):
-            return a, float(s)
+            if e.primitive == "Multiply":
+                return a, float(s)
+            return (a, 1.0 / s) if s else None
     return None
 
 
@@ -107,9 +126,11 @@ class _Scores:
 
     def __init__(self):
         self.scale = 1.0
+        self.scores_scaled = False  # a scale applied to q @ k^T itself (not to q)
         self.mask: Var | None = None
         self.boolean = False
         self.inverted = False
+        self.fill = 0.0  # what a boolean mask puts in the scores it hides
         self.qk = None
 
 
@@ -131,6 +152,7 @@ def _walk_scores(m: Match, s: Var) -> _Scores | Miss:
         if (sc := _scaled(m, v)) is not None:
             m.cover(e)
             w.scale *= sc[1]
+            w.scores_scaled = w.scores_scaled or sc[1] != 1
             v = sc[0]
             continue
         if e.primitive == "Add" and w.mask is None:
@@ -146,11 +168,11 @@ def _walk_scores(m: Match, s: Var) -> _Scores | Miss:
             fa, fb = m.values.scalar(a), m.values.scalar(b)
             if isinstance(fb, float) and fb <= MASKED and _leads_to_matmul(m, a):
                 m.cover(e)
-                w.mask, w.boolean, v = cond, True, a
+                w.mask, w.boolean, w.fill, v = cond, True, fb, a
                 continue
             if isinstance(fa, float) and fa <= MASKED and _leads_to_matmul(m, b):
                 m.cover(e)
-                w.mask, w.boolean, w.inverted, v = cond, True, True, b
+                w.mask, w.boolean, w.inverted, w.fill, v = cond, True, True, fa, b
                 continue
         return Miss(f"the scores reach the softmax through {e.primitive} {e.outputs[0].type_str()}, "
                     "which is no scale, mask or cast")
@@ -230,6 +252,31 @@ def _causal(m: Match, w: _Scores, lq: int, lk: int) -> bool:
     return bool(mx.all(mx.where(keep, value == 0, value <= MASKED)).item())
 
 
+def _no_row_hidden(m: Match, w: _Scores) -> bool:
+    """True when the boolean mask is a constant that keeps at least one key in every row."""
+    src = _broadcast_source(m, w.mask)
+    if not m.values.is_constant(src) or src.size > MAX_EVALUATED:
+        return False
+    value = m.values.value(src)
+    if value is None:
+        return False
+    keep = mx.logical_not(value) if w.inverted else value
+    if src.ndim == 0:
+        return bool(keep.item())
+    return src.shape[-1] > 0 and bool(mx.all(mx.any(keep, axis=-1)).item())
+
+
+def _nan_where_hidden(m: Match, w: _Scores, score_shape, out: Var) -> Var:
+    """``out`` with NaN in the rows whose mask hides every key (a softmax over -inf only)."""
+    keep = m.add("LogicalNot", [w.mask]) if w.inverted else w.mask
+    keep = m.reshape(keep, (1,) * (len(score_shape) - keep.ndim) + keep.shape)
+    if keep.shape != tuple(score_shape):
+        keep = m.add("Broadcast", [keep], shape=tuple(score_shape))
+    any_key = m.add("Reduce", [keep], kind="or", axes=(len(score_shape) - 1,))
+    any_key = m.add("Broadcast", [any_key], shape=out.shape)
+    return m.add("Select", [any_key, out, m.splat(float("nan"), out)])
+
+
 def _sdpa_mask(m: Match, w: _Scores, rank: int, q4: Var, score_shape) -> Var:
     """The mask in a shape SDPA broadcasts to [B, Hq, Lq, Lk]: additive in q's dtype, or boolean."""
     src = _broadcast_source(m, w.mask)
@@ -258,6 +305,8 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
             return None
         if axes != (m["x"].ndim - 1,):
             return Miss(f"softmax over axis {axes[0] if len(axes) == 1 else axes}, not the last axis")
+        if "max" not in m:
+            return Miss(_NO_MAX)
     s = sm.inputs[0] if sm.primitive == "Softmax" else m["x"]
     w = _walk_scores(m, s)
     if isinstance(w, Miss):
@@ -297,6 +346,9 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
         (k4, rk), (v4, rv) = _unrepeat(m, k), _unrepeat(m, v)
         if rk != rv or k4.shape[1] != v4.shape[1]:
             k4, v4 = k, v
+    if w.scores_scaled and w.qk.outputs[0].dtype == "float16":
+        return Miss("a scale applied to float16 scores q @ k^T: the product overflows past 65504 "
+                    "before the scale, where SDPA scales q first")
     causal = w.mask is not None and _causal(m, w, lq, lk)
     inputs = [q4, k4, v4]
     if w.mask is not None and not causal:
@@ -305,6 +357,8 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
                 has_sinks=False, output_logsumexp=False, force_fused=False)
     out = m.reshape(out, m.root.outputs[0].shape)
     out = m.astype(out, m.root.outputs[0].dtype)
+    if w.boolean and not causal and w.fill == -float("inf") and not _no_row_hidden(m, w):
+        out = _nan_where_hidden(m, w, score_shape, out)
     mask = "causal" if causal else ("no mask" if w.mask is None else
                                      f"{'boolean' if w.boolean else 'additive'} mask {inputs[3].type_str()}")
     heads = f"{q4.shape[1]}:{k4.shape[1]} heads" if q4.shape[1] != k4.shape[1] else f"{q4.shape[1]} heads"

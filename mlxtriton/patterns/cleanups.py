@@ -1,6 +1,10 @@
 """Patterns layer: the algebraic clean-ups the model rules build on (issue 5, rule 6), after
-which a mean is ``sum * (1/N)``, a scalar ``Broadcast(0-d constant)``, a division by a constant
-a multiplication. May import mlx and mlxtriton.graph.
+which a scalar is ``Broadcast(0-d constant)``, views and casts are as short as they can be, and a
+division by a power of two a multiplication. May import mlx and mlxtriton.graph.
+
+Every clean-up is an identity in MLX's arithmetic over the whole domain, bit for bit: NaN,
+infinities, -0.0 and integer wrap-around included (tests/patterns/test_rules.py checks each rule
+on its own). So x + 0.0 stays where x may be -0.0, x / 3 stays a division, exp(log(x)) stays.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from mlxtriton.patterns.pattern import P
 from mlxtriton.patterns.rewrite import Match, Rules
 
 # The rules: an equation computed twice merges, constant folding (small results only), scalar
-# and broadcast canonicalisation, transpose of transpose, reshape chains, x * 1, x + 0, exp(log x),
-# x / s == x * (1/s), x / sqrt(y) == x * rsqrt(y), x * x == square(x), exact casts skipped, a
-# scatter of one index per row into zeros == a compare and select.
+# and broadcast canonicalisation, transpose of transpose, reshape chains, x * 1, x + (-0.0),
+# x - 0.0, x / 2^k == x * 2^-k, 1 / sqrt(y) == rsqrt(y), x * x == square(x), exact casts skipped,
+# a scatter of one index per row into zeros == a compare and select.
 
 RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 # Folding makes small constants only (as graph.fold_constants): a 4096 x 4096 folded transpose
@@ -71,14 +75,20 @@ def fold(m: Match):  # op(constants) -> constant
 
 
 def times_one(m: Match):  # x * 1 -> x, x / 1 -> x
+    if m.root.outputs[0].dtype == "complex64":
+        return None  # (a + bi)(1 + 0i) has a - b * 0: NaN where b is infinite
     return _same_as_x(m)
 
 
-def plus_zero(m: Match):  # x + 0 -> x, x - 0 -> x
-    return _same_as_x(m)
-
-
-def exp_of_log(m: Match):  # exp(log(x)) -> x
+def plus_zero(m: Match):  # x + (-0.0) -> x, x - 0.0 -> x (any zero for integers)
+    # -0.0 + 0.0 is +0.0: a float x may only lose a zero of the sign that leaves -0.0 alone.
+    dtype = m.root.outputs[0].dtype
+    if dtype == "complex64":
+        return None  # the zero's real and imaginary signs would both have to be right
+    if dtype in dtypes.FLOATING:
+        negative = math.copysign(1.0, m.value("zero")) < 0
+        if negative != (m.root.primitive == "Add"):
+            return None
     return _same_as_x(m)
 
 
@@ -129,26 +139,23 @@ def canonical_scalar(m: Match):  # movement(scalar) -> Broadcast(0-d constant)
     return m.splat(value, out)
 
 
-def divide_by_scalar(m: Match):  # x / s -> x * (1/s)
+def divide_by_scalar(m: Match):  # x / 2^k -> x * 2^-k
+    # Exact only where 1/s is exact: x / s and x * (1/s) then round the same real number. Other
+    # divisors stay divisions (x / 3 and x * 0.333... differ in the last bit).
     out, s = m.root.outputs[0], m.value("s")
     if out.dtype not in dtypes.FLOATING or not isinstance(s, (int, float)) or s == 0 or not math.isfinite(s):
         return None
+    mantissa, exponent = math.frexp(abs(s))
+    info = mx.finfo(dtypes.to_mx(out.dtype))
+    if mantissa != 0.5 or not float(info.smallest_normal) <= 2.0 ** (1 - exponent) <= float(info.max):
+        return None  # not a power of two, or 1/s out of the type's normal range
     if m["x"].aval != out.aval:
         return None
     m.detail = f"x / {s!r} -> x * {1.0 / s!r}"
     return m.add("Multiply", [m["x"], m.splat(1.0 / s, out)])
 
 
-def divide_by_sqrt(m: Match):  # x / sqrt(y) -> x * rsqrt(y)
-    r = m.add("Sqrt", [m["y"]], reciprocal=True)
-    if "b" in m:
-        r = m.add("Broadcast", [r], shape=m["b"].shape)
-    if r.aval != m["x"].aval:
-        return None
-    return m.add("Multiply", [m["x"], r])
-
-
-def reciprocal_sqrt(m: Match):  # 1 / sqrt(y) -> rsqrt(y)
+def reciprocal_sqrt(m: Match):  # 1 / sqrt(y) -> rsqrt(y) (MLX's rsqrt is 1 / sqrt, bit for bit)
     r = m.add("Sqrt", [m["y"]], reciprocal=True)
     if "b" in m:
         r = m.add("Broadcast", [r], shape=m["b"].shape)
@@ -158,6 +165,10 @@ def reciprocal_sqrt(m: Match):  # 1 / sqrt(y) -> rsqrt(y)
 def square(m: Match):  # x ** 2 -> square(x), x * x -> square(x)
     if m["x"].aval != m.root.outputs[0].aval:
         return None
+    # MLX's float32 pow(x, 2) is not always x * x rounded (its powf is off by an ulp at times);
+    # a half's square is exact in the float32 that pow computes in, and integers multiply.
+    if m.root.primitive == "Power" and m["x"].dtype in ("float32", "float64"):
+        return None
     return m.add("Square", [m["x"]])
 
 
@@ -166,9 +177,10 @@ def one_hot_scatter(m: Match):  # put_along_axis(zeros, idx, u) with one index p
     the kernel reading ``out``, where MLX's scatter writes zeros, copies and scatters (three
     passes over ``out``). MLX's VJP of ``take_along_axis`` (cross-entropy's label pick) is this
     scatter. Negative indices wrap as MLX's do; an out-of-range index leaves its row zero, as
-    MLX's scatter drops it."""
+    MLX's scatter drops it. A scatter-add adds the update to the zero (0.0 + -0.0 is 0.0), and
+    the zero keeps its sign."""
     e, out = m.root, m.root.outputs[0]
-    idx, upd = m["idx"], m["upd"]
+    idx, upd, zero = m["idx"], m["upd"], m.value("zero")
     axis = e.params["axis"] % out.ndim
     if (idx.shape != upd.shape or idx.shape[axis] != 1 or upd.dtype != out.dtype
             or any(idx.shape[k] != out.shape[k] for k in range(out.ndim) if k != axis)
@@ -183,10 +195,15 @@ def one_hot_scatter(m: Match):  # put_along_axis(zeros, idx, u) with one index p
     hit = m.add("Equal", [m.add("Broadcast", [iota], shape=out.shape),
                           m.add("Broadcast", [idx], shape=out.shape)], equal_nan=False)
     m.detail = f"{e.params['kind']} of one index per row along axis {axis}"
-    return m.add("Select", [hit, m.add("Broadcast", [upd], shape=out.shape), m.splat(0, out)])
+    zeros = m.splat(zero, out)
+    value = m.add("Broadcast", [upd], shape=out.shape)
+    if e.params["kind"] == "sum":
+        value = m.add("Add", [zeros, value])
+    return m.add("Select", [hit, value, zeros])
 
 
 _x = P.var("x")
+_zero = P.scalar("zero", value=0.0)
 _sqrt = P("Sqrt", P.var("y"), where=lambda e: not e.params["reciprocal"])
 _maybe_broadcast_sqrt = P("Broadcast", _sqrt, name="b") | _sqrt
 
@@ -196,9 +213,8 @@ CLEANUPS = Rules(
         (P(_FOLDABLE, any_src=True), fold),
         (P("Multiply", _x, P.scalar(value=1.0)), times_one),
         (P("Divide", _x, P.scalar(value=1.0)), times_one),
-        (P("Add", _x, P.scalar(value=0.0)), plus_zero),
-        (P("Subtract", _x, P.scalar(value=0.0)), plus_zero),
-        (P("Exp", P("Log", _x, where=lambda e: e.params["base"] == "e")), exp_of_log),
+        (P("Add", _x, _zero), plus_zero),
+        (P("Subtract", _x, _zero), plus_zero),
         (P("Transpose", P("Transpose", _x, name="inner")), transpose_of_transpose),
         (P(RESHAPES, P(RESHAPES, _x)), reshape_of_reshape),
         (P(RESHAPES | {"Broadcast", "Transpose"}, _x), identity_movement),
@@ -207,11 +223,10 @@ CLEANUPS = Rules(
         (P("Broadcast", P("Broadcast", _x)), broadcast_of_broadcast),
         (P(VALUE_PRESERVING, P.scalar("s")), canonical_scalar),
         (P("Divide", _x, P.scalar("s")), divide_by_scalar),
-        (P("Divide", _x, _maybe_broadcast_sqrt), divide_by_sqrt),
         (P("Divide", P.scalar(value=1.0), _maybe_broadcast_sqrt), reciprocal_sqrt),
         (P("Power", _x, P.scalar(value=2.0)), square),
         (P("Multiply", _x, _x), square),
-        (P("ScatterAxis", P.scalar(value=0), P.var("idx"), P.var("upd"),
+        (P("ScatterAxis", _zero, P.var("idx"), P.var("upd"),
            where=lambda e: e.params["kind"] in ("sum", "none")), one_hot_scatter),
     ],
     group="cleanup",

@@ -4,6 +4,8 @@ fold into its weights and bias (issue 5, rule 5). May import mlx and mlxtriton.g
 
 from __future__ import annotations
 
+import mlx.core as mx
+
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Var
 
@@ -51,6 +53,20 @@ def _weights_foldable(m: Match) -> Miss | None:
                 "stays in the fused epilogue rather than scaling the weights on every call")
 
 
+def _finite_nonzero(m: Match, s: Var) -> Miss | None:
+    # conv(x, w) * s == conv(x, w * s) needs every s finite and nonzero: an overflowing
+    # convolution times 0 is NaN, while the zeroed filter gives 0.
+    value = m.values.value(s) if m.values.is_constant(s) else None
+    if value is None:
+        return Miss("the per-channel scale is not known at optimize time, so it cannot be shown "
+                    "finite and nonzero (folding 0 or inf into the weights changes overflows)")
+    value = value.astype(mx.float32)
+    if not mx.all(mx.isfinite(value) & (value != 0)).item():
+        return Miss("a per-channel scale is 0 or not finite: folded into the weights it would "
+                    "change what an overflowing convolution gives")
+    return None
+
+
 def _conv(m: Match, w: Var) -> Var:
     return m.add("Convolution", [m["inp"], w], **m.eqn("conv").params)
 
@@ -72,6 +88,8 @@ def conv_scale(m: Match):  # (conv(x, w) [+ b]) * s -> conv(x, w * s) [+ b * s]
         if not isinstance(bias, Var):
             return bias
     if (miss := _weights_foldable(m)) is not None:
+        return miss
+    if (miss := _finite_nonzero(m, m["s"])) is not None:
         return miss
     w = m["w"]
     per_filter = m.add("Broadcast", [m.reshape(m.astype(s, w.dtype), (w.shape[0],) + (1,) * (w.ndim - 1))],

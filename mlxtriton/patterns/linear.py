@@ -12,12 +12,14 @@ from mlxtriton.graph.core import Var
 from mlxtriton.patterns._values import close
 from mlxtriton.patterns.cleanups import RESHAPES
 from mlxtriton.patterns.pattern import P, Pat
-from mlxtriton.patterns.rewrite import Match, Note, Rules
+from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 
 # AddMM does the addition in the GEMM's epilogue (a bias, or a residual). Activations after a
 # matmul (ReLU, SiLU, GELU in its erf, tanh and sigmoid forms) and gates act(x @ W1) * (x @ W3)
 # are elementwise: the fuse stage makes one kernel of each such region with what follows it. The
-# spellings are those of mlx.nn after the clean-ups (x / sqrt(2) is x * (1/sqrt(2))).
+# spellings are those of mlx.nn after the clean-ups (x / 2 is x * 0.5; x / sqrt(2) stays a
+# division). A float16 product is left alone: it rounds to infinity past 65504 before the add,
+# where AddMM adds in float32.
 
 _MM = P("Matmul", P.var("a"), P.var("b"), name="mm")
 _MM_VIEW = P(RESHAPES, _MM, name="view") | _MM
@@ -37,6 +39,9 @@ def matmul_add(m: Match):  # a @ b + c -> addmm(c, a, b); alpha * (a @ b) + c ->
     out = m.root.outputs[0]
     if a.ndim != 2 or b.ndim != 2 or m.values.depends_on(c, mm):
         return None  # batched products stay Matmul; c must not depend on the product
+    if mm.dtype == "float16":
+        return Miss("a float16 product rounds to infinity past 65504 before the add, where AddMM "
+                    "adds in float32")
     alpha = float(m.value("alpha")) if "alpha" in m else 1.0
     n = mm.shape[-1]
     bias = _bias_vector(m, c, n)
@@ -108,9 +113,10 @@ def _gate_note(name: str):
 def activations(x: Pat) -> dict[str, Pat]:
     """Patterns of the activations of ``mlx.nn`` (after the clean-ups) applied to ``x``."""
     inv_sqrt2 = P.scalar(where=lambda v: close(v, 1 / math.sqrt(2)))
+    sqrt2 = P.scalar(where=lambda v: close(v, math.sqrt(2)))
     sqrt_2_pi = P.scalar(where=lambda v: close(v, math.sqrt(2 / math.pi)))
     half, one = P.scalar(value=0.5), P.scalar(value=1.0)
-    erf = P("Add", P("Erf", P("Multiply", x, inv_sqrt2)), one)
+    erf = P("Add", P("Erf", P("Multiply", x, inv_sqrt2) | P("Divide", x, sqrt2)), one)
     cube = P("Power", x, P.scalar(value=3.0)) | P("Multiply", P("Square", x), x)
     inner = P("Multiply", P("Add", x, P("Multiply", cube, P.scalar(where=lambda v: close(v, 0.044715)))), sqrt_2_pi)
     tanh = P("Add", P("Tanh", inner), one)

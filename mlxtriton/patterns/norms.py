@@ -15,7 +15,9 @@ from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 
 # Small rules that compose: the normalisation itself first (weight 1, bias 0), then the float32
 # casts around it, then the weight, then the bias. The spellings are those of MLX's CPU fallbacks
-# and of model code after the clean-ups (x / sqrt(v) is x * rsqrt(v), a mean is sum * (1/N)).
+# (x * rsqrt(v), a mean is sum * (1/N)) and of model code (x / sqrt(v), sum / N). A norm computed
+# in float16 stays as it is: its squares overflow past 256 where the fast op's float32 statistics
+# do not.
 # Where the fuse stage follows and a generated row kernel runs a norm at least as fast as MLX's
 # fast op (measured: GENERATED_AT_LEAST_AS_FAST), the choice turns round: the norm is left
 # decomposed for fusion, and where the generated kernel is clearly faster (GENERATED_FASTER) a
@@ -80,9 +82,17 @@ def _fused_reads_fewer_bytes(m: Match, v: Var) -> bool:
 
 
 def mean(of: Pat, name: str) -> Pat:
-    """``sum(of, axes) * (1/N)``: a mean with its axes kept (``name``: the Reduce, ``name_n``: 1/N)."""
-    return P("Multiply", P("Reduce", of, name=name, where=lambda e: e.params["kind"] == "sum"),
-             P.scalar(name + "_n"))
+    """``sum(of, axes) * (1/N)`` or ``sum(of, axes) / N``: a mean with its axes kept (``name``: the
+    Reduce, ``name_n``: 1/N, or ``name_d``: N)."""
+    total = P("Reduce", of, name=name, where=lambda e: e.params["kind"] == "sum")
+    return P("Multiply", total, P.scalar(name + "_n")) | P("Divide", total, P.scalar(name + "_d"))
+
+
+def _inverse_count(m: Match, name: str) -> float:
+    if name + "_n" in m.scalars:
+        return float(m.value(name + "_n"))
+    n = m.value(name + "_d")
+    return 1.0 / n if n else float("inf")
 
 
 def mean_over_last_axis(m: Match, name: str, x: Var) -> str | None:
@@ -90,8 +100,8 @@ def mean_over_last_axis(m: Match, name: str, x: Var) -> str | None:
     axes = tuple(a % x.ndim for a in m.eqn(name).params["axes"])
     if axes != (x.ndim - 1,):
         return f"the mean is over axes {axes}, not the last axis"
-    if not close(m.value(name + "_n"), 1.0 / x.shape[-1]):
-        return f"the mean divides by {1.0 / m.value(name + '_n'):.6g}, not the row length {x.shape[-1]}"
+    if not close(_inverse_count(m, name), 1.0 / x.shape[-1]):
+        return f"the mean divides by {1.0 / _inverse_count(m, name):.6g}, not the row length {x.shape[-1]}"
     return None
 
 
@@ -119,11 +129,15 @@ def _float_rows(x: Var) -> bool:
     return x.dtype in dtypes.FLOATING and x.ndim >= 1 and x.shape[-1] > 0
 
 
+_IN_FLOAT16 = ("a norm computed in float16: its squares overflow past 256 where the fast op's "
+               "float32 statistics do not")
+
+
 def rms_norm(m: Match):  # x * rsqrt(mean(x^2) + eps) -> RMSNorm(x, 1)
     x = m["x"]
     if not _float_rows(x):
         return None
-    why = mean_over_last_axis(m, "ms", x)
+    why = mean_over_last_axis(m, "ms", x) or (_IN_FLOAT16 if x.dtype == "float16" else None)
     if why:
         return Miss(why)
     if _left_for_fusion(m, "RMSNorm", GENERATED_AT_LEAST_AS_FAST):
@@ -143,7 +157,8 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
     x = m["x"]
     if not _float_rows(x):
         return None
-    why = mean_over_last_axis(m, "mu", x) or mean_over_last_axis(m, "var", x)
+    why = (mean_over_last_axis(m, "mu", x) or mean_over_last_axis(m, "var", x)
+           or (_IN_FLOAT16 if x.dtype == "float16" else None))
     if why:
         return Miss(why)
     if _left_for_fusion(m, "LayerNorm", GENERATED_AT_LEAST_AS_FAST):
@@ -247,12 +262,22 @@ def norm_bias(m: Match):  # LayerNorm(x, w, 0) + b -> LayerNorm(x, w, b)
     return y if y.aval == m.root.outputs[0].aval else None
 
 
-_recip = dict(where=lambda e: e.params["reciprocal"])
+def _normalised(x: Pat, variance: Pat) -> Pat:
+    """``x * rsqrt(variance)`` or ``x / sqrt(variance)`` (the variance broadcast over rows)."""
+    def root(reciprocal: bool) -> Pat:
+        return P("Broadcast", P("Sqrt", variance, where=lambda e: e.params["reciprocal"] == reciprocal))
+
+    return P("Multiply", x, root(True)) | P("Divide", x, root(False))
+
+
+def _square(x: Pat) -> Pat:
+    return P("Square", x) | P("Multiply", x, x) | P("Power", x, P.scalar(value=2.0))
+
+
 _x = P.var("x")
-_rms = P("Multiply", _x, P("Broadcast", P("Sqrt", P("Add", mean(P("Square", _x), "ms"), P.scalar("eps")), **_recip)))
+_rms = _normalised(_x, P("Add", mean(_square(_x), "ms"), P.scalar("eps")))
 _centered = P("Subtract", _x, P("Broadcast", mean(_x, "mu")), name="d")
-_layer = P("Multiply", _centered,
-           P("Broadcast", P("Sqrt", P("Add", mean(P("Square", P.var("d")), "var"), P.scalar("eps")), **_recip)))
+_layer = _normalised(_centered, P("Add", mean(_square(P.var("d")), "var"), P.scalar("eps")))
 _up = P("AsType", _x, name="up", where=lambda e: e.params["dtype"] == "float32")
 _vector = P("Broadcast", P.var("w")) | P.var("w")
 

@@ -94,7 +94,11 @@ def test_float32_softmax_with_casts_in_half_precision():
             s = (q @ t(k)).astype(mx.float32) * 0.25 + examples.causal_mask(8)
             return mx.softmax(s, axis=-1).astype(q.dtype) @ v
 
-        g2, _ = check(attn, q, k, v)
+        g2, report = check(attn, q, k, v)
+        if dtype == mx.float16:  # q @ k^T overflows past 65504 before the scale; SDPA scales q
+            assert "ScaledDotProductAttention" not in g2.primitive_counts()
+            assert any("float16 scores" in m for m in misses(report))
+            continue
         only_sdpa(g2)
         assert sdpa(g2).params["do_causal"] and sdpa(g2).inputs[0].dtype == str(dtype).split(".")[-1]
 
@@ -110,8 +114,9 @@ def test_decomposed_softmax_becomes_the_primitive_then_attention():
     g2, report = check(attn, q, k, v)
     only_sdpa(g2)
     assert fired(report) == ["softmax", "attention"]
+    # without the max subtracted exp overflows where Softmax does not: no rewrite
     g2, report = check(lambda x: mx.exp(x) / mx.exp(x).sum(-1, keepdims=True), q)
-    assert g2.primitive_counts() == {"Softmax": 1}
+    assert "Softmax" not in g2.primitive_counts() and any("without the row max" in m for m in misses(report))
 
 
 def test_grouped_query_heads_repeated_are_read_once():
@@ -217,6 +222,9 @@ def test_attention_matches_the_oracle(b, hkv, rep, lq, extra, d, dtype, mask, sc
         return mx.softmax(s, axis=-1, precise=True) @ v
 
     g2, report = check(attn, q, k, v, add)
+    if dtype == mx.float16 and scale != "q":  # q @ k^T overflows past 65504 before the scale
+        assert "ScaledDotProductAttention" not in g2.primitive_counts()
+        return
     only_sdpa(g2)
     e = sdpa(g2)
     assert e.inputs[1].shape[1] == hkv

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import mlxtriton
 from mlxtriton import examples
-from tests.patterns._check import check, fired
+from tests.patterns._check import check, fired, misses
 
 
 def rand(*shape, seed=0, dtype=mx.float32):
@@ -77,4 +77,7 @@ def test_addmm_matches_the_oracle(m, k, n, dtype, addend):
     x, w = rand(m, k, dtype=dtype), rand(n, k, seed=1, dtype=dtype)
     c = rand(n, seed=2, dtype=dtype) if addend == "bias" else rand(m, n, seed=2, dtype=dtype)
     g2, report = check(lambda x, w, c: x @ w.T + c, x, w, c)
+    if dtype == mx.float16:  # the product overflows past 65504 before the add
+        assert "AddMM" not in g2.primitive_counts() and any("65504" in m for m in misses(report))
+        return
     assert g2.primitive_counts().get("AddMM") == 1
