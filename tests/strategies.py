@@ -287,3 +287,65 @@ def program(draw, min_steps: int = 4, max_steps: int = 30) -> tuple[Callable, tu
 
 
 programs = st.composite(program)
+
+
+def row_program(draw) -> tuple[Callable, tuple]:
+    """Draw a program over rows whose column sums feed back into row computations: what fusion's
+    split and column-partials passes rewrite for a GPU's cores.
+
+    ``x`` is [R, C] with R in (32, 20, 64) rows (enough for blocks of rows on an M3's ten cores),
+    maybe with a [C] weight. Steps are elementwise ops (with the weight, a row statistic or a
+    column sum broadcast), row reductions and softmax over the last axis, and column sums and
+    means over the rows (kept [1, C]) that later steps read, as ``softmax(x) * sum(x, axis=0)``
+    does, or that are returned, as a norm's weight gradient is.
+    """
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rows, cols = draw(st.sampled_from((32, 20, 64))), draw(st.sampled_from((8, 3, 16)))
+    inputs: list[mx.array] = []
+    args: list[mx.array] = []
+    values: list[mx.array] = []
+    _new_input(inputs, args, values, (rows, cols), rng)
+    if draw(st.booleans()):
+        _new_input(inputs, args, values, (cols,), rng)
+    steps: list[Step] = []
+    for _ in range(draw(st.integers(2, 10))):
+        full = [k for k, v in enumerate(values) if v.shape == (rows, cols)]
+        i = full[len(full) - 1 - draw(st.integers(0, len(full) - 1))]
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "row", "softmax", "column", "column",
+                                     "feedback"]))
+        if kind == "feedback":  # a row region reading the column sum of what it reads
+            for step in (Step("sum", (i,), (("axes", (0,)), ("keepdims", True))), Step("softmax", (i,), (("axis", -1),))):
+                steps.append(step)
+                values.append(_apply(values, step))
+            step = Step("multiply", (len(values) - 1, len(values) - 2))
+        elif kind == "unary":
+            step = Step(draw(st.sampled_from(sorted(_UNARY))), (i,))
+        elif kind == "binary":  # with anything that broadcasts into a row: a weight, a statistic
+            j = draw(st.sampled_from([k for k, v in enumerate(values) if _broadcasts_into(v.shape, (rows, cols))]))
+            step = Step(draw(st.sampled_from(sorted(_BINARY))), (i, j) if draw(st.booleans()) else (j, i))
+        elif kind == "row":
+            step = Step(draw(st.sampled_from(["sum", "max", "mean", "logsumexp"])), (i,),
+                        (("axes", (1,)), ("keepdims", True)))
+        elif kind == "softmax":
+            step = Step("softmax", (i,), (("axis", -1),))
+        else:
+            step = Step(draw(st.sampled_from(["sum", "sum", "mean"])), (i,), (("axes", (0,)), ("keepdims", True)))
+        steps.append(step)
+        values.append(_apply(values, step))
+    input_slots = tuple(range(len(inputs)))
+    read = {a for step in steps for a in step.args}
+    produced = range(len(inputs), len(values))
+    outputs = tuple([k for k in produced if k not in read][-3:] or [len(values) - 1])
+
+    def fn(*arrays):
+        env = list(arrays)
+        for step in steps:
+            env.append(_apply(env, step))
+        return tuple(env[o] for o in outputs)
+
+    fn.__qualname__ = "row_program[" + "; ".join(map(repr, steps)) + "]"
+    assert len(input_slots) == len(args)
+    return fn, tuple(args)
+
+
+row_programs = st.composite(row_program)

@@ -17,6 +17,11 @@ becomes
 A column sum of one of the row region's own inputs (a layer norm's bias gradient, ``sum(g)``)
 joins it the same way: the row kernel reads that input anyway. Partial sums of half types are
 float32 and round once, at the end, as MLX's own sums do.
+
+A row region that reads the column sum itself (``softmax(x) * sum(x, axis=0)``), even through
+other regions, cannot compute its partials: the column kernel would wait for the row kernel that
+waits for it. A move is made only where the graph stays acyclic. Only a GPU chip takes partials:
+MLX's CPU backend runs no generated kernels, so there are no threadgroups to give rows to.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass, replace
 
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.fused import body_of, fused_eqn, is_fused
-from mlxtriton.graph.transforms import dce, make_eqn, topological_sort
+from mlxtriton.graph.transforms import CycleError, dce, make_eqn, topological_sort
 
 from mlxtriton.fusion._rules import Role, role
 from mlxtriton.fusion.index_space import RegionError, analyze
@@ -111,8 +116,8 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
     Args:
         graph: a fused graph (`cluster.fuse_with_report`'s).
         regions: its region reports, updated for the regions this pass changes.
-        chip: a chip name or `mlxtriton.hw.Profile` (its core count sizes the blocks); None
-            leaves the graph as it is.
+        chip: a chip name or `mlxtriton.hw.Profile` (its core count sizes the blocks); None, or
+            a chip that runs no generated kernels (the CPU), leaves the graph as it is.
 
     Returns:
         ``(graph, regions, decisions)``: the graph computes the same values up to the order of
@@ -123,7 +128,10 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
     from mlxtriton import hw
 
     profile = hw.resolve(chip)
+    if not profile.is_gpu:
+        return graph, regions, []
     cores = max(profile.gpu_cores or (1,))
+    defined = list(graph.inputs) + [v for v, _ in graph.constants]
     sums: dict[Eqn, int] = {}  # block sums each row region takes
     rows_eqns: dict[Eqn, Eqn] = {}  # original row region -> its current rewrite
     new_columns: dict[Eqn, Eqn] = {}
@@ -155,17 +163,30 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
         rewritten, partial = _add_block_sum(current, outer, R // B, B, k)
         if rewritten is None:
             continue
+        column = _partial_column(ce, partial)
+        ordered = _ordered(graph, {**rows_eqns, row_eqn: rewritten}, {**new_columns, ce: column}, defined)
+        if ordered is None:
+            continue  # the row region depends on the column sum: the move would close a cycle
         sums[row_eqn] = sums.get(row_eqn, 0) + 1
         rows_eqns[row_eqn] = rewritten
-        new_columns[ce] = _partial_column(ce, partial)
+        new_columns[ce] = column
         decisions.append(PartialsDecision(ce.params["name"], row_eqn.params["name"],
                                           outer.type_str(), R, R // B, cores))
     if not decisions:
         return graph, regions, []
-    eqns = [rows_eqns.get(e, new_columns.get(e, e)) for e in graph.eqns]
-    defined = list(graph.inputs) + [v for v, _ in graph.constants]
-    result = dce(graph.replace(eqns=topological_sort(eqns, defined)))
+    eqns = _ordered(graph, rows_eqns, new_columns, defined)
+    result = dce(graph.replace(eqns=eqns))
     return result, _reports(regions, rows_eqns, new_columns), decisions
+
+
+def _ordered(graph: Graph, rows_eqns: dict[Eqn, Eqn], new_columns: dict[Eqn, Eqn], defined) -> tuple | None:
+    """The graph's equations with the moves applied, in an order where each reads what is
+    defined before it; None when the moves make a cycle."""
+    eqns = [rows_eqns.get(e, new_columns.get(e, e)) for e in graph.eqns]
+    try:
+        return topological_sort(eqns, defined)
+    except CycleError:
+        return None
 
 
 def _row_region_of(graph: Graph, outer: Var, column: Eqn) -> Eqn | None:

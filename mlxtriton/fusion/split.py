@@ -166,8 +166,8 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
 
     Args:
         graph: a graph from `mlxtriton.trace` (before `fuse`).
-        chip: a chip name or `mlxtriton.hw.Profile`; None leaves the graph as it is (the core
-            count decides the split).
+        chip: a chip name or `mlxtriton.hw.Profile`; None, or a chip that runs no generated
+            kernels (the CPU), leaves the graph as it is (the core count decides the split).
 
     Returns:
         ``(graph, decisions)``: the graph computes the same values up to the order of the
@@ -184,7 +184,10 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
         return graph, []
     from mlxtriton import hw
 
-    cores = max(hw.resolve(chip).gpu_cores or (1,))
+    profile = hw.resolve(chip)
+    if not profile.is_gpu:
+        return graph, []
+    cores = max(profile.gpu_cores or (1,))
     mapping: dict[Var, Var] = {}
     new_eqns: list[Eqn] = []
     decisions: list[SplitDecision] = []

@@ -19,6 +19,10 @@ class GraphError(ValueError):
     """A transform was asked for something that would break the graph."""
 
 
+class CycleError(GraphError):
+    """Equations that no order can put each after what it reads."""
+
+
 def dce(graph: Graph) -> Graph:
     """Drop equations whose outputs no graph output needs, and constants nobody reads."""
     live: set[Var] = set(graph.outputs)
@@ -150,7 +154,7 @@ def topological_sort(eqns: Sequence[Eqn], defined: Iterable[Var]) -> tuple[Eqn, 
             if waiting[j] == 0:
                 heapq.heappush(ready, j)
     if len(order) != len(eqns):
-        raise GraphError("the equations contain a cycle")
+        raise CycleError("the equations contain a cycle")
     return tuple(order)
 
 

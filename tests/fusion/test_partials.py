@@ -151,3 +151,41 @@ def test_sums_whose_registers_do_not_fit_stay_column_kernels():
     fn, spec = FAMILIES["layer_norm"]
     g, _ = _vjp_graph(fn, _arguments(spec, 40, 16384, mx.float32))
     assert len(fuse_with_report(g, "m3")[1].partials) == 1  # the weight's; the bias's stays
+
+
+def _softmax_times_column_sum(x):
+    return mx.softmax(x, axis=-1) * mx.sum(x, axis=0, keepdims=True)
+
+
+def test_a_row_region_reading_its_column_sum_keeps_the_sum_apart():
+    # The row kernel reads the column sum: its partials would wait for themselves (a cycle).
+    x = mx.random.normal((64, 128), key=mx.random.key(5))
+    g = mlxtriton.trace(_softmax_times_column_sum)(x)
+    fused, report = fuse_with_report(g, "m3")
+    verify(fused)
+    assert not report.partials and [r.kind for r in report.regions].count("column") == 1
+    _close([_softmax_times_column_sum(x)], [evaluate(fused, x)], 1e-6)
+    # through the API, every path that fuses: a call, the optimised graph, the lowered kernels
+    f = mlxtriton.optimize(_softmax_times_column_sum, chip="m3")
+    _close([_softmax_times_column_sum(x)], [f(x)], 1e-5)
+    assert verify(f.graph(x)).primitive_counts() == {"Fused": 2}
+    assert f.lower(x, target="metal").as_text().startswith("2 metal kernel(s)")
+
+
+def test_the_cpu_takes_no_launch_decisions():
+    # MLX's CPU backend runs no generated kernels: no threadgroups to fill or to give blocks of
+    # rows, so neither reductions split nor column sums move (hw.derive would refuse the CPU).
+    x = mx.random.normal((512, 64), key=mx.random.key(6))
+    for g in (mlxtriton.trace(_softmax_times_column_sum)(x), _vjp_graph(_rms, _arguments("xw", 512, 64, mx.float32))[0],
+              mlxtriton.trace(lambda x: mx.sum(x * x))(mx.ones((1 << 20,)))):
+        fused, report = fuse_with_report(g, "cpu")
+        verify(fused)
+        assert not report.splits and not report.partials
+
+
+@pytest.mark.skipif(mx.is_available(mx.gpu), reason="chip='auto' finds the GPU here, not the CPU")
+def test_auto_on_a_cpu_only_machine():
+    x = mx.random.normal((64, 128), key=mx.random.key(7))
+    f = mlxtriton.optimize(_softmax_times_column_sum, chip="auto")
+    _close([_softmax_times_column_sum(x)], [f(x)], 1e-5)
+    assert "fuse" in str(f.explain(x))
