@@ -99,18 +99,23 @@ class _Clustering:
                 return True
         return False
 
-    def inputs(self, view) -> set[Var]:
+    def inputs(self, view) -> list[Var]:
         defined = {v for e in view for v in e.outputs}
         consts = self.graph.const_values
-        return {
+        return list(dict.fromkeys(
             v for e in view for v in e.inputs
             if v not in defined and not (v in consts and v.size <= BODY_CONSTANT_SIZE)
-        }
+        ))
+
+    def ordered(self, members) -> list[Eqn]:
+        """``members`` in program order. Sets of equations iterate in memory-address order, which
+        differs from process to process: every walk that decides or reports goes through this."""
+        return sorted(members, key=self.position.__getitem__)
 
     def outputs(self, members) -> list[Var]:
         """The values a region must write. Only shrinks as members join, so a check made when an
         equation joins still holds for the final region."""
-        return [v for e in members for v in e.outputs if self.needed_outside(v, members)]
+        return [v for e in self.ordered(members) for v in e.outputs if self.needed_outside(v, members)]
 
     def cycle_through(self, members) -> Eqn | None:
         """An equation through which some path leaves ``members`` and comes back (other regions
@@ -124,7 +129,7 @@ class _Clustering:
             for v in x.outputs:
                 stack.extend((u, via) for u in graph.users(v))
 
-        for m in members:
+        for m in self.ordered(members):
             push(m, None)
         seen: set[tuple[Eqn, bool]] = set()
         expanded: set[int] = set()
@@ -141,7 +146,7 @@ class _Clustering:
             if other is not None:
                 if id(other) not in expanded:
                     expanded.add(id(other))
-                    for x in other.members:
+                    for x in self.ordered(other.members):
                         push(x, via or n)
                 continue
             if self.position[n] > limit:
@@ -335,7 +340,7 @@ def fuse_with_report(graph: Graph, chip=None, *, split: bool = True) -> tuple[Gr
         if clustering.worth_a_kernel(c):
             kept.append(c)
             continue
-        for e in c.members:
+        for e in clustering.ordered(c.members):
             del clustering.cluster_of[e]
             if clustering.roles[e][0] is not Role.MOVEMENT:
                 unfused.append(Unfused(position[e], e.primitive, _signature(e),

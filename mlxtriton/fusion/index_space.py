@@ -267,19 +267,22 @@ def _analyze(eqns: Sequence[Eqn]) -> IndexSpace:
 
     check_distinct()
 
-    # Every reduction reduces the same axes.
-    reduced: frozenset = frozenset()
+    # Every reduction reduces the same axes. Classes are kept in first-seen order wherever a
+    # choice follows their order: a set of (Var, dim) nodes iterates in memory-address order,
+    # which differs from process to process.
+    reduced: list = []
     if reductions:
         first_e, first_axes, first_nodes, _ = reductions[0]
-        reduced = frozenset(classes.find(n) for n in first_nodes)
+        reduced = list(dict.fromkeys(classes.find(n) for n in first_nodes))
         for e, axes, nodes, _ in reductions:
-            if frozenset(classes.find(n) for n in nodes) != reduced:
+            if {classes.find(n) for n in nodes} != set(reduced):
                 raise RegionError(
                     f"{e.primitive} over {_axes_text(axes)} of {e.inputs[0].type_str()} in a region "
                     f"reducing {_axes_text(first_axes)} of {first_e.inputs[0].type_str()}: "
                     "different index space"
                 )
-        rows = {classes.find(n) for _, _, _, source in reductions for n in source} - reduced
+        rows = [c for c in dict.fromkeys(classes.find(n) for _, _, _, source in reductions for n in source)
+                if c not in reduced]
         _identify_extra_axes(classes, [dims(v) for v in values], reduced, rows, values)
         check_distinct()
 
@@ -312,8 +315,9 @@ def _analyze(eqns: Sequence[Eqn]) -> IndexSpace:
     return IndexSpace(kind, shape, reduced_axes, axes, loads)
 
 
-def _identify_extra_axes(classes: _Classes, tuples: list[tuple], reduced, rows, values) -> None:
-    """Give every axis that the reductions do not iterate a reduced (else row) axis of its size.
+def _identify_extra_axes(classes: _Classes, tuples: list[tuple], reduced: list, rows: list, values) -> None:
+    """Give every axis that the reductions do not iterate a reduced (else row) axis of its size
+    (the first in ``reduced`` then ``rows`` order).
 
     A row kernel iterates rows x reduced axes. A value along another axis (``sum(x) * y`` with ``y``
     another array of the row's length) is computed in the loop over a reduced axis of the same

@@ -235,8 +235,10 @@ def _fingerprint(graph: Graph) -> int:
     return hash(tuple(parts))
 
 
-def _uses_outside(graph: Graph, covered: set[Eqn], root: Eqn, values: Values) -> tuple[Eqn, Var, str] | None:
-    """The first covered intermediate that something outside the match also reads."""
+def _uses_outside(graph: Graph, covered: Sequence[Eqn], root: Eqn, values: Values) -> tuple[Eqn, Var, str] | None:
+    """The first covered intermediate (in match order: the near miss names it) that something
+    outside the match also reads."""
+    members = set(covered)
     for e in covered:
         if e is root:
             continue
@@ -246,7 +248,7 @@ def _uses_outside(graph: Graph, covered: set[Eqn], root: Eqn, values: Values) ->
             if graph.is_output(v):
                 return e, v, "a graph output"
             for u in graph.users(v):
-                if u not in covered:
+                if u not in members:
                     return e, v, u.primitive
     return None
 
@@ -355,7 +357,7 @@ def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, ori
                 f"rule {rule.name} replaces {e.outputs[0].type_str()} (#{origin[e]} {e.primitive}) "
                 f"by {result.type_str()}"
             )
-        blocked = _uses_outside(graph, set(m.covered), e, values) if rule.exclusive else None
+        blocked = _uses_outside(graph, m.covered, e, values) if rule.exclusive else None
         if blocked is not None:
             inner, v, user = blocked
             where = origin.get(inner, "?")
