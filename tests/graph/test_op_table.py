@@ -866,6 +866,35 @@ def test_norms(dtype):
         assert_close(expected, [from_jax(o) for o in oracle("LayerNorm", [x, weight, bias], ln)], *tol)
 
 
+def with_edges(shape, dtype: str, seed=0) -> mx.array:
+    """Random values with one edge value per row (every edge value in some row)."""
+    v = np.array(rand(shape, mx.float32, seed)).reshape(-1, shape[-1])
+    edges = [e for e in EDGE_VALUES[dtype] if not (np.isfinite(e) and abs(e) > 1e4)]  # squares stay finite
+    for i in range(v.shape[0]):
+        v[i, (i * 7) % v.shape[1]] = edges[i % len(edges)]
+    return to_mlx(v.reshape(shape), dtype, "contiguous")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_fast_ops_edge_values(dtype):
+    # The fast ops decompose on the CPU stream, so the table's edge-value test does not reach them.
+    x, w, b = with_edges((2, 13, 16), dtype), with_edges((16,), dtype, 1), with_edges((16,), dtype, 2)
+    q, k, v = with_edges((1, 2, 13, 8), dtype, 3), with_edges((1, 2, 5, 8), dtype, 4), with_edges((1, 2, 5, 8), dtype, 5)
+    offset = mx.array(2, mx.int32)
+    tol = {**TOL, **ACCUMULATED}[dtype]
+    cases = [
+        ("RMSNorm", [x, w], [1e-5], mx.fast.rms_norm(x, w, 1e-5)),
+        ("LayerNorm", [x, w, b], [1e-5], mx.fast.layer_norm(x, w, b, 1e-5)),
+        ("RoPE", [x, offset], [16, False, 10000.0, 1.0, True], mx.fast.rope(x, 16, traditional=False, base=10000.0, scale=1.0, offset=offset)),
+        ("ScaledDotProductAttention", [q, k, v], [0.5, False, False, False, False],
+         mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5)),
+    ]
+    for name, args, state, want in cases:
+        params = get(name).decode(state)
+        assert_bit_identical([want], as_list(MLX_RULES[name](*args, **params)))
+        assert_close([want], [from_jax(o) for o in oracle(name, args, params)], *tol)
+
+
 def test_norm_vjps_match_autodiff():
     # The VJP primitives only exist on GPUs; their rules follow MLX's explicit VJP formula, which
     # agrees with autodiff of the CPU fallback up to rounding.

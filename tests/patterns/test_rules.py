@@ -243,6 +243,20 @@ def layer_norm_for_fusion(draw):
 
 
 @st.composite
+def rms_norm_for_fusion(draw):
+    # An RMSNorm primitive (a GPU trace's) read by pointwise work only is decomposed for the fuse
+    # stage, where one generated kernel then reads fewer bytes; read by a matmul it stays.
+    dtype = draw(st.sampled_from(FLOATS))
+    pointwise = draw(st.booleans())
+    b = GraphBuilder()
+    x, w, g = b.input((3, 16), dtype), b.input((16,), dtype), b.input((3, 16), dtype)
+    (y,) = b.add("RMSNorm", [x, w], eps=1e-5)
+    (z,) = b.add("Multiply", [y, g]) if pointwise else b.add("Matmul", [y, b.add("Transpose", [g], axes=(1, 0))[0]])
+    args = [draw(arrays((3, 16), dtype)), draw(arrays((16,), dtype)), draw(arrays((3, 16), dtype))]
+    return b.build([z]), args, {"backend": draw(st.sampled_from(["metal", "cuda"])), "fusing": True}, pointwise
+
+
+@st.composite
 def layer_norm(draw):
     dtype = draw(st.sampled_from(FLOATS))  # a float16 norm is left alone
 
@@ -379,7 +393,8 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "canonical_scalar": canonical_scalar, "divide_by_scalar": divide_by_scalar,
     "reciprocal_sqrt": reciprocal_sqrt, "square": square, "one_hot_scatter": one_hot_scatter,
     "softmax": softmax, "softmax_in_float32": softmax_in_float32,
-    "layer_norm_for_fusion": layer_norm_for_fusion, "layer_norm": layer_norm, "rms_norm": rms_norm,
+    "layer_norm_for_fusion": layer_norm_for_fusion, "rms_norm_for_fusion": rms_norm_for_fusion,
+    "layer_norm": layer_norm, "rms_norm": rms_norm,
     "norm_in_float32": norm_in_float32, "norm_weight": norm_weight, "norm_bias": norm_bias,
     "rope": rope, "rope_traditional": rope_traditional, "attention": attention,
     "conv_scale": lambda: conv("conv_scale"), "conv_shift": lambda: conv("conv_shift"),
