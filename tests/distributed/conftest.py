@@ -8,7 +8,7 @@ from tests.distributed.launch import launch
 
 CASES = {
     2: ("collectives", "send_recv", "sum_scatter", "fusion_around_all_sum", "gradients",
-        "sharded_llama", "sharded_qwen3", "data_parallel_step"),
+        "sharded_llama", "sharded_qwen3", "sharded_generation", "data_parallel_step"),
     4: ("collectives", "send_recv", "sharded_llama"),
 }
 TIMEOUT = 240  # seconds for one world size's programs; they take 10-40 s on CI's two cores

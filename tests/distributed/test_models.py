@@ -16,3 +16,7 @@ def test_sharded_qwen3_prefill(passed):
 
 def test_data_parallel_training_step(passed):
     passed("data_parallel_step", 2)
+
+
+def test_sharded_generation_through_optimize(passed):
+    passed("sharded_generation", 2)

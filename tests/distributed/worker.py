@@ -246,6 +246,31 @@ def sharded_qwen3(group):
 
 
 @case
+def sharded_generation(group):
+    """Greedy generation of a sharded llama through optimize with mlxtriton.lm's caches gives, on
+    every rank, the unsharded plain model's tokens, with one build for every decode step."""
+    from mlx_lm.generate import generate_step
+
+    from mlxtriton import lm as mlxtriton_lm
+
+    config = lm_config("llama", kv_heads=group.size())
+    full, sharded = lm(config), lm(config)
+    sharded.shard(group)
+    mx.eval(sharded.parameters())
+    prompt = mx.array([3, 17, 42, 5, 99, 12, 7])
+
+    def greedy(model, cache):
+        steps = generate_step(prompt, model, max_tokens=12, prompt_cache=cache,
+                              sampler=lambda logprobs: mx.argmax(logprobs, axis=-1))
+        return [token for token, _ in steps]
+
+    fast = mlxtriton.optimize(sharded)
+    tokens = greedy(fast, mlxtriton_lm.make_prompt_cache(sharded))
+    assert tokens == greedy(full, None), (tokens, greedy(full, None))
+    assert fast.cache_info().builds == 3, fast.cache_info()
+
+
+@case
 def data_parallel_step(group):
     config = dict(lm_config("llama", kv_heads=2), num_hidden_layers=1)
     model = lm(config)
