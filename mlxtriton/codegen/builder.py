@@ -537,7 +537,9 @@ def _lower_remainder(ctx, v, o, coords):
 def _lower_floor_divide(ctx, v, o, coords):
     a, b = ctx.args_at(v, o, coords)
     if _is_float(a.dtype):
-        return K.alu(Ops.FLOOR, K.alu(Ops.DIV, a, b))
+        # MLX floors the quotient rounded to the operands' type: a float16 1e-6 / -104 is -0.0
+        # there, so its floor is -0.0, not -1
+        return K.alu(Ops.FLOOR, convert(K.alu(Ops.DIV, a, b), ctx.dtypes[v]))
     q = K.alu(Ops.DIV, a, b)  # C division truncates; floor it for mixed signs
     if a.dtype in ("uint8", "uint16", "uint32", "uint64"):
         return q
@@ -824,7 +826,11 @@ def accumulator_dtype(dtype: str) -> str:
 def _reduce_node(ctx: _Lowering, v: int, o: Op) -> UOp:
     kind = _reduce_kind(o)
     x = ctx.at(o.args[0], ctx.dims)
-    acc = "int32" if kind in ("and", "or") else accumulator_dtype(ctx.dtypes[v])
+    if kind in ("and", "or"):
+        # the truth of each element of the value itself (kernel_ir.REDUCE_KINDS): a cast to an
+        # integer first would make 0.5 false
+        return UOp(Ops.REDUCE, "int32", (x,), kind)
+    acc = accumulator_dtype(ctx.dtypes[v])
     if kind in ("sum", "prod") and x.dtype == "bool":
         x = x.cast("int32")
     return UOp(Ops.REDUCE, acc, (x.cast(acc),), kind)

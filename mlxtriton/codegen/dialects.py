@@ -68,6 +68,11 @@ _SHARED_HELPERS = {
     "mt_vec": "template <typename T, int N> struct alignas(sizeof(T) * N) mt_vec {{ T v[N]; }};",
     "mt_sign": "template <typename T> {fn} T mt_sign(T x) {{ return T(x > T(0)) - T(x < T(0)); }}",
     "mt_iabs": "template <typename T> {fn} T mt_iabs(T x) {{ return x < T(0) ? T(-x) : x; }}",
+    # a float to an integer: truncated, saturated to [lo, hi], NaN to 0 (kernel_ir.Ops.CAST)
+    "mt_ftoi": (
+        "template <typename T> {fn} T mt_ftoi(float x, T lo, T hi) {{\n"
+        "  return x != x ? T(0) : x <= float(lo) ? lo : x >= float(hi) ? hi : static_cast<T>(x);\n"
+        "}}"),
     "mt_ipow": (
         "template <typename T> {fn} T mt_ipow(T b, T e) {{\n"
         "  if (e < T(0)) return T(0);\n"
@@ -80,10 +85,11 @@ _SHARED_HELPERS = {
         "  const float y = 1.0f / (1.0f + {exp}({fabs}(x)));\n"
         "  return x < 0.0f ? y : 1.0f - y;\n"
         "}}"),
+    # MLX's LogAddExp: the larger operand itself when the smaller is -inf or the larger +inf
     "mt_logaddexp": (
         "{fn} float mt_logaddexp(float a, float b) {{\n"
         "  const float hi = mt_max(a, b), lo = mt_min(a, b);\n"
-        "  return (hi == lo && {isinf}(hi)) ? hi : hi + {log1p}({exp}(lo - hi));\n"
+        "  return (lo == -{inf} || hi == {inf}) ? hi : hi + {log1p}({exp}(lo - hi));\n"
         "}}"),
 }
 
@@ -238,8 +244,8 @@ METAL = Dialect(
     # maximum: nothing to declare
     launch_bounds="",
     helpers=_helpers("inline", "metal::simd_shuffle_xor({x}, static_cast<ushort>({o}))",
-                     {"exp": "metal::exp", "fabs": "metal::abs",
-                                "isinf": "metal::isinf", "log1p": "mt_log1p"},
+                     {"exp": "metal::exp", "fabs": "metal::abs", "inf": "INFINITY",
+                      "log1p": "mt_log1p"},
                      _METAL_ONLY_HELPERS),
     constructor_options=(("atomic_outputs", False),),
 )
@@ -283,7 +289,8 @@ CUDA = Dialect(
     launch_bounds=("#undef __global__\n"
                    "#define __global__ __attribute__((global)) __launch_bounds__({bound})\n"),
     helpers=_helpers("__device__ __forceinline__", "__shfl_xor_sync(0xffffffffu, {x}, {o})",
-                     {"exp": "expf", "fabs": "fabsf", "isinf": "isinf", "log1p": "log1pf"},
+                     {"exp": "expf", "fabs": "fabsf", "inf": "__int_as_float(0x7f800000)",
+                      "log1p": "log1pf"},
                      _CUDA_FAST_EXP, _CUDA_NAN_MINMAX),
     constructor_options=(("shared_memory", 0),),
 )

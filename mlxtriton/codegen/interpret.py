@@ -62,16 +62,24 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # Operands broadcast to arrays of at least one element: NumPy replaces a power by a scalar
+    # exponent 0.5 with sqrt (and -1, 0, 1, 2 by their own shortcuts), but C's pow, which MLX,
+    # Metal and CUDA call, gives pow(-inf, 0.5) = +inf and pow(-0.0, 0.5) = +0.0.
+    shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    a, b = (np.array(np.broadcast_to(v, shape), ndmin=1) for v in (a, b))
     if a.dtype.kind == "f":
-        return np.power(a, b)
+        return np.power(a, b).reshape(shape)
     out = np.power(a, np.maximum(b, 0).astype(b.dtype))
-    return np.where(b < 0, 0, out).astype(a.dtype)  # MLX: negative integer exponents give 0
+    # MLX: negative integer exponents give 0
+    return np.where(b < 0, 0, out).astype(a.dtype).reshape(shape)
 
 
 def _logaddexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # MLX's LogAddExp: the larger operand itself when the smaller is -inf or the larger +inf
+    # (logaddexp(-0.0, -inf) is -0.0), NaN from either operand propagating through max and min
     hi, lo = np.maximum(a, b), np.minimum(a, b)
     out = hi + np.log1p(np.exp(lo - hi))
-    return np.where(np.isinf(hi) & (hi == lo), hi, out).astype(a.dtype)
+    return np.where((lo == -np.inf) | (hi == np.inf), hi, out).astype(a.dtype)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -112,10 +120,10 @@ def _reduce(kind: str, v: np.ndarray, pos: np.ndarray | None) -> np.ndarray:
         return np.max(v, axis=-1, keepdims=True)
     if kind == "min":
         return np.min(v, axis=-1, keepdims=True)
-    if kind == "and":
-        return np.all(v != 0, axis=-1, keepdims=True).astype(v.dtype)
+    if kind == "and":  # the truth of each element: nonzero, NaN included
+        return np.all(v != 0, axis=-1, keepdims=True)
     if kind == "or":
-        return np.any(v != 0, axis=-1, keepdims=True).astype(v.dtype)
+        return np.any(v != 0, axis=-1, keepdims=True)
     if kind in ("argmax", "argmin"):
         # first extreme element; a NaN counts as the extreme (MLX and NumPy agree)
         at = (np.argmax if kind == "argmax" else np.argmin)(v, axis=-1)[..., None]
@@ -236,10 +244,15 @@ def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
     x = np.asarray(x)
     if dtype == "bool":
         return x != 0
-    if x.dtype.kind == "f" and target.kind in "iu":
-        return np.trunc(x).astype(target)
     if x.dtype == _BF16 and target.kind != "f":
         x = x.astype(np.float32)
+    if x.dtype.kind == "f" and target.kind in "iu":
+        # truncated, saturated, NaN as 0 (kernel_ir.Ops.CAST); float64 holds every float32
+        info = np.iinfo(target)
+        t = np.trunc(x.astype(np.float64))
+        high, low = t >= float(info.max), t <= float(info.min)
+        t = np.where(np.isnan(t) | high | low, 0, t).astype(target)
+        return np.where(high, info.max, np.where(low, info.min, t)).astype(target)
     return x.astype(target)
 
 

@@ -26,7 +26,10 @@ class Ops(enum.Enum):
     LOAD = enum.auto()  # src: (PARAM, index); arg: Mem
     STORE = enum.auto()  # src: (PARAM, index, value); arg: Mem
     REDUCE = enum.auto()  # src: (value,) or (value, position) for argmax/argmin; arg: ReduceKind name
-    CAST = enum.auto()  # convert src[0] to this node's dtype
+    # convert src[0] to this node's dtype. A float becomes an integer truncated toward zero,
+    # saturated to the integer's range, NaN as 0 (C leaves those undefined; Metal, CUDA and ARM
+    # CPUs convert so, x86 CPUs give the most negative value); anything becomes bool as != 0
+    CAST = enum.auto()
     # src: (value,), a per-element value computed by one pass over the row and kept in registers
     # for the later passes that read it, instead of computed again (the value itself: the
     # interpreter passes it through)
@@ -117,9 +120,11 @@ class GroupOp:
                              Ops.OR})
 
 
-# Reduction kinds. "sumexp" is a softmax denominator, sum(exp(v - max(v))) exactly (NaN when the
-# max is infinite, as MLX's softmax); a kernel computes it in one pass with an online running max
-# (Milakov & Gimelshein 2018) when the row is streamed.
+# Reduction kinds. "and" / "or" are logical over the truth of each element of their source, of
+# any dtype: an element is true when it is nonzero (NaN true, -0.0 false, MLX's all / any), and
+# the result is 1 or 0 in the node's dtype. "sumexp" is a softmax denominator,
+# sum(exp(v - max(v))) exactly (NaN when the max is infinite, as MLX's softmax); a kernel computes
+# it in one pass with an online running max (Milakov & Gimelshein 2018) when the row is streamed.
 REDUCE_KINDS = ("sum", "prod", "max", "min", "and", "or", "argmax", "argmin", "sumexp")
 
 

@@ -99,9 +99,12 @@ _BASE_CODE: dict[tuple[Ops, str], str] = {
     (Ops.WHERE, "any"): "({0} ? {1} : {2})",
 }
 
-# per reduction kind: the identity and how two partial results combine
+# per reduction kind: how an element or another thread's partial ({b}) joins a partial ({a});
+# "and" / "or" combine the truth of both (kernel_ir.REDUCE_KINDS): an element of any dtype is
+# true when nonzero, NaN included
 _COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}", "max": "mt_max({a}, {b})",
-            "min": "mt_min({a}, {b})", "and": "{a} & {b}", "or": "{a} | {b}"}
+            "min": "mt_min({a}, {b})", "and": "(({a} != 0) && ({b} != 0))",
+            "or": "(({a} != 0) || ({b} != 0))"}
 
 _KERNEL, _CHUNK, _LANE = 0, 1, 2
 
@@ -191,6 +194,11 @@ class _Renderer:
         template = self.d.casts.get((src, dst))
         if template is not None:
             return template.format(x=x)
+        if src in _dtypes.FLOATING and dst in _dtypes.INTEGER:
+            # C leaves a float out of the integer's range undefined: the kernel IR's CAST
+            # saturates and takes NaN to 0 (kernel_ir.Ops.CAST), said here in as many words
+            lo, hi = (self.literal(dst, v) for v in _int_range(dst))
+            return self.use(f"mt_ftoi<{self.d.type(dst)}>({x}, {lo}, {hi})")
         return f"static_cast<{self.d.type(dst)}>({x})"
 
     def level_of(self, u: UOp, want: int) -> int:
@@ -633,7 +641,8 @@ def _declare_acc(r: _Renderer, u: UOp) -> list[str]:
         r.lines.append(f"{T} {a} = {_identity(r, 'max', vdt)};  // running max")
         r.lines.append(f"{T} {a}_s = {r.literal(vdt, 0)};  // sum of exp(v - running max)")
         return [a, a + "_s"]
-    r.lines.append(f"{T} {a} = {_identity(r, u.arg, u.dtype)};")
+    # the node's own dtype: "and" / "or" keep 1 or 0 whatever their elements' dtype
+    r.lines.append(f"{r.d.type(u.dtype)} {a} = {_identity(r, u.arg, u.dtype)};")
     return [a]
 
 
@@ -913,7 +922,7 @@ def _header(d: Dialect, used: set[str]) -> str:
     return d.prelude + "".join(d.helpers[n] + "\n" for n in order)
 
 
-_HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "mt_ipow",
+_HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "mt_ipow", "mt_ftoi",
                            "mt_sigmoid", "mt_logaddexp", "mt_log1p", "mt_expm1", "mt_erf",
                            "mt_shuffle64"})
 

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from mlxtriton.codegen.builder import CUDA_PARAMS, build
-from mlxtriton.codegen.interpret import interpret
+from mlxtriton.codegen.interpret import interpret, numpy_dtype
 from mlxtriton.codegen.region import RegionBuilder
+from mlxtriton.codegen.render import lower
 from mlxtriton.graph import dtypes
 
 F, I, B = ("float32",), ("int32",), ("bool",)
@@ -42,42 +47,216 @@ TABLE = [
     ("LogicalOr", {}, 2, B, mx.logical_or),
 ]
 
-_SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.5, -2.5, 1e-6, 3.0, -7.5, 88.0, -104.0,
-                     np.inf, -np.inf, np.nan], np.float32)
+# Exact in MLX (IEEE basic operations, correctly rounded, or no rounding at all; Sqrt, not its
+# reciprocal): compared bit for bit, NaN equal to NaN. The others (MLX's own exp, sin, pow approximations) are compared exactly
+# where the result is NaN, infinite or zero, within a few units in the last place elsewhere.
+EXACT = frozenset({
+    "Abs", "Negative", "Sign", "Square", "Floor", "Ceil", "Round", "Sqrt", "LogicalNot", "Add",
+    "Subtract", "Multiply", "Divide", "Remainder", "FloorDivide", "Maximum", "Minimum", "Less",
+    "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual", "LogicalAnd", "LogicalOr",
+    "Select",
+})
+# Where MLX's CPU kernels are approximations that lose what C's functions (CUDA's sinf and erff,
+# the interpreter's NumPy and math.erf) keep: MLX's sin(-0.0) is +0.0, its erf(+0.0) is -0.0 and
+# its erf(1e-6) 1.19e-6 (the true value is 1.13e-6). There the float64 function is the reference.
+CPU_APPROXIMATIONS = {
+    "Sin": (lambda x: x == 0, np.sin),
+    "Erf": (lambda x: np.abs(x) < 1e-4, np.vectorize(math.erf, otypes=[np.float64])),
+}
+
+FLOATS = ("float32", "float16", "bfloat16")
+INTEGERS = ("int8", "uint8", "int16", "int32", "uint32", "int64")
+SPECIAL_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 2.5, -2.5, 3.0, -3.0, 1e-6, 88.0,
+                  -104.0, 1e30, -1e30, 3.4e38, -3.4e38, 1.1754944e-38, np.inf, -np.inf, np.nan]
 
 
-def _values(dtype: str, n: int, rng, second: bool) -> np.ndarray:
+def special_values(dtype: str) -> list:
+    """Signed zeros, infinities, NaN, extremes and ordinary values of ``dtype``."""
     if dtype == "bool":
-        return rng.random(n) < 0.5
-    if dtype == "int32":
-        v = rng.integers(-9, 10, n).astype(np.int32)
-        if second:  # divisors and exponents: no zero divisor, small exponents
-            v = np.where(v == 0, 3, v) % 7 - 3
-            v = np.where(v == 0, 2, v).astype(np.int32)
-        return v
-    v = (rng.standard_normal(n) * 2).astype(np.float32)
-    v[: len(_SPECIAL)] = np.roll(_SPECIAL, 5 if second else 0)[: n]
-    return v
+        return [False, True]
+    if dtype in INTEGERS:
+        info = np.iinfo(dtype)
+        small = [0, 1, -1, 2, -2, 3, -3, 7, -7, 31, 32, 33, 127]
+        return sorted({v for v in small if info.min <= v <= info.max} | {info.min, info.max})
+    return SPECIAL_FLOATS
+
+
+def to_mx(a: np.ndarray, dtype: str) -> mx.array:
+    if dtype == "bfloat16":
+        return mx.array(a.astype(np.float32)).astype(mx.bfloat16)
+    return mx.array(a)
+
+
+def from_mx(a: mx.array) -> np.ndarray:
+    if a.dtype == mx.bfloat16:
+        return np.array(a.astype(mx.float32)).astype(numpy_dtype("bfloat16"))
+    return np.array(a)
+
+
+def _operands(prim: str, arity: int, dtype: str) -> list[np.ndarray]:
+    """Every combination of ``dtype``'s special values, one array per operand."""
+    combos = list(itertools.product(special_values(dtype), repeat=arity))
+    if prim in ("Divide", "Remainder", "FloorDivide") and dtype in INTEGERS:
+        # C's undefined integer quotients (MLX's CPU kernel traps on them)
+        lo = np.iinfo(dtype).min
+        combos = [c for c in combos if c[1] != 0 and not (c[0] == lo and c[1] == -1)]
+    with np.errstate(over="ignore"):  # float32 extremes are infinite in half types
+        return [np.array([c[k] for c in combos], np.float64 if dtype in FLOATS else None)
+                .astype(numpy_dtype(dtype)) for k in range(arity)]
+
+
+def _interpreted(prim: str, params: dict, args: list[np.ndarray], dtype: str) -> np.ndarray:
+    b = RegionBuilder(prim)
+    xs = [b.input(a.shape, dtype, f"a{k}") for k, a in enumerate(args)]
+    (got,) = interpret(build(b.build([b.op(prim, *xs, **params)]), CUDA_PARAMS), args)
+    return got
+
+
+# (rtol, atol) where MLX's op is an approximation: float32 as MLX's exp against C's (16 units in
+# the last place at exp(88)); half types two units, and one unit of their precision at the
+# operands' scale, since MLX rounds each step of a half op (logaddexp's log1p) to the type
+_TOLERANCE = {"float32": (4e-6, 0.0), "float16": (2.0**-9, 2.0**-10), "bfloat16": (2.0**-6, 2.0**-7)}
+
+
+def assert_matches(got: np.ndarray, want: np.ndarray, exact: bool, what: str) -> None:
+    """Bit for bit (NaN equal to NaN) when ``exact``; else the same NaNs, infinities and signed
+    zeros and, elsewhere, within `_TOLERANCE`."""
+    assert got.dtype == want.dtype, (what, got.dtype, want.dtype)
+    if got.dtype.kind != "f" and got.dtype != numpy_dtype("bfloat16"):
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    same = (g == w) & (np.signbit(g) == np.signbit(w)) | np.isnan(g) & np.isnan(w)
+    if not exact:
+        finite = np.isfinite(g) & np.isfinite(w) & (w != 0) & (g != 0)
+        rtol, atol = _TOLERANCE[str(got.dtype)]
+        err = np.abs(np.where(finite, g, 0) - np.where(finite, w, 0))
+        same |= finite & (err <= rtol * np.abs(np.where(finite, w, 0)) + atol)
+    bad = np.flatnonzero(~same)
+    assert not bad.size, f"{what}: {[(got[i], want[i]) for i in bad[:6]]} at {bad[:6]}"
 
 
 @pytest.mark.parametrize("prim,params,arity,dts,ref", TABLE,
                          ids=[f"{t[0]}{''.join(map(str, t[1].values()))}" for t in TABLE])
-def test_op_matches_mlx(prim, params, arity, dts, ref):
-    rng = np.random.default_rng(0)
-    for dtype in dts:
-        n = 64
-        b = RegionBuilder(prim)
-        xs = [b.input((n,), dtype, f"a{k}") for k in range(arity)]
-        region = b.build([b.op(prim, *xs, **params)])
-        args = [_values(dtype, n, rng, k == 1) for k in range(arity)]
-        (got,) = interpret(build(region, CUDA_PARAMS), args)
-        want = np.array(ref(*[mx.array(a) for a in args]))
-        assert got.dtype == want.dtype, (prim, dtype, got.dtype, want.dtype)
-        if dtype == "float32" and want.dtype.kind == "f":
-            np.testing.assert_allclose(got, want, rtol=4e-6, atol=2e-7, equal_nan=True,
-                                       err_msg=f"{prim} {dtype} on {args}")
-        else:
-            np.testing.assert_array_equal(got, want, err_msg=f"{prim} {dtype} on {args}")
+def test_op_matches_mlx_on_special_values(prim, params, arity, dts, ref):
+    """Each op over every combination of special values, in every dtype it takes: the
+    interpreter (the definition of a kernel) against MLX's own op on the CPU."""
+    wide = (FLOATS if "float32" in dts else ()) + (INTEGERS if "int32" in dts else ()) + (
+        ("bool",) if "bool" in dts else ())
+    for dtype in wide:
+        args = _operands(prim, arity, dtype)
+        got = _interpreted(prim, params, args, dtype)
+        want = from_mx(ref(*[to_mx(a, dtype) for a in args]))
+        what = f"{prim} {dtype}"
+        if prim in CPU_APPROXIMATIONS and dtype in FLOATS:
+            where, exact_fn = CPU_APPROXIMATIONS[prim]
+            at = where(args[0].astype(np.float64))
+            with np.errstate(invalid="ignore"):  # sin(inf) is NaN
+                truth = exact_fn(args[0].astype(np.float64)).astype(np.float32).astype(got.dtype)
+            assert_matches(got[at], truth[at], False, what + " (C's function)")
+            got, want = got[~at], want[~at]
+        assert_matches(got, want, prim in EXACT and not params.get("reciprocal"), what)
+
+
+@pytest.mark.parametrize("prim,params,arity,dts,ref", [t for t in TABLE if t[2] == 2],
+                         ids=[t[0] for t in TABLE if t[2] == 2])
+def test_op_with_a_constant_operand_matches_mlx(prim, params, arity, dts, ref):
+    """A constant operand is a 0-d value in the kernel IR: NumPy must not take its shortcuts for
+    scalars there (a power by a scalar 0.5 is its sqrt: sqrt(-inf) is NaN, pow(-inf, 0.5) +inf)."""
+    dtype = dts[0]
+    values = special_values(dtype)
+    x = np.array(values, numpy_dtype(dtype))
+    for c in values:
+        for constant_first in (False, True):
+            b = RegionBuilder(prim)
+            xi = b.input(x.shape, dtype, "x")
+            k = b.constant(c, dtype)
+            y = b.op(prim, *((k, xi) if constant_first else (xi, k)), **params)
+            (got,) = interpret(build(b.build([y]), CUDA_PARAMS), [x])
+            ca = mx.array(np.array(c, numpy_dtype(dtype)))
+            want = from_mx(ref(*((ca, mx.array(x)) if constant_first else (mx.array(x), ca))))
+            keep = np.ones(x.shape, bool)
+            if prim in ("Divide", "Remainder", "FloorDivide") and dtype in INTEGERS:
+                divisor = x if constant_first else np.full(x.shape, c)
+                dividend = np.full(x.shape, c) if constant_first else x
+                keep = (divisor != 0) & ~((dividend == np.iinfo(dtype).min) & (divisor == -1))
+                if not keep.all():
+                    continue  # MLX's CPU kernel traps on C's undefined quotients
+            assert_matches(got, want, prim in EXACT, f"{prim} {dtype} with constant {c}")
+
+
+def test_every_elementwise_primitive_is_in_the_table():
+    """A primitive codegen lowers cannot skip the special-value table."""
+    from mlxtriton.codegen import builder
+
+    elementwise = {p for p in builder._RULES if p not in builder._REDUCING} - {
+        "AsType", "Broadcast", "Constant", "Copy", "ExpandDims", "Flatten", "GatherAxis",
+        "Reshape", "Select", "Slice", "Squeeze", "StopGradient", "Transpose", "Unflatten",
+        "ArgReduce"}
+    assert elementwise == {row[0] for row in TABLE}
+
+
+def test_where_keeps_special_values():
+    values = np.array(SPECIAL_FLOATS, np.float32)
+    cond = np.arange(values.size) % 3 == 0
+    b = RegionBuilder("where")
+    c, x, y = b.input(cond.shape, "bool", "c"), b.input(values.shape, "float32", "x"), \
+        b.input(values.shape, "float32", "y")
+    (got,) = interpret(build(b.build([b.op("Select", c, x, y)]), CUDA_PARAMS),
+                       [cond, values, values[::-1].copy()])
+    want = np.array(mx.where(mx.array(cond), mx.array(values), mx.array(values[::-1].copy())))
+    assert_matches(got, want, True, "Select")
+
+
+CAST_DTYPES = FLOATS + INTEGERS + ("uint16", "bool")
+
+
+@pytest.mark.parametrize("src", CAST_DTYPES)
+def test_casts_match_mlx(src):
+    """AsType between every pair of dtypes. A float outside the integer's range (NaN and
+    infinities included) is undefined in C, and MLX's result there depends on the host (x86
+    gives the most negative integer or wraps, Apple's CPUs, Metal and CUDA saturate): the kernel
+    IR defines it, truncated, saturated and NaN as 0 (kernel_ir.Ops.CAST), and the rendered
+    kernels say so; there the definition is the reference. Everything else is MLX's."""
+    extra = [255.5, 256.0, -129.0, 1e10, -1e10, 3e9, 4.3e9, 65504.0, 65520.0, 1e5, 1e-40]
+    if src in FLOATS:
+        with np.errstate(over="ignore"):
+            a = np.array(SPECIAL_FLOATS + extra, np.float64).astype(numpy_dtype(src))
+    else:
+        a = np.array(special_values(src) if src != "uint16" else [0, 1, 255, 256, 65535],
+                     numpy_dtype(src))
+    for dst in CAST_DTYPES:
+        if dst == src:
+            continue
+        got = _interpreted("AsType", {"dtype": dst}, [a], src)
+        want = from_mx(to_mx(a, src).astype(dtypes.to_mx(dst)))
+        if src in FLOATS and dst in INTEGERS + ("uint16",):
+            info = np.iinfo(dst)
+            t = np.trunc(a.astype(np.float64))
+            outside = np.isnan(t) | (t < info.min) | (t > info.max)
+            defined = np.where(np.isnan(t), 0, np.clip(np.nan_to_num(t), info.min, info.max))
+            want = np.where(outside, defined.astype(np.float64), want.astype(np.float64)
+                            ).astype(got.dtype) if dst != "int64" else np.where(
+                outside, np.where(t > 0, info.max, np.where(np.isnan(t), 0, info.min)),
+                want).astype(got.dtype)
+        assert_matches(got, want, True, f"AsType {src} -> {dst}")
+
+
+def test_rendered_casts_to_integers_saturate():
+    from tests.codegen import metal_check
+
+    for dtype in ("int32", "uint8", "int64"):
+        b = RegionBuilder("cast")
+        y = b.op("AsType", b.input((64,), "float32", "x"), dtype=dtype)
+        for target in ("cuda", "metal"):
+            k = lower(b.build([y]), target)
+            assert f"mt_ftoi<{_c_type(dtype)}>(" in k.source, k.source
+            if target == "metal":
+                assert metal_check.check(k) == [], k.as_text()
+
+
+def _c_type(dtype: str) -> str:
+    return {"int32": "int32_t", "uint8": "uint8_t", "int64": "int64_t"}[dtype]
 
 
 _ROWS = np.array([
@@ -122,6 +301,65 @@ def test_reduction_special_values_match_mlx(kind, ref, streamed):
     (got,) = interpret(build(_reduction_region(kind), params), [_ROWS])
     want = np.array(ref(mx.array(_ROWS)))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, equal_nan=True)
+
+
+_TRUE = {"float": [0.5, -0.25, 1e-30, -3.0, np.nan, np.inf, -np.inf], "int": [2, 3, -1, 7, -128],
+         "bool": [True]}
+_FALSE = {"float": [0.0, -0.0], "int": [0], "bool": [False]}
+
+
+def truth_rows(dtype: str, length: int, seed: int = 0) -> np.ndarray:
+    """Rows of nonzero values other than 1 (|x| < 1, NaN, infinities, 2, -1) and zeros (-0.0
+    too): all nonzero, all zero, one zero, one nonzero, mixed."""
+    rng = np.random.default_rng(seed)
+    family = "bool" if dtype == "bool" else "int" if dtype in INTEGERS else "float"
+    true, false = _TRUE[family], _FALSE[family]
+    if family == "int" and np.iinfo(dtype).min == 0:
+        true = [v for v in true if v > 0] + [np.iinfo(dtype).max]
+    rows = [rng.choice(true, length), rng.choice(false, length), rng.choice(true, length),
+            rng.choice(false, length), rng.choice(true + false, length)]
+    rows[2][rng.integers(length)] = false[-1]
+    rows[3][rng.integers(length)] = true[rng.integers(len(true))]
+    with np.errstate(over="ignore"):
+        return np.array(rows, np.float64 if family == "float" else None).astype(numpy_dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float16", "bfloat16", "int32", "uint8", "bool"))
+@pytest.mark.parametrize("length", (1, 5, 37, 300, 3000))
+def test_all_and_any_take_each_elements_truth(dtype, length):
+    """mx.all / mx.any: an element is true when nonzero (0.5 and NaN are, -0.0 is not), combined
+    logically, in register rows, streamed rows and across threads (kernel_ir.REDUCE_KINDS)."""
+    from mlxtriton.codegen.builder import METAL_PARAMS, ScheduleParams
+
+    x = truth_rows(dtype, length)
+    for kind, ref in (("and", mx.all), ("or", mx.any)):
+        b = RegionBuilder(kind)
+        y = b.op("Squeeze", b.op("Reduce", b.input(x.shape, dtype, "x"), kind=kind, axes=(1,)),
+                 axes=(1,))
+        want = from_mx(ref(to_mx(x, dtype), axis=1))
+        for params in (CUDA_PARAMS, METAL_PARAMS, ScheduleParams(resident_registers=0)):
+            (got,) = interpret(build(b.build([y]), params), [x])
+            assert_matches(got, want, True, f"{kind} over {dtype} rows of {length}")
+
+
+@pytest.mark.parametrize("target", ("cuda", "metal"), ids=("cuda-source", "metal-source"))
+def test_rendered_all_and_any_combine_logically(target):
+    """The rendered reduction tests each element's truth and combines with && / ||: no bitwise
+    operator, no integer cast of the elements (which made 0.5 false and NaN false)."""
+    from tests.codegen import metal_check
+
+    for kind in ("and", "or"):
+        b = RegionBuilder(kind)
+        y = b.op("Reduce", b.input((64, 3000), "float32", "x"), kind=kind, axes=(1,))
+        k = lower(b.build([y]), target)
+        op = "&&" if kind == "and" else "||"
+        combines = [ln for ln in k.source.splitlines() if "mt_acc" in ln and "=" in ln
+                    and op in ln]
+        assert combines and all("!= 0" in ln for ln in combines), k.source
+        assert not re.search(r"[^&]&[^&]|[^|]\|[^|]", "\n".join(combines)), k.source
+        assert "static_cast<int32_t>(mt_v" not in k.source, k.source
+        if target == "metal":
+            assert metal_check.check(k) == [], k.as_text()
 
 
 def test_bool_and_int_reductions_match_mlx():
