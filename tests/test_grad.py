@@ -691,3 +691,60 @@ def test_a_row_max_no_output_depends_on_is_differentiated_as_a_constant():
         [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body_of(region).outputs])
     reductions = sum(e.primitive == "Reduce" for e in backward.eqns)
     assert reductions == 1  # the softmax's max only: no tie count, no sum of the cotangents
+
+
+# ---- a forward never depends on a VJP being traceable -------------------------------------------
+
+def _log_softmax_of_integers(x):
+    return nn.log_softmax(x.astype(mx.int32))
+
+
+def _logsumexp_less_the_argmax_logit(x):
+    at = mx.argmax(x, axis=-1, keepdims=True)
+    return mx.logsumexp(x, axis=-1, keepdims=True) - mx.take_along_axis(x, at, axis=-1)
+
+
+def _dominant_rows(rows: int, cols: int, seed: int = 0) -> mx.array:
+    """Integer-valued logits, one per row 100 above the rest: every softmax value is 1 or below
+    float32's smallest normal, so gradients through integer casts (which truncate their
+    cotangents) are exact integers on every route."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 3, (rows, cols)).astype(np.float32)
+    x[np.arange(rows), rng.integers(0, cols, rows)] += 100
+    return mx.array(x)
+
+
+@pytest.mark.parametrize("route_name", ROUTES)
+@pytest.mark.parametrize("chip", ["m3", "h200"])
+def test_a_body_mlx_cannot_differentiate_runs_forward(route_name, chip):
+    """Building a row kernel plans the statistics its backward will read from MLX's VJP of the
+    region's body; MLX refuses that VJP through a gather at computed indices. The forward runs
+    all the same, and a gradient raises MLX's own error, as the plain function does."""
+    x = mx.random.normal((6, 40), key=mx.random.key(3))
+    fn = _logsumexp_less_the_argmax_logit
+    with route(route_name):
+        f = mlxtriton.optimize(fn, chip=chip)
+        np.testing.assert_allclose(np.array(f(x)), np.array(fn(x)), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError) as plain:
+            mx.grad(lambda x: fn(x).sum())(x)
+        with pytest.raises(ValueError) as optimized:
+            mx.grad(lambda x: f(x).sum())(x)
+    assert str(optimized.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("route_name", ("kernels", "fused_backward"))
+@pytest.mark.parametrize("chip", ["m3", "h200"])
+def test_log_softmax_of_integers_runs_forward_and_backward(route_name, chip):
+    """A float -> int32 cast ahead of a log-softmax: the max of integer rows is a shift the
+    outputs do not depend on (nn.log_softmax stops its gradient; the trace lost that), so a
+    kernel's VJP is MLX's of the function the trace came from. (Regions run as MLX ops, the
+    "cpu" route, differentiate the traced body as it is: without the stop-gradient MLX refuses.)"""
+    x = _dominant_rows(5, 48)
+    fn = _log_softmax_of_integers
+    with route("cpu"):
+        mlxtriton.optimize(fn, chip=chip)(x)  # the forward runs on every route
+    with route(route_name):
+        f = mlxtriton.optimize(fn, chip=chip)
+        np.testing.assert_allclose(np.array(f(x)), np.array(fn(x)), rtol=1e-5, atol=1e-5)
+        got = mx.grad(lambda x: f(x).sum())(x)
+    np.testing.assert_array_equal(np.array(got), np.array(mx.grad(lambda x: fn(x).sum())(x)))

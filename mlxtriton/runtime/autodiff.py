@@ -128,6 +128,10 @@ class _Rows(NamedTuple):
         return tuple(sorted(a % len(self.full) for a in axes)) == self.axes
 
 
+# Rows a per-row shift x - max(x) is read in: floating, or signed integers (the shift is exact,
+# nn.log_softmax(x.astype(mx.int32)))
+_SHIFTABLE = dtypes.FLOATING | dtypes.SIGNED
+
 # What a primitive does to a per-row shift ``s`` of the inputs marked True: "keeps" it (the output
 # carries ``+ s``), "cancels" it (the output does not depend on ``s``), or None (anything else:
 # the output depends on ``s`` some other way).
@@ -142,9 +146,10 @@ _SHIFT_RULES: dict[str, Callable[[Eqn, list[bool], _Rows], str | None]] = {
         and e.outputs[0].shape == rows.keep) else None,
     **{p: (lambda e, hit, rows: "keeps" if e.outputs[0].shape in rows.forms else None)
        for p in ("Broadcast", "ExpandDims", "Squeeze")},
-    # a cast between floating types: (x - s) in float32 is x - s up to rounding
+    # a cast to a floating type from one or from a signed integer: (x - s) in float32 is
+    # x - s up to rounding
     "AsType": lambda e, hit, rows: "keeps" if (
-        e.inputs[0].dtype in dtypes.FLOATING and e.outputs[0].dtype in dtypes.FLOATING) else None,
+        e.inputs[0].dtype in _SHIFTABLE and e.outputs[0].dtype in dtypes.FLOATING) else None,
     "Add": lambda e, hit, rows: "keeps" if (
         hit[0] != hit[1] and e.outputs[0].shape in rows.forms) else None,
     "Subtract": lambda e, hit, rows: (
@@ -177,8 +182,10 @@ def stop_shift_gradients(graph: Graph) -> Graph:
     logsumexp(x - m) - (x - m)[label] (how MLX writes cross-entropy) or softmax(x - m). The
     gradient is the same in exact arithmetic, but MLX's VJP of max spreads the (rounding-size)
     sum of the row's cotangents over the elements equal to the max, two more reductions over
-    the row, which for rows too long for registers are two more reads of it. A stop-gradient
-    is an identity for every other transformation.
+    the row, which for rows too long for registers are two more reads of it; and over integer
+    rows (a log-softmax of ``x.astype(mx.int32)``) MLX cannot differentiate the max at all,
+    while it can the function the trace came from (``nn.log_softmax`` stops the max's gradient
+    itself). A stop-gradient is an identity for every other transformation.
 
     Example:
         >>> g = mlxtriton.trace(lambda x: mx.softmax(x - x.max(-1, keepdims=True), -1))(mx.ones((2, 4)))
@@ -193,7 +200,7 @@ def stop_shift_gradients(graph: Graph) -> Graph:
         b = graph.producer(wide)
         m = graph.producer(b.inputs[0]) if b is not None and b.primitive == "Broadcast" else None
         if (m is None or m.primitive != "Reduce" or m.params["kind"] != "max" or m.inputs[0] is not x
-                or wide.shape != x.shape or x.dtype not in dtypes.FLOATING):
+                or wide.shape != x.shape or x.dtype not in _SHIFTABLE):
             continue
         rows = _Rows(x.shape, tuple(sorted(a % x.ndim for a in m.params["axes"])))
         if _shift_free(graph, e.outputs[0], rows):
@@ -302,7 +309,13 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
                 stats.append(v)
     primals = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.inputs]
     cotangents = [mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in body.outputs]
-    traced = trace_call(vjp_function(body), (primals, cotangents), {}).graph
+    try:
+        traced = trace_call(_refusable(vjp_function(body)), (primals, cotangents), {}).graph
+    except _NoVJP:
+        # MLX cannot differentiate the body (a gather at computed indices): nothing to plan. A
+        # forward never needs the plan; the region keeps MLX's own VJP, which raises MLX's
+        # error when, and only when, a backward is asked for.
+        return None
     n = len(body.inputs)
     rename = dict(zip(body.inputs, traced.inputs[:n]))
     body_eqns = tuple(Eqn(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs, e.params)
@@ -328,6 +341,23 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
         in_tree=None, out_tree=None)
     forward = body.replace(outputs=(*body.outputs, *needed))
     return SavedStatistics(forward, backward, len(needed), tuple(body.outputs.index(v) for v in outputs))
+
+
+class _NoVJP(Exception):
+    """MLX refused the VJP of a region's body."""
+
+
+def _refusable(backward: Callable[[list, list], list]) -> Callable[[list, list], list]:
+    """``backward`` (a `vjp_function`) raising `_NoVJP` where MLX refuses to differentiate:
+    MLX's own error (a ValueError), told apart from any other failure while tracing it."""
+
+    def run(primals: list, cotangents: list) -> list:
+        try:
+            return backward(primals, cotangents)
+        except ValueError as err:
+            raise _NoVJP(str(err)) from err
+
+    return run
 
 
 def _logsumexp_in_float32(body: Graph) -> Graph:
