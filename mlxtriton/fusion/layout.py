@@ -143,6 +143,8 @@ def _resident(chip, space: IndexSpace, itemsize: int) -> bool:
     row = 1
     for a in space.reduced:
         row *= space.shape[a]
+    if row == 0:
+        return False  # an empty row: nothing read, nothing to keep
     return bool(hw.derive(profile, itemsize, row_length=row).row_resident)
 
 

@@ -12,9 +12,10 @@ the first over ``R * S`` rows of ``L / S`` elements (``f``, the pointwise work f
 reduction, is rebuilt on the reshaped inputs so that it fuses into that kernel: a reshape may only
 sit on a region's loads), the second over ``R`` rows of ``S`` partials. Sums and products of
 float16 / bfloat16 keep their partials in float32 and round once, as MLX's own reductions do.
-``LogSumExp`` splits as the logsumexp of the segments' logsumexps (in float32), and ``Softmax``
-becomes ``exp(x - logsumexp(x))`` over that: three kernels, three passes over memory, each with the
-whole chip. ``argmax`` / ``argmin`` pick the segment holding the extreme (from the segments' max or
+``LogSumExp`` splits as the logsumexp of the segments' logsumexps (in float32). ``Softmax``
+becomes ``exp((x - m) - log(s))``, ``m`` the row's max and ``s`` the sum of ``exp(x - m)``, both
+gathered from the segments' maxima and the logs of their own shifted sums: three kernels, three
+passes over memory, each with the whole chip. ``argmax`` / ``argmin`` pick the segment holding the extreme (from the segments' max or
 min), then the index within it.
 """
 
@@ -226,11 +227,11 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             continue
         if kind in ("argmax", "argmin"):
             total = _split_arg(cone, cut, kind, lead, length // s, constants)
-        elif kind in ("LogSumExp", "Softmax"):
+        elif kind == "Softmax":
+            total = _split_softmax(cone, x, cut, lead, s, out.dtype, constants)
+        elif kind == "LogSumExp":
             total = _split_logsumexp(cone, cut, lead, s)
-            if kind == "Softmax":
-                total = _softmax_from(cone, x, total, out.dtype, constants)
-            elif total.dtype != out.dtype:
+            if total.dtype != out.dtype:
                 total = cone.emit("AsType", [total], dtype=out.dtype)
         else:
             total = _split_reduce(cone, cut, kind, lead, out.dtype)
@@ -280,16 +281,36 @@ def _split_logsumexp(cone: _Cone, cut: Var, lead: int, s: int) -> Var:
     return cone.emit("LogSumExp", [cone.reshape(partial, partial.shape[:lead] + (s,))])
 
 
-def _softmax_from(cone: _Cone, x: Var, lse: Var, dtype: str, constants: list) -> Var:
-    """softmax(x) = exp(x - logsumexp(x)), NaN on a row holding +inf as MLX's softmax (its
-    max is +inf there, and inf - inf poisons the row's sum)."""
+def _split_softmax(cone: _Cone, x: Var, cut: Var, lead: int, s: int, dtype: str,
+                   constants: list) -> Var:
+    """softmax(x) = exp((x - m) - log(s)) in float32, ``m`` the row's max and ``s`` the sum of
+    exp(x - m), as MLX computes it. Each segment gives its max ``m_i`` and ``l_i``, the log of
+    the sum of exp(x - m_i) over it (a small number); then m = max(m_i) and
+    log(s) = logsumexp(m_i - m + l_i). Never exp(x - logsumexp(x)): logsumexp(x) rounds at the
+    scale of x, so with logits of 3e38 a row of two maxima gave 1 each, not 1/2.
+
+    MLX's special values hold: a row holding +inf (its max) or NaN is NaN everywhere (inf - inf);
+    a row of -inf is NaN (-inf - -inf); a segment of -inf, shifted by 0 rather than by its own
+    max, weighs nothing."""
     xf = x if x.dtype == "float32" else cone.emit("AsType", [x], dtype="float32")
-    lse = cone.emit("Broadcast", [lse], shape=x.shape)
-    y = cone.emit("Exp", [cone.emit("Subtract", [xf, lse])])
-    inf, nan = Var((), "float32"), Var((), "float32")
-    constants += [(inf, mx.array(float("inf"))), (nan, mx.array(float("nan")))]
-    poisoned = cone.emit("Equal", [lse, cone.emit("Broadcast", [inf], shape=x.shape)], equal_nan=False)
-    y = cone.emit("Select", [poisoned, cone.emit("Broadcast", [nan], shape=x.shape), y])
+    cutf = cut if cut.dtype == "float32" else cone.emit("AsType", [cut], dtype="float32")
+    minus_inf, zero = Var((), "float32"), Var((), "float32")
+    constants += [(minus_inf, mx.array(-float("inf"))), (zero, mx.array(0.0))]
+    m = cone.emit("Reduce", [cutf], kind="max", axes=(cut.ndim - 1,))  # [rows..., S, 1]
+    empty = cone.emit("Equal", [m, cone.emit("Broadcast", [minus_inf], shape=m.shape)],
+                      equal_nan=False)
+    shift = cone.emit("Select", [empty, cone.emit("Broadcast", [zero], shape=m.shape), m])
+    shifted = cone.emit("Subtract", [cutf, cone.emit("Broadcast", [shift], shape=cut.shape)])
+    logs = cone.emit("LogSumExp", [shifted])  # [rows..., S, 1]
+    segments = m.shape[:lead] + (s,)
+    m, logs = cone.reshape(m, segments), cone.reshape(logs, segments)
+    top = cone.emit("Reduce", [m], kind="max", axes=(lead,))  # [rows..., 1]
+    weights = cone.emit("Add", [cone.emit("Subtract", [m, cone.emit("Broadcast", [top], shape=segments)]),
+                                logs])
+    log_sum = cone.emit("LogSumExp", [weights])  # [rows..., 1]
+    centred = cone.emit("Subtract", [xf, cone.emit("Broadcast", [top], shape=x.shape)])
+    y = cone.emit("Exp", [cone.emit("Subtract", [centred,
+                                                 cone.emit("Broadcast", [log_sum], shape=x.shape)])])
     return y if dtype == "float32" else cone.emit("AsType", [y], dtype=dtype)
 
 
