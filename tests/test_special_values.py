@@ -139,7 +139,6 @@ EDGE_FUNCTIONS = {
     "softmax_axis0": lambda x: mx.softmax(x, axis=0), "var": lambda x: mx.var(x, axis=-1),
     "layer_norm": lambda x: mx.fast.layer_norm(x, None, None, 1e-5),
     "rms_norm": lambda x: mx.fast.rms_norm(x, None, 1e-5),
-    "layer_norm_transposed": lambda x: mx.fast.layer_norm(mx.swapaxes(x, 0, -1), None, None, 1e-5),
     "sum_transposed": lambda x: mx.sum(mx.swapaxes(x, 0, -1) * 2, axis=-1),
     "cross_entropy": lambda x: nn.losses.cross_entropy(x, mx.zeros(x.shape[:-1], mx.int32)),
     "softmax_times_column_sum": lambda x: mx.softmax(x, axis=-1) * mx.sum(x, axis=0, keepdims=True),
