@@ -176,15 +176,25 @@ _FEWER_BYTES = ("only pointwise work reads it, so one generated kernel reads few
                 "fast op and a second kernel")
 
 
+# A GPU trace's norm primitive is MLX's GPU kernel, which divides its sums by the row length
+# (sum / n); MLX's CPU fallback (mlx/fast.cpp) multiplies by 1 / n, which rounds differently:
+# with eps = 0 a layer norm of a constant row of 41 ones is NaN in the kernel (41 / 41 is 1, the
+# row centred is 0, times rsqrt(0)) and +-1 the other way (41 * fl(1/41) is not 1). The
+# decompositions below are the kernel's. (Metal's kernel takes the variance as
+# E[x^2] - mean^2 in one pass; CUDA's, as here, in two.)
+
+
 def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by pointwise work -> its decomposition
     if not _fused_reads_fewer_bytes(m, m.root.outputs[0]):
         return None
     x, w = m.root.inputs
     out = m.root.outputs[0]
-    # MLX's fallback (mlx/fast.cpp), op for op: float32 statistics, one cast back, the weight.
+    # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
+    # statistics, the sum of squares divided by the row length (see above), one cast back,
+    # the weight.
     xf = m.astype(x, "float32")
     total = m.add("Reduce", [m.add("Square", [xf])], kind="sum", axes=(xf.ndim - 1,))
-    ms = m.add("Multiply", [total, m.splat(1.0 / x.shape[-1], total)])
+    ms = m.add("Divide", [total, m.splat(float(x.shape[-1]), total)])
     inv = m.add("Sqrt", [m.add("Add", [ms, m.splat(m.root.params["eps"], ms)])], reciprocal=True)
     y = m.astype(m.add("Multiply", [xf, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
     if not _unit(m, "w", 1):
@@ -200,12 +210,14 @@ def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition,
     x, w, b = m.root.inputs
     out = m.root.outputs[0]
     n = x.shape[-1]
-    # MLX's fallback (mlx/fast.cpp), op for op: float32 statistics, one cast back.
+    # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
+    # statistics, two passes (mlx/backend/cuda/layer_norm.cu), sums divided by the row length
+    # (see above `rms_norm_for_fusion`), one cast back.
     xf = m.astype(x, "float32")
 
     def mean(v):
         total = m.add("Reduce", [v], kind="sum", axes=(v.ndim - 1,))
-        return m.add("Multiply", [total, m.splat(1.0 / n, total)])
+        return m.add("Divide", [total, m.splat(float(n), total)])
 
     d = m.add("Subtract", [xf, m.add("Broadcast", [mean(xf)], shape=xf.shape)])
     var = mean(m.add("Square", [d]))

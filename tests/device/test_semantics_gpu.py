@@ -112,3 +112,14 @@ def test_size_0_and_size_1_axes(shape):
         else:
             assert isinstance(got, mx.array), (name, got)
             assert_same(got, want, f"{name} of {shape}", tol=1e-4)
+
+
+@pytest.mark.parametrize("length", [41, 47, 4096, 4097])
+def test_layer_norm_without_eps_over_constant_rows(length):
+    """mx.fast.layer_norm with eps = 0: a constant row is 0 / 0, NaN in MLX's kernel wherever
+    its mean is exact (41 / 41 is 1); the generated kernel divides its sums as MLX's does."""
+    x = mx.concatenate([mx.ones((2, length)), mx.full((2, length), 3.0),
+                        mx.random.normal((2, length), key=mx.random.key(5))])
+    w, b = mx.random.normal((length,), key=mx.random.key(6)), mx.zeros((length,))
+    fn = lambda x: mx.fast.layer_norm(x, w, b, 0.0) * 2
+    assert_same(_generated(fn, x)(x), fn(x), f"layer norm over rows of {length}", tol=1e-4)

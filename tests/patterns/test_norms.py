@@ -123,3 +123,26 @@ def test_chip_dependent_choice_when_the_fuse_stage_follows():
     assert [f.rule for f in report.fired if f.group == "norm"] == ["layer_norm_for_fusion"]
     got, want = evaluate(g2, x, w, b), evaluate(g, x, w, b)
     assert mx.allclose(got.astype(mx.float32), want.astype(mx.float32), atol=6e-2).item()
+
+
+def test_norm_primitives_decompose_as_mlx_gpu_kernels_compute():
+    """A GPU trace's LayerNorm is MLX's kernel, which divides its sums by the row length: with
+    eps = 0 a constant row of 41 ones is NaN there (41 / 41 is exactly 1). Multiplying by
+    fl(1/41), as MLX's CPU fallback does, gave +-1 instead."""
+    from mlxtriton.graph import GraphBuilder, evaluate, verify
+    from mlxtriton.patterns import optimize_patterns
+
+    gb = GraphBuilder()
+    xv, wv, bv = gb.input((3, 41), "float32"), gb.input((41,), "float32"), gb.input((41,), "float32")
+    (y,) = gb.add("LayerNorm", [xv, wv, bv], eps=0.0)
+    (z,) = gb.add("RMSNorm", [xv, wv], eps=0.0)
+    (r,) = gb.add("Multiply", [z, xv])  # read by pointwise work only: decomposed too
+    g = gb.build([y, r])
+    g2, report = optimize_patterns(g, "h200", fusing=True, on_rewrite=verify)
+    assert {f.rule for f in report.fired if f.group == "norm"} == {"layer_norm_for_fusion",
+                                                                    "rms_norm_for_fusion"}
+    assert g2.primitive_counts().get("Divide") == 3  # two means, one mean square
+    x = mx.stack([mx.ones((41,)), mx.full((41,), 3.0), mx.arange(41, dtype=mx.float32)])
+    ln, rms = evaluate(g2, x, mx.ones((41,)), mx.zeros((41,)))
+    assert mx.isnan(ln[:2]).all().item() and not mx.isnan(ln[2]).any().item()
+    assert mx.allclose(rms, x * x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True))).item()
