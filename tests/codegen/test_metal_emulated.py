@@ -188,8 +188,9 @@ def test_a_planted_bug_in_the_metal_dialect_is_caught(why):
 # -- per-op semantics against MLX's own ops, special values included (tests/codegen/test_ops_mlx) --
 
 def _op_region(prim: str, params: dict, arity: int, dtype: str):
+    n = len(ops_mlx.operands(prim, arity, dtype)[0])
     b = RegionBuilder(prim)
-    xs = [b.input((64,), dtype, f"a{k}") for k in range(arity)]
+    xs = [b.input((n,), dtype, f"a{k}") for k in range(arity)]
     return b.build([b.op(prim, *xs, **params)])
 
 
@@ -210,16 +211,10 @@ def op_kernels() -> dict[str, LoweredKernel]:
 
 @pytest.mark.parametrize("name,prim,params,arity,dtype,ref", OPS, ids=[o[0] for o in OPS])
 def test_op_as_metal_matches_mlx(name, prim, params, arity, dtype, ref, op_kernels):
-    rng = np.random.default_rng(0)
-    args = [ops_mlx._values(dtype, 64, rng, k == 1) for k in range(arity)]
+    """Every combination of special values, as the interpreter's table (test_ops_mlx)."""
+    args = ops_mlx.operands(prim, arity, dtype)
     (got,) = emulator.run(op_kernels[name], args)
-    want = np.array(ref(*[mx.array(a) for a in args]))
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    if dtype == "float32" and want.dtype.kind == "f":
-        np.testing.assert_allclose(got, want, rtol=4e-6, atol=2e-7, equal_nan=True,
-                                   err_msg=f"{prim} {dtype} on {args}")
-    else:
-        np.testing.assert_array_equal(got, want, err_msg=f"{prim} {dtype} on {args}")
+    ops_mlx.assert_op_matches_mlx(got, prim, params, ref, args, dtype, " as Metal")
 
 
 @pytest.mark.parametrize("kind,ref", ops_mlx.REDUCTIONS, ids=[r[0] for r in ops_mlx.REDUCTIONS])
@@ -249,3 +244,57 @@ def test_emulator_matches_the_gpu(name, gpu_kernels):
     inputs = _inputs(name, CASES[name], seed=len(name))
     for g, e, d in zip(launch(kernel, inputs), emulator.run(kernel, inputs), kernel.output_dtypes):
         oracle.assert_close(e, g, d, scale=4.0)
+
+
+# -- all / any: each element's truth, combined logically (kernel_ir.REDUCE_KINDS) ------------------
+
+TRUTH = [(dtype, length, kind) for dtype in ("float32", "bfloat16", "int32", "bool")
+         for length in (5, 300, 3000) for kind in ("and", "or")]
+
+
+@pytest.fixture(scope="module")
+def truth_kernels() -> dict[tuple, LoweredKernel]:
+    out = {}
+    for dtype, length, kind in TRUTH:
+        b = RegionBuilder(kind)
+        y = b.op("Reduce", b.input((5, length), dtype, "x"), kind=kind, axes=(1,))
+        out[dtype, length, kind] = render(build(b.build([y]), PARAMS), "metal")
+    emulator.prepare(list(out.values()))
+    return out
+
+
+@pytest.mark.parametrize("dtype,length,kind", TRUTH, ids=["-".join(map(str, t)) for t in TRUTH])
+def test_all_and_any_as_metal_match_mlx(dtype, length, kind, truth_kernels):
+    """Values other than 0 and 1 (0.5, NaN, 2, -1), zeros (-0.0 too), across SIMD shuffles and
+    threadgroup memory: the Metal source once cast elements to int and combined them bitwise."""
+    x = ops_mlx.truth_rows(dtype, length, seed=length)
+    (got,) = emulator.run(truth_kernels[dtype, length, kind], [x])
+    ref = mx.all if kind == "and" else mx.any
+    want = np.array(ref(ops_mlx.to_mx(x, dtype), axis=1, keepdims=True))
+    np.testing.assert_array_equal(got, want)
+
+
+CASTS = [("float32", dst) for dst in ("int32", "uint32", "int8", "uint8", "int64", "bool")]
+
+
+@pytest.fixture(scope="module")
+def cast_kernels() -> dict[tuple, LoweredKernel]:
+    n = len(ops_mlx.SPECIAL_FLOATS) + 4
+    out = {}
+    for src, dst in CASTS:
+        b = RegionBuilder("cast")
+        out[src, dst] = render(build(b.build([b.op("AsType", b.input((n,), src, "x"), dtype=dst)]),
+                                     PARAMS), "metal")
+    emulator.prepare(list(out.values()))
+    return out
+
+
+@pytest.mark.parametrize("src,dst", CASTS, ids=[f"{s}-{d}" for s, d in CASTS])
+def test_casts_as_metal_match_the_interpreter(src, dst, cast_kernels):
+    """Out of range and NaN included: the rendered conversion is the kernel IR's (saturating,
+    NaN to 0), whatever C leaves undefined."""
+    x = np.array(ops_mlx.SPECIAL_FLOATS + [255.5, -129.0, 3e9, -3e9], np.float32)
+    kernel = cast_kernels[src, dst]
+    (got,) = emulator.run(kernel, [x])
+    (want,) = interpret(kernel.kernel, [x])
+    np.testing.assert_array_equal(got, want)

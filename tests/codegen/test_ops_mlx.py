@@ -93,7 +93,7 @@ def from_mx(a: mx.array) -> np.ndarray:
     return np.array(a)
 
 
-def _operands(prim: str, arity: int, dtype: str) -> list[np.ndarray]:
+def operands(prim: str, arity: int, dtype: str) -> list[np.ndarray]:
     """Every combination of ``dtype``'s special values, one array per operand."""
     combos = list(itertools.product(special_values(dtype), repeat=arity))
     if prim in ("Divide", "Remainder", "FloorDivide") and dtype in INTEGERS:
@@ -144,18 +144,24 @@ def test_op_matches_mlx_on_special_values(prim, params, arity, dts, ref):
     wide = (FLOATS if "float32" in dts else ()) + (INTEGERS if "int32" in dts else ()) + (
         ("bool",) if "bool" in dts else ())
     for dtype in wide:
-        args = _operands(prim, arity, dtype)
-        got = _interpreted(prim, params, args, dtype)
-        want = from_mx(ref(*[to_mx(a, dtype) for a in args]))
-        what = f"{prim} {dtype}"
-        if prim in CPU_APPROXIMATIONS and dtype in FLOATS:
-            where, exact_fn = CPU_APPROXIMATIONS[prim]
-            at = where(args[0].astype(np.float64))
-            with np.errstate(invalid="ignore"):  # sin(inf) is NaN
-                truth = exact_fn(args[0].astype(np.float64)).astype(np.float32).astype(got.dtype)
-            assert_matches(got[at], truth[at], False, what + " (C's function)")
-            got, want = got[~at], want[~at]
-        assert_matches(got, want, prim in EXACT and not params.get("reciprocal"), what)
+        args = operands(prim, arity, dtype)
+        assert_op_matches_mlx(_interpreted(prim, params, args, dtype), prim, params, ref, args,
+                              dtype)
+
+
+def assert_op_matches_mlx(got: np.ndarray, prim: str, params: dict, ref, args: list[np.ndarray],
+                          dtype: str, what: str = "") -> None:
+    """``got``, an op's results on ``args``, against MLX's (`EXACT`, `CPU_APPROXIMATIONS`)."""
+    want = from_mx(ref(*[to_mx(a, dtype) for a in args]))
+    what = f"{prim} {dtype}{what}"
+    if prim in CPU_APPROXIMATIONS and dtype in FLOATS:
+        where, exact_fn = CPU_APPROXIMATIONS[prim]
+        at = where(args[0].astype(np.float64))
+        with np.errstate(invalid="ignore"):  # sin(inf) is NaN
+            truth = exact_fn(args[0].astype(np.float64)).astype(np.float32).astype(got.dtype)
+        assert_matches(got[at], truth[at], False, what + " (C's function)")
+        got, want = got[~at], want[~at]
+    assert_matches(got, want, prim in EXACT and not params.get("reciprocal"), what)
 
 
 @pytest.mark.parametrize("prim,params,arity,dts,ref", [t for t in TABLE if t[2] == 2],
