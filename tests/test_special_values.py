@@ -43,12 +43,14 @@ def special_rows(length: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def assert_same(got: mx.array, want: mx.array, what: str, tol: float = 2e-5) -> None:
-    """Same shape and dtype; the same NaNs, the same infinities; finite values close."""
+def assert_same(got: mx.array, want: mx.array, what: str, tol: float = 2e-5,
+                elementwise: bool = False) -> None:
+    """Same shape and dtype; the same NaNs, the same infinities; finite values close, relative to
+    the largest (a sum's rounding is the row's) or, ``elementwise``, to each value."""
     assert got.shape == want.shape and got.dtype == want.dtype, (what, got, want)
     g, w = from_mx(got).astype(np.float64), from_mx(want).astype(np.float64)
     finite = np.isfinite(g) & np.isfinite(w)
-    scale = np.max(np.abs(np.where(finite, w, 0)), initial=1.0)
+    scale = 1.0 if elementwise else np.max(np.abs(np.where(finite, w, 0)), initial=1.0)
     err = np.abs(np.where(finite, g, 0) - np.where(finite, w, 0))
     close = finite & (err <= tol * (np.abs(np.where(finite, w, 0)) + scale))
     same = (np.isnan(g) & np.isnan(w)) | (g == w) | close

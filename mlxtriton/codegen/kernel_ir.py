@@ -27,8 +27,9 @@ class Ops(enum.Enum):
     STORE = enum.auto()  # src: (PARAM, index, value); arg: Mem
     REDUCE = enum.auto()  # src: (value,) or (value, position) for argmax/argmin; arg: ReduceKind name
     # convert src[0] to this node's dtype. A float becomes an integer truncated toward zero,
-    # saturated to the integer's range, NaN as 0 (C leaves those undefined; Metal, CUDA and ARM
-    # CPUs convert so, x86 CPUs give the most negative value); anything becomes bool as != 0
+    # saturated to the integer's range, NaN as 0 (C leaves out-of-range values undefined: the
+    # GPUs' and ARM's 32-bit conversions saturate so, x86's give the most negative integer);
+    # anything becomes bool as != 0
     CAST = enum.auto()
     # src: (value,), a per-element value computed by one pass over the row and kept in registers
     # for the later passes that read it, instead of computed again (the value itself: the
