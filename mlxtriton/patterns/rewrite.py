@@ -12,9 +12,10 @@ import mlx.core as mx
 
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.transforms import dce, make_eqn
+from mlxtriton.graph.transforms import make_eqn
 
 from mlxtriton.patterns._values import Values
+from mlxtriton.patterns._working import WorkingGraph
 from mlxtriton.patterns.pattern import Matcher, Pat
 from mlxtriton.patterns.report import Fired, NearMiss, PatternReport, Recognised
 
@@ -92,6 +93,7 @@ class Rules:
         self._by_root = by_root
         self._anywhere = anywhere
         self._order = {rule: i for i, rule in enumerate(self.rules)}
+        self._for: dict[str, list[Rule]] = {}
 
     def __add__(self, other: "Rules") -> "Rules":
         return Rules(self.rules + other.rules)
@@ -104,17 +106,20 @@ class Rules:
 
     def for_primitive(self, primitive: str) -> list[Rule]:
         """The rules that can match at an equation of ``primitive``, in table order."""
-        rules = self._by_root.get(primitive, [])
-        if self._anywhere:
-            rules = sorted(rules + self._anywhere, key=self._order.__getitem__)
-        return rules
+        found = self._for.get(primitive)
+        if found is None:
+            found = self._by_root.get(primitive, [])
+            if self._anywhere:
+                found = sorted(found + self._anywhere, key=self._order.__getitem__)
+            self._for[primitive] = found
+        return found
 
 
 class Match:
     """What a rule's ``fn`` receives: the bound names, the graph, and a builder for the
     replacement (new equations are created through MLX's shape rules, constants at will)."""
 
-    def __init__(self, graph: Graph, root: Eqn, values: Values, bound: dict, scalars: dict,
+    def __init__(self, graph: WorkingGraph, root: Eqn, values: Values, bound: dict, scalars: dict,
                  covered: Sequence[Eqn], context: Mapping[str, Any] | None = None):
         self.graph = graph
         self.context = context or {}  # what the stage knows of its target (backend, fusing)
@@ -217,25 +222,7 @@ class Match:
         return self._built[var]
 
 
-def _fingerprint(graph: Graph) -> int:
-    """A structural hash that stays cheap with large constants (compared by identity)."""
-    index: dict[Var, int] = {}
-    parts: list = []
-    for v in graph.inputs:
-        index[v] = len(index)
-        parts.append(v.aval)
-    for v, a in graph.constants:
-        index[v] = len(index)
-        parts.append((v.aval, dtypes.array_digest(a) if v.size <= 64 else id(a)))
-    for e in graph.eqns:
-        parts.append((e.primitive, tuple(index[v] for v in e.inputs), e.params))
-        for v in e.outputs:
-            index[v] = len(index)
-    parts.append(tuple(index[v] for v in graph.outputs))
-    return hash(tuple(parts))
-
-
-def _uses_outside(graph: Graph, covered: Sequence[Eqn], root: Eqn, values: Values) -> tuple[Eqn, Var, str] | None:
+def _uses_outside(graph: WorkingGraph, covered: Sequence[Eqn], root: Eqn, values: Values) -> tuple[Eqn, Var, str] | None:
     """The first covered intermediate (in match order: the near miss names it) that something
     outside the match also reads."""
     members = set(covered)
@@ -284,21 +271,35 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
     fired: list[Fired] = []
     misses: dict[tuple[str, Eqn], NearMiss] = {}
     notes: dict[tuple[str, Eqn], Recognised] = {}
-    seen = {_fingerprint(graph)}
+    work = WorkingGraph(graph)
+    values = Values(work)
+    matcher = Matcher(work, values)
+    seen = {work.fingerprint()}
     history: list[str] = []
+
+    def check_cycle() -> None:
+        fp = work.fingerprint()
+        if fp in seen:
+            raise RewriteError(f"pattern rules cycle: the graph came back after rules {history[-8:]}")
+        seen.add(fp)
+
     changed = True
     while changed:
         changed = False
-        values = Values(graph)
-        matcher = Matcher(graph, values)
+        # The graph is compared with every graph seen before at the end of each sweep (a sweep
+        # from a given graph is deterministic, so rules that cycle across sweeps repeat one),
+        # and after every rewrite once a sweep has rewritten more often than it had equations
+        # (rules that undo each other in place). Comparing after every rewrite would cost the
+        # size of the graph each time.
+        budget, in_sweep = len(work.eqns), 0
         i = 0
-        while i < len(graph.eqns):
-            e = graph.eqns[i]
+        while i < len(work.eqns):
+            e = work.eqns[i]
             step = None
             for rule in rules.for_primitive(e.primitive):
                 if (rule.name, e) in notes:
                     continue
-                outcome = _try(rule, e, graph, values, matcher, origin, context)
+                outcome = _try(rule, e, work, values, matcher, origin, context)
                 if outcome is None:
                     continue
                 if isinstance(outcome, NearMiss):
@@ -313,29 +314,28 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
                 i += 1
                 continue
             rule, (match, replacement) = step
-            graph, first_new = _apply(graph, match, replacement, origin)
+            i = _apply(work, values, match, replacement, origin, first=not fired)
             fired.append(Fired(rule.name, rule.group, origin[e], e.primitive, match.detail))
             history.append(rule.name)
-            fp = _fingerprint(graph)
-            if fp in seen or len(fired) > max_rewrites:
-                raise RewriteError(
-                    f"pattern rules cycle: the graph came back after rules {history[-8:]}"
-                    if fp in seen else f"more than {max_rewrites} rewrites (last rules {history[-8:]})"
-                )
-            seen.add(fp)
+            if len(fired) > max_rewrites:
+                raise RewriteError(f"more than {max_rewrites} rewrites (last rules {history[-8:]})")
+            in_sweep += 1
+            if in_sweep > budget:
+                check_cycle()
             if on_rewrite is not None:
-                on_rewrite(graph)
-            values = Values(graph)
-            matcher = Matcher(graph, values)
+                on_rewrite(work.freeze())
             changed = True
-            i = first_new
+        if changed and in_sweep <= budget:
+            check_cycle()
+    if fired:
+        graph = work.freeze()
     alive = set(graph.eqns)
     near = [m for (name, e), m in misses.items() if e in alive]
     recognised = [n for (name, e), n in notes.items() if e in alive]
     return graph, PatternReport(tuple(fired), tuple(recognised), tuple(near))
 
 
-def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, origin, context=None):
+def _try(rule: Rule, e: Eqn, graph: WorkingGraph, values: Values, matcher: Matcher, origin, context=None):
     """The rule's outcome at ``e``: None, a NearMiss, a Recognised, or (match, replacement)."""
     if len(e.outputs) != 1:
         return None
@@ -371,30 +371,25 @@ def _try(rule: Rule, e: Eqn, graph: Graph, values: Values, matcher: Matcher, ori
     return first_miss
 
 
-def _apply(graph: Graph, m: Match, replacement: Var, origin: dict[Eqn, int]) -> tuple[Graph, int]:
+def _apply(work: WorkingGraph, values: Values, m: Match, replacement: Var, origin: dict[Eqn, int],
+           first: bool) -> int:
     """Insert the match's new equations before its root, point every use of the root's output
-    at the replacement, drop dead code; the position to resume sweeping from."""
+    at the replacement, drop dead code (all of it at the ``first`` rewrite, as `dce` would;
+    after that only what this rewrite left unread); the position to resume sweeping from."""
     root = m.root
-    pos = graph.eqns.index(root)
+    root_key = work.order(root)
     for e in m.eqns:
         origin[e] = origin[root]
-    eqns = graph.eqns[:pos] + tuple(m.eqns) + graph.eqns[pos:]
+    work.insert_before(root, m.eqns, m.constants)
+    values.added(m.eqns, m.constants)
     old = root.outputs[0]
     if replacement is not old:
-        eqns = tuple(
-            e if old not in e.inputs else Eqn(e.primitive, tuple(replacement if v is old else v for v in e.inputs),
-                                              e.outputs, e.params)
-            for e in eqns
-        )
-        for before, after in zip(graph.eqns[:pos] + tuple(m.eqns) + graph.eqns[pos:], eqns):
-            if after is not before:
-                origin[after] = origin[before]
-    outputs = tuple(replacement if v is old else v for v in graph.outputs)
-    g = dce(graph.replace(eqns=eqns, constants=graph.constants + tuple(m.constants), outputs=outputs))
+        for before, after in work.rewire(old, replacement):
+            origin[after] = origin[before]
+            values.replaced(before, after)
+    dead = work.remove_all_dead() if first else work.remove_dead([root, *m.eqns, *(v for v, _ in m.constants)])
+    for e in dead:
+        values.removed(e)
     # Resume at the first new equation, or where the root was.
-    alive = set(g.eqns)
-    first = next((e for e in m.eqns if e in alive), None)
-    if first is not None:
-        return g, g.eqns.index(first)
-    kept_before = sum(1 for e in graph.eqns[:pos] if e in alive)
-    return g, kept_before
+    new = next((e for e in m.eqns if e in work), None)
+    return work.index(new) if new is not None else work.position(root_key)
