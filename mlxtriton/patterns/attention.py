@@ -11,7 +11,7 @@ from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns._values import MAX_EVALUATED
 from mlxtriton.patterns.pattern import P
-from mlxtriton.patterns.rewrite import Match, Miss, Rules
+from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 
 # Attention is softmax(scale * q @ k^T + mask) @ v: the scale may sit on q or on the scores (or be
 # absent), the mask may be additive (+ mask) or boolean (where(mask, s, -inf)) and is recognised
@@ -31,6 +31,25 @@ from mlxtriton.patterns.rewrite import Match, Miss, Rules
 # score under an additive mask, comes out differently.
 
 _RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
+
+# Backends where attention with an array mask and a short query, when the fuse stage follows, is
+# written as one batched q @ k^T over the query heads grouped per kv head, one row kernel (scale,
+# mask, softmax) and one batched @ v, instead of SDPA. There MLX's SDPA has no fused kernel for an
+# array mask at decode: sdpa_vector takes no array mask at all, and cuDNN takes one only for
+# half-precision queries longer than one token with head dims a multiple of 8 up to 128
+# (mlx/backend/cuda/scaled_dot_product_attention.cpp, use_cudnn_for_decoding and
+# supports_sdpa_cudnn; .cu, supports_sdpa_vector), so SDPA runs mlx/fast.cpp's fallback op by op:
+# q * scale, a 5-d q @ k^T over the kv heads broadcast (a gemv), where, softmax, a 5-d @ v whose
+# broadcast batch takes cuBLAS's pointer-array path (two launches), about six kernels a call
+# where the grouped form launches three (mlx/backend/cuda/matmul.cpp: one strided-batched GEMM
+# each, k^T read in place). Decoding with a still-shaped cache is paced by those launches. Not on
+# Metal: its sdpa_vector takes array masks (mlx/backend/metal/scaled_dot_product_attention.cpp,
+# has_fused_kernel), one kernel.
+GROUPED_AT_DECODE: frozenset[str] = frozenset({"cuda"})
+# A short query: fewer rows than this, the bound of MLX's own vector kernel (sdpa_vector takes
+# query_sequence_length < 4): the scores of a query head are a few rows, which one row kernel
+# normalises; a longer query keeps SDPA.
+_SHORT_QUERY = 4
 
 # An additive mask entry that makes exp(score + mask - max) exactly 0 in float32 for any score
 # of ordinary size (exp underflows to 0 below about -104): -inf, a dtype's lowest value, -1e9 ...
@@ -295,6 +314,107 @@ def _sdpa_mask(m: Match, w: _Scores, rank: int, q4: Var, score_shape) -> Var:
     return src
 
 
+# ---- attention at decode, grouped per kv head (GROUPED_AT_DECODE) ----
+
+def _grouped_at_decode(m: Match, dtype: str, lq: int, d: int, dv: int) -> bool:
+    """The target runs this attention with an array mask op by op (`GROUPED_AT_DECODE`), the
+    fuse stage follows, and the query is short (``lq`` rows per head)."""
+    if not m.context.get("fusing") or m.context.get("backend") not in GROUPED_AT_DECODE:
+        return False
+    cudnn = dtype in ("float16", "bfloat16") and lq > 1 and all(n % 8 == 0 and n <= 128 for n in (d, dv))
+    return lq < _SHORT_QUERY and not cudnn
+
+
+def _head_grouping(m: Match, q: Var, kv_heads: int) -> tuple[Var, int] | None:
+    """``(q, r)`` when the query ``q`` [B, Hkv, R*Lq, D] is a reshape of [B, Hkv*R, Lq, D] with
+    ``r`` = R > 1: query heads grouped per kv head (what `_grouped_attention` builds)."""
+    e = m.graph.producer(q)
+    if e is None or e.primitive != "Reshape" or q.ndim != 4 or e.inputs[0].ndim != 4:
+        return None
+    src = e.inputs[0]
+    b, heads, lq, d = src.shape
+    r = heads // kv_heads if kv_heads else 0
+    if r > 1 and heads == kv_heads * r and q.shape == (b, kv_heads, r * lq, d):
+        return src, r
+    return None
+
+
+# Movement ops through which a mask keeps its key axis: each reads key j of its input for key j
+# of its output when both end in the key axis (a row-major reshape that keeps the last dim keeps
+# every element's last index).
+_KEEPS_KEYS = frozenset({"Broadcast", "Reshape", "Unflatten", "Flatten", "ExpandDims", "Squeeze"})
+
+
+def _mask_row(m: Match, mask: Var, lk: int) -> Var | None:
+    """The one row of ``lk`` values that every head and query of ``mask`` reads (a causal mask
+    over a cache at decode), seen through movement ops that keep the key axis; else None."""
+    v = mask
+    while v.shape[-1:] == (lk,):
+        if v.size == lk:
+            return v
+        e = m.graph.producer(v)
+        if e is None or e.primitive not in _KEEPS_KEYS or e.inputs[0].shape[-1:] != (lk,):
+            return None
+        v = e.inputs[0]
+    return None
+
+
+def _grouped_mask(m: Match, row: Var | None, full: Var | None, q: Var, kv_heads: int, lk: int,
+                  dtype: str | None) -> Var:
+    """The mask laid out as the grouped scores [B, Hkv, R*Lq, Lk]: its one ``row`` broadcast
+    (read in place by the fuse stage), else ``full`` (broadcastable to SDPA's [B, Hq, Lq, Lk])
+    broadcast and reshaped; cast to ``dtype`` (an additive mask) or boolean (None)."""
+    b, heads, lq, _ = q.shape
+    grouped = (b, kv_heads, heads // kv_heads * lq, lk)
+    if row is not None:
+        src = m.reshape(row if dtype is None else m.astype(row, dtype), (1, 1, 1, lk))
+        return m.add("Broadcast", [src], shape=grouped)
+    src = _broadcast_source(m, full)
+    src = m.reshape(src if dtype is None else m.astype(src, dtype), (1,) * (4 - src.ndim) + src.shape)
+    if src.shape != (b, heads, lq, lk):
+        src = m.add("Broadcast", [src], shape=(b, heads, lq, lk))
+    return m.reshape(src, grouped)
+
+
+def _grouped_attention(m: Match, q: Var, k: Var, v: Var, row: Var | None, full: Var | None,
+                       fill: float | None, scale: float) -> Var:
+    """softmax(scale * q @ k^T, masked) @ v for q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv,
+    Lk, Dv]: the query heads of each kv head become rows of one [B, Hkv, R*Lq, D] matrix (a
+    reshape, no copy), so k and v are read in place by one batched product each, and the scale,
+    the mask (`_grouped_mask`; boolean: ``fill`` where it is False; additive: ``fill`` None) and
+    a float32 softmax in between are one row region for the fuse stage. In float16 the scale goes
+    on q, as MLX's fallback does: q @ k^T could pass 65504 before it."""
+    b, heads, lq, d = q.shape
+    kv_heads, lk = k.shape[1], k.shape[2]
+    q4 = m.reshape(q, (b, kv_heads, heads // kv_heads * lq, d))
+    scale_q = q.dtype == "float16" and scale != 1.0
+    if scale_q:
+        q4 = m.add("Multiply", [q4, m.splat(scale, q4)])
+    s = m.add("Matmul", [q4, _swap_last_two(m, k)])
+    if scale != 1.0 and not scale_q:
+        s = m.add("Multiply", [s, m.splat(scale, s)])
+    g = _grouped_mask(m, row, full, q, kv_heads, lk, None if fill is not None else s.dtype)
+    if fill is None:
+        s = m.add("Add", [s, g])
+    else:
+        s = m.add("Select", [g, s, m.splat(fill, s)])
+    p = m.add("Softmax", [s], precise=True)
+    out = m.add("Matmul", [p, v])
+    return m.reshape(out, (b, heads, lq, v.shape[-1]))
+
+
+def _grouped_detail(q: Var, k: Var, boolean: bool) -> str:
+    r = q.shape[1] // k.shape[1]
+    return (f"attention at decode with {'a boolean' if boolean else 'an additive'} mask as "
+            f"{r * q.shape[2]} query rows per kv head: q @ k^T, one row kernel (scale, mask, softmax), "
+            f"@ v over k, v {k.type_str()} read in place (MLX's CUDA SDPA has no fused kernel for an "
+            "array mask here and runs its fallback op by op)")
+
+
+_LEFT_GROUPED = ("attention at decode with an array mask left as q @ k^T, row work and @ v for the "
+                 "fuse stage: on {backend} MLX's SDPA would run its fallback op by op")
+
+
 def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProductAttention(q, k, v)
     if "post" in m:
         return Miss("a scale after the softmax: softmax(s) * c @ v is not what SDPA computes")
@@ -312,6 +432,7 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     if isinstance(w, Miss):
         return w
     q, kt = w.qk.inputs
+    scale_on_q = False
     while True:  # q * s, also seen through a reshape of the heads (MLX's 5-d fallback)
         view = m.graph.producer(q)
         inner = view.inputs[0] if view is not None and view.primitive in _RESHAPES else q
@@ -319,6 +440,7 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
             break
         m.cover(view, m.graph.producer(inner))
         w.scale *= sc[1]
+        scale_on_q = scale_on_q or sc[1] != 1
         q = m.reshape(sc[0], q.shape)
     v = m["v"]
     rank = q.ndim
@@ -350,6 +472,20 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
         return Miss("a scale applied to float16 scores q @ k^T: the product overflows past 65504 "
                     "before the scale, where SDPA scales q first")
     causal = w.mask is not None and _causal(m, w, lq, lk)
+    grouped = _head_grouping(m, q4, k4.shape[1]) if rank == 4 else None
+    heads, lq_true = (grouped[0].shape[1], grouped[0].shape[2]) if grouped else (q4.shape[1], lq)
+    if (w.mask is not None and not causal
+            and _grouped_at_decode(m, q4.dtype, lq_true, q4.shape[-1], v4.shape[-1])):
+        if grouped or (heads == k4.shape[1] and not (scale_on_q and q4.dtype != "float16")):
+            # Already one product per kv head with the scale where the grouped form puts it.
+            return Note(_LEFT_GROUPED.format(backend=m.context["backend"]))
+        row = _mask_row(m, w.mask, lk)
+        if row is not None and w.inverted:
+            row = m.add("LogicalNot", [row])
+        full = None if row is not None else _sdpa_mask(m, w, rank, q4, score_shape)
+        out = _grouped_attention(m, q4, k4, v4, row, full, w.fill if w.boolean else None, w.scale)
+        m.detail = _grouped_detail(q4, k4, w.boolean)
+        return m.astype(m.reshape(out, m.root.outputs[0].shape), m.root.outputs[0].dtype)
     inputs = [q4, k4, v4]
     if w.mask is not None and not causal:
         inputs.append(_sdpa_mask(m, w, rank, q4, score_shape))
@@ -367,6 +503,22 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     return out
 
 
+def attention_for_fusion(m: Match):  # SDPA(q, k, v, array mask) at decode -> grouped q @ k^T, row kernel, @ v
+    e = m.root
+    p = e.params
+    if p["do_causal"] or p["has_sinks"] or p["output_logsumexp"] or len(e.inputs) != 4:
+        return None  # no array mask, or sinks (left to SDPA's own fallback)
+    q, k, v, mask = e.inputs
+    if not _grouped_at_decode(m, q.dtype, q.shape[2], q.shape[-1], v.shape[-1]):
+        return None
+    # MLX's fallback (mlx/fast.cpp) fills a boolean mask's hidden scores with the lowest finite
+    # value of the scores' dtype, and casts an additive mask to it.
+    fill = float(mx.finfo(dtypes.to_mx(q.dtype)).min) if mask.dtype == "bool" else None
+    out = _grouped_attention(m, q, k, v, _mask_row(m, mask, k.shape[2]), mask, fill, float(p["scale"]))
+    m.detail = _grouped_detail(q, k, mask.dtype == "bool")
+    return out
+
+
 _probs = P.opt("AsType", P("Softmax", P.var("s"), name="sm") | SOFTMAX_DECOMPOSED)
 
 SOFTMAX = Rules(
@@ -379,7 +531,8 @@ SOFTMAX = Rules(
 )
 
 ATTENTION = Rules(
-    [(P("Matmul", _probs | P("Multiply", _probs, P.scalar("post")), P.var("v")), attention)],
+    [(P("Matmul", _probs | P("Multiply", _probs, P.scalar("post")), P.var("v")), attention),
+     (P("ScaledDotProductAttention", P.var("q"), P.var("k"), P.var("v"), P.var("mask")), attention_for_fusion)],
     group="attention",
 )
 

@@ -326,25 +326,58 @@ def attention(draw):
     dtype = draw(st.sampled_from(FLOATS))
     mask = draw(st.sampled_from(["none", "additive", "boolean", "causal"]))
     on_q = draw(st.booleans())
+    # At decode for CUDA (a query of 1 or 2 rows, the fuse stage following) an array mask gives
+    # the grouped form (q @ k^T per kv head, row work, @ v) instead of SDPA; heads repeated or not.
+    decode = draw(st.booleans())
+    lq, repeats = (draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2]))) if decode else (4, 1)
     # Finite q and k: SDPA fills what a mask hides with the lowest finite value where the softmax
     # meets -inf, so infinite or NaN scores may tell them apart. v may hold anything.
-    q, k = draw(arrays((1, 2, 4, 8), dtype, specials=False)), draw(arrays((1, 2, 6, 8), dtype, specials=False))
+    q = draw(arrays((1, 2 * repeats, lq, 8), dtype, specials=False))
+    k = draw(arrays((1, 2, 6, 8), dtype, specials=False))
     v = draw(arrays((1, 2, 6, 8), dtype))
-    add = draw(arrays((4, 6), dtype, specials=False))
-    keep = mx.array(draw(st.lists(st.booleans(), min_size=24, max_size=24))).reshape(4, 6)  # rows may hide all
+    add = draw(arrays((lq, 6), dtype, specials=False))
+    keep = mx.array(draw(st.lists(st.booleans(), min_size=6 * lq, max_size=6 * lq))).reshape(lq, 6)  # rows may hide all
 
     def fn(q, k, v, add, keep):
+        k, v = mx.repeat(k, repeats, axis=1), mx.repeat(v, repeats, axis=1)
         s = (q * 8 ** -0.5) @ k.swapaxes(-1, -2) if on_q else (q @ k.swapaxes(-1, -2)) * 8 ** -0.5
         if mask == "additive":
             s = s + add
         elif mask == "boolean":
             s = mx.where(keep, s, -mx.inf)
         elif mask == "causal":
-            s = s + examples.causal_mask(6)[-4:].astype(s.dtype)
+            s = s + examples.causal_mask(6)[-lq:].astype(s.dtype)
         return mx.softmax(s, axis=-1) @ v
 
     # float16 scores overflow past 65504 before a scale applied to them, where SDPA scales q
-    return traced(fn, q, k, v, add, keep, fires=on_q or dtype != "float16")
+    fires = on_q or dtype != "float16"
+    # (one query row sees every key: its causal mask is a constant 0, an array mask like any other)
+    masked = mask in ("additive", "boolean") or (mask == "causal" and lq == 1)
+    grouped = decode and masked and (lq == 1 or dtype == "float32")
+    if fires and grouped and repeats == 1:  # one product per head already: only a scale on q moves
+        fires = on_q and dtype != "float16"
+    context = {"backend": "cuda", "fusing": True} if decode else None
+    return mlxtriton.trace(fn)(q, k, v, add, keep), [q, k, v, add, keep], context, fires
+
+
+@st.composite
+def attention_for_fusion(draw):
+    # An SDPA primitive with an array mask (a GPU trace's) at decode for CUDA: the grouped form.
+    # cuDNN takes half-precision queries of more than one row (there SDPA stays), Metal every one.
+    dtype = draw(st.sampled_from(FLOATS))
+    lq, repeats = draw(st.sampled_from([1, 2, 5])), draw(st.sampled_from([1, 4]))
+    boolean = draw(st.booleans())
+    backend = draw(st.sampled_from(["cuda", "metal"]))
+    b = GraphBuilder()
+    q, k, v = b.input((1, 2 * repeats, lq, 8), dtype), b.input((1, 2, 6, 8), dtype), b.input((1, 2, 6, 8), dtype)
+    m = b.input((lq, 6), "bool" if boolean else dtype)
+    (full,) = b.add("Broadcast", [m], shape=(1, 2 * repeats, lq, 6))
+    (y,) = b.add("ScaledDotProductAttention", [q, k, v, full], scale=8 ** -0.5, do_causal=False,
+                 has_sinks=False, output_logsumexp=False, force_fused=False)
+    args = [draw(arrays(q.shape, dtype, specials=False)), draw(arrays(k.shape, dtype, specials=False)),
+            draw(arrays(v.shape, dtype)), draw(arrays(m.shape, m.dtype, specials=False))]
+    fires = backend == "cuda" and lq < 4 and (lq == 1 or dtype == "float32")
+    return b.build([y]), args, {"backend": backend, "fusing": True}, fires
 
 
 @st.composite
@@ -397,6 +430,7 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "layer_norm": layer_norm, "rms_norm": rms_norm,
     "norm_in_float32": norm_in_float32, "norm_weight": norm_weight, "norm_bias": norm_bias,
     "rope": rope, "rope_traditional": rope_traditional, "attention": attention,
+    "attention_for_fusion": attention_for_fusion,
     "conv_scale": lambda: conv("conv_scale"), "conv_shift": lambda: conv("conv_shift"),
     "conv_bias_sum": lambda: conv("conv_bias_sum"), "matmul_add": matmul_add,
 }

@@ -1,0 +1,52 @@
+"""Greedy generation through ``mlxtriton.optimize`` with the graphs shaped for an NVIDIA GPU (the
+H200), run here on the CPU where fused regions run as MLX ops: the decode-time rules (attention
+with the cache's mask as q @ k^T per kv head, one row kernel, @ v) give mlx-lm's tokens, and do
+fire on the decode step."""
+
+import mlx.core as mx
+import pytest
+
+import mlxtriton
+from mlxtriton import lm
+from tests import lm_zoo
+from tests.lm.test_generation import PROMPTS, TOKENS, _generate
+
+# Grouped-query, multi-head, sliding windows (a rotating cache's mask), latent attention beside
+# experts, attention beside a recurrent block; gpt_oss's sinks and gemma2's soft-capped scores
+# stay as they are.
+MODELS = ["llama", "gpt_neox", "mistral", "deepseek_v3", "lfm2"]
+
+
+def _decode_step_rewrites(model) -> int:
+    """Attention layers the decode step's graph rewrites into the grouped form."""
+    cache = lm.make_prompt_cache(model)
+    f = mlxtriton.optimize(model, chip="h200")
+    mx.eval(f(lm_zoo.prompt(5)[None], cache=cache))
+    explanation = f.explain(mx.array([[7]]), cache=cache)
+    (patterns,) = [s for s in explanation.stages if s.stage == "patterns"]
+    return sum("attention at decode" in f.detail for f in patterns.report.fired)
+
+
+def _matches(name):
+    model = lm_zoo.build(name)
+    for length in PROMPTS:
+        prompt = lm_zoo.prompt(length)
+        expected, _ = _generate(model, prompt, None)
+        optimized = mlxtriton.optimize(model, chip="h200")
+        tokens, _ = _generate(optimized, prompt, lm.make_prompt_cache(model))
+        assert tokens == expected, f"prompt of {length}"
+        assert optimized.cache_info().hits == TOKENS - 1
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generation_shaped_for_cuda_matches_mlx_lm(name):
+    model = _matches(name)
+    attention_layers = sum(1 for c in lm.make_prompt_cache(model) if hasattr(c, "keys"))
+    assert _decode_step_rewrites(model) == attention_layers > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", lm_zoo.NAMES)
+def test_generation_shaped_for_cuda_matches_mlx_lm_whole_zoo(name):
+    _matches(name)
