@@ -11,7 +11,9 @@ try to lower, and ms per token says whether that won. Per variant:
   optimize-<rule>    the same with one decode rule switched off (its chip table emptied), to
                      show what that rule changes; rules: ``grouped`` (attention with an array
                      mask at decode as q @ k^T, one row kernel, @ v:
-                     `mlxtriton.patterns.attention.GROUPED_AT_DECODE`)
+                     `mlxtriton.patterns.attention.GROUPED_AT_DECODE`), ``norm-input`` (a norm
+                     fast op whose input is pointwise work, a residual add, decomposed to share
+                     its kernel: `mlxtriton.patterns.norms.FUSED_WITH_ITS_INPUT`)
 
 Columns: ``ms`` and ``host_ms`` per token (prefill, warm-up steps, then ``runs`` runs of
 ``tokens`` steps queued with ``mx.async_eval``, one ``mx.synchronize`` per run, the median run;
@@ -23,6 +25,7 @@ equals plain's.
 
 Run (GPU): python benchmarks/decode_kernels.py [--models 1b,8b] [--tokens 32]
 CPU dry run (estimates only, a tiny llama traced for the H200): python benchmarks/decode_kernels.py --tiny
+Estimates only, for the real shapes: python benchmarks/decode_kernels.py --estimate --models 1b
 Writes benchmarks/results/decode_kernels_<device>.json (or --out).
 """
 
@@ -46,13 +49,18 @@ import mlxtriton
 from mlxtriton import lm
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.fused import is_fused
+from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.patterns import attention as attention_rules
+from mlxtriton.patterns import norms as norm_rules
+from mlxtriton.patterns import optimize_patterns
+from mlxtriton.runtime.compiled import run_passes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from generation import build_model  # noqa: E402  (the same models as benchmarks/generation.py)
 
 # The decode rules, each with the chip table that switches it on: emptied, the rule is off.
-RULES = {"grouped": (attention_rules, "GROUPED_AT_DECODE")}
+RULES = {"grouped": (attention_rules, "GROUPED_AT_DECODE"),
+         "norm-input": (norm_rules, "FUSED_WITH_ITS_INPUT")}
 
 # ---- a static model of what MLX's CUDA backend launches for an optimised graph ----------------
 # Views cost nothing; a strided view that an op needs contiguous costs a copy; each other MLX op
@@ -140,6 +148,8 @@ def cuda_launches(graph: Graph) -> Counter:
         elif p == "ScaledDotProductAttention":
             n = _sdpa_launches(e)
             count["sdpa" if n == 1 else "sdpa fallback"] += n
+        elif get_primitive(p).family is Family.FAST:
+            count["fast op"] += 1  # RMSNorm, LayerNorm, RoPE: one kernel each
         elif p == "Concatenate":
             count["mlx op"] += len(e.inputs)  # one copy into the output per input
         elif p in ("DynamicSliceUpdate", "SliceUpdate"):
@@ -245,17 +255,30 @@ def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int,
     row.update(ms=1e3 * times[median] / tokens, host_ms=1e3 * host[median] / tokens,
                tokens=[t.reshape(-1).tolist() for t in sampled[:tokens]])
     if count:
-        row["launches"] = measured_launches(step, y, tokens)
+        try:
+            row["launches"] = measured_launches(step, y, tokens)
+        except Exception as error:  # the profiler failing must not lose the timings
+            row["launches"] = {"error": f"{type(error).__name__}: {error}"[:300]}
     if f is not None:
         info = f.cache_info()
         row["builds"] = info.builds
     return row
 
 
-def estimate_tiny(rules=("grouped",)) -> dict:
-    """The CPU dry run: launch estimates for a tiny llama's decode step traced on the CPU stream
-    and optimised for the H200 (fast ops decompose there, so this is a GPU trace only in part)."""
-    model = build_model("tiny", mx.bfloat16)
+def gpu_shaped(source: Graph) -> Graph:
+    """A trace from the CPU stream made to look like a GPU stream's: on the CPU the fast ops
+    decompose, so the pattern stage with no target first turns norms and attention back into
+    fast-op primitives (RoPE with an array offset stays decomposed: its angle table is no
+    constant), as a GPU trace holds them."""
+    return optimize_patterns(source, None)[0]
+
+
+def estimate(name: str = "tiny", rules=tuple(RULES), model=None) -> dict:
+    """Launch estimates for the decode step of ``CONFIGS[name]``'s llama (or ``model``) traced on
+    this machine, made `gpu_shaped` on a CPU, and optimised for the H200, with every rule and
+    without each. On the CPU, RoPE's generated kernels and concatenations stand in for the two
+    RoPE launches a layer of a GPU trace."""
+    model = build_model(name, mx.bfloat16) if model is None else model
     result = {}
     for variant in ("optimize", *(f"optimize-{r}" for r in rules)):
         with contextlib.ExitStack() as stack:
@@ -264,7 +287,10 @@ def estimate_tiny(rules=("grouped",)) -> dict:
             f = mlxtriton.optimize(model, chip="h200")
             cache = lm.make_prompt_cache(model)
             mx.eval(f(mx.array([[1, 2, 3, 4, 5]]), cache=cache))
-            graph = f.graph(mx.array([[7]]), cache=cache)
+            source = f.trace(mx.array([[7]]), cache=cache).source
+            if mx.default_device() == mx.cpu:
+                source = gpu_shaped(source)
+            graph, _ = run_passes(source, f.passes, "h200")
         result[variant] = dict(cuda_launches(graph))
     return result
 
@@ -279,15 +305,19 @@ def main(argv=None):
     ap.add_argument("--rules", default=",".join(RULES), help="decode rules to switch off one at a time")
     ap.add_argument("--no-count", action="store_true", help="skip the profiler's kernel count")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: launch estimates of a tiny llama")
+    ap.add_argument("--estimate", action="store_true",
+                    help="launch estimates only, for --models (on a CPU: traced on its stream)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
     unknown = sorted(set(rules) - set(RULES))
     if unknown:
         ap.error(f"unknown rules {unknown}; known: {', '.join(RULES)}")
-    if args.tiny:
-        for variant, counts in estimate_tiny(rules).items():
-            print(f"tiny {variant}: {sum(counts.values())} launches {dict(sorted(counts.items()))}")
+    if args.tiny or args.estimate:
+        for name in ["tiny"] if args.tiny else args.models.split(","):
+            for variant, counts in estimate(name, rules).items():
+                print(f"{name} {variant}: {sum(counts.values())} launches per token "
+                      f"{dict(sorted(counts.items()))}", flush=True)
         return 0
 
     info = mx.device_info()

@@ -1,6 +1,6 @@
 """benchmarks/decode_kernels.py: the static model of what MLX's CUDA backend launches counts views
-as free, SDPA's fallback op by op, and the decode rules' launches saved on a tiny llama's decode
-step (the CPU dry run the GPU run extends)."""
+as free, SDPA's fallback op by op, and the decode rules' launches saved on a decode step (the CPU
+dry run the GPU run extends)."""
 
 import importlib.util
 import pathlib
@@ -44,7 +44,20 @@ def test_views_are_free_and_a_strided_reshape_copies():
 
 
 def test_the_grouped_attention_rule_saves_launches_on_a_tiny_llama_decode_step():
-    estimates = bench.estimate_tiny()
+    estimates = bench.estimate("tiny")
     with_rule, without = sum(estimates["optimize"].values()), sum(estimates["optimize-grouped"].values())
     assert "sdpa fallback" in estimates["optimize-grouped"] and "sdpa fallback" not in estimates["optimize"]
     assert without - with_rule == 2 * 3  # two layers, three launches each
+
+
+def test_a_norm_of_a_residual_add_saves_launches_where_post_norms_leave_one():
+    import mlx.core as mx
+
+    from tests import lm_zoo
+
+    # olmo2 normalises each block's output before its residual add, so the next norm reads the
+    # add: a GPU trace's fast op there shares the add's kernel (llama's add is a GEMM epilogue).
+    estimates = bench.estimate(rules=("norm-input",), model=lm_zoo.build("olmo2", mx.bfloat16))
+    with_rule, without = estimates["optimize"], estimates["optimize-norm-input"]
+    assert sum(with_rule.values()) < sum(without.values())
+    assert with_rule["fast op"] < without["fast op"]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from mlxtriton import hw
 from mlxtriton.graph.core import Graph
 
-from mlxtriton.patterns.attention import ATTENTION, SOFTMAX, SOFTMAX_DECOMPOSED
+from mlxtriton.patterns.attention import ATTENTION, ATTENTION_FOR_FUSION, SOFTMAX, SOFTMAX_DECOMPOSED
 from mlxtriton.patterns.cleanups import CLEANUPS
 from mlxtriton.patterns.conv import CONV
 from mlxtriton.patterns.linear import LINEAR, activations
@@ -24,6 +24,10 @@ from mlxtriton.patterns.rope import ROPE
 # Clean-ups first (an equation is tried against rules in table order): model rules then see the
 # canonical spellings. Norms and softmax come before attention, which reads a Softmax primitive.
 DEFAULT_RULES = CLEANUPS + SOFTMAX + NORMS + ROPE + ATTENTION + CONV + LINEAR
+# Applied once DEFAULT_RULES have settled: rules that write a fast op in the form the target runs
+# best, whose output the model rules would read back as the fast op (a second phase, as a rewrite
+# pipeline of separate pattern tables).
+TARGET_RULES = CLEANUPS + ATTENTION_FOR_FUSION
 
 
 def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None,
@@ -36,7 +40,8 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         chip: the target chip (a name or `mlxtriton.hw.Profile`; None: no chip-dependent
             choice). Its backend decides, with ``fusing``, whether a row norm becomes MLX's fast
             op or stays for the fuse stage (`mlxtriton.patterns.norms.GENERATED_AT_LEAST_AS_FAST`).
-        rules: the table to apply (default `DEFAULT_RULES`).
+        rules: the table to apply, or tables applied one after another, each to a fixed point
+            (default `DEFAULT_RULES`, then `TARGET_RULES`).
         on_rewrite: called with the graph after every rewrite (e.g. `mlxtriton.verify`).
         fusing: the fuse stage runs after this one (`mlxtriton.optimize`), so a norm the chip
             runs faster as a generated row kernel is left for it.
@@ -50,13 +55,14 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         {'RMSNorm': 1}
     """
     backend = hw.resolve(chip).backend if chip is not None else None
-    return rewrite(graph, DEFAULT_RULES if rules is None else rules, on_rewrite=on_rewrite,
-                   context={"backend": backend, "fusing": fusing})
+    return rewrite(graph, (DEFAULT_RULES, TARGET_RULES) if rules is None else rules,
+                   on_rewrite=on_rewrite, context={"backend": backend, "fusing": fusing})
 
 
 __all__ = [
     "P", "Pat", "COMMUTATIVE", "Rule", "Rules", "Match", "Miss", "Note", "RewriteError", "rewrite",
     "optimize_patterns", "PatternReport", "Fired", "NearMiss", "Recognised", "DEFAULT_RULES",
+    "TARGET_RULES", "ATTENTION_FOR_FUSION",
     "CLEANUPS", "SOFTMAX", "NORMS", "ROPE", "ATTENTION", "CONV", "LINEAR", "SOFTMAX_DECOMPOSED",
     "activations",
 ]

@@ -1,5 +1,7 @@
 """Patterns layer: attention written out becomes ``ScaledDotProductAttention``, a decomposed
-softmax the ``Softmax`` primitive (issue 5, rule 1). May import mlx and mlxtriton.graph.
+softmax the ``Softmax`` primitive (issue 5, rule 1); where the target runs SDPA with an array mask
+op by op at decode, SDPA becomes two batched products around one row kernel (issue 25).
+May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns._values import MAX_EVALUATED
 from mlxtriton.patterns.pattern import P
-from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
+from mlxtriton.patterns.rewrite import Match, Miss, Rules
 
 # Attention is softmax(scale * q @ k^T + mask) @ v: the scale may sit on q or on the scores (or be
 # absent), the mask may be additive (+ mask) or boolean (where(mask, s, -inf)) and is recognised
@@ -325,20 +327,6 @@ def _grouped_at_decode(m: Match, dtype: str, lq: int, d: int, dv: int) -> bool:
     return lq < _SHORT_QUERY and not cudnn
 
 
-def _head_grouping(m: Match, q: Var, kv_heads: int) -> tuple[Var, int] | None:
-    """``(q, r)`` when the query ``q`` [B, Hkv, R*Lq, D] is a reshape of [B, Hkv*R, Lq, D] with
-    ``r`` = R > 1: query heads grouped per kv head (what `_grouped_attention` builds)."""
-    e = m.graph.producer(q)
-    if e is None or e.primitive != "Reshape" or q.ndim != 4 or e.inputs[0].ndim != 4:
-        return None
-    src = e.inputs[0]
-    b, heads, lq, d = src.shape
-    r = heads // kv_heads if kv_heads else 0
-    if r > 1 and heads == kv_heads * r and q.shape == (b, kv_heads, r * lq, d):
-        return src, r
-    return None
-
-
 # Movement ops through which a mask keeps its key axis: each reads key j of its input for key j
 # of its output when both end in the key axis (a row-major reshape that keeps the last dim keeps
 # every element's last index).
@@ -411,10 +399,6 @@ def _grouped_detail(q: Var, k: Var, boolean: bool) -> str:
             "array mask here and runs its fallback op by op)")
 
 
-_LEFT_GROUPED = ("attention at decode with an array mask left as q @ k^T, row work and @ v for the "
-                 "fuse stage: on {backend} MLX's SDPA would run its fallback op by op")
-
-
 def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProductAttention(q, k, v)
     if "post" in m:
         return Miss("a scale after the softmax: softmax(s) * c @ v is not what SDPA computes")
@@ -432,7 +416,6 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     if isinstance(w, Miss):
         return w
     q, kt = w.qk.inputs
-    scale_on_q = False
     while True:  # q * s, also seen through a reshape of the heads (MLX's 5-d fallback)
         view = m.graph.producer(q)
         inner = view.inputs[0] if view is not None and view.primitive in _RESHAPES else q
@@ -440,7 +423,6 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
             break
         m.cover(view, m.graph.producer(inner))
         w.scale *= sc[1]
-        scale_on_q = scale_on_q or sc[1] != 1
         q = m.reshape(sc[0], q.shape)
     v = m["v"]
     rank = q.ndim
@@ -472,20 +454,6 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
         return Miss("a scale applied to float16 scores q @ k^T: the product overflows past 65504 "
                     "before the scale, where SDPA scales q first")
     causal = w.mask is not None and _causal(m, w, lq, lk)
-    grouped = _head_grouping(m, q4, k4.shape[1]) if rank == 4 else None
-    heads, lq_true = (grouped[0].shape[1], grouped[0].shape[2]) if grouped else (q4.shape[1], lq)
-    if (w.mask is not None and not causal
-            and _grouped_at_decode(m, q4.dtype, lq_true, q4.shape[-1], v4.shape[-1])):
-        if grouped or (heads == k4.shape[1] and not (scale_on_q and q4.dtype != "float16")):
-            # Already one product per kv head with the scale where the grouped form puts it.
-            return Note(_LEFT_GROUPED.format(backend=m.context["backend"]))
-        row = _mask_row(m, w.mask, lk)
-        if row is not None and w.inverted:
-            row = m.add("LogicalNot", [row])
-        full = None if row is not None else _sdpa_mask(m, w, rank, q4, score_shape)
-        out = _grouped_attention(m, q4, k4, v4, row, full, w.fill if w.boolean else None, w.scale)
-        m.detail = _grouped_detail(q4, k4, w.boolean)
-        return m.astype(m.reshape(out, m.root.outputs[0].shape), m.root.outputs[0].dtype)
     inputs = [q4, k4, v4]
     if w.mask is not None and not causal:
         inputs.append(_sdpa_mask(m, w, rank, q4, score_shape))
@@ -531,8 +499,15 @@ SOFTMAX = Rules(
 )
 
 ATTENTION = Rules(
-    [(P("Matmul", _probs | P("Multiply", _probs, P.scalar("post")), P.var("v")), attention),
-     (P("ScaledDotProductAttention", P.var("q"), P.var("k"), P.var("v"), P.var("mask")), attention_for_fusion)],
+    [(P("Matmul", _probs | P("Multiply", _probs, P.scalar("post")), P.var("v")), attention)],
+    group="attention",
+)
+
+# Applied once the model rules have settled (`mlxtriton.patterns.TARGET_RULES`): every attention
+# is SDPA by then, and the grouped form it writes is not read back as attention (seen as
+# attention over Hkv heads and R*Lq queries it would be SDPA again).
+ATTENTION_FOR_FUSION = Rules(
+    [(P("ScaledDotProductAttention", P.var("q"), P.var("k"), P.var("v"), P.var("mask")), attention_for_fusion)],
     group="attention",
 )
 

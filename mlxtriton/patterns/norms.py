@@ -43,6 +43,13 @@ GENERATED_FASTER: dict[str, frozenset[str]] = {"cuda": frozenset({"LayerNorm"})}
 # the generated norm kernels has been timed yet; on CUDA the generated kernels measured at least
 # as fast alone (above). A norm read by anything else (a matmul) keeps MLX's fast op there.
 FUSED_WHEN_FEWER_BYTES: frozenset[str] = frozenset({"metal", "cuda"})
+# Backends where a norm whose input is computed by pointwise work (a residual add no GEMM took as
+# its epilogue, a post-norm's last step) goes to the fuse stage decomposed, whoever reads it: one
+# generated row kernel computes the input and the norm and writes both (the sum where the residual
+# stream reads it on), where MLX's fast op reads back the sum a second kernel wrote: a pass over
+# memory and a launch fewer, the argument above in the other direction, so it holds without a
+# measurement too.
+FUSED_WITH_ITS_INPUT: frozenset[str] = frozenset({"metal", "cuda"})
 _ELEMENTWISE = family(Family.UNARY) | family(Family.BINARY) | family(Family.TERNARY)
 
 
@@ -79,6 +86,17 @@ def _fused_reads_fewer_bytes(m: Match, v: Var) -> bool:
     end = _norm_output(m.graph, v)
     readers = m.graph.users(end)
     return not m.graph.is_output(end) and bool(readers) and all(u.primitive in _ELEMENTWISE for u in readers)
+
+
+def _input_from_pointwise(m: Match, x: Var) -> bool:
+    """The fuse stage follows and the norm's input ``x`` is computed by pointwise work
+    (`FUSED_WITH_ITS_INPUT`)."""
+    if not m.context.get("fusing") or m.context.get("backend") not in FUSED_WITH_ITS_INPUT:
+        return False
+    e = m.graph.producer(x)
+    if e is not None and e.primitive == "AsType":  # the norm's own float32 cast (MLX's fallback)
+        e = m.graph.producer(e.inputs[0])
+    return e is not None and e.primitive in _ELEMENTWISE and e.primitive != "AsType"
 
 
 def mean(of: Pat, name: str) -> Pat:
@@ -144,10 +162,11 @@ def rms_norm(m: Match):  # x * rsqrt(mean(x^2) + eps) -> RMSNorm(x, 1)
         if _is_centered(m, x):
             return None  # the RMS of x - mean(x): the LayerNorm rule speaks for it
         return Note(_FOR_FUSION.format(norm="RMSNorm", backend=m.context["backend"]))
-    if _fused_reads_fewer_bytes(m, m.root.outputs[0]):
+    reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
+    if reads or _input_from_pointwise(m, x):
         if _is_centered(m, x):
             return None  # as above
-        return Note(f"RMSNorm left decomposed for the fuse stage: {_FEWER_BYTES}")
+        return Note(f"RMSNorm left decomposed for the fuse stage: {_FEWER_BYTES if reads else _OF_POINTWISE}")
     eps = float(m.value("eps"))
     m.detail = f"RMSNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("RMSNorm", [x, m.constant(1, x.dtype)], eps=eps)
@@ -163,8 +182,9 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
         return Miss(why)
     if _left_for_fusion(m, "LayerNorm", GENERATED_AT_LEAST_AS_FAST):
         return Note(_FOR_FUSION.format(norm="LayerNorm", backend=m.context["backend"]))
-    if _fused_reads_fewer_bytes(m, m.root.outputs[0]):
-        return Note(f"LayerNorm left decomposed for the fuse stage: {_FEWER_BYTES}")
+    reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
+    if reads or _input_from_pointwise(m, x):
+        return Note(f"LayerNorm left decomposed for the fuse stage: {_FEWER_BYTES if reads else _OF_POINTWISE}")
     eps = float(m.value("eps"))
     m.detail = f"LayerNorm[eps={eps:.3g}] over rows of {x.type_str()}"
     return m.add("LayerNorm", [x, m.constant(1, x.dtype), m.constant(0, x.dtype)], eps=eps)
@@ -174,6 +194,9 @@ _FOR_FUSION = ("{norm} left decomposed for the fuse stage: on {backend} its gene
                "measured at least as fast as MLX's fast op, and fuses with its neighbours")
 _FEWER_BYTES = ("only pointwise work reads it, so one generated kernel reads fewer bytes than MLX's "
                 "fast op and a second kernel")
+_OF_POINTWISE = ("its input is computed by pointwise work (a residual add, another norm's last step), "
+                 "so one generated kernel computes both, where MLX's fast op reads back what a second "
+                 "kernel wrote")
 
 
 # A GPU trace's norm primitive is MLX's GPU kernel, which divides its sums by the row length
@@ -184,10 +207,11 @@ _FEWER_BYTES = ("only pointwise work reads it, so one generated kernel reads few
 # E[x^2] - mean^2 in one pass; CUDA's, as here, in two.)
 
 
-def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by pointwise work -> its decomposition
-    if not _fused_reads_fewer_bytes(m, m.root.outputs[0]):
-        return None
+def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by, or of, pointwise work -> its decomposition
     x, w = m.root.inputs
+    reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
+    if not (reads or _input_from_pointwise(m, x)):
+        return None
     out = m.root.outputs[0]
     # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
     # statistics, the sum of squares divided by the row length (see above), one cast back,
@@ -199,15 +223,16 @@ def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by pointwise work -> it
     y = m.astype(m.add("Multiply", [xf, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
     if not _unit(m, "w", 1):
         y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
-    m.detail = f"RMSNorm decomposed for the fuse stage: {_FEWER_BYTES}"
+    m.detail = f"RMSNorm decomposed for the fuse stage: {_FEWER_BYTES if reads else _OF_POINTWISE}"
     return y
 
 
 def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition, for the fuse stage
-    measured = _left_for_fusion(m, "LayerNorm", GENERATED_FASTER)
-    if not (measured or _fused_reads_fewer_bytes(m, m.root.outputs[0])):
-        return None
     x, w, b = m.root.inputs
+    measured = _left_for_fusion(m, "LayerNorm", GENERATED_FASTER)
+    reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
+    if not (measured or reads or _input_from_pointwise(m, x)):
+        return None
     out = m.root.outputs[0]
     n = x.shape[-1]
     # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
@@ -229,7 +254,7 @@ def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition,
         y = m.add("Add", [y, m.add("Broadcast", [m.astype(b, out.dtype)], shape=out.shape)])
     m.detail = "LayerNorm decomposed for the fuse stage: " + (
         f"on {m.context['backend']} its generated row kernel measured 2.4x mx.fast.layer_norm"
-        if measured else _FEWER_BYTES)
+        if measured else _FEWER_BYTES if reads else _OF_POINTWISE)
     return y
 
 

@@ -240,15 +240,17 @@ def _uses_outside(graph: WorkingGraph, covered: Sequence[Eqn], root: Eqn, values
     return None
 
 
-def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
+def rewrite(graph: Graph, rules: Rules | Sequence[Rules], *, max_rewrites: int = MAX_REWRITES,
             on_rewrite: Callable[[Graph], Any] | None = None,
             context: Mapping[str, Any] | None = None) -> tuple[Graph, PatternReport]:
     """Apply ``rules`` to a fixed point: sweep the equations in order, rewrite at the first rule
-    that fires, continue from there, and sweep again until a sweep changes nothing.
+    that fires, continue from there, and sweep again until a sweep changes nothing. Several
+    tables are phases: each is applied to a fixed point in turn, a later one to what the earlier
+    ones left.
 
     Args:
         graph: the graph to rewrite (not modified).
-        rules: the rule table.
+        rules: the rule table, or the tables of successive phases.
         max_rewrites: a bound on rewrites; exceeding it is reported as a cycle.
         on_rewrite: called with the graph after every single rewrite (tests pass `verify`).
         context: what rules may consult (`Match.context`): the target's ``backend`` and whether
@@ -274,8 +276,22 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
     work = WorkingGraph(graph)
     values = Values(work)
     matcher = Matcher(work, values)
-    seen = {work.fingerprint()}
     history: list[str] = []
+    for table in (rules,) if isinstance(rules, Rules) else tuple(rules):
+        _to_fixed_point(work, values, matcher, table, origin, fired, misses, notes, history,
+                        max_rewrites, on_rewrite, context)
+    if fired:
+        graph = work.freeze()
+    alive = set(graph.eqns)
+    near = [m for (name, e), m in misses.items() if e in alive]
+    recognised = [n for (name, e), n in notes.items() if e in alive]
+    return graph, PatternReport(tuple(fired), tuple(recognised), tuple(near))
+
+
+def _to_fixed_point(work: WorkingGraph, values: Values, matcher: Matcher, rules: Rules, origin, fired,
+                    misses, notes, history, max_rewrites, on_rewrite, context) -> None:
+    """One table applied to ``work`` until a sweep changes nothing (`rewrite`)."""
+    seen = {work.fingerprint()}
 
     def check_cycle() -> None:
         fp = work.fingerprint()
@@ -327,12 +343,6 @@ def rewrite(graph: Graph, rules: Rules, *, max_rewrites: int = MAX_REWRITES,
             changed = True
         if changed and in_sweep <= budget:
             check_cycle()
-    if fired:
-        graph = work.freeze()
-    alive = set(graph.eqns)
-    near = [m for (name, e), m in misses.items() if e in alive]
-    recognised = [n for (name, e), n in notes.items() if e in alive]
-    return graph, PatternReport(tuple(fired), tuple(recognised), tuple(near))
 
 
 def _try(rule: Rule, e: Eqn, graph: WorkingGraph, values: Values, matcher: Matcher, origin, context=None):

@@ -50,3 +50,31 @@ def test_generation_shaped_for_cuda_matches_mlx_lm(name):
 @pytest.mark.parametrize("name", lm_zoo.NAMES)
 def test_generation_shaped_for_cuda_matches_mlx_lm_whole_zoo(name):
     _matches(name)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt_neox", "gemma3_text", "olmo2"])
+def test_a_gpu_shaped_decode_step_keeps_its_values(name):
+    # On the CPU stream the fast ops decompose; the pattern stage with no target turns them back
+    # into the primitives a GPU trace holds (norms, SDPA with the cache's mask). Optimised for the
+    # H200 from there, the decode step computes what the trace does.
+    from mlxtriton.graph.evaluate import run
+    from mlxtriton.graph.evaluate_mlx import MLX_RULES
+    from mlxtriton.patterns import optimize_patterns
+    from mlxtriton.runtime.compiled import run_passes
+
+    model = lm_zoo.build(name)
+    cache = lm.make_prompt_cache(model)
+    f = mlxtriton.optimize(model, chip="h200")
+    mx.eval(f(lm_zoo.prompt(9)[None], cache=cache))
+    token = mx.array([[7]])
+    source = f.trace(token, cache=cache).source
+    gpu = optimize_patterns(source, None)[0]
+    assert gpu.primitive_counts()["ScaledDotProductAttention"] > 0
+    optimized, stages = run_passes(gpu, f.passes, "h200")
+    fired = [r.rule for s in stages if s.stage == "patterns" for r in s.report.fired]
+    assert "attention_for_fusion" in fired and "ScaledDotProductAttention" not in optimized.primitive_counts()
+    if name in ("gemma3_text", "olmo2"):  # post-norms: a norm of a residual add shares its kernel
+        assert "rms_norm_for_fusion" in fired
+    flat = [token, *source.state_values]  # the cache's arrays as they were when traced
+    for got, want in zip(run(optimized, flat, MLX_RULES), run(source, flat, MLX_RULES)):
+        assert mx.allclose(got, want, atol=1e-4, rtol=1e-4).item()

@@ -48,21 +48,15 @@ def test_decode_attention_is_two_products_around_one_row_kernel(dtype, heads, kv
     g2, report = optimize_patterns(g, "h200", fusing=True, on_rewrite=verify)
     assert "ScaledDotProductAttention" not in g2.primitive_counts()
     assert g2.primitive_counts()["Matmul"] == 2
-    if heads == kv_heads and dtype == mx.float16:
-        # one product per head with the scale on q, as the grouped form has it in float16: left
-        assert any("attention at decode" in r.text for r in report.recognised)
-    else:
-        (fired,) = [f for f in report.fired if f.rule == "attention"]
-        assert f"{heads // kv_heads} query rows per kv head" in fired.detail
+    # MLX's fallback becomes SDPA, and SDPA the grouped form once the model rules have settled
+    assert [f.rule for f in report.fired if f.group == "attention"] == ["attention", "attention_for_fusion"]
+    assert f"{heads // kv_heads} query rows per kv head" in report.fired[-1].detail
     # float16 scales q first (its scores could pass 65504 before the scale): a kernel of its own
     scale_q = {"Multiply": 1} if dtype == mx.float16 else {}
     assert counts(fuse(g2, "h200")) == {"Matmul": 2, "Fused": 1, **scale_q}
     assert_oracle(g, g2, args)
     tol = 1e-5 if dtype == mx.float32 else 2e-2
     assert mx.allclose(evaluate(g2, *args), attend(*args), atol=tol, rtol=tol).item()
-    # the grouped form is left as it is: rewriting again changes nothing
-    again, report = optimize_patterns(g2, "h200", fusing=True)
-    assert again == g2 and any("attention at decode" in r.text for r in report.recognised)
 
 
 def _gpu_trace(heads, kv_heads, lq, dtype, mask_dtype, sinks=False):

@@ -1,7 +1,9 @@
-"""The norm rule every GPU chip follows without a measurement (`norms.FUSED_WHEN_FEWER_BYTES`):
-a norm read only by pointwise work (RMS norm x SiLU gate) goes to the fuse stage decomposed and
-becomes one generated kernel, from a CPU trace (decomposed) and a GPU trace (the fast-op
-primitive) alike; a norm read by a matmul, or by nothing but the caller, keeps MLX's fast op."""
+"""The norm rules every GPU chip follows without a measurement (`norms.FUSED_WHEN_FEWER_BYTES`,
+`norms.FUSED_WITH_ITS_INPUT`): a norm read only by pointwise work (RMS norm x SiLU gate), or whose
+input pointwise work computes (a residual add), goes to the fuse stage decomposed and shares one
+generated kernel with that work, from a CPU trace (decomposed) and a GPU trace (the fast-op
+primitive) alike; a norm of a matmul read by a matmul, or by nothing but the caller, keeps MLX's
+fast op."""
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -79,3 +81,39 @@ def test_on_a_gpu_the_traced_fast_op_times_a_gate_launches_one_kernel():
     assert mlxtriton.trace(rms_norm_gate)(x, w, x).primitive_counts().get("RMSNorm") == 1  # a GPU trace
     assert f.graph(x, w, x).primitive_counts() == {"Fused": 1} and len(f.lower(x, w, x)) == 1
     assert mx.allclose(f(x, w, x), rms_norm_gate(x, w, x), atol=1e-4).item()
+
+
+def _residual_then_norm(norm: str, producer: str):
+    """A GPU trace's layer boundary: h = x + r (the residual stream, read on by the caller), the
+    norm of h (a fast op) read by a matmul; or h computed by a matmul."""
+    gb = GraphBuilder()
+    x = gb.input((8, 256), "float32")
+    r = gb.input((8, 256) if producer == "add" else (256, 256), "float32")
+    w, b, m = gb.input((256,), "float32"), gb.input((256,), "float32"), gb.input((256, 64), "float32")
+    (h,) = gb.add("Add" if producer == "add" else "Matmul", [x, r])
+    (y,) = gb.add(norm, [h, w, b] if norm == "LayerNorm" else [h, w], eps=1e-5)
+    (z,) = gb.add("Matmul", [y, m])
+    return gb.build([z, h])
+
+
+@pytest.mark.parametrize("norm", ["RMSNorm", "LayerNorm"])
+@pytest.mark.parametrize("chip", ["m3", "h200"])
+def test_a_norm_of_a_residual_add_shares_its_kernel(norm, chip):
+    graph = _residual_then_norm(norm, "add")
+    flat = [mx.random.normal(v.shape, key=mx.random.key(i)) for i, v in enumerate(graph.inputs)]
+    rewritten, report = optimize_patterns(graph, chip, fusing=True, on_rewrite=verify)
+    assert norm not in rewritten.primitive_counts()
+    # one generated kernel writes the sum and the norm; the matmul reads the norm
+    assert fuse(rewritten, chip).primitive_counts() == {"Fused": 1, "Matmul": 1}
+    for got, want in zip(evaluate(rewritten, *flat), evaluate(graph, *flat)):
+        assert mx.allclose(got, want, atol=1e-4).item()
+    if norm == "RMSNorm" or chip == "m3":  # (on CUDA a LayerNorm is decomposed anyway: measured)
+        assert "its input is computed by pointwise work" in "\n".join(report.lines())
+
+
+@pytest.mark.parametrize("chip", ["m3", "h200"])
+def test_a_norm_of_a_matmul_keeps_the_fast_op(chip):
+    graph = _residual_then_norm("RMSNorm", "matmul")  # the add a GEMM's epilogue took: AddMM
+    assert optimize_patterns(graph, chip, fusing=True)[0].primitive_counts()["RMSNorm"] == 1
+    assert optimize_patterns(_residual_then_norm("RMSNorm", "add"), chip, fusing=False)[0] \
+        .primitive_counts()["RMSNorm"] == 1  # no fuse stage to hand it to

@@ -23,7 +23,7 @@ from hypothesis import given, settings, strategies as st
 import mlxtriton
 from mlxtriton import examples
 from mlxtriton.graph import GraphBuilder, dtypes, evaluate, verify
-from mlxtriton.patterns import CLEANUPS, DEFAULT_RULES, Rules, rewrite
+from mlxtriton.patterns import CLEANUPS, DEFAULT_RULES, TARGET_RULES, Rules, rewrite
 
 FLOATS = ("float32", "float16", "bfloat16")
 SPECIALS = (np.nan, np.inf, -np.inf, -0.0, 0.0)
@@ -244,16 +244,20 @@ def layer_norm_for_fusion(draw):
 
 @st.composite
 def rms_norm_for_fusion(draw):
-    # An RMSNorm primitive (a GPU trace's) read by pointwise work only is decomposed for the fuse
-    # stage, where one generated kernel then reads fewer bytes; read by a matmul it stays.
+    # An RMSNorm primitive (a GPU trace's) read by pointwise work only, or whose input pointwise
+    # work computes (a residual add), is decomposed for the fuse stage, where one generated
+    # kernel then reads fewer bytes; read by a matmul, of a graph input, it stays.
     dtype = draw(st.sampled_from(FLOATS))
-    pointwise = draw(st.booleans())
+    pointwise, residual = draw(st.booleans()), draw(st.booleans())
     b = GraphBuilder()
     x, w, g = b.input((3, 16), dtype), b.input((16,), dtype), b.input((3, 16), dtype)
-    (y,) = b.add("RMSNorm", [x, w], eps=1e-5)
+    h = b.add("Add", [x, g])[0] if residual else x
+    (y,) = b.add("RMSNorm", [h, w], eps=1e-5)
     (z,) = b.add("Multiply", [y, g]) if pointwise else b.add("Matmul", [y, b.add("Transpose", [g], axes=(1, 0))[0]])
     args = [draw(arrays((3, 16), dtype)), draw(arrays((16,), dtype)), draw(arrays((3, 16), dtype))]
-    return b.build([z]), args, {"backend": draw(st.sampled_from(["metal", "cuda"])), "fusing": True}, pointwise
+    outputs = [z, h] if residual else [z]  # the residual stream reads the sum on
+    context = {"backend": draw(st.sampled_from(["metal", "cuda"])), "fusing": True}
+    return b.build(outputs), args, context, pointwise or residual
 
 
 @st.composite
@@ -326,38 +330,25 @@ def attention(draw):
     dtype = draw(st.sampled_from(FLOATS))
     mask = draw(st.sampled_from(["none", "additive", "boolean", "causal"]))
     on_q = draw(st.booleans())
-    # At decode for CUDA (a query of 1 or 2 rows, the fuse stage following) an array mask gives
-    # the grouped form (q @ k^T per kv head, row work, @ v) instead of SDPA; heads repeated or not.
-    decode = draw(st.booleans())
-    lq, repeats = (draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2]))) if decode else (4, 1)
     # Finite q and k: SDPA fills what a mask hides with the lowest finite value where the softmax
     # meets -inf, so infinite or NaN scores may tell them apart. v may hold anything.
-    q = draw(arrays((1, 2 * repeats, lq, 8), dtype, specials=False))
-    k = draw(arrays((1, 2, 6, 8), dtype, specials=False))
+    q, k = draw(arrays((1, 2, 4, 8), dtype, specials=False)), draw(arrays((1, 2, 6, 8), dtype, specials=False))
     v = draw(arrays((1, 2, 6, 8), dtype))
-    add = draw(arrays((lq, 6), dtype, specials=False))
-    keep = mx.array(draw(st.lists(st.booleans(), min_size=6 * lq, max_size=6 * lq))).reshape(lq, 6)  # rows may hide all
+    add = draw(arrays((4, 6), dtype, specials=False))
+    keep = mx.array(draw(st.lists(st.booleans(), min_size=24, max_size=24))).reshape(4, 6)  # rows may hide all
 
     def fn(q, k, v, add, keep):
-        k, v = mx.repeat(k, repeats, axis=1), mx.repeat(v, repeats, axis=1)
         s = (q * 8 ** -0.5) @ k.swapaxes(-1, -2) if on_q else (q @ k.swapaxes(-1, -2)) * 8 ** -0.5
         if mask == "additive":
             s = s + add
         elif mask == "boolean":
             s = mx.where(keep, s, -mx.inf)
         elif mask == "causal":
-            s = s + examples.causal_mask(6)[-lq:].astype(s.dtype)
+            s = s + examples.causal_mask(6)[-4:].astype(s.dtype)
         return mx.softmax(s, axis=-1) @ v
 
     # float16 scores overflow past 65504 before a scale applied to them, where SDPA scales q
-    fires = on_q or dtype != "float16"
-    # (one query row sees every key: its causal mask is a constant 0, an array mask like any other)
-    masked = mask in ("additive", "boolean") or (mask == "causal" and lq == 1)
-    grouped = decode and masked and (lq == 1 or dtype == "float32")
-    if fires and grouped and repeats == 1:  # one product per head already: only a scale on q moves
-        fires = on_q and dtype != "float16"
-    context = {"backend": "cuda", "fusing": True} if decode else None
-    return mlxtriton.trace(fn)(q, k, v, add, keep), [q, k, v, add, keep], context, fires
+    return traced(fn, q, k, v, add, keep, fires=on_q or dtype != "float16")
 
 
 @st.composite
@@ -444,8 +435,12 @@ def _names(rules) -> list[str]:
 NOTES = [name for name in _names(DEFAULT_RULES) if name.endswith(("_epilogue", "_gate"))]
 
 
+# The pattern stage's phases as one table (TARGET_RULES repeat the clean-ups): rule by rule, in order.
+ALL_RULES = DEFAULT_RULES + Rules([r for r in TARGET_RULES if r.group != "cleanup"])
+
+
 def test_every_rule_has_a_case():
-    assert set(_names(DEFAULT_RULES)) == set(CASES) | set(NOTES)
+    assert set(_names(ALL_RULES)) == set(CASES) | set(NOTES)
 
 
 # ---- comparing ----------------------------------------------------------------------------------
@@ -480,9 +475,9 @@ def assert_same(want, got, exact: bool):
 
 
 def _before(name: str) -> Rules:
-    """The rules ahead of ``name`` in the default table: they make the spelling it is written for."""
-    first = next(i for i, r in enumerate(DEFAULT_RULES) if r.name == name)
-    return Rules(DEFAULT_RULES.rules[:first])
+    """The rules ahead of ``name`` in the pattern stage: they make the spelling it is written for."""
+    first = next(i for i, r in enumerate(ALL_RULES) if r.name == name)
+    return Rules(ALL_RULES.rules[:first])
 
 
 # ---- the properties -----------------------------------------------------------------------------
@@ -494,10 +489,10 @@ def _before(name: str) -> Rules:
 def test_rule_keeps_every_value(name, data):
     graph, args, context, fires = data.draw(CASES[name](), label="case")
     before, _ = rewrite(graph, _before(name), context=context)
-    after, report = rewrite(before, Rules([r for r in DEFAULT_RULES if r.name == name]), context=context,
+    after, report = rewrite(before, Rules([r for r in ALL_RULES if r.name == name]), context=context,
                             on_rewrite=verify)
     assert (report.rules_fired().get(name, 0) >= 1) == fires, f"{name} fired: {not fires}\n{before}"
-    exact = next(r for r in DEFAULT_RULES if r.name == name).group == "cleanup"
+    exact = next(r for r in ALL_RULES if r.name == name).group == "cleanup"
     assert_same(evaluate(before, *args), evaluate(after, *args), exact)
 
 
