@@ -1,7 +1,8 @@
-"""Greedy generation through ``mlxtriton.optimize`` with the graphs shaped for an NVIDIA GPU (the
-H200), run here on the CPU where fused regions run as MLX ops: the decode-time rules (attention
-with the cache's mask as q @ k^T per kv head, one row kernel, @ v) give mlx-lm's tokens, and do
-fire on the decode step."""
+"""Greedy generation through ``mlxtriton.optimize`` with the graphs shaped for a GPU (the H200,
+an M3), run here on the CPU where fused regions run as MLX ops: the decode-time rules (attention
+with the cache's mask as q @ k^T per kv head, one row kernel, @ v; a norm of a residual add in
+one kernel with it) give mlx-lm's tokens, and do fire on the decode step, from a CPU trace and
+from a decode step made to look like a GPU trace."""
 
 import mlx.core as mx
 import pytest
@@ -27,12 +28,12 @@ def _decode_step_rewrites(model) -> int:
     return sum("attention at decode" in f.detail for f in patterns.report.fired)
 
 
-def _matches(name):
+def _matches(name, chip="h200"):
     model = lm_zoo.build(name)
     for length in PROMPTS:
         prompt = lm_zoo.prompt(length)
         expected, _ = _generate(model, prompt, None)
-        optimized = mlxtriton.optimize(model, chip="h200")
+        optimized = mlxtriton.optimize(model, chip=chip)
         tokens, _ = _generate(optimized, prompt, lm.make_prompt_cache(model))
         assert tokens == expected, f"prompt of {length}"
         assert optimized.cache_info().hits == TOKENS - 1
@@ -44,6 +45,12 @@ def test_generation_shaped_for_cuda_matches_mlx_lm(name):
     model = _matches(name)
     attention_layers = sum(1 for c in lm.make_prompt_cache(model) if hasattr(c, "keys"))
     assert _decode_step_rewrites(model) == attention_layers > 0
+
+
+@pytest.mark.parametrize("name", ["olmo2", "gemma3_text"])
+def test_generation_shaped_for_an_apple_gpu_matches_mlx_lm(name):
+    # post-norms: there a norm of a residual add stays decomposed for the fuse stage
+    _matches(name, chip="m3")
 
 
 @pytest.mark.slow
