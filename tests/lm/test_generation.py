@@ -76,14 +76,6 @@ def _optimized_generation_matches(name):
         assert info.hits == TOKENS - 1, info
 
 
-# One model per cache kind: sliding and global attention, latent attention with experts, a
-# recurrent block beside a sliding window, a CacheList of a recurrent state and a KV cache.
-@pytest.mark.parametrize("name", ["gemma3_text", "deepseek_v3", "recurrent_gemma", "falcon_h1"])
-def test_optimized_generation_matches_mlx_lm(name):
-    _optimized_generation_matches(name)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("name", lm_zoo.NAMES)
-def test_optimized_generation_matches_mlx_lm_whole_zoo(name):
+def test_optimized_generation_matches_mlx_lm(name):
     _optimized_generation_matches(name)
