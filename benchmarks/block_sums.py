@@ -6,7 +6,7 @@ resident per SM (the CUDA occupancy calculator).
 benchmarks/backward_rows.py times whole MLX calls; this one explains them. For each family
 (default rms_norm, layer_norm, rms_norm_gate; any of benchmarks/row_kernels.py), dtype and shape, the backward
 ``mx.vjp(fn, primals, [cotangent])[1]`` is optimised for the H200 under each variant and every
-kernel of ``.lower(..., target="cuda")`` is compiled as ``mx.fast.cuda_kernel`` wraps it
+kernel of ``.trace(...).lower("cuda")`` is compiled as ``mx.fast.cuda_kernel`` wraps it
 (benchmarks/kernel_only.py), launched on random data of its inputs' shapes and timed with
 ``triton.testing.do_bench`` (CUDA events, L2 flushed between launches). Bandwidth: bytes the
 backward must move (primals and cotangent read once, gradients written once) over the sum of its
@@ -170,7 +170,7 @@ def main() -> None:
             row["variants"][vname] = entry
             try:
                 with variant(vname):
-                    lowered = mlxtriton.optimize(measured, chip="h200").lower(*call, target="cuda")
+                    lowered = mlxtriton.optimize(measured, chip="h200").trace(*call).lower("cuda")
                 total_ms = 0.0
                 for k in lowered.kernels:
                     ins = [torch.randn(s, device="cuda").to(getattr(torch, d)) if d.startswith(("float", "bfloat"))

@@ -76,7 +76,7 @@ def main():
                 mx.eval(want)
                 nbytes = sum(x.nbytes for x in args) + want.size * args[0].itemsize
                 scale = max(1.0, mx.abs(want.astype(mx.float32)).max().item())
-                (lowered,) = mlxtriton.optimize(fn).lower(*args, target="cuda")
+                (lowered,) = mlxtriton.optimize(fn).trace(*args).lower("cuda")
                 base = lowered.kernel
                 s = base.arg
                 variants = [("chosen", base)]

@@ -5,7 +5,7 @@ benchmarks/row_kernels.py times whole MLX calls pipelined; its Triton figure com
 ``triton.testing.do_bench`` (CUDA events around each launch, the L2 flushed between launches),
 and MLX's own copy (`x + 0`) reaches ~9% less bandwidth than PyTorch's clone on the H200
 (shared/device/README.md). This benchmark separates the kernel from the framework: it compiles
-the exact source mlxtriton renders (``optimize(fn).lower(..., target="cuda")``, wrapped the way
+the exact source mlxtriton renders (``optimize(fn).trace(...).lower("cuda")``, wrapped the way
 ``mx.fast.cuda_kernel`` wraps it, minus MLX's utility include, which generated code never uses)
 with NVRTC, launches it through the CUDA driver API on PyTorch tensors, checks its outputs
 against ``mlxtriton.optimize(fn)`` run by MLX on the same data, and times it with the same

@@ -118,7 +118,7 @@ def timeline(variants: dict, args: tuple, evaluations: int = 40) -> dict:
 def variants_for(family: str, dtype, args: tuple) -> dict:
     composed, native, _spec = families(dtype)[family]
     kernel = mlxtriton.kernel(composed)
-    (lowered,) = kernel.lower(*args, target="cuda")
+    (lowered,) = kernel.trace(*args).lower("cuda")
     raw = launcher(lowered)
     compiled_raw = mx.compile(lambda *a: raw(*a)[0])
     probed = mx.compile(lambda *a: raw(*a[:-1])[0])

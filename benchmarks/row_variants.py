@@ -177,7 +177,7 @@ def main():
     opt = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)); opt(small)
     from mlxtriton.runtime import launch as L
     (kobj_name, kobj), = list(L._KERNELS.items())[-1:]
-    low = opt.lower(small, target="cuda")[0]
+    low = opt.trace(small).lower("cuda")[0]
     call = low.call_kwargs(); call["output_dtypes"] = [mx.float32]
     call2 = dict(call); call2["output_shapes"] = [tuple(s) for s in call["output_shapes"]]
     pc = {}

@@ -16,7 +16,7 @@ import mlxtriton
 from mlxtriton.runtime import launch as L
 small = mx.random.normal((8, 64)); mx.eval(small)
 opt = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)); mx.eval(opt(small))
-low = opt.lower(small, target="cuda")[0]
+low = opt.trace(small).lower("cuda")[0]
 kobj = L._kernel_object(low)
 call = low.call_kwargs(); call["output_dtypes"] = [mx.float32]
 run = L.launcher(low)

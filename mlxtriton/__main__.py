@@ -205,8 +205,8 @@ def _explain(parser: argparse.ArgumentParser) -> Runner:
                               + [f"{k}={describe(v)}" for k, v in call_kwargs.items()])
         print(f"== {args.function}({described}) with mlxtriton.{args.passes}, chip={args.chip}")
         try:
-            explanation = compiled.explain(*call_args, target=args.dialect, **call_kwargs)
-            lowered = compiled.lower(*call_args, target=args.dialect, **call_kwargs)
+            staged = compiled.trace(*call_args, **call_kwargs)
+            explanation, lowered = staged.explain(args.dialect), staged.lower(args.dialect)
         except (mlxtriton.TraceError, mlxtriton.SingleKernelError, RegionError) as e:
             print(f"mlxtriton explain: {type(e).__name__}: {e}", file=sys.stderr)
             return 1

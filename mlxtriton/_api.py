@@ -107,8 +107,8 @@ def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(
         static_argnums, static_argnames: arguments that are not arrays.
 
     Returns:
-        A `Compiled` function: call it like ``fn``; ``.graph(*args)``, ``.lower(*args,
-        target=...)``, ``.explain(*args)`` inspect it.
+        A `Compiled` function: call it like ``fn``; ``.graph(*args)``, ``.lower(*args)``,
+        ``.explain(*args)``, ``.trace(*args).lower(target)`` inspect it; ``.cache_info()``.
 
     Raises:
         UnknownChipError: an unknown chip name (the message lists the known ones).
@@ -132,7 +132,7 @@ def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(),
         >>> @mlxtriton.kernel
         ... def rms_gate(x, w):
         ...     return mx.fast.rms_norm(x, w, 1e-5) * mx.sigmoid(x)
-        >>> len(rms_gate.lower(mx.ones((4, 256)), mx.ones((256,)), target="cuda"))
+        >>> len(rms_gate.trace(mx.ones((4, 256)), mx.ones((256,))).lower("cuda"))
         1
     """
     # No pattern stage: rewriting into MLX's fast ops would take the kernel's work away from it.

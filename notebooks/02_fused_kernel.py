@@ -53,19 +53,19 @@ print("same result as the plain function:", mx.allclose(rms_norm_gate(x, w, g), 
 # registers between its two passes.
 
 # %%
-print(rms_norm_gate.explain(x, w, g, target="metal"))
+print(rms_norm_gate.trace(x, w, g).explain("metal"))
 
 # %% [markdown]
 # ## Metal and CUDA, side by side
-# `.lower(*args, target=...)` returns exactly what the runtime hands to `mx.fast.metal_kernel` /
+# `.trace(*args).lower(target)` returns exactly what the runtime hands to `mx.fast.metal_kernel` /
 # `mx.fast.cuda_kernel`: the kernel body (MLX writes the signature), a header, the grid and the
 # threadgroup. The two differ only where the dialect table says so: thread indices, SIMD/warp
 # reductions, barriers, vector types. The launch shapes differ because the default chip of each
 # dialect (an M3 for Metal, the H200 for CUDA) has its own register budget.
 
 # %%
-metal = rms_norm_gate.lower(x, w, g, target="metal")[0]
-cuda = rms_norm_gate.lower(x, w, g, target="cuda")[0]
+metal = rms_norm_gate.trace(x, w, g).lower("metal")[0]
+cuda = rms_norm_gate.trace(x, w, g).lower("cuda")[0]
 
 
 def side_by_side(left: str, right: str, width: int = 72, titles=("Metal", "CUDA")) -> str:

@@ -78,7 +78,7 @@ block = examples.LlamaBlock(cfg)
 block.set_dtype(mx.float16)
 x = mx.random.normal((2, 2048, 4096)).astype(mx.float16)
 
-optimized = {c: mlxtriton.optimize(block, chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
+optimized = {c: mlxtriton.optimize(block, chip=c).trace(x).explain(DIALECT[c]) for c in CHIPS}
 rewrites = {c: next(s.lines for s in optimized[c].stages if s.stage == "patterns") for c in CHIPS}
 groups: dict[tuple, list[str]] = {}  # chips whose pattern stage decided alike
 for c in CHIPS:
@@ -101,7 +101,7 @@ print(table(["primitive", *[hw.profile(c).name for c in CHIPS]],
 # The table shows each kernel's launch shape per chip.
 
 # %%
-explained = {c: mlxtriton.cache(mlxtriton.layout(block), chip=c).explain(x, target=DIALECT[c]) for c in CHIPS}
+explained = {c: mlxtriton.cache(mlxtriton.layout(block), chip=c).trace(x).explain(DIALECT[c]) for c in CHIPS}
 first = explained[CHIPS[0]]
 print(f"traced {len(first.source.eqns)} equations -> {len(first.graph.eqns)} after the passes, "
       f"{len(first.kernels)} generated kernels per chip\n")
@@ -154,7 +154,7 @@ softmax = {c: mlxtriton.cache(lambda a: mx.softmax(a, axis=-1), chip=c) for c in
 for n in lengths:
     xs = mx.zeros((256, n))  # rows enough for every chip: no reduction is split in two levels
     for c in CHIPS:
-        s = softmax[c].lower(xs, target=DIALECT[c])[0].kernel.arg
+        s = softmax[c].trace(xs).lower(DIALECT[c])[0].kernel.arg
         reads = 1 if s.on_chip == "registers" else s.passes
         sweep[c].append({"n": n, "threads": s.threads_per_row, "tg": s.threadgroup_size,
                          "on_chip": s.on_chip, "bytes_per_element": 4 * (reads + 1)})

@@ -89,7 +89,7 @@ def test_generated_kernels_run_in_the_interpreter(name, monkeypatch):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_kernel_type_checks_as_metal(name, chip):
     fn, make = CASES[name]
-    lowered = kernels_only(fn, chip=chip).lower(*make(), target="metal")
+    lowered = kernels_only(fn, chip=chip).trace(*make()).lower("metal")
     assert lowered.target == "metal" and len(lowered) >= 1
     for k in lowered:
         assert metal_check.check(k) == [], k.as_text()
@@ -98,7 +98,7 @@ def test_every_kernel_type_checks_as_metal(name, chip):
 def test_lowered_kernels_carry_everything_mx_fast_needs():
     x, w = mx.ones((4, 256)), mx.ones((256,))
     for target in ("metal", "cuda"):
-        (k,) = kernels_only(rms_gate).lower(x, w, target=target)
+        (k,) = kernels_only(rms_gate).trace(x, w).lower(target)
         assert k.target == target
         assert k.input_shapes == ((4, 256), (256,)) and k.input_dtypes == ("float32", "float32")
         assert k.output_shapes == ((4, 256),) and k.output_dtypes == ("float32",)
@@ -250,7 +250,7 @@ def test_kernel_decorator_is_one_kernel_or_says_why():
 
     x = mx.random.normal((4, 100))
     _close(softmax_gate(x), softmax_gate.__wrapped__(x))
-    assert len(softmax_gate.lower(x, target="cuda")) == 1
+    assert len(softmax_gate.trace(x).lower("cuda")) == 1
 
     @mlxtriton.kernel
     def with_matmul(x, w):
@@ -285,10 +285,10 @@ def test_outputs_equal_up_to_size_1_axes_are_one_kernel(monkeypatch):
     mx.random.seed(4)
     args = (mx.random.uniform(shape=(8,)) + 1, mx.random.normal((8, 3, 3, 3)), mx.random.normal((8,)),
             mx.random.normal((8,)))
-    lowered = mlxtriton.optimize(f).lower(*args, target="cuda")
+    lowered = mlxtriton.optimize(f).trace(*args).lower("cuda")
     assert not lowered.fallbacks and len(lowered) == 2
     assert sorted(lowered[0].output_shapes) == [(8,), (8, 1, 1, 1)]
-    for k in mlxtriton.optimize(f).lower(*args, target="metal"):
+    for k in mlxtriton.optimize(f).trace(*args).lower("metal"):
         assert metal_check.check(k) == [], k.as_text()
     monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
     _close(mlxtriton.optimize(f)(*args), f(*args))
@@ -299,7 +299,7 @@ def test_a_row_result_reshaped_across_size_1_axes_is_one_kernel(monkeypatch):
     # stay at their own row's index through the reshape.
     f = lambda x: mx.softmax(x, axis=-1).reshape(-1, 64)
     x = mx.random.normal((1, 8, 64))
-    (kernel,) = mlxtriton.kernel(f).lower(x, target="cuda")
+    (kernel,) = mlxtriton.kernel(f).trace(x).lower("cuda")
     assert kernel.output_shapes == ((8, 64),)
     monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
     _close(mlxtriton.kernel(f)(x), f(x))
@@ -321,9 +321,9 @@ def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
     monkeypatch.setattr(lowering, "build", refuse)
     f = lambda x: mx.softmax(x * 2, axis=-1) + 1
     x = mx.random.normal((4, 32))
-    lowered = mlxtriton.optimize(f).lower(x, target="cuda")
+    lowered = mlxtriton.optimize(f).trace(x).lower("cuda")
     assert lowered.fallbacks and "runs as MLX ops: injected" in lowered.as_text()
-    assert "cannot be generated: injected" in str(mlxtriton.optimize(f).explain(x, target="cuda"))
+    assert "cannot be generated: injected" in str(mlxtriton.optimize(f).trace(x).explain("cuda"))
     monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
     _close(mlxtriton.optimize(f)(x), f(x))
     with pytest.raises(mlxtriton.SingleKernelError, match="injected"):

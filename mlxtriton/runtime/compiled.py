@@ -431,9 +431,10 @@ class Compiled:
 
     Calling it returns what the original returns, and leaves the state it touched (module
     buffers, argument objects, the random key) as the original would (`mlxtriton.state`).
-    ``.graph(*args)`` gives the optimised graph, ``.lower(*args, target=...)`` the kernels it
-    would launch (any host), ``.explain(*args)`` what each stage did and why, ``.cache_info()``
-    how its cache is doing.
+    ``.graph(*args)`` gives the optimised graph, ``.lower(*args)`` the kernels it would launch
+    (any host), ``.explain(*args)`` what each stage did and why (every argument goes to the
+    function; ``.trace(*args).lower(target)`` picks the dialect), ``.cache_info()`` how its
+    cache is doing.
     """
 
     def __init__(self, fn: Callable, passes: frozenset[str], chip: Any = "auto",
@@ -659,26 +660,27 @@ class Compiled:
     def trace(self, *args, **kwargs) -> "Traced":
         """Trace a call without running it (``jax.jit(f).trace``): every argument goes to the
         function. The result lowers and explains for any target, each computed once:
-        ``f.trace(x).lower(target="cuda")``, ``f.trace(x).explain()``, ``f.trace(x).graph``."""
+        ``f.trace(x).lower("cuda")``, ``f.trace(x).explain()``, ``f.trace(x).graph``."""
         return Traced(self, self._trace(args, kwargs))
 
     def graph(self, *args, **kwargs) -> Graph:
         """The optimised graph for these arguments: what will run, fused regions included."""
         return self.trace(*args, **kwargs).graph
 
-    def lower(self, *args, target: str | None = None, **kwargs) -> Lowered:
-        """The kernels a call with these arguments would launch, for ``target`` ("metal" or
-        "cuda"; default: the running device's, else Metal). Works on any host.
+    def lower(self, *args, **kwargs) -> Lowered:
+        """The kernels a call with these arguments would launch, in the running device's
+        dialect (else Metal); ``f.trace(*args, **kwargs).lower("cuda")`` picks another. Works on
+        any host.
 
         Raises:
             SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
-            RegionError: a region that cannot become one kernel.
         """
-        return self.trace(*args, **kwargs).lower(target)
+        return self.trace(*args, **kwargs).lower()
 
-    def explain(self, *args, target: str | None = None, **kwargs) -> Explanation:
-        """What each stage did for these arguments and, for what did not fuse, why."""
-        return self.trace(*args, **kwargs).explain(target)
+    def explain(self, *args, **kwargs) -> Explanation:
+        """What each stage did for these arguments and, for what did not fuse, why
+        (``f.trace(*args, **kwargs).explain("cuda")`` for another dialect)."""
+        return self.trace(*args, **kwargs).explain()
 
     def clear_cache(self) -> None:
         with self._lock:

@@ -94,7 +94,7 @@ def test_rows_at_the_most_threads_keep_at_most_half_again_their_data(monkeypatch
         return mx.vjp(gate, [x, w, g], [c])[1]
 
     def schedules(fn, *args):
-        return [k.kernel.arg for k in mlxtriton.optimize(fn, chip="h200").lower(*args, target="cuda").kernels]
+        return [k.kernel.arg for k in mlxtriton.optimize(fn, chip="h200").trace(*args).lower("cuda").kernels]
 
     row = schedules(gate_backward, x, w, x, x)[0]
     assert (row.threads_per_row, row.elements_per_thread, row.kept) == (1024, 32, 0)
@@ -114,7 +114,7 @@ def test_rows_holding_more_than_two_threadgroups_leave_take_twice_the_threads():
         return mx.vjp(lambda x: mx.softmax(x, axis=-1), [x], [c])[1]
 
     def threads(fn, *args):
-        (k,) = mlxtriton.optimize(fn, chip="h200").lower(*args, target="cuda").kernels
+        (k,) = mlxtriton.optimize(fn, chip="h200").trace(*args).lower("cuda").kernels
         return k.threadgroup[0]
 
     assert threads(backward, x, x) == 1024

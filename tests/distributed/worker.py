@@ -150,7 +150,7 @@ def fusion_around_all_sum(group):
     assert all_sum.outputs[0] in fused.inputs
     body = fused.params["body"].primitive_counts()
     assert body.get("Add", 0) >= 1 and body.get("Reduce") == 1, body
-    explained = str(f.explain(x, h, w, g, target="cuda"))
+    explained = str(f.trace(x, h, w, g).explain("cuda"))
     assert (f"collective AllReduce[kind=sum] over {group.size()} ranks (this is rank {group.rank()}): "
             f"f32[8,64] -> f32[8,64]; input from Matmul; read by {fused.params['name']}") in explained, explained
     assert "not fused: #1 AllReduce" in explained and "regions end before it" in explained, explained

@@ -41,7 +41,7 @@ out = []
 for name, fn, args in programs:
     for chip, target in (("m3", "metal"), ("h200", "cuda")):
         f = mlxtriton.optimize(fn, chip=chip)
-        out += [f"== {name} for {chip} ({target})", f.lower(*args, target=target).as_text(), str(f.explain(*args))]
+        out += [f"== {name} for {chip} ({target})", f.trace(*args).lower(target).as_text(), str(f.explain(*args))]
 sys.stdout.write("\n".join(out))
 """
 

@@ -161,11 +161,11 @@ def test_split_kernels_run_in_the_interpreter(name, small, monkeypatch):
 def test_lowered_split_is_two_row_kernels_that_type_check_as_metal():
     f = mlxtriton.optimize(lambda x: mx.sum(x * x), chip="h200")
     x = mx.ones((1 << 20,))
-    lowered = f.lower(x, target="cuda")
+    lowered = f.trace(x).lower("cuda")
     assert [k.output_shapes for k in lowered] == [((256, 1),), ((),)]
     assert [k.grid[0] // k.threadgroup[0] for k in lowered] == [256, 1]  # threadgroups
-    assert "split: traced eqn" in str(f.explain(x, target="cuda"))
-    for k in f.lower(x, target="metal"):
+    assert "split: traced eqn" in str(f.trace(x).explain("cuda"))
+    for k in f.trace(x).lower("metal"):
         assert metal_check.check(k) == [], k.as_text()
 
 
@@ -173,7 +173,7 @@ def test_kernel_never_splits():
     # @kernel promises one kernel: the long reduction stays one threadgroup per row.
     k = mlxtriton.kernel(lambda x: mx.sum(x * x), chip="h200")
     x = mx.ones((1 << 20,))
-    (kernel,) = k.lower(x, target="cuda")
+    (kernel,) = k.trace(x).lower("cuda")
     assert kernel.grid[0] == kernel.threadgroup[0]  # one threadgroup
 
 

@@ -46,7 +46,7 @@ def test_the_example_models_run_their_kernels_as_metal(monkeypatch):
     Metal source in the emulator; the results equal plain MLX's."""
     cases = {name: (make(), examples.example_inputs(name)) for name, make in MODELS.items()}
     lowered = [k for fn, args in cases.values()
-               for k in mlxtriton.optimize(fn).lower(*args, target="metal")]
+               for k in mlxtriton.optimize(fn).trace(*args).lower("metal")]
     assert len(lowered) >= len(cases)
     metal_emulator.prepare(lowered)  # one parallel compile for all of them
     monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
@@ -64,7 +64,7 @@ def test_two_level_reductions_run_their_kernels_as_metal(monkeypatch):
     monkeypatch.setattr(split_module, "MIN_SPLIT_BYTES", 0)
     monkeypatch.setattr(split_module, "MIN_ARG_SPLIT_BYTES", 0)
     monkeypatch.setattr(split_module, "MIN_SEGMENT", 4)
-    lowered = {name: mlxtriton.optimize(fn, chip="m3").lower(*args, target="metal")
+    lowered = {name: mlxtriton.optimize(fn, chip="m3").trace(*args).lower("metal")
                for name, (fn, args) in test_split.CASES.items()}
     # most split in two levels (two or three kernels each), the others stay one kernel
     assert sum(len(k) > 1 for k in lowered.values()) >= len(lowered) // 2
@@ -77,7 +77,7 @@ def test_two_level_reductions_run_their_kernels_as_metal(monkeypatch):
 @needs_compiler
 def test_interpret_metal_runs_the_emulator_not_the_interpreter(monkeypatch):
     x = mx.random.normal((6, 300))
-    (kernel,) = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)).lower(x, target="metal")
+    (kernel,) = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)).trace(x).lower("metal")
     monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
     calls = []
     real = metal_emulator.emulate
@@ -132,7 +132,7 @@ def test_a_kernel_the_gpu_rejects_runs_as_mlx_ops_with_one_warning(apple_gpu):
     f = lambda x: mx.softmax(x * 2.0, axis=-1) + 1.0  # noqa: E731
     x = mx.random.normal((4, 1000))
     g = mlxtriton.optimize(f)
-    (kernel,) = g.lower(x, target="metal")
+    (kernel,) = g.trace(x).lower("metal")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _close(g(x), f(x), 1e-6)
@@ -160,7 +160,7 @@ def test_a_kernel_the_gpu_accepts_launches(apple_gpu, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = g(x)
-    (kernel,) = g.lower(x, target="metal")
+    (kernel,) = g.trace(x).lower("metal")
     assert launched[0] == kernel.name and launch.unavailable(kernel.name) is None
     assert np.array(out).sum() == 0  # the (stand-in) kernel's result, not MLX's
 
