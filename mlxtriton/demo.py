@@ -3,7 +3,9 @@
 Traces a Llama-style decoder block written in plain mlx.nn, evaluates the graph with MLX and with
 the JAX oracle (optional: skipped, and said so, without JAX), shows what optimize decided for it,
 the one kernel RMS norm x SiLU gate becomes and its source, times that function against
-mx.compile on this machine, and splits a long reduction for the chip. May import any layer.
+mx.compile on this machine, splits a long reduction for the chip, and generates text with an
+mlx-lm model built from a config (optional: skipped, and said so, without mlx-lm). May import any
+layer.
 """
 
 from __future__ import annotations
@@ -68,6 +70,58 @@ def oracle_section(graph, x: mx.array, expected: mx.array) -> bool | None:
     print(f"max |jax - mlx| = {diff.max():.2e} over {diff.size} float32 values: "
           f"{'agrees' if agrees else 'DISAGREES'} within rtol 1e-5, atol 1e-5")
     return agrees
+
+
+def generation_section(chip: str) -> bool | None:
+    """Greedy decoding of a small llama (random weights, token ids) by mlx-lm's ``generate_step``,
+    plain and through optimize with `mlxtriton.lm`'s caches: same tokens, and the builds it took.
+    None (and says so) where mlx-lm is not installed."""
+    try:
+        from mlx_lm.generate import generate_step
+        from mlx_lm.models import llama
+    except ImportError:
+        print("skipped: mlx-lm is not installed (pip install 'mlxtriton[test]', Python >= 3.11)")
+        return None
+    from mlx.utils import tree_map
+
+    from mlxtriton import lm
+
+    args = llama.ModelArgs(model_type="llama", hidden_size=256, num_hidden_layers=4,
+                           intermediate_size=512, num_attention_heads=8, num_key_value_heads=2,
+                           rms_norm_eps=1e-5, vocab_size=1024)
+    mx.random.seed(0)
+    model = llama.Model(args)
+    # mlx.nn's initial weights make a random model repeat one token; larger ones make it wander
+    model.update(tree_map(lambda p: 4 * p, model.parameters()))
+    mx.eval(model.parameters())
+    prompt = mx.random.randint(0, args.vocab_size, (24,), key=mx.random.key(1))
+
+    def greedy(logprobs: mx.array) -> mx.array:
+        return mx.argmax(logprobs, axis=-1)
+
+    def tokens(fn, cache) -> tuple[list[int], float]:
+        t0 = time.perf_counter()
+        out = [t for t, _ in generate_step(prompt, fn, max_tokens=48, sampler=greedy,
+                                           prompt_cache=cache)]
+        return out, time.perf_counter() - t0
+
+    from mlx_lm.models.cache import make_prompt_cache
+
+    plain, plain_s = tokens(model, make_prompt_cache(model))
+    fast = mlxtriton.optimize(model, chip=chip)
+    ours, ours_s = tokens(fast, lm.make_prompt_cache(model))
+    again, again_s = tokens(fast, lm.make_prompt_cache(model))
+    info = fast.cache_info()
+    print(f"llama, {args.num_hidden_layers} layers, hidden {args.hidden_size}, random weights; "
+          f"prompt of {prompt.size} token ids, 48 greedy tokens by mlx_lm's generate_step")
+    print("   fast = mlxtriton.optimize(model)")
+    print("   generate_step(prompt, fast, prompt_cache=mlxtriton.lm.make_prompt_cache(model))")
+    print(f"   tokens: {ours[:12]} ...")
+    print(f"   same tokens as plain mlx-lm: {ours == plain}; builds: {info.builds} "
+          f"(the prompt, its last token, every decode step), calls served from the cache: {info.hits}")
+    print(f"   whole generation: plain {1e3 * plain_s:.0f} ms, optimize {1e3 * ours_s:.0f} ms "
+          f"(building included), a second generation {1e3 * again_s:.0f} ms")
+    return ours == plain == again and info.builds <= 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{abs(ours - exact) / exact:.1e}); MLX's own sum on this device {theirs:.4f} "
           f"({abs(theirs - exact) / exact:.1e})")
 
+    _section("8. generate text with an mlx-lm model (optional: needs mlx-lm)")
+    generates = generation_section(chip)
+    if generates is not None:
+        ok["generate"] = generates
+
     failed = [name for name, good in ok.items() if not good]
+    skipped = [name for name in ("oracle", "generate") if name not in ok]
     print(f"\n{'all checks passed' if not failed else 'FAILED: ' + ', '.join(failed)} "
-          f"({', '.join(ok)}{'' if 'oracle' in ok else '; the oracle was skipped'})")
+          f"({', '.join(ok)}{'; skipped: ' + ', '.join(skipped) if skipped else ''})")
     return 1 if failed else 0
 
 

@@ -1,6 +1,7 @@
 """The README's demo command runs every section on this machine and exits 0: the trace, MLX and
 oracle evaluation, the full fusion decisions, one kernel's source, a timing against mx.compile
-measured here, and a split reduction. Without JAX the oracle section says it was skipped."""
+measured here, a split reduction and a generation with mlx-lm. Without JAX the oracle section,
+without mlx-lm the generation, says it was skipped."""
 
 import sys
 
@@ -13,7 +14,7 @@ from mlxtriton import demo, examples
 def test_demo_runs_every_section(capsys):
     assert demo.main() == 0
     out = capsys.readouterr().out
-    for section in range(1, 8):
+    for section in range(1, 9):
         assert f"\n== {section}. " in out
     assert "evaluate(graph, x) == block(x) exactly: True" in out and "agrees within" in out
     assert "-- patterns:" in out and "-- fuse:" in out and "-- cache:" in out and "not fused:" in out
@@ -21,6 +22,13 @@ def test_demo_runs_every_section(capsys):
     assert "--- source ---" in out and "pass 2: write rows" in out  # the whole kernel source
     assert "method: [" in out and "ms per call" in out and "mx.compile's speed" in out
     assert "relative error" in out and "all checks passed" in out
+    assert "same tokens as plain mlx-lm: True; builds: 3" in out
+
+
+def test_the_generation_section_without_mlx_lm_says_it_is_skipped(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlx_lm.generate", None)  # the import fails as if absent
+    assert demo.generation_section("m3") is None
+    assert capsys.readouterr().out.startswith("skipped: mlx-lm is not installed")
 
 
 def test_the_oracle_section_without_jax_says_it_is_skipped(monkeypatch, capsys):
