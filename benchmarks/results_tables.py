@@ -244,6 +244,29 @@ def ce_rows(files):
                       "PyTorch sum", "PyTorch cross_entropy"], out)
 
 
+def generation(files):
+    out = []
+    for r in (r for f in files for r in load(f)["rows"]):
+        m = r["methods"]
+
+        def ms(name):
+            return (m.get(name) or {}).get("ms")
+
+        best_peer = min(v for v in (ms("plain"), ms("compile")) if v is not None)
+        roof = ms("roofline")
+        opt = m.get("optimize") or {}
+        out.append([r["model"].upper(), "4-bit" if r["dtype"] == "4bit" else DTYPES.get(r["dtype"], r["dtype"]),
+                    r["batch"], r["prompt"], _num(ms("plain"), 2), _num(ms("generate_step"), 2),
+                    _num(ms("compile"), 2), _num(ms("optimize"), 2), _num(roof, 2),
+                    _ratio(ms("plain") / ms("optimize")) if ms("optimize") else "",
+                    _ratio(best_peer / ms("optimize")) if ms("optimize") else "",
+                    f"{100 * roof / ms('optimize'):.0f}%" if ms("optimize") and roof else "",
+                    (opt.get("cache_info") or {}).get("builds", "")])
+    return _markdown(["model", "weights", "batch", "prompt", "plain mlx-lm (ms/token)", "generate_step",
+                      "static cache under mx.compile", "optimize", "roofline", "optimize vs plain",
+                      "vs best peer", "of roofline", "builds"], out)
+
+
 # name -> (the function writing the table, the newest complete run's files)
 TABLES: dict[str, tuple[Callable, list[str]]] = {
     "row_kernels": (row_kernels, ["row_kernels_h200_session14_f32.json", "row_kernels_h200_session14_bf16.json"]),

@@ -247,7 +247,7 @@ def _is_stop_marker(entry: dict) -> bool:
 
 def _stop_gradient(x, *args, **kwargs):
     if threading.get_ident() in _tracing_threads and isinstance(x, mx.array) and not args and not kwargs:
-        return mx.depends([x], [x, x])[0]
+        return mx.depends([_STOP_GRADIENT(x)], [x, x])[0]
     return _STOP_GRADIENT(x, *args, **kwargs)
 
 

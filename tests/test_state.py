@@ -248,6 +248,35 @@ def test_a_loss_with_a_detached_target_trains_as_eager():
     _close(mx.grad(mlxtriton.optimize(loss))(w, x), mx.grad(loss)(w, x))
 
 
+def test_a_gradient_taken_inside_the_traced_function_stops_at_stop_gradient():
+    """A training step differentiates while it is traced: MLX's autodiff then runs over the
+    trace's stop-gradient marker, which must stop the gradient as mx.stop_gradient does."""
+    fn = lambda x: mx.grad(lambda y: (y * mx.stop_gradient(y)).sum())(x)  # noqa: E731
+    x = mx.array([1.0, -2.0, 3.0])
+    _same(mlxtriton.evaluate(mlxtriton.trace(fn)(x), x), x)
+    _same(mlxtriton.optimize(fn)(x), x)
+    _same(mlxtriton.optimize(fn, chip="h200")(x), x)
+
+
+def test_a_region_output_that_is_a_stop_gradient_differentiates_inside_a_trace():
+    """A region's body may output a stop-gradient (a split row max, kept for a later region); its
+    backward, also when traced to be optimised itself, leaves that output out of MLX's VJP."""
+    from mlxtriton.runtime.autodiff import vjp_function
+
+    def body(a):
+        c = mx.max(a, axis=(1, 2), keepdims=True).reshape(4, 1)
+        d = mx.stop_gradient(c)
+        return [d, d.reshape(4, 1, 1), c * 2]
+
+    a = mx.random.normal((4, 16, 1), key=mx.random.key(3))
+    backward = vjp_function(mlxtriton.trace(body)(a))
+    cotangents = [mx.ones((4, 1)), mx.ones((4, 1, 1)), mx.ones((4, 1))]
+    # (MLX's own vjp of ``body`` pairs the outputs after a stop-gradient with the wrong cotangents)
+    want = mx.vjp(lambda a: body(a)[2:], [a], cotangents[2:])[1]
+    _same(backward([a], cotangents)[0], want[0])
+    _same(mlxtriton.optimize(backward)([a], cotangents)[0], want[0])
+
+
 _SG_UNARY = [mx.exp, mx.tanh, mx.sin, lambda v: v * v, lambda v: mx.sqrt(mx.abs(v) + 1.0)]
 _SG_BINARY = [mx.add, mx.multiply, mx.subtract, lambda a, b: a / (mx.abs(b) + 1.0)]
 

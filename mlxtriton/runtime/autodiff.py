@@ -95,9 +95,19 @@ def vjp_function(source: Graph) -> Callable[[list, list], list]:
     the outputs do not depend on is differentiated as a constant (`stop_shift_gradients`)."""
     source = stop_shift_gradients(source)
     inexact = _inexact(source)
+    # An output that is a stop-gradient carries no gradient: it is left out of MLX's VJP, which
+    # pairs the outputs after one with the wrong cotangents (MLX 0.32).
+    live = [i for i, v in enumerate(source.outputs)
+            if (p := source.producer(v)) is None or p.primitive != "StopGradient"]
 
     def backward(primals: list, cotangents: list) -> list:
-        grads = mx.vjp(_of_inexact(source, primals), [primals[i] for i in inexact], cotangents)[1]
+        of_inexact = _of_inexact(source, primals)
+        if len(live) < len(source.outputs):
+            whole, of_inexact = of_inexact, lambda *values: [whole(*values)[i] for i in live]
+            cotangents = [cotangents[i] for i in live]
+        if not live:
+            return [mx.zeros_like(p) for p in primals]
+        grads = mx.vjp(of_inexact, [primals[i] for i in inexact], cotangents)[1]
         out = [mx.zeros_like(p) for p in primals]
         for i, g in zip(inexact, grads):
             out[i] = g
