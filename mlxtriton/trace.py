@@ -231,10 +231,14 @@ class _GraphBuilder:
 
 # ---- while a trace runs --------------------------------------------------------------------
 # MLX's exporter records neither StopGradient (it is dropped) nor Contiguous (no exportable
-# state). While a thread traces, mx.stop_gradient(x) is recorded as mx.depends([x], [x, x]), a
-# form MLX's own code never builds, which the builder turns back into a StopGradient equation;
-# mx.contiguous(x) is x itself (a graph has value semantics: layout is the runtime's business).
+# state). While a thread traces, mx.stop_gradient(x) is recorded as
+# mx.depends([stop_gradient(x)], [x, x]), a form MLX's own code never builds, which the builder
+# turns back into a StopGradient equation (the stop_gradient inside still stops the gradients
+# the traced function takes itself: a training step); mx.contiguous(x) is x itself (a graph has
+# value semantics: layout is the runtime's business); mx.fast.cross_entropy, whose GPU kernel
+# has no exportable state either, is its definition, logsumexp(x) - x[target] in float32.
 _STOP_GRADIENT, _CONTIGUOUS = mx.stop_gradient, mx.contiguous
+_CROSS_ENTROPY = mx.fast.cross_entropy
 _trace_lock = threading.Lock()
 _tracing_threads: dict[int, int] = {}  # thread ident -> nesting depth
 _compile_was_enabled = False
@@ -249,6 +253,15 @@ def _stop_gradient(x, *args, **kwargs):
     if threading.get_ident() in _tracing_threads and isinstance(x, mx.array) and not args and not kwargs:
         return mx.depends([_STOP_GRADIENT(x)], [x, x])[0]
     return _STOP_GRADIENT(x, *args, **kwargs)
+
+
+def _cross_entropy(logits, targets, *args, **kwargs):
+    if threading.get_ident() not in _tracing_threads or args or kwargs.get("stream") is not None:
+        return _CROSS_ENTROPY(logits, targets, *args, **kwargs)
+    # MLX's GPU kernel accumulates in float32; its CPU fallback reduces in the logits' dtype.
+    x = logits if mx.default_device() == mx.cpu else logits.astype(mx.float32)
+    picked = mx.take_along_axis(x, mx.expand_dims(targets, -1), axis=-1).squeeze(-1)
+    return (mx.logsumexp(x, axis=-1) - picked).astype(mx.float32)
 
 
 def _contiguous(x, *args, **kwargs):
@@ -280,6 +293,7 @@ def _tracing():
             if _compile_was_enabled:
                 mx.disable_compile()
             mx.stop_gradient, mx.contiguous = _stop_gradient, _contiguous
+            mx.fast.cross_entropy = _cross_entropy
         _tracing_threads[me] = _tracing_threads.get(me, 0) + 1
     try:
         yield
@@ -290,6 +304,7 @@ def _tracing():
                 del _tracing_threads[me]
             if not _tracing_threads:
                 mx.stop_gradient, mx.contiguous = _STOP_GRADIENT, _CONTIGUOUS
+                mx.fast.cross_entropy = _CROSS_ENTROPY
                 if _compile_was_enabled:
                     mx.enable_compile()
 
@@ -385,8 +400,9 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
         try:
             builder = _export(flat_fn, flat_args)
         except ValueError as err:
-            # Some GPU-only primitives have no exportable state (MLX 0.32's CUDA CrossEntropy).
-            # On the CPU stream MLX decomposes them into ordinary primitives, same semantics.
+            # Some GPU-only primitives have no exportable state. On the CPU stream MLX decomposes
+            # them into ordinary primitives (Python code that asks for the default device then
+            # takes its CPU branch: the warning says so).
             match = _NO_STATE.search(str(err))
             if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
                 raise

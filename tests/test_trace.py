@@ -135,3 +135,19 @@ def test_identity_and_constant_outputs():
     a, b, d = mlxtriton.evaluate(g, mx.ones(2))
     assert mx.array_equal(a, mx.ones(2)).item() and mx.array_equal(b, c).item()
     assert g.outputs[0] is g.outputs[2]
+
+
+def test_fast_cross_entropy_traces_as_its_definition():
+    """mx.fast.cross_entropy (no exportable state on a GPU) is traced as logsumexp(x) - x[t]:
+    the same values as MLX's, special values included, and no trace of it left afterwards."""
+    x = mx.array([[1.0, float("inf"), 0.5], [0.0, 2.0, -1.0], [float("-inf"), 1.0, float("nan")]])
+    t = mx.array([0, 2, 1])
+    fn = lambda x: mx.fast.cross_entropy(x, t)  # noqa: E731
+    graph = mlxtriton.trace(fn)(x)
+    assert "LogSumExp" in graph.primitive_counts()
+    want = fn(x)
+    got = mlxtriton.optimize(fn)(x)
+    assert got.dtype == want.dtype == mx.float32
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
+    assert mx.fast.cross_entropy is not None and "mlxtriton" not in getattr(
+        mx.fast.cross_entropy, "__module__", "")

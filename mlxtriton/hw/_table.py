@@ -97,7 +97,7 @@ CITATIONS: dict[str, str] = {
         "HBM3e at 4.8 TB/s, FP32 67 TFLOPS; the same Hopper processor as the H100 (workplace notes H200.md)"),
     "h200-reading": (
         "Read on the lent H200 through PyTorch's device properties, 2026-10-28 (workplace notes KINDS.md): "
-        "132 multiprocessors, 60 MB of L2; tests/hw/test_device_h200.py checks it on the device"),
+        "132 multiprocessors, 60 MB of L2; tests/hw/test_device_card.py checks it on the device"),
     "h200-copy": (
         "Measured on the lent H200, 2026-10-28 and 2026-11-04 (workplace notes KINDS.md): a device-to-device "
         "copy moved about 4.3 TB/s counting bytes read and written"),

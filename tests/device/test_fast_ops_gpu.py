@@ -97,3 +97,29 @@ def test_llama_block_with_fast_attention_traces_on_gpu():
     counts = graph.primitive_counts()
     assert counts.get("RMSNorm") == 2 and counts.get("RoPE") == 2
     assert mx.array_equal(mlxtriton.evaluate(graph, x), block(x)).item()
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["f32", "bf16"])
+def test_cross_entropy_traces_on_the_gpu_as_its_definition(dtype):
+    """mx.fast.cross_entropy has no exportable state on the GPU: it is traced as its definition
+    (float32 logsumexp minus the target's logit) on the GPU stream, with no CPU-stream fallback,
+    so nn.losses.cross_entropy keeps its GPU branch and rows holding infinities give MLX's
+    kernel's infinities."""
+    import warnings
+
+    import mlx.nn as nn
+
+    x = mx.random.normal((6, 300), key=mx.random.key(0)).astype(dtype)
+    x[1, 7] = float("inf")
+    x[2, 3] = float("-inf")
+    t = mx.array([0, 1, 3, 299, 5, 6])
+    fn = lambda x: nn.losses.cross_entropy(x, t)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = mlxtriton.trace(fn)(x)
+        got = mlxtriton.optimize(fn)(x)
+    assert "LogSumExp" in graph.primitive_counts()
+    want = fn(x)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)),
+                               rtol=1e-2 if dtype == mx.bfloat16 else 1e-5)

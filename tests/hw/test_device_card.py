@@ -1,11 +1,12 @@
-"""The H200 profile checked against the real device: runs only on MLX's CUDA backend (the lent H200).
+"""The profile of the lent NVIDIA card (an H200 or an H100) checked against the real device: runs
+only on MLX's CUDA backend.
 
 Reads the device three ways (``mx.device_info()``, PyTorch's and CuPy's device properties) and
 launches ``mx.fast.cuda_kernel`` with the parameters `hw.params` derives, at the opt-in shared-memory
 limit the profile states. Run on the device machine, after unpacking the MLX CUDA bundle
 (shared/device/README.md):
 
-    python3 -m pytest -m cuda tests/hw/test_device_h200.py -v -rs
+    python3 -m pytest -m cuda tests/hw/test_device_card.py -v -rs
 """
 
 import functools
@@ -24,34 +25,38 @@ from mlxtriton import hw
 ON_CUDA = hasattr(mx, "cuda") and mx.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not ON_CUDA, reason="needs MLX's CUDA backend")]
 
-H200 = hw.profile("h200")
+# the device name MLX reports -> the profile that describes that card
+_CARDS = {"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100"}
+_NAME = mx.device_info().get("device_name") if ON_CUDA else None
+if ON_CUDA and _NAME not in _CARDS:
+    pytestmark.append(pytest.mark.skip(reason=f"no profile is checked against {_NAME}"))
+CARD = hw.profile(_CARDS.get(_NAME, "h200"))
 
 
-def test_mlx_device_info_detects_the_h200():
+def test_mlx_device_info_detects_the_card():
     info = mx.device_info()
-    assert info["device_name"] == "NVIDIA H200"
-    assert (info["compute_capability_major"], info["compute_capability_minor"]) == H200.compute_capability
-    assert info["architecture"] == H200.mlx_architecture
+    assert (info["compute_capability_major"], info["compute_capability_minor"]) == CARD.compute_capability
+    assert info["architecture"] == CARD.mlx_architecture
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the real device is known: no nearest-profile warning
-        assert hw.detect() is H200
+        assert hw.detect() is CARD
     t = hw.target()
-    assert (t.chip, t.device, t.dialect, t.can_launch) == (H200, H200, "cuda", True)
+    assert (t.chip, t.device, t.dialect, t.can_launch) == (CARD, CARD, "cuda", True)
 
 
 # (name in PyTorch's device properties, name in CuPy's, the profile's figure)
 PROPERTIES = [
-    ("multi_processor_count", "multiProcessorCount", H200.sm_count),
-    ("L2_cache_size", "l2CacheSize", H200.l2_cache_bytes),
-    ("shared_memory_per_block", "sharedMemPerBlock", H200.threadgroup_memory_bytes),
-    ("shared_memory_per_block_optin", "sharedMemPerBlockOptin", H200.shared_memory_per_block_optin_bytes),
-    ("shared_memory_per_multiprocessor", "sharedMemPerMultiprocessor", H200.shared_memory_per_sm_bytes),
-    ("regs_per_multiprocessor", "regsPerMultiprocessor", H200.registers_per_sm),
-    ("max_threads_per_multi_processor", "maxThreadsPerMultiProcessor", H200.max_threads_per_sm),
-    ("max_threads_per_block", "maxThreadsPerBlock", H200.max_threads_per_threadgroup),
-    ("warp_size", "warpSize", H200.simd_width),
-    ("major", "major", H200.compute_capability[0]),
-    ("minor", "minor", H200.compute_capability[1]),
+    ("multi_processor_count", "multiProcessorCount", CARD.sm_count),
+    ("L2_cache_size", "l2CacheSize", CARD.l2_cache_bytes),
+    ("shared_memory_per_block", "sharedMemPerBlock", CARD.threadgroup_memory_bytes),
+    ("shared_memory_per_block_optin", "sharedMemPerBlockOptin", CARD.shared_memory_per_block_optin_bytes),
+    ("shared_memory_per_multiprocessor", "sharedMemPerMultiprocessor", CARD.shared_memory_per_sm_bytes),
+    ("regs_per_multiprocessor", "regsPerMultiprocessor", CARD.registers_per_sm),
+    ("max_threads_per_multi_processor", "maxThreadsPerMultiProcessor", CARD.max_threads_per_sm),
+    ("max_threads_per_block", "maxThreadsPerBlock", CARD.max_threads_per_threadgroup),
+    ("warp_size", "warpSize", CARD.simd_width),
+    ("major", "major", CARD.compute_capability[0]),
+    ("minor", "minor", CARD.compute_capability[1]),
 ]
 
 
@@ -84,7 +89,7 @@ def test_device_properties(library, torch_name, cupy_name, expected):
     props = _read(library)
     if "error" in props:
         pytest.skip(f"{library} could not read the device: {props['error']}")
-    assert "H200" in props["name"]
+    assert props["name"] == _NAME
     value = props[torch_name if library == "torch" else cupy_name]
     if value is None:
         pytest.skip(f"this {library} reports no {torch_name if library == 'torch' else cupy_name}")
@@ -92,7 +97,7 @@ def test_device_properties(library, torch_name, cupy_name, expected):
 
 
 def test_pytorch_or_cupy_read_the_device():
-    # Both are installed on the lent H200: if neither can read the device, the checks above skipped.
+    # Both are installed on the lent machine: if neither can read the device, the checks above skipped.
     errors = {library: _read(library).get("error") for library in _READERS}
     assert not all(errors.values()), errors
 
@@ -100,7 +105,7 @@ def test_pytorch_or_cupy_read_the_device():
 def test_a_kernel_at_the_derived_limits_launches():
     # One threadgroup of the derived row size fills and reads back the whole opt-in shared memory:
     # checks that 227 KB is reachable through mx.fast.cuda_kernel, which opts in above 48000 bytes.
-    p = hw.target("h200").derive(4)
+    p = hw.target(CARD).derive(4)
     floats = p.threadgroup_memory_bytes // 4
     kernel = mx.fast.cuda_kernel(
         name="hw_smem_limit",
@@ -139,5 +144,5 @@ def test_copy_bandwidth_is_below_the_stated_peak():
     mx.synchronize()
     seconds = (time.perf_counter() - start) / runs
     gbs = 2 * x.nbytes / seconds / 1e9  # bytes read and written
-    print(f"MLX copy: {gbs:.0f} GB/s of {H200.peak_bandwidth_gbs:.0f} peak")
-    assert 0.5 * H200.peak_bandwidth_gbs < gbs <= 1.02 * H200.peak_bandwidth_gbs
+    print(f"MLX copy: {gbs:.0f} GB/s of {CARD.peak_bandwidth_gbs:.0f} peak")
+    assert 0.5 * CARD.peak_bandwidth_gbs < gbs <= 1.02 * CARD.peak_bandwidth_gbs
