@@ -231,14 +231,19 @@ class _Lowering:
             listing = "; ".join(f"value {v}: shape {s} axes {a}" for (s, a), v in found.items())
             raise RegionError("one kernel reduces one set of axes of one shape; this region has "
                               + listing)
+        # Outputs may differ in size-1 axes only (y and y.reshape(4, 1, 64)): each is the
+        # domain, its size-1 axes at coordinate 0 (_output_coords).
+        shapes = list(dict.fromkeys(self.shapes[v] for v in self.region.outputs))
+        if not found and len({tuple(n for n in s if n != 1) for s in shapes}) > 1:
+            # A gather's picks written beside whole rows of its source (fusion reads such a
+            # take_along_axis as a row load): a row kernel over the source, as for cross-entropy.
+            found = {(self.shapes[o.args[0]], _gather_axes(o, self.shapes[o.args[0]])): k
+                     for k, o in enumerate(self.region.ops) if o.primitive == "GatherAxis"}
+            if len(found) != 1:
+                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {set(shapes)}")
         if found:
             (self.domain, self.reduce_axes), = found.keys()
         else:
-            # Outputs may differ in size-1 axes only (y and y.reshape(4, 1, 64)): each is the
-            # domain, its size-1 axes at coordinate 0 (_output_coords).
-            shapes = list(dict.fromkeys(self.shapes[v] for v in self.region.outputs))
-            if len({tuple(n for n in s if n != 1) for s in shapes}) > 1:
-                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {set(shapes)}")
             self.domain, self.reduce_axes = shapes[0], ()
         if math.prod(self.domain) == 0:
             raise RegionError(f"the domain {self.domain} is empty: nothing to launch")
@@ -485,6 +490,23 @@ _register("Divide", _infer_binary("number"), _lower_divide)
 _register("LogicalAnd", _infer_binary("bool"), _lower_with(Ops.AND))
 _register("LogicalOr", _infer_binary("bool"), _lower_with(Ops.OR))
 
+# MLX's BitwiseBinary::Op, on integers and bool (shifts on integers: MLX casts bool first)
+_BITWISE = {"and": Ops.BITAND, "or": Ops.BITOR, "xor": Ops.BITXOR, "left_shift": Ops.SHL,
+            "right_shift": Ops.SHR}
+
+
+def _infer_bitwise(ctx, o, shapes, dtypes):
+    dt = _same_dtype(dtypes, o.primitive)
+    if dt not in _dtypes.INTEGER and dt != "bool" or o.param("op") not in _BITWISE:
+        raise ValueError(f"{o.param('op')} needs integer or bool inputs, got {dt}")
+    if dt == "bool" and _BITWISE[o.param("op")] in (Ops.SHL, Ops.SHR):
+        raise ValueError(f"{o.param('op')} is not defined on bool")
+    return _broadcast_shapes(shapes), dt
+
+
+_register("BitwiseBinary", _infer_bitwise,
+          lambda ctx, v, o, coords: K.alu(_BITWISE[o.param("op")], *ctx.args_at(v, o, coords)))
+
 
 def _lower_compare(ctx, v, o, coords):
     op, swap = _COMPARE[o.primitive]
@@ -693,10 +715,12 @@ def _lower_expand_dims(ctx, v, o, coords):
 
 
 def _slice_params(o: Op, shape: tuple[int, ...]):
-    start = tuple(o.param("start"))
-    stop = tuple(o.param("stop"))
+    # Python's slice semantics per axis (graph.primitives): MLX records a stop as written
+    # (x[..., :-32] stops at -32; x[::-1] at -n - 1), so bounds are normalized as Python does
     strides = tuple(o.param("strides", (1,) * len(shape)))
-    return start, stop, strides
+    bounds = [slice(b, e, s).indices(n) if s else (b, e, s)
+              for b, e, s, n in zip(o.param("start"), o.param("stop"), strides, shape)]
+    return tuple(b for b, _, _ in bounds), tuple(e for _, e, _ in bounds), strides
 
 
 def _infer_slice(ctx, o, shapes, dtypes):
@@ -782,6 +806,10 @@ def _lower_gather_axis(ctx, v, o, coords):
 
 
 _register("GatherAxis", _infer_gather_axis, _lower_gather_axis)
+
+
+def _gather_axes(o: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (o.param("axis") % len(shape),)
 
 
 # -- reductions -------------------------------------------------------------------------------
