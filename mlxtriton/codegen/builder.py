@@ -223,6 +223,16 @@ class _Lowering:
                 v = self.n_in + k
                 shape = self.shapes[o.args[0]]
                 found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
+        domains = {shape for shape, _ in found}
+        for v, b in list(self.blocks.items()):
+            if found and self.shapes[b.value] not in domains:
+                # a sum over the middle axis of a reshape of something other than the rows of
+                # the region's other reductions: a column reduction's first level
+                # (fusion/split.py), not a block sum
+                del self.blocks[v]
+                o = self.region.ops[v - self.n_in]
+                shape = self.shapes[o.args[0]]
+                found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
         if self.blocks and not found:
             v = next(iter(self.blocks))
             raise RegionError(f"op {v - self.n_in} (block column sum): a block column sum needs "
@@ -286,13 +296,10 @@ class _Lowering:
         if (hit := self.memo.get(key)) is not None:
             return hit
         if v < self.n_in:
-            param = self.in_params[v]
-            strides = contiguous_strides(self.shapes[v])
             index = self.zero
-            for c, s in zip(coords, strides):
+            for c, s in zip(coords, contiguous_strides(self.shapes[v])):
                 index = index + c * s
-            node = UOp(Ops.LOAD, self.dtypes[v], (param, index), Mem())
-            node = node.cast(compute_dtype(self.dtypes[v]))
+            node = self.load(v, index)
         else:
             o = self.region.ops[v - self.n_in]
             try:
@@ -303,6 +310,11 @@ class _Lowering:
                 raise RegionError(f"op {v - self.n_in} ({o.primitive}): {e}") from None
         self.memo[key] = node
         return node
+
+    def load(self, v: int, index: UOp) -> UOp:
+        """Input ``v`` at flat ``index``, in its compute type."""
+        node = UOp(Ops.LOAD, self.dtypes[v], (self.in_params[v], index), Mem())
+        return node.cast(compute_dtype(self.dtypes[v]))
 
     def args_at(self, v: int, o: Op, coords: tuple[UOp, ...]) -> list[UOp]:
         """The op's arguments at the coordinates of its (broadcast) result."""
@@ -666,6 +678,10 @@ def _lower_reshape(ctx, v, o, coords):
     flat = ctx.zero
     for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):  # shapes[v]: -1 resolved
         flat = flat + c * s
+    if a < ctx.n_in:
+        # an input is row-contiguous: its reshape is the same buffer, read at the flat index
+        # (affine in the coordinates, so the walk and the vector width see its strides)
+        return ctx.load(a, flat)
     out, inner = [], 1
     for n in reversed(old):
         out.append(ctx.zero if n == 1 else (flat // inner) % n)
