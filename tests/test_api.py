@@ -305,6 +305,18 @@ def test_a_row_result_reshaped_across_size_1_axes_is_one_kernel(monkeypatch):
     _close(mlxtriton.kernel(f)(x), f(x))
 
 
+@pytest.mark.parametrize("chip", ["h100", "m3"])
+def test_softmax_over_axis_0_or_of_a_transpose_is_one_kernel(chip, monkeypatch):
+    # a column kernel; a row kernel reading the transposed input where it stands
+    x = mx.random.normal((64, 96), key=mx.random.key(3))
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    for f in (lambda x: mx.softmax(x, axis=0), lambda x: mx.softmax(mx.transpose(x), axis=-1)):
+        k = mlxtriton.kernel(f, chip=chip)
+        (kernel,) = k.trace(x).lower("cuda")
+        assert kernel.output_shapes == (f(x).shape,)
+        _close(k(x), f(x))
+
+
 def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
     # Every region the fusion pass makes today is one kernel; a future gap must still run, as
     # MLX ops, and say so. Inject one: codegen refuses the row region.

@@ -223,6 +223,16 @@ class _Lowering:
                 v = self.n_in + k
                 shape = self.shapes[o.args[0]]
                 found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
+        domains = {shape for shape, _ in found}
+        for v, b in list(self.blocks.items()):
+            if found and self.shapes[b.value] not in domains:
+                # a sum over the middle axis of a reshape of something other than the rows of
+                # the region's other reductions: a column reduction's first level
+                # (fusion/split.py), not a block sum
+                del self.blocks[v]
+                o = self.region.ops[v - self.n_in]
+                shape = self.shapes[o.args[0]]
+                found.setdefault((shape, _REDUCING[o.primitive](o, shape)), v)
         if self.blocks and not found:
             v = next(iter(self.blocks))
             raise RegionError(f"op {v - self.n_in} (block column sum): a block column sum needs "
@@ -231,14 +241,19 @@ class _Lowering:
             listing = "; ".join(f"value {v}: shape {s} axes {a}" for (s, a), v in found.items())
             raise RegionError("one kernel reduces one set of axes of one shape; this region has "
                               + listing)
+        # Outputs may differ in size-1 axes only (y and y.reshape(4, 1, 64)): each is the
+        # domain, its size-1 axes at coordinate 0 (_output_coords).
+        shapes = list(dict.fromkeys(self.shapes[v] for v in self.region.outputs))
+        if not found and len({tuple(n for n in s if n != 1) for s in shapes}) > 1:
+            # A gather's picks written beside whole rows of its source (fusion reads such a
+            # take_along_axis as a row load): a row kernel over the source, as for cross-entropy.
+            found = {(self.shapes[o.args[0]], _gather_axes(o, self.shapes[o.args[0]])): k
+                     for k, o in enumerate(self.region.ops) if o.primitive == "GatherAxis"}
+            if len(found) != 1:
+                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {set(shapes)}")
         if found:
             (self.domain, self.reduce_axes), = found.keys()
         else:
-            # Outputs may differ in size-1 axes only (y and y.reshape(4, 1, 64)): each is the
-            # domain, its size-1 axes at coordinate 0 (_output_coords).
-            shapes = list(dict.fromkeys(self.shapes[v] for v in self.region.outputs))
-            if len({tuple(n for n in s if n != 1) for s in shapes}) > 1:
-                raise RegionError(f"a pointwise kernel writes outputs of one shape, not {set(shapes)}")
             self.domain, self.reduce_axes = shapes[0], ()
         if math.prod(self.domain) == 0:
             raise RegionError(f"the domain {self.domain} is empty: nothing to launch")
@@ -281,13 +296,10 @@ class _Lowering:
         if (hit := self.memo.get(key)) is not None:
             return hit
         if v < self.n_in:
-            param = self.in_params[v]
-            strides = contiguous_strides(self.shapes[v])
             index = self.zero
-            for c, s in zip(coords, strides):
+            for c, s in zip(coords, contiguous_strides(self.shapes[v])):
                 index = index + c * s
-            node = UOp(Ops.LOAD, self.dtypes[v], (param, index), Mem())
-            node = node.cast(compute_dtype(self.dtypes[v]))
+            node = self.load(v, index)
         else:
             o = self.region.ops[v - self.n_in]
             try:
@@ -298,6 +310,11 @@ class _Lowering:
                 raise RegionError(f"op {v - self.n_in} ({o.primitive}): {e}") from None
         self.memo[key] = node
         return node
+
+    def load(self, v: int, index: UOp) -> UOp:
+        """Input ``v`` at flat ``index``, in its compute type."""
+        node = UOp(Ops.LOAD, self.dtypes[v], (self.in_params[v], index), Mem())
+        return node.cast(compute_dtype(self.dtypes[v]))
 
     def args_at(self, v: int, o: Op, coords: tuple[UOp, ...]) -> list[UOp]:
         """The op's arguments at the coordinates of its (broadcast) result."""
@@ -485,6 +502,23 @@ _register("Divide", _infer_binary("number"), _lower_divide)
 _register("LogicalAnd", _infer_binary("bool"), _lower_with(Ops.AND))
 _register("LogicalOr", _infer_binary("bool"), _lower_with(Ops.OR))
 
+# MLX's BitwiseBinary::Op, on integers and bool (shifts on integers: MLX casts bool first)
+_BITWISE = {"and": Ops.BITAND, "or": Ops.BITOR, "xor": Ops.BITXOR, "left_shift": Ops.SHL,
+            "right_shift": Ops.SHR}
+
+
+def _infer_bitwise(ctx, o, shapes, dtypes):
+    dt = _same_dtype(dtypes, o.primitive)
+    if dt not in _dtypes.INTEGER and dt != "bool" or o.param("op") not in _BITWISE:
+        raise ValueError(f"{o.param('op')} needs integer or bool inputs, got {dt}")
+    if dt == "bool" and _BITWISE[o.param("op")] in (Ops.SHL, Ops.SHR):
+        raise ValueError(f"{o.param('op')} is not defined on bool")
+    return _broadcast_shapes(shapes), dt
+
+
+_register("BitwiseBinary", _infer_bitwise,
+          lambda ctx, v, o, coords: K.alu(_BITWISE[o.param("op")], *ctx.args_at(v, o, coords)))
+
 
 def _lower_compare(ctx, v, o, coords):
     op, swap = _COMPARE[o.primitive]
@@ -644,6 +678,10 @@ def _lower_reshape(ctx, v, o, coords):
     flat = ctx.zero
     for c, s in zip(coords, contiguous_strides(ctx.shapes[v])):  # shapes[v]: -1 resolved
         flat = flat + c * s
+    if a < ctx.n_in:
+        # an input is row-contiguous: its reshape is the same buffer, read at the flat index
+        # (affine in the coordinates, so the walk and the vector width see its strides)
+        return ctx.load(a, flat)
     out, inner = [], 1
     for n in reversed(old):
         out.append(ctx.zero if n == 1 else (flat // inner) % n)
@@ -693,10 +731,12 @@ def _lower_expand_dims(ctx, v, o, coords):
 
 
 def _slice_params(o: Op, shape: tuple[int, ...]):
-    start = tuple(o.param("start"))
-    stop = tuple(o.param("stop"))
+    # Python's slice semantics per axis (graph.primitives): MLX records a stop as written
+    # (x[..., :-32] stops at -32; x[::-1] at -n - 1), so bounds are normalized as Python does
     strides = tuple(o.param("strides", (1,) * len(shape)))
-    return start, stop, strides
+    bounds = [slice(b, e, s).indices(n) if s else (b, e, s)
+              for b, e, s, n in zip(o.param("start"), o.param("stop"), strides, shape)]
+    return tuple(b for b, _, _ in bounds), tuple(e for _, e, _ in bounds), strides
 
 
 def _infer_slice(ctx, o, shapes, dtypes):
@@ -782,6 +822,10 @@ def _lower_gather_axis(ctx, v, o, coords):
 
 
 _register("GatherAxis", _infer_gather_axis, _lower_gather_axis)
+
+
+def _gather_axes(o: Op, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (o.param("axis") % len(shape),)
 
 
 # -- reductions -------------------------------------------------------------------------------

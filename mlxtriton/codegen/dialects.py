@@ -80,6 +80,19 @@ _SHARED_HELPERS = {
         "  while (e != T(0)) {{ if (e & T(1)) r = T(r * b); b = T(b * b); e = T(e >> 1); }}\n"
         "  return r;\n"
         "}}"),
+    # shifts whose count may lie outside [0, bits): such a count shifts every bit out
+    # (kernel_ir.Ops.SHL / SHR); the left shift runs on an unsigned copy, where shifting a
+    # negative value is defined, and a right shift by bits - 1, then 1, leaves the sign's fill
+    "mt_shl": (
+        "template <typename T> {fn} T mt_shl(T x, T s) {{\n"
+        "  return static_cast<uint64_t>(s) < 8 * sizeof(T)\n"
+        "      ? static_cast<T>(static_cast<uint64_t>(x) << s) : T(0);\n"
+        "}}"),
+    "mt_shr": (
+        "template <typename T> {fn} T mt_shr(T x, T s) {{\n"
+        "  return static_cast<uint64_t>(s) < 8 * sizeof(T)\n"
+        "      ? static_cast<T>(x >> s) : static_cast<T>((x >> (8 * sizeof(T) - 1)) >> 1);\n"
+        "}}"),
     "mt_sigmoid": (
         "{fn} float mt_sigmoid(float x) {{\n"
         "  const float y = 1.0f / (1.0f + {exp}({fabs}(x)));\n"

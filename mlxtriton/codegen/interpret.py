@@ -82,6 +82,17 @@ def _logaddexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((lo == -np.inf) | (hi == np.inf), hi, out).astype(a.dtype)
 
 
+def _shift(a: np.ndarray, b: np.ndarray, left: bool) -> np.ndarray:
+    # a count outside [0, bits) shifts every bit out (kernel_ir.Ops.SHL / SHR)
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    inside = (b >= 0) & (b < 8 * a.dtype.itemsize)
+    count = np.where(inside, b, 0).astype(a.dtype)
+    if left:
+        return np.where(inside, np.left_shift(a, count), 0).astype(a.dtype)
+    fill = np.where(a < 0, -1, 0) if a.dtype.kind == "i" else 0
+    return np.where(inside, np.right_shift(a, count), fill).astype(a.dtype)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     y = 1 / (1 + np.exp(np.abs(x)))  # exp(|x|) may overflow to inf: y -> 0, no NaN
     return np.where(x < 0, y, 1 - y).astype(x.dtype)
@@ -108,6 +119,8 @@ _BINARY: dict[Ops, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     Ops.POW: _pow, Ops.ATAN2: np.arctan2, Ops.LOGADDEXP: _logaddexp,
     Ops.CMPLT: np.less, Ops.CMPLE: np.less_equal, Ops.CMPEQ: np.equal, Ops.CMPNE: np.not_equal,
     Ops.AND: np.logical_and, Ops.OR: np.logical_or,
+    Ops.BITAND: np.bitwise_and, Ops.BITOR: np.bitwise_or, Ops.BITXOR: np.bitwise_xor,
+    Ops.SHL: lambda a, b: _shift(a, b, True), Ops.SHR: lambda a, b: _shift(a, b, False),
 }
 
 

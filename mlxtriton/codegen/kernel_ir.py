@@ -92,6 +92,14 @@ class Ops(enum.Enum):
     CMPNE = enum.auto()
     AND = enum.auto()  # logical, on bool
     OR = enum.auto()  # logical, on bool
+    BITAND = enum.auto()  # bitwise, on integers and bool
+    BITOR = enum.auto()
+    BITXOR = enum.auto()
+    # shifts of integers by a count of the same type; a count outside [0, bits) shifts every bit
+    # out (left: 0; right: 0, or -1 for a negative signed value), as JAX's lax.shift_* define it
+    # (C leaves such counts undefined)
+    SHL = enum.auto()
+    SHR = enum.auto()  # arithmetic for signed types, logical for unsigned
     # ternary
     WHERE = enum.auto()
 
@@ -113,12 +121,13 @@ class GroupOp:
     Binary = frozenset({
         Ops.ADD, Ops.SUB, Ops.MUL, Ops.DIV, Ops.IDIV, Ops.MOD, Ops.REM, Ops.MAX, Ops.MIN, Ops.POW,
         Ops.ATAN2, Ops.LOGADDEXP, Ops.CMPLT, Ops.CMPLE, Ops.CMPEQ, Ops.CMPNE, Ops.AND, Ops.OR,
+        Ops.BITAND, Ops.BITOR, Ops.BITXOR, Ops.SHL, Ops.SHR,
     })
     Compare = frozenset({Ops.CMPLT, Ops.CMPLE, Ops.CMPEQ, Ops.CMPNE})
     Ternary = frozenset({Ops.WHERE})
     ALU = Unary | Binary | Ternary | {Ops.CAST}
     Commutative = frozenset({Ops.ADD, Ops.MUL, Ops.MAX, Ops.MIN, Ops.CMPEQ, Ops.CMPNE, Ops.AND,
-                             Ops.OR})
+                             Ops.OR, Ops.BITAND, Ops.BITOR, Ops.BITXOR})
 
 
 # Reduction kinds. "and" / "or" are logical over the truth of each element of their source, of

@@ -157,6 +157,10 @@ def analyze(eqns: Sequence[Eqn], block_sums: bool = False) -> IndexSpace:
     if block_sums:
         rest, blocks = _block_sums(eqns)
     space = _analyze(rest)
+    if blocks and (space.kind != "row" or any(b.value.shape != space.shape for b in blocks)):
+        # sums over the middle axis of a reshape that is not the region's rows: a column
+        # reduction's first level (fusion/split.py), ordinary reductions of the region
+        blocks, space = [], _analyze(list(eqns))
     for b in blocks:
         n = len(space.shape)
         if (space.kind != "row" or b.value not in space.axes and not any(
@@ -275,6 +279,18 @@ def _analyze(eqns: Sequence[Eqn]) -> IndexSpace:
         first_e, first_axes, first_nodes, _ = reductions[0]
         reduced = list(dict.fromkeys(classes.find(n) for n in first_nodes))
         for e, axes, nodes, _ in reductions:
+            mine = list(dict.fromkeys(classes.find(n) for n in nodes))
+            if (set(mine).isdisjoint(reduced) and len(mine) == len(reduced)
+                    and [classes.size[c] for c in mine] == [classes.size[c] for c in reduced]):
+                # Reductions of two values no dataflow in the region relates (sum(a, 0) and
+                # sum(b, 0), a and b read as loads) reduce axes of the same sizes: one loop
+                # serves both, their dims in order, unless a value has dims of both.
+                same = dict(zip(mine, reduced))
+                if all(len({same.get(c, c) for c in t if c is not None})
+                       == len([c for c in t if c is not None]) for t in map(dims, values)):
+                    for c, r in same.items():
+                        classes.union(r, c)
+                    reduced = [classes.find(r) for r in reduced]
             if {classes.find(n) for n in nodes} != set(reduced):
                 raise RegionError(
                     f"{e.primitive} over {_axes_text(axes)} of {e.inputs[0].type_str()} in a region "

@@ -17,6 +17,12 @@ becomes ``exp((x - m) - log(s))``, ``m`` the row's max and ``s`` the sum of ``ex
 gathered from the segments' maxima and the logs of their own shifted sums: three kernels, three
 passes over memory, each with the whole chip. ``argmax`` / ``argmin`` pick the segment holding the extreme (from the segments' max or
 min), then the index within it.
+
+A sum, product, max, min, all or any over other axes (a column reduction: over leading axes, or
+several apart, as NHWC batch-norm statistics over (0, 1, 2)) whose columns leave cores idle is cut
+the same way along its outermost reduced axis: the first level is a column kernel over segments.
+``mx.var``'s sum of squared deviations from the mean is rebuilt from the segments of the mean's
+own sum (Chan's update, `_split_centred`), so both statistics read the input once.
 """
 
 from __future__ import annotations
@@ -56,8 +62,9 @@ _WIDE = {"float16": "float32", "bfloat16": "float32"}
 
 @dataclass(frozen=True)
 class SplitDecision:
-    """One reduction split in two levels: ``rows`` rows of ``length`` elements became
-    ``rows * segments`` rows of ``length // segments``, then ``rows`` rows of ``segments``."""
+    """One reduction split in two levels: ``rows`` rows (or, a column reduction, ``rows``
+    columns) of ``length`` elements became ``rows * segments`` of ``length // segments``, then
+    ``rows`` of ``segments``."""
 
     equation: int  # position in the graph the pass read
     kind: str
@@ -65,12 +72,14 @@ class SplitDecision:
     length: int
     segments: int
     cores: int
+    row: bool = True  # a reduction over trailing axes (else over others: a column reduction)
 
     def as_text(self) -> str:
         what = f"Reduce {self.kind}" if self.kind in SPLITTABLE else self.kind
-        return (f"split: traced eqn {self.equation} {what} of {self.rows} row(s) x {self.length} "
+        unit = "row(s)" if self.row else "column(s)"
+        return (f"split: traced eqn {self.equation} {what} of {self.rows} {unit} x {self.length} "
                 f"-> {self.rows * self.segments} x {self.length // self.segments} then "
-                f"{self.rows} x {self.segments} (too few rows for {self.cores} cores)")
+                f"{self.rows} x {self.segments} (too few {unit[:-3]}s for {self.cores} cores)")
 
 
 def segments(rows: int, length: int, first: int, itemsize: int, cores: int,
@@ -85,13 +94,66 @@ def segments(rows: int, length: int, first: int, itemsize: int, cores: int,
     return max((d for d in range(2, want + 1) if first % d == 0), default=1)
 
 
+def column_segments(columns: int, length: int, first: int, itemsize: int, cores: int,
+                    simd_width: int) -> int:
+    """How many segments to cut a column reduction into (1: leave it): a divisor ``S`` of
+    ``first`` (the extent that can be cut) for at least `MIN_SPLIT_BYTES` of input whose columns
+    leave cores without a threadgroup, as `segments` does for rows. A column kernel's
+    threadgroup reads up to a SIMD-group's width of neighbouring columns
+    (codegen/builder.py `_column_threads`), so ``S`` aims at ``GROUPS_PER_CORE * cores``
+    threadgroups of at least `MIN_SEGMENT` elements each."""
+    if columns * length == 0 or columns * length * itemsize < MIN_SPLIT_BYTES:
+        return 1
+    group = min(simd_width, columns)
+    groups = -(-columns // group)
+    if groups >= cores:
+        return 1
+    want = min(MAX_SEGMENTS, -(-GROUPS_PER_CORE * cores // groups), length * group // MIN_SEGMENT)
+    return max((d for d in range(2, want + 1) if first % d == 0), default=1)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """Where a reduction's operand is cut in segments: ``count`` of its reduced dims from
+    ``first`` (the outermost alone, or several neighbours flattened) become ``(s, extent / s)``;
+    the other dims stay. A rank-aligned shape with those dims all 1 (a broadcast source) keeps
+    them 1; any other shape there cannot be cut."""
+
+    operand: tuple[int, ...]
+    reduced: tuple[int, ...]  # the reduction's axes of the operand
+    first: int
+    count: int
+    s: int
+
+    def shape(self, q: tuple[int, ...]) -> tuple[int, ...] | None:
+        block, full = q[self.first:self.first + self.count], self.operand[self.first:self.first + self.count]
+        if block == full:
+            head = (self.s, math.prod(full) // self.s)
+        elif all(d == 1 for d in block):
+            head = (1, 1)
+        else:
+            return None
+        return q[:self.first] + head + q[self.first + self.count:]
+
+    @property
+    def inner(self) -> tuple[int, ...]:
+        """The first level's reduced axes in the cut shape (the segment axis is ``first``)."""
+        shift = 1 - self.count
+        return (self.first + 1,) + tuple(a + shift + 1 for a in self.reduced
+                                         if a >= self.first + self.count)
+
+    @property
+    def segment(self) -> int:
+        """Elements of the operand one segment reduces for one output element."""
+        return math.prod(self.operand[a] for a in self.reduced) // self.s
+
+
 class _Cone:
     """Rebuilds the pointwise work feeding a reduction on inputs whose reduced dims are cut in
-    two. ``split(q)`` maps a value's reduced dims (rank-aligned to the operand) to their new
-    shape; values the cone reads from outside are reshaped (a load's index arithmetic)."""
+    two (`_Cut`); values the cone reads from outside are reshaped (a load's index arithmetic)."""
 
-    def __init__(self, graph: Graph, operand: Var, lead: int, split, shared: dict):
-        self.graph, self.operand, self.lead, self.split = graph, operand, lead, split
+    def __init__(self, graph: Graph, operand: Var, cut: _Cut, shared: dict):
+        self.graph, self.operand, self.cut = graph, operand, cut
         self.eqns: list[Eqn] = []
         self.memo: dict[Var, Var] = {}
         # (value, shape) -> its reshape, shared by every split of the graph: two reductions of x
@@ -118,8 +180,7 @@ class _Cone:
             del self.shared[key]
 
     def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-        q = self.split(shape[self.lead:])
-        return None if q is None else shape[:self.lead] + q
+        return self.cut.shape(shape)
 
     def value(self, v: Var) -> Var | None:
         """``v`` (shaped like the operand) in the cut shape; None where it cannot be cut."""
@@ -146,24 +207,9 @@ class _Cone:
         return new
 
 
-def _cut(reduced: tuple[int, ...], flat: bool, s: int):
-    """The reduced dims' new shape: the first (or, ``flat``, all of them together) cut into
-    ``s`` segments; a broadcast source's size-1 dims stay size 1."""
-
-    def split(q: tuple[int, ...]) -> tuple[int, ...] | None:
-        if flat:
-            if q == reduced:
-                return (s, math.prod(reduced) // s)
-            return (1, 1) if all(d == 1 for d in q) else None
-        head = (s, q[0] // s) if q[0] == reduced[0] else (1, 1)
-        return head + q[1:]
-
-    return split
-
-
 def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
-    """Split every reduction over the trailing axes whose rows are too few for ``chip``'s cores
-    and long enough to be worth a second kernel (`segments`).
+    """Split every reduction whose rows (or columns) are too few for ``chip``'s cores and long
+    enough to be worth a second kernel (`segments`, `column_segments`).
 
     Args:
         graph: a graph from `mlxtriton.trace` (before `fuse`).
@@ -189,11 +235,15 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     if not profile.is_gpu:
         return graph, []
     cores = max(profile.gpu_cores or (1,))
+    simd_width = profile.simd_width or 32  # unknown: NVIDIA's warp and every Apple SIMD-group
     mapping: dict[Var, Var] = {}
     new_eqns: list[Eqn] = []
     decisions: list[SplitDecision] = []
     reshapes: dict[tuple[Var, tuple[int, ...]], Var] = {}
     constants: list[tuple[Var, mx.array]] = []
+    # first levels of split sums, (operand, axes) -> (cone, float32 partials), for the
+    # centred sums of squares that read them (`_split_centred`)
+    sums: dict[tuple[Var, tuple[int, ...]], tuple[_Cone, Var, Var]] = {}
     for i, e in enumerate(graph.eqns):
         if e.primitive == "Reduce" and e.params["kind"] in SPLITTABLE:
             kind = e.params["kind"]
@@ -206,40 +256,59 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             continue
         x, out = e.inputs[0], e.outputs[0]
         lead = x.ndim - len(axes)
-        if not axes or axes != tuple(range(lead, x.ndim)):
-            continue  # not a row reduction (column reductions are strided kernels of their own)
-        reduced = x.shape[lead:]
-        rows, length = math.prod(x.shape[:lead]), math.prod(reduced)
+        row = bool(axes) and axes == tuple(range(lead, x.ndim))
+        if not row and e.primitive != "Reduce" or not axes:
+            continue
+        reduced = tuple(x.shape[a] for a in axes)
+        rows, length = math.prod(x.shape) // max(1, math.prod(reduced)), math.prod(reduced)
         min_bytes = MIN_ARG_SPLIT_BYTES if kind in ("argmax", "argmin") else None
-        # Several reduced dims: cut them flattened into one when every broadcast feeding the
-        # reduction is full or constant over them (the cone says), else cut the outermost.
-        for flat in (True, False) if len(reduced) > 1 else (False,):
-            s = segments(rows, length, length if flat else reduced[0], _itemsize(x.dtype), cores,
-                         min_bytes)
+        # Several neighbouring reduced dims: cut them flattened into one when every broadcast
+        # feeding the reduction is full or constant over them (the cone says), else cut the
+        # outermost.
+        together = axes == tuple(range(axes[0], axes[0] + len(axes)))
+        centred = _centred_square(graph, e) if kind == "sum" else None
+        if centred is not None and (centred[0], axes) in sums:
+            # mx.var's second sum: from the first level of the sum its shift comes from
+            cone, values, partial = sums[centred[0], axes]
+            mark = len(cone.eqns)
+            total = cone.reshape(_split_centred(cone, values, partial, centred[1], out.dtype,
+                                                constants), out.shape)
+            new_eqns.extend(cone.eqns[mark:])
+            mapping[out] = total
+            decisions.append(SplitDecision(i, "centred sum of squares", rows, length, cone.cut.s,
+                                           cores, row))
+            continue
+        for flat in (True, False) if len(axes) > 1 and together else (False,):
+            extent = length if flat else reduced[0]
+            s = (segments(rows, length, extent, _itemsize(x.dtype), cores, min_bytes) if row
+                 else column_segments(rows, length, extent, _itemsize(x.dtype), cores, simd_width))
             if s == 1:
                 continue
-            cone = _Cone(graph, x, lead, _cut(reduced, flat, s), reshapes)
-            cut = cone.value(x)
-            if cut is not None:
+            cut = _Cut(x.shape, axes, axes[0], len(axes) if flat else 1, s)
+            cone = _Cone(graph, x, cut, reshapes)
+            cutx = cone.value(x)
+            if cutx is not None:
                 break
             cone.abandon()
         else:
             continue
         if kind in ("argmax", "argmin"):
-            total = _split_arg(cone, cut, kind, lead, length // s, constants)
+            total = _split_arg(cone, cutx, kind, lead, length // s, constants)
         elif kind == "Softmax":
-            total = _split_softmax(cone, x, cut, lead, s, out.dtype, constants)
+            total = _split_softmax(cone, x, cutx, lead, s, out.dtype, constants)
         elif kind == "LogSumExp":
-            total = _split_logsumexp(cone, cut, lead, s)
+            total = _split_logsumexp(cone, cutx, lead, s)
             if total.dtype != out.dtype:
                 total = cone.emit("AsType", [total], dtype=out.dtype)
         else:
-            total = _split_reduce(cone, cut, kind, lead, out.dtype)
+            total, summed, partial = _split_reduce(cone, cutx, kind, out.dtype)
+            if kind == "sum" and partial.dtype == "float32":
+                sums[x, axes] = (cone, summed, partial)
         total = cone.reshape(total, out.shape)
         assert total.aval == out.aval, (e.primitive, total.aval, out.aval)
         new_eqns.extend(cone.eqns)
         mapping[out] = total
-        decisions.append(SplitDecision(i, kind, rows, length, s, cores))
+        decisions.append(SplitDecision(i, kind, rows, length, s, cores, row))
     if not decisions:
         return graph, []
     g = graph.replace(eqns=graph.eqns + tuple(new_eqns), constants=graph.constants + tuple(constants))
@@ -248,14 +317,78 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     return dce(g), decisions
 
 
-def _split_reduce(cone: _Cone, cut: Var, kind: str, lead: int, dtype: str) -> Var:
-    """reduce(reduce(cut over each segment) over the segments); half sums in float32."""
+def _split_reduce(cone: _Cone, cut: Var, kind: str, dtype: str) -> tuple[Var, Var, Var]:
+    """reduce(reduce(cut over each segment) over the segments), the values reduced (float32
+    for half sums and products) and their partials."""
     wide = _WIDE.get(dtype) if kind in ("sum", "prod") else None
     if wide and cut.dtype == dtype:
         cut = cone.emit("AsType", [cut], dtype=wide)
-    partial = cone.emit("Reduce", [cut], kind=kind, axes=tuple(range(lead + 1, cut.ndim)))
-    total = cone.emit("Reduce", [partial], kind=kind, axes=tuple(range(lead, cut.ndim)))
+    inner = cone.cut.inner
+    partial = cone.emit("Reduce", [cut], kind=kind, axes=inner)
+    total = cone.emit("Reduce", [partial], kind=kind, axes=(cone.cut.first,) + inner)
+    return (total if total.dtype == dtype else cone.emit("AsType", [total], dtype=dtype)), cut, partial
+
+
+def _centred_square(graph: Graph, e: Eqn) -> tuple[Var, Var] | None:
+    """``(a, k)`` when ``e`` sums ``(a - k)^2`` over its axes with ``k`` a scalar multiple (or
+    quotient) of the sum of ``a`` over the same axes (the second reduction of `mx.var`), else
+    None."""
+    (v,) = e.inputs
+    sq = graph.producer(v)
+    if sq is None or not (sq.primitive == "Square" or sq.primitive == "Multiply"
+                          and sq.inputs[0] is sq.inputs[1]):
+        return None
+    diff = graph.producer(sq.inputs[0])
+    if diff is None or diff.primitive != "Subtract":
+        return None
+    a, broadcast = diff.inputs
+    bp = graph.producer(broadcast)
+    if bp is None or bp.primitive != "Broadcast":
+        return None
+    k = bp.inputs[0]
+    scale = graph.producer(k)
+    if scale is None or scale.primitive not in ("Multiply", "Divide"):
+        return None
+    axes = tuple(sorted(x % a.ndim for x in e.params["axes"]))
+    for total, factor in ((scale.inputs[0], scale.inputs[1]),) + (
+            ((scale.inputs[1], scale.inputs[0]),) if scale.primitive == "Multiply" else ()):
+        r, f = graph.producer(total), graph.producer(factor)
+        if (r is not None and r.primitive == "Reduce" and r.params["kind"] == "sum"
+                and r.inputs[0] is a and tuple(sorted(x % a.ndim for x in r.params["axes"])) == axes
+                and (factor in graph.const_values or f is not None and f.primitive == "Broadcast"
+                     and f.inputs[0] in graph.const_values and f.inputs[0].size == 1)):
+            return a, k
+    return None
+
+
+def _split_centred(cone: _Cone, values: Var, partial: Var, shift: Var, dtype: str,
+                   constants: list) -> Var:
+    """sum((a - k)^2) from each segment's sum (``partial``, the first level of the split sum of
+    ``a``, whose cut ``values`` it sums) and its sum of squares about its own mean (Chan, Golub &
+    LeVeque 1979):
+    sum((a - k)^2) = sum_s [q_s + n (m_s - k)^2], ``m_s`` the mean of segment s, ``q_s`` the
+    sum of (a - m_s)^2 over it, ``n`` its length. Exact in real arithmetic for any ``k``
+    constant over the segments. Each segment's two passes read data its kernel holds on chip,
+    so ``a`` is read once; split as a sum of its own, the second reduction would read ``a``
+    again once ``k`` is known. In float32."""
+    cut, n = cone.cut, cone.cut.segment
+    af = values if values.dtype == "float32" else cone.emit("AsType", [values], dtype="float32")
+    mean = cone.emit("Multiply", [partial, _scalar(cone, 1.0 / n, partial.shape, constants)])
+    dev = cone.emit("Subtract", [af, cone.emit("Broadcast", [mean], shape=af.shape)])
+    q = cone.emit("Reduce", [cone.emit("Square", [dev])], kind="sum", axes=cut.inner)
+    kf = shift if shift.dtype == "float32" else cone.emit("AsType", [shift], dtype="float32")
+    kk = cone.emit("Broadcast", [cone.reshape(kf, cut.shape(shift.shape))], shape=mean.shape)
+    far = cone.emit("Square", [cone.emit("Subtract", [mean, kk])])
+    t = cone.emit("Add", [q, cone.emit("Multiply", [far, _scalar(cone, float(n), far.shape, constants)])])
+    total = cone.emit("Reduce", [t], kind="sum", axes=(cut.first,) + cut.inner)
     return total if total.dtype == dtype else cone.emit("AsType", [total], dtype=dtype)
+
+
+def _scalar(cone: _Cone, value: float, shape: tuple[int, ...], constants: list) -> Var:
+    """A float32 constant broadcast to ``shape``."""
+    c = Var((), "float32")
+    constants.append((c, mx.array(value, dtype=mx.float32)))
+    return cone.emit("Broadcast", [c], shape=shape)
 
 
 def _split_arg(cone: _Cone, cut: Var, kind: str, lead: int, segment: int, constants: list) -> Var:

@@ -66,6 +66,9 @@ def _gather_axis(src, idx, o):
     return jnp.take_along_axis(src, idx, axis=axis)
 
 
+_BITWISE = {"and": jnp.bitwise_and, "or": jnp.bitwise_or, "xor": jnp.bitwise_xor,
+            "left_shift": jnp.left_shift, "right_shift": jnp.right_shift}
+
 _LOG_BASE = {0: jnp.log2, 1: jnp.log10, 2: jnp.log, None: jnp.log}
 
 _OPS = {
@@ -95,13 +98,15 @@ _OPS = {
     "Equal": lambda o, a, b: (a == b) | ((a != a) & (b != b)) if o.param("equal_nan") else a == b,
     "NotEqual": lambda o, a, b: a != b,
     "LogicalAnd": lambda o, a, b: a & b, "LogicalOr": lambda o, a, b: a | b,
+    "BitwiseBinary": lambda o, a, b: _BITWISE[o.param("op")](a, b),
     "Select": lambda o, c, a, b: jnp.where(c, a, b),
     "Broadcast": lambda o, x: jnp.broadcast_to(x, o.param("shape")),
     "Reshape": lambda o, x: jnp.reshape(x, o.param("shape")),
     "Transpose": lambda o, x: jnp.transpose(x, o.param("axes")),
     "Squeeze": lambda o, x: jnp.squeeze(x, o.param("axes")),
     "ExpandDims": lambda o, x: jnp.expand_dims(x, o.param("axes")),
-    "Slice": lambda o, x: lax.slice(x, o.param("start"), o.param("stop"), o.param("strides")),
+    "Slice": lambda o, x: x[tuple(slice(*b) for b in zip(o.param("start"), o.param("stop"),
+                                                          o.param("strides")))],
     "Copy": lambda o, x: x,
     "Reduce": lambda o, x: _reduce(x, o),
     "ArgReduce": lambda o, x: _arg_reduce(x, o),

@@ -51,6 +51,17 @@ def _extra_regions():
     p, q = b.input((64,), "int32", "p"), b.input((64,), "int32", "q")
     yield "int", b.build([b.op("Power", p, q), b.op("Remainder", p, q),
                           b.op("FloorDivide", p, q), b.op("Abs", p), b.op("Sign", p)])
+    b = RegionBuilder("bitwise")  # a sliding-window mask's & (mlx-lm), shifts of narrow types
+    u, v = b.input((64,), "uint8", "u"), b.input((64,), "uint8", "v")
+    c, d = b.input((64,), "bool", "c"), b.input((64,), "bool", "d")
+    i, j = b.input((64,), "int32", "i"), b.input((64,), "int32", "j")
+    yield "bitwise", b.build([b.op("BitwiseBinary", u, v, op=op) for op in (
+        "and", "or", "xor", "left_shift", "right_shift")] + [
+        b.op("BitwiseBinary", c, d, op="and"), b.op("BitwiseBinary", c, d, op="xor"),
+        b.op("BitwiseBinary", i, j, op="right_shift"), b.op("BitwiseBinary", i, j, op="left_shift")])
+    b = RegionBuilder("pick")  # a take_along_axis beside whole rows: a row kernel, no reduction
+    x, i = b.input((6, 300), "float32", "x"), b.input((6, 1), "int32", "i")
+    yield "gather_beside_rows", b.build([b.op("GatherAxis", x, i, axis=1), b.op("Negative", x)])
     b = RegionBuilder("special")
     f = b.input((128,), "float32", "f")
     outs = [b.op(n, f) for n in ("Erf", "Expm1", "Log1p", "Sigmoid", "ArcTanh", "Round")]

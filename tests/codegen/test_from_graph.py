@@ -45,6 +45,15 @@ FUNCTIONS = {
     "gelu_bias": (lambda x, b: nn.gelu(x + b), lambda d: [_x(R, L, dtype=d), _x(L, dtype=d)]),
     "variance": (lambda x: mx.var(x, axis=-1), lambda d: [_x(R, L, dtype=d)]),
     "argmax": (lambda x: mx.argmax(x, axis=-1), lambda d: [_x(R, L, dtype=d)]),
+    # MLX records a slice's stop as written: :-44 stops at -44, ::-1 at -L - 1
+    "slices": (lambda x: mx.exp(x[:, :-44]) * x[::-1, 44:] - x[:, -45::-1],
+               lambda d: [_x(R, L, dtype=d)]),
+    # mlx-lm's sliding-window mask (models.base.create_causal_mask with a window)
+    "window_mask": (lambda i: (i[:, None] >= i[None]) & (i[:, None] < i[None] + 16),
+                    lambda d: [mx.arange(64)]),
+    "pick_beside_rows": (lambda x, t: (mx.take_along_axis(x, t, axis=-1), x * 2),
+                         lambda d: [_x(R, L, dtype=d),
+                                    mx.random.randint(0, L, (R, 1), key=mx.random.key(6))]),
 }
 
 
@@ -121,3 +130,12 @@ def test_rows_holding_more_than_two_threadgroups_leave_take_twice_the_threads():
     assert threads(backward, x.astype(mx.bfloat16), x.astype(mx.bfloat16)) == 512
     assert threads(lambda x: mx.softmax(x, axis=-1), x) == 512
     assert threads(lambda x: mx.fast.layer_norm(x, None, None, 1e-5), x) == 512
+
+
+def test_a_gru_is_generated_kernels_only():
+    # nn.GRU slices its gates as x[..., :-hidden]: a negative stop, read as Python reads it
+    gru = nn.GRU(16, 32)
+    x = _x(2, 5, 16)
+    mx.eval(gru.parameters())
+    lowered = mlxtriton.optimize(gru, chip="h200").trace(x).lower("cuda")
+    assert not lowered.fallbacks and len(lowered) == 9

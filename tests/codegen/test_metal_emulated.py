@@ -188,7 +188,7 @@ def test_a_planted_bug_in_the_metal_dialect_is_caught(why):
 # -- per-op semantics against MLX's own ops, special values included (tests/codegen/test_ops_mlx) --
 
 def _op_region(prim: str, params: dict, arity: int, dtype: str):
-    n = len(ops_mlx.operands(prim, arity, dtype)[0])
+    n = len(ops_mlx.operands(prim, arity, dtype, params)[0])
     b = RegionBuilder(prim)
     xs = [b.input((n,), dtype, f"a{k}") for k in range(arity)]
     return b.build([b.op(prim, *xs, **params)])
@@ -212,7 +212,7 @@ def op_kernels() -> dict[str, LoweredKernel]:
 @pytest.mark.parametrize("name,prim,params,arity,dtype,ref", OPS, ids=[o[0] for o in OPS])
 def test_op_as_metal_matches_mlx(name, prim, params, arity, dtype, ref, op_kernels):
     """Every combination of special values, as the interpreter's table (test_ops_mlx)."""
-    args = ops_mlx.operands(prim, arity, dtype)
+    args = ops_mlx.operands(prim, arity, dtype, params)
     (got,) = emulator.run(op_kernels[name], args)
     ops_mlx.assert_op_matches_mlx(got, prim, params, ref, args, dtype, " as Metal")
 

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxtriton.codegen.builder import CUDA_PARAMS, build
+from mlxtriton.codegen.builder import CUDA_PARAMS, RegionError, build
 from mlxtriton.codegen.interpret import interpret, numpy_dtype
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import lower
@@ -45,7 +45,13 @@ TABLE = [
     ("GreaterEqual", {}, 2, F + I, mx.greater_equal), ("Equal", {}, 2, F + I, mx.equal),
     ("NotEqual", {}, 2, F + I, mx.not_equal), ("LogicalAnd", {}, 2, B, mx.logical_and),
     ("LogicalOr", {}, 2, B, mx.logical_or),
+    ("BitwiseBinary", {"op": "and"}, 2, I + B, mx.bitwise_and),
+    ("BitwiseBinary", {"op": "or"}, 2, I + B, mx.bitwise_or),
+    ("BitwiseBinary", {"op": "xor"}, 2, I + B, mx.bitwise_xor),
+    ("BitwiseBinary", {"op": "left_shift"}, 2, I, mx.left_shift),
+    ("BitwiseBinary", {"op": "right_shift"}, 2, I, mx.right_shift),
 ]
+SHIFTS = ("left_shift", "right_shift")
 
 # Exact in MLX (IEEE basic operations, correctly rounded, or no rounding at all; Sqrt, not its
 # reciprocal): compared bit for bit, NaN equal to NaN. The others (MLX's own exp, sin, pow approximations) are compared exactly
@@ -54,7 +60,7 @@ EXACT = frozenset({
     "Abs", "Negative", "Sign", "Square", "Floor", "Ceil", "Round", "Sqrt", "LogicalNot", "Add",
     "Subtract", "Multiply", "Divide", "Remainder", "FloorDivide", "Maximum", "Minimum", "Less",
     "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual", "LogicalAnd", "LogicalOr",
-    "Select",
+    "Select", "BitwiseBinary",
 })
 # Where MLX's CPU kernels are approximations that lose what C's functions (CUDA's sinf and erff,
 # the interpreter's NumPy and math.erf) keep: MLX's sin(-0.0) is +0.0, its erf(+0.0) is -0.0 and
@@ -93,13 +99,17 @@ def from_mx(a: mx.array) -> np.ndarray:
     return np.array(a)
 
 
-def operands(prim: str, arity: int, dtype: str) -> list[np.ndarray]:
+def operands(prim: str, arity: int, dtype: str, params: dict | None = None) -> list[np.ndarray]:
     """Every combination of ``dtype``'s special values, one array per operand."""
     combos = list(itertools.product(special_values(dtype), repeat=arity))
     if prim in ("Divide", "Remainder", "FloorDivide") and dtype in INTEGERS:
         # C's undefined integer quotients (MLX's CPU kernel traps on them)
         lo = np.iinfo(dtype).min
         combos = [c for c in combos if c[1] != 0 and not (c[0] == lo and c[1] == -1)]
+    if (params or {}).get("op") in SHIFTS:
+        # counts C defines; MLX's CPU gives others the host's answer (x86 masks the count), the
+        # kernel IR JAX's (test_shifts_past_the_width_follow_jax)
+        combos = [c for c in combos if 0 <= c[1] < 8 * np.dtype(dtype).itemsize]
     with np.errstate(over="ignore"):  # float32 extremes are infinite in half types
         return [np.array([c[k] for c in combos], np.float64 if dtype in FLOATS else None)
                 .astype(numpy_dtype(dtype)) for k in range(arity)]
@@ -144,7 +154,7 @@ def test_op_matches_mlx_on_special_values(prim, params, arity, dts, ref):
     wide = (FLOATS if "float32" in dts else ()) + (INTEGERS if "int32" in dts else ()) + (
         ("bool",) if "bool" in dts else ())
     for dtype in wide:
-        args = operands(prim, arity, dtype)
+        args = operands(prim, arity, dtype, params)
         assert_op_matches_mlx(_interpreted(prim, params, args, dtype), prim, params, ref, args,
                               dtype)
 
@@ -171,6 +181,8 @@ def test_op_with_a_constant_operand_matches_mlx(prim, params, arity, dts, ref):
     scalars there (a power by a scalar 0.5 is its sqrt: sqrt(-inf) is NaN, pow(-inf, 0.5) +inf)."""
     dtype = dts[0]
     values = special_values(dtype)
+    if params.get("op") in SHIFTS:
+        values = [v for v in values if 0 <= v < 32]  # counts C defines (as in `operands`)
     x = np.array(values, numpy_dtype(dtype))
     for c in values:
         for constant_first in (False, True):
@@ -200,6 +212,35 @@ def test_every_elementwise_primitive_is_in_the_table():
         "Reshape", "Select", "Slice", "Squeeze", "StopGradient", "Transpose", "Unflatten",
         "ArgReduce"}
     assert elementwise == {row[0] for row in TABLE}
+
+
+@pytest.mark.parametrize("op", SHIFTS)
+def test_shifts_past_the_width_follow_jax(op):
+    """A count outside [0, bits) is undefined in C (MLX's CPU masks it on x86): the kernel IR
+    shifts every bit out, as JAX's shifts do (kernel_ir.Ops.SHL)."""
+    from mlxtriton.graph.evaluate_jax import from_jax, jax_rules, to_jax
+
+    rule = jax_rules()["BitwiseBinary"]
+    for dtype in INTEGERS + ("uint16",):
+        bits = 8 * np.dtype(dtype).itemsize
+        info = np.iinfo(dtype)
+        x = np.array([1, info.max, info.min, 5, info.max // 3] * 4, dtype)
+        counts = [bits - 1, bits, bits + 1, min(info.max, 200)] + ([-1, -bits] if info.min else [0, 1])
+        s = np.array(np.repeat(counts, 5)[:x.size], dtype)
+        got = _interpreted("BitwiseBinary", {"op": op}, [x, s], dtype)
+        want = from_jax(rule(to_jax(x), to_jax(s), op=op))
+        np.testing.assert_array_equal(got, want, err_msg=f"{op} {dtype}")
+
+
+def test_bitwise_refuses_floats():
+    b = RegionBuilder("bits")
+    x = b.input((4,), "float32", "x")
+    with pytest.raises(RegionError, match="needs integer or bool inputs"):
+        build(b.build([b.op("BitwiseBinary", x, x, op="and")]), CUDA_PARAMS)
+    b = RegionBuilder("bits")
+    x = b.input((4,), "bool", "x")
+    with pytest.raises(RegionError, match="not defined on bool"):
+        build(b.build([b.op("BitwiseBinary", x, x, op="left_shift")]), CUDA_PARAMS)
 
 
 def test_where_keeps_special_values():

@@ -66,7 +66,7 @@ def test_a_full_sum_is_split_to_fill_the_chip():
 @pytest.mark.parametrize("shape, axis, why", [
     ((256, 65536), -1, "rows fill the chip"),
     ((1000,), None, "too small to be worth a second kernel"),
-    ((1, 1 << 20), 0, "not a reduction over trailing axes"),
+    ((1, 1 << 20), 0, "a million columns fill the chip"),
 ])
 def test_no_split(shape, axis, why):
     g = _trace(lambda x: mx.sum(x, axis=axis), mx.ones(shape))
@@ -97,6 +97,8 @@ _INF = mx.concatenate([
     mx.full((1, 64), float("-inf")),
     mx.where(mx.arange(64) == 9, mx.array(float("nan")), _X[2])[None],
     mx.where(mx.arange(64) < 16, mx.array(float("-inf")), _X[3])[None], _X[4:]])
+_NHWC = mx.random.normal((4, 8, 8, 6), key=mx.random.key(4)) * 3 + 2
+_Y4 = mx.random.normal((8, 3, 16, 4), key=mx.random.key(5))
 _NAN = mx.where(mx.arange(64 * 8).reshape(8, 64) == 77, mx.array(float("nan")), _X)
 
 CASES = {
@@ -122,6 +124,15 @@ CASES = {
     "softmax": (lambda x: mx.softmax(x * 2.0, axis=-1), (_X,)),
     "softmax bfloat16": (lambda x: mx.softmax(x.astype(mx.bfloat16), axis=-1), (_X,)),
     "softmax and logsumexp with inf": (lambda x: (mx.softmax(x, axis=-1), mx.logsumexp(x, axis=-1)), (_INF,)),
+    # column reductions: too few columns for the cores
+    "column sum": (lambda x: mx.sum(x * 2.0, axis=0), (_X,)),
+    "batch-norm statistics": (lambda x: (mx.mean(x, axis=(0, 1, 2)), mx.var(x, axis=(0, 1, 2))), (_NHWC,)),
+    "batch-norm statistics bfloat16": (lambda x: (mx.mean(x, axis=(0, 1, 2)),
+                                                  mx.var(x, axis=(0, 1, 2), ddof=1)),
+                                       (_NHWC.astype(mx.bfloat16),)),
+    "variance far from zero": (lambda x: mx.var(x * 0.01 + 1000.0, axis=0), (_X,)),
+    "column max with NaN and a broadcast": (lambda x, w: mx.max(x * w[:8, None], axis=0), (_NAN, _W)),
+    "axes apart": (lambda y: mx.sum(mx.exp(y), axis=(0, 2), keepdims=True), (_Y4,)),
 }
 
 
@@ -243,3 +254,73 @@ def test_two_reductions_of_one_array_share_the_first_level(small):
     firsts = [r for r in report.regions if len(r.shape) == 2]
     assert len(firsts) == 1 and len(firsts[0].outputs) == 2
     _close(evaluate(g, _X), evaluate(fused, _X), 1e-5)
+
+
+def test_batch_norm_statistics_read_their_input_once():
+    # NHWC 32x64x64x256: 256 columns are 8 threadgroups of 32; 64 segments of 2048 rows fill an
+    # H100. The variance's sum comes from the mean's segments (Chan's update): one first-level
+    # kernel holds each segment on chip for both sums, a second combines 64 partials.
+    def stats(x):
+        return mx.mean(x, axis=(0, 1, 2)), mx.var(x, axis=(0, 1, 2))
+
+    x = mx.zeros((32, 64, 64, 256), mx.bfloat16)
+    g = _trace(stats, x)
+    _, decisions = split_reductions(g, "h100")
+    assert [(d.kind, d.rows, d.segments, d.row) for d in decisions] == [
+        ("sum", 256, 64, False), ("centred sum of squares", 256, 64, False)]
+    assert "of 256 column(s) x 131072 -> 16384 x 2048 then 256 x 64" in decisions[0].as_text()
+    fused, report = fuse_with_report(g, "h100")
+    first, second = report.regions
+    assert (first.kind, first.shape, first.reduced) == ("column", (64, 2048, 256), (1,))
+    assert first.inputs == ("bf16[32,64,64,256]",) and first.primitives.count("Reduce") == 2
+    assert (second.kind, second.shape) == ("column", (64, 256))
+    assert second.outputs == ("bf16[256]", "bf16[256]")
+
+
+@pytest.mark.parametrize("shape, axes, why", [
+    ((4096, 16384), (0,), "16384 columns fill the chip"),
+    ((64, 256), (0,), "too small to be worth a second kernel"),
+])
+def test_no_column_split(shape, axes, why):
+    g = _trace(lambda x: mx.sum(x, axis=axes), mx.ones(shape))
+    assert split_reductions(g, "h100")[1] == [], why
+
+
+def test_kernel_never_splits_a_column_reduction():
+    k = mlxtriton.kernel(lambda x: mx.var(x, axis=(0, 1)), chip="h100")
+    (kernel,) = k.trace(mx.ones((256, 512, 8))).lower("cuda")
+    assert kernel.output_shapes == ((8,),)
+
+
+@settings(deadline=None, max_examples=25)
+@given(data=st.data())
+def test_random_column_reductions_split_like_the_traced_graph(data):
+    """Reductions over leading and non-neighbouring axes, variances among them, in every float
+    type and int32: the split graph equals the traced one under the JAX oracle."""
+    kind = data.draw(st.sampled_from(["sum", "max", "min", "prod", "all", "any", "mean", "var"]))
+    ndim = data.draw(st.integers(2, 4))
+    shape = tuple(data.draw(st.lists(st.sampled_from([1, 2, 3, 4, 6, 8, 16]), min_size=ndim,
+                                     max_size=ndim)))
+    axes = tuple(sorted(data.draw(st.sets(st.integers(0, ndim - 2), min_size=1))))
+    floats = [mx.float32, mx.float16, mx.bfloat16]
+    dtype = data.draw(st.sampled_from(floats if kind in ("mean", "var") else floats + [mx.int32]))
+    seed = data.draw(st.integers(0, 2**16))
+    x = (mx.random.normal(shape, key=mx.random.key(seed)) * 2 + 3).astype(dtype)
+    fn = {"sum": lambda x: mx.sum(x * 2, axis=axes), "max": lambda x: mx.max(x, axis=axes),
+          "min": lambda x: mx.min(x - 1, axis=axes, keepdims=True),
+          "prod": lambda x: mx.prod(mx.abs(x) * 0.1 + 0.5, axis=axes),
+          "all": lambda x: mx.all(x > 0, axis=axes), "any": lambda x: mx.any(x > 6, axis=axes),
+          "mean": lambda x: mx.mean(x, axis=axes),
+          "var": lambda x: (mx.mean(x, axis=axes), mx.var(x, axis=axes, keepdims=True))}[kind]
+    g = _trace(fn, x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
+        mp.setattr(split_module, "MIN_SEGMENT", 1)
+        split, decisions = split_reductions(g, "h100")
+    verify(split)
+    assume(decisions)
+    assert not any(d.row for d in decisions)
+    tol = 5e-2 if dtype in (mx.float16, mx.bfloat16) else 1e-4
+    if kind in ("sum", "mean", "var") and dtype in (mx.float16, mx.bfloat16):
+        tol = max(tol, 2**-7 * math.prod(shape[a] for a in axes) * 8)  # terms up to ~8
+    _close(evaluate(g, x, backend="jax"), evaluate(split, x, backend="jax"), tol)
