@@ -176,3 +176,26 @@ def test_size_0_and_size_1_axes(chip, shape):
         else:
             assert isinstance(got, mx.array), (what, got)
             assert_same(got, want, what)
+
+
+@pytest.mark.parametrize("shape", [(4, 0), (0, 4), (3, 0, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_a_region_over_an_empty_array_launches_no_kernel(shape, monkeypatch):
+    """Nothing to compute: the region runs as MLX ops (an empty buffer would reach the GPU
+    kernel otherwise), `lower` says why, and `@kernel` refuses with that reason."""
+    from mlxtriton.runtime import compiled, launch
+
+    x = mx.zeros(shape)
+    fn = lambda x: mx.sum(mx.exp(x) * 2, axis=-1) + 1  # noqa: E731
+    lowered = mlxtriton.optimize(fn, chip="h100").trace(x).lower("cuda")
+    assert len(lowered) == 0 and lowered.fallbacks
+    assert all("an empty array" in why for _, why in lowered.fallbacks)
+    monkeypatch.setenv(launch.INTERPRET_ENV, "1")  # kernels would run here: none may
+
+    def no_launch(*args):
+        raise AssertionError("a kernel was launched over an empty array")
+
+    monkeypatch.setattr(compiled, "launcher", no_launch)
+    got = mlxtriton.optimize(fn, chip="h100")(x)
+    assert got.shape == fn(x).shape and mx.array_equal(got, fn(x)).item()
+    with pytest.raises(mlxtriton.SingleKernelError, match="an empty array"):
+        mlxtriton.kernel(fn, chip="h100")(x)

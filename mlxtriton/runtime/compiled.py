@@ -200,6 +200,20 @@ def _choosing(body: Callable, bare: Callable) -> Callable:
     return traced
 
 
+def _lower_region(e: Eqn, target: hw.Target, dialect: str | None):
+    """`lower_fused`, except for a region over an empty array: nothing to compute, and MLX ops
+    give the empty (or identity-filled) result at no cost where a kernel would be launched over
+    an empty buffer, which MLX's CUDA backend does not survive.
+
+    Raises:
+        RegionError: the region runs as MLX ops (the message says why).
+    """
+    empty = next((v for v in (*e.inputs, *e.outputs) if 0 in v.shape), None)
+    if empty is not None:
+        raise RegionError(f"an empty array ({empty.dtype}{list(empty.shape)}): nothing to compute")
+    return lower_fused(e, target, dialect)
+
+
 class _Executable:
     """One cache entry: the optimised graph made runnable for one device.
 
@@ -216,7 +230,7 @@ class _Executable:
         for e in graph.eqns:
             if is_fused(e) and launch:
                 try:
-                    kernel, extra = lower_fused(e, target, dialect)
+                    kernel, extra = _lower_region(e, target, dialect)
                     bare = launcher(kernel, extra)  # KernelUnavailable: fails on this GPU
                 except RegionError as err:
                     # A region codegen cannot write, or whose kernel this GPU cannot run, stays
@@ -896,7 +910,7 @@ class Traced:
             if not is_fused(e):
                 continue
             try:
-                kernels.append(lower_fused(e, ktarget, dialect)[0])
+                kernels.append(_lower_region(e, ktarget, dialect)[0])
             except RegionError as err:
                 if self._compiled.single_kernel:
                     raise SingleKernelError(f"cannot be one kernel: {err}") from err
@@ -911,7 +925,7 @@ class Traced:
         for e in optimized.eqns:
             if is_fused(e):
                 try:
-                    kernels.append(lower_fused(e, ktarget, dialect)[0])
+                    kernels.append(_lower_region(e, ktarget, dialect)[0])
                 except RegionError as err:
                     stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
                     continue
