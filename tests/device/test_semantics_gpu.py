@@ -102,10 +102,17 @@ def test_casts_of_special_values_to_int32():
     assert mx.array_equal(_generated(fn, x)(x), fn(x)).item()
 
 
+# MLX 0.32.4's own CUDA kernels abort the process on an empty input (measured on an H100: the
+# plain functions, before optimize is called)
+MLX_ABORTS_ON_EMPTY = {"layer_norm", "rms_norm", "cross_entropy"}
+
+
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_size_0_and_size_1_axes(shape):
     x = mx.random.normal(shape, key=mx.random.key(0))
     for name, fn in EDGE_FUNCTIONS.items():
+        if 0 in shape and name in MLX_ABORTS_ON_EMPTY:
+            continue
         want, got = _outcome(fn, x), _outcome(mlxtriton.optimize(fn), x)
         if isinstance(want, ValueError):
             assert isinstance(got, ValueError) and str(got) == str(want), (name, got, want)
