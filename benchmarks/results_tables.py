@@ -244,6 +244,17 @@ def ce_rows(files):
                       "PyTorch sum", "PyTorch cross_entropy"], out)
 
 
+def column_reductions(files):
+    out = []
+    for r in (r for f in files for r in load(f)["rows"]):
+        ours, compiled = r["mlxtriton"], r["mx.compile"]
+        out.append([r["case"], DTYPES.get(r["dtype"], r["dtype"]), r.get("kernels", ""), _num(r["copy"]["GB/s"]),
+                    _num(ours["GB/s"]), _num(compiled["GB/s"]), _num(r["eager"]["GB/s"]),
+                    f"{100 * ours['of_copy']:.0f}%", _ratio(ours["vs_compile"])])
+    return _markdown(["case", "dtype", "kernels", "MLX copy (GB/s)", "mlxtriton", "mx.compile", "eager",
+                      "mlxtriton of copy", "vs mx.compile"], out)
+
+
 def generation(files):
     out = []
     for r in (r for f in files for r in load(f)["rows"]):
@@ -284,6 +295,8 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200_session14.json"]),
     "per_eval": (per_eval, ["per_eval_h200_session14.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200_session13.json"]),
+    "generation": (generation, ["generation_h100_b1.json", "generation_h100_b8.json"]),
+    "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
 }
 
 _BLOCK = re.compile(r"(<!-- table (\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
