@@ -47,12 +47,19 @@ def test_random_programs_agree_with_mlx(case):
 
 @pytest.mark.parametrize("name", sorted(corners.CASES))
 def test_corner(name):
-    check(corners.CASES[name].build())
+    case = corners.CASES[name]
+    program = case.build()
+    _, _, want = differential.reference(program)
+    assert [w.error is not None for w in want] == [case.raises] * 2, [w.error for w in want]
+    check(program)
 
 
 @pytest.mark.parametrize("family", corners.FAMILIES)
 def test_the_oracle_at_the_corners(family):
-    check(corners.merged(family), ORACLE)
+    program = corners.merged(family)
+    _, _, want = differential.reference(program)
+    assert all(w.error is None for w in want), [w.error for w in want]
+    check(program, ORACLE)
 
 
 # ---- threads -----------------------------------------------------------------------------------------
@@ -77,7 +84,7 @@ def _stress(fn, shapes, interpret: bool):
         def work(k):
             try:
                 barrier.wait()
-                for i in range(6):
+                for i in range(40):
                     s = shapes[0] if i == 0 else shapes[(k + i) % len(shapes)]
                     got = np.array(f(inputs[s]))
                     if not np.allclose(got, expected[s], rtol=1e-5, atol=1e-6):
@@ -97,9 +104,10 @@ def _stress(fn, shapes, interpret: bool):
 def test_threads_calling_one_function_while_its_cache_evicts(interpret):
     fn = lambda x: mx.softmax(x * 2.0, axis=-1) + mx.sum(x, axis=0, keepdims=True)  # noqa: E731
     shapes = [(8, 64), (4, 16), (5, 33), (6, 8), (3, 129)]
-    wrong, errors, _ = _stress(fn, shapes, interpret)
-    assert not errors, errors[:3]
-    assert not wrong, wrong[:5]
+    for _ in range(2):  # a race shows in some runs only
+        wrong, errors, _ = _stress(fn, shapes, interpret)
+        assert not errors, errors[:3]
+        assert not wrong, wrong[:5]
 
 
 def test_threads_with_one_new_shape_build_it_once():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import select
 import subprocess
 import sys
@@ -116,16 +117,19 @@ def _run(args) -> int:
 
     while number < stop and (args.minutes is None or time.time() - started < 60 * args.minutes):
         worker = subprocess.Popen(_command(args, "--worker", "--start", str(number), "--programs",
-                                           str(stop - number)),
-                                  stdout=subprocess.PIPE, text=True, bufsize=1)
-        current, last = None, time.time()
+                                           str(stop - number)), stdout=subprocess.PIPE)
+        current, last, pending, lines = None, time.time(), b"", []
         while True:
-            ready, _, _ = select.select([worker.stdout], [], [], 0.5)
-            line = worker.stdout.readline() if ready else None
-            if not line:
-                if line == "" or worker.poll() is not None:  # end of output: the worker exited
+            if not lines:  # read what the worker wrote (unbuffered: select sees all there is)
+                ready, _, _ = select.select([worker.stdout], [], [], 0.5)
+                chunk = os.read(worker.stdout.fileno(), 1 << 16) if ready else None
+                if chunk == b"":  # the worker exited
                     worker.wait()
                     break
+                if chunk:
+                    *complete, pending = (pending + chunk).split(b"\n")
+                    lines += complete
+                    continue
                 out_of_time = args.minutes is not None and time.time() - started > 60 * args.minutes
                 if out_of_time or (current is not None and time.time() - last > args.timeout):
                     worker.kill()
@@ -133,6 +137,7 @@ def _run(args) -> int:
                     current = None if out_of_time else current
                     break
                 continue
+            line = lines.pop(0)
             message = json.loads(line)
             if "started" in message:
                 current, last = message["started"], time.time()

@@ -1,8 +1,8 @@
 """The corners every op must survive, one program per op: the op table of `programs` applied to
 one argument per corner (a transposed (8, 129), a size-1 axis, a size-0 axis, a 0-d array, a
 strided row of 4097, a reversed (3, 1, 5)), float32 / float16 / bfloat16 mixed, NaN / +-inf / -0.0
-sprinkled in; int32 and bool ops on their own; reductions over every axis; static scalars whose
-type changes between the two calls.
+sprinkled in; int32 and bool ops on their own; Python scalars; reductions over every axis and
+over 32 rows or more; static scalars whose type changes between the two calls.
 
 `CASES` maps a case's name to its `Case` (family and builder); `merged(family)` is one program
 holding every case of a family, for a path that pays per op rather than per program (the JAX
@@ -12,14 +12,14 @@ oracle compiles each primitive once per shape and dtype).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import mlx.core as mx
 
-from tests.fuzz.programs import (_BOOL_BINARY, _BOOL_UNARY, _COMPARISONS, _FLOAT_BINARY,
-                                 _FLOAT_UNARY, _INT_BINARY, _INT_UNARY, _REDUCTIONS, BITS, CLOSE,
-                                 FLOATS, Argument, Program, Static, coarsest, exactness)
+from tests.fuzz.programs import (BITS, BOOL_BINARY, BOOL_UNARY, CLOSE, COMPARISONS, FLOAT_BINARY,
+                                 FLOAT_UNARY, FLOATS, INT_BINARY, INT_UNARY, REDUCTIONS, Argument,
+                                 Program, Static, coarsest, exactness)
 
 FLOAT_MIX = ("float32", "float16", "bfloat16", "float32", "bfloat16", "float16")
 
@@ -111,6 +111,9 @@ def _reduction(kind, name) -> Program:
     dtypes = {"float": FLOAT_MIX, "int": ("int32",), "bool": ("bool",)}[kind]
     values = {"float": "special", "int": "ints", "bool": "bools"}[kind]
     arguments = corner_arguments(dtypes, values)
+    if kind == "float":  # half-precision sums accumulate in float32: 4097 x 0.25 is not 64
+        arguments += [Argument("a6", (2, 4097), "bfloat16", "constant:0.25", ("strided", 1)),
+                      Argument("a7", (3, 16), "float16", "constant:50.0")]
     extra = ", ddof=1" if name == "var" else ""
     lines = []
     for a in arguments:
@@ -119,10 +122,10 @@ def _reduction(kind, name) -> Program:
             axes = range(n) if axes is None else axes
             if (text and n == 0) or any(k >= n for k in axes):
                 continue
-            if any(a.shape[k] == 0 for k in axes):
-                continue  # an empty axis: the "empty" cases
+            if any(a.shape[k] == 0 for k in axes) or (name == "logsumexp" and 0 in a.shape):
+                continue  # an empty axis (MLX's logsumexp rejects any empty input): "empty" cases
             lines.append(f"v{len(lines)} = mx.{name}({a.name}{text}{extra})")
-    return program(arguments, lines, exact=(exactness(_REDUCTIONS[kind][name]),) * len(lines))
+    return program(arguments, lines, exact=(exactness(REDUCTIONS[kind][name]),) * len(lines))
 
 
 def _empty(name) -> Program:
@@ -150,8 +153,42 @@ def _row(template) -> Program:
     # special values, and constant rows (a variance of exactly 0)
     arguments = [a for a in corner_arguments(FLOAT_MIX, "special") if a.shape]
     arguments += [a for a in corner_arguments(FLOAT_MIX, "constant:0.25", first=6) if a.shape]
+    if "logsumexp" in template:  # MLX's logsumexp rejects any empty input: the "empty" cases
+        arguments = [a for a in arguments if 0 not in a.shape]
     lines = [f"v{i} = {template.format(x=a.name)}" for i, a in enumerate(arguments)]
     return program(arguments, lines)
+
+
+COLUMNS = {
+    "sum": "mx.sum({x}, axis=0)",
+    "mean": "mx.mean({x}, axis=0)",
+    "max": "mx.max({x}, axis=0)",
+    "log of a column mean": "mx.log(2 * mx.mean({x}, axis=0))",
+    "centred": "{x} - mx.mean({x}, axis=0, keepdims=True)",
+    "var": "mx.var({x}, axis=0)",
+    "a row softmax times a column sum": "mx.softmax({x}, axis=-1) * mx.sum({x}, axis=0, keepdims=True)",
+}
+
+
+def _column(template) -> Program:
+    # 32 rows or more: Apple chips reduce columns in partial sums (fusion/partials.py)
+    arguments = [Argument("a0", (40, 7), "float32", "special"),
+                 Argument("a1", (64, 3), "bfloat16", "special", ("transposed", (1, 0))),
+                 Argument("a2", (33, 1, 5), "float16", "special", ("reversed", 0)),
+                 Argument("a3", (129, 2), "float32", "constant:0.25"),
+                 Argument("a4", (40, 3), "int32", "ints")]
+    lines = [f"v{i} = {template.format(x=a.name)}" for i, a in enumerate(arguments)]
+    return program(arguments, lines, exact=(exactness("EZ" if template.startswith("mx.max") else ""),)
+                   * len(lines))
+
+
+SCALARS = {  # an array and a Python scalar: (template, flags)
+    "x ** 0.5": ("{x} ** 0.5", ""), "(1.0 - x) ** 0.5": ("(1.0 - {x}) ** 0.5", ""),
+    "x ** 2": ("{x} ** 2", ""), "x ** -1": ("{x} ** -1", ""), "2.0 - x": ("2.0 - {x}", ""),
+    "x * 2": ("{x} * 2", "E"), "x / 3": ("{x} / 3", ""), "x // 4": ("{x} // 4", ""),
+    "x % 3": ("{x} % 3", ""), "x > 0": ("{x} > 0", "E"), "x == 0": ("{x} == 0", "E"),
+    "maximum(x, 0.5)": ("mx.maximum({x}, 0.5)", "E"),
+}
 
 
 def _norms() -> Program:
@@ -170,6 +207,8 @@ def _norms() -> Program:
 
 def _scan(name) -> Program:
     arguments = [a for a in corner_arguments(FLOAT_MIX, "special") if a.shape]
+    if name in ("cummax", "cummin"):  # MLX 0.32.4's half-precision running max / min: NaN -> 0
+        arguments = [a if a.dtype == "float32" else replace(a, values="wide") for a in arguments]
     arguments.append(Argument("a6", (4, 9), "int32", "ints", ("transposed", (1, 0))))
     flags = ("", ", reverse=True", ", inclusive=False", ", reverse=True, inclusive=False")
     lines, exact = [], []
@@ -178,7 +217,7 @@ def _scan(name) -> Program:
             continue
         for axis in range(len(a.shape)):
             lines.append(f"v{len(lines)} = mx.{name}({a.name}, axis={axis}{flags[(k + axis) % 4]})")
-            exact.append(name in ("cummax", "cummin") or a.dtype == "int32")
+            exact.append(BITS if a.dtype == "int32" else exactness("EZ" if name in ("cummax", "cummin") else ""))
     return program(arguments, lines, exact=exact)
 
 
@@ -253,7 +292,7 @@ STATIC_PAIRS = ((2, 2.0), (2.0, 2), (1, True), (True, 1), (0, False), (1.0, True
 
 def _static(first, second, declared) -> Program:
     # int32 * 2 is int32 and * 2.0 float32; a bool array + True stays bool and + 1 is int32
-    arguments = [Argument("a0", (3, 5), "int32", "ints"), Argument("a1", (4,), "bool", "bools"),
+    arguments = [Argument("a0", (3, 5), "int32", "ints"), Argument("a1", (5,), "bool", "bools"),
                  Argument("a2", (2, 3), "float16", "normal")]
     lines = ["v0 = a0 * s0", "v1 = a1 + s0", "v2 = mx.maximum(a2, s0) // 4",
              "v3 = (a0 * 1.0 + s0) // 4", "v4 = mx.where(a1, s0, a0)"]
@@ -267,37 +306,43 @@ def _cases() -> dict[str, Case]:
     def add(family, name, build, raises=False):
         cases[f"{family}: {name}"] = Case(family, build, raises)
 
-    for t, flags in sorted(_FLOAT_UNARY.items()):
+    for t, flags in sorted(FLOAT_UNARY.items()):
         add("float unary", t, lambda t=t, f=flags: _unary(t, f, FLOAT_MIX, "special"))
-    for t, flags in sorted(_INT_UNARY.items()):
+    for t, flags in sorted(INT_UNARY.items()):
         add("int unary", t, lambda t=t, f=flags: _unary(t, f, ("int32",), "ints"))
-    for t, flags in sorted(_BOOL_UNARY.items()):
+    for t, flags in sorted(BOOL_UNARY.items()):
         add("bool unary", t, lambda t=t, f=flags: _unary(t, f, ("bool",), "bools"))
-    for t, flags in sorted(_FLOAT_BINARY.items()):
+    for t, flags in sorted(FLOAT_BINARY.items()):
         add("float binary", t, lambda t=t, f=flags: _binary(t, exactness(f), FLOAT_MIX, "special"))
-    for t in _COMPARISONS:
+    for t in COMPARISONS:
         add("float binary", t, lambda t=t: _binary(t, True, FLOAT_MIX, "special"))
-    for t, flags in sorted(_INT_BINARY.items()):  # int32 with bool operands: promotion
+    for t, flags in sorted(INT_BINARY.items()):  # int32 with bool operands: promotion
         add("int binary", t, lambda t=t, f=flags: _binary(t, exactness(f), ("int32", "int32", "bool"),
                                                             "ints"))
-    for t, flags in sorted(_BOOL_BINARY.items()):
+    for t, flags in sorted(BOOL_BINARY.items()):
         add("bool binary", t, lambda t=t, f=flags: _binary(t, exactness(f), ("bool",), "bools"))
     for op in ("//", "%", "**", ">>", "<<"):
         add("integer", op, lambda op=op: _integer(op))
     for dtype in ("float32", "float16", "bfloat16", "int32", "bool"):
         add("casts", f"from {dtype}", lambda d=dtype: _casts(d))
-    for kind, table in _REDUCTIONS.items():
+    for kind, table in REDUCTIONS.items():
         for name in sorted(table):
             add("reductions", f"{kind} {name}", lambda k=kind, n=name: _reduction(k, n))
     for name in ("sum", "prod", "mean", "var", "all", "any", "softmax", "cumsum"):
         add("empty", name, lambda n=name: _empty(n))
     for name in ("max", "min", "logsumexp", "argmax"):
         add("empty", name, lambda n=name: _empty(n), raises=True)
+    for name, (t, flags) in SCALARS.items():
+        add("scalars", f"{name}, floats", lambda t=t, f=flags: _unary(t, f, FLOAT_MIX, "special"))
+        add("scalars", f"{name}, ints", lambda t=t, f=flags: _unary(t, f, ("int32",), "ints"))
     for name, t in ROW_OPS.items():
         add("rows", name, lambda t=t: _row(t))
+    for name, t in COLUMNS.items():
+        add("columns", name, lambda t=t: _column(t))
     add("rows", "fast norms", _norms)
-    for name in ("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp"):
+    for name in ("cumsum", "cumprod", "cummax", "cummin"):
         add("scans", name, lambda n=name: _scan(n))
+    add("log scans", "logcumsumexp", lambda: _scan("logcumsumexp"))  # apart: it cannot be traced
     for t in MOVEMENT:
         add("movement", t, lambda t=t: _movement(t))
     for form in MATMUL_SHAPES:

@@ -26,14 +26,14 @@ import mlx.core as mx
 import numpy as np
 
 import mlxtriton
-from mlxtriton.graph.evaluate_jax import from_jax  # noqa: F401  (imports JAX once, up front)
-from tests.fuzz.programs import BITS, Argument, Program, _placeholder, coarsest, drop_unused
+from tests.fuzz.programs import BITS, Argument, Program, coarsest, drop_unused, placeholder
 
 CHIPS = ("auto", "m3", "h200")
-# Relative tolerance per dtype, applied against max(|MLX|, the output's largest finite |MLX|, 1):
-# float32 results differ by evaluation order (reductions, matmul over rows of 4097) and by a few
-# ulps of exp / log / erf between MLX, NumPy and XLA; half types by one or two ulps of the type
-# (float16 2^-10, bfloat16 2^-7) after one rounding, more after a chain of half-precision ops.
+# Relative tolerance per dtype, applied against max(|MLX|, the output's largest finite |MLX|, 1),
+# for the coarsest float type the output was computed through (`Program.precision`): float32
+# results differ by evaluation order (reductions, matmul over rows of 4097) and by a few ulps of
+# exp / log / erf between MLX, NumPy and XLA; half types by one or two ulps of the type (float16
+# 2^-10, bfloat16 2^-7) after one rounding, more after a chain of half-precision ops.
 RTOL = {"float32": 1e-4, "float16": 4e-3, "bfloat16": 3e-2}
 
 
@@ -276,8 +276,8 @@ def _compare_output(w: _Output, g: _Output, exact: int, precision: str) -> tuple
 def _example(a: np.ndarray, b: np.ndarray, bad: np.ndarray, shape: tuple[int, ...]) -> str:
     i = int(np.argmax(bad))
     where = tuple(int(k) for k in np.unravel_index(i, shape)) if shape else ()
-    return (f"{int(bad.sum())} of {a.size} elements differ, e.g. at {where}: MLX {a[i]!r}, "
-            f"got {b[i]!r}")
+    return (f"{int(bad.sum())} of {a.size} elements differ, e.g. at {where}: MLX {a[i].item()!r}, "
+            f"got {b[i].item()!r}")
 
 
 # ---- reduction and reproduction ---------------------------------------------------------------------
@@ -341,7 +341,7 @@ def _smaller(p: Program) -> Iterator[Program]:
 
 
 def _shapes(p: Program) -> dict[str, tuple[tuple[int, ...], str]]:
-    env = {a.name: _placeholder(a.shape, a.dtype) for a in p.arguments}
+    env = {a.name: placeholder(a.shape, a.dtype) for a in p.arguments}
     env |= {s.name: s.values[0] for s in p.statics}
     out = {}
     for line in p.lines:
