@@ -56,7 +56,8 @@ def test_corner(name):
 
 @pytest.mark.parametrize("family", corners.FAMILIES)
 def test_the_oracle_at_the_corners(family):
-    program = corners.merged(family)
+    # a third of the reductions: each (op, shape, dtype, axes) costs the oracle a compilation
+    program = corners.merged(family, every=3 if family == "reductions" else 1)
     _, _, want = differential.reference(program)
     assert all(w.error is None for w in want), [w.error for w in want]
     check(program, ORACLE)
@@ -100,6 +101,7 @@ def _stress(fn, shapes, interpret: bool):
     return wrong, errors, traces[0]
 
 
+@pytest.mark.filterwarnings("ignore::mlxtriton.RebuildWarning")  # rebuilding is the point here
 @pytest.mark.parametrize("interpret", [False, True])
 def test_threads_calling_one_function_while_its_cache_evicts(interpret):
     fn = lambda x: mx.softmax(x * 2.0, axis=-1) + mx.sum(x, axis=0, keepdims=True)  # noqa: E731
