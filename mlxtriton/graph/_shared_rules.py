@@ -171,8 +171,11 @@ def broadcast_axes_shape(shapes, ignore_axes) -> tuple[int, ...]:
 def slices(start, stop, strides) -> tuple[slice, ...]:
     """Python slices equal to MLX's Slice/SliceUpdate state: the exporter reports the values the
     Python front end passed, which follow Python's slice normalization (negative = from the end;
-    a negative stride's stop of -(n + 1) means "before index 0")."""
-    return tuple(slice(a, b, c) for a, b, c in zip(start, stop, strides))
+    a negative stride's stop of -(n + 1) means "before index 0"), except a negative stride's
+    start: the front end has already added n to it, so one still negative is before index 0 and
+    the axis is empty (``x[-2::-2]`` of one row: start -1, where Python's -1 is the last row)."""
+    return tuple(slice(0, 0) if c < 0 and a < 0 else slice(a, b, c)
+                 for a, b, c in zip(start, stop, strides))
 
 
 def sdpa_scores(xp, q, k, mask, sinks, scale: float, do_causal: bool):

@@ -1135,3 +1135,23 @@ def test_shapeless_broadcast_follows_its_shape_operands():
     assert extra, "expected a Broadcast with shape operands"
     a, b = rand((2, 3), seed=5), rand((3,), seed=6)
     assert_bit_identical([a + b], run(g, [a, b], "mlx"))
+
+
+def test_slices_whose_start_is_before_the_axis():
+    # A negative stride's start arrives with n already added: still negative, it is before index
+    # 0 and the axis is empty (x[-2::-2] of one row), where Python's -1 would be the last element.
+    import itertools
+
+    cases = 0
+    for n in (1, 2):
+        x = mx.arange(n * 2, dtype=mx.float32).reshape(n, 2)
+        for a, b, c in itertools.product((None, -3, -2, -1, 0), (None, -3, 1), (-2, -1, 2)):
+            fn = lambda x: x[a:b:c]  # noqa: E731
+            g = trace(fn, [x])
+            if not g.eqns:
+                continue
+            cases += 1
+            want = [fn(x)]
+            assert_bit_identical(want, run(g, [x], "mlx"))
+            assert_bit_identical(want, [mx.array(np.asarray(run(g, [x], "jax")[0]))])
+    assert cases > 60
