@@ -215,6 +215,9 @@ def _signature(err: BaseException) -> str:
     return f"{type(err).__name__}: {text} [{_origin(err)}]"
 
 
+_UNEXPORTABLE = re.compile(r"Unable to get state for primitive \w+")
+
+
 def compare(want: _Result, got: _Result, program: Program, path: Path, call: int
             ) -> Finding | None:
     """The first disagreement of ``got`` with ``want`` (plain MLX), or None."""
@@ -228,6 +231,11 @@ def compare(want: _Result, got: _Result, program: Program, path: Path, call: int
         return None
     if got.error is not None:
         if path.api == "kernel" and isinstance(got.error, mlxtriton.SingleKernelError):
+            return None
+        if _UNEXPORTABLE.search(str(got.error)):
+            # Tracing rests on MLX's exporter, which cannot serialise a few primitives
+            # (mx.logcumsumexp's Scan among them; graph/primitives.py lists them): every path
+            # refuses those with MLX's own error naming the primitive, a limit, not a wrong value
             return None
         return finding("raises", _message(got.error), _signature(got.error))
     if len(want.outputs) != len(got.outputs):
