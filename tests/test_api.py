@@ -357,9 +357,32 @@ def test_kernel_decomposes_fast_norm_primitives_into_its_one_kernel():
     d = verify(decompose_fast_ops(g))
     assert "RMSNorm" not in d.primitive_counts() and d.primitive_counts()["Reduce"] == 1
     xs, ws = mx.random.normal((4, 256)), mx.random.normal((256,))
-    assert mx.array_equal(mlxtriton.evaluate(d, xs, ws), mlxtriton.evaluate(g, xs, ws)).item()
+    assert mx.allclose(mlxtriton.evaluate(d, xs, ws), mlxtriton.evaluate(g, xs, ws)).item()
     fused = mlxtriton.fusion.fuse(d)
     assert fused.primitive_counts() == {"Fused": 1}
+
+
+def test_kernel_decomposes_fast_norms_as_mlx_gpu_kernels_compute():
+    # A GPU trace's norm primitive is MLX's GPU kernel, which divides its sums by the row length:
+    # with eps = 0 a layer norm of a constant row of 41 is NaN there (41 / 41 is exactly 1); MLX's
+    # CPU fallback, which multiplies by fl(1/41), gives +-1. @kernel's decomposition is the kernel's.
+    from mlxtriton.graph import GraphBuilder
+    from mlxtriton.runtime.compiled import decompose_fast_ops
+
+    b = GraphBuilder()
+    x, w, bias = b.input((3, 41), "float32"), b.input((41,), "float32"), b.input((), "float32")
+    (ln,) = b.add("LayerNorm", [x, w, bias], eps=0.0)  # a 0-d bias is MLX's "no bias"
+    (rms,) = b.add("RMSNorm", [x, w], eps=0.0)
+    d = verify(decompose_fast_ops(b.build([ln, rms])))
+    assert not {"LayerNorm", "RMSNorm"} & set(d.primitive_counts())
+    assert d.primitive_counts()["Divide"] == 3  # two means, one mean square
+    xs = mx.stack([mx.ones((41,)), mx.full((41,), 3.0), mx.arange(41, dtype=mx.float32)])
+    got_ln, got_rms = mlxtriton.evaluate(d, xs, mx.full((41,), 2.0), mx.array(5.0))
+    assert mx.isnan(got_ln[:2]).all().item() and not mx.isnan(got_ln[2]).any().item()
+    want = mx.fast.layer_norm(xs[2:], mx.full((41,), 2.0), None, 0.0)
+    assert mx.allclose(got_ln[2:], want, atol=1e-5).item()
+    want = mx.fast.rms_norm(xs, mx.full((41,), 2.0), 0.0)
+    assert mx.allclose(got_rms, want, atol=1e-5).item()
 
 
 def test_trace_stages_a_call_whose_function_takes_a_target_keyword(monkeypatch):

@@ -5,8 +5,11 @@ where the chip runs them faster so (issue 5, rule 2). May import mlxtriton.graph
 
 from __future__ import annotations
 
+import mlx.core as mx
+
 from mlxtriton.graph import dtypes
-from mlxtriton.graph.core import Graph, Var
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.transforms import GraphBuilder
 from mlxtriton.graph.primitives import Family, family
 
 from mlxtriton.patterns._values import close
@@ -207,22 +210,83 @@ _OF_POINTWISE = ("its input is computed by pointwise work (a residual add, anoth
 # E[x^2] - mean^2 in one pass; CUDA's, as here, in two.)
 
 
+def decomposed_rms_norm(m, x: Var, w: Var | None, eps: float, dtype: str) -> Var:
+    """RMSNorm(x, w) as MLX's GPU kernels compute it, op for op: float32 statistics, the sum of
+    squares divided by the row length (see above), one cast back to ``dtype``, the weight
+    (``None``: none). ``m`` builds the equations: a `Match`, or a `NormBuilder`."""
+    xf = m.astype(x, "float32")
+    total = m.add("Reduce", [m.add("Square", [xf])], kind="sum", axes=(xf.ndim - 1,))
+    ms = m.add("Divide", [total, m.splat(float(x.shape[-1]), total)])
+    inv = m.add("Sqrt", [m.add("Add", [ms, m.splat(eps, ms)])], reciprocal=True)
+    y = m.astype(m.add("Multiply", [xf, m.add("Broadcast", [inv], shape=xf.shape)]), dtype)
+    if w is not None:
+        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, dtype)], shape=y.shape)])
+    return y
+
+
+def decomposed_layer_norm(m, x: Var, w: Var | None, b: Var | None, eps: float, dtype: str) -> Var:
+    """LayerNorm(x, w, b) as MLX's GPU kernels compute it, op for op: float32 statistics, two
+    passes (mlx/backend/cuda/layer_norm.cu), sums divided by the row length (see above), one cast
+    back to ``dtype``, the weight and the bias (``None``: none). ``m`` as `decomposed_rms_norm`."""
+    xf = m.astype(x, "float32")
+
+    def mean(v):
+        total = m.add("Reduce", [v], kind="sum", axes=(v.ndim - 1,))
+        return m.add("Divide", [total, m.splat(float(x.shape[-1]), total)])
+
+    d = m.add("Subtract", [xf, m.add("Broadcast", [mean(xf)], shape=xf.shape)])
+    var = mean(m.add("Square", [d]))
+    inv = m.add("Sqrt", [m.add("Add", [var, m.splat(eps, var)])], reciprocal=True)
+    y = m.astype(m.add("Multiply", [d, m.add("Broadcast", [inv], shape=xf.shape)]), dtype)
+    if w is not None:
+        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, dtype)], shape=y.shape)])
+    if b is not None:
+        y = m.add("Add", [y, m.add("Broadcast", [m.astype(b, dtype)], shape=y.shape)])
+    return y
+
+
+class NormBuilder:
+    """The few `Match` building steps the decompositions use, over a `GraphBuilder`."""
+
+    def __init__(self, builder: GraphBuilder):
+        self.builder = builder
+
+    def add(self, primitive: str, inputs, **params) -> Var:
+        return self.builder.add(primitive, inputs, **params)[0]
+
+    def astype(self, var: Var, dtype: str) -> Var:
+        return var if var.dtype == dtype else self.add("AsType", [var], dtype=dtype)
+
+    def splat(self, value, like: Var) -> Var:
+        c = self.builder.constant(mx.array(value, dtype=dtypes.to_mx(like.dtype)))
+        return c if not like.shape else self.add("Broadcast", [c], shape=like.shape)
+
+
+def decompose_norm(e: Eqn) -> Graph:
+    """An ``RMSNorm`` or ``LayerNorm`` equation as a graph over its inputs computing what MLX's GPU
+    kernels compute (a 0-d weight or bias is MLX's "none").
+
+    Raises:
+        ValueError: ``e`` is no norm.
+    """
+    if e.primitive not in ("RMSNorm", "LayerNorm"):
+        raise ValueError(f"decompose_norm: {e.primitive} is not RMSNorm or LayerNorm")
+    gb = GraphBuilder()
+    x, *rest = (gb.input(v.shape, v.dtype) for v in e.inputs)
+    rest = [v if v.ndim else None for v in rest]
+    m, eps, dtype = NormBuilder(gb), e.params["eps"], e.outputs[0].dtype
+    y = (decomposed_rms_norm(m, x, *rest, eps, dtype) if e.primitive == "RMSNorm"
+         else decomposed_layer_norm(m, x, *rest, eps, dtype))
+    return gb.build([y])
+
+
 def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by, or of, pointwise work -> its decomposition
     x, w = m.root.inputs
     reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
     if not (reads or _input_from_pointwise(m, x)):
         return None
-    out = m.root.outputs[0]
-    # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
-    # statistics, the sum of squares divided by the row length (see above), one cast back,
-    # the weight.
-    xf = m.astype(x, "float32")
-    total = m.add("Reduce", [m.add("Square", [xf])], kind="sum", axes=(xf.ndim - 1,))
-    ms = m.add("Divide", [total, m.splat(float(x.shape[-1]), total)])
-    inv = m.add("Sqrt", [m.add("Add", [ms, m.splat(m.root.params["eps"], ms)])], reciprocal=True)
-    y = m.astype(m.add("Multiply", [xf, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
-    if not _unit(m, "w", 1):
-        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
+    y = decomposed_rms_norm(m, x, None if _unit(m, "w", 1) else w, m.root.params["eps"],
+                            m.root.outputs[0].dtype)
     m.detail = f"RMSNorm decomposed for the fuse stage: {_FEWER_BYTES if reads else _OF_POINTWISE}"
     return y
 
@@ -233,25 +297,8 @@ def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition,
     reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
     if not (measured or reads or _input_from_pointwise(m, x)):
         return None
-    out = m.root.outputs[0]
-    n = x.shape[-1]
-    # What MLX's GPU kernels compute (the primitive is a GPU trace's), op for op: float32
-    # statistics, two passes (mlx/backend/cuda/layer_norm.cu), sums divided by the row length
-    # (see above `rms_norm_for_fusion`), one cast back.
-    xf = m.astype(x, "float32")
-
-    def mean(v):
-        total = m.add("Reduce", [v], kind="sum", axes=(v.ndim - 1,))
-        return m.add("Divide", [total, m.splat(float(n), total)])
-
-    d = m.add("Subtract", [xf, m.add("Broadcast", [mean(xf)], shape=xf.shape)])
-    var = mean(m.add("Square", [d]))
-    inv = m.add("Sqrt", [m.add("Add", [var, m.splat(m.root.params["eps"], var)])], reciprocal=True)
-    y = m.astype(m.add("Multiply", [d, m.add("Broadcast", [inv], shape=xf.shape)]), out.dtype)
-    if not _unit(m, "w", 1):
-        y = m.add("Multiply", [y, m.add("Broadcast", [m.astype(w, out.dtype)], shape=out.shape)])
-    if not _unit(m, "b", 0):
-        y = m.add("Add", [y, m.add("Broadcast", [m.astype(b, out.dtype)], shape=out.shape)])
+    y = decomposed_layer_norm(m, x, None if _unit(m, "w", 1) else w, None if _unit(m, "b", 0) else b,
+                              m.root.params["eps"], m.root.outputs[0].dtype)
     m.detail = "LayerNorm decomposed for the fuse stage: " + (
         f"on {m.context['backend']} its generated row kernel measured 2.4x mx.fast.layer_norm"
         if measured else _FEWER_BYTES if reads else _OF_POINTWISE)

@@ -34,6 +34,7 @@ from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
+from mlxtriton.patterns.norms import decompose_norm
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics)
 from mlxtriton.runtime.launch import interpreting, launcher, unavailable
@@ -941,15 +942,12 @@ class Traced:
 DECOMPOSED_FOR_KERNELS = frozenset({"RMSNorm", "LayerNorm"})
 
 
-def decompose_fast_ops(graph: Graph, primitives: frozenset[str] = DECOMPOSED_FOR_KERNELS) -> Graph:
-    """Replace each fast-op equation by MLX's own decomposition of it: its MLX rule traced on the
-    CPU stream, where MLX runs the fallback (mlx/fast.cpp) op for op."""
-    for e in [e for e in graph.eqns if e.primitive in primitives]:
-        rule, params = MLX_RULES[e.primitive], dict(e.params)
-        placeholders = tuple(mx.zeros(v.shape, dtypes.to_mx(v.dtype)) for v in e.inputs)
-        with mx.stream(mx.cpu):
-            body = trace_call(lambda *a: rule(*a, **params), placeholders, {}).graph
-        graph = replace_subgraph(graph, [e], body, e.inputs, e.outputs)
+def decompose_fast_ops(graph: Graph) -> Graph:
+    """Replace each fast-op equation of `DECOMPOSED_FOR_KERNELS` by what MLX's GPU kernel for it
+    computes, op for op (the patterns' decomposition: sums divided by the row length, where MLX's
+    CPU fallback multiplies by 1 / n and rounds differently)."""
+    for e in [e for e in graph.eqns if e.primitive in DECOMPOSED_FOR_KERNELS]:
+        graph = replace_subgraph(graph, [e], decompose_norm(e), e.inputs, e.outputs)
     return graph
 
 
