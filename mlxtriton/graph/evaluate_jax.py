@@ -357,10 +357,13 @@ def jax_rules() -> dict[str, Callable]:
             return jnp.all(x, axis=axes, keepdims=True)
         if kind == "or":
             return jnp.any(x, axis=axes, keepdims=True)
-        fn = jnp.max if kind == "max" else jnp.min  # both propagate NaN, as MLX does
+        fn = jnp.max if kind == "max" else jnp.min
         out = fn(x, axis=axes, keepdims=True)
         if not is_inexact(x) or x.size == 0:
             return out
+        # NaN propagates, as in MLX; XLA's CPU reductions drop it over a leading axis of long
+        # rows (jax 0.10: jnp.min over axis 0 of a (2, 4097) array of NaN and 1 gives 1).
+        out = jnp.where(jnp.isnan(x).any(axis=axes, keepdims=True), jnp.array(jnp.nan, x.dtype), out)
         # Between -0.0 and +0.0 the first in order wins, as MLX's sequential loop keeps its
         # accumulator on ties (its SIMD path over contiguous rows longer than one vector
         # compares lane by lane, and may keep the other zero).

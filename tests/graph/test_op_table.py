@@ -1155,3 +1155,15 @@ def test_slices_whose_start_is_before_the_axis():
             assert_bit_identical(want, run(g, [x], "mlx"))
             assert_bit_identical(want, [mx.array(np.asarray(run(g, [x], "jax")[0]))])
     assert cases > 60
+
+
+def test_max_and_min_over_columns_of_long_rows_propagate_nan():
+    # XLA's CPU reduction over a leading axis drops NaN once rows are long (4097); MLX keeps it.
+    x = np.ones((2, 4097), np.float32)
+    x[0, ::3] = np.nan
+    for dtype in (mx.float32, mx.float16, mx.bfloat16):
+        a = mx.array(x).astype(dtype)
+        for op in (mx.max, mx.min):
+            fn = lambda a: op(a, axis=0)  # noqa: E731
+            got = np.asarray(run(trace(fn, [a]), [a], "jax")[0]).astype(np.float32)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(x[0]))
