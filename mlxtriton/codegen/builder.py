@@ -18,7 +18,7 @@ from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
 from mlxtriton import hw
 from mlxtriton.codegen.region import Input, Op, Region, contiguous_strides
 from mlxtriton.graph import dtypes as _dtypes
-from mlxtriton.graph._shared_rules import broadcast_shape
+from mlxtriton.graph._shared_rules import broadcast_shape, slices
 
 
 class RegionError(ValueError):
@@ -732,11 +732,13 @@ def _lower_expand_dims(ctx, v, o, coords):
 
 def _slice_params(o: Op, shape: tuple[int, ...]):
     # Python's slice semantics per axis (graph.primitives): MLX records a stop as written
-    # (x[..., :-32] stops at -32; x[::-1] at -n - 1), so bounds are normalized as Python does
+    # (x[..., :-32] stops at -32; x[::-1] at -n - 1), so bounds are normalized as Python does,
+    # from the slices the evaluation rules take (`slices`: a negative stride's negative start)
     strides = tuple(o.param("strides", (1,) * len(shape)))
-    bounds = [slice(b, e, s).indices(n) if s else (b, e, s)
-              for b, e, s, n in zip(o.param("start"), o.param("stop"), strides, shape)]
-    return tuple(b for b, _, _ in bounds), tuple(e for _, e, _ in bounds), strides
+    if 0 in strides:
+        return tuple(o.param("start")), tuple(o.param("stop")), strides
+    bounds = [s.indices(n) for s, n in zip(slices(o.param("start"), o.param("stop"), strides), shape)]
+    return tuple(zip(*bounds)) if bounds else ((), (), ())
 
 
 def _infer_slice(ctx, o, shapes, dtypes):

@@ -17,6 +17,7 @@ from jax import lax
 
 from mlxtriton.codegen.interpret import numpy_dtype
 from mlxtriton.codegen.region import Region, RegionBuilder
+from mlxtriton.graph._shared_rules import slices
 
 jax.config.update("jax_platforms", "cpu")
 
@@ -105,8 +106,7 @@ _OPS = {
     "Transpose": lambda o, x: jnp.transpose(x, o.param("axes")),
     "Squeeze": lambda o, x: jnp.squeeze(x, o.param("axes")),
     "ExpandDims": lambda o, x: jnp.expand_dims(x, o.param("axes")),
-    "Slice": lambda o, x: x[tuple(slice(*b) for b in zip(o.param("start"), o.param("stop"),
-                                                          o.param("strides")))],
+    "Slice": lambda o, x: x[slices(o.param("start"), o.param("stop"), o.param("strides"))],
     "Copy": lambda o, x: x,
     "Reduce": lambda o, x: _reduce(x, o),
     "ArgReduce": lambda o, x: _arg_reduce(x, o),

@@ -139,3 +139,17 @@ def test_a_gru_is_generated_kernels_only():
     mx.eval(gru.parameters())
     lowered = mlxtriton.optimize(gru, chip="h200").trace(x).lower("cuda")
     assert not lowered.fallbacks and len(lowered) == 9
+
+
+def test_a_reversed_slice_starting_before_the_axis_is_empty():
+    # x[-3::-2] of two rows: MLX records start -1 (n added already), before index 0, so the
+    # slice is empty and a sum over it has nothing to launch; read as Python's -1 (the last
+    # row) it was a kernel summing exp(x[1]) where MLX's sum is 0
+    from mlxtriton.codegen.builder import RegionError
+
+    x = _x(2, 7)
+    graph = layout(fuse(mlxtriton.trace(lambda x: mx.sum(mx.exp(x[-3::-2]), axis=0) * x[0])(x)))
+    (eqn,) = [e for e in graph.eqns if e.primitive == "Fused"]
+    region, _ = region_from_graph(eqn.params["body"], eqn.params["name"])
+    with pytest.raises(RegionError, match=r"domain \(0, 7\) is empty"):
+        build(region, chip_params("h200"))
