@@ -75,11 +75,12 @@ def block_rows(rows: int, cores: int) -> int:
 
 def _registers_hold(profile, length: int, sums: int) -> bool:
     """Whether ``sums`` block sums over rows of ``length`` fit the registers the row kernel's
-    threads may give them (`hw.params.BLOCK_SUM_REGISTERS` each, at most ``max_row_threads``)."""
+    threads may give them (the tuning data's ``block_sum_registers`` each, at most
+    ``max_row_threads``)."""
     from mlxtriton import hw
 
     p = hw.derive(profile, 4, length)
-    return sums * length <= p.max_row_threads * hw.params.BLOCK_SUM_REGISTERS
+    return sums * length <= p.max_row_threads * hw.tuning.tuning(profile).block_sum_registers
 
 
 def _column_sum(e: Eqn) -> tuple[Var, tuple[int, ...]] | None:

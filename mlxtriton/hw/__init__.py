@@ -22,6 +22,9 @@ decision is clamped to (threads per threadgroup, threadgroup memory, vector widt
 limits; ``chip="h200"`` on an M3 generates Metal with 32 KB of threadgroup memory, not 227 KB. On
 MLX's CPU backend nothing launches; source is still rendered for the named chip. See docs/hardware.md.
 
+Tuning: ``tuning.tuning(profile)`` is the chip architecture's row of the rules fitted to measurements
+(threads per row, register shares, staging, ...), each field with its reason and evidence.
+
 Example:
     >>> from mlxtriton import hw
     >>> hw.profile("m3").threadgroup_memory_bytes, hw.profile("m3").simd_width
@@ -30,7 +33,7 @@ Example:
     4
 """
 
-from mlxtriton.hw import params, report
+from mlxtriton.hw import params, report, tuning
 from mlxtriton.hw._detect import (
     ENV_VAR,
     UnknownChipError,
@@ -46,5 +49,5 @@ from mlxtriton.hw.params import CodegenParams, derive
 
 __all__ = [
     "Profile", "profile", "profiles", "detect", "resolve", "target", "Target", "running_device",
-    "params", "report", "derive", "CodegenParams", "UnknownChipError", "UnknownHardwareWarning", "ENV_VAR",
+    "params", "report", "tuning", "derive", "CodegenParams", "UnknownChipError", "UnknownHardwareWarning", "ENV_VAR",
 ]

@@ -1,9 +1,10 @@
-"""Hardware layer: code-generation parameters derived from a profile, each rule with its reason.
+"""Hardware layer: code-generation parameters derived from a profile and its tuning data.
 
 The kernel generator asks `derive` how to shape a kernel (threadgroup sizes, elements per thread,
 vector width, reduction width, rows per threadgroup, how much of a row may stay on chip) and never
-reads chip figures itself. Rules read profile fields only: a new chip is a table row, not a new rule.
-May import the standard library and this layer's modules.
+reads chip figures itself. Rules read profile fields and the chip's row of `mlxtriton.hw.tuning`
+only: a new chip is a table row, not a new rule. May import the standard library and this layer's
+modules.
 """
 
 from __future__ import annotations
@@ -12,120 +13,13 @@ import operator
 from dataclasses import dataclass
 
 from mlxtriton.hw._profile import Profile
-
-# --- Tuning constants, each from the MLX (or reference) kernels that measured it ---------------------
-
-# backend -> (bytes of each operand one pointwise thread handles, array size from which it does so).
-# Metal: MLX's elementwise kernels give each thread 8 bytes once n >= 65,536 (shared/reference/
-#   apple-gpu.md, MLX get_work_per_thread); smaller arrays need every thread they can get.
-# CUDA: MLX's unary/binary/ternary kernels read N_READS = 16 / sizeof(T) per thread at every size
-#   (mlx/backend/cuda/unary.cu), one 16-byte access per thread (HOPPER.md: coalesced 16 B accesses).
-_POINTWISE: dict[str, tuple[int, int]] = {"metal": (8, 65_536), "cuda": (16, 1)}
-
-# backend -> longest row that gets one SIMD-group (warp) per row, reducing without threadgroup memory
-# or barriers. Metal: MLX PR #3913 dispatches its simdgroup-per-row logsumexp for rows <= 2048 and
-# measured 1.5x (fp32) to 2.8x (fp16) on M4 Max. CUDA: OneFlow's softmax (oneflow/core/cuda/
-# softmax.cuh) uses its warp-per-row kernel for rows <= 1024.
-_SHORT_ROW_LIMIT: dict[str, int] = {"metal": 2048, "cuda": 1024}
-
-# Threads of a short-row threadgroup: MLX PR #3913 runs 8 rows per 256-thread threadgroup.
-_SHORT_ROW_THREADGROUP = 256
+from mlxtriton.hw.tuning import tuning
 
 # Threadgroup memory a row reduction keeps for partials: 8 bytes (two f32 partials, e.g. the max and
-# the sum of an online softmax) per SIMD-group.
+# the sum of an online softmax) per SIMD-group (what the renderer allocates).
 _SCRATCH_BYTES_PER_SIMDGROUP = 8
 
-# 32-bit registers a thread may need, for the threadgroup size a kernel may launch without
-# declaring a bound. MLX's cuda_kernel wrapper writes the signature without __launch_bounds__, so
-# NVRTC may give a thread up to 255 registers, and a launch fails when threads x registers exceed
-# the register file: "too many resources requested for launch" for a 1024-thread RMS norm x gate
-# backward (benchmarks/results/backward_rows_h200_run1.json) and 65536-long bf16 rows
-# (benchmarks/results/row_registers_h200_nobounds.json). Threadgroups up to registers_per_sm / 128
-# (512 on the H200) have never failed; larger ones declare the bound in our header
-# (`mlxtriton.codegen.dialects.CUDA.launch_bounds`), and NVRTC then keeps a 1024-thread kernel
-# within 64 registers, spilling if it must. Not every kernel declares it: the bound changed
-# NVRTC's code for a 512-thread cross-entropy over 4096x16384 float32 from 3709-3715 to
-# 3478-3487 GB/s in two runs each (benchmarks/results/: unbounded in row_registers_h200_nobounds
-# and row_kernels_h200_fastexp, bounded in row_registers_h200_bounds_all ("t512") and
-# row_kernels_h200_bounds_all).
-_UNBOUNDED_THREAD_REGISTERS = 128
-
-# Fraction of a full-size row thread's registers that may hold row data (one half): the rest keeps
-# indices, accumulators, kept values and the loads of an unrolled pass.
-_ROW_DATA_REGISTER_SHARE = 2
-
-# Threads per row a row kernel takes before more, on a GPU whose threadgroup shares one register
-# file: a row that fits the registers of this many threads, and any row of a kernel that reads
-# its rows in one pass (an online max-and-sum: a cross-entropy), takes no more. Measured on the
-# H200 (benchmarks/results/row_registers_h200_bounds_all.json): rows that miss the registers of 512 threads
-# run 1.04-1.45x faster at 1024 (float32 softmax 2048x32768 2628 -> 3589 GB/s, layer norm 3102
-# -> 3829; bfloat16 softmax 2048x32768 2375 -> 2920); rows that fit 512 lost up to 5% at 1024
-# (float32 4096x16384 layer norm 3859 -> 3680; RMS norm x gate 3701 -> 3472 between the tables
-# row_kernels_h200_fastexp and row_kernels_h200_bounds_all); one-pass
-# cross-entropy ran 3527 against 3178 at 2048x32768 and 3484 against 3162 at 1536x40960.
-_PREFERRED_ROW_THREADS = 512
-
-# On a GPU whose threadgroup shares one register file, a multi-pass row kernel that also reads a
-# vector along the row (a norm's weight and bias) gives each thread this fraction of the row
-# data a plain row would get: twice the threads, half the elements each. Measured on the H200,
-# kernels alone (benchmarks/results/kernel_only_h200_session12_short.json and the earlier
-# kernel_only_h200.json; GB/s, 16 -> 8 registers of row data): bfloat16 layer norm 3338 -> 3486
-# (32768x1024), 3402 -> 3534 (16384x2048), 3687 -> 3846 (8192x8192), 3628 -> 3764 (4096x16384);
-# bfloat16 RMS norm x gate 3046 -> 3294, 3030 -> 3298, 3290 -> 3446, 3244 -> 3382; float32 RMS
-# norm x gate 3984 -> 4065, 3970 -> 4074, 3511 -> 3911; float32 layer norm level. Softmax and
-# cross-entropy, which read no such vector, lost with it (bfloat16 softmax 32768x4096 4044 ->
-# 3754, cross-entropy 2582 -> 2460).
-_VECTOR_ROW_REGISTER_SHARE = 2
-
-# On such a GPU, a row kernel of a half type that writes nothing per element (cross-entropy's
-# forward: it reads the rows and writes one loss each) may hold this many times the row data a
-# plain row holds per thread, over the row lengths codegen/builder.READ_ONLY_HALF_ROWS gives
-# (half the threads: with no row to write, more of the row in flight per thread keeps the
-# memory busy). Measured on the H200 (benchmarks/results/kernel_only_h200_session13_ce_long.json,
-# row_kernels_h200_session13_read_only_rows.json): bf16 cross-entropy through MLX 32768x4096
-# 3686 -> 3915 GB/s, 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354.
-_READ_ONLY_ROW_REGISTER_SHARE = 2
-
-# On such a GPU, a row kernel whose rows stay in registers loads an input that only its write
-# pass reads (the gate of RMS norm x SiLU gate) during its first pass, into registers, so that
-# its latency overlaps the row's own loads instead of following the reductions' barriers
-# (codegen/builder.PREFETCH_STORE_LOADS). Measured on the H200, one run with it off
-# (benchmarks/results/kernel_only_h200_session14_prefetch.json, kernels alone, GB/s off -> on):
-# bf16 RMS norm x gate 65536x512 3452 -> 3652, 32768x1024 3351 -> 3507, 16384x2048 3319 ->
-# 3475, 32768x4096 3720 -> 3989, 8192x8192 3453 -> 3708; float32 4096x16384 3722 -> 3922, the
-# others within 1%; through MLX (row_kernels_h200_session14_prefetch.json) bf16 32768x4096 3581
-# -> 3976 (2.95x mx.compile), float32 4096x16384 3668 -> 3849. A threadgroup of 1024 threads
-# (bf16 rows of 16384) lost 12-13% with it (benchmarks/prefetch_probe.py,
-# prefetch_probe_h200_session14.json), so it keeps none.
-# Mixed: float32 4096x16384 eight calls per evaluation 3913 -> 3720
-# (calls_per_eval_h200_session13_all.json -> calls_per_eval_h200_session14_gate.json), where
-# one per evaluation gained 3676 -> 3851; bf16 gained both ways.
-_PREFETCH_STORE_LOADS = True
-
 _ITEMSIZES = (1, 2, 4, 8)
-
-# Most lanes of a generated CUDA vector of a pointwise kernel (`mt_vec`; see derive): the widest measured.
-_CUDA_VECTOR_LANES = 8
-
-
-# Registers a thread of a kernel walking blocks of rows (block column sums) may take, whatever
-# its threadgroup size: its launch bound asks for registers_per_sm / this threads per SM (1024
-# on the H200; a 1024-thread threadgroup gets exactly this from its bound alone). Such a kernel
-# walks its rows one after another, so it hides latency only with threads that stay resident.
-# Measured on the H200 (benchmarks/results/block_sums_h200_minthreads.json, backward row kernels
-# alone at 32768x4096): with 256- and 512-thread threadgroups asking for 1024 threads per SM,
-# bf16 RMS norm x gate 652 -> 590 us (102 registers, 2 threadgroups per SM -> 64, 4), bf16 RMS
-# norm 226 -> 211, f32 gate 860 -> 830, the other three within 2%; 768 threads per SM lost up
-# to 19%, 1536 up to 60% (spills).
-_BLOCK_THREAD_REGISTERS = 64
-
-# Registers per thread a row kernel's block column sums may take (a weight gradient's partial
-# sums over blocks of rows, fusion/partials.py): past them the row takes more threads, and a row
-# that would need more than its most threads hold gets no block sums. Measured on the H200
-# (benchmarks/results/backward_rows_h200_partials.json, 32 registers of them at 128 threads): a
-# bf16 RMS norm x gate backward at 32768x4096 ran 1792 GB/s against 2190 without block sums,
-# and a float32 layer norm over rows of 16384 (64 registers at 512 threads) failed to launch.
-BLOCK_SUM_REGISTERS = 16
 
 
 @dataclass(frozen=True)
@@ -157,13 +51,13 @@ class CodegenParams:
             compiler to leave room for, in its launch bound (0: none declared).
         vector_row_register_bytes: ``register_bytes_per_thread`` for a multi-pass row kernel
             that also reads a vector along the row (a norm's weight): half on NVIDIA (measured,
-            see ``_VECTOR_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
+            see `mlxtriton.hw.tuning`), the same elsewhere (not measured).
         read_only_row_register_bytes: ``register_bytes_per_thread`` for a row kernel of a half
             type that writes nothing per element (a cross-entropy): twice on NVIDIA (measured,
-            see ``_READ_ONLY_ROW_REGISTER_SHARE``), the same elsewhere (not measured).
+            see `mlxtriton.hw.tuning`), the same elsewhere (not measured).
         prefetch_store_loads: Whether a row kernel holding its rows in registers loads inputs
             only its write pass reads during its first pass: on NVIDIA (measured, see
-            ``_PREFETCH_STORE_LOADS``), not elsewhere (not measured).
+            `mlxtriton.hw.tuning`), not elsewhere (not measured).
         max_row_register_bytes: Bytes of row data a thread of a capped row may keep, when the cap
             left it more elements than ``register_bytes_per_thread`` holds: on a GPU whose
             threadgroup shares one register file (NVIDIA), half of what each of
@@ -237,25 +131,19 @@ class CodegenParams:
 
 
 def register_bytes_per_thread(profile: Profile) -> int:
-    """Bytes of row data one thread may hold in registers on this chip (a tuning rule, not a limit).
+    """Bytes of row data one thread may hold in registers on this chip (a tuning rule, not a
+    limit: `mlxtriton.hw.tuning`'s ``row_data_bytes``, or on a chip whose profile gives its
+    register file, a thread's share at full occupancy over ``row_data_register_share``).
 
     Example:
         >>> from mlxtriton import hw
         >>> [hw.params.register_bytes_per_thread(hw.profile(c)) for c in ("m2", "m3", "h200")]
         [64, 128, 64]
     """
-    if profile.registers_per_sm and profile.max_threads_per_sm:
-        # NVIDIA: at full occupancy a thread has registers_per_sm / max_threads_per_sm registers
-        # (32 on sm_90). Row data may take half of them; the kernel's indices and accumulators the rest.
-        return profile.registers_per_sm * 4 // profile.max_threads_per_sm // 2
-    if profile.dynamic_caching:
-        # Apple9+: Dynamic Caching allocates registers at run time from one on-chip pool instead of
-        # reserving the compiled worst case, so a register-heavy kernel loses less occupancy: 32
-        # registers of row data.
-        return 128
-    # Apple7/8 (and any chip whose caching is unknown): the compiled worst case sets occupancy, and
-    # the high-register path costs an M1 Max ~60% of its threads per core (apple-gpu.md): 16 registers.
-    return 64
+    t = tuning(profile)
+    if t.row_data_bytes is not None:
+        return t.row_data_bytes
+    return profile.registers_per_sm * 4 // profile.max_threads_per_sm // t.row_data_register_share
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -315,41 +203,42 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
     max_threads = _minimum(*(p.max_threads_per_threadgroup for p in limits))
     threadgroup_memory = _minimum(*(p.threadgroup_memory_max_bytes for p in limits))
 
+    # Tuning follows the chip; on a register file shared by a threadgroup (NVIDIA), the rules
+    # about it follow whichever of the two profiles has one.
+    tuned = tuning(profile)
     # At most 4 lanes and 16 bytes per vector access: Metal and CUDA vector types stop at 4
-    # components, and 16 B is the widest single load (the seed's 8-wide vectors do not exist).
-    # Generated CUDA loads through its own aligned struct (`mt_vec`), so a pointwise kernel
-    # there takes 16 bytes of a 2-byte type as one vector (8 lanes): the bfloat16 pointwise
-    # chain ran 2969 -> 3560 GB/s on the H200. Row kernels stay at 4 lanes: 8 moved most bf16
-    # rows within 2%, long ones up by 2-7%, but cross-entropy over rows of 512-2048 down by
-    # 18-35% (benchmarks/results/row_vectors_h200.json, row_kernels_h200_bf16_v8.json against
-    # row_kernels_h200_session5.json).
-    lanes = _minimum(*(p.max_vector_lanes for p in limits))
+    # components, and 16 B is the widest single load. Generated CUDA loads through its own
+    # aligned struct (`mt_vec`), so a pointwise kernel there may take more lanes
+    # (``pointwise_vector_lanes``); a row kernel takes ``row_vector_lanes``.
+    lanes = _minimum(*(p.max_vector_lanes for p in limits), tuned.row_vector_lanes)
     vector_bytes = _minimum(*(p.max_vector_bytes for p in limits))
     type_lanes = [p.max_vector_lanes for p in limits if p.backend != "cuda"]
-    pointwise_lanes = _minimum(*type_lanes) if type_lanes else _CUDA_VECTOR_LANES
+    pointwise_lanes = _minimum(*type_lanes, tuning(limits[-1]).pointwise_vector_lanes)
     pointwise_vector_width = max(1, min(pointwise_lanes, vector_bytes // dtype_itemsize))
     vector_width = max(1, min(lanes, vector_bytes // dtype_itemsize))
 
     # Pointwise: as many threads per threadgroup as the hardware allows (MLX does this on both
     # backends: the pipeline maximum on Metal, 1024 on CUDA), each handling a few bytes per operand.
-    bytes_per_thread, min_size = _POINTWISE[profile.backend]
+    bytes_per_thread, min_size = tuned.pointwise_bytes_per_thread, tuned.pointwise_min_size
     pointwise_elements = max(1, bytes_per_thread // dtype_itemsize)
 
     registers = _minimum(*(register_bytes_per_thread(p) for p in limits))
-    short_limit = _SHORT_ROW_LIMIT[profile.backend]
+    short_limit = tuned.short_row_limit
     max_row_threads = max(simd, max_threads // simd * simd)
     # NVIDIA: a threadgroup's threads share registers_per_sm (64 K on sm_90), so a thread of a
-    # full-size row has registers_per_sm / max_row_threads of them (4 bytes each); half may hold
-    # row data (see _ROW_DATA_REGISTER_SHARE).
-    files = [p.registers_per_sm for p in limits if p.registers_per_sm and p.backend == "cuda"]
-    if files:
-        max_row_registers = max(registers, min(files) * 4 // max_row_threads // _ROW_DATA_REGISTER_SHARE)
-        preferred_row_threads = min(max_row_threads, _PREFERRED_ROW_THREADS)
-        unbounded_threads = min(max_threads, min(files) // _UNBOUNDED_THREAD_REGISTERS)
-        vector_row_registers = max(4, registers // _VECTOR_ROW_REGISTER_SHARE)
-        read_only_row_registers = registers * _READ_ONLY_ROW_REGISTER_SHARE
-        block_threads = min(files) // _BLOCK_THREAD_REGISTERS
-        prefetch = _PREFETCH_STORE_LOADS
+    # full-size row has registers_per_sm / max_row_threads of them (4 bytes each); a share of
+    # them may hold row data (``row_data_register_share``).
+    shared_file = [p for p in limits if p.registers_per_sm and p.backend == "cuda"]
+    if shared_file:
+        nv = tuning(shared_file[0])
+        file = min(p.registers_per_sm for p in shared_file)
+        max_row_registers = max(registers, file * 4 // max_row_threads // nv.row_data_register_share)
+        preferred_row_threads = min(max_row_threads, nv.preferred_row_threads or max_row_threads)
+        unbounded_threads = min(max_threads, file // nv.unbounded_thread_registers)
+        vector_row_registers = max(4, registers // nv.vector_row_register_share)
+        read_only_row_registers = registers * nv.read_only_row_register_share
+        block_threads = file // nv.block_thread_registers
+        prefetch = nv.prefetch_store_loads
     else:
         max_row_registers, preferred_row_threads, unbounded_threads = registers, max_row_threads, max_threads
         vector_row_registers = read_only_row_registers = registers
@@ -361,7 +250,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         # the SIMD-group, so no threadgroup memory and no barriers (MLX PR #3913: 1.5-2.8x on M4 Max).
         # The row can be resident only in the SIMD-group's registers.
         threads_per_row = simd
-        row_threadgroup = max(simd, min(_SHORT_ROW_THREADGROUP, max_threads) // simd * simd)
+        row_threadgroup = max(simd, min(tuned.short_row_threadgroup, max_threads) // simd * simd)
         rows_per_threadgroup = row_threadgroup // simd
         scratch_bytes = 0
         budget = registers * simd
