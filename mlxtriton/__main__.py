@@ -234,6 +234,71 @@ def _explain(parser: argparse.ArgumentParser) -> Runner:
     return run
 
 
+@command("tune", "tune MODULE:FUNCTION's kernels on this GPU ahead of time: time their candidate "
+                 "schedules, keep the fastest in the on-disk cache later processes read")
+def _tune(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("function", metavar="MODULE:FUNCTION",
+                        help="e.g. mymodel:block, path/to/file.py:loss, mlxtriton.examples:LlamaBlock")
+    parser.add_argument("--shape", action="append", default=[], metavar="[NAME=]D0,D1,..[:DTYPE]",
+                        help="one example argument, as for explain (repeat)")
+    parser.add_argument("--chip", default="auto", help="chip the default schedules follow (default: detected)")
+    parser.add_argument("--grad", action="store_true",
+                        help="also tune the backward's kernels (the gradient of the outputs' sum)")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds per kernel (default 20)")
+    parser.add_argument("--max-candidates", type=int, default=48, help="schedules per kernel (default 48)")
+    parser.add_argument("--refresh", action="store_true", help="tune again where the cache has an entry")
+
+    def run(args: argparse.Namespace) -> int:
+        import mlx.core as mx
+
+        import mlxtriton
+        from mlxtriton import hw
+        from mlxtriton.runtime import launch, tuner
+
+        try:
+            fn = _load_callable(args.function)
+            call_args, call_kwargs = _example_arguments(fn, args.shape)
+            target = hw.target(args.chip)
+        except (ValueError, ImportError, hw.UnknownChipError) as e:
+            print(f"mlxtriton tune: {e}", file=sys.stderr)
+            return 2
+        if not (target.can_launch or launch.interpreting()):
+            print(f"mlxtriton tune: no GPU here ({target.device.name}): MLX's CPU backend runs no "
+                  f"generated kernels, so there is nothing to time (MLXTRITON_INTERPRET=1 times "
+                  f"them in the NumPy interpreter instead, to try the tuner)", file=sys.stderr)
+            return 2
+        chosen = tuner.Tuner(tuner.default_timer(), budget_s=args.budget,
+                             max_candidates=args.max_candidates, refresh=args.refresh)
+        previous = tuner.use(chosen)
+        try:
+            optimized = mlxtriton.optimize(fn, chip=args.chip, autotune=True)
+            mx.eval(optimized(*call_args, **call_kwargs))
+            if args.grad:
+                def total(*a, **k):
+                    out = optimized(*a, **k)
+                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                    return sum(o.astype(mx.float32).sum() for o in outs)
+
+                arrays = [i for i, a in enumerate(call_args) if isinstance(a, mx.array)
+                          and mx.issubdtype(a.dtype, mx.floating)]
+                mx.eval(mx.grad(total, argnums=arrays)(*call_args, **call_kwargs))
+        except (mlxtriton.TraceError, mlxtriton.SingleKernelError, ValueError) as e:
+            print(f"mlxtriton tune: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        finally:
+            tuner.use(previous)
+        print(f"== {len(chosen.searches)} kernel(s) tuned on {chosen.device}; cache: "
+              f"{chosen.cache.path(chosen.device)}")
+        for r in chosen.searches:
+            print(f"{r.region:32s} {r.default_seconds * 1e6:10.1f} us -> {r.seconds * 1e6:10.1f} us "
+                  f"({r.speedup:.2f}x, {len(r.timed)} timed): {r.best.describe()}")
+        if not chosen.searches:
+            print("(every kernel was in the cache already: --refresh tunes them again)")
+        return 0
+
+    return run
+
+
 # name -> (script under benchmarks/, what it measures, whether it needs a GPU)
 BENCHMARKS = {
     "gemm": ("gemm.py", "GEMM GFLOPS against the chip's peak; layouts (padding, transposed operands)", False),

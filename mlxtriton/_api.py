@@ -13,10 +13,11 @@ from mlxtriton.runtime.compiled import PIPELINE, Compiled
 _KERNEL_PASSES = tuple(p for p in PIPELINE if p != "patterns")
 
 
-def _wrap(fn, passes, chip, static_argnums, static_argnames, single_kernel=False):
+def _wrap(fn, passes, chip, static_argnums, static_argnames, single_kernel=False, autotune=None):
     def wrap(f: Callable) -> Compiled:
         return Compiled(f, frozenset(passes), chip=chip, static_argnums=static_argnums,
-                        static_argnames=static_argnames, single_kernel=single_kernel)
+                        static_argnames=static_argnames, single_kernel=single_kernel,
+                        autotune=autotune)
 
     return wrap if fn is None else wrap(fn)
 
@@ -67,8 +68,8 @@ def cache(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), 
 
     Example:
         >>> f = mlxtriton.cache(lambda x: mx.softmax(x, axis=-1), chip="m3")
-        >>> f.graph(mx.ones((8, 1024))).eqns[0].params["schedule"][0]
-        ('on_chip', 'registers')
+        >>> f.graph(mx.ones((8, 1024))).eqns[0].params["schedule"].registers
+        ('in0',)
     """
     return _wrap(fn, {"fuse", "cache"}, chip, static_argnums, static_argnames)
 
@@ -96,7 +97,8 @@ def rewrite(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=()
     return _wrap(fn, {"patterns"}, chip, static_argnums, static_argnames)
 
 
-def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=(),
+             autotune: bool | None = None):
     """Optimise a function or ``mlx.nn.Module`` with the chip's default pipeline
     (patterns -> fuse -> layout -> cache).
 
@@ -105,6 +107,10 @@ def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(
             its weights needs no retrace).
         chip: "auto", a chip name ("m1", "m3-max", "m4", "h200", ...) or a profile.
         static_argnums, static_argnames: arguments that are not arrays.
+        autotune: time each generated kernel's candidate schedules on this device the first
+            time a call builds it, and keep the fastest (`mlxtriton.runtime.tuner`; winners are
+            cached on disk for later processes; ``explain`` says which schedules came from it).
+            None: the ``MLXTRITON_AUTOTUNE`` environment variable decides.
 
     Returns:
         A `Compiled` function: call it like ``fn``; ``.graph(*args)``, ``.lower(*args)``,
@@ -118,15 +124,17 @@ def optimize(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(
         >>> f(mx.ones((2, 8)), mx.ones((8,))).shape
         (2, 8)
     """
-    return _wrap(fn, PIPELINE, chip, static_argnums, static_argnames)
+    return _wrap(fn, PIPELINE, chip, static_argnums, static_argnames, autotune=autotune)
 
 
-def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=()):
+def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(), static_argnames=(),
+           autotune: bool | None = None):
     """Make a plain MLX function exactly one generated kernel.
 
     The first call (or ``.lower()``) fails with `SingleKernelError` naming the equation that
     keeps the function from being one kernel, and why. Calling it returns MLX arrays like the
-    original, on any backend (on the CPU the region runs as MLX ops).
+    original, on any backend (on the CPU the region runs as MLX ops). ``autotune`` as in
+    `optimize`.
 
     Example:
         >>> @mlxtriton.kernel
@@ -136,4 +144,5 @@ def kernel(fn: Callable | None = None, *, chip: Any = "auto", static_argnums=(),
         1
     """
     # No pattern stage: rewriting into MLX's fast ops would take the kernel's work away from it.
-    return _wrap(fn, _KERNEL_PASSES, chip, static_argnums, static_argnames, single_kernel=True)
+    return _wrap(fn, _KERNEL_PASSES, chip, static_argnums, static_argnames, single_kernel=True,
+                 autotune=autotune)

@@ -1,4 +1,4 @@
-"""Codegen layer: lower a ``Region`` to one KERNEL node of the kernel IR, schedule included.
+"""Codegen layer: lower a ``Region`` to one KERNEL node of the kernel IR under a given schedule.
 
 Movement ops become index arithmetic: every value is evaluated *at coordinates* (index
 expressions over the domain's axes), so transposes, broadcasts and slices are never copies.
@@ -8,14 +8,14 @@ or the public API.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from mlxtriton.codegen import kernel_ir as K
 from mlxtriton.codegen.kernel_ir import Access, Mem, Ops, UOp, UPat
-from mlxtriton import hw
 from mlxtriton.codegen.region import Input, Op, Region, contiguous_strides
 from mlxtriton.graph import dtypes as _dtypes
 from mlxtriton.graph._shared_rules import broadcast_shape, slices
@@ -24,144 +24,6 @@ from mlxtriton.graph._shared_rules import broadcast_shape, slices
 class RegionError(ValueError):
     """The region cannot become one kernel; the message names the op and why."""
 
-
-@dataclass(frozen=True)
-class ScheduleParams:
-    """The per-chip numbers the schedule chooser reads; ``from_hw`` takes them from
-    ``mlxtriton.hw`` (which derives them from a chip profile, each with its source)."""
-
-    simd_width: int = 32
-    max_threads_per_group: int = 1024
-    max_row_threads: int = 1024  # most threads one row takes
-    # threads per row taken before more: a row that fits their registers, or of a kernel that
-    # reads its rows in one pass (online max and sum: a cross-entropy), takes no more
-    preferred_row_threads: int = 1024
-    # largest threadgroup launched without declaring a bound on it (the dialect's launch_bounds)
-    unbounded_threads: int = 1024
-    # threads per core a kernel walking blocks of rows declares room for (0: none; see hw.params)
-    block_threads_per_core: int = 0
-    pointwise_threads: int = 1024  # threadgroup of pointwise kernels
-    pointwise_vector_bytes: int = 16  # bytes of each operand one pointwise thread handles
-    pointwise_min_size: int = 1  # smaller pointwise kernels: one element per thread
-    group_threads: int = 256  # threadgroup of short-row kernels (several rows each)
-    vector_bytes: int = 16  # widest single load or store
-    max_vector_lanes: int = 4
-    pointwise_vector_lanes: int = 4  # the same for pointwise kernels
-    short_row_limit: int = 1024  # rows up to this long may take one SIMD-group each
-    resident_registers: int = 16  # 32-bit registers per thread that may hold row data
-    # a multi-pass row that also reads a vector along the row takes 1 / this of resident_registers
-    vector_row_share: int = 1
-    # a half-precision row kernel writing nothing per element holds this many times the row data
-    # (over READ_ONLY_HALF_ROWS)
-    read_only_row_share: int = 1
-    # whether a row kernel holding its rows in registers loads, during its first pass, inputs
-    # only its write pass reads (`PREFETCH_STORE_LOADS`)
-    prefetch_store_loads: bool = False
-    # Registers of row data a thread may hold when the row's threads were capped at
-    # max_row_threads below what resident_registers each would need.
-    max_resident_registers: int = 16
-    # 32-bit registers per thread that row data and computed values kept between passes may
-    # take together (KEEP): a thread's share at full occupancy, twice the row-data budget.
-    kept_registers: int = 32
-    # Whether rows may stay in registers across passes at all: the `cache` pass turns it on
-    # (lowering.py); without it multi-pass rows are streamed. The register count above still
-    # shapes threads per row either way.
-    keep_resident: bool = True
-    # Threadgroup memory a row kernel may stage multi-pass inputs in when they do not fit its
-    # registers (the chip's limit less the reduction scratch); 0: never stage.
-    staging_bytes: int = 0
-    # Staging that still leaves two threadgroups per core (half its threadgroup memory, less
-    # scratch): worth it even for a row streaming would read only twice.
-    staging_shared_bytes: int = 0
-    cores: int = 132  # GPU cores / SMs: a column reduction spreads over at least this many groups
-
-    @classmethod
-    def from_hw(cls, p: "hw.CodegenParams") -> ScheduleParams:
-        """Schedule numbers from hardware-derived code-generation parameters.
-
-        Example:
-            >>> from mlxtriton import hw
-            >>> ScheduleParams.from_hw(hw.derive(hw.profile("h200"), 4)).resident_registers
-            16
-        """
-        return cls(
-            simd_width=p.simd_width, max_threads_per_group=p.pointwise_threadgroup_size,
-            pointwise_threads=p.pointwise_threadgroup_size,
-            pointwise_vector_bytes=p.pointwise_elements_per_thread * p.dtype_itemsize,
-            pointwise_min_size=p.pointwise_min_size,
-            group_threads=min(256, p.pointwise_threadgroup_size),
-            vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
-            pointwise_vector_lanes=p.pointwise_vector_width,
-            short_row_limit=p.short_row_limit,
-            resident_registers=max(1, p.register_bytes_per_thread // 4),
-            vector_row_share=max(1, p.register_bytes_per_thread // p.vector_row_register_bytes)
-            if VECTOR_ROW_SHARE else 1,
-            read_only_row_share=max(1, p.read_only_row_register_bytes // p.register_bytes_per_thread),
-            prefetch_store_loads=p.prefetch_store_loads and PREFETCH_STORE_LOADS,
-            max_row_threads=p.max_row_threads, preferred_row_threads=p.preferred_row_threads,
-            unbounded_threads=p.unbounded_threads, block_threads_per_core=p.block_threads_per_core,
-            max_resident_registers=max(1, p.max_row_register_bytes // 4),
-            cores=p.cores,
-            staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes) if STAGE_ROWS else 0,
-            staging_shared_bytes=max(0, min(p.threadgroup_memory_bytes, p.core_threadgroup_memory_bytes // 2)
-                                     - 2 * p.reduction_scratch_bytes) if STAGE_ROWS else 0,
-            # On the H200 keeping exp(x - max) of a 32-element bf16 row slice (32 registers, 48
-            # in all per thread) beat recomputing it with 16 registers of row data: softmax
-            # 32768x4096 3955 against 3266 GB/s (benchmarks/results/row_variants_h200.json).
-            kept_registers=max(1, p.register_bytes_per_thread // 2))
-
-
-# Whether rows too long for registers may be staged in threadgroup memory (benchmarks switch it
-# off to compare with streaming them).
-STAGE_ROWS = True
-# Whether a multi-pass row that also reads a vector along the row takes the chip's smaller share
-# of row data per thread (hw.params.CodegenParams.vector_row_register_bytes); benchmarks switch
-# it off to compare.
-VECTOR_ROW_SHARE = True
-# Whether such a row of a half type also takes more than preferred_row_threads when half its
-# elements per thread would miss their registers (bf16 rows of 8193-16384 then take 1024 threads
-# of 16 elements, not 512 of 32). H200 through MLX, 4096 x 16384, in one run with it off
-# (benchmarks/results/row_kernels_h200_session13_past_preferred.json, GB/s off -> on): bf16
-# layer norm 3504 -> 3575, RMS norm 3587 -> 3667, RMS norm x gate 3172 -> 3303 (2.55x
-# mx.compile); the backward level (backward_rows_h200_session13_past_preferred.json). float32
-# rows keep 512 threads: given 1024, layer norm 3832 -> 3650, the gate 3671 -> 3459 (RMS norm
-# 3841 -> 3877). float16 follows bfloat16 (not measured). Benchmarks switch it off to compare.
-VECTOR_ROW_PAST_PREFERRED = True
-# Row lengths (low, high] over which a row kernel of a half type that writes nothing per
-# element (cross-entropy's forward: it reads the rows, writes one loss each) gives each thread
-# `ScheduleParams.read_only_row_share` times the row data (`_reads_half_rows_only`; twice on
-# NVIDIA: hw.params._READ_ONLY_ROW_REGISTER_SHARE, once on Apple). H200, bf16 cross-entropy kernels alone
-# (benchmarks/results/kernel_only_h200_session13_ce_long.json, 16 -> 32 registers of row data):
-# 4096x16384 2821 -> 3066 GB/s, 32768x4096 3608 -> 3700, 8192x8192 level (3096, 3100); over
-# rows of 2048 it lost (16384x2048 2627 -> 2538, kernel_only_h200_session11_ce_short.json);
-# float32 level or lower, bf16 log-softmax (which writes its rows) level. Through MLX, one run
-# with it off (row_kernels_h200_session13_read_only_rows.json, off -> on): 32768x4096 3686 ->
-# 3915 (2.55x mx.compile), 8192x8192 3307 -> 3411, 4096x16384 2916 -> 3354. Only over rows
-# enough to fill every core 16 times (all measured shapes; not a split reduction's few hundred
-# segments). (0, 0): never.
-READ_ONLY_HALF_ROWS = (2048, 16384)
-# Whether a row kernel whose rows stay in registers may load an input only its write pass reads
-# during its first pass (`_prefetched`; where the chip's numbers ask for it:
-# hw.params._PREFETCH_STORE_LOADS). Benchmarks switch it off to compare.
-PREFETCH_STORE_LOADS = True
-
-
-def chip_params(chip: str = "auto", device: Any = None
-                ) -> Callable[[int, int | None], ScheduleParams]:
-    """Schedule numbers for a chip, per element size and row length (``build`` calls it once it
-    knows them). ``chip`` and ``device`` as in ``mlxtriton.hw.target``."""
-    target = hw.target(chip, device)
-
-    def params(itemsize: int, row_length: int | None) -> ScheduleParams:
-        return ScheduleParams.from_hw(target.derive(itemsize, row_length))
-
-    return params
-
-
-# The chips the two dialects are tuned for when no chip is named: an M3 (Apple9) and the H200.
-METAL_PARAMS = ScheduleParams.from_hw(hw.derive(hw.profile("m3"), 4))
-CUDA_PARAMS = ScheduleParams.from_hw(hw.derive(hw.profile("h200"), 4))
-PARAMS = {"metal": METAL_PARAMS, "cuda": CUDA_PARAMS}
 
 _INT32_LIMIT = 2**31 - 1
 
@@ -1215,10 +1077,10 @@ def _lower_index_space(ctx: _Lowering, stores: list[UOp], space: _Space) -> list
 
 
 # ---------------------------------------------------------------------------------------------
-# schedule
+# what a schedule can do to the region: vector accesses, passes over the row, what stays on chip
 
 
-def _lane_access(u: UOp, V: int, space: _Space) -> Access:
+def lane_access(u: UOp, V: int, space: _Space) -> Access:
     """How a per-element LOAD/STORE behaves across V lanes starting at an element index that is
     a multiple of V."""
     if V == 1 or space.lane_group is None:
@@ -1242,37 +1104,24 @@ def _lane_access(u: UOp, V: int, space: _Space) -> Access:
     return Access.VECTOR
 
 
-def _choose_vector(elem_accesses: list[UOp], space: _Space, lanes: int, max_bytes: int,
-                   domain: int = 0) -> int:
-    """The widest vector (a power of two) some per-element access can use, within the byte
-    limit for every access that would be vectorised. With ``domain`` (a pointwise kernel's
-    size; `WIDE_SMALL_OPERANDS`), an access to a buffer smaller than it may take twice the
-    limit."""
-    if space.lane_group is None:
-        return 1
+def vector_fits(a: "Analysis", V: int, max_bytes: int, wide_small: bool = False) -> bool:
+    """Whether some per-element access of the region moves ``V`` lanes as one vector, each such
+    access within ``max_bytes`` (twice that for an operand smaller than a pointwise domain, read
+    from cache, with ``wide_small``)."""
+    if V == 1:
+        return True
+    if a.space.lane_group is None or (a.is_row and a.length % V):
+        return False
+    domain = 0 if a.is_row else a.length
+    vec = [u for u in a.elem if lane_access(u, V, a.space) is Access.VECTOR]
 
     def limit(u: UOp) -> int:
-        small = WIDE_SMALL_OPERANDS and u.src[0].arg.size < domain
-        return 2 * max_bytes if small else max_bytes
+        return 2 * max_bytes if wide_small and u.src[0].arg.size < domain else max_bytes
 
-    V = 1 << (max(1, lanes).bit_length() - 1)
-    while V > 1:
-        vec = [u for u in elem_accesses if _lane_access(u, V, space) is Access.VECTOR]
-        if vec and all(V * _dtypes.itemsize(u.src[0].dtype) <= limit(u) for u in vec):
-            return V
-        V //= 2
-    return 1
+    return bool(vec) and all(V * _dtypes.itemsize(u.src[0].dtype) <= limit(u) for u in vec)
 
 
-# A pointwise kernel's vector is as wide as its full-size operands allow: a smaller operand
-# broadcast over the domain, read again and again from cache rather than memory, may take two
-# loads per vector. Cross-entropy's backward over bfloat16 rows, whose one-hot compares each
-# element with an int32 column index (a row of 65536 read by every row), had taken 4 bfloat16
-# lanes (8 bytes) per load and store for the index's 16 bytes.
-WIDE_SMALL_OPERANDS = True
-
-
-def _pow2ceil(n: int) -> int:
+def pow2ceil(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
@@ -1311,12 +1160,18 @@ def _pass_values(stores: list[UOp]) -> dict[UOp, set[int]]:
     return walk(lambda u, p: u.op is Ops.KEEP and first[u] < p)
 
 
-def _pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
+def pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
     """Per-element LOADs and the passes over the row that read them."""
     return {u: p for u, p in _pass_values(stores).items() if u.op is Ops.LOAD}
 
 
-def _passes(stores: list[UOp]) -> int:
+def multi_pass_loads(stores: list[UOp]) -> dict[UOp, set[int]]:
+    """Per-element LOADs several passes over the row read: what may stay on chip."""
+    return {u: p for u, p in pass_loads(stores).items() if len(p) > 1}
+
+
+def passes(stores: list[UOp]) -> int:
+    """Passes over the row: one per reduction stage, and one more for per-element stores."""
     root = UOp(Ops.KERNEL, "void", tuple(stores), None)
     reduces = [u for u in root.toposort if u.op is Ops.REDUCE]
     n = max((r.reduce_pass for r in reduces), default=-1) + 1
@@ -1344,58 +1199,9 @@ def _expand_sumexp(r: UOp) -> UOp:
     return UOp(Ops.REDUCE, r.dtype, (K.alu(Ops.EXP, K.alu(Ops.SUB, v, m)),), "sum")
 
 
-def _plan_residency(stores: list[UOp], chunk_regs: Callable[[UOp], int],
-                    budget: int) -> tuple[set[UOp], set[UOp]]:
-    """Loads read by several passes: keep the most-reused in registers within the budget.
-
-    A threadgroup walking a block of rows loads what is the same for every row (a norm's
-    weight) once for all of them wherever it stays (render.py), but its registers still go to
-    the row's own inputs first: on the H200, giving them to the weight instead (counting it read
-    once per row of the block) left float32 norm backwards over rows of 16384 3-10% slower, the
-    float32 gate at 32768x4096 4% faster and the others within 1%
-    (benchmarks/results/block_sums_h200*.json).
-    """
-    multi = {u: p for u, p in _pass_loads(stores).items() if len(p) > 1}
-    resident: set[UOp] = set()
-    used = 0
-    for u in sorted(multi, key=lambda u: (-len(multi[u]), chunk_regs(u), u.src[0].arg.slot)):
-        if used + chunk_regs(u) <= budget:
-            resident.add(u)
-            used += chunk_regs(u)
-    return resident, set(multi) - resident
-
-
-# Passes over memory a streamed load must take before staging it in threadgroup memory pays even
-# when the staging leaves one threadgroup per core. Measured on the H200
-# (benchmarks/results/staging_h200*.json): a layer norm (three reads streamed, one staged) gains
-# 52% at 2048x32768 float32 (128 KB staged) and 29% at 1024x65536 bfloat16; a softmax (two
-# reads: the online max-and-sum, the write) loses 3% at 2048x32768 float32 and 17% at 1024x65536
-# bfloat16 (128 KB: one threadgroup per SM), but gains 29% at 2048x24576 float32 (96 KB) and 25%
-# at 3072x20480 (80 KB), where two threadgroups share an SM.
-_STAGE_MIN_READS = 3
-
-
-def _plan_staging(stores: list[UOp], streamed: set[UOp], group_bytes: Callable[[UOp], int],
-                  budget: int, shared_budget: int) -> set[UOp]:
-    """Loads that missed the registers: stage in threadgroup memory those that fit ``budget``
-    bytes and that streaming would read at least `_STAGE_MIN_READS` times, or twice when all
-    staged fit ``shared_budget`` (two threadgroups per core), so later passes read them on chip."""
-    reads = _pass_loads(stores)
-    total = sum(group_bytes(u) for u in streamed if len(reads.get(u, ())) >= 2)
-    least = 2 if total <= shared_budget else _STAGE_MIN_READS
-    staged: set[UOp] = set()
-    used = 0
-    candidates = [u for u in streamed if len(reads.get(u, ())) >= least]
-    for u in sorted(candidates, key=lambda u: (group_bytes(u), u.src[0].arg.slot)):
-        if used + group_bytes(u) <= budget:
-            staged.add(u)
-            used += group_bytes(u)
-    return staged
-
-
 # Values costly enough to keep in registers rather than compute again in a later pass: a
-# transcendental (a MUFU op plus range reduction on the H200, ~8 instructions for expf), or an
-# IEEE division. A subtraction or a widening cast is one instruction: not worth the registers.
+# transcendental (a multi-function-unit op plus range reduction), or an IEEE division. A
+# subtraction or a widening cast is one instruction: not worth the registers.
 _COSTLY = K.GroupOp.FloatUnary | {Ops.DIV, Ops.POW, Ops.ATAN2, Ops.LOGADDEXP, Ops.REM}
 
 
@@ -1444,7 +1250,7 @@ def _peak_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp],
     return max(live.values(), default=0)
 
 
-def _held_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int]) -> int:
+def held_registers(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int]) -> int:
     """Registers of every resident load and kept value together: the register arrays a thread
     declares, whether or not their passes overlap (NVRTC keeps them all)."""
     root = UOp(Ops.KERNEL, "void", tuple(stores), None)
@@ -1456,32 +1262,28 @@ def row_independent(u: UOp) -> bool:
     return not any(x.op is Ops.SPECIAL and x.arg[0] == "row" for x in u.src[1].toposort)
 
 
+def write_pass_loads(stores: list[UOp]) -> list[UOp]:
+    """Loads of the row (not a weight every row shares) that only the write pass reads, in
+    parameter order: what a row kernel holding its rows in registers may load during its first
+    pass instead (their latency then overlaps the row's own loads rather than following the
+    reductions' barriers)."""
+    if not any(st.src[2].per_element or st.src[1].per_element for st in stores):
+        return []  # no write pass
+    last = passes(stores) - 1
+    if last == 0:
+        return []  # one pass: nothing to load early
+    return sorted((u for u, p in pass_loads(stores).items() if p == {last}
+                   and not row_independent(u)), key=lambda u: u.src[0].arg.slot)
+
+
 def _prefetched(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int],
                 budget: int) -> set[UOp]:
-    """Loads of the row (not a weight every row shares) that only the write pass reads, to load
-    during the first pass instead, while they and the resident loads and kept values fit
-    ``budget`` registers: issued with the row's own loads, their latency overlaps them instead
-    of following the reductions' barriers (hw.params._PREFETCH_STORE_LOADS).
-
-    The caller asks only for kernels whose rows all stay in registers and whose threadgroup is
-    below the widest: at 1024 threads (a bf16 RMS norm x gate over rows of 16384) it lost 12-13%.
-    A weight every row reads stays in the write pass, where it comes from cache: loaded early
-    too, bf16 layer norm at 8192x8192 fell 3798 -> 2890 GB/s and the gate 3723 -> 3373, the
-    rest within a few percent either way (H200, kernels alone,
-    benchmarks/results/kernel_only_h200_session14_row_vectors.json).
-    """
-    if not any(st.src[2].per_element or st.src[1].per_element for st in stores):
-        return set()  # no write pass
-    last = _passes(stores) - 1
-    if last == 0:
-        return set()  # one pass: nothing to load early
-    passes = _pass_loads(stores)
-    held = _held_registers(stores, resident, regs)
+    """`write_pass_loads` to load in the first pass, while they, the resident loads and kept
+    values fit ``budget`` registers."""
+    held = held_registers(stores, resident, regs)
     chosen: set[UOp] = set()
-    for u in sorted((u for u, p in passes.items() if p == {last} and u not in resident
-                     and not row_independent(u)),
-                    key=lambda u: u.src[0].arg.slot):
-        if held + regs(u) <= budget:
+    for u in write_pass_loads(stores):
+        if u not in resident and held + regs(u) <= budget:
             chosen.add(u)
             held += regs(u)
     return chosen
@@ -1490,13 +1292,8 @@ def _prefetched(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int
 def _keep_computed(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], int],
                    budget: int) -> list[UOp]:
     """Keep costly computed values in registers between passes (KEEP) while resident loads and
-    kept values fit ``budget`` registers at every pass boundary.
-
-    The H200 measured why: keeping exp(x - max) of a resident bf16 softmax row instead of
-    computing it again in the write pass raised 32768x4096 from 2392 to 3043 GB/s and 4096x16384
-    from 1782 to 2791 (benchmarks/results/row_variants_h200.json). NVRTC does this itself for
-    float32 rows but not through the inline-asm bfloat16 conversion (cuda_bf16.hpp).
-    """
+    kept values fit ``budget`` registers at every pass boundary (the compiler does not always
+    find this itself: not through CUDA's inline-asm bfloat16 conversion, cuda_bf16.hpp)."""
     kept: set[UOp] = set()
     for u in _keep_candidates(stores):
         trial = _with_keeps(stores, kept | {u})
@@ -1508,8 +1305,7 @@ def _keep_computed(stores: list[UOp], resident: set[UOp], regs: Callable[[UOp], 
 # max(v - max(v)) is max(v) - max(v): 0 when the max is finite, NaN otherwise. max propagates
 # NaN (an infinite max gives inf - inf somewhere), and a difference of floats rounds to 0 only
 # when they are equal, so every other v - max(v) is negative. LogSumExp(x - max(x)), how MLX
-# decomposes cross-entropy, then needs no pass of its own: 3 passes over the row become 2
-# (H200, bf16 32768x4096: 1568 -> 1942 GB/s, benchmarks/results/row_variants_h200.json).
+# decomposes cross-entropy, then needs no pass of its own: 3 passes over the row become 2.
 _ALGEBRA = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="max", src=(UPat(Ops.SUB, src=(
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", name="m", src=(UPat(name="v"),)))),)),
@@ -1517,11 +1313,10 @@ _ALGEBRA = K.PatternMatcher(((
 
 # sumexp(v - max v) is sumexp(v): v - max v - max(v - max v) is v - max v when the max is finite,
 # and both are NaN otherwise. On a streamed row the statistic and the max are then one online
-# pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over rows of
-# 65536). Rows resident in registers keep the two passes over registers, which are cheaper
-# than the online rescaling, and take the simpler exponent: the online form for them (one
-# threadgroup reduction instead of two) lost 0-26% on the H200 (softmax f32 2048x32768 3705 ->
-# 3480 GB/s, bf16 32768x4096 3981 -> 3143; benchmarks/results/forward_online_h200_session9.json).
+# pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over long rows).
+# Rows resident in registers keep the two passes over registers, cheaper than the online
+# rescaling (benchmarks/results/forward_online_h200_session9.json), and take the simpler
+# exponent.
 _SHIFTED_SUMEXP = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="sumexp", name="r", src=(UPat(Ops.SUB, src=(
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),
@@ -1562,32 +1357,15 @@ def _sign_bound(u: UOp, want: int, depth: int = 8) -> bool:
 
 # exp of a value that cannot exceed 0 (x - max(x), a softmax's or logsumexp's exponent) is the
 # dialect's fast exponential, as in MLX's own softmax and logsumexp kernels: its error is a few
-# ulp near 0 and grows only where the result is tiny. On the H200 it takes cross-entropy over
-# bfloat16 rows off the exponential's throughput (benchmarks/results/row_kernels_h200*.json).
+# ulp near 0 and grows only where the result is tiny.
 _FAST_EXP = K.PatternMatcher(((
     UPat(Ops.EXP, name="e"),
     lambda e: UOp(Ops.EXP_SHIFTED, e.dtype, e.src) if _sign_bound(e.src[0], -1) else None),))
 
 
-# Whether a row at the most threads a threadgroup has keeps row data and computed values in at
-# most 1.5x max_resident_registers (48 of the 64 registers a thread has at 1024 threads on the
-# H200), leaving room for the loads in flight. Rows there had kept as many registers again as
-# their data (64: the whole register file): NVRTC then spilled, and at 2048x32768 float32 the
-# RMS norm x gate backward took 1048 us (32 registers, 440 bytes spilled) against 559 without
-# its kept sigmoid, the softmax backward 429 against 406 (benchmarks/results/
-# backward_capkept_kernels_h200_session9.json); through MLX, forward and backward, 1206 -> 1913
-# and 2931 -> 3089 GB/s (backward_rows_h200_session9_capkept.json); 4096x16384 and 1536x40960
-# unchanged. A bfloat16 row's data takes half the registers and keeps its exponentials (its
-# softmax 3000 against 2632 GB/s without, forward_keep_h200_session9.json).
-CAP_KEPT_AT_WIDEST = True
-
-# Whether row kernels keep costly computed values in registers between passes (`_keep_computed`;
-# benchmarks switch it off to measure: forward_keep_h200_session9.json,
-# backward_keep_h200_session9.json).
-KEEP_COMPUTED = True
-
-
-def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
+def rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
+    """The reductions in the form that suits where their loads are: in registers, a softmax's
+    sum is two passes over them; streamed, one online pass with the max."""
     def fix(node: UOp) -> UOp | None:
         if node.op is not Ops.REDUCE:
             return None
@@ -1606,327 +1384,83 @@ def _rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
     return list(root.src)
 
 
-# Whether a row kernel whose register arrays (resident loads and kept values, `_held_registers`)
-# take more than 2 * max_resident_registers per thread (64 on the H200: what two threadgroups
-# of preferred_row_threads leave each thread) takes twice the threads instead. H200, backward
-# kernels alone (benchmarks/results/backward_preferred_threads_h200.json): the float32 softmax
-# backward over rows of 16384 (x held and two exponentials kept, 96 registers of arrays; NVRTC
-# took 94, one threadgroup per SM) 2139 -> 2659 GB/s at 1024 threads. Kernels holding less are left at
-# 512: there 1024 threads were level or lost (bf16 cross-entropy backward 2821 -> 2046; forward
-# layer norm and RMS norm x gate over 16384, 5-6%: hw.params._PREFERRED_ROW_THREADS).
-WIDEN_HELD_ROWS = True
-
-
-# Where a row kernel's block column sums live: None, the rule below; True / False, threadgroup
-# memory / registers wherever they fit (benchmarks set it to measure the other choice).
-# The rule: in threadgroup memory (each thread its own slots, no barrier) when the threadgroup is
-# large enough that its declared launch bound caps a thread's registers (above
-# ``unbounded_threads``: 64 registers at 1024 threads on the H200) and the kernel also keeps
-# computed values in registers; otherwise in registers. H200, backward row kernels alone
-# (benchmarks/results/block_sums_h200_shared.json): RMS norm x gate over rows of 16384, whose
-# 1024-thread kernels spilled 88-112 bytes, f32 581 -> 454 us and bf16 345 -> 304 us; the
-# other ten lost up to 9% (f32 layer norm and RMS norm over 16384 256 -> 280 and 238 -> 259,
-# bf16 layer norm over 4096 402 -> 433), except bf16 RMS norm over 4096 (224 -> 215) and bf16
-# layer norm over 16384 (level). The whole backward through MLX with the rule
-# (backward_rows_h200_session7_gate16384.json): the gate over 16384 f32 2175 -> 2807 GB/s,
-# bf16 1788 -> 2018 (without block sums: 2211, 2042).
-BLOCK_SUMS_SHARED: bool | None = None
-
-
-def _sums_in_threadgroup_memory(stores: list[UOp], threads: int, params: ScheduleParams) -> bool:
-    """Whether a row kernel's block sums go to threadgroup memory (the rule above)."""
-    if BLOCK_SUMS_SHARED is not None:
-        return BLOCK_SUMS_SHARED
-    return (threads > params.unbounded_threads
-            and any(u.op is Ops.KEEP for st in stores for u in st.toposort))
-
-
 def _kernel_name(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9]", "", name) or "region"
     return stem[:40]
 
 
-def build(region: Region,
-          params: ScheduleParams | Callable[[int, int | None], ScheduleParams] = CUDA_PARAMS
-          ) -> UOp:
-    """Lower a region to one KERNEL node: index space, loads, expressions, stores, schedule.
-
-    Args:
-        region: the fused region.
-        params: schedule numbers (``PARAMS["metal"]``, ``PARAMS["cuda"]``), or a function of
-            (element size, row length) giving them, such as ``chip_params("m3")``.
-
-    Returns:
-        The KERNEL UOp; ``kernel.arg`` is its Schedule.
-
-    Raises:
-        RegionError: the region cannot be one kernel (the message names the op and why).
-
-    Example:
-        >>> from mlxtriton.codegen.region import RegionBuilder
-        >>> b = RegionBuilder("softmax")
-        >>> y = b.op("Softmax", b.input((64, 1000), "float32", "x"))
-        >>> build(b.build([y])).arg.kind
-        'row'
-    """
-    ctx = _Lowering(region)
-    R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
-    L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
-    if callable(params):
-        sized = region.inputs
-        if WIDE_SMALL_OPERANDS and not ctx.is_row:  # the element size of full-size operands
-            full = math.prod(ctx.domain)
-            sized = [*(i for i in region.inputs if math.prod(i.shape) >= full),
-                     *(Input((), ctx.dtypes[v]) for v in region.outputs)]
-        itemsize = max((_dtypes.itemsize(i.dtype) for i in sized), default=4)
-        params = params(itemsize, L if ctx.is_row else None)
-    chosen = params  # what a rebuild with other numbers starts from (rules below apply once)
-    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(_emit_stores(ctx)), None),
-                                  _ALGEBRA).src)
-    space = _index_space(ctx, stores)
-    stores = _lower_index_space(ctx, stores, space)
-    # group coordinates were rebuilt; find the lane group's coordinate again in the new graph
-    elem = [u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
-            if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element)]
-    W = params.simd_width
-    most_threads = min(params.max_threads_per_group, params.max_row_threads)  # per threadgroup
-    interleaved = False
-    row_cap = params.max_row_threads
-    if ctx.is_row:
-        if _is_column_walk(elem, space):
-            # neighbouring rows are neighbours in memory: neighbouring threads take them
-            # A one-pass column kernel keeps no row in registers: the threadgroup maximum. A
-            # multi-pass one keeps preferred_row_threads (512 on the H200, what it had while
-            # rows were capped there; 1024 is not measured for it).
-            V = 1
-            threads = (params.max_threads_per_group if _passes(stores) == 1
-                       else min(params.max_row_threads, params.preferred_row_threads))
-            T, G = _column_threads(R, L, threads, params)
-            interleaved = T > 1
-        else:
-            V = _choose_vector(elem, space, params.max_vector_lanes, params.vector_bytes)
-            # a kernel the online max-and-sum can read in one pass takes fewer threads per row
-            one_pass = _passes(_rewrite_reduces(stores, set())) == 1
-            if params.read_only_row_share > 1 and _reads_half_rows_only(elem, R, L, params):
-                held = params.read_only_row_share * params.resident_registers
-                params = replace(params, resident_registers=held,
-                                 kept_registers=max(params.kept_registers, 2 * held))
-            T, row_cap = _threads_per_row(elem, space, V, L, params, one_pass)
-            # Rows sharing a SIMD-group shuffle with a full mask: threadgroups of whole SIMD-groups.
-            G = 1 if T > W else max(min(params.group_threads // T, R), -(-W // T) if T > 1 else 1)
-        if ctx.blocks:
-            if interleaved:
-                raise RegionError("block column sums need a row kernel whose rows are not "
-                                  "neighbours in memory")
-            # one row per threadgroup, walked B rows in sequence; whole SIMD-groups (the
-            # reduction shuffles with a full mask), and threads enough that the block sums'
-            # registers stay within hw.params.BLOCK_SUM_REGISTERS per thread
-            T, G = max(T, W), 1
-            while (2 * T <= most_threads and
-                   len(ctx.blocks) * -(-(L // V) // T) * V > hw.params.BLOCK_SUM_REGISTERS):
-                T *= 2
-        C = -(-(L // V) // T)
-    else:
-        L = math.prod(ctx.domain)  # a pointwise kernel walks the whole domain as one "row"
-        small = L < params.pointwise_min_size
-        V = 1 if small else _choose_vector(elem, space, params.pointwise_vector_lanes,
-                                           params.pointwise_vector_bytes, L)
-        R, T, G, C = 1, 1, 1, 1
-
-    def chunk_regs(u: UOp) -> int:
-        return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
-
-    budget = params.resident_registers if (ctx.is_row and params.keep_resident) else 0
-    kept_budget = params.kept_registers
-    if budget and T >= row_cap and C * V <= params.max_resident_registers:
-        # Threads were capped: each holds its larger share of the row, up to
-        # max_resident_registers elements, rather than streaming it; kept values get the same
-        # room again, or at the most threads half as much (CAP_KEPT_AT_WIDEST). Elements, not
-        # registers: the passes compute on them as float32, so a bfloat16 share counts as much
-        # as a float32 one (1024x65536 bf16 rows held as 64 elements per thread in 32
-        # registers spilled: layer norm 1943 GB/s against 2554 staged,
-        # benchmarks/results/row_registers_h200_bounds_all.json).
-        share = max((chunk_regs(u) for u in elem if u.op is Ops.LOAD), default=0)
-        budget = max(budget, min(params.max_resident_registers, share))
-        kept_budget = max(kept_budget, min(2 * budget, 3 * params.max_resident_registers // 2)
-                          if T * G >= most_threads and CAP_KEPT_AT_WIDEST else 2 * budget)
-    # what does not fit the registers may fit threadgroup memory: each thread stages its own
-    # elements there between passes (no thread reads another's, so no barrier)
-    staging = params.staging_bytes if budget and not interleaved else 0
-
-    def group_bytes(u: UOp) -> int:
-        return T * G * C * V * _dtypes.itemsize(u.dtype)
-
-    # Staging comes after the reductions are rewritten: a row the online max-and-sum reads in
-    # one pass (cross-entropy) needs nothing on chip.
-    resident, _ = _plan_residency(stores, chunk_regs, budget)
-    stores = _rewrite_reduces(stores, resident)
-    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), _FAST_EXP).src)
-    resident, streamed = _plan_residency(stores, chunk_regs, budget)
-    if budget and KEEP_COMPUTED:
-        stores = _keep_computed(stores, resident, chunk_regs, kept_budget)
-        resident, streamed = _plan_residency(stores, chunk_regs, budget)
-        if (ctx.is_row and not interleaved and not ctx.blocks and WIDEN_HELD_ROWS
-                and T * G == params.preferred_row_threads < most_threads
-                and _held_registers(stores, resident, chunk_regs) > 2 * params.max_resident_registers):
-            # more held between passes than two threadgroups of preferred_row_threads leave a
-            # thread: twice the threads, each holding half
-            return build(region, replace(chosen, preferred_row_threads=2 * T))
-    sums_bytes = len(ctx.blocks) * T * G * C * V * 4  # float32 block sums, one per element
-    shared_sums = bool(ctx.blocks) and sums_bytes <= staging and _sums_in_threadgroup_memory(
-        stores, T * G, params)
-    # (only threadgroups that fill a core on their own hold sums there: the sums share the
-    # threadgroup's limit with staged rows, not the budget that keeps two per core)
-    staged = _plan_staging(stores, streamed, group_bytes, staging - sums_bytes * shared_sums,
-                           params.staging_shared_bytes if staging else 0)
-    streamed -= staged
-    resident |= staged
-    prefetched = (_prefetched(stores, resident, chunk_regs, kept_budget)
-                  if (params.prefetch_store_loads and ctx.is_row and resident and not staged
-                      and not streamed and not interleaved and not ctx.blocks
-                      and T * G < most_threads) else set())
-
-    def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
-        if node.op not in (Ops.LOAD, Ops.STORE):
-            return None
-        if not (node.per_element or node.src[1].per_element):
-            return UOp(node.op, node.dtype, src, Mem(Access.HOISTED))
-        return UOp(node.op, node.dtype, src, Mem(_lane_access(node, V, space),
-                                                 node in resident or node in prefetched))
-
-    marked = UOp(Ops.KERNEL, "void", tuple(_map_nodes(stores, mark)), None)
-    names = lambda loads: tuple(sorted({u.src[0].arg.name for u in loads}))  # noqa: E731
-    on_chip = (("threadgroup" if staged == resident else "registers") if resident
-               else ("stream" if streamed else "none"))
-    if ctx.is_row:
-        sched = K.Schedule(
-            name=_kernel_name(region.name), kind="row", elements=R * L, threadgroup_size=T * G,
-            vector_width=V, rows=R, row_length=L, threads_per_row=T, rows_per_group=G, chunks=C,
-            interleaved=interleaved, simd_width=W, passes=_passes(list(marked.src)), on_chip=on_chip,
-            resident=names(resident), staged=names(staged), streamed=names(streamed),
-            prefetched=names(prefetched),
-            kept=sum(u.op is Ops.KEEP for u in marked.toposort), index_dtype=ctx.index_dtype,
-            rows_per_block=ctx.rows_per_block, block_sums_shared=shared_sums)
-    else:
-        threads = L // V
-        sched = K.Schedule(
-            name=_kernel_name(region.name), kind="pointwise", elements=L,
-            threadgroup_size=min(params.pointwise_threads, _pow2ceil(threads)), vector_width=V,
-            simd_width=W, index_dtype=ctx.index_dtype)
-    if sched.grid > _INT32_LIMIT:
-        raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
-    if sched.threadgroup_size > params.unbounded_threads or ctx.blocks:
-        # (block sums hold registers the residency plan does not count: NVRTC must fit them
-        # to the threadgroup, spilling if it must, rather than fail the launch)
-        sched = replace(sched, launch_bound=sched.threadgroup_size,
-                        launch_min_groups=(params.block_threads_per_core // sched.threadgroup_size
-                                           if ctx.blocks else 0))
-    # inputs no store depends on stay parameters of the kernel (MLX passes every input)
-    reached = {u for u in marked.toposort if u.op is Ops.PARAM}
-    unused = tuple(p for p in ctx.in_params if p not in reached)
-    return UOp(Ops.KERNEL, "void", marked.src + unused, sched)
+# ---------------------------------------------------------------------------------------------
+# the region's analysis: everything about it no schedule changes
 
 
-# Elements each lane of a split column reduces at least, so that its loop outweighs the
-# combination of the lanes' partials through threadgroup memory.
-_COLUMN_LANE_ELEMENTS = 16
-# Fewest neighbouring columns a threadgroup takes: 8 float32 are one 32-byte memory sector.
-_COLUMN_MIN_GROUP = 8
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """A region lowered to stores over its index space, before any schedule: what the schedule
+    rules (`mlxtriton.codegen.schedule`) read and `build` starts from."""
 
+    ctx: _Lowering
+    stores: tuple[UOp, ...]  # index space lowered, reductions not yet rewritten
+    space: _Space
+    elem: tuple[UOp, ...]  # per-element LOADs and STOREs
+    rows: int  # pointwise: 1
+    length: int  # elements per row; pointwise: the whole domain
+    column_walk: bool  # a row kernel whose rows are neighbours in memory
 
-def _column_threads(R: int, L: int, threads: int, params: ScheduleParams) -> tuple[int, int]:
-    """(threads per row, rows per threadgroup) of a column reduction over R rows of L elements
-    whose rows are neighbours in memory, in threadgroups of at most ``threads``.
+    @property
+    def region(self) -> Region:
+        return self.ctx.region
 
-    A SIMD-group's worth of neighbouring rows per threadgroup (one coalesced access per lane
-    step), fewer (down to a 32-byte sector of float32) while that leaves fewer threadgroups than
-    half the cores, and each row split among as many lanes as the threadgroup holds, combined
-    through threadgroup memory. Measured on the H200 (benchmarks/results/column_variants_h200.json):
-    a thread per column gave a 4096-column weight gradient over 32768 rows 16 threadgroups and
-    1066 GB/s for the RMS-norm backward (a float32 column sum of that shape: 600 GB/s); 32
-    lanes x 32 columns sum it at 4218 GB/s (16 x 32: 3985; 64 x 16, 256 threadgroups: 2762), and
-    512 columns of 65536 at 2536 with 128 lanes x 8 columns (32 x 32, 16 threadgroups: 1477).
-    """
-    G = min(params.simd_width, _pow2ceil(R))
-    while G > _COLUMN_MIN_GROUP and 2 * -(-R // G) < params.cores:
-        G //= 2
-    T = 1
-    while 2 * T * G <= threads and L >= 2 * T * _COLUMN_LANE_ELEMENTS:
-        T *= 2
-    if T == 1:  # short columns: a thread each, as many to a threadgroup as short rows take
-        return 1, min(params.group_threads, R)
-    return T, G
+    @property
+    def is_row(self) -> bool:
+        return self.ctx.is_row
 
+    @property
+    def blocks(self) -> int:
+        """Block column sums the row kernel writes."""
+        return len(self.ctx.blocks)
 
-def _threads_per_row(elem: list[UOp], space: _Space, V: int, L: int,
-                     params: ScheduleParams, one_pass: bool) -> tuple[int, int]:
-    """Threads per row, and the cap they met (where a thread holds its larger share of the row)."""
-    W = params.simd_width
-    vectors = L // V
-    if vectors <= W:
-        return _pow2ceil(vectors), params.max_row_threads  # tiny rows: several share a SIMD-group
-    # The row stays in registers in its own type: 32-bit registers hold two bfloat16 elements.
-    # Counting one element per register gave bf16 rows twice the threads. On the H200, 32768 x
-    # 4096 bf16 with 128 threads of 32 elements against 256 of 16: softmax 3955 against 3594
-    # GB/s, cross-entropy 2342 against 1942 (benchmarks/results/row_variants_h200.json); bf16
-    # layer norm and RMS norm x gate measured 2% and 5% below their 256-thread figures (3857
-    # against 3945, 3473 against 3645 GB/s, in separate runs).
-    itemsize = _row_itemsize(elem)
-    registers, share = params.resident_registers, 1
-    if params.vector_row_share > 1 and not one_pass and _reads_row_vector(elem, space):
-        share = params.vector_row_share  # hw.params._VECTOR_ROW_REGISTER_SHARE
-        registers = max(1, registers // share)
-    per_thread = max(1, registers * 4 // itemsize)
-    if L <= params.short_row_limit and -(-vectors // W) * V <= per_thread:
-        # one SIMD-group per row: no threadgroup memory, no barriers (MLX PR #3913)
-        return W, params.max_row_threads
-    # One threadgroup per row, in whole SIMD-groups, each thread owning about as many elements
-    # as its registers may cache; past preferred_row_threads only for a row that misses their
-    # registers (max_resident_registers elements each) and is read in several passes.
-    # A half-precision row reading a vector misses them at half the elements
-    # (`VECTOR_ROW_PAST_PREFERRED`).
-    want = -(-L // per_thread)
-    want = -(-want // W) * W  # whole SIMD-groups
-    cap = min(params.max_threads_per_group, params.max_row_threads) // W * W
-    preferred = min(cap, params.preferred_row_threads // W * W)
-    held = params.max_resident_registers // (share if VECTOR_ROW_PAST_PREFERRED and itemsize < 4 else 1)
-    if one_pass or -(-L // preferred) <= held:
-        cap = preferred
-    return max(W, min(cap, want)), cap
+    @property
+    def row_itemsize(self) -> int:
+        """The widest element a row kernel loads per element (4 when it loads none)."""
+        return max((_dtypes.itemsize(u.dtype) for u in self.elem if u.op is Ops.LOAD), default=4)
 
+    @property
+    def itemsize(self) -> int:
+        """The element size the chip's numbers are read for: of the inputs, or for a pointwise
+        kernel of its full-size operands and outputs."""
+        inputs = self.region.inputs
+        if not self.is_row:
+            full = math.prod(self.ctx.domain)
+            inputs = [*(i for i in inputs if math.prod(i.shape) >= full),
+                      *(Input((), self.ctx.dtypes[v]) for v in self.region.outputs)]
+        return max((_dtypes.itemsize(i.dtype) for i in inputs), default=4)
 
-def _reads_half_rows_only(elem: list[UOp], R: int, L: int, params: ScheduleParams) -> bool:
-    """Whether a row kernel of a half type writes nothing per element (a loss: the rows are
-    read, one value per row written) over rows in `READ_ONLY_HALF_ROWS`' range: such a kernel
-    takes ``read_only_row_share`` times the row data per thread (fewer threads). Only where its
-    rows fill every core many times over (16 rows a core): a split reduction's first level, a few
-    hundred segments, would leave the cores half empty."""
-    low, high = READ_ONLY_HALF_ROWS
-    if not low < L <= high or R < 16 * params.cores or any(u.op is Ops.STORE for u in elem):
+    @property
+    def writes_rows(self) -> bool:
+        """Whether the kernel stores per element (not only one value per row)."""
+        return any(u.op is Ops.STORE for u in self.elem)
+
+    def reads_row_vector(self) -> bool:
+        """Whether a float load walks along the row but is the same for every row: a norm's
+        weight or bias (not an integer range such as cross-entropy's one-hot column index)."""
+        space = self.space
+        if space.row_coord is None or space.lane_coord is None:
+            return False
+        for u in self.elem:
+            if u.op is not Ops.LOAD or not _is_float(u.dtype):
+                continue
+            _, coeffs = space.group_coeffs(u.src[1])
+            if coeffs.get(space.lane_coord, 0) and not coeffs.get(space.row_coord, 0):
+                return True
         return False
-    return _row_itemsize(elem) < 4
+
+    def multi_pass_inputs(self) -> tuple[str, ...]:
+        """Inputs several passes over the row read before any schedule's rewrite: those a
+        schedule may hold on chip (a rewrite may leave fewer passes)."""
+        return tuple(sorted({u.src[0].arg.name for u in multi_pass_loads(list(self.stores))}))
 
 
-def _row_itemsize(elem: list[UOp]) -> int:
-    """The widest element a row kernel loads per element (4 when it loads none)."""
-    return max((_dtypes.itemsize(u.dtype) for u in elem if u.op is Ops.LOAD), default=4)
-
-
-def _reads_row_vector(elem: list[UOp], space: _Space) -> bool:
-    """Whether a float load walks along the row but is the same for every row: a norm's weight
-    or bias (not an integer range such as cross-entropy's one-hot column index)."""
-    if space.row_coord is None or space.lane_coord is None:
-        return False
-    for u in elem:
-        if u.op is not Ops.LOAD or not _is_float(u.dtype):
-            continue
-        _, coeffs = space.group_coeffs(u.src[1])
-        if coeffs.get(space.lane_coord, 0) and not coeffs.get(space.row_coord, 0):
-            return True
-    return False
-
-
-def _is_column_walk(elem: list[UOp], space: _Space) -> bool:
+def _is_column_walk(elem: tuple[UOp, ...], space: _Space) -> bool:
     """True when per-element accesses stride along the row but are unit-stride across rows.
 
     An access the same for every row (a vector indexed by the reduced axis, such as a per-row
@@ -1944,6 +1478,173 @@ def _is_column_walk(elem: list[UOp], space: _Space) -> bool:
     return saw_unit_row
 
 
-def with_schedule(kernel: UOp, **changes: Any) -> UOp:
-    """The same kernel under a modified schedule (tests use it to force shapes of the tree)."""
-    return UOp(Ops.KERNEL, "void", kernel.src, replace(kernel.arg, **changes))
+@functools.lru_cache(maxsize=512)
+def analyse(region: Region) -> Analysis:
+    """Lower a region to stores over its index space, before any schedule (cached: regions are
+    values).
+
+    Raises:
+        RegionError: the region cannot be one kernel (the message names the op and why).
+    """
+    ctx = _Lowering(region)
+    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(_emit_stores(ctx)), None),
+                                  _ALGEBRA).src)
+    space = _index_space(ctx, stores)
+    stores = _lower_index_space(ctx, stores, space)
+    # group coordinates were rebuilt; the per-element accesses of the new graph
+    elem = tuple(u for s in stores for u in UOp(Ops.KERNEL, "void", (s,), None).toposort
+                 if u.op in (Ops.LOAD, Ops.STORE) and (u.per_element or u.src[1].per_element))
+    if ctx.is_row:
+        R = math.prod(n for k, n in enumerate(ctx.domain) if k not in ctx.reduce_axes)
+        L = math.prod(n for k, n in enumerate(ctx.domain) if k in ctx.reduce_axes)
+    else:
+        R, L = 1, math.prod(ctx.domain)
+    return Analysis(ctx, tuple(stores), space, elem, R, L,
+                    ctx.is_row and _is_column_walk(elem, space))
+
+
+# ---------------------------------------------------------------------------------------------
+# build: a region lowered under a given schedule
+
+
+class ScheduleError(ValueError):
+    """A schedule that does not fit the region it was given for (the message says why)."""
+
+
+def _check(a: Analysis, s: Any) -> None:
+    """Raise `ScheduleError` where ``s`` cannot lower ``a``'s region at all."""
+    kind = "row" if a.is_row else "pointwise"
+
+    def fail(why: str) -> None:
+        raise ScheduleError(f"schedule for {a.region.name} ({kind}, {a.rows} x {a.length}): {why}")
+
+    if s.kind != kind:
+        fail(f"a {s.kind} schedule for a {kind} kernel")
+    V = s.vector_width
+    if V < 1 or V & (V - 1):
+        fail(f"vector width {V} is not a power of two")
+    if a.length % V:
+        fail(f"vector width {V} does not divide {'rows of ' * a.is_row}{a.length}")
+    if not a.is_row:
+        if s.threadgroup_size < 1:
+            fail("a pointwise kernel needs a threadgroup size")
+        if s.launch_bound not in (0, s.threadgroup_size):
+            fail(f"launch bound {s.launch_bound} is not the threadgroup ({s.threadgroup_size})")
+        return
+    T, G = s.threads_per_row, s.rows_per_group
+    if T < 1 or G < 1:
+        fail(f"{T} threads per row, {G} rows per threadgroup")
+    if s.walk not in ("row", "interleaved"):
+        fail(f"unknown walk {s.walk!r} (row, interleaved)")
+    if s.walk == "interleaved" and (V != 1 or a.blocks):
+        fail("an interleaved walk reads one element per lane and writes no block sums")
+    if a.blocks and (G != 1 or T < s.simd_width):
+        fail("a row kernel with block sums takes one row per threadgroup in whole SIMD-groups")
+    if s.block_sums_shared and not a.blocks:
+        fail("block sums in threadgroup memory, but the region writes none")
+    if s.launch_bound not in (0, T * G):
+        fail(f"launch bound {s.launch_bound} is not the threadgroup ({T * G})")
+    if s.unroll < 1:
+        fail(f"unroll {s.unroll}")
+    names = {i for i in _names(a.region)[0]}
+    for n in (*s.registers, *s.staged):
+        if n not in names:
+            fail(f"{n!r} is not an input (inputs: {', '.join(sorted(names))})")
+    if set(s.registers) & set(s.staged):
+        fail(f"{sorted(set(s.registers) & set(s.staged))} both in registers and staged")
+
+
+def build(region: Region, schedule: Any) -> UOp:
+    """Lower a region to one KERNEL node under ``schedule``: index space, loads, expressions,
+    stores. Every choice comes from the schedule (`mlxtriton.codegen.schedule`); this only
+    lowers.
+
+    Args:
+        region: the fused region.
+        schedule: a `mlxtriton.codegen.schedule.Schedule` for it, e.g. ``schedule.default(region,
+            target)`` or one of ``schedule.candidates(region, target)``.
+
+    Returns:
+        The KERNEL UOp; ``kernel.arg`` is its `BuiltSchedule`, which answers every question about
+        the kernel (passes, what stays on chip, threads).
+
+    Raises:
+        RegionError: the region cannot be one kernel (the message names the op and why).
+        ScheduleError: the schedule does not fit the region.
+
+    Example:
+        >>>         >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> from mlxtriton.codegen.schedule import default
+        >>> b = RegionBuilder("softmax")
+        >>> region = b.build([b.op("Softmax", b.input((64, 1000), "float32", "x"))])
+        >>> build(region, default(region, hw.target("h200"))).arg.kind
+        'row'
+    """
+    a = analyse(region)
+    _check(a, schedule)
+    ctx, space = a.ctx, a.space
+    R, L, V = a.rows, a.length, schedule.vector_width
+    if a.is_row:
+        T, G = schedule.threads_per_row, schedule.rows_per_group
+        C = -(-(L // V) // T)
+    else:
+        T, G, C = 1, 1, 1
+    interleaved = schedule.walk == "interleaved"
+
+    def chunk_regs(u: UOp) -> int:
+        return -(-C * V * _dtypes.itemsize(u.dtype) // 4)
+
+    def named(loads, names) -> set[UOp]:
+        return {u for u in loads if u.src[0].arg.name in names}
+
+    stores = list(a.stores)
+    held = set(schedule.registers) if a.is_row else set()
+    stores = rewrite_reduces(stores, named(multi_pass_loads(stores), held))
+    stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), _FAST_EXP).src)
+    resident = named(multi_pass_loads(stores), held)
+    if a.is_row and schedule.kept_registers:
+        stores = _keep_computed(stores, resident, chunk_regs, schedule.kept_registers)
+        resident = named(multi_pass_loads(stores), held)
+    streamed = set(multi_pass_loads(stores)) - resident
+    staged = named(streamed, set(schedule.staged)) if a.is_row and not interleaved else set()
+    streamed -= staged
+    resident |= staged
+    prefetched = (_prefetched(stores, resident, chunk_regs, schedule.kept_registers)
+                  if (schedule.prefetch and a.is_row and resident and not staged and not streamed
+                      and not interleaved and not a.blocks) else set())
+
+    def mark(node: UOp, src: tuple[UOp, ...], done) -> UOp | None:
+        if node.op not in (Ops.LOAD, Ops.STORE):
+            return None
+        if not (node.per_element or node.src[1].per_element):
+            return UOp(node.op, node.dtype, src, Mem(Access.HOISTED))
+        return UOp(node.op, node.dtype, src, Mem(lane_access(node, V, space),
+                                                 node in resident or node in prefetched))
+
+    marked = UOp(Ops.KERNEL, "void", tuple(_map_nodes(stores, mark)), None)
+    names = lambda loads: tuple(sorted({u.src[0].arg.name for u in loads}))  # noqa: E731
+    on_chip = (("threadgroup" if staged == resident else "registers") if resident
+               else ("stream" if streamed else "none"))
+    common = dict(name=_kernel_name(region.name), vector_width=V, simd_width=schedule.simd_width,
+                  index_dtype=ctx.index_dtype, launch_bound=schedule.launch_bound,
+                  launch_min_groups=schedule.launch_min_groups, unroll=schedule.unroll,
+                  online_chunked=schedule.online_chunked, hoist_row_loads=schedule.hoist_row_loads,
+                  hoist_block_loads=schedule.hoist_block_loads)
+    if a.is_row:
+        sched = K.BuiltSchedule(
+            kind="row", elements=R * L, threadgroup_size=T * G, rows=R, row_length=L,
+            threads_per_row=T, rows_per_group=G, chunks=C, interleaved=interleaved,
+            passes=passes(list(marked.src)), on_chip=on_chip, resident=names(resident),
+            staged=names(staged), streamed=names(streamed), prefetched=names(prefetched),
+            kept=sum(u.op is Ops.KEEP for u in marked.toposort),
+            rows_per_block=ctx.rows_per_block, block_sums_shared=schedule.block_sums_shared,
+            **common)
+    else:
+        sched = K.BuiltSchedule(kind="pointwise", elements=L,
+                                threadgroup_size=schedule.threadgroup_size, **common)
+    if sched.grid > _INT32_LIMIT:
+        raise RegionError(f"{sched.grid} threads exceed MLX's int grid; split the region")
+    # inputs no store depends on stay parameters of the kernel (MLX passes every input)
+    reached = {u for u in marked.toposort if u.op is Ops.PARAM}
+    unused = tuple(p for p in ctx.in_params if p not in reached)
+    return UOp(Ops.KERNEL, "void", marked.src + unused, sched)

@@ -1,7 +1,7 @@
 """Codegen layer: the kernel IR, one small hash-consed node type ``UOp(op, dtype, src, arg)``.
 
 A KERNEL node describes one generated kernel: its index space (SPECIAL index variables), loads
-with their index arithmetic, the elementwise expression DAG, reductions, stores, and its Schedule.
+with their index arithmetic, the elementwise expression DAG, reductions, stores, and its BuiltSchedule.
 May import the graph layer's dtypes only.
 """
 
@@ -19,7 +19,7 @@ from mlxtriton.graph import dtypes as _dtypes
 
 class Ops(enum.Enum):
     # structure
-    KERNEL = enum.auto()  # src: STOREs, then PARAMs of inputs no store reads; arg: Schedule
+    KERNEL = enum.auto()  # src: STOREs, then PARAMs of inputs no store reads; arg: BuiltSchedule
     PARAM = enum.auto()  # a kernel argument buffer; arg: Param
     SPECIAL = enum.auto()  # an index variable; arg: (name, extent); names: idx, row, col, dim<k>
     CONST = enum.auto()  # arg: a Python bool/int/float of the node's dtype
@@ -175,8 +175,10 @@ class Mem:
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """How a kernel's index space maps onto threads, and what stays on chip between passes.
+class BuiltSchedule:
+    """How a built kernel's index space maps onto threads, and what stays on chip between passes:
+    a `mlxtriton.codegen.schedule.Schedule` resolved against its region by ``build``, and the
+    one place every question about the kernel is answered (on chip? how many passes?).
 
     Row kernels: ``rows`` x ``row_length``; ``threads_per_row`` threads share a row (a power of
     two; rows of up to ``simd_width`` threads reduce with SIMD shuffles only, longer ones through
@@ -223,6 +225,19 @@ class Schedule:
     rows_per_block: int = 1
     # those column sums held in threadgroup memory (each thread its own slots), not registers
     block_sums_shared: bool = False
+    # how the renderer writes the passes (`mlxtriton.codegen.schedule.Schedule` says what each
+    # does): chunks of a streamed row unrolled, the online max-and-sum rescaled per vector, a
+    # row's own scalars read first, what a block's rows share loaded once
+    unroll: int = 1
+    online_chunked: bool = True
+    hoist_row_loads: bool = True
+    hoist_block_loads: bool = True
+
+    @property
+    def reads_once(self) -> bool:
+        """Whether the kernel reads each input from memory once: its rows take one pass, or the
+        inputs later passes read again stay on chip (registers or threadgroup memory)."""
+        return self.kind != "row" or not self.streamed
 
     @property
     def reduction_tree(self) -> str:

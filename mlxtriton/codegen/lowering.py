@@ -1,174 +1,144 @@
 """Codegen layer: `Fused` equations -> generated kernels, and the on-chip caching pass (`cache`).
 
-`cache` is a graph -> graph pass: for each multi-pass row region it decides whether the row stays
-in registers across passes (when it fits the chip's on-chip budget) or is streamed from memory with
-one extra read per pass, and records the decision in the equation's ``schedule`` param, where the
-printer, `explain` and `.lower()` show it. Lowering honours the recorded decision; a region the
-pass never saw is streamed. May import mlxtriton.graph, mlxtriton.hw and codegen.
+`cache` is a graph -> graph pass: for each fused region it picks the default schedule for the
+target, multi-pass inputs on chip where the chip's rules keep them there (registers, else
+threadgroup memory) and streamed otherwise, and records the `Schedule` in the equation's
+``schedule`` param, where the printer, `explain` and ``.lower()`` show it. Lowering builds the
+recorded schedule (or one the runtime's tuner chose); a region the pass never saw is streamed.
+Every question about a lowered kernel (on chip? how many passes?) is answered by its built
+schedule (``kernel.arg``). May import mlxtriton.graph, mlxtriton.hw and codegen.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import mlx.core as mx
 
 from mlxtriton import hw
-from mlxtriton.codegen.builder import RegionError, ScheduleParams, build
+from mlxtriton.codegen.builder import RegionError, build
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
-from mlxtriton.graph import dtypes
+from mlxtriton.codegen.schedule import DEFAULT_CHIP, Schedule, default, holds_rows, kernel_target
 from mlxtriton.graph.core import Eqn, Graph
 from mlxtriton.graph.fused import is_fused
+
+# What chooses a fused region's schedule at lowering, where the caller has a better answer than
+# the recorded one (the runtime's tuner): (region, target, recorded schedule) -> (schedule, origin).
+Chooser = Callable[[Region, hw.Target, Schedule], tuple[Schedule, str]]
 
 
 @dataclass(frozen=True)
 class CacheDecision:
     """What `cache` decided for one region: ``on_chip`` is "registers" (inputs read by several
-    passes stay in registers), "stream" (they are read again from memory) or "none" (one pass)."""
+    passes stay in registers), "threadgroup" (in threadgroup memory), "stream" (they are read
+    again from memory) or "none" (one pass)."""
 
     region: str
     on_chip: str
     resident: tuple[str, ...]
     streamed: tuple[str, ...]
-    budget_bytes: int
     reason: str
 
     def as_text(self) -> str:
         return f"{self.region}: {self.on_chip} ({self.reason})"
 
 
-# The chip each dialect is tuned for when the named chip runs no kernels (the CPU): an M3 for
-# Metal, the H200 for CUDA (the machines this project measures on).
-DEFAULT_CHIP = {"metal": "m3", "cuda": "h200"}
-
-
-def kernel_target(chip: Any = "auto", device: Any = None, dialect: str | None = None
-                  ) -> tuple[hw.Target, str]:
-    """The target whose profile shapes kernels, and the dialect they are written in.
-
-    The dialect follows the device (or ``dialect`` when given: rendering for another machine);
-    tuning follows ``chip``, or the dialect's default chip where ``chip`` is not a GPU.
-
-    Raises:
-        ValueError: an unknown dialect.
-    """
-    t = hw.target(chip, device)
-    dialect = dialect or t.dialect or "metal"
-    if dialect not in DEFAULT_CHIP:
-        raise ValueError(f"unknown kernel target {dialect!r}; use 'metal' or 'cuda'")
-    chip_profile = t.chip if t.chip.is_gpu else hw.profile(DEFAULT_CHIP[dialect])
-    device_profile = t.device if t.device.backend == dialect else chip_profile
-    if device_profile.backend != dialect:
-        device_profile = hw.profile(DEFAULT_CHIP[dialect])
-    return hw.Target(chip=chip_profile, device=device_profile), dialect
-
-
-def _schedule_params(target: hw.Target, registers: bool):
-    """Schedule numbers per (element size, row length); without ``registers``, no on-chip
-    budget, so multi-pass rows are streamed."""
-
-    def params(itemsize: int, row_length: int | None) -> ScheduleParams:
-        p = ScheduleParams.from_hw(target.derive(itemsize, row_length))
-        return p if registers else dataclasses.replace(p, keep_resident=False)
-
-    return params
-
-
-def _region(eqn: Eqn) -> tuple[Region, tuple[mx.array, ...]]:
+def region_of(eqn: Eqn) -> tuple[Region, tuple[mx.array, ...]]:
+    """The region of a Fused equation, and the constant arrays it takes after its inputs."""
     return region_from_graph(eqn.params["body"], eqn.params["name"])
 
 
-def cache_with_report(graph: Graph, chip: Any = "auto", device: Any = None, dialect: str | None = None
-                      ) -> tuple[Graph, tuple[CacheDecision, ...]]:
+def recorded_schedule(eqn: Eqn, region: Region, target: hw.Target) -> Schedule:
+    """The schedule `cache` recorded in the equation, else the streaming default."""
+    recorded = eqn.params["schedule"]
+    return recorded if isinstance(recorded, Schedule) else default(region, target, on_chip=False)
+
+
+def _reason(s, chip: hw.Profile) -> str:
+    """Why a built schedule holds what it holds, in its own terms."""
+    threads = f"{s.threads_per_row * s.rows_per_group} threads"
+    if s.on_chip == "threadgroup":
+        return (f"rows of {s.row_length} miss the registers of the {chip.name}'s {threads}; "
+                f"{', '.join(s.staged)} staged in threadgroup memory instead of read again")
+    if s.on_chip == "registers":
+        staged = f", {', '.join(s.staged)} in threadgroup memory" if s.staged else ""
+        return (f"{', '.join(n for n in s.resident if n not in s.staged)} held in the registers "
+                f"of {threads} on the {chip.name} ({s.elements_per_thread} elements each){staged}")
+    if s.on_chip == "stream":
+        return (f"rows of {s.row_length} miss the {chip.name}'s registers and threadgroup memory: "
+                f"{', '.join(s.streamed)} read again by each of {s.passes} passes")
+    return "one pass over its inputs: nothing to keep"
+
+
+def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[CacheDecision, ...]]:
     """Decide on-chip residency for every fused region (the "M3" caching transform).
 
     Args:
         graph: a graph whose regions came from `mlxtriton.fusion.fuse`.
-        chip, device, dialect: as `kernel_target`: the chip's register budget (larger on Apple9+
-            with dynamic caching) decides, clamped to the running device's limits.
+        target: the `kernel_target`: the chip's rules (a larger register budget on Apple9+ with
+            dynamic caching) within the running device's limits.
 
     Returns:
-        ``(graph, decisions)``; each Fused equation's ``schedule`` param records its decision.
+        ``(graph, decisions)``; each Fused equation's ``schedule`` param records its `Schedule`.
 
     A region codegen cannot write gets a decision saying why and keeps ``schedule=None``.
     """
-    target, _ = kernel_target(chip, device, dialect)
-    params = _schedule_params(target, registers=True)
     eqns, decisions = [], []
     for e in graph.eqns:
         if not is_fused(e):
             eqns.append(e)
             continue
         try:
-            region, _ = _region(e)
-            s = build(region, params).arg
+            region, _ = region_of(e)
+            schedule = default(region, target)
+            s = build(region, schedule).arg
         except RegionError as err:  # the runtime runs such a region as MLX ops; say why here
-            decisions.append(CacheDecision(e.params["name"], "none", (), (), 0,
+            decisions.append(CacheDecision(e.params["name"], "none", (), (),
                                            f"no kernel for this region: {err}"))
             eqns.append(e)
             continue
-        itemsize = max((dtypes.itemsize(i.dtype) for i in region.inputs), default=4)
-        sp = params(itemsize, s.row_length if s.kind == "row" else None)
-        # a row whose threads were capped holds its larger share (as builder.build decides)
-        capped = min(sp.max_row_threads, sp.preferred_row_threads)
-        per_thread = 4 * (max(sp.resident_registers, sp.max_resident_registers)
-                          if s.kind == "row" and s.threads_per_row >= capped
-                          else sp.resident_registers)
-        budget = per_thread * s.threads_per_row * s.rows_per_group
-        if s.on_chip == "threadgroup":
-            reason = (f"rows of {s.row_length} exceed the {per_thread} B/thread register budget of "
-                      f"{target.chip.name}; {', '.join(s.staged)} staged in its "
-                      f"{sp.staging_bytes} B of threadgroup memory instead of read again")
-        elif s.on_chip == "registers":
-            reason = (f"{', '.join(s.resident)} fit{'s' if len(s.resident) == 1 else ''} the "
-                      f"{per_thread} B/thread register budget of {target.chip.name}")
-        elif s.on_chip == "stream":
-            reason = (f"rows of {s.row_length} exceed the {per_thread} B/thread register budget of "
-                      f"{target.chip.name}: one extra read per pass")
-        else:
-            reason = "one pass over its inputs: nothing to keep"
-        decisions.append(CacheDecision(e.params["name"], s.on_chip, s.resident, s.streamed, budget, reason))
-        schedule = (("on_chip", s.on_chip), ("resident", s.resident), ("streamed", s.streamed))
+        decisions.append(CacheDecision(e.params["name"], s.on_chip, s.resident, s.streamed,
+                                       _reason(s, target.chip)))
         eqns.append(Eqn(e.primitive, e.inputs, e.outputs, e.params.set(schedule=schedule)))
     return graph.replace(eqns=tuple(eqns)), tuple(decisions)
 
 
 def cache(graph: Graph, chip: Any = "auto", device: Any = None) -> Graph:
-    """`cache_with_report` without the decisions."""
-    return cache_with_report(graph, chip, device)[0]
+    """`cache_with_report` for a chip and device, without the decisions."""
+    return cache_with_report(graph, kernel_target(chip, device))[0]
 
 
-def lower_fused(eqn: Eqn, target: hw.Target, dialect: str
+def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
                 ) -> tuple[LoweredKernel, tuple[mx.array, ...]]:
-    """The kernel of one Fused equation for a `kernel_target`, and the constant arrays it takes
-    after the equation's inputs. The ``schedule`` param (from `cache`) chooses registers or
-    streaming; a region `cache` never saw is streamed.
+    """The kernel of one Fused equation for a `kernel_target` (its dialect is the device's), and
+    the constant arrays it takes after the equation's inputs. The schedule is the one `cache`
+    recorded (a region `cache` never saw is streamed), or what ``choose`` makes of it; the
+    kernel's ``origin`` says which.
 
     Raises:
         RegionError: the region cannot become one kernel; the message names the op and why.
     """
-    schedule = dict(eqn.params["schedule"] or ())
-    region, extra = _region(eqn)
-    params = _schedule_params(target, registers=schedule.get("on_chip") in ("registers", "threadgroup"))
-    return render(build(region, params), dialect), extra
+    region, extra = region_of(eqn)
+    schedule, origin = recorded_schedule(eqn, region, target), "default"
+    if choose is not None:
+        schedule, origin = choose(region, target, schedule)
+    kernel = render(build(region, schedule), target.device.backend)
+    return replace(kernel, origin=origin), extra
 
 
-def row_fits_on_chip(kernel: LoweredKernel, target: hw.Target) -> bool:
-    """Whether a row kernel's rows fit the registers its threads may hold (as ``build`` counts
-    them: elements per thread of the most threads a row takes): then a pass more over the row
-    costs no memory traffic; otherwise it re-reads the row."""
-    s = kernel.kernel.arg
-    if s.kind != "row":
-        return True
-    itemsize = max((dtypes.itemsize(d) for d in kernel.input_dtypes), default=4)
-    p = _schedule_params(target, registers=True)(itemsize, s.row_length)
-    per_thread = max(p.resident_registers * 4 // itemsize, p.max_resident_registers)
-    return s.row_length <= per_thread * p.max_row_threads
+def rows_held(eqn: Eqn, target: hw.Target) -> bool:
+    """Whether the default schedule holds a Fused equation's rows in registers when its passes
+    read them several times (`mlxtriton.codegen.schedule.holds_rows`): then a pass more over
+    them is free.
+
+    Raises:
+        RegionError: the region cannot become one kernel.
+    """
+    return holds_rows(region_of(eqn)[0], target)
 
 
-__all__ = ["CacheDecision", "cache", "cache_with_report", "kernel_target", "lower_fused", "row_fits_on_chip",
-           "DEFAULT_CHIP"]
+__all__ = ["CacheDecision", "Chooser", "DEFAULT_CHIP", "cache", "cache_with_report", "kernel_target",
+           "lower_fused", "recorded_schedule", "region_of", "rows_held"]

@@ -50,6 +50,9 @@ class LoweredKernel:
     # an input that is a row-contiguous view at an odd offset would not).
     alignment: int = 16
     kernel: UOp | None = field(default=None, compare=False, repr=False)
+    # where its schedule came from: "default" (the chip's rules), "tuned" (the tuner timed the
+    # candidates on this device), "tuned (cached)" (a tuning of an earlier process)
+    origin: str = field(default="default", compare=False)
 
     def kernel_kwargs(self) -> dict[str, Any]:
         """Arguments of ``mx.fast.metal_kernel`` / ``mx.fast.cuda_kernel``."""
@@ -78,7 +81,7 @@ class LoweredKernel:
                  f"  inputs:  {ins}", f"  outputs: {outs}",
                  f"  grid {self.grid}, threadgroup {self.threadgroup}"]
         if self.kernel is not None:
-            lines.append(f"  schedule: {self.kernel.arg.describe()}")
+            lines.append(f"  schedule ({self.origin}): {self.kernel.arg.describe()}")
         lines += ["--- header ---", self.header.rstrip(), "--- source ---", self.source.rstrip()]
         return "\n".join(lines) + "\n"
 
@@ -110,27 +113,6 @@ _COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}", "max": "mt_max({a}, {b})",
             "or": "(({a} != 0) || ({b} != 0))"}
 
 _KERNEL, _CHUNK, _LANE = 0, 1, 2
-
-# Chunks of a streamed row a thread's loop unrolls (loads of several chunks in flight): 1 = none.
-STREAM_UNROLL = 1
-
-# Whether a threadgroup walking a block of rows loads what is the same for every row and stays
-# on chip (a norm's weight) once, before its rows, rather than again for each row (benchmarks
-# switch it off to measure it). H200 (benchmarks/results/block_sums_h200*.json, backward row
-# kernels alone): bf16 RMS norm 32768x4096 265 -> 224 us (68 registers, 3 threadgroups per SM
-# -> 64, 4), bf16 RMS norm x gate 4096x16384 422 -> 346 us; the ten others within 3% either way.
-HOIST_BLOCK_LOADS = True
-# Whether an online max-and-sum (sumexp) rescales once per vector (True) or per element.
-ONLINE_CHUNKED = True
-# Whether a row's own scalars that no reduction feeds (a cross-entropy's label and the logit it
-# picks, its backward's cotangent) are read before the row's passes rather than where first
-# used, after its reductions' barriers, where each waits for memory with nothing else in flight.
-# H200, kernels alone (benchmarks/results/ce_hoist_h200_session10.json, GB/s, after -> before):
-# bf16 cross-entropy forward 3334 / 3203 at 32768x4096, 2730 / 2432 at 4096x16384, backward
-# 3409 / 3294 and 3193 / 2996; float32 and rows of 32768 and more within 2% either way. Hoisting
-# only the loads whose index reads no other load (the label, not the logit) measured between.
-HOIST_ROW_LOADS = True
-
 
 def _kind(dtype: str) -> str:
     return "float" if dtype in _dtypes.FLOATING else "int"
@@ -486,7 +468,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
                          f"{r.own_slot(name, 'mt_i')} = {r.literal(u.dtype, 0)};")
         else:
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
-    hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and HOIST_BLOCK_LOADS
+    hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and s.hoist_block_loads
                and _build.row_independent(u)]
 
     prefetched = [u for u in r.resident if u.op is Ops.LOAD and u.src[0].arg.name in s.prefetched]
@@ -500,7 +482,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
     guard_col = L % (T * V) != 0
     # register arrays indexed by the chunk stay registers only in a fully unrolled loop
     unroll_chunks = d.unroll if (set(r.resident) - r.staged) or blocks else (
-        d.unroll_by.format(n=STREAM_UNROLL) if STREAM_UNROLL > 1 and C > 1 else None)
+        d.unroll_by.format(n=s.unroll) if s.unroll > 1 and C > 1 else None)
 
     def chunk_loop(body) -> list[str]:
         block = r.element_block(body)
@@ -525,7 +507,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
     start = len(lines)  # a threadgroup walking a block of rows repeats what follows per row
     # issued before the row's loads, their latency overlaps them instead of following the
     # reductions' barriers (a load after a barrier waits for memory with nothing in flight)
-    if HOIST_ROW_LOADS:
+    if s.hoist_row_loads:
         for u in r.k.toposort:
             if u.op is Ops.LOAD and not u.per_element and u.stage == 0:
                 r.expr(u, _KERNEL)
@@ -547,7 +529,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
             for u in reduces:
                 if u in accs:
                     _accumulate(r, u, accs[u])
-            if first:  # issued with the row's loads (hw.params._PREFETCH_STORE_LOADS)
+            if first:  # issued with the row's loads (Schedule.prefetch)
                 for u in prefetched:
                     r.expr(u, _LANE)
 
@@ -669,7 +651,7 @@ def _accumulate(r: _Renderer, u: UOp, acc: list[str]) -> None:
         r.emit(_LANE, f"const bool {take} = {_arg_take(u.arg, acc[0], acc[1], v, i)};")
         r.emit(_LANE, f"{acc[0]} = {take} ? {v} : {acc[0]};")
         r.emit(_LANE, f"{acc[1]} = {take} ? {i} : {acc[1]};")
-    elif u.arg == "sumexp" and r.s.vector_width > 1 and ONLINE_CHUNKED:
+    elif u.arg == "sumexp" and r.s.vector_width > 1 and r.s.online_chunked:
         # One rescale per vector: the lanes' values, their max, then exp(v - new max) each
         # (1 + 1/V exponentials per element, no branch), as MLX's own logsumexp kernel. While
         # the max is -inf every value is -inf: they are shifted by 0 instead (exp(-inf) adds 0,
@@ -856,10 +838,13 @@ def render(kernel: UOp, dialect: Dialect | str) -> LoweredKernel:
 
     Example:
         >>> from mlxtriton.codegen.region import RegionBuilder
+        >>> from mlxtriton import hw
         >>> from mlxtriton.codegen.builder import build
+        >>> from mlxtriton.codegen.schedule import default
         >>> b = RegionBuilder("double")
         >>> x = b.input((1024,), "float32", "x")
-        >>> k = render(build(b.build([b.op("Add", x, x)])), "cuda")
+        >>> region = b.build([b.op("Add", x, x)])
+        >>> k = render(build(region, default(region, hw.target("h200"))), "cuda")
         >>> k.grid, k.threadgroup
         ((256, 1, 1), (256, 1, 1))
     """
@@ -930,9 +915,9 @@ _HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "
                            "mt_shuffle64"})
 
 
-def lower(region: Region, target: str = "metal",
-          params: _build.ScheduleParams | None = None) -> LoweredKernel:
-    """Build and render a region for a target in one call.
+def lower(region: Region, target: str = "metal", schedule: Any = None) -> LoweredKernel:
+    """Build and render a region for a dialect in one call: under ``schedule``, or the default
+    schedule of the dialect's default chip (`mlxtriton.codegen.lowering.kernel_target`).
 
     Example:
         >>> from mlxtriton.codegen.region import RegionBuilder
@@ -942,5 +927,8 @@ def lower(region: Region, target: str = "metal",
         >>> lower(b.build([y]), "cuda").output_dtypes
         ('bfloat16',)
     """
-    kernel = _build.build(region, params or _build.PARAMS[target])
-    return render(kernel, target)
+    from mlxtriton.codegen import schedule as _schedule
+
+    if schedule is None:
+        schedule = _schedule.default(region, _schedule.dialect_target(target))
+    return render(_build.build(region, schedule), target)

@@ -6,8 +6,9 @@ launch in ``mx.custom_function`` whose rules are MLX's own transformations of th
 and everything outside the regions (matmuls, fast ops) is differentiated by MLX as usual, from
 what its forward saved. Built once per cache entry; a call a transformation traces adds a few
 graph nodes per kernel (stop-gradients and one CustomTransforms node), no tracing; calls no
-transformation sees launch the kernels bare (runtime/compiled._tracing).
-May import every layer below the public API.
+transformation sees launch the kernels bare (runtime/compiled._tracing). The backward a
+region's rules call is handed in (runtime/compiled optimises it): this module never imports
+compiled. May import every layer below the public API.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import mlx.core as mx
 
@@ -25,12 +26,9 @@ from mlxtriton.graph.evaluate import run
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.graph.transforms import cse, dce, make_eqn, substitute
+from mlxtriton.trace import trace_call
 
 FUSED_BACKWARD_ENV = "MLXTRITON_FUSED_BACKWARD"
-
-# Whether a half-precision logsumexp's forward saves it in float32 for the backward
-# (`_logsumexp_in_float32`; benchmarks switch it off to measure what it saves).
-HALF_LOGSUMEXP_IN_FLOAT32 = True
 
 
 def fused_backward() -> bool:
@@ -227,15 +225,16 @@ def stop_shift_gradients(graph: Graph) -> Graph:
     return graph.replace(eqns=tuple(eqns))
 
 
-def differentiable(forward: Callable[..., list], source: Graph, backward_chip: Any = None) -> Callable[..., list]:
+def differentiable(forward: Callable[..., list], source: Graph,
+                   backward: Callable[..., list] | None = None) -> Callable[..., list]:
     """``forward`` (flat arrays -> list of arrays, computing ``source``'s outputs, e.g. one
     generated kernel) as an ``mx.custom_function`` whose VJP and JVP are MLX's of the ``source``
     graph evaluated with MLX ops.
 
     The forward must not put anything without a JVP rule on the path from its inputs to its
-    outputs unless it reads its inputs through `detached`. With ``backward_chip`` the VJP
-    function itself is optimised for that chip (`mlxtriton.optimize`: its regions become
-    generated kernels, themselves differentiable); without, it runs under ``mx.compile``.
+    outputs unless it reads its inputs through `detached`. ``backward`` runs `vjp_function`
+    ``(source)`` (the runtime passes it optimised: its regions become generated kernels,
+    themselves differentiable); without it, that function runs under ``mx.compile``.
 
     Example:
         >>> g = mlxtriton.trace(lambda x: mx.exp(x))(mx.ones(3))
@@ -249,12 +248,8 @@ def differentiable(forward: Callable[..., list], source: Graph, backward_chip: A
     # The backward recomputes the region's forward (nothing is saved from the kernel): a region
     # is memory-bound, and fused, the recomputation reads the inputs the VJP needs anyway
     # (softmax: x and the cotangent, against MLX's saved output and the cotangent).
-    if backward_chip is None:
+    if backward is None:
         backward = mx.compile(vjp_function(source))  # elementwise chains fuse under MLX's rules
-    else:
-        from mlxtriton.runtime.compiled import PIPELINE, Compiled  # compiled imports this module
-
-        backward = Compiled(vjp_function(source), frozenset(PIPELINE), chip=backward_chip)
 
     function = mx.custom_function(forward)
 
@@ -301,13 +296,10 @@ def saved_statistics(body: Graph, rows: int) -> SavedStatistics | None:
     backward and an extra output of the forward. Replacing a var by an equal value is exact, so
     the gradients do not change, only where the statistics come from.
     """
-    from mlxtriton.trace import trace_call  # the trace layer sits above graph, beside runtime
-
     full = max((math.prod(v.shape) for v in body.inputs), default=0)
     if rows <= 0 or rows >= full or not _inexact(body):
         return None
-    if HALF_LOGSUMEXP_IN_FLOAT32:
-        body = _logsumexp_in_float32(body)
+    body = _logsumexp_in_float32(body)
     # per-row values that depend on a reduction over the row
     stats: list[Var] = []
     reduced: set[Var] = set()
@@ -410,14 +402,11 @@ def _softmax_from_logsumexp(graph: Graph) -> Graph:
 
 
 def differentiable_saving(forward: Callable[..., list], source: Graph, plan: SavedStatistics,
-                          backward_chip: Any) -> Callable[..., list]:
+                          run_backward: Callable[..., list]) -> Callable[..., list]:
     """`differentiable` for a forward that also returns ``plan``'s statistics after ``source``'s
     outputs (the kernel of ``plan.forward``): the VJP reads them instead of recomputing them.
     The returned function gives ``source``'s outputs only."""
-    from mlxtriton.runtime.compiled import graph_function  # compiled imports this module
-
     n_out = len(source.outputs)
-    run_backward = graph_function(plan.backward, backward_chip)
 
     function = mx.custom_function(forward)
 

@@ -21,8 +21,8 @@ import mlx.core as mx
 
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError
-from mlxtriton.codegen.lowering import (cache_with_report, kernel_target, lower_fused,
-                                        row_fits_on_chip)
+from mlxtriton.codegen.lowering import (Chooser, cache_with_report, kernel_target, lower_fused,
+                                        rows_held)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
 from mlxtriton.fusion.collectives import collective_lines
@@ -35,8 +35,9 @@ from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.graph.transforms import replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.patterns.norms import decompose_norm
+from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
-                                        fused_backward, saved_statistics)
+                                        fused_backward, saved_statistics, vjp_function)
 from mlxtriton.runtime.launch import interpreting, launcher, unavailable
 from mlxtriton import state as state_lib
 from mlxtriton.state import function_roots
@@ -100,7 +101,7 @@ class Explanation:
                        f"{sum(is_fused(e) for e in s.graph.eqns)} fused regions")
             out += ["   " + line for line in s.lines]
         out.append(f"-- kernels ({len(self.kernels)}):")
-        out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; "
+        out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; schedule {k.origin}: "
                 f"{k.kernel.arg.describe() if k.kernel is not None else ''}" for k in self.kernels]
         return "\n".join(out)
 
@@ -131,13 +132,15 @@ class Lowered:
         return self.kernels[i]
 
 
-def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = None,
-               dialect: str | None = None, single_kernel: bool = False
-               ) -> tuple[Graph, list[StageReport]]:
+def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Target | None = None,
+               single_kernel: bool = False) -> tuple[Graph, list[StageReport]]:
     """Run the selected passes in pipeline order; each stage's graph and what it decided.
+    ``target``: the `hw.Target` resolved for the call (a chip name: for this machine's device);
+    ``kernels``: the `kernel_target` the cache stage shapes kernels for (default: the target's).
     ``single_kernel`` (`@kernel`): no reduction is split in two levels."""
     stages: list[StageReport] = []
-    target = hw.target(chip, device)
+    if not isinstance(target, hw.Target):
+        target = hw.target(target)
     for name in PIPELINE:
         if name not in passes:
             continue
@@ -152,7 +155,8 @@ def run_passes(graph: Graph, passes: frozenset[str], chip: Any, device: Any = No
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no region reads an input through movement ops"]))
         elif name == "cache":
-            graph, decisions = cache_with_report(graph, chip, device, dialect)
+            graph, decisions = cache_with_report(
+                graph, kernels or kernel_target(target.chip, target.device))
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no fused regions"]))
     return graph, stages
@@ -201,7 +205,7 @@ def _choosing(body: Callable, bare: Callable) -> Callable:
     return traced
 
 
-def _lower_region(e: Eqn, target: hw.Target, dialect: str | None):
+def _lower_region(e: Eqn, target: hw.Target, choose: Chooser | None = None):
     """`lower_fused`, except for a region over an empty array: nothing to compute, and MLX ops
     give the empty (or identity-filled) result at no cost where a kernel would be launched over
     an empty buffer, which MLX's CUDA backend does not survive.
@@ -212,7 +216,7 @@ def _lower_region(e: Eqn, target: hw.Target, dialect: str | None):
     empty = next((v for v in (*e.inputs, *e.outputs) if 0 in v.shape), None)
     if empty is not None:
         raise RegionError(f"an empty array ({empty.dtype}{list(empty.shape)}): nothing to compute")
-    return lower_fused(e, target, dialect)
+    return lower_fused(e, target, choose)
 
 
 class _Executable:
@@ -223,7 +227,8 @@ class _Executable:
     for its backward without them: what MLX's trace of a call no transformation sees replays.
     ``run`` is the two under one ``mx.compile``, each where it belongs."""
 
-    def __init__(self, graph: Graph, launch: bool, target: hw.Target, dialect: str | None):
+    def __init__(self, graph: Graph, launch: bool, target: hw.Target, choose: Chooser | None = None,
+                 autotune: bool | None = None):
         self.graph = graph
         steps: list[Step] = []
         bare_steps: list[Step] = []
@@ -231,7 +236,7 @@ class _Executable:
         for e in graph.eqns:
             if is_fused(e) and launch:
                 try:
-                    kernel, extra = _lower_region(e, target, dialect)
+                    kernel, extra = _lower_region(e, target, choose)
                     bare = launcher(kernel, extra)  # KernelUnavailable: fails on this GPU
                 except RegionError as err:
                     # A region codegen cannot write, or whose kernel this GPU cannot run, stays
@@ -243,14 +248,16 @@ class _Executable:
                     continue
                 # MLX has no derivative of a kernel: MLX's of the region's body stands in, so
                 # grad / vjp / jvp of the whole function work, matmuls untouched (runtime/autodiff)
-                launch_region = _saving_statistics(e, kernel, bare, target, dialect)
+                launch_region = _saving_statistics(e, kernel, bare, target, choose, autotune)
                 if launch_region is None:
                     # A pointwise region's backward is pointwise: mx.compile of MLX's VJP fuses it
                     # as well as a generated kernel would, and inside a compiled training step
                     # with its neighbours too (runtime/autodiff.fused_backward).
                     generated = fused_backward() and e.params["kind"] != "pointwise"
-                    launch_region = differentiable(detached(bare), body_of(e),
-                                                   target.chip if generated else None)
+                    backward = (Compiled(vjp_function(body_of(e)), frozenset(PIPELINE),
+                                         chip=target.chip, autotune=autotune)
+                                if generated else None)
+                    launch_region = differentiable(detached(bare), body_of(e), backward)
                 steps.append((launch_region, e.inputs, e.outputs))
                 bare_steps.append((bare, e.inputs, e.outputs))
             else:
@@ -294,17 +301,23 @@ def _runner(graph: Graph, steps: list[Step]) -> Callable[..., list]:
     return run
 
 
-def _executable(optimized: Graph, chip: Any, device) -> _Executable:
-    """An optimised graph made runnable on ``device``: kernels where the device launches them
-    (or the interpreter is asked for), MLX ops otherwise."""
-    target = hw.target(chip, device)
-    launch = target.can_launch or interpreting()
-    ktarget, dialect = kernel_target(chip, device) if launch else (target, None)
-    return _Executable(optimized, launch, ktarget, dialect)
+def _launches(target: hw.Target) -> bool:
+    """Whether generated kernels run for ``target``: on its GPU, or in the interpreter."""
+    return target.can_launch or interpreting()
+
+
+def _executable(optimized: Graph, target: hw.Target, autotune: bool | None = None) -> _Executable:
+    """An optimised graph made runnable on ``target``'s device: kernels where the device launches
+    them (or the interpreter is asked for), their schedules tuned there with ``autotune``
+    (`mlxtriton.runtime.tuner`), MLX ops otherwise."""
+    launch = _launches(target)
+    ktarget = kernel_target(target.chip, target.device) if launch else target
+    choose = tuner_lib.tuner().choose if launch and tuner_lib.enabled(autotune) else None
+    return _Executable(optimized, launch, ktarget, choose, autotune)
 
 
 def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw.Target,
-                       dialect: str) -> Callable | None:
+                       choose: Chooser | None, autotune: bool | None) -> Callable | None:
     """A differentiable launch of a row region whose forward saves its row statistics for a
     generated backward (runtime/autodiff.SavedStatistics), or None where that does not pay.
     The forward kernel then writes one value per row and statistic more.
@@ -318,7 +331,7 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw
     if not fused_backward():
         return None
     body = body_of(e)
-    resident = row_fits_on_chip(kernel, target)
+    resident = rows_held(e, target)
     switch = SAVE_RESIDENT_STATISTICS
     if resident and (kernel.kernel.arg.kind != "row" or switch is False or (
             switch is None and "LogSumExp" not in body.primitive_counts())):
@@ -332,10 +345,11 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw
         saving = Eqn(e.primitive, e.inputs, (*e.outputs, *(Var(v.shape, v.dtype) for v in extra_outputs)),
                      e.params.set(body=plan.forward))
         try:
-            forward = launcher(*lower_fused(saving, target, dialect))
+            forward = launcher(*lower_fused(saving, target, choose))
         except RegionError:
             return None
-    return differentiable_saving(detached(forward), body, plan, target.chip)
+    backward = graph_function(plan.backward, target.chip, autotune)
+    return differentiable_saving(detached(forward), body, plan, backward)
 
 
 def _resident_saves_statistics(plan: SavedStatistics) -> bool:
@@ -356,7 +370,7 @@ def _resident_saves_statistics(plan: SavedStatistics) -> bool:
     return any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
 
 
-def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
+def graph_function(graph: Graph, chip: Any, autotune: bool | None = None) -> Callable[..., list]:
     """``graph`` (fixed shapes, flat inputs -> flat outputs) optimised for ``chip`` and made
     runnable, without tracing anything: the backward of a region whose forward saved its
     statistics (runtime/autodiff) is a graph already. Built on the first call, for its device."""
@@ -366,8 +380,9 @@ def graph_function(graph: Graph, chip: Any) -> Callable[..., list]:
         device = mx.default_device()
         executable = built.get(device.type)
         if executable is None:
-            optimized, _ = run_passes(graph, frozenset(PIPELINE), chip, device)
-            executable = built[device.type] = _executable(optimized, chip, device)
+            target = hw.target(chip, device)
+            optimized, _ = run_passes(graph, frozenset(PIPELINE), target)
+            executable = built[device.type] = _executable(optimized, target, autotune)
         return executable.run(*flat)
 
     return call
@@ -454,11 +469,12 @@ class Compiled:
 
     def __init__(self, fn: Callable, passes: frozenset[str], chip: Any = "auto",
                  static_argnums=(), static_argnames=(), single_kernel: bool = False,
-                 cache_size: int = DEFAULT_CACHE_SIZE):
+                 cache_size: int = DEFAULT_CACHE_SIZE, autotune: bool | None = None):
         if isinstance(fn, Compiled):  # combinators compose: union of passes, innermost function
             passes = passes | fn.passes
             chip = fn.chip if chip == "auto" else chip
             single_kernel = single_kernel or fn.single_kernel
+            autotune = fn.autotune if autotune is None else autotune
             static_argnums, static_argnames = fn._static_argnums, fn._static_argnames
             fn = fn.fn
         if not callable(fn):
@@ -471,6 +487,8 @@ class Compiled:
             raise ValueError(f"unknown passes {sorted(unknown)}; the pipeline is {PIPELINE}")
         self.chip = chip
         hw.resolve(chip)  # an unknown chip name fails here, listing the known ones
+        # tune each kernel's schedule on the device (None: MLXTRITON_AUTOTUNE decides per build)
+        self.autotune = autotune
         self.single_kernel = single_kernel
         if not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be a positive int, got {cache_size!r}")
@@ -658,15 +676,15 @@ class Compiled:
         return self._trace_call(args, kwargs).graph
 
     def _build(self, graph: Graph, device) -> _Executable:
+        target = hw.target(self.chip, device)  # resolved once for this call signature
         passes = self.passes
-        if not (hw.target(self.chip, device).can_launch or interpreting()):
+        if not _launches(target):
             # Regions run as MLX ops here: the schedules the cache stage chooses would go unused.
             passes = passes - {"cache"}
-        optimized, _ = run_passes(graph, passes, self.chip, device,
-                                  single_kernel=self.single_kernel)
+        optimized, _ = run_passes(graph, passes, target, single_kernel=self.single_kernel)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
-        executable = _executable(optimized, self.chip, device)
+        executable = _executable(optimized, target, self.autotune)
         if self.single_kernel and executable.fallbacks:
             raise SingleKernelError(f"cannot be one kernel: {executable.fallbacks[0][1]}")
         return executable
@@ -884,20 +902,28 @@ class Traced:
     @cached_property
     def graph(self) -> Graph:
         c = self._compiled
-        return run_passes(self.source, c.passes, c.chip, single_kernel=c.single_kernel)[0]
+        return run_passes(self.source, c.passes, hw.target(c.chip), single_kernel=c.single_kernel)[0]
 
     def _for(self, target: str | None) -> tuple:
-        """(kernel target, dialect, optimised graph, stage reports) for ``target``."""
+        """(kernel target, optimised graph, stage reports) for ``target`` ("metal" or "cuda")."""
         found = self._targets.get(target)
         if found is None:
             c = self._compiled
-            ktarget, dialect = kernel_target(c.chip, None, target)
-            optimized, stages = run_passes(self.source, c.passes, c.chip, ktarget.device, dialect,
-                                           c.single_kernel)
+            ktarget = kernel_target(c.chip, None, target)
+            optimized, stages = run_passes(self.source, c.passes, hw.target(c.chip, ktarget.device),
+                                           ktarget, c.single_kernel)
             if c.single_kernel:
                 check_single_kernel(self.source, optimized, c.passes, c.chip)
-            found = self._targets[target] = (ktarget, dialect, optimized, stages)
+            found = self._targets[target] = (ktarget, optimized, stages)
         return found
+
+    def _choose(self, ktarget: hw.Target) -> Chooser | None:
+        """With autotune, a schedule an earlier tuning on this device cached (nothing is timed
+        while inspecting)."""
+        c = self._compiled
+        here = hw.target(c.chip)
+        built_here = _launches(here) and ktarget == kernel_target(here.chip, here.device)
+        return tuner_lib.tuner().lookup if built_here and tuner_lib.enabled(c.autotune) else None
 
     def lower(self, target: str | None = None) -> Lowered:
         """The kernels a call would launch, for ``target``. Works on any host.
@@ -905,28 +931,28 @@ class Traced:
         Raises:
             SingleKernelError: for a ``@kernel`` function that is not exactly one kernel.
         """
-        ktarget, dialect, optimized, _ = self._for(target)
+        ktarget, optimized, _ = self._for(target)
         kernels, fallbacks = [], []
         for e in optimized.eqns:
             if not is_fused(e):
                 continue
             try:
-                kernels.append(_lower_region(e, ktarget, dialect)[0])
+                kernels.append(_lower_region(e, ktarget, self._choose(ktarget))[0])
             except RegionError as err:
                 if self._compiled.single_kernel:
                     raise SingleKernelError(f"cannot be one kernel: {err}") from err
                 fallbacks.append((e.params["name"], str(err)))
-        return Lowered(dialect, optimized, tuple(kernels), tuple(fallbacks))
+        return Lowered(ktarget.device.backend, optimized, tuple(kernels), tuple(fallbacks))
 
     def explain(self, target: str | None = None) -> Explanation:
         """What each stage decided for ``target`` and, for what did not fuse, why."""
-        ktarget, dialect, optimized, stages = self._for(target)
+        ktarget, optimized, stages = self._for(target)
         stages = [replace(st, lines=list(st.lines)) for st in stages]
         kernels = []
         for e in optimized.eqns:
             if is_fused(e):
                 try:
-                    kernels.append(_lower_region(e, ktarget, dialect)[0])
+                    kernels.append(_lower_region(e, ktarget, self._choose(ktarget))[0])
                 except RegionError as err:
                     stages[-1].lines.append(f"{e.params['name']} cannot be generated: {err}")
                     continue

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import mlxtriton
-from mlxtriton.codegen import build, chip_params, interpret, lower
+from mlxtriton.codegen import interpret, lower
+from tests.codegen.targets import built
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.fusion import fuse, layout
 from mlxtriton.graph import dtypes
@@ -76,7 +77,7 @@ def test_fused_regions_become_one_kernel_each(name, dtype):
             body = eqn.params["body"]
             outs = run(body, ins, _mlx_rules())  # MLX on the CPU: the reference
             region, extra = region_from_graph(body, eqn.params["name"])
-            kernel = build(region, chip_params("h200"))
+            kernel = built(region, "h200")
             got = interpret(kernel, [dtypes.to_numpy(a) for a in list(ins) + list(extra)])
             for g, w, v in zip(got, outs, eqn.outputs):
                 oracle.assert_close(g, dtypes.to_numpy(w), v.dtype, scale=4.0)
@@ -89,11 +90,11 @@ def test_fused_regions_become_one_kernel_each(name, dtype):
     mx.eval([env[v] for v in graph.outputs])
 
 
-def test_rows_at_the_most_threads_keep_at_most_half_again_their_data(monkeypatch):
+def test_rows_at_the_most_threads_keep_at_most_half_again_their_data():
     # 1024 threads over rows of 32768 (H200): a float32 thread holds 32 registers of x, and
     # keeping the gate's sigmoid (32 more) would take all 64 it has; bfloat16 x takes 16, so
     # its softmax keeps the exponentials for the write pass
-    from mlxtriton.codegen import builder
+    from tests.codegen.targets import tuned
 
     x, w = _x(256, 32768), _x(32768, seed=1)
 
@@ -109,8 +110,8 @@ def test_rows_at_the_most_threads_keep_at_most_half_again_their_data(monkeypatch
     assert (row.threads_per_row, row.elements_per_thread, row.kept) == (1024, 32, 0)
     (soft,) = schedules(lambda x: mx.softmax(x, axis=-1), x.astype(mx.bfloat16))
     assert (soft.threads_per_row, soft.kept) == (1024, 1)
-    monkeypatch.setattr(builder, "CAP_KEPT_AT_WIDEST", False)  # before: the whole register file
-    assert schedules(gate_backward, x, w, x, x)[0].kept == 1
+    with tuned("sm_90", cap_kept_at_widest=False):  # the whole register file
+        assert schedules(gate_backward, x, w, x, x)[0].kept == 1
 
 
 def test_rows_holding_more_than_two_threadgroups_leave_take_twice_the_threads():

@@ -9,26 +9,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.codegen import codegen_oracle as oracle
-from mlxtriton.codegen.builder import CUDA_PARAMS, METAL_PARAMS, ScheduleParams, build
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import kernel_params
 from mlxtriton.codegen.region import Input, Region, RegionBuilder, op
 
-# Several "chips": the two targets, and a tiny one whose on-chip budget is exceeded by rows of a
-# few hundred elements, so streaming schedules run in every test.
-CHIPS = {
-    "metal": METAL_PARAMS,
-    "cuda": CUDA_PARAMS,
-    "tiny": ScheduleParams(max_threads_per_group=64, pointwise_threads=64, group_threads=64,
-                           max_vector_lanes=2, vector_bytes=8, pointwise_vector_bytes=8,
-                           short_row_limit=64, resident_registers=4),
-}
+from tests.codegen.targets import TARGETS, built
+
+# The chips: the two targets, and a tiny one whose kernels stream their rows (tests/codegen/targets.py)
+CHIPS = sorted(TARGETS)
 FLOATS = ("float32", "float16", "bfloat16")
 
 
-def run_and_compare(region: Region, params: ScheduleParams, seed: int = 0, scale: float = 1.0):
+def run_and_compare(region: Region, chip: str, seed: int = 0, scale: float = 1.0):
     inputs = oracle.random_inputs(region, seed)
-    kernel = build(region, params)
+    kernel = built(region, chip)
     got = interpret(kernel, inputs)
     want = oracle.evaluate(region, inputs)
     outputs = [p for p in kernel_params(kernel) if p.role == "output"]
@@ -37,12 +31,12 @@ def run_and_compare(region: Region, params: ScheduleParams, seed: int = 0, scale
     return kernel
 
 
-@pytest.mark.parametrize("chip", sorted(CHIPS))
+@pytest.mark.parametrize("chip", CHIPS)
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("family", sorted(oracle.FAMILIES))
 def test_family_matches_oracle(family, dtype, chip):
     shape = (24, 4, 5) if family == "pointwise" else ((300, 7) if family == "colsum" else (7, 300))
-    run_and_compare(oracle.FAMILIES[family](shape=shape, dtype=dtype), CHIPS[chip])
+    run_and_compare(oracle.FAMILIES[family](shape=shape, dtype=dtype), chip)
 
 
 # Row lengths: one element, below/at/above a SIMD width, not a multiple of any threadgroup,
@@ -55,20 +49,20 @@ ROW_FAMILIES = ("softmax", "logsoftmax", "layernorm", "rmsnorm", "rmsnormgate", 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(ROW_FAMILIES), rows=st.integers(1, 5), length=LENGTHS,
-       dtype=st.sampled_from(FLOATS), chip=st.sampled_from(sorted(CHIPS)),
+       dtype=st.sampled_from(FLOATS), chip=st.sampled_from(CHIPS),
        seed=st.integers(0, 2**16))
 def test_row_kernels_any_length(family, rows, length, dtype, chip, seed):
     shape = (length, rows) if family == "colsum" else (rows, length)
-    run_and_compare(oracle.FAMILIES[family](shape=shape, dtype=dtype), CHIPS[chip], seed)
+    run_and_compare(oracle.FAMILIES[family](shape=shape, dtype=dtype), chip, seed)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.sampled_from([2, 6, 8, 24, 40]), length=LENGTHS, dtype=st.sampled_from(FLOATS),
-       chip=st.sampled_from(sorted(CHIPS)), seed=st.integers(0, 2**16))
+       chip=st.sampled_from(CHIPS), seed=st.integers(0, 2**16))
 def test_block_column_sums_any_shape(rows, length, dtype, chip, seed):
     # threadgroups walking blocks of 2-8 rows, each keeping its columns' partial sums
     region = oracle.FAMILIES["rmsnormgrad"](shape=(rows, length), dtype=dtype)
-    kernel = run_and_compare(region, CHIPS[chip], seed)
+    kernel = run_and_compare(region, chip, seed)
     s = kernel.arg
     assert s.rows_per_block == max(n for n in (8, 4, 2, 1) if rows % n == 0) > 1
     assert s.rows_per_group == 1 and s.threads_per_row >= s.simd_width
@@ -112,7 +106,7 @@ def relayout(region: Region, k: int, kind: str) -> tuple[Region, callable]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(ROW_FAMILIES + ("pointwise",)), rows=st.integers(1, 4),
        length=LENGTHS, kind=st.sampled_from(["transposed", "strided"]),
-       dtype=st.sampled_from(FLOATS), chip=st.sampled_from(sorted(CHIPS)), seed=st.integers(0, 99))
+       dtype=st.sampled_from(FLOATS), chip=st.sampled_from(CHIPS), seed=st.integers(0, 99))
 def test_non_contiguous_inputs(family, rows, length, kind, dtype, chip, seed):
     if family == "pointwise":
         shape = (rows, 3, length)
@@ -124,7 +118,7 @@ def test_non_contiguous_inputs(family, rows, length, kind, dtype, chip, seed):
     logical = oracle.random_inputs(base, seed)
     region, to_stored = relayout(base, 0, kind)
     stored = [to_stored(logical[0])] + logical[1:]
-    got = interpret(build(region, CHIPS[chip]), stored)
+    got = interpret(built(region, chip), stored)
     want = oracle.evaluate(base, logical)
     for g, w in zip(got, want):
         oracle.assert_close(g, w, dtype)
@@ -157,11 +151,11 @@ def pointwise_programs(draw):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(program=pointwise_programs(), chip=st.sampled_from(sorted(CHIPS)), seed=st.integers(0, 99))
+@given(program=pointwise_programs(), chip=st.sampled_from(CHIPS), seed=st.integers(0, 99))
 def test_random_pointwise_programs(program, chip, seed):
     region, dtype = program
     inputs = oracle.random_inputs(region, seed, scale=1.0)
-    got = interpret(build(region, CHIPS[chip]), inputs)
+    got = interpret(built(region, chip), inputs)
     want = oracle.evaluate(region, inputs)
     for g, w in zip(got, want):
         oracle.assert_close(g, w, dtype, scale=4.0)

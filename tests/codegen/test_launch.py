@@ -10,7 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxtriton.codegen.builder import chip_params
+from mlxtriton.codegen.schedule import default
+from tests.codegen.targets import built, target as target_of
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import LoweredKernel, render
@@ -68,8 +69,7 @@ def launch(kernel: LoweredKernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _check(target: str, name: str, region) -> None:
-    chip = "h200" if target == "cuda" else "auto"
-    kernel = render(build(region, chip_params(chip)), target)
+    kernel = render(built(region, "h200" if target == "cuda" else "m3"), target)
     inputs = oracle.random_inputs(region, seed=len(name))
     want = interpret(kernel.kernel, inputs)
     got = launch(kernel, inputs)
@@ -108,7 +108,7 @@ def test_cuda_online_rows_keep_special_values(family, L):
     # The online max-and-sum rescales once per vector on hardware; the interpreter follows the
     # kernel IR's semantics (MLX's): the two agree on infinities and NaN too.
     region = oracle.FAMILIES[family](shape=(4, L), dtype="float32")
-    kernel = render(build(region, chip_params("h200")), "cuda")
+    kernel = render(built(region, "h200"), "cuda")
     inputs = oracle.random_inputs(region, seed=3)
     inputs[0] = _special_rows((4, L))
     want = interpret(kernel.kernel, inputs)
@@ -126,13 +126,10 @@ def test_cuda_declared_launch_bound_reaches_nvrtc():
     ("too many resources requested for launch"); with it NVRTC spills and the kernel runs."""
     import dataclasses
 
-    h200 = chip_params("h200")
     region = oracle.softmax(shape=(4, 65536))
-
-    def params(itemsize, length):
-        return dataclasses.replace(h200(itemsize, length), max_resident_registers=64)
-
-    kernel = render(build(region, params), "cuda")
+    held = dataclasses.replace(default(region, target_of("h200")), threads_per_row=1024,
+                               registers=("x",), staged=(), launch_bound=1024)
+    kernel = render(build(region, held), "cuda")
     s = kernel.kernel.arg
     assert (s.threads_per_row, s.on_chip, s.launch_bound) == (1024, "registers", 1024)
     inputs = oracle.random_inputs(region, seed=5)
@@ -142,19 +139,21 @@ def test_cuda_declared_launch_bound_reaches_nvrtc():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", ["gated-16x16384", "gated-bf16-8x16384", "rmsnormgrad-forced-16x4096"])
-def test_cuda_block_sums_in_threadgroup_memory(case, monkeypatch):
+def test_cuda_block_sums_in_threadgroup_memory(case):
     """Block column sums held in threadgroup memory (the rule picks it for a 1024-thread kernel
-    that keeps computed values; forced here for one that does not) add up as in registers."""
-    from mlxtriton.codegen import builder
+    that keeps computed values; asked for here for one that does not) add up as in registers."""
+    import dataclasses
 
     if case == "gated-16x16384":
         region = oracle.gated_block_sum(shape=(16, 16384))
     elif case == "gated-bf16-8x16384":
         region = oracle.gated_block_sum(shape=(8, 16384), dtype="bfloat16")
     else:
-        monkeypatch.setattr(builder, "BLOCK_SUMS_SHARED", True)
         region = oracle.FAMILIES["rmsnormgrad"](shape=(16, 4096), dtype="bfloat16")
-    kernel = render(build(region, chip_params("h200")), "cuda")
+    chosen = default(region, target_of("h200"))
+    if case.endswith("forced-16x4096"):
+        chosen = dataclasses.replace(chosen, block_sums_shared=True)
+    kernel = render(build(region, chosen), "cuda")
     assert kernel.kernel.arg.block_sums_shared
     inputs = oracle.random_inputs(region, seed=11)
     for g, w, d in zip(launch(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
@@ -170,7 +169,7 @@ def test_cuda_max_and_min_propagate_nan_from_either_side(dtype):
     x, y = b.input((6, 300), dtype, "x"), b.input((6, 300), dtype, "y")
     region = b.build([b.op("Maximum", x, y), b.op("Minimum", x, y),
                       b.op("Reduce", x, kind="max", axes=(1,)), b.op("Reduce", y, kind="min", axes=(1,))])
-    kernel = render(build(region, chip_params("h200")), "cuda")
+    kernel = render(built(region, "h200"), "cuda")
     assert "max.NaN.f32" in kernel.header
     inputs = oracle.random_inputs(region, seed=11)
     inputs[0][1, 7] = inputs[0][4, 299] = np.nan

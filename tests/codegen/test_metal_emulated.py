@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlxtriton.codegen import builder, dialects
-from mlxtriton.codegen.builder import ScheduleParams, build, chip_params
+from mlxtriton.codegen import dialects
+from mlxtriton.codegen.builder import build
+from mlxtriton.codegen.schedule import candidates, default, kernel_target
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import LoweredKernel, render
@@ -27,14 +28,19 @@ from tests.codegen import codegen_oracle as oracle
 from tests.codegen import test_ops_mlx as ops_mlx
 from tests.codegen.test_checks import _extra_regions
 from tests.codegen.test_golden import CASES as GOLDEN_CASES
-from tests.codegen.test_interpret import CHIPS, LENGTHS, ROW_FAMILIES
+from tests.codegen.targets import built, target
+from tests.codegen.test_interpret import LENGTHS, ROW_FAMILIES
 from tests.codegen.test_launch import CASES as DEVICE_CASES
 from tests.codegen.test_launch import _special_rows
 
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
-# What a host without a GPU renders Metal for (codegen.lowering.DEFAULT_CHIP)
-PARAMS = chip_params("m3")
+
+
+def metal(region) -> LoweredKernel:
+    """The Metal kernel a host without a GPU renders (codegen.schedule.DEFAULT_CHIP: an M3)."""
+    return render(built(region, "metal"), "metal")
+
 
 CASES = dict(DEVICE_CASES)
 CASES.update((f"extra-{n}", r) for n, r in _extra_regions())
@@ -70,9 +76,9 @@ def check(kernel: LoweredKernel, region, inputs: list[np.ndarray], nan_positions
 @pytest.fixture(scope="module")
 def kernels() -> dict[str, LoweredKernel]:
     """Every kernel of this module, compiled at once (one translation unit per processor)."""
-    out = {f"case-{n}": render(build(r, PARAMS), "metal") for n, r in CASES.items()}
-    out.update((f"special-{n}", render(build(r, PARAMS), "metal")) for n, r in SPECIAL.items())
-    out.update((f"golden-{n}", render(build(make(), builder.PARAMS["metal"]), "metal"))
+    out = {f"case-{n}": metal(r) for n, r in CASES.items()}
+    out.update((f"special-{n}", metal(r)) for n, r in SPECIAL.items())
+    out.update((f"golden-{n}", metal(make()))
                for n, make in GOLDEN.items())
     emulator.prepare(list(out.values()))
     return out
@@ -113,12 +119,12 @@ def test_golden_kernel_runs_as_metal(name, kernels):
     oracle.assert_close(got[groups], want, "float32", scale=4.0)
 
 
-def test_block_sums_kept_in_threadgroup_memory_run_as_metal(monkeypatch):
+def test_block_sums_kept_in_threadgroup_memory_run_as_metal():
     # each thread's own slots of a threadgroup array, read back after the block's rows
-    monkeypatch.setattr(builder, "BLOCK_SUMS_SHARED", True)
     for region in (oracle.rms_norm_grad(shape=(24, 700), dtype="float16"),
                    oracle.gated_block_sum(shape=(16, 4096))):
-        kernel = render(build(region, PARAMS), "metal")
+        chosen = dataclasses.replace(default(region, target("metal")), block_sums_shared=True)
+        kernel = render(build(region, chosen), "metal")
         assert kernel.kernel.arg.block_sums_shared
         check(kernel, region, oracle.random_inputs(region, seed=2))
 
@@ -130,21 +136,18 @@ def test_an_integer_division_by_zero_is_reported():
     inputs = oracle.random_inputs(region, seed=0)
     inputs[1][5] = 0
     with pytest.raises(MetalEmulatorError, match="integer division by zero"):
-        emulator.run(render(build(region, PARAMS), "metal"), inputs)
-
-
-_HYPOTHESIS_CHIPS = {"m1": chip_params("m1"), "m3": PARAMS, "m5": chip_params("m5"), "tiny": CHIPS["tiny"]}
+        emulator.run(metal(region), inputs)
 
 
 @settings(max_examples=12, deadline=None)
 @given(family=st.sampled_from(ROW_FAMILIES), rows=st.integers(1, 5), length=LENGTHS,
        dtype=st.sampled_from(("float32", "float16", "bfloat16")),
-       chip=st.sampled_from(sorted(_HYPOTHESIS_CHIPS)), seed=st.integers(0, 2**16))
-def test_row_kernels_of_any_length_run_as_metal(family, rows, length, dtype, chip, seed):
+       chip=st.sampled_from(["m1", "m3", "m5", "tiny"]), seed=st.integers(0, 2**16), data=st.data())
+def test_row_kernels_of_any_length_and_schedule_run_as_metal(family, rows, length, dtype, chip, seed, data):
     shape = (length, rows) if family == "colsum" else (rows, length)
     region = oracle.FAMILIES[family](shape=shape, dtype=dtype)
-    check(render(build(region, _HYPOTHESIS_CHIPS[chip]), "metal"), region,
-          oracle.random_inputs(region, seed))
+    chosen = data.draw(st.sampled_from(candidates(region, target(chip))))
+    check(render(build(region, chosen), "metal"), region, oracle.random_inputs(region, seed))
 
 
 # -- planted bugs: the checks above fail on a broken Metal rendering -----------------------------
@@ -175,8 +178,8 @@ PLANTED = {
 def test_a_planted_bug_in_the_metal_dialect_is_caught(why):
     broken, region, message = PLANTED[why]
     inputs = oracle.random_inputs(region, seed=4)
-    check(render(build(region, PARAMS), "metal"), region, inputs)  # the real dialect passes
-    kernel = render(build(region, PARAMS), broken)
+    check(metal(region), region, inputs)  # the real dialect passes
+    kernel = render(built(region, "metal"), broken)
     if message is None:
         with pytest.raises(AssertionError):
             check(kernel, region, inputs)
@@ -200,11 +203,11 @@ OPS = [(f"{prim}{''.join(map(str, params.values()))}-{dtype}", prim, params, ari
 
 @pytest.fixture(scope="module")
 def op_kernels() -> dict[str, LoweredKernel]:
-    out = {name: render(build(_op_region(prim, params, arity, dtype), PARAMS), "metal")
+    out = {name: metal(_op_region(prim, params, arity, dtype))
            for name, prim, params, arity, dtype, _ in OPS}
-    out.update((f"reduce-{kind}-{streamed}", render(build(ops_mlx._reduction_region(kind), ScheduleParams(
-        resident_registers=0) if streamed else PARAMS), "metal"))
-        for kind, _ in ops_mlx.REDUCTIONS for streamed in (False, True))
+    out.update((f"reduce-{kind}-{streamed}", render(built(ops_mlx._reduction_region(kind),
+                                                          "tiny" if streamed else "metal"), "metal"))
+               for kind, _ in ops_mlx.REDUCTIONS for streamed in (False, True))
     emulator.prepare(list(out.values()))
     return out
 
@@ -229,7 +232,8 @@ def test_reduction_special_values_as_metal_match_mlx(kind, ref, streamed, op_ker
 
 @pytest.fixture(scope="module")
 def gpu_kernels() -> dict[str, LoweredKernel]:
-    out = {n: render(build(r, chip_params("auto")), "metal") for n, r in CASES.items()}
+    here = kernel_target("auto")
+    out = {n: render(build(r, default(r, here)), "metal") for n, r in CASES.items()}
     emulator.prepare(list(out.values()))
     return out
 

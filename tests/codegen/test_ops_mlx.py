@@ -11,11 +11,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxtriton.codegen.builder import CUDA_PARAMS, RegionError, build
+from mlxtriton.codegen.builder import RegionError
 from mlxtriton.codegen.interpret import interpret, numpy_dtype
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import lower
 from mlxtriton.graph import dtypes
+from tests.codegen.targets import built
 
 F, I, B = ("float32",), ("int32",), ("bool",)
 
@@ -118,7 +119,7 @@ def operands(prim: str, arity: int, dtype: str, params: dict | None = None) -> l
 def _interpreted(prim: str, params: dict, args: list[np.ndarray], dtype: str) -> np.ndarray:
     b = RegionBuilder(prim)
     xs = [b.input(a.shape, dtype, f"a{k}") for k, a in enumerate(args)]
-    (got,) = interpret(build(b.build([b.op(prim, *xs, **params)]), CUDA_PARAMS), args)
+    (got,) = interpret(built(b.build([b.op(prim, *xs, **params)]), "cuda"), args)
     return got
 
 
@@ -190,7 +191,7 @@ def test_op_with_a_constant_operand_matches_mlx(prim, params, arity, dts, ref):
             xi = b.input(x.shape, dtype, "x")
             k = b.constant(c, dtype)
             y = b.op(prim, *((k, xi) if constant_first else (xi, k)), **params)
-            (got,) = interpret(build(b.build([y]), CUDA_PARAMS), [x])
+            (got,) = interpret(built(b.build([y]), "cuda"), [x])
             ca = mx.array(np.array(c, numpy_dtype(dtype)))
             want = from_mx(ref(*((ca, mx.array(x)) if constant_first else (mx.array(x), ca))))
             keep = np.ones(x.shape, bool)
@@ -236,11 +237,11 @@ def test_bitwise_refuses_floats():
     b = RegionBuilder("bits")
     x = b.input((4,), "float32", "x")
     with pytest.raises(RegionError, match="needs integer or bool inputs"):
-        build(b.build([b.op("BitwiseBinary", x, x, op="and")]), CUDA_PARAMS)
+        built(b.build([b.op("BitwiseBinary", x, x, op="and")]), "cuda")
     b = RegionBuilder("bits")
     x = b.input((4,), "bool", "x")
     with pytest.raises(RegionError, match="not defined on bool"):
-        build(b.build([b.op("BitwiseBinary", x, x, op="left_shift")]), CUDA_PARAMS)
+        built(b.build([b.op("BitwiseBinary", x, x, op="left_shift")]), "cuda")
 
 
 def test_where_keeps_special_values():
@@ -249,7 +250,7 @@ def test_where_keeps_special_values():
     b = RegionBuilder("where")
     c, x, y = b.input(cond.shape, "bool", "c"), b.input(values.shape, "float32", "x"), \
         b.input(values.shape, "float32", "y")
-    (got,) = interpret(build(b.build([b.op("Select", c, x, y)]), CUDA_PARAMS),
+    (got,) = interpret(built(b.build([b.op("Select", c, x, y)]), "cuda"),
                        [cond, values, values[::-1].copy()])
     want = np.array(mx.where(mx.array(cond), mx.array(values), mx.array(values[::-1].copy())))
     assert_matches(got, want, True, "Select")
@@ -342,10 +343,7 @@ def _reduction_region(kind: str):
 def test_reduction_special_values_match_mlx(kind, ref, streamed):
     """NaN and infinities through reductions: MLX's results (argmax takes the first NaN,
     logsumexp of an all -inf row is -inf, softmax of it NaN), in register and streamed rows."""
-    from mlxtriton.codegen.builder import ScheduleParams
-
-    params = ScheduleParams(resident_registers=0) if streamed else CUDA_PARAMS
-    (got,) = interpret(build(_reduction_region(kind), params), [_ROWS])
+    (got,) = interpret(built(_reduction_region(kind), "tiny" if streamed else "cuda"), [_ROWS])
     want = np.array(ref(mx.array(_ROWS)))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, equal_nan=True)
 
@@ -376,16 +374,14 @@ def truth_rows(dtype: str, length: int, seed: int = 0) -> np.ndarray:
 def test_all_and_any_take_each_elements_truth(dtype, length):
     """mx.all / mx.any: an element is true when nonzero (0.5 and NaN are, -0.0 is not), combined
     logically, in register rows, streamed rows and across threads (kernel_ir.REDUCE_KINDS)."""
-    from mlxtriton.codegen.builder import METAL_PARAMS, ScheduleParams
-
     x = truth_rows(dtype, length)
     for kind, ref in (("and", mx.all), ("or", mx.any)):
         b = RegionBuilder(kind)
         y = b.op("Squeeze", b.op("Reduce", b.input(x.shape, dtype, "x"), kind=kind, axes=(1,)),
                  axes=(1,))
         want = from_mx(ref(to_mx(x, dtype), axis=1))
-        for params in (CUDA_PARAMS, METAL_PARAMS, ScheduleParams(resident_registers=0)):
-            (got,) = interpret(build(b.build([y]), params), [x])
+        for chip in ("cuda", "metal", "tiny"):  # tiny: the rows streamed
+            (got,) = interpret(built(b.build([y]), chip), [x])
             assert_matches(got, want, True, f"{kind} over {dtype} rows of {length}")
 
 
@@ -417,13 +413,13 @@ def test_bool_and_int_reductions_match_mlx():
         b = RegionBuilder(kind)
         y = b.op("Squeeze", b.op("Reduce", b.input(x.shape, "bool", "x"), kind=kind, axes=(1,)),
                  axes=(1,))
-        (got,) = interpret(build(b.build([y])), [x])
+        (got,) = interpret(built(b.build([y]), "cuda"), [x])
         want = np.array(ref(mx.array(x), axis=1))
         assert got.dtype == want.dtype and np.array_equal(got, want), kind
     xi = rng.integers(-50, 50, (4, 9)).astype(np.int8)
     b = RegionBuilder("isum")
     y = b.op("Squeeze", b.op("Reduce", b.input(xi.shape, "int8", "x"), kind="sum", axes=(1,)),
              axes=(1,))
-    (got,) = interpret(build(b.build([y])), [xi])
+    (got,) = interpret(built(b.build([y]), "cuda"), [xi])
     np.testing.assert_array_equal(got, np.array(mx.sum(mx.array(xi), axis=1)))
     assert dtypes.itemsize("int8") == 1

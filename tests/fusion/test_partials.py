@@ -75,8 +75,7 @@ def test_weight_gradients_move_into_the_row_kernel(family, shape, dtype):
     for graph in (fused, layout(fused)):
         _close([mx.array(np.asarray(w)) for w in want], evaluate(graph, *call), tol)
     # the kernel: one threadgroup per block, walking its 16 rows
-    target, dialect = kernel_target("m3", dialect="metal")
-    kernel, _ = lower_fused(row, target, dialect)
+    kernel, _ = lower_fused(row, kernel_target("m3", dialect="metal"))
     s = kernel.kernel.arg
     assert (s.rows_per_block, s.rows_per_group, s.grid // s.threadgroup_size) == (16, 1, 32)
     assert "column sums kept per block" in s.describe()

@@ -1,0 +1,229 @@
+"""The autotuner (runtime/tuner.py) on a machine without a GPU: its search with a fake timer, its
+on-disk cache across processes and MLX versions, and the whole path with the NumPy interpreter
+as the device."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import mlx.core as mx
+import pytest
+
+import mlxtriton
+from mlxtriton import hw
+from mlxtriton.codegen.schedule import candidates, default
+from mlxtriton.runtime import tuner as tuner_lib
+from tests.codegen import codegen_oracle as oracle
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+H200 = hw.target("h200")
+
+
+class FavourThreads:
+    """A fake device on which a row kernel is fastest at ``best`` threads per row."""
+
+    device = "fake-gpu"
+
+    def __init__(self, best: int = 64, fail: int | None = None):
+        self.best, self.fail, self.calls = best, fail, 0
+
+    def time(self, kernel):
+        self.calls += 1
+        threads = kernel.kernel.arg.threads_per_row
+        if threads == self.fail:
+            raise RuntimeError("too many resources requested for launch")
+        return 1e-3 * (1 + abs(threads.bit_length() - self.best.bit_length()))
+
+
+def _tuner(tmp_path, timer=None, **kw) -> tuner_lib.Tuner:
+    return tuner_lib.Tuner(timer or FavourThreads(), tuner_lib.ScheduleCache(tmp_path), progress=False, **kw)
+
+
+def test_the_search_finds_what_the_device_favours(tmp_path):
+    region = oracle.softmax(shape=(64, 4096))
+    start = default(region, H200)
+    assert start.threads_per_row != 64
+    result = _tuner(tmp_path).tune(region, H200)
+    assert result.default == start and result.best.threads_per_row == 64
+    assert result.seconds < result.default_seconds and result.speedup > 1
+    assert set(result.timed) <= set(candidates(region, H200))
+    # one choice at a time, each step one axis from the last best
+    assert all(tuner_lib.distance(s, start) >= 1 for s in result.timed if s != start)
+
+
+def test_the_default_stays_unless_something_beats_it(tmp_path):
+    class Flat:
+        device = "flat"
+
+        def time(self, kernel):
+            return 1e-3
+
+    region = oracle.layer_norm(shape=(8, 1024))
+    result = _tuner(tmp_path, Flat()).tune(region, H200)
+    assert result.best == result.default and len(result.timed) > 1
+
+
+def test_schedules_that_fail_on_the_device_are_skipped(tmp_path):
+    region = oracle.softmax(shape=(64, 4096))
+    timer = FavourThreads(best=64, fail=128)
+    result = _tuner(tmp_path, timer).tune(region, H200)
+    assert result.errors and all("too many resources" in e for e in result.errors.values())
+    assert result.best.threads_per_row != 128
+
+
+def test_budget_and_candidate_limits_bound_the_search(tmp_path):
+    region = oracle.layer_norm(shape=(8, 4096))
+    timer = FavourThreads(best=1024)
+    result = _tuner(tmp_path, timer, max_candidates=3).tune(region, H200)
+    assert len(result.timed) <= 3
+    assert len(_tuner(tmp_path, FavourThreads(), budget_s=0.0).tune(region, H200).timed) == 1
+
+
+def test_choose_caches_and_lookup_reads_without_timing(tmp_path):
+    region = oracle.softmax(shape=(64, 4096))
+    start = default(region, H200)
+    timer = FavourThreads()
+    t = _tuner(tmp_path, timer)
+    assert t.lookup(region, H200, start) == (start, "default")
+    chosen, origin = t.choose(region, H200, start)
+    assert origin == "tuned" and chosen.threads_per_row == 64 and len(t.searches) == 1
+    calls = timer.calls
+    assert t.choose(region, H200, start) == (chosen, "tuned (cached)") and timer.calls == calls
+    entry = json.loads(t.cache.path("fake-gpu").read_text())
+    (stored,) = entry["entries"].values()
+    assert stored["mlx"] == mx.__version__ and stored["schedule"]["threads_per_row"] == 64
+    # another shape, dtype or device is another kernel
+    other = oracle.softmax(shape=(64, 4096), dtype="bfloat16")
+    assert t.lookup(other, H200, default(other, H200))[1] == "default"
+
+
+def test_a_new_mlx_version_misses_and_drops_the_old_entries(tmp_path, monkeypatch):
+    region = oracle.softmax(shape=(64, 4096))
+    start = default(region, H200)
+    t = _tuner(tmp_path)
+    t.choose(region, H200, start)
+    monkeypatch.setattr(mx, "__version__", "99.0.0")
+    fresh = _tuner(tmp_path)
+    assert fresh.lookup(region, H200, start) == (start, "default")
+    fresh.choose(oracle.layer_norm(shape=(8, 1024)), H200, default(oracle.layer_norm(shape=(8, 1024)), H200))
+    versions = {e["mlx"] for e in json.loads(fresh.cache.path("fake-gpu").read_text())["entries"].values()}
+    assert versions == {"99.0.0"}
+
+
+def test_a_stale_or_illegal_entry_is_tuned_again(tmp_path):
+    region = oracle.softmax(shape=(64, 4096))
+    start = default(region, H200)
+    t = _tuner(tmp_path)
+    t.choose(region, H200, start)
+    path = t.cache.path("fake-gpu")
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        entry["schedule"]["threads_per_row"] = 4096  # more than a threadgroup holds
+    path.write_text(json.dumps(data))
+    assert _tuner(tmp_path).lookup(region, H200, start) == (start, "default")
+
+
+_PROCESS = textwrap.dedent("""
+    import sys
+    from mlxtriton import hw
+    from mlxtriton.codegen.schedule import default
+    from mlxtriton.runtime import tuner as tuner_lib
+    from tests.codegen import codegen_oracle as oracle
+
+    class Timer:
+        device = "fake-gpu"
+        def time(self, kernel):
+            if sys.argv[2] == "read":
+                raise AssertionError("a cached kernel is timed again")
+            return 1.0 + abs(kernel.kernel.arg.threads_per_row - 64)
+
+    region = oracle.softmax(shape=(64, 4096))
+    target = hw.target("h200")
+    t = tuner_lib.Tuner(Timer(), tuner_lib.ScheduleCache(sys.argv[1]), progress=False)
+    schedule, origin = t.choose(region, target, default(region, target))
+    print(origin, schedule.threads_per_row)
+""")
+
+
+def test_the_cache_survives_a_new_process(tmp_path):
+    script = tmp_path / "tune.py"
+    script.write_text(_PROCESS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), str(tmp_path / "cache"), mode], env=env,
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+    assert run("tune") == ["tuned", "64"]
+    assert run("read") == ["tuned", "(cached)", "64"]
+
+
+def test_progress_is_shown_while_tuning(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = tuner_lib._Progress("softmax", 10, stream)
+    bar.update(3, 2e-5, 3e-5)
+    assert "mlxtriton autotune softmax: [######" in stream.getvalue() and "3/10 schedules" in stream.getvalue()
+    region = oracle.softmax(shape=(64, 4096))
+    result = _tuner(tmp_path).tune(region, H200)
+    bar.close(result)
+    assert f"({result.speedup:.2f}x)" in stream.getvalue()
+
+
+def test_the_switch(monkeypatch):
+    monkeypatch.delenv(tuner_lib.AUTOTUNE_ENV, raising=False)
+    assert not tuner_lib.enabled() and tuner_lib.enabled(True)
+    monkeypatch.setenv(tuner_lib.AUTOTUNE_ENV, "1")
+    assert tuner_lib.enabled() and not tuner_lib.enabled(False)
+    assert mlxtriton.optimize(lambda x: x, autotune=True).autotune is True
+    assert mlxtriton.fuse(mlxtriton.optimize(lambda x: x, autotune=False)).autotune is False
+
+
+def test_optimize_tunes_with_the_interpreter_as_the_device(tmp_path, monkeypatch):
+    """The whole path on any host: kernels run in the NumPy interpreter, which the tuner times;
+    the winners are cached, a new optimize reads them, and explain says where each came from."""
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    monkeypatch.setenv(tuner_lib.CACHE_ENV, str(tmp_path))
+    previous = tuner_lib.use(tuner_lib.Tuner(tuner_lib.InterpreterTimer(), budget_s=2.0,
+                                             max_candidates=6, progress=False))
+    try:
+        x = mx.random.normal((4, 256))
+        f = mlxtriton.optimize(lambda x: mx.softmax(x * 2.0, axis=-1), autotune=True)
+        assert mx.allclose(f(x), mx.softmax(x * 2.0, axis=-1), atol=1e-6).item()
+        assert len(tuner_lib.tuner().searches) == 1
+        assert "schedule tuned (cached)" in str(f.explain(x))
+        g = mlxtriton.optimize(lambda x: mx.softmax(x * 2.0, axis=-1), autotune=True)
+        assert mx.allclose(g(x), f(x)).item() and len(tuner_lib.tuner().searches) == 1
+        plain = mlxtriton.optimize(lambda x: mx.softmax(x * 2.0, axis=-1))
+        assert "schedule default" in str(plain.explain(x))
+        # the backward's kernels are tuned too
+        grad = mx.grad(lambda x: f(x).sum())(x)
+        assert grad.shape == x.shape and len(tuner_lib.tuner().searches) >= 2
+    finally:
+        tuner_lib.use(previous)
+
+
+def test_the_tune_command(tmp_path, monkeypatch, capsys):
+    from mlxtriton.__main__ import main
+
+    source = tmp_path / "model.py"
+    source.write_text("import mlx.core as mx\n\ndef f(x):\n    return mx.softmax(x * 2.0, axis=-1)\n")
+    monkeypatch.setenv(tuner_lib.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv("MLXTRITON_INTERPRET", raising=False)
+    assert main(["tune", f"{source}:f", "--shape", "4,128"]) == 2  # no GPU: nothing to time
+    assert "no GPU here" in capsys.readouterr().err
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    assert main(["tune", f"{source}:f", "--shape", "4,128", "--budget", "1", "--max-candidates", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "1 kernel(s) tuned on interpreter" in out and "us ->" in out
+    assert main(["tune", f"{source}:f", "--shape", "4,128"]) == 0
+    assert "every kernel was in the cache already" in capsys.readouterr().out
