@@ -14,18 +14,14 @@ Variants:
                       registers read the statistics their forward saved);
   mlxtriton/mlx-vjp   the same with MLXTRITON_FUSED_BACKWARD=0: each region's backward is
                       ``mx.compile`` of MLX's VJP of the region's body;
-  mlxtriton/no-partials  the generated backward with fusion/partials.py off: a norm's weight
-                      gradient a column kernel of its own over the row kernel's ``g * xhat``
-                      (``--no-partials-variant`` drops it); ``--blocks-per-core N,..`` and
-                      ``--block-registers N,..`` add variants with other block sizes
-                      (mlxtriton/blocksN) and register limits for block sums (mlxtriton/regsN),
-                      ``--flags module.ATTR=V,..`` one per module switch (mlxtriton/flag:...),
-                      as benchmarks/block_sums.py sets them.
+  mlxtriton/autotuned (``--autotune``) ``mlxtriton.optimize(fn, autotune=True)``: every kernel,
+                      forward and backward, tuned on this GPU on the first call.
+Schedules of one backward kernel, one at a time: benchmarks/sweep.py --grad.
 Every variant's gradients are compared with mx.compile's (largest relative difference).
 Bandwidth counts what the computation must move: for bwd, each input the backward reads (the
 primals and the cotangent) once and each gradient written once; for fwd+bwd, plus the outputs.
 
-Method: benchmarks/row_kernels.py's pipelined timing (median of 5 runs of ``reps`` calls).
+Method: benchmarks/harness.py's pipelined timing (median of 5 runs of ``reps`` calls).
 
 Run: python benchmarks/backward_rows.py --out results.json [--quick] [--families ...]
 [--dtypes ...] [--shapes 32768x4096,...]
@@ -34,7 +30,6 @@ Run: python benchmarks/backward_rows.py --out results.json [--quick] [--families
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -44,8 +39,7 @@ import mlxtriton
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
-from block_sums import variant  # noqa: E402
-from row_kernels import family_arguments, family_cases, results_file, time_mlx  # noqa: E402  (one definition of each)
+from harness import family_arguments, family_cases, results_file, time_mlx  # noqa: E402
 
 
 def _inexact(args) -> list[int]:
@@ -69,20 +63,11 @@ def vjp_of(fn, args, cotangent, with_outputs: bool):
     return run, [args[i] for i in inexact]
 
 
-def built(fn, fused: bool):
+def built(fn, fused: bool, autotune: bool = False):
     """``mlxtriton.optimize(fn)`` with MLXTRITON_FUSED_BACKWARD as asked (read when a kernel's
     backward is built, on the first call)."""
     os.environ[FUSED_BACKWARD_ENV] = "1" if fused else "0"
-    return mlxtriton.optimize(fn)
-
-
-def variant_of(vname: str):
-    """The module switches of an "mlxtriton/<variant>" (benchmarks/block_sums.py `variant`:
-    no-partials, blocksN, regsN, flag:module.ATTR=V) set while its kernels are built (on the
-    first call, forward and backward alike); other variants set none."""
-    if not vname.startswith("mlxtriton/") or vname == "mlxtriton/mlx-vjp":
-        return contextlib.nullcontext()
-    return variant(vname[len("mlxtriton/"):])
+    return mlxtriton.optimize(fn, autotune=autotune)
 
 
 def max_rel(a, b) -> float:
@@ -97,14 +82,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     family_arguments(ap)
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--no-partials-variant", action="store_true")
-    ap.add_argument("--blocks-per-core", default="",
-                    help="comma-separated threadgroups per core to try for the block sums")
-    ap.add_argument("--block-registers", default="",
-                    help="comma-separated register limits to try for the block sums")
-    ap.add_argument("--flags", default="",
-                    help="comma-separated module switches, each a variant: "
-                         "runtime.autodiff.HALF_LOGSUMEXP_IN_FLOAT32=0,...")
+    ap.add_argument("--autotune", action="store_true", help="add the mlxtriton/autotuned variant")
     opts = ap.parse_args()
     shapes = [(32768, 4096)] if opts.quick else [(32768, 4096), (4096, 16384), (1024, 65536)]
     result, save = results_file("backward_rows", __doc__, opts.out)
@@ -120,14 +98,8 @@ def main() -> None:
         moved = {"bwd": reads + writes, "fwd+bwd": reads + writes + out.nbytes}
         variants = {"mx.compile": (composed, True), "mlxtriton": (None, True),
                     "mlxtriton/mlx-vjp": (None, False)}
-        if not opts.no_partials_variant:
-            variants["mlxtriton/no-partials"] = (None, True)
-        for n in filter(None, opts.blocks_per_core.split(",")):
-            variants[f"mlxtriton/blocks{int(n)}"] = (None, True)
-        for n in filter(None, opts.block_registers.split(",")):
-            variants[f"mlxtriton/regs{int(n)}"] = (None, True)
-        for flag in filter(None, opts.flags.split(",")):
-            variants[f"mlxtriton/flag:{flag}"] = (None, True)
+        if opts.autotune:
+            variants["mlxtriton/autotuned"] = (None, True)
         if native is not None:
             variants["mlx_native"] = (native, True)
         row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
@@ -136,13 +108,12 @@ def main() -> None:
         for kind in ("bwd", "fwd+bwd"):
             for vname, (fn, flag) in variants.items():
                 if vname.startswith("mlxtriton"):
-                    fn = built(composed, flag)
+                    fn = built(composed, flag, autotune=vname == "mlxtriton/autotuned")
                 run, primals = vjp_of(fn, args, cot, kind == "fwd+bwd")
                 if not vname.startswith("mlxtriton"):
                     run = mx.compile(run)
                 try:
-                    with variant_of(vname):
-                        grads = run(*primals)
+                    grads = run(*primals)
                     grads = grads[1] if kind == "fwd+bwd" else grads
                     mx.eval(grads)
                     if vname == "mx.compile" and kind == "bwd":

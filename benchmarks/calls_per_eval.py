@@ -25,8 +25,7 @@ import sys
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from per_eval import queued  # noqa: E402
-from row_kernels import families, make_args, nbytes, results_file, triton_softmax_gbs  # noqa: E402
+from harness import families, make_args, nbytes, queued, results_file, triton_softmax_gbs  # noqa: E402
 
 import mlxtriton  # noqa: E402
 

@@ -16,7 +16,7 @@ kernel_only.py, ``triton.testing.do_bench``):
   (the tutorial softmax's shape), the label's logit loaded, or selected from the row;
 - ``torch_ce``, ``torch_logsumexp``, ``torch_sum``: PyTorch's own kernels; ``torch_clone``.
 
-``*_pipelined_gbs``: the same kernel's launches queued back to back (kernel_only.py
+``*_pipelined_gbs``: the same kernel's launches queued back to back (harness.py
 `pipelined_torch`), no L2 flush between them. Effective bandwidth counts the logits and labels read once and the losses written once (the same
 bytes for every variant; ``torch_sum`` / ``*logsumexp`` count the logits and their output).
 Run on the H200: python benchmarks/ce_rows.py --out results.json [--dtypes ...] [--shapes ...]
@@ -38,8 +38,7 @@ import numpy as np
 import mlxtriton
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_only import Driver, _to_torch, kernel_variants, pipelined_torch, summary  # noqa: E402
-from row_kernels import families, make_args  # noqa: E402
+from harness import Driver, families, generated_kernel, make_args, pipelined_torch, summary, to_torch  # noqa: E402
 
 
 def _one(pattern: str, source: str) -> re.Match:
@@ -131,14 +130,12 @@ def main() -> None:
     ap.add_argument("--out", default="ce_rows.json")
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--shapes", default="65536x512,32768x1024,16384x2048,8192x8192")
-    ap.add_argument("--registers", default="", help="extra schedule variants RxT (kernel_only.py)")
     opts = ap.parse_args()
     import torch
     import torch.nn.functional as F
     import triton
 
     drv = Driver()
-    registers = [tuple(int(n) for n in r.split("x")) for r in opts.registers.split(",") if r]
     rows_out: list[dict] = []
     result = {"benchmark": "ce_rows", "date": datetime.date.today().isoformat(),
               "device": torch.cuda.get_device_name(), "mlx_version": mx.__version__,
@@ -169,13 +166,13 @@ def main() -> None:
             mx.eval(want)
             moved = sum(a.nbytes for a in args) + want.nbytes
             row = {"dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved}
-            tx, tl_ = (_to_torch(a) for a in args)
+            tx, tl_ = (to_torch(a) for a in args)
             ref = np.array(want.astype(mx.float32))
 
             def check(label, out):
                 row[f"{label}_maxerr"] = float(np.max(np.abs(out.float().cpu().numpy().reshape(ref.shape) - ref)))
 
-            for label, k, extra in kernel_variants(ce, args, registers):
+            for label, (k, extra) in [("mlxtriton", generated_kernel(ce, args))]:
                 edits = [(label, k.source)]
                 try:
                     edits.append((f"{label}_select", select_source(k.source, k.kernel.arg.threads_per_row)))
@@ -185,7 +182,7 @@ def main() -> None:
                 row[f"{label}_schedule"] = k.kernel.arg.describe()
                 for name, source in edits:
                     try:
-                        launch, outs, _, _ = drv.bind(dataclasses.replace(k, source=source), [tx, tl_, *[_to_torch(a) for a in extra]])
+                        launch, outs, _, _ = drv.bind(dataclasses.replace(k, source=source), [tx, tl_, *[to_torch(a) for a in extra]])
                         check(name, outs[0])
                         bench(row, name, launch, moved, pipelined=name == "mlxtriton")
                     except Exception as e:  # noqa: BLE001
@@ -195,8 +192,8 @@ def main() -> None:
                             save()
                             sys.exit(f"{name}: {e}")
             lse_moved = args[0].nbytes + want.nbytes
-            (_, k, extra), = kernel_variants(lambda x: mx.logsumexp(x, axis=-1), args[:1], [])
-            launch, outs, _, _ = drv.bind(k, [tx, *[_to_torch(a) for a in extra]])
+            k, extra = generated_kernel(lambda x: mx.logsumexp(x, axis=-1), args[:1])
+            launch, outs, _, _ = drv.bind(k, [tx, *[to_torch(a) for a in extra]])
             bench(row, "logsumexp", launch, lse_moved, pipelined=True)
             row["logsumexp_schedule"] = k.kernel.arg.describe()
             tl64 = tl_.long()

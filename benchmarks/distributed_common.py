@@ -21,7 +21,7 @@ os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 import mlx.core as mx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import time_mlx  # noqa: E402,F401  (one timing method for all benchmarks)
+from harness import time_mlx  # noqa: E402,F401  (one timing method for all benchmarks)
 
 
 def join() -> "mx.distributed.Group":

@@ -29,9 +29,8 @@ import sys
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernel_only import pipelined_torch  # noqa: E402
-from per_eval import queued, timeline  # noqa: E402
-from row_kernels import family_arguments, family_cases, nbytes, results_file  # noqa: E402
+from harness import (family_arguments, family_cases, nbytes, pipelined_torch, queued,  # noqa: E402
+                     results_file, timeline)
 
 import mlxtriton  # noqa: E402
 

@@ -46,7 +46,7 @@ import mlxtriton.patterns as patterns
 from mlxtriton import examples
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from row_kernels import time_mlx as _pipelined  # noqa: E402  (one timing method for all benchmarks)
+from harness import time_mlx as _pipelined  # noqa: E402  (one timing method for all benchmarks)
 
 REL_TOL = 2e-2
 

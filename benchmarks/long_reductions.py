@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import results_file, time_mlx  # noqa: E402
+from harness import results_file, time_mlx  # noqa: E402
 
 import mlxtriton  # noqa: E402
 

@@ -32,7 +32,7 @@ import time
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import results_file, time_queued  # noqa: E402
+from harness import results_file, time_queued  # noqa: E402
 
 import mlxtriton  # noqa: E402
 

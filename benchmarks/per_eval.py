@@ -21,98 +21,17 @@ Run: python benchmarks/per_eval.py --out results.json [--cases softmax:bfloat16:
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import os
-import statistics
 import sys
-import tempfile
-import time
 
 import mlx.core as mx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import families, make_args, nbytes, results_file  # noqa: E402
+from harness import families, make_args, nbytes, queued, results_file, timeline  # noqa: E402
 
 import mlxtriton  # noqa: E402
 from mlxtriton.runtime.compiled import _PROBE  # noqa: E402
 from mlxtriton.runtime.launch import interpreting, launcher  # noqa: E402
-
-
-def queued(fn, arg_sets, per_eval: int, reps: int = 50, runs: int = 5) -> tuple[float, float]:
-    """(seconds per call, host seconds per call): ``reps`` evaluations queued, each of
-    ``per_eval`` calls taking the argument sets in turn; median of ``runs``."""
-    n = len(arg_sets)
-
-    def evaluation(i):
-        outs = [fn(*arg_sets[(i * per_eval + j) % n]) for j in range(per_eval)]
-        mx.async_eval(outs)
-        return outs
-
-    for i in range(3):
-        mx.eval(evaluation(i))
-    mx.synchronize()
-    total, host = [], []
-    for _ in range(runs):
-        live = []
-        t0 = time.perf_counter()
-        for i in range(reps):
-            live = live[-2:] + [evaluation(i)]
-        t1 = time.perf_counter()
-        mx.synchronize()
-        t2 = time.perf_counter()
-        total.append((t2 - t0) / (reps * per_eval))
-        host.append((t1 - t0) / (reps * per_eval))
-    return statistics.median(total), statistics.median(host)
-
-
-def timeline(variants: dict, args: tuple, evaluations: int = 40) -> dict:
-    """Per variant: its kernels' median GPU time, the median idle gap between consecutive
-    kernels, and driver/runtime calls per evaluation, from a CUPTI trace (torch.profiler)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.init()
-    out = {}
-    for name, fn in variants.items():
-        for _ in range(3):
-            mx.eval(fn(*args))
-        mx.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            live = []
-            for _ in range(evaluations):
-                o = fn(*args)
-                live = live[-2:] + [o]
-                mx.async_eval(o)
-            mx.synchronize()
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-            path = fh.name
-        prof.export_chrome_trace(path)
-        with open(path) as fh:
-            events = json.load(fh).get("traceEvents", [])
-        os.unlink(path)
-        kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
-        gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(kernels, kernels[1:])]
-        names = collections.Counter(e["name"][:60] for e in kernels)
-        calls = collections.defaultdict(list)
-        for e in events:
-            if e.get("cat") in ("cuda_driver", "cuda_runtime"):
-                calls[e["name"]].append(e.get("dur", 0.0))
-        out[name] = {
-            "kernels": len(kernels),
-            "kernel_names": dict(names.most_common(4)),
-            "kernel_us_median": statistics.median(e["dur"] for e in kernels) if kernels else None,
-            "gap_us_median": statistics.median(gaps) if gaps else None,
-            "gap_us_p90": sorted(gaps)[int(0.9 * len(gaps))] if gaps else None,
-            "calls_per_evaluation": {k: round(len(v) / evaluations, 2) for k, v in
-                                     sorted(calls.items(), key=lambda kv: -len(kv[1]))[:12]},
-            "call_us_median": {k: statistics.median(v) for k, v in
-                               sorted(calls.items(), key=lambda kv: -len(kv[1]))[:12]},
-        }
-        print(f"  timeline {name:36s} {out[name]['kernels']} kernels  kernel "
-              f"{out[name]['kernel_us_median']} us  gap {out[name]['gap_us_median']} us  "
-              f"calls/eval {out[name]['calls_per_evaluation']}", flush=True)
-    return out
 
 
 def variants_for(family: str, dtype, args: tuple) -> dict:

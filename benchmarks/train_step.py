@@ -46,7 +46,7 @@ from mlxtriton.runtime import compiled as compiled_module
 from mlxtriton.runtime.autodiff import FUSED_BACKWARD_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import time_mlx as _pipelined  # noqa: E402  (one timing method for all benchmarks)
+from harness import time_mlx as _pipelined  # noqa: E402  (one timing method for all benchmarks)
 
 TRAINING_VARIANTS = ("eager", "compile", "optimize", "optimize+compile", "fused-bwd", "fused-bwd+compile")
 
