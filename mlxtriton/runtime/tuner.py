@@ -359,7 +359,12 @@ class Tuner:
         """
         space = candidates(region, target, on_chip)
         start = start if start in space else space[0]
-        backend = target.device.backend
+        # the source the device compiles: its dialect (the chip's where the device is the CPU
+        # and the interpreter times the kernels)
+        backend = target.dialect
+        if backend is None:
+            raise RegionError(f"{region.name}: no kernel dialect for chip {target.chip.name} on "
+                              f"{target.device.name}")
         deadline = time.perf_counter() + self.budget_s
         timed: dict[Schedule, float | None] = {}
         errors: dict[Schedule, str] = {}

@@ -36,7 +36,6 @@ from tests.codegen.test_launch import _special_rows
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
 
-
 def metal(region) -> LoweredKernel:
     """The Metal kernel a host without a GPU renders (codegen.schedule.DEFAULT_CHIP: an M3)."""
     return render(built(region, "metal"), "metal")
@@ -262,7 +261,7 @@ def truth_kernels() -> dict[tuple, LoweredKernel]:
     for dtype, length, kind in TRUTH:
         b = RegionBuilder(kind)
         y = b.op("Reduce", b.input((5, length), dtype, "x"), kind=kind, axes=(1,))
-        out[dtype, length, kind] = render(build(b.build([y]), PARAMS), "metal")
+        out[dtype, length, kind] = metal(b.build([y]))
     emulator.prepare(list(out.values()))
     return out
 
@@ -287,8 +286,7 @@ def cast_kernels() -> dict[tuple, LoweredKernel]:
     out = {}
     for src, dst in CASTS:
         b = RegionBuilder("cast")
-        out[src, dst] = render(build(b.build([b.op("AsType", b.input((n,), src, "x"), dtype=dst)]),
-                                     PARAMS), "metal")
+        out[src, dst] = metal(b.build([b.op("AsType", b.input((n,), src, "x"), dtype=dst)]))
     emulator.prepare(list(out.values()))
     return out
 

@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import mlx.core as mx
-import pytest
 
 import mlxtriton
 from mlxtriton import hw
