@@ -55,7 +55,7 @@ def table(headers, rows) -> str:
 rows = []
 for key in CHIPS:
     p = hw.profile(key)
-    d = hw.derive(p, 4, row_length=4096)
+    d = hw.derive(p, 4)
     tf = f"{'~' if p.fp32_tflops_estimated else ''}{p.fp32_tflops}"
     rows.append([p.name, p.family, p.simd_width, p.max_threads_per_threadgroup,
                  f"{p.threadgroup_memory_bytes // 1024}K" + (f"/{p.threadgroup_memory_max_bytes // 1024}K"

@@ -626,6 +626,25 @@ def substitute(root: UOp, mapping: dict[UOp, UOp]) -> UOp:
     return done[root]
 
 
+def map_nodes(stores: list[UOp], fn: Callable[[UOp, tuple[UOp, ...], dict], UOp | None]
+              ) -> list[UOp]:
+    """Rebuild the graph bottom-up; ``fn(original, new_src, done)`` may replace a node (it sees
+    the original node, so lookups keyed by original nodes stay valid)."""
+    root = UOp(Ops.KERNEL, "void", tuple(stores), None)
+    done: dict[UOp, UOp] = {}
+    for node in root.toposort:
+        src = tuple(done[s] for s in node.src)
+        if (new := fn(node, src, done)) is not None:
+            done[node] = new
+        elif src == node.src:
+            done[node] = node
+        elif node.op in GroupOp.Binary:
+            done[node] = alu(node.op, *src, dtype=node.dtype)
+        else:
+            done[node] = UOp(node.op, node.dtype, src, node.arg)
+    return list(done[root].src)
+
+
 # ---------------------------------------------------------------------------------------------
 # printing
 

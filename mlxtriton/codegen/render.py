@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mlxtriton.codegen import builder as _build
+from mlxtriton.codegen._passes import row_independent
 from mlxtriton.codegen.dialects import DIALECTS, Dialect
 from mlxtriton.codegen.kernel_ir import Access, Ops, Param, UOp, kernel_params
 from mlxtriton.codegen.region import Region
@@ -469,7 +470,7 @@ def _render_row(r: _KernelWriter) -> list[str]:
         else:
             lines.append(f"{d.type(u.dtype)} {name}[{C * V}] = {{}};  // block column sums")
     hoisted = [u for u in r.resident if u.op is Ops.LOAD and B > 1 and s.hoist_block_loads
-               and _build.row_independent(u)]
+               and row_independent(u)]
 
     prefetched = [u for u in r.resident if u.op is Ops.LOAD and u.src[0].arg.name in s.prefetched]
     by_pass = _reductions_by_pass(r.k)

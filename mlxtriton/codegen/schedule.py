@@ -8,7 +8,7 @@ the passes are written (unroll, early loads). `candidates(region, target)` enume
 schedules from the device's hard limits; `default(region, target)` picks one by the rules of the
 chip's tuning data (`mlxtriton.hw.tuning`); ``builder.build(region, schedule)`` lowers. The tuner
 (`mlxtriton.runtime.tuner`) times candidates on the device instead of trusting the rules.
-May import the graph layer's dtypes, the hardware layer and the codegen IR and builder.
+May import the graph layer's dtypes, the hardware layer and the rest of codegen but rendering.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from mlxtriton import hw
-from mlxtriton.codegen import builder as B
-from mlxtriton.codegen.builder import Analysis, RegionError, ScheduleError, analyse
-from mlxtriton.codegen.kernel_ir import Ops, UOp
+from mlxtriton.codegen import _passes as P
+from mlxtriton.codegen._index import pow2ceil
+from mlxtriton.codegen._lower_ops import param_names
+from mlxtriton.codegen.builder import Analysis, RegionError, ScheduleError, analyse, check, vector_fits
+from mlxtriton.codegen.kernel_ir import Ops, UOp, graph_rewrite
 from mlxtriton.codegen.region import Region
 from mlxtriton.graph import dtypes as _dtypes
 
@@ -191,8 +193,8 @@ class _Numbers:
     prefetch_store_loads: bool
     max_resident_registers: int  # row data of a row capped at max_row_threads
     kept_registers: int
-    staging_bytes: int  # threadgroup memory for staged rows: the limit less the scratch
-    staging_shared_bytes: int  # staging that still leaves two threadgroups per core
+    threadgroup_memory_bytes: int
+    core_threadgroup_memory_bytes: int  # of one core, for all its threadgroups
     cores: int
     tuned: hw.tuning.Tuning
 
@@ -206,8 +208,8 @@ def _tuning(target: hw.Target) -> hw.tuning.Tuning:
     return hw.tuning.tuning(target.chip)
 
 
-def _numbers(target: hw.Target, itemsize: int, row_length: int | None) -> _Numbers:
-    p = target.derive(itemsize, row_length)
+def _numbers(target: hw.Target, itemsize: int) -> _Numbers:
+    p = target.derive(itemsize)
     t = _tuning(target)
     row_data = max(1, p.register_bytes_per_thread // 4)
     return _Numbers(
@@ -217,7 +219,7 @@ def _numbers(target: hw.Target, itemsize: int, row_length: int | None) -> _Numbe
         pointwise_threads=p.pointwise_threadgroup_size,
         pointwise_vector_bytes=p.pointwise_elements_per_thread * p.dtype_itemsize,
         pointwise_min_size=p.pointwise_min_size,
-        group_threads=min(t.short_row_threadgroup, p.pointwise_threadgroup_size),
+        group_threads=p.short_row_threadgroup,
         vector_bytes=p.vector_width * p.dtype_itemsize, max_vector_lanes=p.vector_width,
         pointwise_vector_lanes=p.pointwise_vector_width, short_row_limit=p.short_row_limit,
         resident_registers=row_data,
@@ -226,15 +228,36 @@ def _numbers(target: hw.Target, itemsize: int, row_length: int | None) -> _Numbe
         prefetch_store_loads=p.prefetch_store_loads,
         max_resident_registers=max(1, p.max_row_register_bytes // 4),
         kept_registers=row_data * t.kept_registers_ratio,
-        staging_bytes=max(0, p.threadgroup_memory_bytes - p.reduction_scratch_bytes),
-        staging_shared_bytes=max(0, min(p.threadgroup_memory_bytes, p.core_threadgroup_memory_bytes // 2)
-                                 - 2 * p.reduction_scratch_bytes),
+        threadgroup_memory_bytes=p.threadgroup_memory_bytes,
+        core_threadgroup_memory_bytes=p.core_threadgroup_memory_bytes,
         cores=p.cores, tuned=t)
 
 
 def numbers(a: Analysis, target: hw.Target) -> _Numbers:
-    """The target's numbers for a region's element size and row length."""
-    return _numbers(target, a.itemsize, a.length if a.is_row else None)
+    """The target's numbers for a region's element size."""
+    return _numbers(target, a.itemsize)
+
+
+# Threadgroup memory a row reduction keeps for partials: 8 bytes (two float32 partials, the max
+# and the sum of an online softmax) per SIMD-group, where a row spans several (rows within one
+# SIMD-group reduce by shuffles alone: what the renderer allocates).
+_SCRATCH_BYTES_PER_SIMDGROUP = 8
+
+
+def _scratch(n: _Numbers, threads_per_row: int, threads: int) -> int:
+    return (_SCRATCH_BYTES_PER_SIMDGROUP * (threads // n.simd_width)
+            if threads_per_row > n.simd_width else 0)
+
+
+def staging_limit(n: _Numbers, threads_per_row: int, threads: int) -> int:
+    """Threadgroup memory a threadgroup may stage rows in: the limit less the scratch."""
+    return max(0, n.threadgroup_memory_bytes - _scratch(n, threads_per_row, threads))
+
+
+def _staging_shared(n: _Numbers, threads_per_row: int, threads: int) -> int:
+    """Staging that still leaves two threadgroups per core."""
+    return max(0, min(n.threadgroup_memory_bytes, n.core_threadgroup_memory_bytes // 2)
+               - 2 * _scratch(n, threads_per_row, threads))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +272,7 @@ def _column_threads(R: int, L: int, threads: int, n: _Numbers) -> tuple[int, int
     row split among as many lanes as the threadgroup holds (each reducing at least
     ``column_lane_elements``), combined through threadgroup memory."""
     t = n.tuned
-    G = min(n.simd_width, B.pow2ceil(R))
+    G = min(n.simd_width, pow2ceil(R))
     while G > t.column_min_group and 2 * -(-R // G) < n.cores:
         G //= 2
     T = 1
@@ -271,7 +294,7 @@ def _threads_per_row(a: Analysis, V: int, n: _Numbers, one_pass: bool) -> tuple[
     W, L = n.simd_width, a.length
     vectors = L // V
     if vectors <= W:
-        return B.pow2ceil(vectors), n.max_row_threads  # tiny rows: several share a SIMD-group
+        return pow2ceil(vectors), n.max_row_threads  # tiny rows: several share a SIMD-group
     itemsize = a.row_itemsize
     registers, share = n.resident_registers, 1
     if n.vector_row_share > 1 and not one_pass and a.reads_row_vector():
@@ -306,7 +329,7 @@ def plan_residency(stores: list[UOp], chunk_regs, budget: int) -> tuple[set[UOp]
     """Loads read by several passes: keep the most-reused in registers within the budget (a
     block's shared weight too is ranked after the row's own inputs:
     benchmarks/results/block_sums_h200.json)."""
-    multi = B.multi_pass_loads(stores)
+    multi = P.multi_pass_loads(stores)
     resident: set[UOp] = set()
     used = 0
     for u in sorted(multi, key=lambda u: (-len(multi[u]), chunk_regs(u), u.src[0].arg.slot)):
@@ -321,7 +344,7 @@ def _plan_staging(stores: list[UOp], streamed: set[UOp], group_bytes, budget: in
     """Loads that missed the registers: stage in threadgroup memory those that fit ``budget``
     bytes and that streaming would read at least ``least_reads`` times, or twice when all staged
     fit ``shared_budget`` (two threadgroups per core), so later passes read them on chip."""
-    reads = B.pass_loads(stores)
+    reads = P.pass_loads(stores)
     total = sum(group_bytes(u) for u in streamed if len(reads.get(u, ())) >= 2)
     least = 2 if total <= shared_budget else least_reads
     staged: set[UOp] = set()
@@ -382,14 +405,14 @@ def _layout(a: Analysis, n: _Numbers, several_passes: bool | None = None):
         # A one-pass column kernel keeps no row in registers: the threadgroup maximum; a
         # multi-pass one preferred_row_threads.
         V = 1
-        one_pass = B.passes(stores) == 1 if several_passes is None else not several_passes
+        one_pass = P.passes(stores) == 1 if several_passes is None else not several_passes
         threads = n.max_threads if one_pass else min(n.max_row_threads, n.preferred_row_threads)
         T, G = _column_threads(R, L, threads, n)
         interleaved = T > 1
     else:
         V = _widest_vector(a, n.max_vector_lanes, n.vector_bytes)
         # a kernel the online max-and-sum can read in one pass takes fewer threads per row
-        one_pass = (B.passes(B.rewrite_reduces(stores, set())) == 1 if several_passes is None
+        one_pass = (P.passes(P.rewrite_reduces(stores, set())) == 1 if several_passes is None
                     else not several_passes)
         if n.read_only_row_share > 1 and _reads_half_rows_only(a, n):
             held = n.read_only_row_share * n.resident_registers
@@ -470,7 +493,7 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     budget, kept_budget = _budgets(a, n, V, T, G, row_cap, on_chip)
     # what does not fit the registers may fit threadgroup memory: each thread stages its own
     # elements there between passes (no thread reads another's, so no barrier)
-    staging = n.staging_bytes if budget and not interleaved else 0
+    staging = staging_limit(n, T, T * G) if budget and not interleaved else 0
 
     def group_bytes(u: UOp) -> int:
         return T * G * C * V * _dtypes.itemsize(u.dtype)
@@ -479,16 +502,16 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     # one pass (cross-entropy) needs nothing on chip.
     resident, _ = plan_residency(stores, chunk_regs, budget)
     registers = _names(resident)
-    stores = B.rewrite_reduces(stores, resident)
-    stores = list(B.K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), B._FAST_EXP).src)
+    stores = P.rewrite_reduces(stores, resident)
+    stores = list(graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), P.FAST_EXP).src)
     resident, streamed = plan_residency(stores, chunk_regs, budget)
     kept = kept_budget if budget else 0
     if kept:
-        stores = B._keep_computed(stores, resident, chunk_regs, kept)
+        stores = P.keep_computed(stores, resident, chunk_regs, kept)
         resident, streamed = plan_residency(stores, chunk_regs, budget)
         if (a.is_row and not interleaved and not a.blocks and t.widen_held_rows
                 and T * G == n.preferred_row_threads < most_threads
-                and B.held_registers(stores, resident, chunk_regs) > 2 * n.max_resident_registers):
+                and P.held_registers(stores, resident, chunk_regs) > 2 * n.max_resident_registers):
             # more held between passes than two threadgroups of preferred_row_threads leave a
             # thread: twice the threads, each holding half
             return _default(a, replace(n, preferred_row_threads=2 * T), on_chip)
@@ -501,15 +524,15 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
                    and T * G > n.unbounded_threads
                    and any(u.op is Ops.KEEP for st in stores for u in st.toposort))
     staged = _plan_staging(stores, streamed, group_bytes, staging - sums_bytes * shared_sums,
-                           n.staging_shared_bytes if staging else 0, t.stage_min_reads)
+                           _staging_shared(n, T, T * G) if staging else 0, t.stage_min_reads)
     streamed -= staged
     resident |= staged
     # loads only the write pass reads go early where every row stays in registers, below the
     # widest threadgroup (benchmarks/results/prefetch_probe_h200_session14.json)
     prefetch = bool(n.prefetch_store_loads and a.is_row and resident and not staged
                     and not streamed and not interleaved and not a.blocks and T * G < most_threads
-                    and B._prefetched(stores, resident, chunk_regs, kept_budget))
-    threadgroup = T * G if a.is_row else min(n.pointwise_threads, B.pow2ceil(L // V))
+                    and P.prefetched_loads(stores, resident, chunk_regs, kept_budget))
+    threadgroup = T * G if a.is_row else min(n.pointwise_threads, pow2ceil(L // V))
     bound = threadgroup if (threadgroup > n.unbounded_threads or a.blocks) else 0
     return Schedule(
         kind="row" if a.is_row else "pointwise", vector_width=V,
@@ -527,7 +550,7 @@ def _widest_vector(a: Analysis, lanes: int, max_bytes: int, wide_small: bool = F
     """The widest vector (a power of two up to ``lanes``) some per-element access can use,
     within the byte limit for every access that would be vectorised."""
     V = 1 << (max(1, lanes).bit_length() - 1)
-    while V > 1 and not B.vector_fits(a, V, max_bytes, wide_small):
+    while V > 1 and not vector_fits(a, V, max_bytes, wide_small):
         V //= 2
     return V
 
@@ -557,7 +580,7 @@ def staged_bytes(a: Analysis, s: Schedule) -> int:
         return 0
     C = -(-(a.length // s.vector_width) // s.threads_per_row)
     count = C * s.vector_width * s.threads_per_row * s.rows_per_group
-    sizes = dict(zip(B._names(a.region)[0], (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
+    sizes = dict(zip(param_names(a.region)[0], (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
     total = sum(-(-count * sizes[n] // 16) * 16 for n in s.staged)
     if s.block_sums_shared:
         total += a.blocks * (-(-count * 4 // 16) * 16)
@@ -582,7 +605,7 @@ def legal(region: Region, schedule: Schedule, target: hw.Target) -> str | None:
     n = numbers(a, target)
     s = schedule
     try:
-        B._check(a, s)
+        check(a, s)
     except ScheduleError as e:
         return str(e)
     if s.simd_width != n.simd_width:
@@ -593,7 +616,7 @@ def legal(region: Region, schedule: Schedule, target: hw.Target) -> str | None:
     lanes = n.max_vector_lanes if a.is_row else n.pointwise_vector_lanes
     if s.vector_width > lanes:
         return f"vector of {s.vector_width} lanes: at most {lanes}"
-    if s.vector_width > 1 and not B.vector_fits(a, s.vector_width, _max_vector_bytes(target),
+    if s.vector_width > 1 and not vector_fits(a, s.vector_width, _max_vector_bytes(target),
                                                  wide_small=not a.is_row):
         return f"no access moves {s.vector_width} lanes as one vector within the device's bytes"
     if threads > n.unbounded_threads and s.launch_bound != threads:
@@ -614,10 +637,10 @@ def legal(region: Region, schedule: Schedule, target: hw.Target) -> str | None:
             return f"{s.threads_per_row} threads per row: whole SIMD-groups above one"
         if s.threads_per_row > s.simd_width and s.rows_per_group != 1 and s.walk == "row":
             return "a row of several SIMD-groups has its threadgroup to itself"
-        used = staged_bytes(a, s)
-        if used > n.staging_bytes:
-            return (f"{used} bytes of threadgroup memory staged: the device leaves "
-                    f"{n.staging_bytes} beside the reductions' scratch")
+        used, room = staged_bytes(a, s), staging_limit(n, s.threads_per_row, threads)
+        if used > room:
+            return (f"{used} bytes of threadgroup memory staged: the device leaves {room} beside "
+                    f"the reductions' scratch")
     return None
 
 
@@ -668,9 +691,9 @@ def _bound(threads: int, n: _Numbers, blocks: bool) -> dict[str, int]:
 def _pointwise_space(a: Analysis, n: _Numbers, target: hw.Target):
     t = n.tuned
     for V in _pow2s(1, n.pointwise_vector_lanes):
-        if not B.vector_fits(a, V, _max_vector_bytes(target), wide_small=True):
+        if not vector_fits(a, V, _max_vector_bytes(target), wide_small=True):
             continue
-        widest = min(n.pointwise_threads, B.pow2ceil(a.length // V))
+        widest = min(n.pointwise_threads, pow2ceil(a.length // V))
         for tg in sorted({widest, *_pow2s(min(64, widest), widest)}):
             yield Schedule(kind="pointwise", vector_width=V, threadgroup_size=tg,
                            simd_width=n.simd_width, **_bound(tg, n, False), **_render_defaults(t))
@@ -682,30 +705,30 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
     most = min(n.max_threads, n.max_row_threads)
     stores = list(a.stores)
     multi = a.multi_pass_inputs()
-    sizes = dict(zip(B._names(a.region)[0], (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
-    write_pass = bool(B.write_pass_loads(stores)) and on_chip and not a.blocks
+    sizes = dict(zip(param_names(a.region)[0], (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
+    write_pass = bool(P.write_pass_loads(stores)) and on_chip and not a.blocks
     online = any(u.op is Ops.REDUCE and u.arg == "sumexp"
-                 for st in B.rewrite_reduces(stores, set()) for u in st.toposort)
+                 for st in P.rewrite_reduces(stores, set()) for u in st.toposort)
     row_scalars = any(u.op is Ops.LOAD and not u.per_element
                       for st in stores for u in st.toposort)
-    shared_loads = a.blocks and any(B.row_independent(u) for u in B.multi_pass_loads(stores))
+    shared_loads = a.blocks and any(P.row_independent(u) for u in P.multi_pass_loads(stores))
     kept_options = sorted({0, first.kept_registers or n.kept_registers}) if on_chip else [0]
     places = ("registers", "staged", "stream") if on_chip else ("stream",)
 
     def layouts():
         """(V, T, G, walk) to try."""
         if a.column_walk:
-            for T in _pow2s(1, min(most, B.pow2ceil(L))):
+            for T in _pow2s(1, min(most, pow2ceil(L))):
                 groups = ([min(n.group_threads, R)] if T == 1 else
-                          _pow2s(1, min(W, B.pow2ceil(R), most // T)))
+                          _pow2s(1, min(W, pow2ceil(R), most // T)))
                 for G in groups:
                     yield 1, T, G, "interleaved" if T > 1 else "row"
             return
         for V in _pow2s(1, n.max_vector_lanes):
-            if not B.vector_fits(a, V, _max_vector_bytes(target)):
+            if not vector_fits(a, V, _max_vector_bytes(target)):
                 continue
             vectors = L // V
-            Ts = set(_pow2s(W if a.blocks else 1, min(most, max(W, B.pow2ceil(vectors)))))
+            Ts = set(_pow2s(W if a.blocks else 1, min(most, max(W, pow2ceil(vectors)))))
             if V == first.vector_width and first.walk == "row":
                 Ts.add(first.threads_per_row)
             for T in sorted(Ts):

@@ -1,18 +1,20 @@
 """Fusion layer: the graph -> graph part of the layout pass: how each fused region reads each input
 that reaches it through movement ops: strided (the ops stay in the body as index arithmetic) or as a
 copy (the ops move out of the body; the kernel binds the moved array, which MLX makes contiguous).
-May import mlxtriton.graph and mlxtriton.hw.
+May import mlxtriton.graph.
 
 Folding movement ops into regions happens once, in clustering (`cluster.py`), because the index
 space a region may have depends on them; this pass only undoes a fold where a copy is cheaper.
-Vector width and elements per thread are codegen's choices (from `mlxtriton.hw`): ``schedule``
-stays None here. The contract with codegen: a body input is a row-contiguous array, and every index
-transformation of it is an equation of the body.
+Vector width and elements per thread are codegen's choices (its schedules): ``schedule`` stays
+None here, and whether a kernel holds its rows on chip is asked of codegen (``rows_held``). The
+contract with codegen: a body input is a row-contiguous array, and every index transformation of
+it is an equation of the body.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Eqn, Graph, Var
@@ -131,24 +133,8 @@ def _clone(eqns, source: Var) -> tuple[list[Eqn], Var]:
     return out, v
 
 
-def _resident(chip, space: IndexSpace, itemsize: int) -> bool:
-    """Whether ``chip`` keeps a row of this region on chip across passes (read from memory once)."""
-    if chip is None or space.kind != "row":
-        return False
-    from mlxtriton import hw
-
-    profile = hw.resolve(chip)
-    if not profile.is_gpu:
-        return False
-    row = 1
-    for a in space.reduced:
-        row *= space.shape[a]
-    if row == 0:
-        return False  # an empty row: nothing read, nothing to keep
-    return bool(hw.derive(profile, itemsize, row_length=row).row_resident)
-
-
-def layout_with_report(graph: Graph, chip=None) -> tuple[Graph, tuple[LayoutDecision, ...]]:
+def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = None
+                       ) -> tuple[Graph, tuple[LayoutDecision, ...]]:
     """Decide, for each fused region, how it reads each input that reaches it through movement ops.
 
     Strided (the default) keeps the movement ops in the body: the kernel computes addresses and
@@ -158,8 +144,10 @@ def layout_with_report(graph: Graph, chip=None) -> tuple[Graph, tuple[LayoutDeci
 
     Args:
         graph: a graph whose regions came from `fuse`.
-        chip: the chip (name or `mlxtriton.hw.Profile`): a row it keeps on chip is read once, so
-            strided reads are never repeated. None: rows are streamed once per pass.
+        rows_held: whether a fused equation's kernel holds its rows on chip across passes (the
+            code generator's answer, from the kernel's schedule: the runtime passes
+            `mlxtriton.codegen.lowering.rows_held`): such a row is read once, so strided reads are
+            never repeated. None: rows are read once per pass.
 
     Returns:
         ``(graph, decisions)``, one decision per (region, moved input).
@@ -184,13 +172,14 @@ def layout_with_report(graph: Graph, chip=None) -> tuple[Graph, tuple[LayoutDeci
         passes = _passes(body, space)
         load_axes = {l.var: l.axes for l in space.loads}
         decided: list[tuple[_Chain, str, str]] = []
-        for chain in _chains(body):
+        chains = _chains(body)
+        held = bool(chains) and rows_held is not None and space.kind == "row" and rows_held(e)
+        for chain in chains:
             axes = load_axes.get(chain.load)
             if axes is None or chain.source not in outer:
                 continue  # a moved input the body only returns, or a constant compiled into the body
             stride = _fast_axis_stride(chain, space, axes)
-            itemsize = dtypes.itemsize(chain.load.dtype)
-            n = 1 if _resident(chip, space, itemsize) else passes.get(chain.load, 1)
+            n = 1 if held else passes.get(chain.load, 1)
             decided.append((chain, *_decide(chain, stride, n)))
         copies = [chain for chain, decision, _ in decided if decision == "copy"]
         if copies:
@@ -217,6 +206,6 @@ def layout_with_report(graph: Graph, chip=None) -> tuple[Graph, tuple[LayoutDeci
     return dce(graph.replace(eqns=tuple(eqns))), tuple(records)
 
 
-def layout(graph: Graph, chip=None) -> Graph:
+def layout(graph: Graph, rows_held: Callable[[Eqn], bool] | None = None) -> Graph:
     """`layout_with_report` without the decisions."""
-    return layout_with_report(graph, chip)[0]
+    return layout_with_report(graph, rows_held)[0]

@@ -79,7 +79,7 @@ def _registers_hold(profile, length: int, sums: int) -> bool:
     ``max_row_threads``)."""
     from mlxtriton import hw
 
-    p = hw.derive(profile, 4, length)
+    p = hw.derive(profile, 4)
     return sums * length <= p.max_row_threads * hw.tuning.tuning(profile).block_sum_registers
 
 

@@ -44,7 +44,7 @@ class Target:
         """Whether decisions follow a chip other than the running device."""
         return self.chip != self.device
 
-    def derive(self, dtype_itemsize: int, row_length: int | None = None) -> _params.CodegenParams:
+    def derive(self, dtype_itemsize: int) -> _params.CodegenParams:
         """`mlxtriton.hw.params.derive` for ``chip``, clamped to ``device``'s limits.
 
         Raises:
@@ -59,7 +59,7 @@ class Target:
         if not self.chip.is_gpu:
             raise ValueError(f"chip {self.chip.name} runs no generated kernels; name a GPU chip "
                              f"(chip='m3', chip='h200') to generate code for it")
-        return _params.derive(self.chip, dtype_itemsize, row_length, device=self.device)
+        return _params.derive(self.chip, dtype_itemsize, device=self.device)
 
 
 def running_device(device: Any = None) -> Profile:

@@ -1,30 +1,26 @@
 """Hardware layer: code-generation parameters derived from a profile and its tuning data.
 
-The kernel generator asks `derive` how to shape a kernel (threadgroup sizes, elements per thread,
-vector width, reduction width, rows per threadgroup, how much of a row may stay on chip) and never
-reads chip figures itself. Rules read profile fields and the chip's row of `mlxtriton.hw.tuning`
-only: a new chip is a table row, not a new rule. May import the standard library and this layer's
-modules.
+The kernel generator asks `derive` for the numbers its schedules read (the limits of a chip and
+device pair, threadgroup sizes, elements per thread, vector widths, register shares) and never
+reads chip figures itself; how a kernel is shaped, and whether its rows stay on chip, is its
+schedule's answer (`mlxtriton.codegen.schedule`). Rules read profile fields and the chip's row of
+`mlxtriton.hw.tuning` only: a new chip is a table row, not a new rule. May import the standard
+library and this layer's modules.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 from mlxtriton.hw._profile import Profile
 from mlxtriton.hw.tuning import tuning
-
-# Threadgroup memory a row reduction keeps for partials: 8 bytes (two f32 partials, e.g. the max and
-# the sum of an online softmax) per SIMD-group (what the renderer allocates).
-_SCRATCH_BYTES_PER_SIMDGROUP = 8
 
 _ITEMSIZES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class CodegenParams:
-    """How to shape kernels for one chip, element size and (optionally) row length.
+    """The numbers kernels are shaped by for one chip (and device) and element size.
 
     Attributes:
         chip: Key of the profile the decisions follow (e.g. ``"m3-max"``).
@@ -35,12 +31,8 @@ class CodegenParams:
         pointwise_threadgroup_size: Threads per threadgroup of a pointwise kernel.
         pointwise_elements_per_thread: Elements each pointwise thread handles on large arrays.
         pointwise_min_size: Arrays smaller than this get one element per thread.
-        short_row_limit: Rows up to this length take one SIMD-group each.
-        row_length: The row length these row parameters are for, or None (unknown until run time).
-        row_threadgroup_size: Threads per threadgroup of a row kernel.
-        threads_per_row: Threads that cooperate on one row.
-        rows_per_threadgroup: Rows one threadgroup handles (more than one for short rows).
-        row_elements_per_thread: Elements of a row each thread handles, when the length is known.
+        short_row_limit: Rows up to this length may take one SIMD-group each.
+        short_row_threadgroup: Threads of a threadgroup holding several short rows.
         register_bytes_per_thread: Bytes of row data a thread may keep in registers.
         max_row_threads: Most threads one row may take: the threadgroup maximum.
         preferred_row_threads: Threads per row a kernel takes before more: rows that fit the
@@ -64,23 +56,16 @@ class CodegenParams:
             ``max_row_threads`` threads gets of it.
         threadgroup_memory_bytes: Most threadgroup memory a kernel may request. On CUDA, above the
             profile's ``threadgroup_memory_bytes`` (48 KB) it must be dynamic shared memory.
-        reduction_scratch_bytes: Threadgroup memory a row threadgroup keeps for reduction partials.
         core_threadgroup_memory_bytes: Threadgroup memory one core (SM) holds for all its
             resident threadgroups: a threadgroup taking more than half leaves it one at a time.
             Apple does not publish it; the per-threadgroup figure stands in.
         cores: GPU cores (Apple) or streaming multiprocessors (NVIDIA), of the largest bin that
             ships: a kernel of fewer threadgroups leaves cores idle.
-        resident_budget_bytes: On-chip bytes available to keep *one row* resident across passes
-            (registers of its threads plus the threadgroup memory left after the scratch), so a
-            softmax or norm reads the row from memory once instead of once per pass.
-        row_resident: Whether ``row_length`` elements fit in ``resident_budget_bytes`` (None when
-            the length is unknown).
-
     Example:
         >>> from mlxtriton import hw
-        >>> p = hw.params.derive(hw.profile("m3-max"), 4, row_length=4096)
-        >>> p.vector_width, p.threads_per_row, p.row_resident
-        (4, 1024, True)
+        >>> p = hw.params.derive(hw.profile("m3-max"), 4)
+        >>> p.vector_width, p.max_row_threads, p.register_bytes_per_thread
+        (4, 1024, 128)
     """
 
     chip: str
@@ -92,11 +77,7 @@ class CodegenParams:
     pointwise_elements_per_thread: int
     pointwise_min_size: int
     short_row_limit: int
-    row_length: int | None
-    row_threadgroup_size: int
-    threads_per_row: int
-    rows_per_threadgroup: int
-    row_elements_per_thread: int | None
+    short_row_threadgroup: int
     register_bytes_per_thread: int
     vector_row_register_bytes: int
     read_only_row_register_bytes: int
@@ -107,16 +88,8 @@ class CodegenParams:
     block_threads_per_core: int
     max_row_register_bytes: int
     threadgroup_memory_bytes: int
-    reduction_scratch_bytes: int
     core_threadgroup_memory_bytes: int
     cores: int
-    resident_budget_bytes: int
-    row_resident: bool | None
-
-    @property
-    def short_rows(self) -> bool | None:
-        """Whether the row kernel is the one-SIMD-group-per-row kind (None when the length is unknown)."""
-        return None if self.row_length is None else self.row_length <= self.short_row_limit
 
     def elements_per_thread(self, size: int) -> int:
         """Elements each thread of a pointwise kernel over ``size`` elements handles.
@@ -146,16 +119,11 @@ def register_bytes_per_thread(profile: Profile) -> int:
     return profile.registers_per_sm * 4 // profile.max_threads_per_sm // t.row_data_register_share
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _minimum(*values: int | None) -> int:
     return min(v for v in values if v is not None)
 
 
-def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
-           device: Profile | None = None) -> CodegenParams:
+def derive(profile: Profile, dtype_itemsize: int, device: Profile | None = None) -> CodegenParams:
     """Code-generation parameters for kernels over ``dtype_itemsize``-byte elements on ``profile``.
 
     Decisions follow ``profile``. Where ``device`` (the GPU that will run the kernel) is given and
@@ -167,7 +135,6 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         profile: The chip to tune for; must be a GPU profile.
         dtype_itemsize: Bytes per element (1, 2, 4 or 8); for a row kept resident, the size of the
             values kept (e.g. 4 when fp16 rows are accumulated and held as fp32).
-        row_length: Length of the reduced (last) axis of a row kernel, if known.
         device: The GPU profile that runs the kernel, when it is not ``profile``.
 
     Returns:
@@ -175,27 +142,19 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
 
     Raises:
         ValueError: ``profile`` is the CPU profile (MLX's CPU backend runs no generated kernels), or
-            ``dtype_itemsize`` / ``row_length`` is out of range.
+            ``dtype_itemsize`` is out of range.
 
     Example:
         >>> from mlxtriton import hw
-        >>> p = hw.params.derive(hw.profile("m4-max"), 2, row_length=512)
-        >>> p.threads_per_row, p.rows_per_threadgroup, p.row_threadgroup_size
-        (32, 8, 256)
+        >>> p = hw.params.derive(hw.profile("m4-max"), 2)
+        >>> p.vector_width, p.short_row_limit, p.short_row_threadgroup
+        (4, 2048, 256)
     """
     if not profile.is_gpu:
         raise ValueError(f"{profile.name} runs no generated kernels (MLX's {profile.backend} backend); "
                          f"name a GPU chip, e.g. chip='m3' or chip='h200', to generate code for it")
     if dtype_itemsize not in _ITEMSIZES:
         raise ValueError(f"dtype_itemsize must be one of {_ITEMSIZES}, not {dtype_itemsize!r}")
-    if row_length is not None:
-        try:
-            length = operator.index(row_length)  # ints of any kind (numpy's too), not floats
-        except TypeError:
-            length = 0
-        if length < 1:
-            raise ValueError(f"row_length must be a positive int or None, not {row_length!r}")
-        row_length = length
     limits = [profile] if device is None or not device.is_gpu else [profile, device]
 
     # Reductions run on the hardware's SIMD-groups: their width is the running device's.
@@ -245,29 +204,6 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         block_threads = 0
         prefetch = False
 
-    if row_length is not None and row_length <= short_limit:
-        # Short rows: one SIMD-group per row, several rows per threadgroup; reductions stay inside
-        # the SIMD-group, so no threadgroup memory and no barriers (MLX PR #3913: 1.5-2.8x on M4 Max).
-        # The row can be resident only in the SIMD-group's registers.
-        threads_per_row = simd
-        row_threadgroup = max(simd, min(tuned.short_row_threadgroup, max_threads) // simd * simd)
-        rows_per_threadgroup = row_threadgroup // simd
-        scratch_bytes = 0
-        budget = registers * simd
-    else:
-        # Long rows: one threadgroup per row, enough threads that each reads one vector per pass,
-        # in whole SIMD-groups, up to the hardware maximum (MLX's softmax: ceil(n / 4) threads
-        # rounded up to 32, at most 1024). Unknown length: the maximum.
-        wanted = max_threads if row_length is None else -(-row_length // vector_width)
-        threads_per_row = min(max_row_threads, max(simd, _round_up(wanted, simd)))
-        row_threadgroup = threads_per_row
-        rows_per_threadgroup = 1
-        scratch_bytes = _SCRATCH_BYTES_PER_SIMDGROUP * (row_threadgroup // simd)
-        # Registers of every thread plus the threadgroup memory left after the partials; a row
-        # capped below the threads it wanted holds more per thread.
-        per_thread = registers if wanted <= max_row_threads else max_row_registers
-        budget = per_thread * threads_per_row + threadgroup_memory - scratch_bytes
-
     return CodegenParams(
         chip=profile.key,
         dtype_itemsize=dtype_itemsize,
@@ -278,11 +214,7 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         pointwise_elements_per_thread=pointwise_elements,
         pointwise_min_size=min_size,
         short_row_limit=short_limit,
-        row_length=row_length,
-        row_threadgroup_size=row_threadgroup,
-        threads_per_row=threads_per_row,
-        rows_per_threadgroup=rows_per_threadgroup,
-        row_elements_per_thread=None if row_length is None else -(-row_length // threads_per_row),
+        short_row_threadgroup=max(simd, min(tuned.short_row_threadgroup, max_threads) // simd * simd),
         register_bytes_per_thread=registers,
         vector_row_register_bytes=vector_row_registers,
         read_only_row_register_bytes=read_only_row_registers,
@@ -293,9 +225,6 @@ def derive(profile: Profile, dtype_itemsize: int, row_length: int | None = None,
         block_threads_per_core=block_threads,
         max_row_register_bytes=max_row_registers,
         threadgroup_memory_bytes=threadgroup_memory,
-        reduction_scratch_bytes=scratch_bytes,
         core_threadgroup_memory_bytes=profile.shared_memory_per_sm_bytes or threadgroup_memory,
         cores=max(profile.gpu_cores or (1,)),  # the tuned-for chip's, like every decision
-        resident_budget_bytes=budget,
-        row_resident=None if row_length is None else row_length * dtype_itemsize <= budget,
     )

@@ -151,7 +151,10 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
             graph, report = fuse_with_report(graph, target.chip, split=not single_kernel)
             stages.append(StageReport(name, graph, _fusion_lines(report) + collective_lines(graph)))
         elif name == "layout":
-            graph, decisions = layout_with_report(graph, target.chip)
+            # a row the kernel keeps on chip is read once: the code generator's answer
+            held = (lambda e: _rows_held(e, kernels or kernel_target(target.chip, target.device))
+                    ) if target.chip.is_gpu else None
+            graph, decisions = layout_with_report(graph, held)
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no region reads an input through movement ops"]))
         elif name == "cache":
@@ -160,6 +163,14 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no fused regions"]))
     return graph, stages
+
+
+def _rows_held(e: Eqn, kernels: hw.Target) -> bool:
+    """`rows_held`, for a region codegen cannot write: no (its rows run as MLX ops)."""
+    try:
+        return rows_held(e, kernels)
+    except RegionError:
+        return False
 
 
 def _fusion_lines(report: FusionReport) -> list[str]:

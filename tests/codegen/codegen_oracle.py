@@ -121,9 +121,9 @@ _HALF = ("float16", "bfloat16")
 def evaluate(region: Region, inputs: list[np.ndarray], promote_halves: bool = True
              ) -> list[np.ndarray]:
     """Run the region unfused with JAX on CPU; returns NumPy outputs of the region's dtypes."""
-    from mlxtriton.codegen.builder import _Lowering
+    from mlxtriton.codegen._lower_ops import Lowering
 
-    ctx = _Lowering(region)  # shape and dtype inference only
+    ctx = Lowering(region)  # shape and dtype inference only
     vals = []
     for i, a in zip(region.inputs, inputs):
         x = jnp.asarray(np.asarray(a, dtype=numpy_dtype(i.dtype)))

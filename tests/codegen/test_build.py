@@ -505,7 +505,7 @@ def test_block_column_sums_belong_to_a_row_kernel():
 
 def test_block_sums_take_threads_for_their_registers_and_declare_the_bound():
     # two block sums over f32 rows of 4096: 256 threads would hold 2 x 16 registers of sums
-    # (hw.params.BLOCK_SUM_REGISTERS is 16), so the row takes 512; the bound is declared, with
+    # (the tuning data's block_sum_registers is 16), so the row takes 512; the bound is declared, with
     # room for 1024 threads per SM (64 registers each)
     region = oracle.FAMILIES["rmsnormgrad"](shape=(64, 4096))
     s = built(region, "h200").arg

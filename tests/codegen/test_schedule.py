@@ -107,7 +107,7 @@ def test_candidates_respect_the_devices_limits():
             k = build(region, s).arg
             assert k.threadgroup_size <= t.device.max_threads_per_threadgroup
             assert k.vector_width * 4 <= t.device.max_vector_bytes
-            if k.threadgroup_size > hw.derive(t.chip, 4, 65536, t.device).unbounded_threads:
+            if k.threadgroup_size > hw.derive(t.chip, 4, t.device).unbounded_threads:
                 assert k.launch_bound == k.threadgroup_size
 
 

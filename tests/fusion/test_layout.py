@@ -5,6 +5,7 @@ import mlx.core as mx
 import pytest
 
 import mlxtriton
+from mlxtriton.codegen.lowering import kernel_target, rows_held
 from mlxtriton.fusion import fuse, layout, layout_with_report
 from mlxtriton.graph import evaluate, verify
 from tests.fusion.test_properties import assert_same, check_bodies
@@ -16,7 +17,8 @@ W = mx.random.normal((64,))
 def laid_out(fn, *args, chip=None):
     g = mlxtriton.trace(fn)(*args)
     fused = fuse(g)
-    out, decisions = layout_with_report(fused, chip)
+    held = None if chip is None else (lambda e: rows_held(e, kernel_target(chip, chip)))
+    out, decisions = layout_with_report(fused, held)
     verify(out)
     check_bodies(out)
     assert_same(evaluate(out, *args), evaluate(g, *args))

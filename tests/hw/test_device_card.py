@@ -119,7 +119,7 @@ def test_a_kernel_at_the_derived_limits_launches():
         """,
         shared_memory=p.threadgroup_memory_bytes,
     )
-    threads = p.row_threadgroup_size
+    threads = p.max_row_threads
     (out,) = kernel(inputs=[mx.zeros((1,), mx.float32)], template=[("N", floats)],
                     grid=(threads, 1, 1), threadgroup=(threads, 1, 1),
                     output_shapes=[(threads,)], output_dtypes=[mx.float32])

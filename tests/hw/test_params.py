@@ -1,4 +1,7 @@
-"""Code-generation parameters derived per family, their invariants, and clamping to a running device."""
+"""Code-generation parameters derived per family, their invariants, and clamping to a running device.
+
+How a kernel's rows are laid out and whether they stay on chip is its schedule's (tests/codegen/
+test_schedule.py); here, the numbers those schedules read."""
 
 import dataclasses
 
@@ -14,8 +17,8 @@ GPUS = [p for p in hw.profiles() if p.is_gpu]
 FAMILY_CHIPS = {"Apple7": "m1", "Apple8": "m2-pro", "Apple9": "m3-max", "Apple10": "m5", "sm_90": "h200"}
 
 
-def derive(chip, itemsize=4, row_length=None, device=None):
-    return params.derive(hw.profile(chip), itemsize, row_length, device=device)
+def derive(chip, itemsize=4, device=None):
+    return params.derive(hw.profile(chip), itemsize, device=device)
 
 
 # --- per family ---------------------------------------------------------------------------------------
@@ -28,21 +31,16 @@ def test_register_budget_per_family(family, registers):
     assert derive(FAMILY_CHIPS[family]).register_bytes_per_thread == registers
 
 
-@pytest.mark.parametrize("family,budget", [
-    ("Apple7", 64 * 1024 + 32 * 1024 - 256),     # 1024 threads x 64 B + 32 KB - scratch
-    ("Apple8", 64 * 1024 + 32 * 1024 - 256),
-    ("Apple9", 128 * 1024 + 32 * 1024 - 256),    # larger: Dynamic Caching
-    ("Apple10", 128 * 1024 + 32 * 1024 - 256),
-    ("sm_90", 1024 * 128 + 227 * 1024 - 256),  # 1024 threads x half their 64 registers + opt-in shared memory
-])
-def test_resident_budget_per_family(family, budget):
-    assert derive(FAMILY_CHIPS[family], row_length=1 << 20).resident_budget_bytes == budget
-
-
 def test_apple9_keeps_longer_rows_on_chip_than_apple7():
-    row = 32 * 1024  # f32: 128 KB
-    assert not derive("m1", row_length=row).row_resident
-    assert derive("m3", row_length=row).row_resident
+    # twice the registers of row data a thread (Dynamic Caching): a float32 row of 32768 (128 KB)
+    # stays in the registers of an M3's threads, streams through an M1's
+    from mlxtriton.codegen.region import RegionBuilder
+    from mlxtriton.codegen.schedule import holds_rows
+
+    b = RegionBuilder("softmax")
+    region = b.build([b.op("Softmax", b.input((8, 32 * 1024), "float32", "x"))])
+    assert not holds_rows(region, hw.target("m1", device="m1"))
+    assert holds_rows(region, hw.target("m3", device="m3"))
 
 
 @pytest.mark.parametrize("chip,itemsize,elements", [
@@ -78,35 +76,9 @@ def test_reduction_width_is_the_simd_width(chip):
 
 
 @pytest.mark.parametrize("chip,limit", [("m1", 2048), ("m4-max", 2048), ("m5", 2048), ("h200", 1024)])
-def test_short_rows_take_one_simdgroup_each(chip, limit):
-    short = derive(chip, row_length=limit)
-    assert short.short_rows
-    assert (short.threads_per_row, short.rows_per_threadgroup, short.row_threadgroup_size) == (32, 8, 256)
-    assert short.reduction_scratch_bytes == 0  # reduced inside the SIMD-group: no threadgroup memory
-    assert short.row_elements_per_thread == limit // 32
-    long = derive(chip, row_length=limit + 1)
-    assert not long.short_rows and long.rows_per_threadgroup == 1 and long.threads_per_row > 32
-
-
-@pytest.mark.parametrize("row,threads", [(2049, 544), (2560, 640), (4096, 1024), (8192, 1024),
-                                         (1 << 20, 1024)])
-def test_long_rows_read_one_vector_per_thread_per_pass(row, threads):
-    # MLX's softmax: ceil(n / 4) threads rounded up to 32, at most 1024.
-    p = derive("m3", 4, row)
-    assert p.threads_per_row == p.row_threadgroup_size == threads
-    assert p.row_elements_per_thread == -(-row // threads)
-
-
-def test_unknown_row_length_uses_the_long_row_kernel_at_full_width():
-    p = derive("m2")
-    assert (p.row_length, p.short_rows, p.row_resident, p.row_elements_per_thread) == (None,) * 4
-    assert p.threads_per_row == p.row_threadgroup_size == 1024
-
-
-def test_short_row_residency_is_registers_only():
-    p = derive("m3", 4, 1024)  # 32 threads x 128 B = 4 KB: 1024 f32 fit
-    assert p.resident_budget_bytes == 32 * 128 and p.row_resident
-    assert not derive("m1", 4, 1024).row_resident  # 32 x 64 B = 2 KB: it streams instead
+def test_short_rows_take_one_simdgroup_each_up_to_the_limit(chip, limit):
+    p = derive(chip)
+    assert (p.short_row_limit, p.short_row_threadgroup) == (limit, 256)
 
 
 def test_block_kernels_leave_room_for_1024_threads_per_sm_on_nvidia_only():
@@ -123,24 +95,19 @@ def test_cuda_threadgroup_memory_is_the_opt_in_limit():
 
 # --- invariants over every chip, element size and row length ------------------------------------------
 
-@given(chip=st.sampled_from([p.key for p in GPUS]), itemsize=st.sampled_from([1, 2, 4, 8]),
-       row_length=st.one_of(st.none(), st.integers(1, 1 << 22)))
-def test_invariants(chip, itemsize, row_length):
+@given(chip=st.sampled_from([p.key for p in GPUS]), itemsize=st.sampled_from([1, 2, 4, 8]))
+def test_invariants(chip, itemsize):
     profile = hw.profile(chip)
-    p = params.derive(profile, itemsize, row_length)
+    p = params.derive(profile, itemsize)
     simd = p.simd_width
-    for threads in (p.pointwise_threadgroup_size, p.row_threadgroup_size, p.threads_per_row):
+    for threads in (p.pointwise_threadgroup_size, p.max_row_threads, p.preferred_row_threads,
+                    p.short_row_threadgroup):
         assert threads % simd == 0 and simd <= threads <= profile.max_threads_per_threadgroup
-    assert p.threads_per_row * p.rows_per_threadgroup == p.row_threadgroup_size
+    assert p.unbounded_threads <= p.pointwise_threadgroup_size
     assert 1 <= p.vector_width <= 4 and p.vector_width * itemsize <= 16
     assert 1 <= p.pointwise_vector_width <= 8 and p.pointwise_vector_width * itemsize <= 16
     assert p.threadgroup_memory_bytes <= profile.threadgroup_memory_max_bytes
-    assert 0 <= p.reduction_scratch_bytes <= p.threadgroup_memory_bytes
-    assert p.resident_budget_bytes > 0
-    if row_length is not None:
-        assert p.row_elements_per_thread * p.threads_per_row >= row_length
-        assert p.row_resident == (row_length * itemsize <= p.resident_budget_bytes)
-        assert p.short_rows == (p.rows_per_threadgroup > 1)
+    assert p.max_row_register_bytes >= p.register_bytes_per_thread > 0
 
 
 # --- errors and data -----------------------------------------------------------------------------------
@@ -156,53 +123,45 @@ def test_bad_itemsize(itemsize):
         derive("m3", itemsize)
 
 
-@pytest.mark.parametrize("row_length", [0, -5, 2.5])
-def test_bad_row_length(row_length):
-    with pytest.raises(ValueError, match="row_length"):
-        derive("m3", 4, row_length)
-
-
 def test_params_are_frozen_and_hashable():
-    p = derive("m3", 4, 4096)
+    p = derive("m3", 4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.vector_width = 8
-    assert hash(p) == hash(derive("m3", 4, 4096))
+    assert hash(p) == hash(derive("m3", 4))
 
 
 # --- clamping to the device that runs the kernel -------------------------------------------------------
 
 def test_a_device_clamps_hard_limits():
-    p = derive("h200", 4, 8192, device=hw.profile("m3"))
+    p = derive("h200", 4, device=hw.profile("m3"))
     assert p.threadgroup_memory_bytes == 32768  # not the H200's 227 KB: the M3 could not launch it
     # rows capped at 1024 threads, each thread holding up to 128 B (half the 64 registers the
     # tuned-for H200 gives it)
-    assert p.resident_budget_bytes == 1024 * 128 + 32768 - 256
+    assert (p.max_row_threads, p.max_row_register_bytes) == (1024, 128)
     assert p.short_row_limit == 1024 and p.pointwise_elements_per_thread == 4  # tuning: the H200's
 
 
 def test_smaller_device_limits_shrink_threadgroups():
     small = dataclasses.replace(hw.profile("m3"), max_threads_per_threadgroup=512, max_vector_lanes=2)
-    p = derive("h200", 4, 1 << 16, device=small)
-    assert p.pointwise_threadgroup_size == p.row_threadgroup_size == 512 and p.vector_width == 2
+    p = derive("h200", 4, device=small)
+    assert p.pointwise_threadgroup_size == p.max_row_threads == 512 and p.vector_width == 2
 
 
 def test_reductions_use_the_running_devices_simd_width():
     wide = dataclasses.replace(hw.profile("h200"), simd_width=64)
-    p = derive("m3", 4, 512, device=wide)
-    assert p.simd_width == 64 and p.threads_per_row == 64 and p.rows_per_threadgroup == 4
+    p = derive("m3", 4, device=wide)
+    assert p.simd_width == 64 and p.short_row_threadgroup == 256
 
 
 def test_a_cpu_device_clamps_nothing():
-    assert derive("m3", 4, 4096, device=hw.profile("cpu")) == derive("m3", 4, 4096)
+    assert derive("m3", 4, device=hw.profile("cpu")) == derive("m3", 4)
 
 
 def test_long_rows_take_1024_threads_and_half_their_registers_on_nvidia():
     """Generated CUDA declares __launch_bounds__, so a 1024-thread row fits the register file
     (64 registers each on the H200) and may hold half of them as row data; Apple GPUs keep the
     threadgroup maximum and their per-thread budget."""
-    h200 = derive("h200", row_length=16384)
-    assert (h200.max_row_threads, h200.threads_per_row, h200.row_elements_per_thread) == (1024, 1024, 16)
-    assert h200.max_row_register_bytes == 128 and h200.row_resident
-    assert derive("h200", row_length=32768).row_resident  # 1024 threads x 32 floats
-    assert derive("m3", row_length=16384).max_row_register_bytes == derive("m3").register_bytes_per_thread
-    assert derive("m3", row_length=16384).max_row_threads == 1024
+    h200 = derive("h200")
+    assert (h200.max_row_threads, h200.max_row_register_bytes) == (1024, 128)
+    assert derive("m3").max_row_register_bytes == derive("m3").register_bytes_per_thread
+    assert derive("m3").max_row_threads == 1024

@@ -3,7 +3,6 @@
 import dataclasses
 
 import mlx.core as mx
-import numpy as np
 import pytest
 
 from mlxtriton import hw
@@ -15,9 +14,9 @@ def test_m3_decisions_on_an_h200():
     t = hw.target("m3", device="h200")
     assert (t.chip.key, t.device.key, t.dialect, t.can_launch, t.cross_device) == ("m3", "h200", "cuda",
                                                                                     True, True)
-    p = t.derive(4, 2048)
+    p = t.derive(4)
     # Tuning follows the M3: MLX Metal's 8 bytes per pointwise thread, the 2048-element short-row limit.
-    assert p.chip == "m3" and p.pointwise_elements_per_thread == 2 and p.short_rows
+    assert p.chip == "m3" and p.pointwise_elements_per_thread == 2 and p.short_row_limit == 2048
     # Limits are both chips' smaller ones: 32 KB of threadgroup memory, the H200's register rule.
     assert p.threadgroup_memory_bytes == 32768 and p.register_bytes_per_thread == 64
 
@@ -25,21 +24,21 @@ def test_m3_decisions_on_an_h200():
 def test_h200_decisions_on_an_m3():
     t = hw.target("h200", device="m3")
     assert t.dialect == "metal" and t.can_launch
-    p = t.derive(4, 2048)
-    assert p.chip == "h200" and p.pointwise_elements_per_thread == 4 and not p.short_rows
+    p = t.derive(4)
+    assert p.chip == "h200" and p.pointwise_elements_per_thread == 4 and p.short_row_limit == 1024
     assert p.threadgroup_memory_bytes == 32768  # clamped: 227 KB cannot launch on an M3
 
 
 def test_same_chip_and_device_is_plain_derive():
     t = hw.target("m4-max", device="m4-max")
     assert not t.cross_device
-    assert t.derive(2, 512) == hw.params.derive(hw.profile("m4-max"), 2, 512)
+    assert t.derive(2) == hw.params.derive(hw.profile("m4-max"), 2)
 
 
 def test_on_the_cpu_backend_source_is_rendered_for_the_chip_but_nothing_launches():
     t = hw.target("m3", device="cpu")
     assert t.dialect == "metal" and not t.can_launch
-    assert t.derive(4, 4096) == hw.params.derive(hw.profile("m3"), 4, 4096)
+    assert t.derive(4) == hw.params.derive(hw.profile("m3"), 4)
 
 
 def test_cpu_chip_on_cpu_has_nothing_to_generate():
@@ -79,7 +78,3 @@ def test_targets_are_cache_keys():
     assert a == b and hash(a) == hash(b) and a != hw.target("m3", device="m3")
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.chip = hw.profile("m1")
-
-
-def test_row_lengths_from_numpy_shapes():
-    assert hw.target("m3", device="m3").derive(4, np.int64(4096)).row_length == 4096
