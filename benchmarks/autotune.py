@@ -13,13 +13,16 @@ function and MLX's ``x + 0`` copy (the bandwidth MLX reaches).
 Method: benchmarks/harness.py's pipelined timing (after 3 warm-ups, 50 calls queued with
 ``mx.async_eval``, one synchronise; the median of 5 runs), default and autotuned timed twice each,
 alternating, the faster of each pair kept. Bandwidth = bytes the function must move (inputs read
-once, outputs written once) / time. Tuning: ``--budget`` seconds and ``--max-candidates``
-schedules per kernel, within ``--total`` seconds for the whole run (the per-kernel budget shrinks
-to what is left).
+once, outputs written once) / time. Tuning: at most ``--budget`` seconds and ``--max-candidates``
+schedules per case; the whole run aims at ``--total`` seconds: each case's tuning gets its share
+of what is left once the other cases' timing (the average so far) is set aside.
 
-Run (one GPU, about 6 minutes on an H100):
-    python benchmarks/autotune.py
-writes benchmarks/results/autotune_<device>.json; ``--quick`` runs 32768 x 4096 only.
+Run: ``python benchmarks/autotune.py`` on one GPU, about 4 to 5 minutes on an H100 (``--total``
+240 s plus the last case), writes benchmarks/results/autotune_<device>.json; ``--quick`` runs
+32768 x 4096 only.
+``--dry-run`` runs the whole script on a host without a GPU: kernels in the NumPy interpreter
+(``MLXTRITON_INTERPRET=1``), which the tuner times, on 64 x 512 rows, float32, a few calls per
+timing, the JSON written to a temporary file unless ``--out`` is given; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import mlx.core as mx
 
 import mlxtriton
 from mlxtriton.runtime import tuner as tuner_lib
+from mlxtriton.runtime.launch import INTERPRET_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (SUITE_SHAPES, families, family_arguments, family_cases, nbytes,  # noqa: E402
@@ -47,21 +51,21 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
-def pointwise_cases(opts):
+def pointwise_cases(opts, rows: int = 8192, cols: int = 8192):
     """The suite's pointwise chain: max(exp(x / 2) * y + 1, 0) over 8192 x 8192."""
     chosen = set(filter(None, opts.families.split(",")))
     if chosen and "pointwise_chain" not in chosen:
         return
     for dtype_name in opts.dtypes.split(","):
         dtype = getattr(mx, dtype_name)
-        x = mx.random.normal((8192, 8192)).astype(dtype)
-        y = mx.random.normal((8192,)).astype(dtype)
+        x = mx.random.normal((rows, cols)).astype(dtype)
+        y = mx.random.normal((cols,)).astype(dtype)
         mx.eval(x, y)
 
         def chain(x, y):
             return mx.maximum(mx.exp(x * 0.5) * y + 1.0, 0.0)
 
-        yield dtype_name, "pointwise_chain", chain, 8192, 8192, (x, y)
+        yield dtype_name, "pointwise_chain", chain, rows, cols, (x, y)
 
 
 def main() -> None:
@@ -69,14 +73,26 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: benchmarks/results/autotune_<device>.json")
     ap.add_argument("--quick", action="store_true", help="32768 x 4096 only")
     family_arguments(ap)
-    ap.add_argument("--budget", type=float, default=5.0, help="seconds of tuning per kernel")
+    ap.add_argument("--budget", type=float, default=5.0, help="most seconds of tuning per case")
     ap.add_argument("--max-candidates", type=int, default=32, help="schedules timed per kernel")
-    ap.add_argument("--total", type=float, default=280.0, help="seconds of tuning in all")
+    ap.add_argument("--total", type=float, default=240.0, help="seconds the whole run aims at")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="no GPU: the NumPy interpreter as the device, small shapes (see the docstring)")
     opts = ap.parse_args()
-    if not mx.is_available(mx.gpu):
-        sys.exit("benchmarks/autotune.py times generated kernels: it needs a GPU")
+    if opts.dry_run:
+        os.environ[INTERPRET_ENV] = "1"
+        opts.dtypes = opts.dtypes if opts.dtypes != "float32,bfloat16" else "float32"
+        opts.shapes = opts.shapes or "64x512"
+        opts.total, opts.max_candidates = min(opts.total, 60.0), min(opts.max_candidates, 4)
+        reps, runs = 2, 1
+    elif not mx.is_available(mx.gpu):
+        sys.exit("benchmarks/autotune.py times generated kernels: it needs a GPU (--dry-run: without)")
+    else:
+        reps, runs = 50, 5
+    timer = tuner_lib.default_timer
     device = mx.device_info().get("device_name", str(mx.default_device()))
-    out = opts.out or os.path.join(RESULTS, f"autotune_{_slug(device)}.json")
+    out = opts.out or (os.path.join(tempfile.gettempdir(), "autotune_dry_run.json") if opts.dry_run
+                       else os.path.join(RESULTS, f"autotune_{_slug(device)}.json"))
     result, save = results_file("autotune", __doc__, out)
     shapes = SUITE_SHAPES[:1] if opts.quick else SUITE_SHAPES
     chosen_families = set(filter(None, opts.families.split(","))) or set(families(mx.float32)) | {
@@ -85,14 +101,21 @@ def main() -> None:
     count = len(dtypes) * (len(chosen_families - {"pointwise_chain"}) * len(shapes)
                            + ("pointwise_chain" in chosen_families))
     # arrays made one case at a time: all of them at once would not fit the GPU
+    pointwise_shape = (64, 512) if opts.dry_run else (8192, 8192)
     cases = itertools.chain(((d, n, c, r, k, a) for d, n, c, _, r, k, a in family_cases(opts, shapes)),
-                            pointwise_cases(opts))
+                            pointwise_cases(opts, *pointwise_shape))
     started = time.perf_counter()
+    overheads: list[float] = []  # seconds of each case outside its tuning
     with tempfile.TemporaryDirectory() as cache:
         for i, (dtype_name, name, composed, rows, cols, args) in enumerate(cases):
-            left = max(0.5, opts.total - (time.perf_counter() - started))
-            budget = min(opts.budget, left / max(1, count - i))
-            chosen = tuner_lib.Tuner(tuner_lib.DeviceTimer(), tuner_lib.ScheduleCache(cache),
+            case_started = time.perf_counter()
+            remaining = max(1, count - i)
+            # what is left, less the timing the remaining cases will need (the average so far)
+            left = opts.total - (case_started - started)
+            if overheads:
+                left -= remaining * sum(overheads) / len(overheads)
+            budget = max(0.2, min(opts.budget, left / remaining))
+            chosen = tuner_lib.Tuner(timer(), tuner_lib.ScheduleCache(cache),
                                      budget_s=budget, max_candidates=opts.max_candidates,
                                      progress=False)
             previous = tuner_lib.use(chosen)
@@ -110,14 +133,14 @@ def main() -> None:
                    "tune_s": tune_s, "budget_s": budget}
             times = {"default": [], "autotuned": []}
             for _ in range(2):  # alternating, so that a drift of the GPU's speed falls on both
-                times["default"].append(time_mlx(default, args))
-                times["autotuned"].append(time_mlx(tuned, args))
+                times["default"].append(time_mlx(default, args, reps, runs))
+                times["autotuned"].append(time_mlx(tuned, args, reps, runs))
             for vname, ts in times.items():
                 row[f"{vname}_us"] = 1e6 * min(ts)
                 row[f"{vname}_gbs"] = moved / min(ts) / 1e9
-            t = time_mlx(mx.compile(composed), args)
+            t = time_mlx(mx.compile(composed), args, reps, runs)
             row["mx.compile_us"], row["mx.compile_gbs"] = 1e6 * t, moved / t / 1e9
-            t = time_mlx(lambda a: a + 0, (args[0],))
+            t = time_mlx(lambda a: a + 0, (args[0],), reps, runs)
             row["copy_gbs"] = 2 * args[0].nbytes / t / 1e9
             row["speedup"] = row["default_us"] / row["autotuned_us"]
             row["kernels"] = [{"region": s.region, "timed": len(s.timed), "failed": len(s.errors),
@@ -133,6 +156,7 @@ def main() -> None:
                   f"compile {row['mx.compile_gbs']:6.0f} copy {row['copy_gbs']:6.0f}"
                   + (f"  -> {picked}" if picked else ""), flush=True)
             del args, outputs
+            overheads.append(time.perf_counter() - case_started - tune_s)
     print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
 
 
