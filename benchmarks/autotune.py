@@ -1,12 +1,14 @@
-"""Benchmark: default against autotuned schedules, every family and shape of the row-kernel suite.
+"""Benchmark: default against autotuned schedules, the row-kernel suite and the column reductions.
 
 For each family of benchmarks/row_kernels.py (softmax, log-softmax, layer norm, RMS norm, RMS norm
 x SiLU gate, cross-entropy), dtype (float32, bfloat16) and shape (32768 x 4096 and rows of
-512..16384), and the pointwise chain, it builds ``mlxtriton.optimize(fn)`` twice: with the default
-schedules (the chip's tuning data) and with ``autotune=True``, whose first call tunes every kernel
-on this GPU (`mlxtriton.runtime.tuner`: candidates one choice away from the default, then from the
-best, each kernel launched many times per synchronisation, a schedule kept only where it beats
-the default by 2% and again when timed side by side). The tuner starts from an empty cache (a
+512..16384), the pointwise chain, and the reductions not over the last axis of
+benchmarks/column_reductions.py (NHWC batch-norm statistics, softmax over axis 0, softmax of a
+transposed input: the harness's ``COLUMN_CASES``), it builds ``mlxtriton.optimize(fn)`` twice:
+with the default schedules (the chip's tuning data) and with ``autotune=True``, whose first call
+tunes every kernel on this GPU (`mlxtriton.runtime.tuner`: candidates one choice away from the
+default, then from the best, each kernel launched many times per synchronisation, a schedule kept
+only where it beats the default by 2% and again when timed side by side). The tuner starts from an empty cache (a
 temporary directory), so every kernel is tuned here. Also timed: ``mx.compile`` of the same
 function and MLX's ``x + 0`` copy (the bandwidth MLX reaches).
 
@@ -22,7 +24,8 @@ Run: ``python benchmarks/autotune.py`` on one GPU, about 4 to 5 minutes on an H1
 32768 x 4096 only.
 ``--dry-run`` runs the whole script on a host without a GPU: kernels in the NumPy interpreter
 (``MLXTRITON_INTERPRET=1``), which the tuner times, on 64 x 512 rows, float32, a few calls per
-timing, the JSON written to a temporary file unless ``--out`` is given; its figures mean nothing.
+timing (the column cases on small shapes of their kind), the JSON written to a temporary file
+unless ``--out`` is given; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.launch import INTERPRET_ENV
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import (SUITE_SHAPES, families, family_arguments, family_cases, nbytes,  # noqa: E402
-                     results_file, time_mlx)
+from harness import (COLUMN_CASES, SUITE_SHAPES, families, family_arguments, family_cases,  # noqa: E402
+                     nbytes, results_file, time_mlx)
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -65,7 +68,18 @@ def pointwise_cases(opts, rows: int = 8192, cols: int = 8192):
         def chain(x, y):
             return mx.maximum(mx.exp(x * 0.5) * y + 1.0, 0.0)
 
-        yield dtype_name, "pointwise_chain", chain, rows, cols, (x, y)
+        yield dtype_name, "pointwise_chain", chain, (rows, cols), (x, y)
+
+
+def column_cases(opts):
+    """The reductions not over the last axis, each in its own dtype, named by their function."""
+    chosen = set(filter(None, opts.families.split(",")))
+    for fn, shape, dtype, small in COLUMN_CASES.values():
+        if chosen and fn.__name__ not in chosen:
+            continue
+        x = mx.random.normal(small if opts.dry_run else shape).astype(dtype)
+        mx.eval(x)
+        yield str(dtype).split(".")[-1], fn.__name__, fn, x.shape, (x,)
 
 
 def main() -> None:
@@ -95,19 +109,21 @@ def main() -> None:
                        else os.path.join(RESULTS, f"autotune_{_slug(device)}.json"))
     result, save = results_file("autotune", __doc__, out)
     shapes = SUITE_SHAPES[:1] if opts.quick else SUITE_SHAPES
+    columns = {fn.__name__ for fn, *_ in COLUMN_CASES.values()}
     chosen_families = set(filter(None, opts.families.split(","))) or set(families(mx.float32)) | {
-        "pointwise_chain"}
+        "pointwise_chain"} | columns
     dtypes = opts.dtypes.split(",")
-    count = len(dtypes) * (len(chosen_families - {"pointwise_chain"}) * len(shapes)
-                           + ("pointwise_chain" in chosen_families))
+    count = (len(dtypes) * (len(chosen_families - {"pointwise_chain"} - columns) * len(shapes)
+                            + ("pointwise_chain" in chosen_families))
+             + len(chosen_families & columns))
     # arrays made one case at a time: all of them at once would not fit the GPU
     pointwise_shape = (64, 512) if opts.dry_run else (8192, 8192)
-    cases = itertools.chain(((d, n, c, r, k, a) for d, n, c, _, r, k, a in family_cases(opts, shapes)),
-                            pointwise_cases(opts, *pointwise_shape))
+    cases = itertools.chain(((d, n, c, (r, k), a) for d, n, c, _, r, k, a in family_cases(opts, shapes)),
+                            pointwise_cases(opts, *pointwise_shape), column_cases(opts))
     started = time.perf_counter()
     overheads: list[float] = []  # seconds of each case outside its tuning
     with tempfile.TemporaryDirectory() as cache:
-        for i, (dtype_name, name, composed, rows, cols, args) in enumerate(cases):
+        for i, (dtype_name, name, composed, shape, args) in enumerate(cases):
             case_started = time.perf_counter()
             remaining = max(1, count - i)
             # what is left, less the timing the remaining cases will need (the average so far)
@@ -129,7 +145,7 @@ def main() -> None:
             finally:
                 tuner_lib.use(previous)
             moved = nbytes(args, outputs)
-            row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols, "bytes": moved,
+            row = {"family": name, "dtype": dtype_name, "shape": list(shape), "bytes": moved,
                    "tune_s": tune_s, "budget_s": budget}
             times = {"default": [], "autotuned": []}
             for _ in range(2):  # alternating, so that a drift of the GPU's speed falls on both
@@ -150,7 +166,7 @@ def main() -> None:
             result["rows"].append(row)
             save()
             picked = "; ".join(s.best.describe() for s in chosen.searches if s.best != s.default)
-            print(f"{name:15s} {dtype_name:8s} {rows:6d}x{cols:<6d} default {row['default_gbs']:6.0f} "
+            print(f"{name:22s} {dtype_name:8s} {'x'.join(map(str, shape)):>13s} default {row['default_gbs']:6.0f} "
                   f"autotuned {row['autotuned_gbs']:6.0f} GB/s (x{row['speedup']:.3f}, "
                   f"{sum(len(s.timed) for s in chosen.searches)} timed in {tune_s:.1f} s) "
                   f"compile {row['mx.compile_gbs']:6.0f} copy {row['copy_gbs']:6.0f}"

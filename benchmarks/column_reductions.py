@@ -7,7 +7,7 @@ is recorded as its reason); ``mx.compile(fn)``; eager MLX. ``copy`` is MLX's ``x
 case's input (read + write), the bandwidth MLX itself reaches; ``of_copy`` is a variant's GB/s
 over it and ``vs_compile`` mx.compile's time over the variant's.
 
-Method: pipelined timing (benchmarks/row_kernels.py `time_mlx`): 50 queued calls per run, one
+Method: pipelined timing (benchmarks/harness.py `time_mlx`): 50 queued calls per run, one
 synchronise, median of 5 runs. Effective bandwidth = bytes of the inputs and outputs / time
 (each read or written once). Each variant's error is its largest difference from the function
 in float64 on the CPU, over the largest magnitude of the result.
@@ -24,28 +24,12 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from row_kernels import results_file, time_mlx  # noqa: E402
+from harness import COLUMN_CASES, results_file, time_mlx  # noqa: E402
 
 import mlxtriton  # noqa: E402
 
 
-def batch_norm_statistics(x):
-    return mx.mean(x, axis=(0, 1, 2)), mx.var(x, axis=(0, 1, 2))
-
-
-def softmax_axis_0(x):
-    return mx.softmax(x, axis=0)
-
-
-def softmax_transposed(x):
-    return mx.softmax(mx.transpose(x), axis=-1)
-
-
-CASES = {
-    "batch-norm statistics, NHWC 32x64x64x256": (batch_norm_statistics, (32, 64, 64, 256), mx.bfloat16),
-    "softmax over axis 0, 4096x16384": (softmax_axis_0, (4096, 16384), mx.float32),
-    "softmax of a transposed input, 4096x16384": (softmax_transposed, (4096, 16384), mx.float32),
-}
+CASES = {name: case[:3] for name, case in COLUMN_CASES.items()}
 
 
 def _flat(out):

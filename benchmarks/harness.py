@@ -92,6 +92,27 @@ def families(dtype):
     }
 
 
+def batch_norm_statistics(x):
+    return mx.mean(x, axis=(0, 1, 2)), mx.var(x, axis=(0, 1, 2))
+
+
+def softmax_axis_0(x):
+    return mx.softmax(x, axis=0)
+
+
+def softmax_transposed(x):
+    return mx.softmax(mx.transpose(x), axis=-1)
+
+
+# Reductions not over the last axis: name -> (function, shape, dtype, a small shape of the same kind)
+COLUMN_CASES = {
+    "batch-norm statistics, NHWC 32x64x64x256": (batch_norm_statistics, (32, 64, 64, 256), mx.bfloat16,
+                                                 (2, 4, 4, 64)),
+    "softmax over axis 0, 4096x16384": (softmax_axis_0, (4096, 16384), mx.float32, (64, 512)),
+    "softmax of a transposed input, 4096x16384": (softmax_transposed, (4096, 16384), mx.float32, (64, 512)),
+}
+
+
 def results_file(benchmark: str, doc: str, path: str | None = None):
     """``(result, save)``: the JSON record of one run (date, device, MLX version and the method
     paragraph of the benchmark's docstring; rows appended to ``result["rows"]``) and a function
