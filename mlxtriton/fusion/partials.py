@@ -36,7 +36,7 @@ from mlxtriton.graph.transforms import CycleError, dce, make_eqn, topological_so
 from mlxtriton.fusion._rules import Role, role
 from mlxtriton.fusion.index_space import RegionError, analyze
 from mlxtriton.fusion.report import RegionReport
-from mlxtriton.fusion.split import _WIDE, GROUPS_PER_CORE  # float32 partials of half types
+from mlxtriton.fusion.split import _WIDE  # float32 partials of half types
 
 # Fewest rows a block takes: below two a partial per row is the value itself.
 MIN_BLOCK_ROWS = 2
@@ -62,11 +62,11 @@ class PartialsDecision:
                 f"{self.blocks} partials per column")
 
 
-def block_rows(rows: int, cores: int) -> int:
+def block_rows(rows: int, cores: int, groups_per_core: int) -> int:
     """Rows per block (1: leave the column sum alone): the fewest that leave at most
-    ``GROUPS_PER_CORE * cores`` threadgroups, at least `MIN_BLOCK_ROWS`, dividing ``rows``, with
-    a threadgroup for every core still."""
-    target = GROUPS_PER_CORE * cores
+    ``groups_per_core * cores`` threadgroups (the tuning data's ``split_groups_per_core``), at
+    least `MIN_BLOCK_ROWS`, dividing ``rows``, with a threadgroup for every core still."""
+    target = groups_per_core * cores
     for b in range(MIN_BLOCK_ROWS, rows + 1):
         if rows % b == 0 and rows // b <= target:
             return b if rows // b >= cores else 1
@@ -158,7 +158,7 @@ def column_partials(graph: Graph, regions: tuple[RegionReport, ...], chip
                 or axes != tuple(range(k))):
             continue
         R, L = math.prod(space.shape[:k]), math.prod(space.shape[k:])
-        B = block_rows(R, cores)
+        B = block_rows(R, cores, hw.tuning.tuning(profile).split_groups_per_core)
         if B == 1 or not _registers_hold(profile, L, sums.get(row_eqn, 0) + 1):
             continue
         rewritten, partial = _add_block_sum(current, outer, R // B, B, k)

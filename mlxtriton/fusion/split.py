@@ -40,20 +40,10 @@ from mlxtriton.fusion._rules import ELEMENTWISE
 SPLITTABLE = frozenset({"sum", "prod", "max", "min", "and", "or"})  # Reduce kinds; also ArgReduce,
 # LogSumExp and Softmax over the last axis
 
-# Threadgroups a split aims for, per GPU core: several resident per core keep enough loads in
-# flight to cover memory latency (an H200 SM holds four 512-thread blocks; an Apple core, 1024
-# threads at full occupancy with small threadgroups).
-GROUPS_PER_CORE = 4
-# A reduction smaller than this stays one level: one threadgroup streams it in a few microseconds,
-# about the cost of the second kernel a split adds. Measured on the H200 (pipelined calls,
-# benchmarks/results/split_threshold_h200.json): a sum of squares over 1 MiB takes 15.7 us in one
-# threadgroup and 16.9 split, over 2 MiB 24.1 and 19.1. An argmax, slower per element in one
-# threadgroup and three kernels split, pays from half as much: 512 KiB 34.8 against 27.9 us,
-# 256 KiB 23.5 against 26.3.
-MIN_SPLIT_BYTES = 1 << 20
-MIN_ARG_SPLIT_BYTES = 1 << 19
-# Elements each first-level row keeps, so that its threadgroup still has a row's worth of work.
-MIN_SEGMENT = 4096
+# How many threadgroups a split aims for per core, from how many bytes it splits, and how long
+# its segments stay are the chip's tuning data (`mlxtriton.hw.tuning`: split_groups_per_core,
+# split_min_bytes, arg_split_min_bytes, split_min_segment): a reduction smaller than the minimum
+# stays one level, as one threadgroup streams it in about the time the second kernel costs.
 # Partials the second level combines at most: one row kernel's threadgroup.
 MAX_SEGMENTS = 1024
 
@@ -82,33 +72,36 @@ class SplitDecision:
                 f"{self.rows} x {self.segments} (too few {unit[:-3]}s for {self.cores} cores)")
 
 
-def segments(rows: int, length: int, first: int, itemsize: int, cores: int,
+def segments(rows: int, length: int, first: int, itemsize: int, cores: int, tuned,
              min_bytes: int | None = None) -> int:
     """How many segments to cut each row into (1: leave it): a divisor ``S`` of ``first`` (the
-    outermost reduced extent that can be cut) filling ``GROUPS_PER_CORE * cores`` threadgroups,
-    for at least ``min_bytes`` (default `MIN_SPLIT_BYTES`) of input."""
-    min_bytes = MIN_SPLIT_BYTES if min_bytes is None else min_bytes
+    outermost reduced extent that can be cut) filling ``split_groups_per_core * cores``
+    threadgroups, for at least ``min_bytes`` (default the tuning data's ``split_min_bytes``) of
+    input; ``tuned`` is the chip's `mlxtriton.hw.tuning.Tuning`."""
+    min_bytes = tuned.split_min_bytes if min_bytes is None else min_bytes
     if rows >= cores or rows * length * itemsize < min_bytes:
         return 1
-    want = min(MAX_SEGMENTS, -(-GROUPS_PER_CORE * cores // rows), length // MIN_SEGMENT)
+    want = min(MAX_SEGMENTS, -(-tuned.split_groups_per_core * cores // rows),
+               length // tuned.split_min_segment)
     return max((d for d in range(2, want + 1) if first % d == 0), default=1)
 
 
 def column_segments(columns: int, length: int, first: int, itemsize: int, cores: int,
-                    simd_width: int) -> int:
+                    simd_width: int, tuned) -> int:
     """How many segments to cut a column reduction into (1: leave it): a divisor ``S`` of
-    ``first`` (the extent that can be cut) for at least `MIN_SPLIT_BYTES` of input whose columns
+    ``first`` (the extent that can be cut) for at least ``split_min_bytes`` of input whose columns
     leave cores without a threadgroup, as `segments` does for rows. A column kernel's
     threadgroup reads up to a SIMD-group's width of neighbouring columns
-    (codegen/builder.py `_column_threads`), so ``S`` aims at ``GROUPS_PER_CORE * cores``
-    threadgroups of at least `MIN_SEGMENT` elements each."""
-    if columns * length == 0 or columns * length * itemsize < MIN_SPLIT_BYTES:
+    (codegen/schedule.py `_column_threads`), so ``S`` aims at ``split_groups_per_core * cores``
+    threadgroups of at least ``split_min_segment`` elements each."""
+    if columns * length == 0 or columns * length * itemsize < tuned.split_min_bytes:
         return 1
     group = min(simd_width, columns)
     groups = -(-columns // group)
     if groups >= cores:
         return 1
-    want = min(MAX_SEGMENTS, -(-GROUPS_PER_CORE * cores // groups), length * group // MIN_SEGMENT)
+    want = min(MAX_SEGMENTS, -(-tuned.split_groups_per_core * cores // groups),
+               length * group // tuned.split_min_segment)
     return max((d for d in range(2, want + 1) if first % d == 0), default=1)
 
 
@@ -235,6 +228,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
     if not profile.is_gpu:
         return graph, []
     cores = max(profile.gpu_cores or (1,))
+    tuned = hw.tuning.tuning(profile)
     simd_width = profile.simd_width or 32  # unknown: NVIDIA's warp and every Apple SIMD-group
     mapping: dict[Var, Var] = {}
     new_eqns: list[Eqn] = []
@@ -261,7 +255,7 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             continue
         reduced = tuple(x.shape[a] for a in axes)
         rows, length = math.prod(x.shape) // max(1, math.prod(reduced)), math.prod(reduced)
-        min_bytes = MIN_ARG_SPLIT_BYTES if kind in ("argmax", "argmin") else None
+        min_bytes = tuned.arg_split_min_bytes if kind in ("argmax", "argmin") else None
         # Several neighbouring reduced dims: cut them flattened into one when every broadcast
         # feeding the reduction is full or constant over them (the cone says), else cut the
         # outermost.
@@ -280,8 +274,9 @@ def split_reductions(graph: Graph, chip) -> tuple[Graph, list[SplitDecision]]:
             continue
         for flat in (True, False) if len(axes) > 1 and together else (False,):
             extent = length if flat else reduced[0]
-            s = (segments(rows, length, extent, _itemsize(x.dtype), cores, min_bytes) if row
-                 else column_segments(rows, length, extent, _itemsize(x.dtype), cores, simd_width))
+            s = (segments(rows, length, extent, _itemsize(x.dtype), cores, tuned, min_bytes) if row
+                 else column_segments(rows, length, extent, _itemsize(x.dtype), cores, simd_width,
+                                      tuned))
             if s == 1:
                 continue
             cut = _Cut(x.shape, axes, axes[0], len(axes) if flat else 1, s)

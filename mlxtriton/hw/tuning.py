@@ -76,6 +76,11 @@ class Tuning:
             threadgroup memory that leaves one threadgroup per core.
         column_lane_elements: Elements each lane of a split column reduction reduces at least.
         column_min_group: Fewest neighbouring columns a column reduction's threadgroup takes.
+        split_groups_per_core: Threadgroups per core a reduction split in two levels, or a
+            column sum kept in blocks of rows, aims for.
+        split_min_bytes: Reductions over fewer bytes of input stay one level.
+        arg_split_min_bytes: The same for an argmax / argmin (three kernels once split).
+        split_min_segment: Elements each first-level row of a split keeps at least.
         stream_unroll: Chunks of a streamed row a thread's loop unrolls.
         online_chunked: Whether an online max-and-sum rescales once per vector (else per element).
         hoist_row_loads: Whether a row's own scalars no reduction feeds are read before its passes.
@@ -112,6 +117,10 @@ class Tuning:
     stage_min_reads: int
     column_lane_elements: int
     column_min_group: int
+    split_groups_per_core: int
+    split_min_bytes: int
+    arg_split_min_bytes: int
+    split_min_segment: int
     stream_unroll: int
     online_chunked: bool
     hoist_row_loads: bool
@@ -203,6 +212,14 @@ SM_90 = _row(
                               "with a thread per column", _R + "column_variants_h200.json"),
     column_min_group=(8, "8 float32 columns are one 32-byte sector: 512 columns of 65536 at 2536 "
                          "GB/s with 128 lanes x 8", _R + "column_variants_h200.json"),
+    split_groups_per_core=(4, "an SM holds four 512-thread blocks: several resident keep loads in "
+                              "flight to cover memory latency", NOT_MEASURED),
+    split_min_bytes=(1 << 20, "a sum of squares over 1 MiB took 15.7 us in one threadgroup, 16.9 "
+                              "split; over 2 MiB 24.1 and 19.1", _R + "split_threshold_h200.json"),
+    arg_split_min_bytes=(1 << 19, "an argmax over 512 KiB took 34.8 us in one threadgroup, 27.9 "
+                                  "split; over 256 KiB 23.5 and 26.3", _R + "split_threshold_h200.json"),
+    split_min_segment=(4096, "a first-level row keeps a row's worth of work for its threadgroup",
+                       NOT_MEASURED),
     stream_unroll=(1, "unrolling the streamed loop moved nothing beyond noise",
                    _R + "stream_unroll_h200.json"),
     online_chunked=(True, "an online max-and-sum rescaling once per vector beat per element",
@@ -249,6 +266,11 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         stage_min_reads=(3, "the NVIDIA rule, kept", guess),
         column_lane_elements=(16, "the NVIDIA rule, kept", guess),
         column_min_group=(8, "the NVIDIA rule, kept", guess),
+        split_groups_per_core=(4, "a core holds 1024 threads at full occupancy in small "
+                                  "threadgroups", guess),
+        split_min_bytes=(1 << 20, "the NVIDIA rule, kept", guess),
+        arg_split_min_bytes=(1 << 19, "the NVIDIA rule, kept", guess),
+        split_min_segment=(4096, "the NVIDIA rule, kept", guess),
         stream_unroll=(1, "the NVIDIA rule, kept", guess),
         online_chunked=(True, "the NVIDIA rule, kept", guess),
         hoist_row_loads=(True, "the NVIDIA rule, kept", guess),

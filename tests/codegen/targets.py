@@ -41,13 +41,14 @@ def built(region: Region, chip: str):
 
 
 @contextlib.contextmanager
-def tuned(family: str = "sm_90", **changes):
-    """The tuning data of ``family``'s architecture with ``changes``, while the block runs: what
-    a rule does when its table row says otherwise."""
-    row = hw.tuning.tuning_of_family(family)
+def tuned(family: str | None = "sm_90", **changes):
+    """The tuning data of ``family``'s architecture (None: of every architecture) with
+    ``changes``, while the block runs: what a rule does when its table row says otherwise."""
+    rows = [hw.tuning.tuning_of_family(family)] if family else list(hw.tuning.TABLE.values())
     saved = dict(hw.tuning._BY_FAMILY)
-    for f in row.families:
-        hw.tuning._BY_FAMILY[f] = dataclasses.replace(row, **changes)
+    for row in rows:
+        for f in row.families:
+            hw.tuning._BY_FAMILY[f] = dataclasses.replace(row, **changes)
     try:
         yield
     finally:

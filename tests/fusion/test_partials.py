@@ -40,12 +40,12 @@ def _close(want, got, tol):
 
 def test_block_rows():
     # the fewest rows per block leaving at most 4 threadgroups per core, and one per core at least
-    assert block_rows(32768, 132) == 64  # 512 threadgroups on an H200
-    assert block_rows(4096, 132) == 8
-    assert block_rows(1024, 132) == 2
-    assert block_rows(256, 132) == 1  # 128 blocks of 2 would leave cores idle
-    assert block_rows(1031, 132) == 1  # prime
-    assert block_rows(4096, 10) == 128  # an M3: 32 threadgroups
+    assert block_rows(32768, 132, 4) == 64  # 512 threadgroups on an H200
+    assert block_rows(4096, 132, 4) == 8
+    assert block_rows(1024, 132, 4) == 2
+    assert block_rows(256, 132, 4) == 1  # 128 blocks of 2 would leave cores idle
+    assert block_rows(1031, 132, 4) == 1  # prime
+    assert block_rows(4096, 10, 4) == 128  # an M3: 32 threadgroups
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])

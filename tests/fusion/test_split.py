@@ -11,19 +11,23 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import mlxtriton
-from mlxtriton.fusion import fuse_with_report, split as split_module
+from mlxtriton.fusion import fuse_with_report
 from mlxtriton.fusion.split import split_reductions
 from mlxtriton.graph import evaluate, verify
 from tests.codegen import metal_check
+from tests.codegen.targets import tuned
 from tests.fusion.test_properties import check_bodies
 
 
+# Tiny test arrays split as the chip would split large ones: every chip's tuning data with no
+# minimum size and short segments.
+SMALL = dict(split_min_bytes=0, arg_split_min_bytes=0, split_min_segment=4)
+
+
 @pytest.fixture
-def small(monkeypatch):
-    """Split tiny test arrays as the chip would split large ones."""
-    monkeypatch.setattr(split_module, "MIN_SPLIT_BYTES", 0)
-    monkeypatch.setattr(split_module, "MIN_ARG_SPLIT_BYTES", 0)
-    monkeypatch.setattr(split_module, "MIN_SEGMENT", 4)
+def small():
+    with tuned(None, **SMALL):
+        yield
 
 
 def _np(a):
@@ -231,10 +235,7 @@ def test_random_reductions_split_like_the_traced_graph(data):
           "logsumexp": lambda x, b: mx.logsumexp(x * b, axis=-1),
           "softmax": lambda x, b: mx.softmax(x - b, axis=-1)}[kind]
     g = _trace(fn, x, b)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
-        mp.setattr(split_module, "MIN_ARG_SPLIT_BYTES", 0)
-        mp.setattr(split_module, "MIN_SEGMENT", 1)
+    with tuned(None, **SMALL | {"split_min_segment": 1}):
         split, decisions = split_reductions(g, "h200")
     verify(split)
     assume(decisions)
@@ -313,9 +314,7 @@ def test_random_column_reductions_split_like_the_traced_graph(data):
           "mean": lambda x: mx.mean(x, axis=axes),
           "var": lambda x: (mx.mean(x, axis=axes), mx.var(x, axis=axes, keepdims=True))}[kind]
     g = _trace(fn, x)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(split_module, "MIN_SPLIT_BYTES", 0)
-        mp.setattr(split_module, "MIN_SEGMENT", 1)
+    with tuned(None, split_min_bytes=0, split_min_segment=1):
         split, decisions = split_reductions(g, "h100")
     verify(split)
     assume(decisions)

@@ -58,20 +58,18 @@ def test_the_example_models_run_their_kernels_as_metal(monkeypatch):
 def test_two_level_reductions_run_their_kernels_as_metal(monkeypatch):
     """Reductions over few rows split into two levels of row kernels (fusion/split.py), the tiny
     test arrays split as the chip would split large ones: each level runs as Metal."""
-    from mlxtriton.fusion import split as split_module
+    from tests.codegen.targets import tuned
     from tests.fusion import test_split
 
-    monkeypatch.setattr(split_module, "MIN_SPLIT_BYTES", 0)
-    monkeypatch.setattr(split_module, "MIN_ARG_SPLIT_BYTES", 0)
-    monkeypatch.setattr(split_module, "MIN_SEGMENT", 4)
-    lowered = {name: mlxtriton.optimize(fn, chip="m3").trace(*args).lower("metal")
-               for name, (fn, args) in test_split.CASES.items()}
-    # most split in two levels (two or three kernels each), the others stay one kernel
-    assert sum(len(k) > 1 for k in lowered.values()) >= len(lowered) // 2
-    metal_emulator.prepare([k for ks in lowered.values() for k in ks])
-    monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
-    for name, (fn, args) in test_split.CASES.items():
-        test_split._close(fn(*args), mlxtriton.optimize(fn, chip="m3")(*args), 1e-4)
+    with tuned(None, **test_split.SMALL):
+        lowered = {name: mlxtriton.optimize(fn, chip="m3").trace(*args).lower("metal")
+                   for name, (fn, args) in test_split.CASES.items()}
+        # most split in two levels (two or three kernels each), the others stay one kernel
+        assert sum(len(k) > 1 for k in lowered.values()) >= len(lowered) // 2
+        metal_emulator.prepare([k for ks in lowered.values() for k in ks])
+        monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
+        for name, (fn, args) in test_split.CASES.items():
+            test_split._close(fn(*args), mlxtriton.optimize(fn, chip="m3")(*args), 1e-4)
 
 
 @needs_compiler
