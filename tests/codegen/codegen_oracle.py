@@ -304,6 +304,22 @@ def column_sum(shape=(100, 6), dtype="float32") -> Region:
     return b.build([b.op("Squeeze", b.op("Reduce", x, kind="sum", axes=(0,)), axes=(0,))])
 
 
+def softmax_transposed(shape=(100, 6), dtype="float32") -> Region:
+    """Softmax over axis 0 of (L, R): each row of the kernel is a column in memory."""
+    b = RegionBuilder("softmaxtransposed")
+    x = b.input(shape, dtype, "x")
+    return b.build([b.op("Softmax", b.op("Transpose", x, axes=(1, 0)))])
+
+
+def channel_statistics(shape=(4, 6, 8), dtype="float32") -> Region:
+    """Per-channel sums and sums of squares over every axis but the last (NHWC statistics)."""
+    b = RegionBuilder("channelstats")
+    xf = b.op("AsType", b.input(shape, dtype, "x"), dtype="float32")
+    axes = tuple(range(len(shape) - 1))
+    return b.build([b.op("Reduce", xf, kind="sum", axes=axes),
+                    b.op("Reduce", b.op("Square", xf), kind="sum", axes=axes)])
+
+
 def pointwise_broadcast(shape=(4, 6, 32), dtype="float32") -> Region:
     """Transposed input, a broadcast row vector, a 0-d scalar; two outputs."""
     A, B, C = shape
@@ -323,6 +339,8 @@ FAMILIES = {
     "softmaxcomposed": softmax_composed, "crossentropymlx": cross_entropy_mlx,
     "pointwise": pointwise_broadcast,
 }
+# Reductions not over the last axis, whose kernels walk columns: shapes of any rank.
+COLUMN_FAMILIES = {"softmaxtransposed": softmax_transposed, "channelstats": channel_statistics}
 
 
 def random_inputs(region: Region, seed: int = 0, scale: float = 3.0) -> list[np.ndarray]:

@@ -68,6 +68,22 @@ def test_all_candidates_of_a_small_shape_match_the_oracle(family):
         _check(region, s)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(family=st.sampled_from(sorted(oracle.COLUMN_FAMILIES)),
+       shape=st.lists(st.integers(1, 40), min_size=2, max_size=3).map(tuple),
+       dtype=st.sampled_from(FLOATS), chip=st.sampled_from(sorted(TARGETS)), on_chip=st.booleans(),
+       data=st.data())
+def test_every_candidate_of_a_column_reduction_matches_the_oracle(family, shape, dtype, chip, on_chip,
+                                                                  data):
+    if family == "softmaxtransposed":
+        shape = shape[:2]
+    region = oracle.COLUMN_FAMILIES[family](shape=shape, dtype=dtype)
+    found = candidates(region, target(chip), on_chip)
+    assert found[0] == default(region, target(chip), on_chip)
+    assert legal(region, found[0], target(chip)) is None
+    _check(region, data.draw(st.sampled_from(found)), data.draw(st.integers(0, 99)))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(sorted(oracle.FAMILIES)), rows=st.sampled_from([1, 2, 64, 4096]),
        length=st.integers(1, 1 << 17), dtype=st.sampled_from(FLOATS),
