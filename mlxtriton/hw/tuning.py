@@ -86,6 +86,9 @@ class Tuning:
         hoist_row_loads: Whether a row's own scalars no reduction feeds are read before its passes.
         hoist_block_loads: Whether a threadgroup walking a block of rows loads what its rows share
             once, before them.
+        resident_saves_statistics: Whether a row kernel holding its rows in registers and
+            computing a logsumexp saves its row statistics for a backward that would otherwise
+            reduce the row again (rows streamed from memory always save them).
         evidence: ``(field, Evidence)`` for every field above.
     """
 
@@ -125,6 +128,7 @@ class Tuning:
     online_chunked: bool
     hoist_row_loads: bool
     hoist_block_loads: bool
+    resident_saves_statistics: bool
     evidence: tuple[tuple[str, Evidence], ...] = ()
 
     def why(self, field: str) -> Evidence:
@@ -228,6 +232,9 @@ SM_90 = _row(
                      _R + "ce_hoist_h200_session10.json"),
     hoist_block_loads=(True, "bf16 RMS norm backward 265 -> 224 us loading the weight once per "
                              "block", _R + "block_sums_h200.json"),
+    resident_saves_statistics=(True, "log-softmax forward + backward: bf16 2955 GB/s saving against "
+                                     "2262 recomputing; cross-entropy, whose backward is then pointwise, "
+                                     "recomputes", _R + "backward_rows_h200_session10_saves.json"),
 )
 
 
@@ -275,6 +282,7 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         online_chunked=(True, "the NVIDIA rule, kept", guess),
         hoist_row_loads=(True, "the NVIDIA rule, kept", guess),
         hoist_block_loads=(True, "the NVIDIA rule, kept", guess),
+        resident_saves_statistics=(True, "the NVIDIA rule, kept", guess),
     )
 
 

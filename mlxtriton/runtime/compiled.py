@@ -50,9 +50,6 @@ _ARRAY = mx.array
 # runs before the one it builds on (cache before fuse) would have nothing to act on. Patterns run
 # first: fusion then groups what the rewrites left (a gate after its matmuls, a bias add + ReLU).
 PIPELINE = ("patterns", "fuse", "layout", "cache")
-# Whether row regions whose rows stay in registers save their statistics for the backward:
-# None, `_resident_saves_statistics` decides; True / False, every one / none (benchmarks).
-SAVE_RESIDENT_STATISTICS: bool | None = None
 DEFAULT_CACHE_SIZE = 64
 
 
@@ -337,18 +334,17 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw
     again once per statistic. Rows in registers cost no reads to reduce again, only compute:
     they save where the region computes a logsumexp and its backward, given it, still reduces
     the row (log-softmax: the cotangent's sum), not where that backward would be pointwise
-    (cross-entropy recomputes its row's max and sum instead). Forward and backward together on
-    the H200 (`_resident_saves_statistics`)."""
+    (cross-entropy recomputes its row's max and sum instead), and where the chip's tuning data
+    says so (``resident_saves_statistics``)."""
     if not fused_backward():
         return None
     body = body_of(e)
     resident = rows_held(e, target)
-    switch = SAVE_RESIDENT_STATISTICS
-    if resident and (kernel.kernel.arg.kind != "row" or switch is False or (
-            switch is None and "LogSumExp" not in body.primitive_counts())):
+    if resident and (kernel.kernel.arg.kind != "row" or "LogSumExp" not in body.primitive_counts()
+                     or not hw.tuning.tuning(target.chip).resident_saves_statistics):
         return None
     plan = saved_statistics(body, kernel.kernel.arg.rows)
-    if plan is None or (resident and not (switch or _resident_saves_statistics(plan))):
+    if plan is None or (resident and not _backward_reduces(plan)):
         return None
     forward = bare  # the region's own launch, where no statistic is appended
     if plan.count:
@@ -363,21 +359,10 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw
     return differentiable_saving(detached(forward), body, plan, backward)
 
 
-def _resident_saves_statistics(plan: SavedStatistics) -> bool:
-    """Whether a region whose rows stay in registers and computes a logsumexp saves its
-    statistics (`_saving_statistics`, where `SAVE_RESIDENT_STATISTICS` overrides this rule).
-    Measured forward and backward together on the H200 (benchmarks/results/
-    backward_rows_h200_session8_resident.json, GB/s, recomputing -> saving): log-softmax f32
-    2345 -> 3256 at 32768x4096, 2264 -> 2880 at 4096x16384; bf16 2215 -> 2796, 1847 -> 2591;
-    bf16 cross-entropy 1955 -> 2087, 1516 -> 1765; but float32 cross-entropy, whose backward
-    with the logsumexp saved is a pointwise kernel, 2741 -> 2478 and 2486 -> 2404. Softmax and
-    the norms, measured the same way, moved -44% to +11% (`_session8_resident_norms.json`).
-    Since CUDA's exponential and max became one instruction each (session 10,
-    `backward_rows_h200_session10_saves.json`, saving -> recomputing) bf16 cross-entropy, whose
-    backward with the logsumexp saved is pointwise too, recomputes as float32 does: forward and
-    backward 2118 -> 2400 at 32768x4096 and 1981 -> 2176 at 4096x16384, the gradients alone
-    2123 -> 3511 and 1938 -> 3039 (they no longer run the saving forward); log-softmax still
-    saves (bf16 2955 -> 2262 recomputing)."""
+def _backward_reduces(plan: SavedStatistics) -> bool:
+    """Whether ``plan``'s backward still reduces a row once the statistics are given (a
+    log-softmax's does; a cross-entropy's, given its logsumexp, is pointwise: for rows held in
+    registers recomputing the statistics then costs less than the saving forward)."""
     return any(get_primitive(e.primitive).family is Family.REDUCE for e in plan.backward.eqns)
 
 
