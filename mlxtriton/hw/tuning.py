@@ -86,6 +86,11 @@ class Tuning:
         hoist_row_loads: Whether a row's own scalars no reduction feeds are read before its passes.
         hoist_block_loads: Whether a threadgroup walking a block of rows loads what its rows share
             once, before them.
+        norms_generated_at_least_as_fast: Row norms (``"RMSNorm"``, ``"LayerNorm"``) whose
+            generated kernel runs at least as fast as MLX's fast op: with the fuse stage to
+            follow, the patterns stage leaves them decomposed for it.
+        norms_generated_faster: ...and clearly faster: a fast-op primitive of a GPU trace is
+            decomposed for the fuse stage.
         resident_saves_statistics: Whether a row kernel holding its rows in registers and
             computing a logsumexp saves its row statistics for a backward that would otherwise
             reduce the row again (rows streamed from memory always save them).
@@ -128,6 +133,8 @@ class Tuning:
     online_chunked: bool
     hoist_row_loads: bool
     hoist_block_loads: bool
+    norms_generated_at_least_as_fast: frozenset[str]
+    norms_generated_faster: frozenset[str]
     resident_saves_statistics: bool
     evidence: tuple[tuple[str, Evidence], ...] = ()
 
@@ -232,6 +239,12 @@ SM_90 = _row(
                      _R + "ce_hoist_h200_session10.json"),
     hoist_block_loads=(True, "bf16 RMS norm backward 265 -> 224 us loading the weight once per "
                              "block", _R + "block_sums_h200.json"),
+    norms_generated_at_least_as_fast=(frozenset({"RMSNorm", "LayerNorm"}), "32768 x 4096: RMS norm f32 271 "
+                                      "us generated against 270 us mx.fast.rms_norm, bf16 136 against 136",
+                                      _R + "row_kernels_h200_quick.json"),
+    norms_generated_faster=(frozenset({"LayerNorm"}), "32768 x 4096: layer norm f32 271 us generated "
+                            "against 684 us mx.fast.layer_norm, bf16 136 against 324",
+                            _R + "row_kernels_h200_quick.json"),
     resident_saves_statistics=(True, "log-softmax forward + backward: bf16 2955 GB/s saving against "
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
                                      "recomputes", _R + "backward_rows_h200_session10_saves.json"),
@@ -282,6 +295,10 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         online_chunked=(True, "the NVIDIA rule, kept", guess),
         hoist_row_loads=(True, "the NVIDIA rule, kept", guess),
         hoist_block_loads=(True, "the NVIDIA rule, kept", guess),
+        norms_generated_at_least_as_fast=(frozenset(), "MLX's fast norms are kept until a generated "
+                                          "norm is timed on the chip", guess),
+        norms_generated_faster=(frozenset(), "MLX's fast norms are kept until a generated norm is "
+                                "timed on the chip", guess),
         resident_saves_statistics=(True, "the NVIDIA rule, kept", guess),
     )
 

@@ -39,7 +39,7 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         graph: a traced graph.
         chip: the target chip (a name or `mlxtriton.hw.Profile`; None: no chip-dependent
             choice). Its backend decides, with ``fusing``, whether a row norm becomes MLX's fast
-            op or stays for the fuse stage (`mlxtriton.patterns.norms.GENERATED_AT_LEAST_AS_FAST`).
+            op or stays for the fuse stage (its tuning row's ``norms_generated_at_least_as_fast``).
         rules: the table to apply, or tables applied one after another, each to a fixed point
             (default `DEFAULT_RULES`, then `TARGET_RULES`).
         on_rewrite: called with the graph after every rewrite (e.g. `mlxtriton.verify`).
@@ -54,9 +54,11 @@ def optimize_patterns(graph: Graph, chip: Any = None, rules: Rules | None = None
         >>> optimize_patterns(g)[0].primitive_counts()
         {'RMSNorm': 1}
     """
-    backend = hw.resolve(chip).backend if chip is not None else None
-    return rewrite(graph, (DEFAULT_RULES, TARGET_RULES) if rules is None else rules,
-                   on_rewrite=on_rewrite, context={"backend": backend, "fusing": fusing})
+    profile = hw.resolve(chip) if chip is not None else None
+    backend = profile.backend if profile is not None else None
+    tuning = hw.tuning.tuning(profile) if profile is not None and profile.is_gpu else None
+    return rewrite(graph, (DEFAULT_RULES, TARGET_RULES) if rules is None else rules, on_rewrite=on_rewrite,
+                   context={"backend": backend, "fusing": fusing, "tuning": tuning})
 
 
 __all__ = [

@@ -22,24 +22,14 @@ from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 # in float16 stays as it is: its squares overflow past 256 where the fast op's float32 statistics
 # do not.
 # Where the fuse stage follows and a generated row kernel runs a norm at least as fast as MLX's
-# fast op (measured: GENERATED_AT_LEAST_AS_FAST), the choice turns round: the norm is left
-# decomposed for fusion, and where the generated kernel is clearly faster (GENERATED_FASTER) a
-# fast-op primitive from a GPU trace is decomposed for it.
+# fast op (measured: the chip's tuning row, `norms_generated_at_least_as_fast`), the choice turns
+# round: the norm is left decomposed for fusion, and where the generated kernel is clearly faster
+# (`norms_generated_faster`) a fast-op primitive from a GPU trace is decomposed for it.
 
 _HALF = frozenset({"float16", "bfloat16"})
 
-# Row norms whose generated row kernel (the fuse stage) measured at least as fast as MLX's fast
-# op, per backend: there, when the fuse stage follows, a decomposed norm is left decomposed (it
-# also fuses with its neighbours: a residual add, a gate). H200, MLX 0.32.4, 32768 x 4096
-# (benchmarks/results/row_kernels_h200_quick.json): RMSNorm f32 271 us generated vs 270 us
-# mx.fast.rms_norm, bf16 136 vs 136; LayerNorm f32 271 vs 684, bf16 136 vs 324. No such
-# measurement on Metal yet: there the fast ops are used.
-GENERATED_AT_LEAST_AS_FAST: dict[str, frozenset[str]] = {"cuda": frozenset({"RMSNorm", "LayerNorm"})}
-# ... and clearly faster (2.4x): a LayerNorm primitive (what a GPU trace of nn.LayerNorm holds)
-# is decomposed for the fuse stage there.
-GENERATED_FASTER: dict[str, frozenset[str]] = {"cuda": frozenset({"LayerNorm"})}
 # Backends where a norm whose output only pointwise work reads (a gate: `rms_norm(x, w) *
-# silu(g)`, a scale, a residual add) goes to the fuse stage, decomposed, whatever the tables above
+# silu(g)`, a scale, a residual add) goes to the fuse stage, decomposed, whatever the tuning row
 # say: one generated row kernel then reads the row and the gate and writes the product, where
 # MLX's fast op writes the norm's output for a second kernel to read back (4 passes over memory
 # instead of 3). This holds without a measurement, so it is the rule on Apple GPUs, where none of
@@ -56,8 +46,10 @@ FUSED_WITH_ITS_INPUT: frozenset[str] = frozenset({"metal", "cuda"})
 _ELEMENTWISE = family(Family.UNARY) | family(Family.BINARY) | family(Family.TERNARY)
 
 
-def _left_for_fusion(m: Match, primitive: str, table: dict) -> bool:
-    return bool(m.context.get("fusing")) and primitive in table.get(m.context.get("backend"), ())
+def _left_for_fusion(m: Match, primitive: str, rule: str) -> bool:
+    """The fuse stage follows and the chip's tuning row lists ``primitive`` under ``rule``."""
+    tuning = m.context.get("tuning")
+    return bool(m.context.get("fusing")) and tuning is not None and primitive in getattr(tuning, rule)
 
 
 def _norm_output(graph: Graph, v: Var) -> Var:
@@ -161,7 +153,7 @@ def rms_norm(m: Match):  # x * rsqrt(mean(x^2) + eps) -> RMSNorm(x, 1)
     why = mean_over_last_axis(m, "ms", x) or (_IN_FLOAT16 if x.dtype == "float16" else None)
     if why:
         return Miss(why)
-    if _left_for_fusion(m, "RMSNorm", GENERATED_AT_LEAST_AS_FAST):
+    if _left_for_fusion(m, "RMSNorm", "norms_generated_at_least_as_fast"):
         if _is_centered(m, x):
             return None  # the RMS of x - mean(x): the LayerNorm rule speaks for it
         return Note(_FOR_FUSION.format(norm="RMSNorm", backend=m.context["backend"]))
@@ -183,7 +175,7 @@ def layer_norm(m: Match):  # (x - mean(x)) * rsqrt(var(x) + eps) -> LayerNorm(x,
            or (_IN_FLOAT16 if x.dtype == "float16" else None))
     if why:
         return Miss(why)
-    if _left_for_fusion(m, "LayerNorm", GENERATED_AT_LEAST_AS_FAST):
+    if _left_for_fusion(m, "LayerNorm", "norms_generated_at_least_as_fast"):
         return Note(_FOR_FUSION.format(norm="LayerNorm", backend=m.context["backend"]))
     reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
     if reads or _input_from_pointwise(m, x):
@@ -293,7 +285,7 @@ def rms_norm_for_fusion(m: Match):  # RMSNorm(x, w) read by, or of, pointwise wo
 
 def layer_norm_for_fusion(m: Match):  # LayerNorm(x, w, b) -> its decomposition, for the fuse stage
     x, w, b = m.root.inputs
-    measured = _left_for_fusion(m, "LayerNorm", GENERATED_FASTER)
+    measured = _left_for_fusion(m, "LayerNorm", "norms_generated_faster")
     reads = _fused_reads_fewer_bytes(m, m.root.outputs[0])
     if not (measured or reads or _input_from_pointwise(m, x)):
         return None

@@ -239,7 +239,8 @@ def layer_norm_for_fusion(draw):
     x, w, bias = b.input((3, 16), dtype), b.input((16,), dtype), b.input((16,), dtype)
     (y,) = b.add("LayerNorm", [x, w, bias], eps=1e-5)
     args = [draw(arrays((3, 16), dtype)), draw(arrays((16,), dtype)), draw(arrays((16,), dtype))]
-    return b.build([y]), args, {"backend": "cuda", "fusing": True}, True
+    cuda = {"backend": "cuda", "fusing": True, "tuning": mlxtriton.hw.tuning.tuning(mlxtriton.hw.profile("h200"))}
+    return b.build([y]), args, cuda, True
 
 
 @st.composite
