@@ -39,7 +39,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections import Counter
 
 import mlx.core as mx
@@ -56,7 +55,7 @@ from mlxtriton.patterns import optimize_patterns
 from mlxtriton.runtime.compiled import run_passes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from generation import build_model  # noqa: E402  (the same models as benchmarks/generation.py)
+from generation import build_model, timed_steps  # noqa: E402  (the same models and timing as benchmarks/generation.py)
 
 # The decode rules, each with the chip table that switches it on: emptied, the rule is off.
 RULES = {"grouped": (attention_rules, "GROUPED_AT_DECODE"),
@@ -241,19 +240,7 @@ def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int,
         source = f.trace(y, cache=cache)
         row["estimate"] = dict(cuda_launches(source.graph))
         row["estimate_total"] = sum(row["estimate"].values())
-    times, host, sampled = [], [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            y = step(y)
-            mx.async_eval(y)
-            sampled.append(y)
-        host.append(time.perf_counter() - t0)
-        mx.synchronize()
-        times.append(time.perf_counter() - t0)
-    median = times.index(sorted(times)[len(times) // 2])
-    row.update(ms=1e3 * times[median] / tokens, host_ms=1e3 * host[median] / tokens,
-               tokens=[t.reshape(-1).tolist() for t in sampled[:tokens]])
+    row.update(timed_steps(step, y, tokens, runs))
     if count:
         try:
             row["launches"] = measured_launches(step, y, tokens)

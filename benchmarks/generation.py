@@ -165,6 +165,16 @@ def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket
     for _ in range(warmup - 1):
         y = step(y)
         mx.eval(y)
+    row = timed_steps(step, y, tokens, runs)
+    row["first_step_s"] = first_step_s
+    row.update(info() if callable(info) else info)
+    return row
+
+
+def timed_steps(step, y, tokens: int, runs: int) -> dict:
+    """``runs`` runs of ``tokens`` decoding steps from ``y``, queued with ``mx.async_eval`` and
+    synchronised once per run: ms per step and host ms per step of the median run (the upper one
+    for an even count), and the first run's tokens."""
     times, host, sampled = [], [], []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -175,12 +185,9 @@ def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket
         host.append(time.perf_counter() - t0)
         mx.synchronize()
         times.append(time.perf_counter() - t0)
-    run = times.index(sorted(times)[len(times) // 2])  # the median run (upper for an even count)
-    row = {"ms": 1e3 * times[run] / tokens, "host_ms": 1e3 * host[run] / tokens,
-           "first_step_s": first_step_s,
-           "tokens": [t.reshape(-1).tolist() for t in sampled[:tokens]]}
-    row.update(info() if callable(info) else info)
-    return row
+    run = times.index(sorted(times)[len(times) // 2])
+    return {"ms": 1e3 * times[run] / tokens, "host_ms": 1e3 * host[run] / tokens,
+            "tokens": [t.reshape(-1).tolist() for t in sampled[:tokens]]}
 
 
 def time_generate_step(model, prompt_len, tokens, warmup, runs):
