@@ -113,6 +113,11 @@ class _ArrayOffsetCache(_lm_cache._BaseCache):
     def nbytes(self) -> int:
         return 0 if self.empty() else sum(b.nbytes for b in self._buffers())
 
+    def _allocate(self, keys: mx.array, values: mx.array, capacity: int) -> None:
+        """Zeroed key and value buffers of ``capacity`` slots, shaped as ``keys`` and ``values``."""
+        self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
+        self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
+
     def _set_offset(self, offset) -> None:
         self.offset = mx.array(offset, mx.int32)
         self._host_offset = int(self.offset.item())
@@ -193,8 +198,7 @@ class StaticKVCache(_BucketedCache):
         n = keys.shape[2]
         capacity = self._planned_capacity(n)
         if self.empty():
-            self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
-            self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
+            self._allocate(keys, values, capacity)
         elif capacity != self.capacity:
             self._resize(capacity)
         self.keys = _write(self.keys, keys, self.offset)
@@ -332,8 +336,7 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         n = keys.shape[2]
         capacity = self._planned_capacity(n)
         if self.empty():
-            self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
-            self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
+            self._allocate(keys, values, capacity)
         elif capacity != self.capacity:
             self._relayout(capacity)
         if n == 1:
