@@ -44,7 +44,8 @@ except ImportError as error:  # pragma: no cover - exercised only without mlx-lm
     raise ImportError("mlxtriton.lm needs mlx-lm: pip install mlx-lm") from error
 
 __all__ = [
-    "StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache", "CacheList",
+    "StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache", "StaticBatchKVCache",
+    "CacheList",
     "make_prompt_cache",
 ]
 
@@ -227,6 +228,13 @@ class StaticKVCache(_BucketedCache):
         return quantized
 
 
+    @classmethod
+    def merge(cls, caches: list) -> "StaticBatchKVCache":
+        """One batch cache holding these caches' sequences (what mlx-lm's ``BatchGenerator``
+        asks each layer's cache of the sequences it batches)."""
+        return StaticBatchKVCache.merge(caches)
+
+
 class StaticQuantizedKVCache(_BucketedCache):
     """mlx-lm's ``QuantizedKVCache`` with a still shape (see ``StaticKVCache``).
 
@@ -275,6 +283,209 @@ class StaticQuantizedKVCache(_BucketedCache):
         (self.keys, self.values, offset, self.group_size, self.bits, self.step, self.headroom,
          self.doubling) = v
         self._set_offset(offset)
+
+
+class StaticBatchKVCache(_BucketedCache):
+    """mlx-lm's ``BatchKVCache`` (batched generation, ``batch_generate`` and ``BatchGenerator``)
+    with a still shape.
+
+    Sequences are left-justified by padding as in mlx-lm: sequence ``b``'s tokens end at the
+    common write slot, its first ``left_padding[b]`` slots hold no token. The write slot is a
+    0-d int32 array beside its host-side count, the buffer grows in buckets as ``StaticKVCache``'s
+    does, ``offset`` is each sequence's position (a (B,) int32 array, what RoPE reads), and
+    ``make_mask`` hides each sequence's padding. The batch operations mlx-lm's batching performs
+    between calls (``prepare``, ``finalize``, ``filter``, ``extend``, ``extract``, ``merge``)
+    run eagerly and keep the capacity a bucket; only a new batch size or bucket is a new build.
+
+    Args:
+        left_padding: the padding slots of each sequence.
+        step, headroom, doubling: the bucket policy (see ``StaticKVCache``).
+    """
+
+    def __init__(self, left_padding: list[int], step: int = 256, headroom: int = 16,
+                 doubling: bool = False):
+        super().__init__(step, headroom, doubling)
+        self.left_padding = mx.array(left_padding, mx.int32)
+        self.offset = -self.left_padding
+        self.slot = mx.array(0, mx.int32)
+        self._right_padding = None
+
+    def _buffers(self):
+        return (self.keys, self.values)
+
+    def _resize(self, capacity: int) -> None:
+        self.keys = _pad_axis2(self.keys, capacity)
+        self.values = _pad_axis2(self.values, capacity)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.__mlxtriton_prepare__()
+        n = keys.shape[2]
+        capacity = self._planned_capacity(n)
+        if self.empty():
+            self._allocate(keys, values, capacity)
+        elif capacity != self.capacity:
+            self._resize(capacity)
+        self.keys = _write(self.keys, keys, self.slot)
+        self.values = _write(self.values, values, self.slot)
+        self.slot = self.slot + n
+        self.offset = self.offset + n
+        self._host_offset += n
+        return self.keys, self.values
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
+        """(B, 1, N, capacity) booleans: the causal mask over the buffer without each sequence's
+        padding slots."""
+        self.__mlxtriton_prepare__()
+        causal = _causal_mask(self.slot, N, self._planned_capacity(N), window_size)
+        keys = mx.arange(causal.shape[1], dtype=mx.int32)
+        return causal[None, None] & (self.left_padding[:, None, None, None] <= keys)
+
+    def prepare(self, *, left_padding=None, lengths=None, right_padding=None) -> None:
+        """As mlx-lm's: more left padding before the first write; right padding (prompts of
+        different lengths written together) to move to the left in ``finalize``."""
+        if left_padding is not None:
+            if not self.empty():
+                raise ValueError("left padding can only be added to an empty StaticBatchKVCache")
+            left_padding = mx.array(left_padding, mx.int32)
+            self.left_padding = self.left_padding + left_padding
+            self.offset = self.offset - left_padding
+        if right_padding is not None and max(right_padding) > 0:
+            self._right_padding = mx.array(right_padding, mx.int32)
+
+    def finalize(self) -> None:
+        """Rolls each right-padded sequence so its tokens end at the write slot (as mlx-lm's:
+        the slots rolled in from the buffer's end become padding)."""
+        if self._right_padding is not None:
+            padding = self._right_padding
+            self.keys = _lm_cache.dynamic_roll(self.keys, padding[:, None], axis=2)
+            self.values = _lm_cache.dynamic_roll(self.values, padding[:, None], axis=2)
+            self.offset = self.offset - padding
+            self.left_padding = self.left_padding + padding
+            self._right_padding = None
+
+    def size(self) -> int:
+        return self._host_offset
+
+    def trim(self, n: int) -> int:
+        n = min(self._host_offset, n)
+        self._host_offset -= n
+        self.slot = self.slot - n
+        self.offset = self.offset - n
+        return n
+
+    def _shifted(self, shift: int, capacity: int) -> tuple[mx.array, mx.array]:
+        """The buffers moved ``shift`` slots along axis 2 (left where negative), ``capacity``
+        slots long."""
+        out = []
+        for b in self._buffers():
+            if shift < 0:
+                b = b[:, :, -shift:]
+            elif shift > 0:
+                b = mx.pad(b, [(0, 0), (0, 0), (shift, 0), (0, 0)])
+            b = b[:, :, :capacity]
+            out.append(_pad_axis2(b, capacity) if b.shape[2] < capacity else b)
+        return out[0], out[1]
+
+    def filter(self, batch_indices) -> None:
+        """Keeps the given sequences, and drops the padding slots they all share."""
+        if not isinstance(batch_indices, mx.array):
+            batch_indices = mx.array(batch_indices, mx.int32)
+        if not self.empty():
+            self.keys = self.keys[batch_indices]
+            self.values = self.values[batch_indices]
+        self.offset = self.offset[batch_indices]
+        self.left_padding = self.left_padding[batch_indices]
+        shared = min(self.left_padding.tolist()) if self.left_padding.size else 0
+        if shared > 0:
+            if not self.empty():
+                self.keys, self.values = self._shifted(-shared, self.capacity)
+            self._host_offset -= shared
+            self.slot = self.slot - shared
+            self.left_padding = self.left_padding - shared
+
+    def extend(self, other: "StaticBatchKVCache") -> None:
+        """Appends ``other``'s sequences, both right-justified to the later write slot."""
+        if not isinstance(other, StaticBatchKVCache):
+            raise TypeError(f"a StaticBatchKVCache extends with another, not {type(other).__name__}")
+        if self.empty() and other.empty():
+            self.left_padding = mx.concatenate([self.left_padding, other.left_padding])
+            self.offset = mx.concatenate([self.offset, other.offset])
+            return
+        slot = max(self._host_offset, other._host_offset)
+        capacity = max(self.capacity, other.capacity, self._capacity(slot + self.headroom))
+        parts = []
+        for c in (self, other):
+            shift = slot - c._host_offset
+            if c.empty():
+                like = (other if c is self else self)
+                batch = c.offset.shape[0]
+                k = mx.zeros((batch, *like.keys.shape[1:2], capacity, like.keys.shape[3]), like.keys.dtype)
+                v = mx.zeros((batch, *like.values.shape[1:2], capacity, like.values.shape[3]),
+                             like.values.dtype)
+            else:
+                k, v = c._shifted(shift, capacity)
+            parts.append((k, v, c.offset, c.left_padding + shift))
+        self.keys, self.values, self.offset, self.left_padding = map(mx.concatenate, zip(*parts))
+        self._host_offset = slot
+        self.slot = mx.array(slot, mx.int32)
+
+    def extract(self, idx: int) -> StaticKVCache:
+        """Sequence ``idx`` alone, in a ``StaticKVCache`` of the same bucket policy."""
+        cache = StaticKVCache(self.step, self.headroom, self.doubling)
+        padding = self.left_padding[idx].item()
+        length = self._host_offset - padding
+        if not self.empty() and length > 0:
+            capacity = cache._capacity(length + self.headroom)
+            cache.keys = _pad_axis2(self.keys[idx:idx + 1, :, padding:self._host_offset], capacity)
+            cache.values = _pad_axis2(self.values[idx:idx + 1, :, padding:self._host_offset],
+                                      capacity)
+            cache._set_offset(length)
+        return cache
+
+    @classmethod
+    def merge(cls, caches: list) -> "StaticBatchKVCache":
+        """One batch cache of the given single-sequence caches (``StaticKVCache`` or mlx-lm's
+        ``KVCache``), right-justified; the bucket policy of the first ``StaticKVCache``."""
+        policy = next((c for c in caches if isinstance(c, _BucketedCache)), None)
+        step, headroom, doubling = ((policy.step, policy.headroom, policy.doubling)
+                                    if policy is not None else (256, 16, False))
+        lengths = [c.size() for c in caches]
+        longest = max(lengths)
+        cache = cls([longest - n for n in lengths], step, headroom, doubling)
+        if longest == 0:
+            return cache
+        full = [c for c in caches if c.size() > 0]
+        kv_heads, dk = full[0].keys.shape[1], full[0].keys.shape[3]
+        dv, dtype = full[0].values.shape[3], full[0].keys.dtype
+        capacity = cache._capacity(longest + headroom)
+        keys, values = [], []
+        for n, c in zip(lengths, caches):
+            if n == 0:
+                keys.append(mx.zeros((1, kv_heads, capacity, dk), dtype))
+                values.append(mx.zeros((1, kv_heads, capacity, dv), dtype))
+                continue
+            pad = [(0, 0), (0, 0), (longest - n, capacity - longest), (0, 0)]
+            keys.append(mx.pad(c.keys[:, :, :n], pad))
+            values.append(mx.pad(c.values[:, :, :n], pad))
+        cache.keys = mx.concatenate(keys)
+        cache.values = mx.concatenate(values)
+        cache.offset = cache.offset + longest
+        cache.slot = mx.array(longest, mx.int32)
+        cache._host_offset = longest
+        return cache
+
+    @property
+    def state(self):
+        return (self.keys, self.values, self.offset, self.left_padding, self.slot, self.step,
+                self.headroom, self.doubling)
+
+    @state.setter
+    def state(self, v):
+        (self.keys, self.values, self.offset, self.left_padding, slot, self.step, self.headroom,
+         self.doubling) = v
+        self.slot = mx.array(slot, mx.int32)
+        self._host_offset = int(self.slot.item())
+        self._right_padding = None
 
 
 class StaticRotatingKVCache(_ArrayOffsetCache):
@@ -405,7 +616,8 @@ class CacheList(_lm_cache.CacheList):
 
 _CLASSES = {
     cls.__name__: cls
-    for cls in (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache, CacheList,
+    for cls in (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache,
+                StaticBatchKVCache, CacheList,
                 _lm_cache.ArraysCache, _lm_cache.KVCache, _lm_cache.RotatingKVCache,
                 _lm_cache.QuantizedKVCache)
 }
