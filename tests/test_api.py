@@ -316,6 +316,21 @@ def test_softmax_over_axis_0_or_of_a_transpose_is_one_kernel(chip, monkeypatch):
         _close(k(x), f(x))
 
 
+@pytest.mark.parametrize("chip", ["h100", "m3"])
+def test_optimize_reads_a_softmax_of_a_transpose_coalesced(chip, monkeypatch):
+    # the rows are x's columns: one column kernel over x, the transpose after it a view
+    x = mx.random.normal((64, 96), key=mx.random.key(3))
+    f = lambda x: mx.softmax(mx.transpose(x), axis=-1)
+    lowered = mlxtriton.optimize(f, chip=chip).trace(x).lower("cuda")
+    (kernel,) = lowered.kernels
+    assert kernel.output_shapes == ((64, 96),)
+    assert lowered.graph.primitive_counts() == {"Fused": 1, "Transpose": 1}
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    _close(mlxtriton.optimize(f, chip=chip)(x), f(x))
+    g = lambda x: mx.exp(f(x))  # a pointwise reader would read the view strided: no rewrite
+    assert mlxtriton.optimize(g, chip=chip).trace(x).lower("cuda").graph.primitive_counts() == {"Fused": 1}
+
+
 def test_a_region_codegen_cannot_write_runs_as_mlx_ops(monkeypatch):
     # Every region the fusion pass makes today is one kernel; a future gap must still run, as
     # MLX ops, and say so. Inject one: codegen refuses the row region.

@@ -105,6 +105,36 @@ def softmax_in_float32(m: Match):  # astype(softmax(astype(x, f32)), h) -> Softm
     return m.add("Softmax", [x], precise=True)
 
 
+def softmax_of_a_transpose(m: Match):  # Softmax(Transpose(x)) -> Transpose(softmax of x over its axis)
+    """A softmax whose rows are a strided axis of ``x`` (the last axis of a transpose): the rows
+    become columns of ``x``, which the fuse stage reads coalesced along ``x``'s contiguous axis
+    as a column region; the transpose after it is a view. Kept only where every reader of the
+    result is a graph output or a matmul (both read a transposed view in place): a pointwise
+    reader would read it strided instead."""
+    if not m.context.get("fusing") or m.context.get("backend") is None:
+        return None
+    x, sm = m["x"], m.root
+    perm = tuple(m.eqn("t").params["axes"])
+    axis = perm[-1]
+    if axis == x.ndim - 1 or x.dtype not in dtypes.FLOATING or x.size == 0:
+        return None
+    out = sm.outputs[0]
+    if any(e.primitive != "Matmul" for e in m.graph.users(out)):
+        return None
+    # mx.softmax over a non-last axis (mlx/ops.cpp): max kept out of the gradient, exp, sum,
+    # divide; in float32 as MLX's softmax kernels accumulate half types.
+    xf = m.astype(x, "float32") if x.dtype != "float32" else x
+    peak = m.add("StopGradient", [m.add("Reduce", [xf], kind="max", axes=(axis,))])
+    ex = m.add("Exp", [m.add("Subtract", [xf, m.add("Broadcast", [peak], shape=xf.shape)])])
+    total = m.add("Reduce", [ex], kind="sum", axes=(axis,))
+    y = m.add("Divide", [ex, m.add("Broadcast", [total], shape=xf.shape)])
+    if y.dtype != x.dtype:
+        y = m.astype(y, x.dtype)
+    m.detail = (f"softmax of a transpose of {x.type_str()} as a softmax over its axis {axis}, "
+                "read coalesced, then the transpose (a view)")
+    return m.add("Transpose", [y], axes=perm)
+
+
 # ---- attention ----
 
 def _floating_cast(e) -> bool:
@@ -507,7 +537,8 @@ ATTENTION = Rules(
 # is SDPA by then, and the grouped form it writes is not read back as attention (seen as
 # attention over Hkv heads and R*Lq queries it would be SDPA again).
 ATTENTION_FOR_FUSION = Rules(
-    [(P("ScaledDotProductAttention", P.var("q"), P.var("k"), P.var("v"), P.var("mask")), attention_for_fusion)],
+    [(P("ScaledDotProductAttention", P.var("q"), P.var("k"), P.var("v"), P.var("mask")), attention_for_fusion),
+     (P("Softmax", P("Transpose", _x, name="t")), softmax_of_a_transpose)],
     group="attention",
 )
 

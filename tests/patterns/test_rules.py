@@ -373,6 +373,29 @@ def attention_for_fusion(draw):
 
 
 @st.composite
+def softmax_of_a_transpose(draw):
+    # A softmax over a strided axis of x, read by the outputs, a matmul or pointwise work (there
+    # the rows are read strided either way: no rewrite), for a GPU's fuse stage.
+    dtype = draw(st.sampled_from(FLOATS))
+    shape, axes = draw(st.sampled_from([((5, 7), (1, 0)), ((2, 5, 3), (0, 2, 1)), ((3, 4, 5), (2, 0, 1)),
+                                        ((4, 6), (0, 1))]))
+    reader = draw(st.sampled_from(["output", "matmul", "pointwise"]))
+    b = GraphBuilder()
+    x = b.input(shape, dtype)
+    (t,) = b.add("Transpose", [x], axes=axes)
+    (y,) = b.add("Softmax", [t], precise=False)
+    args = [draw(arrays(shape, dtype))]
+    if reader == "matmul":
+        w = b.input((shape[axes[-1]], 3), dtype)
+        (y,) = b.add("Matmul", [y, w])
+        args.append(draw(arrays(w.shape, dtype, specials=False)))
+    elif reader == "pointwise":
+        (y,) = b.add("Exp", [y])
+    fires = axes[-1] != len(shape) - 1 and reader != "pointwise"
+    return b.build([y]), args, {"backend": draw(st.sampled_from(["cuda", "metal"])), "fusing": True}, fires
+
+
+@st.composite
 def conv(draw, rule):
     # Constant weights, bias and per-channel statistics (batch-norm in inference mode), as a
     # module's parameters are when traced as constants.
@@ -422,7 +445,7 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "layer_norm": layer_norm, "rms_norm": rms_norm,
     "norm_in_float32": norm_in_float32, "norm_weight": norm_weight, "norm_bias": norm_bias,
     "rope": rope, "rope_traditional": rope_traditional, "attention": attention,
-    "attention_for_fusion": attention_for_fusion,
+    "attention_for_fusion": attention_for_fusion, "softmax_of_a_transpose": softmax_of_a_transpose,
     "conv_scale": lambda: conv("conv_scale"), "conv_shift": lambda: conv("conv_shift"),
     "conv_bias_sum": lambda: conv("conv_bias_sum"), "matmul_add": matmul_add,
 }
