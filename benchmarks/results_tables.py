@@ -278,6 +278,17 @@ def generation(files):
                       "vs best peer", "of roofline", "builds"], out)
 
 
+def autotune(files):
+    out = []
+    for r in (r for f in files for r in load(f)["rows"]):
+        out.append([FAMILIES.get(r["family"], r["family"]), DTYPES.get(r["dtype"], r["dtype"]),
+                    "x".join(map(str, r["shape"])), _num(r["default_gbs"]), _num(r["autotuned_gbs"]),
+                    _ratio(r["speedup"]), _num(r.get("mx.compile_gbs")), _num(r.get("copy_gbs")),
+                    sum(k["timed"] for k in r.get("kernels", [])), _num(r.get("tune_s"), 1)])
+    return _markdown(["case", "dtype", "shape", "default (GB/s)", "autotuned (GB/s)", "autotuned vs default",
+                      "mx.compile (GB/s)", "MLX copy (GB/s)", "schedules timed", "tuning (s)"], out)
+
+
 # name -> (the function writing the table, the newest complete run's files)
 TABLES: dict[str, tuple[Callable, list[str]]] = {
     "row_kernels": (row_kernels, ["row_kernels_h200_session14_f32.json", "row_kernels_h200_session14_bf16.json"]),

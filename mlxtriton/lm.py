@@ -119,6 +119,17 @@ class _ArrayOffsetCache(_lm_cache._BaseCache):
         self.keys = mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype)
         self.values = mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype)
 
+    def _reserve(self, keys: mx.array, values: mx.array) -> int:
+        """The buffers allocated, or resized (`_resize`), to the capacity a write of ``keys``
+        plans (`_planned_capacity`), after the prepare hook; returns that capacity."""
+        self.__mlxtriton_prepare__()
+        capacity = self._planned_capacity(keys.shape[2])
+        if self.empty():
+            self._allocate(keys, values, capacity)
+        elif capacity != self.capacity:
+            self._resize(capacity)
+        return capacity
+
     def _set_offset(self, offset) -> None:
         self.offset = mx.array(offset, mx.int32)
         self._host_offset = int(self.offset.item())
@@ -156,6 +167,20 @@ class _BucketedCache(_ArrayOffsetCache):
         if not self.empty() and self.capacity - self._host_offset < self.headroom:
             self._resize(self._capacity(self._host_offset + self.headroom))
 
+    def _buffers(self):
+        return (self.keys, self.values)
+
+    def _resize(self, capacity: int) -> None:
+        self.keys = _pad_axis2(self.keys, capacity)
+        self.values = _pad_axis2(self.values, capacity)
+
+    def _append(self, keys: mx.array, values: mx.array, start: mx.array) -> None:
+        """Writes ``keys`` and ``values`` from slot ``start`` (`_reserve` first)."""
+        self._reserve(keys, values)
+        self.keys = _write(self.keys, keys, start)
+        self.values = _write(self.values, values, start)
+        self._host_offset += keys.shape[2]
+
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
         """The mask over the whole buffer for ``N`` new tokens (always an array, N == 1 too)."""
         self.__mlxtriton_prepare__()
@@ -187,25 +212,9 @@ class StaticKVCache(_BucketedCache):
     def __init__(self, step: int = 256, headroom: int = 16, doubling: bool = False):
         super().__init__(step, headroom, doubling)
 
-    def _buffers(self):
-        return (self.keys, self.values)
-
-    def _resize(self, capacity: int) -> None:
-        self.keys = _pad_axis2(self.keys, capacity)
-        self.values = _pad_axis2(self.values, capacity)
-
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.__mlxtriton_prepare__()
-        n = keys.shape[2]
-        capacity = self._planned_capacity(n)
-        if self.empty():
-            self._allocate(keys, values, capacity)
-        elif capacity != self.capacity:
-            self._resize(capacity)
-        self.keys = _write(self.keys, keys, self.offset)
-        self.values = _write(self.values, values, self.offset)
-        self.offset = self.offset + n
-        self._host_offset += n
+        self._append(keys, values, self.offset)
+        self.offset = self.offset + keys.shape[2]
         return self.keys, self.values
 
     @property
@@ -310,26 +319,10 @@ class StaticBatchKVCache(_BucketedCache):
         self.slot = mx.array(0, mx.int32)
         self._right_padding = None
 
-    def _buffers(self):
-        return (self.keys, self.values)
-
-    def _resize(self, capacity: int) -> None:
-        self.keys = _pad_axis2(self.keys, capacity)
-        self.values = _pad_axis2(self.values, capacity)
-
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.__mlxtriton_prepare__()
-        n = keys.shape[2]
-        capacity = self._planned_capacity(n)
-        if self.empty():
-            self._allocate(keys, values, capacity)
-        elif capacity != self.capacity:
-            self._resize(capacity)
-        self.keys = _write(self.keys, keys, self.slot)
-        self.values = _write(self.values, values, self.slot)
-        self.slot = self.slot + n
-        self.offset = self.offset + n
-        self._host_offset += n
+        self._append(keys, values, self.slot)
+        self.slot = self.slot + keys.shape[2]
+        self.offset = self.offset + keys.shape[2]
         return self.keys, self.values
 
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
@@ -523,14 +516,14 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
     def __mlxtriton_prepare__(self) -> None:
         steady = self._planned_capacity(1)
         if not self.empty() and self.capacity != steady:
-            self._relayout(steady)
+            self._resize(steady)
 
     def _slot_positions(self, end: mx.array, capacity: int) -> mx.array:
         """The position each slot holds once ``end`` tokens are written (negative: none)."""
         slots = mx.arange(capacity, dtype=mx.int32)
         return end - 1 - (end - 1 - slots) % capacity
 
-    def _relayout(self, capacity: int) -> None:
+    def _resize(self, capacity: int) -> None:
         """Move the buffer to ``capacity`` slots, keeping the latest positions (array ops).
 
         A new slot whose position the old buffer no longer holds receives a stale entry; no query
@@ -543,13 +536,8 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         self.values = mx.take_along_axis(self.values, index, axis=2)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.__mlxtriton_prepare__()
+        capacity = self._reserve(keys, values)
         n = keys.shape[2]
-        capacity = self._planned_capacity(n)
-        if self.empty():
-            self._allocate(keys, values, capacity)
-        elif capacity != self.capacity:
-            self._relayout(capacity)
         if n == 1:
             start = self.offset % capacity
             self.keys = _write(self.keys, keys, start)
