@@ -33,7 +33,7 @@ def _batch(model, caches=None):
                           sampler=lm_zoo.argmax_sampler)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3", "starcoder2", "olmo2"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3", "starcoder2", "olmo2", "mamba", "nemotron_h", "qwen3_next"])
 def test_batch_generate_matches_mlx_lm(name):
     model = lm_zoo.build(name)
     expected = _batch(model).token_ids
