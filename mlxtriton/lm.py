@@ -45,7 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised only without mlx-lm
 
 __all__ = [
     "StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache", "StaticBatchKVCache",
-    "CacheList",
+    "StaticBatchRotatingKVCache", "CacheList",
     "make_prompt_cache",
 ]
 
@@ -530,24 +530,35 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         sees it: that position lies more than the old capacity (at least ``max_size``) behind the
         offset, outside every window.
         """
-        positions = self._slot_positions(self.offset, capacity)
-        index = (positions % self.capacity)[None, None, :, None]
+        self._gather(self._slot_positions(self._index(), capacity) % self.capacity)
+
+    def _index(self) -> mx.array:
+        """The write position: the next token's position (its slot modulo the capacity)."""
+        return self.offset
+
+    def _gather(self, slots: mx.array) -> None:
+        """The buffers read at ``slots`` along axis 2 (one row of slots, or one per sequence)."""
+        index = slots[None, None, :, None] if slots.ndim == 1 else slots[:, None, :, None]
         self.keys = mx.take_along_axis(self.keys, index, axis=2)
         self.values = mx.take_along_axis(self.values, index, axis=2)
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array):
+    def _store(self, keys: mx.array, values: mx.array) -> None:
+        """Writes ``keys`` and ``values`` from the write position, around the buffer's end."""
         capacity = self._reserve(keys, values)
         n = keys.shape[2]
         if n == 1:
-            start = self.offset % capacity
+            start = self._index() % capacity
             self.keys = _write(self.keys, keys, start)
             self.values = _write(self.values, values, start)
         else:  # the slots of a chunk may wrap around the end of the buffer
-            slots = ((self.offset + mx.arange(n, dtype=mx.int32)) % capacity)[None, None, :, None]
+            slots = ((self._index() + mx.arange(n, dtype=mx.int32)) % capacity)[None, None, :, None]
             self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
             self.values = mx.put_along_axis(self.values, slots, values, axis=2)
-        self.offset = self.offset + n
         self._host_offset += n
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self._store(keys, values)
+        self.offset = self.offset + keys.shape[2]
         return self.keys, self.values
 
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
@@ -556,9 +567,14 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
             raise ValueError(f"window_size {window_size} exceeds the cache's max_size "
                              f"{self.max_size}")
         self.__mlxtriton_prepare__()
-        positions = self._slot_positions(self.offset + N, self._planned_capacity(N))[None]
-        query = self.offset + mx.arange(N, dtype=mx.int32)[:, None]
+        positions = self._slot_positions(self._index() + N, self._planned_capacity(N))[None]
+        query = self._index() + mx.arange(N, dtype=mx.int32)[:, None]
         return (positions >= 0) & (positions <= query) & (positions > query - window)
+
+    @classmethod
+    def merge(cls, caches: list) -> "StaticBatchRotatingKVCache":
+        """One batch cache holding these caches' sequences (see ``StaticKVCache.merge``)."""
+        return StaticBatchRotatingKVCache.merge(caches)
 
     def size(self) -> int:
         return min(self._host_offset, self.max_size)
@@ -574,6 +590,197 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
     def state(self, v):
         self.keys, self.values, offset, self.max_size, self.keep, self.headroom = v
         self._set_offset(offset)
+
+
+class StaticBatchRotatingKVCache(StaticRotatingKVCache):
+    """mlx-lm's ``BatchRotatingKVCache`` (batched generation with sliding-window layers) with a
+    still shape.
+
+    One circular buffer for the batch, indexed by a common write index ``slot`` (a 0-d int32
+    array beside its host-side count): index ``j`` lives in slot ``j % capacity``. Sequence ``b``'s
+    tokens are the indices from ``left_padding[b]`` on; ``offset`` holds each sequence's position
+    (a (B,) int32 array, what RoPE reads). Each query sees the indices of its window that belong
+    to its sequence. Right-padded prompts (mlx-lm's ``prepare(lengths=..., right_padding=...)``)
+    are written without evicting anything until ``finalize`` moves each sequence's tokens to end
+    at the write index; the next call brings the buffer back to its steady capacity.
+    """
+
+    def __init__(self, max_size: int, left_padding: list[int], keep: int = 0, headroom: int = 16):
+        super().__init__(max_size, keep, headroom)
+        self.left_padding = mx.array(left_padding, mx.int32)
+        self.offset = -self.left_padding
+        self.slot = mx.array(0, mx.int32)
+        self._right_padding = None
+
+    def _index(self) -> mx.array:
+        return self.slot
+
+    def _planned_capacity(self, n: int) -> int:
+        if self._right_padding is not None and not self.empty():
+            return self.capacity + n  # right-padded prompts: nothing is evicted before finalize
+        return super()._planned_capacity(n)
+
+    def __mlxtriton_prepare__(self) -> None:
+        if self._right_padding is None:
+            super().__mlxtriton_prepare__()
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self._store(keys, values)
+        self.slot = self.slot + keys.shape[2]
+        self.offset = self.offset + keys.shape[2]
+        return self.keys, self.values
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
+        """(B, 1, N, capacity) booleans: each sequence's window over the buffer."""
+        mask = super().make_mask(N, window_size=window_size)
+        positions = self._slot_positions(self.slot + N, mask.shape[-1])
+        return mask[None, None] & (self.left_padding[:, None, None, None] <= positions)
+
+    def prepare(self, *, left_padding=None, lengths=None, right_padding=None) -> None:
+        """As mlx-lm's (see ``StaticBatchKVCache.prepare``)."""
+        StaticBatchKVCache.prepare(self, left_padding=left_padding, lengths=lengths,
+                                   right_padding=right_padding)
+
+    def _shifted(self, shift) -> None:
+        """Moves each sequence ``shift`` indices later (a (B,) array, or one int for all): the
+        slot of index ``j`` receives what index ``j - shift`` held."""
+        indices = self._slot_positions(self.slot, self.capacity)
+        if isinstance(shift, mx.array) and shift.ndim == 1:
+            indices = indices[None] - shift[:, None]
+        else:
+            indices = indices - shift
+        self._gather(indices % self.capacity)
+
+    def finalize(self) -> None:
+        """Moves each right-padded sequence's tokens to end at the write index."""
+        if self._right_padding is not None:
+            padding = self._right_padding
+            self._shifted(padding)
+            self.offset = self.offset - padding
+            self.left_padding = self.left_padding + padding
+            self._right_padding = None
+
+    def size(self) -> int:
+        return min(self._host_offset, self.max_size)
+
+    def trim(self, n: int) -> int:
+        n = min(self._host_offset, n)
+        self._host_offset -= n
+        self.slot = self.slot - n
+        self.offset = self.offset - n
+        return n
+
+    def filter(self, batch_indices) -> None:
+        """Keeps the given sequences."""
+        if not isinstance(batch_indices, mx.array):
+            batch_indices = mx.array(batch_indices, mx.int32)
+        if not self.empty():
+            self.keys = self.keys[batch_indices]
+            self.values = self.values[batch_indices]
+        self.offset = self.offset[batch_indices]
+        self.left_padding = self.left_padding[batch_indices]
+
+    def _steady(self) -> None:
+        if self._right_padding is not None:
+            raise ValueError("finalize() the StaticBatchRotatingKVCache before batching it further")
+        self.__mlxtriton_prepare__()
+
+    def extend(self, other: "StaticBatchRotatingKVCache") -> None:
+        """Appends ``other``'s sequences, both moved to the later write index."""
+        if not isinstance(other, StaticBatchRotatingKVCache) or other.max_size != self.max_size:
+            raise TypeError("a StaticBatchRotatingKVCache extends with another of the same max_size")
+        if self.empty() and other.empty():
+            self.left_padding = mx.concatenate([self.left_padding, other.left_padding])
+            self.offset = mx.concatenate([self.offset, other.offset])
+            return
+        slot = max(self._host_offset, other._host_offset)
+        for c in (self, other):
+            if not c.empty():
+                c._steady()
+        parts = []
+        for c in (self, other):
+            if c.empty():
+                like = other if c is self else self
+                zeros = [mx.zeros((c.offset.shape[0], *b.shape[1:]), b.dtype) for b in like._buffers()]
+                parts.append((*zeros, c.offset, c.left_padding + slot))
+                continue
+            shift = slot - c._host_offset
+            c.slot = mx.array(slot, mx.int32)
+            c._shifted(shift)
+            parts.append((c.keys, c.values, c.offset, c.left_padding + shift))
+        self.keys, self.values, self.offset, self.left_padding = map(mx.concatenate, zip(*parts))
+        self._host_offset = slot
+        self.slot = mx.array(slot, mx.int32)
+
+    def extract(self, idx: int) -> StaticRotatingKVCache:
+        """Sequence ``idx`` alone, in a ``StaticRotatingKVCache`` (position ``p`` in slot
+        ``p % capacity``)."""
+        self._steady()
+        cache = StaticRotatingKVCache(self.max_size, 0, self.headroom)
+        padding = self.left_padding[idx].item()
+        offset = self.offset[idx].item()
+        if self.empty() or self._host_offset <= padding:
+            return cache
+        # index j holds position j - slot + offset: position p is in slot (p + slot - offset)
+        positions = self._slot_positions(mx.array(offset, mx.int32), self.capacity)
+        slots = (positions + self._host_offset - offset) % self.capacity
+        cache.keys = mx.take(self.keys[idx:idx + 1], slots, axis=2)
+        cache.values = mx.take(self.values[idx:idx + 1], slots, axis=2)
+        cache._set_offset(offset)
+        return cache
+
+    @classmethod
+    def merge(cls, caches: list) -> "StaticBatchRotatingKVCache":
+        """One batch cache of single-sequence ``StaticRotatingKVCache``s (or empty mlx-lm
+        ``RotatingKVCache``s) of one ``max_size``, at a common write index."""
+        if any(c.max_size != caches[0].max_size for c in caches):
+            raise ValueError("StaticBatchRotatingKVCache merges caches of one max_size only")
+        for c in caches:
+            if not isinstance(c, StaticRotatingKVCache) and not c.empty():
+                raise TypeError(f"StaticBatchRotatingKVCache merges StaticRotatingKVCache, not a "
+                                f"non-empty {type(c).__name__}")
+        headroom = next((c.headroom for c in caches if isinstance(c, StaticRotatingKVCache)), 16)
+        kept = [c.size() for c in caches]
+        slot = max(kept)
+        cache = cls(caches[0].max_size, [slot - n for n in kept], 0, headroom)
+        if slot == 0:
+            return cache
+        full = [c for c in caches if c.size() > 0]
+        for c in full:
+            c.__mlxtriton_prepare__()
+        capacity = full[0].capacity
+        indices = cache._slot_positions(mx.array(slot, mx.int32), capacity)
+        keys, values, offsets = [], [], []
+        for n, c in zip(kept, caches):
+            if n == 0:
+                keys.append(mx.zeros((1, *full[0].keys.shape[1:]), full[0].keys.dtype))
+                values.append(mx.zeros((1, *full[0].values.shape[1:]), full[0].values.dtype))
+                offsets.append(0)
+                continue
+            # index j of the batch holds this sequence's position j - slot + its offset
+            offset = c._host_offset
+            slots = (indices - slot + offset) % c.capacity
+            keys.append(mx.take(c.keys, slots, axis=2))
+            values.append(mx.take(c.values, slots, axis=2))
+            offsets.append(offset)
+        cache.keys, cache.values = mx.concatenate(keys), mx.concatenate(values)
+        cache.offset = mx.array(offsets, mx.int32)
+        cache.slot = mx.array(slot, mx.int32)
+        cache._host_offset = slot
+        return cache
+
+    @property
+    def state(self):
+        return (self.keys, self.values, self.offset, self.left_padding, self.slot, self.max_size,
+                self.keep, self.headroom)
+
+    @state.setter
+    def state(self, v):
+        (self.keys, self.values, self.offset, self.left_padding, slot, self.max_size, self.keep,
+         self.headroom) = v
+        self.slot = mx.array(slot, mx.int32)
+        self._host_offset = int(self.slot.item())
+        self._right_padding = None
 
 
 class CacheList(_lm_cache.CacheList):
@@ -605,7 +812,7 @@ class CacheList(_lm_cache.CacheList):
 _CLASSES = {
     cls.__name__: cls
     for cls in (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache,
-                StaticBatchKVCache, CacheList,
+                StaticBatchKVCache, StaticBatchRotatingKVCache, CacheList,
                 _lm_cache.ArraysCache, _lm_cache.KVCache, _lm_cache.RotatingKVCache,
                 _lm_cache.QuantizedKVCache)
 }
