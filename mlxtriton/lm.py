@@ -482,27 +482,30 @@ class StaticBatchKVCache(_BucketedCache):
 
 
 class StaticRotatingKVCache(_ArrayOffsetCache):
-    """mlx-lm's ``RotatingKVCache`` (sliding-window attention) with a still shape.
+    """mlx-lm's ``RotatingKVCache`` (sliding-window attention, ``max_kv_size``) with a still shape.
 
-    A circular buffer: position ``p`` lives in slot ``p % capacity``. Its steady capacity is
-    ``max_size + headroom - 1``, enough for a write of up to ``headroom`` tokens to leave every
-    query its last ``max_size`` positions. A longer write (a prefill chunk of ``N`` tokens) first
-    re-lays the buffer out at ``max_size + N - 1`` slots; ``__mlxtriton_prepare__`` brings it back
-    to the steady capacity before the next call. Each query sees the positions in
-    ``(q - window, q]``, as mlx-lm's rotating cache gives it for ``keep=0``.
+    The first ``keep`` positions live in slots ``0 .. keep - 1`` forever; the others in a circular
+    buffer after them: position ``p >= keep`` in slot ``keep + (p - keep) % (capacity - keep)``.
+    The steady capacity is ``keep + max_size + headroom - 1``, enough for a write of up to
+    ``headroom`` tokens to leave every query its last ``max_size`` positions. A longer write (a
+    prefill chunk of ``N`` tokens) first re-lays the buffer out at ``keep + max_size + N - 1``
+    slots; ``__mlxtriton_prepare__`` brings it back to the steady capacity before the next call.
+
+    Each query sees what mlx-lm's rotating cache shows it: with ``keep=0`` the positions in
+    ``(q - window, q]``; with kept tokens, a decoded token sees the kept positions and the last
+    ``max_size - keep``, and a prefill chunk the mask mlx-lm builds over its trimmed buffer (a
+    window of ``max_size``; once ``max_size`` tokens are cached, kept position ``k`` is seen by the
+    chunk's first ``k + 1`` queries and the ``keep`` oldest positions of the window by none).
 
     Args:
         max_size: the window, in tokens.
-        keep: tokens kept at the front forever; only 0 is supported (mlx-lm's models build their
-            sliding-window caches with ``keep=0``).
+        keep: tokens kept at the front (mlx-lm's ``max_kv_size`` caches keep 4).
         headroom: the longest write served without re-laying the buffer out.
     """
 
     def __init__(self, max_size: int, keep: int = 0, headroom: int = 16):
-        if keep != 0:
-            raise ValueError(
-                f"StaticRotatingKVCache supports keep=0 only (got keep={keep}): mlx-lm's rotating "
-                "cache with kept tokens is not reproduced")
+        if not 0 <= keep < max_size:
+            raise ValueError(f"keep must be in [0, max_size) (got keep={keep}, max_size={max_size})")
         super().__init__(headroom)
         self.max_size = max_size
         self.keep = keep
@@ -511,7 +514,7 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         return (self.keys, self.values)
 
     def _planned_capacity(self, n: int) -> int:
-        return self.max_size + max(n, self.headroom) - 1
+        return self.keep + self.max_size + max(n, self.headroom) - 1
 
     def __mlxtriton_prepare__(self) -> None:
         steady = self._planned_capacity(1)
@@ -520,8 +523,18 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
 
     def _slot_positions(self, end: mx.array, capacity: int) -> mx.array:
         """The position each slot holds once ``end`` tokens are written (negative: none)."""
-        slots = mx.arange(capacity, dtype=mx.int32)
-        return end - 1 - (end - 1 - slots) % capacity
+        keep, slots = self.keep, mx.arange(capacity, dtype=mx.int32)
+        ring = end - keep - 1 - (end - keep - 1 - (slots - keep)) % (capacity - keep)
+        if keep == 0:
+            return ring
+        return mx.where(slots < keep, mx.where(slots < end, slots, -1),
+                        mx.where(ring >= 0, ring + keep, -1))
+
+    def _slot_of(self, positions: mx.array, capacity: int) -> mx.array:
+        """The slot holding each position in a buffer of ``capacity`` slots."""
+        keep = self.keep
+        ring = keep + (positions - keep) % (capacity - keep)
+        return ring if keep == 0 else mx.where(positions < keep, mx.maximum(positions, 0), ring)
 
     def _resize(self, capacity: int) -> None:
         """Move the buffer to ``capacity`` slots, keeping the latest positions (array ops).
@@ -530,7 +543,7 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         sees it: that position lies more than the old capacity (at least ``max_size``) behind the
         offset, outside every window.
         """
-        self._gather(self._slot_positions(self._index(), capacity) % self.capacity)
+        self._gather(self._slot_of(self._slot_positions(self._index(), capacity), self.capacity))
 
     def _index(self) -> mx.array:
         """The write position: the next token's position (its slot modulo the capacity)."""
@@ -547,11 +560,12 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         capacity = self._reserve(keys, values)
         n = keys.shape[2]
         if n == 1:
-            start = self._index() % capacity
+            start = self._slot_of(self._index(), capacity)
             self.keys = _write(self.keys, keys, start)
             self.values = _write(self.values, values, start)
         else:  # the slots of a chunk may wrap around the end of the buffer
-            slots = ((self._index() + mx.arange(n, dtype=mx.int32)) % capacity)[None, None, :, None]
+            slots = self._slot_of(self._index() + mx.arange(n, dtype=mx.int32), capacity)
+            slots = slots[None, None, :, None]
             self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
             self.values = mx.put_along_axis(self.values, slots, values, axis=2)
         self._host_offset += n
@@ -566,10 +580,26 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         if window > self.max_size:
             raise ValueError(f"window_size {window_size} exceeds the cache's max_size "
                              f"{self.max_size}")
+        if self.keep and window_size is not None:
+            raise ValueError("StaticRotatingKVCache with kept tokens takes no window_size (mlx-lm's "
+                             "models ask none of a max_kv_size cache)")
         self.__mlxtriton_prepare__()
-        positions = self._slot_positions(self._index() + N, self._planned_capacity(N))[None]
-        query = self._index() + mx.arange(N, dtype=mx.int32)[:, None]
-        return (positions >= 0) & (positions <= query) & (positions > query - window)
+        index = self._index()
+        positions = self._slot_positions(index + N, self._planned_capacity(N))[None]
+        query = index + mx.arange(N, dtype=mx.int32)[:, None]
+        seen = (positions >= 0) & (positions <= query)
+        if not self.keep:
+            return seen & (positions > query - window)
+        keep, size = self.keep, self.max_size
+        if N == 1:  # the kept positions and the last max_size - keep
+            return seen & ((positions < keep) | (positions > query - (size - keep)))
+        # A chunk, over mlx-lm's buffer trimmed to its kept tokens and the last max_size - 1 - keep
+        # once max_size tokens are cached: its mask is a window over buffer indices.
+        window = seen & (positions > query - size)
+        trimmed = index >= size
+        oldest = index - (size - 1) + keep  # the oldest window position the trimmed buffer holds
+        kept = (positions < keep) & (query - index <= positions)
+        return mx.where(trimmed, kept | (window & (positions >= oldest)), window)
 
     @classmethod
     def merge(cls, caches: list) -> "StaticBatchRotatingKVCache":
@@ -606,6 +636,9 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
     """
 
     def __init__(self, max_size: int, left_padding: list[int], keep: int = 0, headroom: int = 16):
+        if keep != 0:
+            raise ValueError(f"StaticBatchRotatingKVCache keeps no tokens (got keep={keep}), as "
+                             "mlx-lm's BatchRotatingKVCache")
         super().__init__(max_size, keep, headroom)
         self.left_padding = mx.array(left_padding, mx.int32)
         self.offset = -self.left_padding
@@ -733,8 +766,9 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
     def merge(cls, caches: list) -> "StaticBatchRotatingKVCache":
         """One batch cache of single-sequence ``StaticRotatingKVCache``s (or empty mlx-lm
         ``RotatingKVCache``s) of one ``max_size``, at a common write index."""
-        if any(c.max_size != caches[0].max_size for c in caches):
-            raise ValueError("StaticBatchRotatingKVCache merges caches of one max_size only")
+        if any(c.max_size != caches[0].max_size or c.keep for c in caches):
+            raise ValueError("StaticBatchRotatingKVCache merges caches of one max_size that keep "
+                             "no tokens only")
         for c in caches:
             if not isinstance(c, StaticRotatingKVCache) and not c.empty():
                 raise TypeError(f"StaticBatchRotatingKVCache merges StaticRotatingKVCache, not a "
@@ -849,8 +883,8 @@ def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, st
 
     Args:
         model: an mlx-lm model.
-        max_kv_size: as in mlx-lm (its rotating caches keep 4 tokens, which is not supported here:
-            a ``ValueError`` says so).
+        max_kv_size: as in mlx-lm: each layer's cache a ``StaticRotatingKVCache`` of
+            ``max_kv_size`` tokens keeping the first 4.
         step, headroom, doubling: the bucket policy of the growing caches (``StaticKVCache``).
 
     Returns:

@@ -61,6 +61,30 @@ def test_rotating_cache_shows_each_query_its_window(max_size, headroom, data, ch
         assert cache.capacity == max_size + headroom - 1  # back to the steady buffer
 
 
+def _seen(mask, keys, n):
+    """The positions each of ``n`` queries sees: keys hold their position; a None mask shows all."""
+    keys = np.array(keys[0, 0, :, 0])
+    if mask is None:
+        return [sorted(keys.tolist())] * n
+    mask = np.broadcast_to(np.array(mask), (n, keys.shape[0]))
+    return [sorted(keys[mask[i]].tolist()) for i in range(n)]
+
+
+@given(max_size=st.integers(5, 20), keep=st.integers(1, 4), headroom=st.integers(1, 6),
+       chunks=st.lists(st.integers(1, 24), min_size=1, max_size=8))
+def test_rotating_cache_with_kept_tokens_shows_what_mlx_lm_shows(max_size, keep, headroom, chunks):
+    # mlx-lm's max_kv_size caches keep tokens: decoded tokens see the kept ones and a shorter
+    # window, prefill chunks a window over mlx-lm's trimmed buffer
+    theirs, mine = lm_cache.RotatingKVCache(max_size, keep), lm.StaticRotatingKVCache(max_size, keep, headroom)
+    start = 0
+    for n in chunks:
+        positions = mx.arange(start, start + n, dtype=mx.float32).reshape(1, 1, n, 1)
+        masks = [c.make_mask(n, return_array=n > 1) for c in (theirs, mine)]
+        seen = [_seen(m, c.update_and_fetch(positions, positions)[0], n) for c, m in zip((theirs, mine), masks)]
+        assert seen[1] == seen[0], f"chunk of {n} from {start}"
+        start += n
+
+
 def test_rotating_cache_refuses_a_window_wider_than_its_buffer():
     with pytest.raises(ValueError, match="window_size 9 exceeds the cache's max_size 8"):
         lm.StaticRotatingKVCache(8).make_mask(1, window_size=9)
@@ -168,8 +192,8 @@ def test_unsupported_caches_are_named():
 
     with pytest.raises(TypeError, match="no still-shaped counterpart of mlx-lm's ChunkedKVCache"):
         lm.make_prompt_cache(Chunked())
-    with pytest.raises(ValueError, match="keep=0 only"):
-        lm.make_prompt_cache(lm_zoo.build("qwen2"), max_kv_size=64)  # mlx-lm keeps 4 tokens
+    with pytest.raises(ValueError, match="keep must be in"):
+        lm.StaticRotatingKVCache(8, keep=8)
 
     class Filled(lm_zoo.nn.Module):
         def make_cache(self):

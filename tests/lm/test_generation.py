@@ -6,6 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.generate import generate, generate_step, stream_generate
+from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
 from mlxtriton import lm
@@ -79,3 +80,26 @@ def _optimized_generation_matches(name):
 @pytest.mark.parametrize("name", lm_zoo.NAMES)
 def test_optimized_generation_matches_mlx_lm(name):
     _optimized_generation_matches(name)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("prefill_step", [2048, 16])
+def test_max_kv_size_generation_matches_mlx_lm(name, prefill_step):
+    # mlx-lm's max_kv_size caches: a window of 32 tokens keeping the first 4, prefilled in one
+    # chunk or in chunks past the window
+    model, prompt = lm_zoo.build(name), lm_zoo.prompt(70)
+    kwargs = dict(max_tokens=TOKENS, sampler=lm_zoo.argmax_sampler, prefill_step_size=prefill_step)
+
+    def run(fn, cache):
+        tokens, logprobs = zip(*generate_step(prompt, fn, prompt_cache=cache, **kwargs))
+        return list(tokens), np.array(mx.stack(logprobs))
+
+    expected, expected_logprobs = run(model, lm_cache.make_prompt_cache(model, max_kv_size=32))
+    _, unkept_logprobs = run(model, [lm_cache.RotatingKVCache(32) for _ in model.layers])
+    assert not np.allclose(unkept_logprobs, expected_logprobs, atol=1e-3)  # the kept tokens matter
+    optimized = mlxtriton.optimize(model)
+    tokens, logprobs = run(optimized, lm.make_prompt_cache(model, max_kv_size=32))
+    assert tokens == expected
+    np.testing.assert_allclose(logprobs, expected_logprobs, atol=1e-4)
+    # the chunks of the prompt, its last token, the decode steps
+    assert optimized.cache_info().builds <= 5
