@@ -19,7 +19,8 @@ Columns: ``ms`` and ``host_ms`` per token (prefill, warm-up steps, then ``runs``
 ``tokens`` steps queued with ``mx.async_eval``, one ``mx.synchronize`` per run, the median run;
 host_ms is the time spent queuing); ``launches`` per token counted on the GPU with PyTorch's
 profiler (CUPTI records every kernel the process launches, MLX's included) over ``tokens`` steps,
-where PyTorch is installed; ``estimate``: what `cuda_launches` predicts from the optimised graph
+where PyTorch is installed, with the GPU time per step of each kind of kernel (``by_kernel``:
+launches and microseconds per step; the profiler's own overhead included); ``estimate``: what `cuda_launches` predicts from the optimised graph
 (optimize variants only: the static model below); ``match``: leading steps whose sampled token
 equals plain's.
 
@@ -37,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -222,8 +224,29 @@ def measured_launches(step, y, tokens: int) -> dict | None:
     finally:
         os.unlink(path)
     kinds = Counter(e.get("cat") for e in events if e.get("ph") == "X")
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    count, gpu_us = Counter(), Counter()
+    for e in kernels:
+        name = _kernel_kind(e.get("name", ""))
+        count[name] += 1
+        gpu_us[name] += e.get("dur", 0.0)
     return {"kernels": kinds.get("kernel", 0) / tokens,
-            "memcpy": kinds.get("gpu_memcpy", 0) / tokens, "memset": kinds.get("gpu_memset", 0) / tokens}
+            "memcpy": kinds.get("gpu_memcpy", 0) / tokens, "memset": kinds.get("gpu_memset", 0) / tokens,
+            "gpu_ms": sum(gpu_us.values()) / tokens / 1e3,
+            # per kernel kind: launches and GPU microseconds per step, the costliest first
+            "by_kernel": {k: [count[k] / tokens, round(gpu_us[k] / tokens, 1)]
+                          for k, _ in gpu_us.most_common()}}
+
+
+def _kernel_kind(name: str) -> str:
+    """A kernel's name without its template arguments and parameters (MLX's generated and fused
+    kernels keep their stem: ``custom_kernel_mlxt_row``, ``fused``)."""
+    stem = name.split("(")[0].split("<")[0].replace("void ", "").strip()
+    if "custom_kernel_mlxt_" in stem:
+        return "mlxtriton " + re.sub(r"[0-9a-f]{10}_[0-9a-f]{12}$", "", stem.split("custom_kernel_mlxt_")[1])
+    if stem.startswith("mlx::core::cu::") and stem[len("mlx::core::cu::"):][:1].isupper():
+        return "mx.compile fused elementwise"
+    return stem
 
 
 def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int, runs: int,

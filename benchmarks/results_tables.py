@@ -306,7 +306,9 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200_session14.json"]),
     "per_eval": (per_eval, ["per_eval_h200_session14.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200_session13.json"]),
-    "generation": (generation, ["generation_h100_b1.json", "generation_h100_b8.json"]),
+    "generation": (generation, ["generation_h100_b1.json", "generation_h100_b8.json",
+                                "generation_h100_p2048.json"]),
+    "autotune": (autotune, ["autotune_h100.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
 }
 
