@@ -289,6 +289,25 @@ def autotune(files):
                       "mx.compile (GB/s)", "MLX copy (GB/s)", "schedules timed", "tuning (s)"], out)
 
 
+def decode_kernels(files, top: int = 10):
+    out = []
+    for r in (r for f in files for r in load(f)["rows"]):
+        variants = r["variants"]
+        plain, ours = (variants[v].get("launches") or {} for v in ("plain", "optimize"))
+        kinds = list(dict.fromkeys([*list(ours["by_kernel"])[:top], *list(plain["by_kernel"])[:top],
+                                    *[k for k in ours["by_kernel"] if k.startswith("mlxtriton ")]]))
+        for k in kinds:
+            p, o = plain["by_kernel"].get(k, [0, 0]), ours["by_kernel"].get(k, [0, 0])
+            out.append([r["model"].upper(), f"`{k}`", _num(p[0], 1), _num(p[1], 1), _num(o[0], 1), _num(o[1], 1)])
+        out.append([r["model"].upper(), "**all kernels**", _num(plain["kernels"], 1), _num(1e3 * plain["gpu_ms"], 0),
+                    _num(ours["kernels"], 1), _num(1e3 * ours["gpu_ms"], 0)])
+        out.append([r["model"].upper(), "**step time (ms), host time**",
+                    f"{variants['plain']['ms']:.2f}, {variants['plain']['host_ms']:.2f}", "",
+                    f"{variants['optimize']['ms']:.2f}, {variants['optimize']['host_ms']:.2f}", ""])
+    return _markdown(["model", "kernel", "plain: launches/step", "plain: GPU us/step", "optimize: launches/step",
+                      "optimize: GPU us/step"], out)
+
+
 # name -> (the function writing the table, the newest complete run's files)
 TABLES: dict[str, tuple[Callable, list[str]]] = {
     "row_kernels": (row_kernels, ["row_kernels_h200_session14_f32.json", "row_kernels_h200_session14_bf16.json"]),
@@ -308,7 +327,8 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "ce_rows": (ce_rows, ["ce_rows_h200_session13.json"]),
     "generation": (generation, ["generation_h100_b1.json", "generation_h100_b8.json",
                                 "generation_h100_p2048.json"]),
-    "autotune": (autotune, ["autotune_h100.json"]),
+    "autotune": (autotune, ["autotune_h100.json", "autotune_h100_columns.json"]),
+    "decode_kernels": (decode_kernels, ["decode_kernels_h100.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
 }
 

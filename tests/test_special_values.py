@@ -199,3 +199,17 @@ def test_a_region_over_an_empty_array_launches_no_kernel(shape, monkeypatch):
     assert got.shape == fn(x).shape and mx.array_equal(got, fn(x)).item()
     with pytest.raises(mlxtriton.SingleKernelError, match="an empty array"):
         mlxtriton.kernel(fn, chip="h100")(x)
+
+
+def test_a_graph_holding_an_empty_array_runs_op_by_op(monkeypatch):
+    """MLX's CUDA backend aborts running a compiled graph that holds an empty array: such a call
+    runs its ops one by one, and the function's other shapes keep their compiled dispatch."""
+    monkeypatch.delenv(INTERPRET_ENV)  # the compiled dispatch is for calls that launch no interpreter
+    f = mlxtriton.optimize(lambda x: mx.sum(mx.exp(x) * 2, axis=-1) + 1)
+    empty = mx.zeros((4, 0))
+    (entry,) = [e for e in [f(empty)] and f._cache.values()]
+    assert entry.executable.empty and not entry.executable.traceable
+    assert mx.array_equal(f(empty), mx.ones((4,))).item()
+    x = mx.ones((4, 3))
+    assert mx.allclose(f(x), mx.sum(mx.exp(x) * 2, axis=-1) + 1).item()
+    assert f._dispatch is not None and f.cache_info().builds == 2

@@ -276,7 +276,12 @@ class _Executable:
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
         # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
-        self.traceable = not (launch and interpreting())
+        # MLX 0.32.4's CUDA backend aborts the process (SIGFPE) running a compiled graph that
+        # holds an empty array, where the same ops called one by one return: such a graph runs
+        # op by op (tests/device/test_semantics_gpu.py, size-0 shapes).
+        self.empty = any(0 in v.shape for v in graph.inputs) or any(
+            0 in v.shape for e in graph.eqns for v in (*e.inputs, *e.outputs))
+        self.traceable = not (launch and interpreting()) and not self.empty
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
         self.bare_body = _runner(graph, bare_steps) if launch else run
         if self.traceable:
@@ -578,7 +583,9 @@ class Compiled:
             if (self._dispatch is not None and not kwargs
                     and all(type(a) is _ARRAY for a in args)):
                 structured = _structured(executable.body, entry.out_tree) if executable.traceable else None
-                if structured is None:
+                if executable.empty:
+                    pass  # runs op by op below; other shapes keep the dispatch
+                elif structured is None:
                     self._dispatch = None  # outputs mx.compile cannot return, or the interpreter
                 else:
                     plain = _plain_key(device.type, args)
