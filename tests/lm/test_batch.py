@@ -1,6 +1,7 @@
-"""Batched generation (mlx-lm's ``batch_generate`` and ``BatchGenerator``) with
-``mlxtriton.lm.StaticBatchKVCache``: the same tokens as mlx-lm's own batch caches, eagerly and
-through ``mlxtriton.optimize``, where each batch size is one build per bucket."""
+"""Batched generation (mlx-lm's ``batch_generate`` and ``BatchGenerator``) with mlxtriton.lm's
+batch caches (``StaticBatchKVCache``, ``StaticBatchRotatingKVCache``): the same tokens as mlx-lm's
+own batch caches, eagerly and through ``mlxtriton.optimize``, where each batch size is one build
+per bucket."""
 
 import mlx.core as mx
 import numpy as np
