@@ -103,3 +103,23 @@ def test_max_kv_size_generation_matches_mlx_lm(name, prefill_step):
     np.testing.assert_allclose(logprobs, expected_logprobs, atol=1e-4)
     # the chunks of the prompt, its last token, the decode steps
     assert optimized.cache_info().builds <= 5
+
+
+@pytest.mark.parametrize("settings", [dict(temp=0.7), dict(temp=0.7, top_p=0.9),
+                                      dict(temp=0.7, top_k=20), dict(temp=1.0, min_p=0.05, top_k=50)])
+def test_sampling_through_optimize_draws_mlx_lms_tokens(settings):
+    # mlx-lm's samplers (temperature, top-p, top-k, min-p) optimized: the random key is state, so
+    # with one seed the optimized model and sampler draw the tokens plain mlx-lm draws
+    from mlx_lm.sample_utils import make_sampler
+
+    model, prompt = lm_zoo.build("llama"), lm_zoo.prompt(12)
+    sampler = make_sampler(**settings)
+
+    def run(fn, sample, cache):
+        mx.random.seed(7)
+        return [t for t, _ in generate_step(prompt, fn, max_tokens=24, sampler=sample, prompt_cache=cache)]
+
+    expected = run(model, sampler, None)
+    fast_sampler = mlxtriton.optimize(sampler)
+    assert run(mlxtriton.optimize(model), fast_sampler, lm.make_prompt_cache(model)) == expected
+    assert fast_sampler.cache_info().builds == 1
