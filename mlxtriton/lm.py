@@ -294,7 +294,60 @@ class StaticQuantizedKVCache(_BucketedCache):
         self._set_offset(offset)
 
 
-class StaticBatchKVCache(_BucketedCache):
+class _Batch:
+    """What the batch caches share: sequences left-padded to a common write slot (a 0-d int32
+    array beside its host-side count ``_host_offset``), each sequence's position in ``offset`` (a
+    (B,) int32 array, what RoPE reads), and mlx-lm's batch bookkeeping around them."""
+
+    def _start_batch(self, left_padding) -> None:
+        self.left_padding = mx.array(left_padding, mx.int32)
+        self.offset = -self.left_padding
+        self._set_slot(0)
+        self._right_padding = None
+
+    def _set_slot(self, slot: int) -> None:
+        self.slot = mx.array(slot, mx.int32)
+        self._host_offset = slot
+
+    def _advance(self, n: int) -> None:
+        self.slot = self.slot + n
+        self.offset = self.offset + n
+
+    def prepare(self, *, left_padding=None, lengths=None, right_padding=None) -> None:
+        """As mlx-lm's: more left padding before the first write; right padding (prompts of
+        different lengths written together) to move to the left in ``finalize``."""
+        if left_padding is not None:
+            if not self.empty():
+                raise ValueError(f"left padding can only be added to an empty {type(self).__name__}")
+            left_padding = mx.array(left_padding, mx.int32)
+            self.left_padding = self.left_padding + left_padding
+            self.offset = self.offset - left_padding
+        if right_padding is not None and max(right_padding) > 0:
+            self._right_padding = mx.array(right_padding, mx.int32)
+
+    def trim(self, n: int) -> int:
+        n = min(self._host_offset, n)
+        self._host_offset -= n
+        self.slot = self.slot - n
+        self.offset = self.offset - n
+        return n
+
+    def _keep_rows(self, batch_indices) -> None:
+        """Keeps the given sequences' rows of every array."""
+        if not isinstance(batch_indices, mx.array):
+            batch_indices = mx.array(batch_indices, mx.int32)
+        if not self.empty():
+            self.keys = self.keys[batch_indices]
+            self.values = self.values[batch_indices]
+        self.offset = self.offset[batch_indices]
+        self.left_padding = self.left_padding[batch_indices]
+
+    def _set_batch_state(self, slot) -> None:
+        self._set_slot(int(mx.array(slot).item()))
+        self._right_padding = None
+
+
+class StaticBatchKVCache(_Batch, _BucketedCache):
     """mlx-lm's ``BatchKVCache`` (batched generation, ``batch_generate`` and ``BatchGenerator``)
     with a still shape.
 
@@ -314,15 +367,11 @@ class StaticBatchKVCache(_BucketedCache):
     def __init__(self, left_padding: list[int], step: int = 256, headroom: int = 16,
                  doubling: bool = False):
         super().__init__(step, headroom, doubling)
-        self.left_padding = mx.array(left_padding, mx.int32)
-        self.offset = -self.left_padding
-        self.slot = mx.array(0, mx.int32)
-        self._right_padding = None
+        self._start_batch(left_padding)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         self._append(keys, values, self.slot)
-        self.slot = self.slot + keys.shape[2]
-        self.offset = self.offset + keys.shape[2]
+        self._advance(keys.shape[2])
         return self.keys, self.values
 
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
@@ -332,18 +381,6 @@ class StaticBatchKVCache(_BucketedCache):
         causal = _causal_mask(self.slot, N, self._planned_capacity(N), window_size)
         keys = mx.arange(causal.shape[1], dtype=mx.int32)
         return causal[None, None] & (self.left_padding[:, None, None, None] <= keys)
-
-    def prepare(self, *, left_padding=None, lengths=None, right_padding=None) -> None:
-        """As mlx-lm's: more left padding before the first write; right padding (prompts of
-        different lengths written together) to move to the left in ``finalize``."""
-        if left_padding is not None:
-            if not self.empty():
-                raise ValueError("left padding can only be added to an empty StaticBatchKVCache")
-            left_padding = mx.array(left_padding, mx.int32)
-            self.left_padding = self.left_padding + left_padding
-            self.offset = self.offset - left_padding
-        if right_padding is not None and max(right_padding) > 0:
-            self._right_padding = mx.array(right_padding, mx.int32)
 
     def finalize(self) -> None:
         """Rolls each right-padded sequence so its tokens end at the write slot (as mlx-lm's:
@@ -358,13 +395,6 @@ class StaticBatchKVCache(_BucketedCache):
 
     def size(self) -> int:
         return self._host_offset
-
-    def trim(self, n: int) -> int:
-        n = min(self._host_offset, n)
-        self._host_offset -= n
-        self.slot = self.slot - n
-        self.offset = self.offset - n
-        return n
 
     def _shifted(self, shift: int, capacity: int) -> tuple[mx.array, mx.array]:
         """The buffers moved ``shift`` slots along axis 2 (left where negative), ``capacity``
@@ -381,13 +411,7 @@ class StaticBatchKVCache(_BucketedCache):
 
     def filter(self, batch_indices) -> None:
         """Keeps the given sequences, and drops the padding slots they all share."""
-        if not isinstance(batch_indices, mx.array):
-            batch_indices = mx.array(batch_indices, mx.int32)
-        if not self.empty():
-            self.keys = self.keys[batch_indices]
-            self.values = self.values[batch_indices]
-        self.offset = self.offset[batch_indices]
-        self.left_padding = self.left_padding[batch_indices]
+        self._keep_rows(batch_indices)
         shared = min(self.left_padding.tolist()) if self.left_padding.size else 0
         if shared > 0:
             if not self.empty():
@@ -419,8 +443,7 @@ class StaticBatchKVCache(_BucketedCache):
                 k, v = c._shifted(shift, capacity)
             parts.append((k, v, c.offset, c.left_padding + shift))
         self.keys, self.values, self.offset, self.left_padding = map(mx.concatenate, zip(*parts))
-        self._host_offset = slot
-        self.slot = mx.array(slot, mx.int32)
+        self._set_slot(slot)
 
     def extract(self, idx: int) -> StaticKVCache:
         """Sequence ``idx`` alone, in a ``StaticKVCache`` of the same bucket policy."""
@@ -463,8 +486,7 @@ class StaticBatchKVCache(_BucketedCache):
         cache.keys = mx.concatenate(keys)
         cache.values = mx.concatenate(values)
         cache.offset = cache.offset + longest
-        cache.slot = mx.array(longest, mx.int32)
-        cache._host_offset = longest
+        cache._set_slot(longest)
         return cache
 
     @property
@@ -476,9 +498,7 @@ class StaticBatchKVCache(_BucketedCache):
     def state(self, v):
         (self.keys, self.values, self.offset, self.left_padding, slot, self.step, self.headroom,
          self.doubling) = v
-        self.slot = mx.array(slot, mx.int32)
-        self._host_offset = int(self.slot.item())
-        self._right_padding = None
+        self._set_batch_state(slot)
 
 
 class StaticRotatingKVCache(_ArrayOffsetCache):
@@ -622,7 +642,7 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         self._set_offset(offset)
 
 
-class StaticBatchRotatingKVCache(StaticRotatingKVCache):
+class StaticBatchRotatingKVCache(_Batch, StaticRotatingKVCache):
     """mlx-lm's ``BatchRotatingKVCache`` (batched generation with sliding-window layers) with a
     still shape.
 
@@ -640,10 +660,7 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
             raise ValueError(f"StaticBatchRotatingKVCache keeps no tokens (got keep={keep}), as "
                              "mlx-lm's BatchRotatingKVCache")
         super().__init__(max_size, keep, headroom)
-        self.left_padding = mx.array(left_padding, mx.int32)
-        self.offset = -self.left_padding
-        self.slot = mx.array(0, mx.int32)
-        self._right_padding = None
+        self._start_batch(left_padding)
 
     def _index(self) -> mx.array:
         return self.slot
@@ -659,8 +676,7 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         self._store(keys, values)
-        self.slot = self.slot + keys.shape[2]
-        self.offset = self.offset + keys.shape[2]
+        self._advance(keys.shape[2])
         return self.keys, self.values
 
     def make_mask(self, N: int, return_array: bool = False, window_size: Optional[int] = None):
@@ -668,11 +684,6 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
         mask = super().make_mask(N, window_size=window_size)
         positions = self._slot_positions(self.slot + N, mask.shape[-1])
         return mask[None, None] & (self.left_padding[:, None, None, None] <= positions)
-
-    def prepare(self, *, left_padding=None, lengths=None, right_padding=None) -> None:
-        """As mlx-lm's (see ``StaticBatchKVCache.prepare``)."""
-        StaticBatchKVCache.prepare(self, left_padding=left_padding, lengths=lengths,
-                                   right_padding=right_padding)
 
     def _shifted(self, shift) -> None:
         """Moves each sequence ``shift`` indices later (a (B,) array, or one int for all): the
@@ -693,25 +704,9 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
             self.left_padding = self.left_padding + padding
             self._right_padding = None
 
-    def size(self) -> int:
-        return min(self._host_offset, self.max_size)
-
-    def trim(self, n: int) -> int:
-        n = min(self._host_offset, n)
-        self._host_offset -= n
-        self.slot = self.slot - n
-        self.offset = self.offset - n
-        return n
-
     def filter(self, batch_indices) -> None:
         """Keeps the given sequences."""
-        if not isinstance(batch_indices, mx.array):
-            batch_indices = mx.array(batch_indices, mx.int32)
-        if not self.empty():
-            self.keys = self.keys[batch_indices]
-            self.values = self.values[batch_indices]
-        self.offset = self.offset[batch_indices]
-        self.left_padding = self.left_padding[batch_indices]
+        self._keep_rows(batch_indices)
 
     def _steady(self) -> None:
         if self._right_padding is not None:
@@ -738,12 +733,11 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
                 parts.append((*zeros, c.offset, c.left_padding + slot))
                 continue
             shift = slot - c._host_offset
-            c.slot = mx.array(slot, mx.int32)
+            c.slot = mx.array(slot, mx.int32)  # index j - shift moves to index j
             c._shifted(shift)
             parts.append((c.keys, c.values, c.offset, c.left_padding + shift))
         self.keys, self.values, self.offset, self.left_padding = map(mx.concatenate, zip(*parts))
-        self._host_offset = slot
-        self.slot = mx.array(slot, mx.int32)
+        self._set_slot(slot)
 
     def extract(self, idx: int) -> StaticRotatingKVCache:
         """Sequence ``idx`` alone, in a ``StaticRotatingKVCache`` (position ``p`` in slot
@@ -799,8 +793,7 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
             offsets.append(offset)
         cache.keys, cache.values = mx.concatenate(keys), mx.concatenate(values)
         cache.offset = mx.array(offsets, mx.int32)
-        cache.slot = mx.array(slot, mx.int32)
-        cache._host_offset = slot
+        cache._set_slot(slot)
         return cache
 
     @property
@@ -812,9 +805,7 @@ class StaticBatchRotatingKVCache(StaticRotatingKVCache):
     def state(self, v):
         (self.keys, self.values, self.offset, self.left_padding, slot, self.max_size, self.keep,
          self.headroom) = v
-        self.slot = mx.array(slot, mx.int32)
-        self._host_offset = int(self.slot.item())
-        self._right_padding = None
+        self._set_batch_state(slot)
 
 
 class CacheList(_lm_cache.CacheList):
