@@ -204,6 +204,20 @@ def test_op_with_a_constant_operand_matches_mlx(prim, params, arity, dts, ref):
             assert_matches(got, want, prim in EXACT, f"{prim} {dtype} with constant {c}")
 
 
+def test_power_rounds_as_mlx_where_its_parity_decides_a_sign():
+    """(-7) ** (x ** 2): x ** 2 rounded to an even or an odd float32 integer gives +inf or -inf;
+    the interpreter rounds float powers once, as C's powf that MLX's CPU kernel calls (NumPy's
+    float32 power gives 3986.7368 ** 2 one ulp off, an odd 15894071). Fuzzer program 9472."""
+    x = np.array([3986.7368, -9044.759, 14084.462], np.float32)
+    b = RegionBuilder("Power")
+    xi = b.input(x.shape, "float32", "x")
+    square = b.op("Power", xi, b.constant(2.0, "float32"))
+    y = b.op("Power", b.constant(-7.0, "float32"), square)
+    (got,) = interpret(built(b.build([y]), "cuda"), [x])
+    want = from_mx(mx.power(mx.array(-7.0), mx.power(mx.array(x), 2.0)))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_every_elementwise_primitive_is_in_the_table():
     """A primitive codegen lowers cannot skip the special-value table."""
     from mlxtriton.codegen import _lower_ops
