@@ -109,8 +109,8 @@ def softmax_of_a_transpose(m: Match):  # Softmax(Transpose(x)) -> Transpose(soft
     """A softmax whose rows are a strided axis of ``x`` (the last axis of a transpose): the rows
     become columns of ``x``, which the fuse stage reads coalesced along ``x``'s contiguous axis
     as a column region; the transpose after it is a view. Kept only where every reader of the
-    result is a graph output or a matmul (both read a transposed view in place): a pointwise
-    reader would read it strided instead."""
+    result is a graph output, or a matmul and the transpose swaps the last two axes (both read
+    the view in place): a pointwise reader would read it strided instead."""
     if not m.context.get("fusing") or m.context.get("backend") is None:
         return None
     x, sm = m["x"], m.root
@@ -119,7 +119,8 @@ def softmax_of_a_transpose(m: Match):  # Softmax(Transpose(x)) -> Transpose(soft
     if axis == x.ndim - 1 or x.dtype not in dtypes.FLOATING or x.size == 0:
         return None
     out = sm.outputs[0]
-    if any(e.primitive != "Matmul" for e in m.graph.users(out)):
+    last_two = perm == (*range(x.ndim - 2), x.ndim - 1, x.ndim - 2)  # what a matmul reads in place
+    if any(e.primitive != "Matmul" or not last_two for e in m.graph.users(out)):
         return None
     # mx.softmax over a non-last axis (mlx/ops.cpp): max kept out of the gradient, exp, sum,
     # divide; in float32 as MLX's softmax kernels accumulate half types.

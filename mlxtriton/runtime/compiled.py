@@ -276,9 +276,10 @@ class _Executable:
         # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
         # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
         # (15.8 vs 16.8 us on the H200, shared/device/README.md).
-        # MLX 0.32.4's CUDA backend aborts the process (SIGFPE) running a compiled graph that
-        # holds an empty array, where the same ops called one by one return: such a graph runs
-        # op by op (tests/device/test_semantics_gpu.py, size-0 shapes).
+        # On MLX 0.32.4's CUDA backend every optimized function over a size-0 array aborted the
+        # process (SIGFPE) where the plain function returned, its regions already MLX ops: a
+        # graph holding an empty array runs op by op, outside mx.compile
+        # (tests/device/test_semantics_gpu.py, size-0 shapes).
         self.empty = any(0 in v.shape for v in graph.inputs) or any(
             0 in v.shape for e in graph.eqns for v in (*e.inputs, *e.outputs))
         self.traceable = not (launch and interpreting()) and not self.empty

@@ -391,7 +391,8 @@ def softmax_of_a_transpose(draw):
         args.append(draw(arrays(w.shape, dtype, specials=False)))
     elif reader == "pointwise":
         (y,) = b.add("Exp", [y])
-    fires = axes[-1] != len(shape) - 1 and reader != "pointwise"
+    last_two = axes == (*range(len(shape) - 2), len(shape) - 1, len(shape) - 2)
+    fires = axes[-1] != len(shape) - 1 and (reader == "output" or reader == "matmul" and last_two)
     return b.build([y]), args, {"backend": draw(st.sampled_from(["cuda", "metal"])), "fusing": True}, fires
 
 
