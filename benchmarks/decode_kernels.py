@@ -20,7 +20,8 @@ Columns: ``ms`` and ``host_ms`` per token (prefill, warm-up steps, then ``runs``
 host_ms is the time spent queuing); ``launches`` per token counted on the GPU with PyTorch's
 profiler (CUPTI records every kernel the process launches, MLX's included) over ``tokens`` steps,
 where PyTorch is installed, with the GPU time per step of each kind of kernel (``by_kernel``:
-launches and microseconds per step; the profiler's own overhead included); ``estimate``: what `cuda_launches` predicts from the optimised graph
+launches and microseconds per step, under the profiler); ``estimate``: what `cuda_launches`
+predicts from the optimised graph
 (optimize variants only: the static model below); ``match``: leading steps whose sampled token
 equals plain's.
 
@@ -239,8 +240,8 @@ def measured_launches(step, y, tokens: int) -> dict | None:
 
 
 def _kernel_kind(name: str) -> str:
-    """A kernel's name without its template arguments and parameters (MLX's generated and fused
-    kernels keep their stem: ``custom_kernel_mlxt_row``, ``fused``)."""
+    """A kernel's name without its template arguments and parameters; mlxtriton's kernels by
+    family (``mlxtriton row``), mx.compile's fused kernels (named after their ops) as one kind."""
     stem = name.split("(")[0].split("<")[0].replace("void ", "").strip()
     if "custom_kernel_mlxt_" in stem:
         return "mlxtriton " + re.sub(r"[0-9a-f]{10}_[0-9a-f]{12}$", "", stem.split("custom_kernel_mlxt_")[1])
