@@ -860,6 +860,11 @@ def _to_static(cache: Any, step: int, headroom: int, doubling: bool) -> Any:
         return StaticRotatingKVCache(cache.max_size, cache.keep, headroom)
     if type(cache) is _lm_cache.ArraysCache:
         return cache  # recurrent states: fixed shapes once the first call has set them
+    if type(cache) is _lm_cache.ChunkedKVCache:
+        raise TypeError(
+            "mlxtriton.lm has no still-shaped counterpart of mlx-lm's ChunkedKVCache: llama4 builds "
+            "its chunk mask from the cache's positions as Python ints (mlx_lm/models/llama4.py), "
+            "so its shapes change every step whatever the cache; use mlx-lm's own caches")
     raise TypeError(f"mlxtriton.lm has no still-shaped counterpart of mlx-lm's {name}")
 
 
