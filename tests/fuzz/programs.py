@@ -439,7 +439,9 @@ def _unary(b: _Builder) -> _Step | None:
 
 FLOAT_BINARY = {"{a} + {b}": "", "{a} - {b}": "", "{a} * {b}": "", "{a} / {b}": "",
                  "mx.maximum({a}, {b})": "EB", "mx.minimum({a}, {b})": "EB",
-                 "mx.power({a}, {b})": "", "mx.logaddexp({a}, {b})": "",
+                 # a negative base's power jumps with the exponent's integrality and parity
+                 "mx.power({a}, {b})": "D", "mx.power(mx.abs({a}), {b})": "",
+                 "mx.logaddexp({a}, {b})": "",
                  "mx.arctan2({a}, {b})": "B", "{a} // {b}": "D", "{a} % {b}": "D",
                  "{a} / mx.sqrt({b})": ""}
 INT_BINARY = {"{a} + {b}": "E", "{a} - {b}": "E", "{a} * {b}": "E", "mx.maximum({a}, {b})": "EB",
