@@ -19,7 +19,8 @@ step's time is recorded as ``first_step_s``), then ``runs`` runs of ``tokens`` d
 queued with ``mx.async_eval`` (each step's sampled token feeds the next), ``mx.synchronize()``
 once per run; ms per step is the median run's time / ``tokens``. ``host_ms`` is the time the
 host spent queuing a run's steps (before the synchronize), per step: when it is close to ``ms``
-the host paces decoding. Tokens/s = batch * 1000 / ms. Each method's first ``tokens`` sampled
+the host paces decoding; ``call_ms`` the part of it spent in the step call (building the graph),
+the rest being MLX's evaluation of it (``mx.async_eval``: encoding and launching the kernels). Tokens/s = batch * 1000 / ms. Each method's first ``tokens`` sampled
 tokens are compared with plain's (``match``: the count of leading equal steps; bfloat16 runs may
 differ where reading a masked buffer rounds differently).
 
@@ -174,19 +175,26 @@ def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket
 def timed_steps(step, y, tokens: int, runs: int) -> dict:
     """``runs`` runs of ``tokens`` decoding steps from ``y``, queued with ``mx.async_eval`` and
     synchronised once per run: ms per step and host ms per step of the median run (the upper one
-    for an even count), and the first run's tokens."""
-    times, host, sampled = [], [], []
+    for an even count), the part of the host's time spent in the step call (building the graph;
+    the rest is ``mx.async_eval``, MLX evaluating it: encoding and launching its kernels), and
+    the first run's tokens."""
+    times, host, calls, sampled = [], [], [], []
     for _ in range(runs):
+        in_call = 0.0
         t0 = time.perf_counter()
         for _ in range(tokens):
+            t1 = time.perf_counter()
             y = step(y)
+            in_call += time.perf_counter() - t1
             mx.async_eval(y)
             sampled.append(y)
         host.append(time.perf_counter() - t0)
+        calls.append(in_call)
         mx.synchronize()
         times.append(time.perf_counter() - t0)
     run = times.index(sorted(times)[len(times) // 2])
     return {"ms": 1e3 * times[run] / tokens, "host_ms": 1e3 * host[run] / tokens,
+            "call_ms": 1e3 * calls[run] / tokens,
             "tokens": [t.reshape(-1).tolist() for t in sampled[:tokens]]}
 
 
