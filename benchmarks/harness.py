@@ -30,18 +30,7 @@ import mlx.nn as nn
 import numpy as np
 
 import mlxtriton
-
-
-def time_queued(fn, args, reps: int) -> float:
-    """Seconds per call of ``reps`` calls queued with ``mx.async_eval``, synchronised once."""
-    live = []
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        out = fn(*args)
-        live = live[-2:] + [out]
-        mx.async_eval(out)
-    mx.synchronize()
-    return (time.perf_counter() - t0) / reps
+from mlxtriton.runtime.tuner import time_queued  # the tuner's timing, shared
 
 
 def time_mlx(fn, args, reps: int = 50, runs: int = 5) -> float:

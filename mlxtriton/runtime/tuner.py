@@ -106,25 +106,28 @@ class DeviceTimer:
         mx.synchronize()
         reps, best = 1, float("inf")
         while True:  # as many launches as fill one batch
-            seconds = self._batch(run, args, reps)
+            seconds = time_queued(run, args, reps)
             if seconds * reps >= self.batch_s or reps >= 1 << 14:
                 break
             reps = min(1 << 14, max(2 * reps, int(reps * self.batch_s / max(seconds * reps, 1e-6))))
         best = seconds
         for _ in range(self.repeats - 1):
-            best = min(best, self._batch(run, args, reps))
+            best = min(best, time_queued(run, args, reps))
         return best
 
-    @staticmethod
-    def _batch(run: Callable, args: list, reps: int) -> float:
-        live: list = []
-        start = time.perf_counter()
-        for _ in range(reps):
-            out = run(*args)
-            live = live[-2:] + [out]
-            mx.async_eval(out)
-        mx.synchronize()
-        return (time.perf_counter() - start) / reps
+
+
+def time_queued(run: Callable, args, reps: int) -> float:
+    """Seconds per call of ``reps`` calls of ``run(*args)`` queued with ``mx.async_eval`` and
+    synchronised once (the last outputs kept alive so their buffers are not reused mid-batch)."""
+    live: list = []
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = run(*args)
+        live = live[-2:] + [out]
+        mx.async_eval(out)
+    mx.synchronize()
+    return (time.perf_counter() - start) / reps
 
 
 class InterpreterTimer:
