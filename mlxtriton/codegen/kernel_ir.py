@@ -611,19 +611,8 @@ def graph_rewrite(root: UOp, pm: PatternMatcher, max_rounds: int = 64) -> UOp:
 
 def substitute(root: UOp, mapping: dict[UOp, UOp]) -> UOp:
     """Replace nodes by others everywhere below ``root`` (index ALU is re-simplified)."""
-    done: dict[UOp, UOp] = {}
-    for node in root.toposort:
-        if node in mapping:
-            done[node] = mapping[node]
-            continue
-        src = tuple(done[s] for s in node.src)
-        if src == node.src:
-            done[node] = node
-        elif node.op in GroupOp.Binary:
-            done[node] = alu(node.op, *src, dtype=node.dtype)
-        else:
-            done[node] = UOp(node.op, node.dtype, src, node.arg)
-    return done[root]
+    (new,) = map_nodes([root], lambda node, src, done: mapping.get(node))
+    return new
 
 
 def map_nodes(stores: list[UOp], fn: Callable[[UOp, tuple[UOp, ...], dict], UOp | None]
