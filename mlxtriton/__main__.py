@@ -168,14 +168,19 @@ def _example_arguments(fn, shapes: list[str]):
     return bound.args, bound.kwargs
 
 
-@command("explain", "trace MODULE:FUNCTION with example shapes; show its graph, the fusion decisions "
-                    "and the generated kernels")
-def _explain(parser: argparse.ArgumentParser) -> Runner:
+def _function_and_shapes(parser: argparse.ArgumentParser) -> None:
+    """The MODULE:FUNCTION argument and its --shape options (explain, tune)."""
     parser.add_argument("function", metavar="MODULE:FUNCTION",
                         help="e.g. mymodel:block, path/to/file.py:loss, mlxtriton.examples:LlamaBlock")
     parser.add_argument("--shape", action="append", default=[], metavar="[NAME=]D0,D1,..[:DTYPE]",
                         help="one example argument, in order or by parameter name (repeat): "
                              "x=4,128:float32; dtype float32 unless given; 'x=:float32' is a scalar")
+
+
+@command("explain", "trace MODULE:FUNCTION with example shapes; show its graph, the fusion decisions "
+                    "and the generated kernels")
+def _explain(parser: argparse.ArgumentParser) -> Runner:
+    _function_and_shapes(parser)
     parser.add_argument("--target", dest="dialect", choices=("metal", "cuda"),
                         help="kernel source to show (default: this GPU's, else metal)")
     parser.add_argument("--chip", default="auto",
@@ -237,10 +242,7 @@ def _explain(parser: argparse.ArgumentParser) -> Runner:
 @command("tune", "tune MODULE:FUNCTION's kernels on this GPU ahead of time: time their candidate "
                  "schedules, keep the fastest in the on-disk cache later processes read")
 def _tune(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("function", metavar="MODULE:FUNCTION",
-                        help="e.g. mymodel:block, path/to/file.py:loss, mlxtriton.examples:LlamaBlock")
-    parser.add_argument("--shape", action="append", default=[], metavar="[NAME=]D0,D1,..[:DTYPE]",
-                        help="one example argument, as for explain (repeat)")
+    _function_and_shapes(parser)
     parser.add_argument("--chip", default="auto", help="chip the default schedules follow (default: detected)")
     parser.add_argument("--grad", action="store_true",
                         help="also tune the backward's kernels (the gradient of the outputs' sum)")
