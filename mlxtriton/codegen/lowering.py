@@ -17,12 +17,14 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from mlxtriton import hw
+from mlxtriton.codegen.attention import render_attention
 from mlxtriton.codegen.builder import RegionError, build
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import DEFAULT_CHIP, Schedule, default, holds_rows, kernel_target
 from mlxtriton.graph.core import Eqn, Graph
+from mlxtriton.fusion import attention
 from mlxtriton.graph.fused import is_fused
 
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than
@@ -44,6 +46,10 @@ class CacheDecision:
 
     def as_text(self) -> str:
         return f"{self.region}: {self.on_chip} ({self.reason})"
+
+
+_ATTENTION = ("the attention kernel: a query row per threadgroup, online softmax in registers, "
+              "k and v read once where the mask shows them")
 
 
 def region_of(eqn: Eqn) -> tuple[Region, tuple[mx.array, ...]]:
@@ -91,6 +97,10 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
         if not is_fused(e):
             eqns.append(e)
             continue
+        if e.params["kind"] == attention.KIND:
+            decisions.append(CacheDecision(e.params["name"], "none", (), (), _ATTENTION))
+            eqns.append(e)
+            continue
         try:
             region, _ = region_of(e)
             schedule = default(region, target)
@@ -121,6 +131,8 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
     Raises:
         RegionError: the region cannot become one kernel; the message names the op and why.
     """
+    if eqn.params["kind"] == attention.KIND:
+        return render_attention(attention.spec_of(eqn.params["body"]), target.device.backend), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:
@@ -137,7 +149,7 @@ def rows_held(eqn: Eqn, target: hw.Target) -> bool:
     Raises:
         RegionError: the region cannot become one kernel.
     """
-    return holds_rows(region_of(eqn)[0], target)
+    return eqn.params["kind"] != attention.KIND and holds_rows(region_of(eqn)[0], target)
 
 
 __all__ = ["CacheDecision", "Chooser", "DEFAULT_CHIP", "cache", "cache_with_report", "kernel_target",

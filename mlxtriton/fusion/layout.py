@@ -23,6 +23,7 @@ from mlxtriton.graph.transforms import dce, substitute
 
 from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import REDUCTIONS, Role, role
+from mlxtriton.fusion.attention import KIND as ATTENTION
 from mlxtriton.fusion.index_space import IndexSpace, index_space
 from mlxtriton.fusion.report import LayoutDecision
 
@@ -163,7 +164,7 @@ def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = N
     eqns: list[Eqn] = []
     records: list[LayoutDecision] = []
     for e in graph.eqns:
-        if not is_fused(e):
+        if not is_fused(e) or e.params["kind"] == ATTENTION:  # the attention kernel reads q, k, v as they are
             eqns.append(e)
             continue
         body = e.params["body"]

@@ -1,13 +1,15 @@
 """Patterns layer: attention written out becomes ``ScaledDotProductAttention``, a decomposed
 softmax the ``Softmax`` primitive (issue 5, rule 1); where the target runs SDPA with an array mask
-op by op at decode, SDPA becomes two batched products around one row kernel (issue 25).
-May import mlx and mlxtriton.graph.
+op by op at decode, SDPA becomes one attention kernel region (a boolean mask), else two batched
+products around one row kernel.
+May import mlx, mlxtriton.graph and the fusion layer's attention region.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
+from mlxtriton.fusion.attention import attention_region, decode_attention
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Var
 
@@ -502,7 +504,7 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     return out
 
 
-def attention_for_fusion(m: Match):  # SDPA(q, k, v, array mask) at decode -> grouped q @ k^T, row kernel, @ v
+def attention_for_fusion(m: Match):  # SDPA(q, k, v, array mask) at decode -> attention kernel, or q @ k^T, row kernel, @ v
     e = m.root
     p = e.params
     if p["do_causal"] or p["has_sinks"] or p["output_logsumexp"] or len(e.inputs) != 4:
@@ -510,11 +512,21 @@ def attention_for_fusion(m: Match):  # SDPA(q, k, v, array mask) at decode -> gr
     q, k, v, mask = e.inputs
     if not _grouped_at_decode(m, q.dtype, q.shape[2], q.shape[-1], v.shape[-1]):
         return None
+    source = _broadcast_source(m, mask)
+    spec = decode_attention(q, k, v, source, p["scale"])
+    if not isinstance(spec, str):
+        out = Var(e.outputs[0].shape, e.outputs[0].dtype)
+        m.eqns.append(attention_region(q, k, v, source, mask, out, p["scale"]))
+        m.detail = (f"attention at decode as one kernel: {q.shape[2]} query row(s) of {q.shape[1]} heads "
+                    f"over k {k.type_str()}, v {v.type_str()}, the boolean mask "
+                    f"{source.type_str()} read in place, hidden keys never loaded (MLX's CUDA SDPA "
+                    "has no fused kernel for an array mask here)")
+        return out
     # MLX's fallback (mlx/fast.cpp) fills a boolean mask's hidden scores with the lowest finite
     # value of the scores' dtype, and casts an additive mask to it.
     fill = float(mx.finfo(dtypes.to_mx(q.dtype)).min) if mask.dtype == "bool" else None
     out = _grouped_attention(m, q, k, v, _mask_row(m, mask, k.shape[2]), mask, fill, float(p["scale"]))
-    m.detail = _grouped_detail(q, k, mask.dtype == "bool")
+    m.detail = f"{_grouped_detail(q, k, mask.dtype == 'bool')}; not one attention kernel: {spec}"
     return out
 
 

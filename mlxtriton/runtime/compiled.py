@@ -25,6 +25,7 @@ from mlxtriton.codegen.lowering import (Chooser, cache_with_report, kernel_targe
                                         rows_held)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
+from mlxtriton.fusion.attention import KIND as ATTENTION
 from mlxtriton.fusion.collectives import collective_lines
 from mlxtriton.fusion.layout import layout_with_report
 from mlxtriton.graph import dtypes, pytree
@@ -261,7 +262,8 @@ class _Executable:
                     # A pointwise region's backward is pointwise: mx.compile of MLX's VJP fuses it
                     # as well as a generated kernel would, and inside a compiled training step
                     # with its neighbours too (runtime/autodiff.fused_backward).
-                    generated = fused_backward() and e.params["kind"] != "pointwise"
+                    # The attention kernel's backward is MLX's of SDPA (it runs at decode).
+                    generated = fused_backward() and e.params["kind"] not in ("pointwise", ATTENTION)
                     backward = (Compiled(vjp_function(body_of(e)), frozenset(PIPELINE),
                                          chip=target.chip, autotune=autotune)
                                 if generated else None)
@@ -342,7 +344,7 @@ def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw
     the row (log-softmax: the cotangent's sum), not where that backward would be pointwise
     (cross-entropy recomputes its row's max and sum instead), and where the chip's tuning data
     says so (``resident_saves_statistics``)."""
-    if not fused_backward():
+    if not fused_backward() or kernel.kernel is None:  # a kernel written as a template saves nothing
         return None
     body = body_of(e)
     resident = rows_held(e, target)

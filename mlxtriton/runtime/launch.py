@@ -118,6 +118,9 @@ def _first_use(kernel: LoweredKernel, run: Callable[..., list], n_arrays: int) -
 
 def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[..., list]:
     """The NumPy interpreter of the kernel IR in place of a launch (debugging; any host)."""
+    if kernel.kernel is None:
+        raise RegionError(f"{kernel.name} is written as a template, not kernel IR: the NumPy "
+                          "interpreter cannot run it, so its region runs as MLX ops")
     constants = list(constants)
     out_dtypes = [dtypes.to_mx(d) for d in kernel.output_dtypes]
 

@@ -1,0 +1,146 @@
+"""Codegen layer: the attention region's kernel (`mlxtriton.fusion.attention`), written once for
+both dialects. One threadgroup computes one query row of one head: its 32 SIMD groups (warps)
+each walk every 32nd key with an online softmax, lanes splitting the head dimension, and then
+merge their partial maxima, sums and outputs through threadgroup memory (the structure of MLX's
+sdpa_vector, mlx/backend/cuda/scaled_dot_product_attention.cu, kernel_sdpav_1pass), reading a
+boolean mask in place: a hidden key's k and v are never loaded. May import the graph layer, the
+fusion layer's attention description and codegen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from mlxtriton.codegen.dialects import DIALECTS, Dialect
+from mlxtriton.codegen.kernel_ir import Ops
+from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.fusion.attention import LANES, DecodeAttention
+
+# The running maximum's start: the lowest finite float, as MLX's kernel starts, so that a SIMD
+# group that meets no visible key merges as a factor exp2(lowest - max) = 0, not inf - inf.
+_LOWEST = "-3.402823466e+38f"
+
+
+def _cast(d: Dialect, x: str, src: str, dst: str) -> str:
+    template = d.casts.get((src, dst))
+    return template.format(x=x) if template else f"static_cast<{d.type(dst)}>({x})"
+
+
+def _warp(d: Dialect, x: str, combine: str) -> list[str]:
+    """Lines leaving in every lane of a SIMD group the ``combine`` ("{a} + {b}") of ``x`` over
+    its 32 lanes, by butterfly shuffles (every lane gets the same value, in the same order)."""
+    other = d.shuffle_xor.format(x=x, o="mt_o")
+    return [f"for (int mt_o = {LANES // 2}; mt_o > 0; mt_o /= 2) {{",
+            f"  {x} = {combine.format(a=x, b=other)};", "}"]
+
+
+def render_attention(spec: DecodeAttention, dialect: Dialect | str) -> LoweredKernel:
+    """The kernel of one attention region in ``dialect``: inputs q, k, v, mask (the array the mask
+    broadcasts from), output o [batch, heads, queries, value_dim] in q's dtype, accumulated in
+    float32.
+
+    A row whose every key is hidden averages v over all keys, as MLX's SDPA does (its fallback
+    fills hidden scores with the lowest finite value, so they tie): the threadgroup walks the keys
+    a second time, each with score 0.
+
+    Example:
+        >>> from mlxtriton.fusion.attention import DecodeAttention
+        >>> spec = DecodeAttention(1, 32, 8, 1, 256, 64, 64, "bfloat16", 0.125, (1, 256))
+        >>> k = render_attention(spec, "cuda")
+        >>> k.grid, k.threadgroup, k.output_shapes
+        ((32768, 1, 1), (1024, 1, 1), ((1, 32, 1, 64),))
+    """
+    d = DIALECTS[dialect] if isinstance(dialect, str) else dialect
+    s = spec
+    e, ev = s.head_dim // LANES, s.value_dim // LANES
+    sb, sh, si, sk = s.mask_strides
+    fexp = d.code_for_op[(Ops.EXP, "float")]
+    load = lambda x: _cast(d, x, s.dtype, "float32")  # noqa: E731
+    body = [
+        f"// attention at decode: q [{s.batch}, {s.heads}, {s.queries}, {s.head_dim}], k and v over "
+        f"{s.keys} keys of {s.kv_heads} kv heads, mask {list(s.mask_shape)}",
+        f"const int mt_tid = static_cast<int>({d.thread_in_group});",
+        f"const int mt_lane = mt_tid % {LANES};",
+        f"const int mt_warp = mt_tid / {LANES};",
+        f"const int mt_row = static_cast<int>({d.group_in_grid});",
+        f"const int mt_i = mt_row % {s.queries};",
+        f"const int mt_h = (mt_row / {s.queries}) % {s.heads};",
+        f"const int mt_b = mt_row / {s.queries * s.heads};",
+        f"const size_t mt_kv = static_cast<size_t>(mt_b * {s.kv_heads} + mt_h / "
+        f"{s.heads // s.kv_heads}) * {s.keys};",
+        f"const size_t mt_k = mt_kv * {s.head_dim} + mt_lane * {e};",
+        f"const size_t mt_v = mt_kv * {s.value_dim} + mt_lane * {ev};",
+        f"const size_t mt_m = static_cast<size_t>(mt_b) * {sb} + mt_h * {sh} + mt_i * {si};",
+        f"{d.shared} float mt_wmax[{LANES}];",
+        f"{d.shared} float mt_wsum[{LANES}];",
+        f"{d.shared} float mt_wout[{LANES * (LANES + 1)}];",
+        f"float mt_q[{e}];",
+        f"float mt_out[{ev}];",
+        f"for (int mt_j = 0; mt_j < {e}; ++mt_j) {{",
+        f"  mt_q[mt_j] = {load(f'q[static_cast<size_t>(mt_row) * {s.head_dim} + mt_lane * {e} + mt_j]')}"
+        f" * {s.scale:.9g}f;",
+        "}",
+        "float mt_run = 0.0f, mt_factor = 0.0f, mt_total = 0.0f;",
+        "for (int mt_pass = 0; mt_pass < 2; ++mt_pass) {",
+        f"  mt_run = {_LOWEST};",
+        "  float mt_sum = 0.0f;",
+        f"  for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] = 0.0f;",
+        f"  for (int mt_key = mt_warp; mt_key < {s.keys}; mt_key += {LANES}) {{",
+        f"    if (mt_pass == 0 && !mask[mt_m + static_cast<size_t>(mt_key) * {sk}]) continue;",
+        "    float mt_s = 0.0f;",
+        "    if (mt_pass == 0) {",
+        f"      for (int mt_j = 0; mt_j < {e}; ++mt_j) "
+        f"mt_s += mt_q[mt_j] * {load(f'k[mt_k + static_cast<size_t>(mt_key) * {s.head_dim} + mt_j]')};",
+        *("      " + ln for ln in _warp(d, "mt_s", "{a} + {b}")),
+        "    }",
+        "    const float mt_new = mt_max(mt_run, mt_s);",
+        f"    const float mt_f = {fexp.format('mt_run - mt_new')};",
+        f"    const float mt_p = {fexp.format('mt_s - mt_new')};",
+        "    mt_run = mt_new;",
+        "    mt_sum = mt_sum * mt_f + mt_p;",
+        f"    for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] = mt_out[mt_j] * mt_f + mt_p * "
+        f"{load(f'v[mt_v + static_cast<size_t>(mt_key) * {s.value_dim} + mt_j]')};",
+        "  }",
+        "  if (mt_lane == 0) { mt_wmax[mt_warp] = mt_run; mt_wsum[mt_warp] = mt_sum; }",
+        f"  {d.barrier}",
+        "  // lane w of every SIMD group now speaks for SIMD group w",
+        "  float mt_top = mt_wmax[mt_lane];",
+        *("  " + ln for ln in _warp(d, "mt_top", "mt_max({a}, {b})")),
+        f"  mt_factor = {fexp.format('mt_wmax[mt_lane] - mt_top')};",
+        "  mt_total = mt_wsum[mt_lane] * mt_factor;",
+        *("  " + ln for ln in _warp(d, "mt_total", "{a} + {b}")),
+        "  // the same total in every thread: the whole threadgroup leaves, or walks again",
+        "  if (mt_total != 0.0f) break;",
+        f"  {d.barrier}",
+        "}",
+        "const float mt_scale = 1.0f / mt_total;",
+        f"for (int mt_j = 0; mt_j < {ev}; ++mt_j) {{",
+        f"  mt_wout[mt_lane * {LANES + 1} + mt_warp] = mt_out[mt_j];",
+        f"  {d.barrier}",
+        f"  float mt_acc = mt_wout[mt_warp * {LANES + 1} + mt_lane] * mt_factor;",
+        *("  " + ln for ln in _warp(d, "mt_acc", "{a} + {b}")),
+        "  if (mt_lane == 0) {",
+        f"    o[static_cast<size_t>(mt_row) * {s.value_dim} + mt_warp * {ev} + mt_j] = "
+        f"{_cast(d, 'mt_acc * mt_scale', 'float32', s.dtype)};",
+        "  }",
+        f"  {d.barrier}",
+        "}",
+    ]
+    source = "\n".join(body) + "\n"
+    header = d.prelude + d.helpers["mt_max"] + "\n" + d.launch_bounds.format(bound=LANES * LANES)
+    digest = hashlib.sha256((d.name + header + source).encode()).hexdigest()[:12]
+    groups = s.batch * s.heads * s.queries
+    return LoweredKernel(
+        target=d.name, name=f"mlxt_attention_{digest}",
+        input_names=("q", "k", "v", "mask"), output_names=("o",),
+        source=source, header=header, ensure_row_contiguous=True,
+        grid=(groups * LANES * LANES, 1, 1), threadgroup=(LANES * LANES, 1, 1),
+        output_shapes=((s.batch, s.heads, s.queries, s.value_dim),), output_dtypes=(s.dtype,),
+        input_shapes=((s.batch, s.heads, s.queries, s.head_dim),
+                      (s.batch, s.kv_heads, s.keys, s.head_dim),
+                      (s.batch, s.kv_heads, s.keys, s.value_dim), s.mask_shape),
+        input_dtypes=(s.dtype, s.dtype, s.dtype, "bool"),
+        options=d.constructor_options)
+
+
+__all__ = ["render_attention"]
