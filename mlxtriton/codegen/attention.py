@@ -34,7 +34,7 @@ def _warp(d: Dialect, x: str, combine: str) -> list[str]:
             f"  {x} = {combine.format(a=x, b=other)};", "}"]
 
 
-def render_attention(spec: DecodeAttention, dialect: Dialect | str) -> LoweredKernel:
+def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_step: int = 4) -> LoweredKernel:
     """The kernel of one attention region in ``dialect``: inputs q, k, v, mask (the array the mask
     broadcasts from), output o [batch, heads, queries, value_dim] in q's dtype, accumulated in
     float32.
@@ -42,6 +42,9 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str) -> LoweredKe
     A row whose every key is hidden averages v over all keys, as MLX's SDPA does (its fallback
     fills hidden scores with the lowest finite value, so they tie): the threadgroup walks the keys
     a second time, each with score 0.
+
+    Each SIMD group takes ``keys_per_step`` consecutive keys a step, their loads issued together
+    before the scores they feed are reduced.
 
     Example:
         >>> from mlxtriton.fusion.attention import DecodeAttention
@@ -51,7 +54,7 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str) -> LoweredKe
         ((32768, 1, 1), (1024, 1, 1), ((1, 32, 1, 64),))
     """
     d = DIALECTS[dialect] if isinstance(dialect, str) else dialect
-    s = spec
+    s, u = spec, keys_per_step
     e, ev = s.head_dim // LANES, s.value_dim // LANES
     sb, sh, si, sk = s.mask_strides
     fexp = d.code_for_op[(Ops.EXP, "float")]
@@ -85,21 +88,42 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str) -> LoweredKe
         f"  mt_run = {_LOWEST};",
         "  float mt_sum = 0.0f;",
         f"  for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] = 0.0f;",
-        f"  for (int mt_key = mt_warp; mt_key < {s.keys}; mt_key += {LANES}) {{",
-        f"    if (mt_pass == 0 && !mask[mt_m + static_cast<size_t>(mt_key) * {sk}]) continue;",
-        "    float mt_s = 0.0f;",
-        "    if (mt_pass == 0) {",
-        f"      for (int mt_j = 0; mt_j < {e}; ++mt_j) "
-        f"mt_s += mt_q[mt_j] * {load(f'k[mt_k + static_cast<size_t>(mt_key) * {s.head_dim} + mt_j]')};",
-        *("      " + ln for ln in _warp(d, "mt_s", "{a} + {b}")),
+        f"  for (int mt_first = mt_warp * {u}; mt_first < {s.keys}; mt_first += {LANES * u}) {{",
+        f"    bool mt_shown[{u}];",
+        f"    float mt_s[{u}];",
+        "    bool mt_any = false;",
+        f"    for (int mt_u = 0; mt_u < {u}; ++mt_u) {{",
+        "      const int mt_key = mt_first + mt_u;",
+        f"      mt_shown[mt_u] = mt_key < {s.keys} && "
+        f"(mt_pass == 1 || mask[mt_m + static_cast<size_t>(mt_key) * {sk}]);",
+        "      mt_any = mt_any || mt_shown[mt_u];",
+        "      mt_s[mt_u] = 0.0f;",
         "    }",
-        "    const float mt_new = mt_max(mt_run, mt_s);",
+        "    if (!mt_any) continue;  // the mask is the same in every lane: so is the branch",
+        "    if (mt_pass == 0) {",
+        f"      for (int mt_u = 0; mt_u < {u}; ++mt_u) {{",
+        "        if (!mt_shown[mt_u]) continue;",
+        f"        for (int mt_j = 0; mt_j < {e}; ++mt_j) mt_s[mt_u] += mt_q[mt_j] * "
+        f"{load(f'k[mt_k + static_cast<size_t>(mt_first + mt_u) * {s.head_dim} + mt_j]')};",
+        "      }",
+        f"      for (int mt_u = 0; mt_u < {u}; ++mt_u) {{",
+        "        if (!mt_shown[mt_u]) continue;",
+        *("        " + ln for ln in _warp(d, "mt_s[mt_u]", "{a} + {b}")),
+        "      }",
+        "    }",
+        "    float mt_new = mt_run;",
+        f"    for (int mt_u = 0; mt_u < {u}; ++mt_u) if (mt_shown[mt_u]) mt_new = mt_max(mt_new, mt_s[mt_u]);",
         f"    const float mt_f = {fexp.format('mt_run - mt_new')};",
-        f"    const float mt_p = {fexp.format('mt_s - mt_new')};",
         "    mt_run = mt_new;",
-        "    mt_sum = mt_sum * mt_f + mt_p;",
-        f"    for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] = mt_out[mt_j] * mt_f + mt_p * "
-        f"{load(f'v[mt_v + static_cast<size_t>(mt_key) * {s.value_dim} + mt_j]')};",
+        "    mt_sum *= mt_f;",
+        f"    for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] *= mt_f;",
+        f"    for (int mt_u = 0; mt_u < {u}; ++mt_u) {{",
+        "      if (!mt_shown[mt_u]) continue;",
+        f"      const float mt_p = {fexp.format('mt_s[mt_u] - mt_new')};",
+        "      mt_sum += mt_p;",
+        f"      for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] += mt_p * "
+        f"{load(f'v[mt_v + static_cast<size_t>(mt_first + mt_u) * {s.value_dim} + mt_j]')};",
+        "    }",
         "  }",
         "  if (mt_lane == 0) { mt_wmax[mt_warp] = mt_run; mt_wsum[mt_warp] = mt_sum; }",
         f"  {d.barrier}",

@@ -78,9 +78,9 @@ def reference(q, k, v, mask, scale):
     return out
 
 
-def emulated(q, k, v, mask, scale):
+def emulated(q, k, v, mask, scale, keys_per_step=4):
     spec = decode_attention(*(Var(x.shape, str(x.dtype).split(".")[-1]) for x in (q, k, v, mask)), scale)
-    kernel = render_attention(spec, "metal")
+    kernel = render_attention(spec, "metal", keys_per_step)
     (o,) = emulator.run(kernel, [_to_host(x) for x in (q, k, v, mask)])
     return _from_host(o, spec.dtype)
 
@@ -91,10 +91,11 @@ def assert_close(got, want, dtype):
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("keys_per_step", [1, 3, 4])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_the_kernel_matches_sdpa(case):
+def test_the_kernel_matches_sdpa(case, keys_per_step):
     q, k, v, mask, scale = case_inputs(case)
-    assert_close(emulated(q, k, v, mask, scale), reference(q, k, v, mask, scale), case.dtype)
+    assert_close(emulated(q, k, v, mask, scale, keys_per_step), reference(q, k, v, mask, scale), case.dtype)
 
 
 @settings(max_examples=12, deadline=None)
