@@ -1,10 +1,10 @@
-"""Codegen layer: the attention region's kernel (`mlxtriton.fusion.attention`), written once for
+"""Codegen layer: the attention region's kernel (`mlxtriton.graph.attention`), written once for
 both dialects. One threadgroup computes one query row of one head: its 32 SIMD groups (warps)
 each walk every 32nd key with an online softmax, lanes splitting the head dimension, and then
 merge their partial maxima, sums and outputs through threadgroup memory (the structure of MLX's
 sdpa_vector, mlx/backend/cuda/scaled_dot_product_attention.cu, kernel_sdpav_1pass), reading a
-boolean mask in place: a hidden key's k and v are never loaded. May import the graph layer, the
-fusion layer's attention description and codegen.
+boolean mask in place: a hidden key's k and v are never loaded. May import the graph layer and
+codegen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 from mlxtriton.codegen.dialects import DIALECTS, Dialect
 from mlxtriton.codegen.kernel_ir import Ops
 from mlxtriton.codegen.render import LoweredKernel
-from mlxtriton.fusion.attention import LANES, DecodeAttention
+from mlxtriton.graph.attention import LANES, DecodeAttention
 
 # The running maximum's start: the lowest finite float, as MLX's kernel starts, so that a SIMD
 # group that meets no visible key merges as a factor exp2(lowest - max) = 0, not inf - inf.
@@ -47,7 +47,7 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
     before the scores they feed are reduced.
 
     Example:
-        >>> from mlxtriton.fusion.attention import DecodeAttention
+        >>> from mlxtriton.graph.attention import DecodeAttention
         >>> spec = DecodeAttention(1, 32, 8, 1, 256, 64, 64, "bfloat16", 0.125, (1, 256))
         >>> k = render_attention(spec, "cuda")
         >>> k.grid, k.threadgroup, k.output_shapes

@@ -24,7 +24,7 @@ from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import DEFAULT_CHIP, Schedule, default, holds_rows, kernel_target
 from mlxtriton.graph.core import Eqn, Graph
-from mlxtriton.fusion import attention
+from mlxtriton.graph import attention
 from mlxtriton.graph.fused import is_fused
 
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than

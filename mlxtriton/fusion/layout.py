@@ -23,7 +23,7 @@ from mlxtriton.graph.transforms import dce, substitute
 
 from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import REDUCTIONS, Role, role
-from mlxtriton.fusion.attention import KIND as ATTENTION
+from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.fusion.index_space import IndexSpace, index_space
 from mlxtriton.fusion.report import LayoutDecision
 

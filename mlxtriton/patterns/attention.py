@@ -2,14 +2,14 @@
 softmax the ``Softmax`` primitive (issue 5, rule 1); where the target runs SDPA with an array mask
 op by op at decode, SDPA becomes one attention kernel region (a boolean mask), else two batched
 products around one row kernel.
-May import mlx, mlxtriton.graph and the fusion layer's attention region.
+May import mlx and mlxtriton.graph.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from mlxtriton.fusion.attention import attention_region, decode_attention
+from mlxtriton.graph.attention import attention_region, decode_attention
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Var
 

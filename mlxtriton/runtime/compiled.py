@@ -25,7 +25,7 @@ from mlxtriton.codegen.lowering import (Chooser, cache_with_report, kernel_targe
                                         rows_held)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
-from mlxtriton.fusion.attention import KIND as ATTENTION
+from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.fusion.collectives import collective_lines
 from mlxtriton.fusion.layout import layout_with_report
 from mlxtriton.graph import dtypes, pytree

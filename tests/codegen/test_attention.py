@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import mlxtriton
 from mlxtriton import lm
 from mlxtriton.codegen.attention import render_attention
-from mlxtriton.fusion.attention import decode_attention
+from mlxtriton.graph.attention import decode_attention
 from mlxtriton.graph.core import Var
 from mlxtriton.patterns import attention as attention_rules
 from mlxtriton.runtime import metal_emulator as emulator

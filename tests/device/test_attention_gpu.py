@@ -14,7 +14,7 @@ from mlx_lm.models import cache as lm_cache
 import mlxtriton
 from mlxtriton import lm
 from mlxtriton.codegen.attention import render_attention
-from mlxtriton.fusion.attention import decode_attention
+from mlxtriton.graph.attention import decode_attention
 from mlxtriton.graph.core import Var
 from mlxtriton.runtime.launch import launcher
 from tests import lm_zoo

@@ -1,6 +1,6 @@
 """Attention at decode with an array mask for CUDA (`attention.GROUPED_AT_DECODE`): MLX's CUDA SDPA
 runs such a call op by op, so with the fuse stage following a boolean mask makes it one attention
-kernel region (`mlxtriton.fusion.attention`, reading the mask in place), and an additive mask one
+kernel region (`mlxtriton.graph.attention`, reading the mask in place), and an additive mask one
 batched q @ k^T over the query heads grouped per kv head, one row kernel (scale, mask, softmax)
 and one batched @ v; from a CPU trace (MLX's decomposed fallback) and from a GPU trace (the SDPA
 primitive) alike, grouped-query and multi-head, float32, bfloat16 and float16. Where MLX has a

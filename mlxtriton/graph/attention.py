@@ -1,7 +1,7 @@
-"""Fusion layer: attention at decode as one region (``Fused`` of kind "attention"): the query
+"""Graph layer: attention at decode as one region (``Fused`` of kind "attention"): the query
 rows of a short query against a key / value cache under a boolean mask, one generated kernel
-(`mlxtriton.codegen.attention`) where the backend's SDPA has no fused kernel for an array mask.
-May import the graph layer.
+(`mlxtriton.codegen.attention`) where the backend's SDPA has no fused kernel for an array mask;
+the patterns stage builds it, codegen renders it. May import the graph layer.
 """
 
 from __future__ import annotations
