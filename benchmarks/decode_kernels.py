@@ -244,7 +244,7 @@ def _kernel_kind(name: str) -> str:
     family (``mlxtriton row``), mx.compile's fused kernels (named after their ops) as one kind."""
     stem = name.split("(")[0].split("<")[0].replace("void ", "").strip()
     if "custom_kernel_mlxt_" in stem:
-        return "mlxtriton " + re.sub(r"[0-9a-f]{10}_[0-9a-f]{12}$", "", stem.split("custom_kernel_mlxt_")[1])
+        return "mlxtriton " + re.sub(r"_([0-9a-f]{10}_)?[0-9a-f]{12}$", "", stem.split("custom_kernel_mlxt_")[1])
     if stem.startswith("mlx::core::cu::") and stem[len("mlx::core::cu::"):][:1].isupper():
         return "mx.compile fused elementwise"
     return stem

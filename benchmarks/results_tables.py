@@ -289,11 +289,23 @@ def autotune(files):
                       "mx.compile (GB/s)", "MLX copy (GB/s)", "schedules timed", "tuning (s)"], out)
 
 
+def _by_kind(by_kernel: dict) -> dict:
+    """Launches and GPU time per kernel kind, a generated kernel's source hash dropped from its name
+    (one kind for the attention kernel of every bucket)."""
+    out: dict = {}
+    for name, (count, us) in by_kernel.items():
+        kind = re.sub(r"_([0-9a-f]{10}_)?[0-9a-f]{12}$", "", name) if name.startswith("mlxtriton ") else name
+        c, t = out.get(kind, (0, 0))
+        out[kind] = [c + count, t + us]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+
 def decode_kernels(files, top: int = 10):
     out = []
     for r in (r for f in files for r in load(f)["rows"]):
         variants = r["variants"]
         plain, ours = (variants[v].get("launches") or {} for v in ("plain", "optimize"))
+        plain, ours = ({**x, "by_kernel": _by_kind(x["by_kernel"])} for x in (plain, ours))
         kinds = list(dict.fromkeys([*list(ours["by_kernel"])[:top], *list(plain["by_kernel"])[:top],
                                     *[k for k in ours["by_kernel"] if k.startswith("mlxtriton ")]]))
         for k in kinds:

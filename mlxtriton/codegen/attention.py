@@ -34,7 +34,7 @@ def _warp(d: Dialect, x: str, combine: str) -> list[str]:
             f"  {x} = {combine.format(a=x, b=other)};", "}"]
 
 
-def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_step: int = 4) -> LoweredKernel:
+def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_step: int = 1) -> LoweredKernel:
     """The kernel of one attention region in ``dialect``: inputs q, k, v, mask (the array the mask
     broadcasts from), output o [batch, heads, queries, value_dim] in q's dtype, accumulated in
     float32.
@@ -44,7 +44,9 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
     a second time, each with score 0.
 
     Each SIMD group takes ``keys_per_step`` consecutive keys a step, their loads issued together
-    before the scores they feed are reduced.
+    before the scores they feed are reduced. One key a step is MLX's structure and the one timed
+    on a GPU (benchmarks/results/decode_kernels_h100.json); more run in the Metal emulator's tests
+    but have not been timed, so they are no default.
 
     Example:
         >>> from mlxtriton.graph.attention import DecodeAttention
