@@ -127,21 +127,29 @@ def test_what_the_kernel_does_not_compute_is_named():
     assert "does not broadcast" in decode_attention(q, k, v, Var((3, 40), "bool"), 0.1)
 
 
-def test_decoding_through_optimize_runs_the_kernel(monkeypatch):
+@pytest.mark.parametrize("name,padding", [("llama", None), ("gemma3_text", None), ("llama", [0, 3])])
+def test_decoding_through_optimize_runs_the_kernel(monkeypatch, name, padding):
     """The attention region inside a decode step, end to end: the rule fires for Metal here (where
-    MLX's own SDPA takes masks and the rule stays off) so that the emulator can run the kernel."""
+    MLX's own SDPA takes masks and the rule stays off) so that the emulator can run the kernel.
+    gemma3's sliding-window layers read a rotating cache's mask; a batch left-padded by mlx-lm's
+    batching reads one mask row per sequence."""
     monkeypatch.setattr(attention_rules, "GROUPED_AT_DECODE", frozenset({"cuda", "metal"}))
     monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
-    arch = lm_zoo.BY_NAME["llama"]
+    arch = lm_zoo.BY_NAME[name]
     model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": 32}))
     from mlx_lm.models import cache as lm_cache
 
     f = mlxtriton.optimize(model, chip="m3")
-    fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
-    y = lm_zoo.prompt(9)[None]
-    for _ in range(4):
+    if padding is None:
+        fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
+        y = lm_zoo.prompt(36)[None]  # past gemma3's window of 32
+    else:
+        fast = [lm.StaticBatchKVCache(padding) for _ in model.layers]
+        plain = [lm_cache.BatchKVCache(padding) for _ in model.layers]
+        y = mx.stack([lm_zoo.prompt(9, seed=s) for s in range(len(padding))])
+    for _ in range(3):
         a, b = f(y, cache=fast)[:, -1], model(y, cache=plain)[:, -1]
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-4, rtol=1e-4)
         y = mx.argmax(b, axis=-1)[:, None]
     names = [k.name for k in f.lower(y, cache=fast)]
-    assert sum(n.startswith("mlxt_attention_") for n in names) == 2, names  # one per layer
+    assert sum(n.startswith("mlxt_attention_") for n in names) == len(model.layers), names
