@@ -261,6 +261,29 @@ def test_kernel_decorator_is_one_kernel_or_says_why():
         with_matmul.lower(x, mx.ones((100, 8)))
 
 
+@pytest.mark.parametrize("shape", [(64, 32), (2048, 1024)])
+def test_a_kernel_reads_a_transposed_input_in_place(monkeypatch, shape):
+    # Where a copy would beat strided reads for optimize, one kernel asked for reads in place.
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    fn = lambda x: mx.softmax(mx.transpose(x), axis=-1)  # noqa: E731
+    f, x = mlxtriton.kernel(fn), mx.random.normal(shape)
+    assert len(f.trace(x).lower("cuda")) == 1
+    assert "one kernel was asked for: read in place" in str(f.trace(x).explain("cuda"))
+    _close(f(x), fn(x))
+
+
+def test_a_kernel_may_return_views_of_its_outputs(monkeypatch):
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+    x = mx.random.normal((64, 32))
+    for fn in (lambda x: mx.softmax(x, axis=-1).T, lambda x: mx.softmax(x, axis=-1).reshape(32, 64)):
+        f = mlxtriton.kernel(fn)
+        assert len(f.trace(x).lower("cuda")) == 1
+        _close(f(x), fn(x))
+    # a reshape of the transposed output is a copy: a second kernel
+    with pytest.raises(mlxtriton.SingleKernelError, match="Reshape"):
+        mlxtriton.kernel(lambda x: mx.softmax(x, axis=-1).T.reshape(-1))(x)
+
+
 def test_explain_says_what_did_not_fuse_and_why():
     x, w = mx.random.normal((4, 32)), mx.random.normal((32, 32))
     text = str(mlxtriton.optimize(lambda x, w: mx.softmax(x @ w, axis=-1)).explain(x, w))

@@ -134,8 +134,8 @@ def _clone(eqns, source: Var) -> tuple[list[Eqn], Var]:
     return out, v
 
 
-def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = None
-                       ) -> tuple[Graph, tuple[LayoutDecision, ...]]:
+def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = None,
+                       copies: bool = True) -> tuple[Graph, tuple[LayoutDecision, ...]]:
     """Decide, for each fused region, how it reads each input that reaches it through movement ops.
 
     Strided (the default) keeps the movement ops in the body: the kernel computes addresses and
@@ -149,6 +149,8 @@ def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = N
             code generator's answer, from the kernel's schedule: the runtime passes
             `mlxtriton.codegen.lowering.rows_held`): such a row is read once, so strided reads are
             never repeated. None: rows are read once per pass.
+        copies: False when each region must stay one kernel (`mlxtriton.kernel`): every input is
+            read strided, in place, a copy being a kernel of its own.
 
     Returns:
         ``(graph, decisions)``, one decision per (region, moved input).
@@ -181,7 +183,10 @@ def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = N
                 continue  # a moved input the body only returns, or a constant compiled into the body
             stride = _fast_axis_stride(chain, space, axes)
             n = 1 if held else passes.get(chain.load, 1)
-            decided.append((chain, *_decide(chain, stride, n)))
+            decision = _decide(chain, stride, n)
+            if decision[0] == "copy" and not copies:
+                decision = ("strided", f"{decision[1]}, but one kernel was asked for: read in place")
+            decided.append((chain, *decision))
         copies = [chain for chain, decision, _ in decided if decision == "copy"]
         if copies:
             # Each copied chain moves out: the body reads the moved array as a new input.

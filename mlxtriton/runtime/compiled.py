@@ -152,7 +152,7 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
             # a row the kernel keeps on chip is read once: the code generator's answer
             held = (lambda e: _rows_held(e, kernels or kernel_target(target.chip, target.device))
                     ) if target.chip.is_gpu else None
-            graph, decisions = layout_with_report(graph, held)
+            graph, decisions = layout_with_report(graph, held, copies=not single_kernel)
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no region reads an input through movement ops"]))
         elif name == "cache":
@@ -983,10 +983,32 @@ def decompose_fast_ops(graph: Graph) -> Graph:
     return graph
 
 
+# Movement ops MLX always evaluates as views of their input (strides, no copy), and those it does
+# for a row-contiguous input: after the one kernel they launch nothing.
+_VIEWS = frozenset({"Transpose", "ExpandDims", "Squeeze", "Broadcast"})
+_CONTIGUOUS_VIEWS = frozenset({"Reshape", "Flatten", "Unflatten"})
+
+
+def _views_of_kernel_outputs(optimized: Graph, fused: list[Eqn]) -> set[Eqn]:
+    """The equations that are views of the kernel's outputs (a softmax of a transpose becomes the
+    softmax over the input's axis, returned transposed: `patterns.attention.softmax_of_a_transpose`)."""
+    kernel_outputs = {v for e in fused for v in e.outputs}
+    viewed, views = set(kernel_outputs), set()
+    for e in optimized.eqns:
+        if is_fused(e) or not e.inputs or not all(v in viewed for v in e.inputs):
+            continue
+        if e.primitive in _VIEWS or (e.primitive in _CONTIGUOUS_VIEWS and e.inputs[0] in kernel_outputs):
+            views.add(e)
+            viewed.update(e.outputs)
+    return views
+
+
 def check_single_kernel(graph: Graph, optimized: Graph, passes, chip) -> None:
-    """Raise `SingleKernelError` naming what keeps ``optimized`` from being one kernel."""
+    """Raise `SingleKernelError` naming what keeps ``optimized`` from being one kernel (views of
+    its outputs launch nothing, and are allowed)."""
     fused = [e for e in optimized.eqns if is_fused(e)]
-    others = [e for e in optimized.eqns if not is_fused(e)]
+    views = _views_of_kernel_outputs(optimized, fused)
+    others = [e for e in optimized.eqns if not is_fused(e) and e not in views]
     if len(fused) == 1 and not others:
         return
     _, report = fuse_with_report(graph, hw.resolve(chip), split=False)
