@@ -23,8 +23,8 @@ from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import DEFAULT_CHIP, Schedule, default, holds_rows, kernel_target
-from mlxtriton.graph.core import Eqn, Graph
 from mlxtriton.graph import attention
+from mlxtriton.graph.core import Eqn, Graph
 from mlxtriton.graph.fused import is_fused
 
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than

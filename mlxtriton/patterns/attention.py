@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from mlxtriton.graph.attention import attention_region, decode_attention
 from mlxtriton.graph import dtypes
+from mlxtriton.graph.attention import attention_region, decode_attention
 from mlxtriton.graph.core import Var
 
 from mlxtriton.patterns._values import MAX_EVALUATED

@@ -25,10 +25,10 @@ from mlxtriton.codegen.lowering import (Chooser, cache_with_report, kernel_targe
                                         rows_held)
 from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
-from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.fusion.collectives import collective_lines
 from mlxtriton.fusion.layout import layout_with_report
 from mlxtriton.graph import dtypes, pytree
+from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
@@ -99,8 +99,9 @@ class Explanation:
                        f"{sum(is_fused(e) for e in s.graph.eqns)} fused regions")
             out += ["   " + line for line in s.lines]
         out.append(f"-- kernels ({len(self.kernels)}):")
-        out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; schedule {k.origin}: "
-                f"{k.kernel.arg.describe() if k.kernel is not None else ''}" for k in self.kernels]
+        out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; "
+                + (f"schedule {k.origin}: {k.kernel.arg.describe()}" if k.kernel is not None
+                   else "a template kernel (no schedule to choose)") for k in self.kernels]
         return "\n".join(out)
 
 
@@ -990,8 +991,8 @@ _CONTIGUOUS_VIEWS = frozenset({"Reshape", "Flatten", "Unflatten"})
 
 
 def _views_of_kernel_outputs(optimized: Graph, fused: list[Eqn]) -> set[Eqn]:
-    """The equations that are views of the kernel's outputs (a softmax of a transpose becomes the
-    softmax over the input's axis, returned transposed: `patterns.attention.softmax_of_a_transpose`)."""
+    """The equations that are views of the kernel's outputs (an output returned transposed, or
+    reshaped as it lies in memory)."""
     kernel_outputs = {v for e in fused for v in e.outputs}
     viewed, views = set(kernel_outputs), set()
     for e in optimized.eqns:
