@@ -153,3 +153,21 @@ def test_decoding_through_optimize_runs_the_kernel(monkeypatch, name, padding):
         y = mx.argmax(b, axis=-1)[:, None]
     names = [k.name for k in f.lower(y, cache=fast)]
     assert sum(n.startswith("mlxt_attention_") for n in names) == len(model.layers), names
+
+
+def test_gradients_through_the_kernel_are_mlxs(monkeypatch):
+    """The region's derivative is MLX's of the SDPA it replaces (`runtime/autodiff`)."""
+    monkeypatch.setattr(attention_rules, "GROUPED_AT_DECODE", frozenset({"cuda", "metal"}))
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
+    q, k, v, mask, scale = case_inputs(Case(1, 4, 2, 1, 40, 32, "float32", (1, 40)))
+
+    def loss(q, k, v):
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        return (out * out).sum()
+
+    f = mlxtriton.optimize(loss, chip="m3")
+    assert any(n.name.startswith("mlxt_attention_") for n in f.lower(q, k, v))
+    got = mx.grad(f, argnums=(0, 1, 2))(q, k, v)
+    want = mx.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-4)
