@@ -33,7 +33,7 @@ The protocol with mlxtriton's runtime:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -904,5 +904,20 @@ def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, st
         >>> len([token for token, _ in steps])
         4
     """
-    caches = _lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
-    return [_to_static(c, step, headroom, doubling) for c in caches]
+    caches = [_to_static(c, step, headroom, doubling)
+              for c in _lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size)]
+    # Every layer's cache starts from one offset array: an optimized call reads it once, adds
+    # each write's length once for all layers, and leaves them holding one array again
+    # (`mlxtriton.state.Snapshot.aliases`); eager calls simply rebind each cache's own.
+    start = mx.array(0, mx.int32)
+    for c in _offset_caches(caches):
+        c.offset = start
+    return caches
+
+
+def _offset_caches(caches) -> Iterator[_ArrayOffsetCache]:
+    for c in caches:
+        if isinstance(c, (CacheList, _lm_cache.CacheList)):
+            yield from _offset_caches(c.caches)
+        elif isinstance(c, _ArrayOffsetCache) and not isinstance(c, _Batch):
+            yield c

@@ -129,6 +129,7 @@ class Snapshot:
     counters: dict[tuple[int, Any], int]
     guards: tuple = ()  # what `refresh` checks: (slot checks, sizes, modes, hooks)
     _avals: tuple | None = None
+    _aliases: tuple | None = None
 
     @property
     def avals(self) -> tuple:
@@ -137,6 +138,22 @@ class Snapshot:
         if avals is None:
             avals = self._avals = tuple([(a.shape, a.dtype) for a in self.leaves])
         return avals
+
+    @property
+    def aliases(self) -> tuple:
+        """Empty when every leaf is its own array object; else, for each leaf, the first leaf
+        that is the same object (several caches holding one offset array). Part of the cache key:
+        a trace reads such leaves as one input, so that equal work on them is done once."""
+        aliases = self._aliases
+        if aliases is None:
+            ids = [id(a) for a in self.leaves]
+            if len(set(ids)) == len(ids):
+                aliases = ()
+            else:
+                first: dict[int, int] = {}
+                aliases = tuple([first.setdefault(i, n) for n, i in enumerate(ids)])
+            self._aliases = aliases
+        return aliases
 
     def paths(self) -> dict[int, str]:
         """A readable path for each walked container (messages, `explain`, cache_info)."""
@@ -238,8 +255,11 @@ class Snapshot:
                         counters, self.guards, avals)
 
     def substitute(self, values: Sequence[mx.array]) -> None:
-        """Put ``values`` (a trace's placeholders) where the leaves are."""
+        """Put ``values`` (a trace's placeholders) where the leaves are; a leaf that is another
+        leaf's object (`aliases`) gets that leaf's placeholder."""
         containers = self.containers
+        if self.aliases:
+            values = [values[i] for i in self.aliases]
         for (c, k), v in zip(self.slots, values):
             _put(containers[c], k, v)
 

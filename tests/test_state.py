@@ -364,6 +364,38 @@ def test_objects_holding_arrays_are_state():
     assert f.cache_info().builds == 5
 
 
+class Position:
+    def __init__(self, at):
+        self.at = at
+
+
+def advance(positions, n):
+    for p in positions:
+        p.at = p.at + n
+    return positions[0].at * 2
+
+
+def test_objects_holding_one_array_are_read_as_one_input():
+    """Several objects holding one array object (every layer's cache holding one offset): one
+    input, the same work done once, and one array written back to them all; objects holding
+    arrays of their own are another cache entry, each advanced on its own."""
+    f = mlxtriton.optimize(advance)
+    shared = mx.array(3)
+    positions = [Position(shared) for _ in range(4)]
+    for step in range(3):
+        _same(f(positions, mx.array(2)), mx.array(2 * (3 + 2 * (step + 1))))
+        assert all(p.at is positions[0].at for p in positions)
+    assert f.cache_info().builds == 1
+    graph = f.graph(positions, mx.array(2))
+    (region,) = [e for e in graph.eqns if e.primitive == "Fused"]
+    assert region.params["body"].primitive_counts()["Add"] == 1 and len(graph.inputs) == 2
+    mine = [Position(mx.array(i)) for i in range(4)]
+    _same(f(mine, mx.array(1)), mx.array(2))
+    assert [p.at.item() for p in mine] == [1, 2, 3, 4]
+    assert "one object" in f.cache_info().last_build
+    assert f.cache_info().builds == 2
+
+
 class Broken:
     def __init__(self):
         self.value = mx.ones((2,))

@@ -33,7 +33,7 @@ from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.primitives import Family, get as get_primitive
-from mlxtriton.graph.transforms import replace_subgraph
+from mlxtriton.graph.transforms import cse, replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.patterns.norms import decompose_norm
 from mlxtriton.runtime import tuner as tuner_lib
@@ -140,6 +140,10 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
     stages: list[StageReport] = []
     if not isinstance(target, hw.Target):
         target = hw.target(target)
+    if passes:
+        # Equal work done once: two caches holding one offset array each add the same length
+        # to it (`state.Snapshot.aliases`), a model computing one mask per layer.
+        graph = cse(graph)
     for name in PIPELINE:
         if name not in passes:
             continue
@@ -286,8 +290,14 @@ class _Executable:
         self.empty = any(0 in v.shape for v in graph.inputs) or any(
             0 in v.shape for e in graph.eqns for v in (*e.inputs, *e.outputs))
         self.traceable = not (launch and interpreting()) and not self.empty
+        # For each output, the first output position holding the same var (empty: all distinct):
+        # MLX hands back a new Python object per output, so one array written to several state
+        # slots is made one object again (`state.Snapshot.aliases` reads them as one input).
+        first = {v: i for i, v in reversed(list(enumerate(graph.outputs)))}
+        self.output_aliases = (tuple(first[v] for v in graph.outputs)
+                               if len(first) < len(graph.outputs) else ())
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
-        self.bare_body = _runner(graph, bare_steps) if launch else run
+        self.bare_body = _runner(graph, bare_steps if launch else steps, differentiated=False)
         if self.traceable:
             compiled = mx.compile(_choosing(self.body, self.bare_body))
             self.run = lambda *flat: compiled(*flat, _PROBE)
@@ -295,13 +305,15 @@ class _Executable:
             self.run = run
 
 
-def _runner(graph: Graph, steps: list[Step]) -> Callable[..., list]:
-    """``graph``'s flat inputs -> its flat outputs, each equation a step."""
+def _runner(graph: Graph, steps: list[Step], differentiated: bool = True) -> Callable[..., list]:
+    """``graph``'s flat inputs -> its flat outputs, each equation a step. ``differentiated``:
+    what a transformation may trace (see below); else one array returned in several places is
+    returned as it is (several caches then hold one offset array, `state.Snapshot.aliases`)."""
     constants = list(graph.constants)
     inputs, outputs = graph.inputs, graph.outputs
     # An output var listed twice (CSE merged two equal results): MLX's vjp of a function that
     # returns one array twice uses only the last cotangent, so later copies are new arrays.
-    repeated = [i for i, v in enumerate(outputs) if v in outputs[:i]]
+    repeated = [i for i, v in enumerate(outputs) if v in outputs[:i]] if differentiated else []
 
     def run(*flat):
         env = dict(zip(inputs, flat))
@@ -571,7 +583,7 @@ class Compiled:
         device = mx.default_device()
         # mx.Device compares by value but hashes by identity: key on its type (MLX has one GPU).
         key = (tree, tuple([(a.shape, a.dtype) for a in leaves]), snap.layout, snap.avals,
-               device.type)
+               device.type, snap.aliases)
         entry = self._cache.get(key)
         if entry is None:
             entry = self._build_entry(key, args, kwargs, device, snap, leaves)
@@ -603,6 +615,8 @@ class Compiled:
             return pytree.unflatten(entry.out_tree, executable.run(*leaves))
         state_leaves = snap.leaves
         outs = executable.run(*leaves, *[state_leaves[i] for i in io.inputs])
+        if executable.output_aliases:
+            outs = [outs[i] for i in executable.output_aliases]
         io.changes.plan.apply(snap, outs[io.results:])
         return pytree.unflatten(entry.out_tree, outs[:io.results])
 
@@ -646,7 +660,7 @@ class Compiled:
         anew, dropping them all."""
         if evicted.state is not None or self._dispatch is None:
             return
-        tree, avals, _, _, device_type = evicted.key
+        tree, avals, _, _, device_type, _ = evicted.key
         self._plain_calls.pop((device_type, avals), None)
         self._plain_entries.pop((device_type, avals), None)
         self._stale += 1
@@ -808,8 +822,8 @@ def _why_built(previous: _Entry | None, entry: _Entry, snap) -> str:
     """What differs between the last entry used and a new one (cache_info's ``last_build``)."""
     if previous is None:
         return "first call"
-    tree, avals, layout, savals, device = entry.key
-    otree, oavals, olayout, osavals, odevice = previous.key
+    tree, avals, layout, savals, device, aliases = entry.key
+    otree, oavals, olayout, osavals, odevice, oaliases = previous.key
     if device != odevice:
         return f"device {odevice} -> {device}"
     if tree != otree:
@@ -823,6 +837,11 @@ def _why_built(previous: _Entry | None, entry: _Entry, snap) -> str:
     for path, a, b in zip(entry.state_paths, osavals, savals):
         if a != b:
             return f"{path}: {_aval_text(a)} -> {_aval_text(b)}"
+    if aliases != oaliases:
+        shared = lambda a: {p for i, p in enumerate(entry.state_paths) if a and a[i] != i}  # noqa: E731
+        changed = sorted(shared(aliases) ^ shared(oaliases))
+        return (f"which state arrays are one object changed ({', '.join(changed[:3])}"
+                f"{', ...' if len(changed) > 3 else ''})")
     return "a change of state layout"
 
 

@@ -123,3 +123,29 @@ def test_sampling_through_optimize_draws_mlx_lms_tokens(settings):
     fast_sampler = mlxtriton.optimize(sampler)
     assert run(mlxtriton.optimize(model), fast_sampler, lm.make_prompt_cache(model)) == expected
     assert fast_sampler.cache_info().builds == 1
+
+
+def _scalar_adds(graph):
+    """Int32 scalar additions (offset advances) in a graph and its fused regions' bodies."""
+    count = 0
+    for e in graph.eqns:
+        if e.primitive == "Fused":
+            count += _scalar_adds(e.params["body"])
+        elif e.primitive == "Add" and e.outputs[0].shape == () and e.outputs[0].dtype == "int32":
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text"])
+def test_every_layer_advances_one_offset(name):
+    """make_prompt_cache's caches start from one offset array and, through optimize, keep holding
+    one: a decode step advances it once, not once per layer (gemma3: across its sliding-window
+    and full-attention caches)."""
+    model = lm_zoo.build(name)
+    f, cache = mlxtriton.optimize(model), lm.make_prompt_cache(model)
+    y = lm_zoo.prompt(7)[None]
+    for _ in range(4):
+        y = mx.argmax(f(y, cache=cache)[:, -1], axis=-1)[:, None]
+        assert all(c.offset is cache[0].offset for c in cache)
+    assert cache[0].offset.item() == 10
+    assert _scalar_adds(f.graph(y, cache=cache)) == 1
