@@ -56,13 +56,17 @@ def substitute(graph: Graph, mapping: Mapping[Var, Var]) -> Graph:
     return graph.replace(eqns=eqns, outputs=tuple(sub(v) for v in graph.outputs))
 
 
-def cse(graph: Graph) -> Graph:
+def cse(graph: Graph, constants_up_to: int | None = None) -> Graph:
     """Merge equal constants and equations with the same primitive, inputs and params (never two
-    collectives: each is one message, and two equal receives get two different ones)."""
+    collectives: each is one message, and two equal receives get two different ones). With
+    ``constants_up_to``, larger constants are left as they are, unread (a captured weight)."""
     mapping: dict[Var, Var] = {}
     by_digest: dict[tuple, Var] = {}
     constants = []
     for v, a in graph.constants:
+        if constants_up_to is not None and a.size > constants_up_to:
+            constants.append((v, a))
+            continue
         key = (v.aval, dtypes.array_digest(a))
         if key in by_digest:
             mapping[v] = by_digest[key]

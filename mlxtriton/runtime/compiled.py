@@ -33,7 +33,7 @@ from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import body_of, is_fused
 from mlxtriton.graph.primitives import Family, get as get_primitive
-from mlxtriton.graph.transforms import cse, replace_subgraph
+from mlxtriton.graph.transforms import FOLD_MAX_ELEMENTS, cse, replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.patterns.norms import decompose_norm
 from mlxtriton.runtime import tuner as tuner_lib
@@ -143,7 +143,7 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
     if passes:
         # Equal work done once: two caches holding one offset array each add the same length
         # to it (`state.Snapshot.aliases`), a model computing one mask per layer.
-        graph = cse(graph)
+        graph = cse(graph, constants_up_to=FOLD_MAX_ELEMENTS)
     for name in PIPELINE:
         if name not in passes:
             continue
