@@ -24,6 +24,7 @@ from mlxtriton.patterns import attention as attention_rules
 from mlxtriton.runtime import metal_emulator as emulator
 from mlxtriton.runtime.launch import _from_host, _to_host
 from tests import lm_zoo
+from tests.codegen import cuda_check, metal_check
 
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler for the Metal emulator")
 
@@ -171,3 +172,24 @@ def test_gradients_through_the_kernel_are_mlxs(monkeypatch):
     want = mx.grad(loss, argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-4)
+
+
+def _specs():
+    for dtype in ("float32", "float16", "bfloat16"):
+        for head_dim, mask_shape in ((64, (1, 256)), (128, (2, 1, 3, 256))):
+            yield decode_attention(Var((2, 8, 3, head_dim), dtype), Var((2, 2, 256, head_dim), dtype),
+                                   Var((2, 2, 256, head_dim), dtype), Var(mask_shape, "bool"), 0.125)
+
+
+@pytest.mark.skipif(cuda_check.nvcc() is None, reason="nvcc is not installed")
+def test_the_cuda_rendering_compiles():
+    """nvcc on the CUDA source, wrapped as MLX's build_kernel does, for every dtype and several
+    keys per step (the H100 ran one key a step: tests/device/test_attention_gpu.py)."""
+    kernels = [render_attention(spec, "cuda", u) for spec in _specs() for u in (1, 3, 4)]
+    errors = cuda_check.compile_errors(kernels)
+    assert not errors, errors
+
+
+def test_the_metal_rendering_type_checks():
+    for kernel in (render_attention(spec, "metal", u) for spec in _specs() for u in (1, 4)):
+        assert metal_check.check(kernel) == [], kernel.as_text()
