@@ -104,10 +104,19 @@ class _ArrayOffsetCache(_lm_cache._BaseCache):
     def empty(self) -> bool:
         return self.keys is None
 
+    # The last trim: (offset before, tokens trimmed, offset after). mlx-lm trims every layer's
+    # cache by the same count in turn (speculative decoding), and caches that held one offset
+    # array hold one again after it (`make_prompt_cache`).
+    _last_trim: tuple = (None, 0, None)
+
     def trim(self, n: int) -> int:
         n = min(self._host_offset, n)
         self._host_offset -= n
-        self.offset = self.offset - n
+        before, count, after = _ArrayOffsetCache._last_trim
+        if self.offset is not before or n != count:
+            after = self.offset - n
+            _ArrayOffsetCache._last_trim = (self.offset, n, after)
+        self.offset = after
         return n
 
     @property

@@ -149,3 +149,10 @@ def test_every_layer_advances_one_offset(name):
         assert all(c.offset is cache[0].offset for c in cache)
     assert cache[0].offset.item() == 10
     assert _scalar_adds(f.graph(y, cache=cache)) == 1
+    # trimmed as mlx-lm's speculative decoding trims (each layer in turn): still one array, and
+    # the next step finds the build it had
+    builds = f.cache_info().builds
+    assert lm_cache.trim_prompt_cache(cache, 2) == 2
+    assert all(c.offset is cache[0].offset for c in cache) and cache[0].offset.item() == 8
+    f(y, cache=cache)
+    assert f.cache_info().builds == builds
