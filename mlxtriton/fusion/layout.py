@@ -187,11 +187,11 @@ def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = N
             if decision[0] == "copy" and not copies:
                 decision = ("strided", f"{decision[1]}, but one kernel was asked for: read in place")
             decided.append((chain, *decision))
-        copies = [chain for chain, decision, _ in decided if decision == "copy"]
-        if copies:
+        copied = [chain for chain, decision, _ in decided if decision == "copy"]
+        if copied:
             # Each copied chain moves out: the body reads the moved array as a new input.
             mapping, inner_inputs, outer_inputs = {}, list(body.inputs), list(e.inputs)
-            for chain in copies:
+            for chain in copied:
                 moved, last = _clone(chain.eqns, outer[chain.source])
                 eqns.extend(moved)
                 mapping[chain.load] = Var(chain.load.shape, chain.load.dtype)

@@ -37,6 +37,15 @@ def test_multi_pass_row_over_a_transposed_input_copies_it():
     assert "Transpose" not in body_primitives(out)
 
 
+def test_each_region_decides_on_its_own():
+    # a region reading nothing moved first, then one whose transposed input is worth a copy
+    out, (d,) = laid_out(lambda x, y: (mx.exp(x) * 2 + 1, mx.softmax(y.T, axis=-1)), W, X)
+    assert d.decision == "copy"
+    fused = fuse(mlxtriton.trace(lambda x, y: (mx.exp(x) * 2 + 1, mx.softmax(y.T, axis=-1)))(W, X))
+    (d,) = layout_with_report(fused, None, copies=False)[1]
+    assert d.decision == "strided" and "one kernel was asked for" in d.reason
+
+
 def test_a_row_kept_on_chip_is_read_once_so_stays_strided():
     for chip in ("m3", "h200"):
         out, (d,) = laid_out(lambda x: mx.softmax(x.T, axis=-1), X, chip=chip)
