@@ -20,9 +20,10 @@ queued with ``mx.async_eval`` (each step's sampled token feeds the next), ``mx.s
 once per run; ms per step is the median run's time / ``tokens``. ``host_ms`` is the time the
 host spent queuing a run's steps (before the synchronize), per step: when it is close to ``ms``
 the host paces decoding; ``call_ms`` the part of it spent in the step call (building the graph),
-the rest being MLX's evaluation of it (``mx.async_eval``: encoding and launching the kernels). Tokens/s = batch * 1000 / ms. Each method's first ``tokens`` sampled
-tokens are compared with plain's (``match``: the count of leading equal steps; bfloat16 runs may
-differ where reading a masked buffer rounds differently).
+the rest being MLX's evaluation of it (``mx.async_eval``: encoding and launching the kernels).
+Tokens/s = batch * 1000 / ms. Each method's first ``tokens`` sampled tokens are compared with
+plain's (``match``: the count of leading equal steps; bfloat16 runs may differ where reading a
+masked buffer rounds differently).
 
 Copy bandwidth: MLX's ``x + 0`` over a 1 GiB bfloat16 array (far beyond the GPU's L2), 20 calls
 queued per run, median of 5 runs, bytes = read + write. Weight bytes per step: every parameter,

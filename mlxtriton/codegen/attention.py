@@ -17,7 +17,7 @@ from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.graph.attention import LANES, DecodeAttention
 
 # The running maximum's start: the lowest finite float, as MLX's kernel starts, so that a SIMD
-# group that meets no visible key merges as a factor exp2(lowest - max) = 0, not inf - inf.
+# group that meets no visible key merges as a factor exp(lowest - max) = 0, not inf - inf.
 _LOWEST = "-3.402823466e+38f"
 
 

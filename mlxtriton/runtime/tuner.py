@@ -116,7 +116,6 @@ class DeviceTimer:
         return best
 
 
-
 def time_queued(run: Callable, args, reps: int) -> float:
     """Seconds per call of ``reps`` calls of ``run(*args)`` queued with ``mx.async_eval`` and
     synchronised once (the last outputs kept alive so their buffers are not reused mid-batch)."""
