@@ -21,6 +21,17 @@ from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 # division). A float16 product is left alone: it rounds to infinity past 65504 before the add,
 # where AddMM adds in float32.
 
+# Backends where a product MLX runs as its matrix-vector kernel keeps its addend out of the GEMM
+# when the fuse stage follows: there MLX's AddMM always calls cuBLASLt, which asks for an
+# algorithm (cublasLtMatmulAlgoGetHeuristic) and captures the call into the command graph on
+# every evaluation, while Matmul of one row by a transposed weight (or of a matrix by one column)
+# is a single kernel node (mlx/backend/cuda/matmul.cpp: gemm_and_bias takes the gemv only without
+# a bias; AddMM builds a new CublasGemm each call). That is a decode step's residual add after
+# the output projections: the add then joins the next norm's generated kernel, and the step
+# launches as many kernels with less host work each. Not on Metal: its AddMM runs the same
+# matrix-vector kernel with the addend (mlx/backend/metal/matmul.cpp, gemv_axbpy).
+ADDEND_KEPT_OUT_OF_GEMV: frozenset[str] = frozenset({"cuda"})
+
 _MM = P("Matmul", P.var("a"), P.var("b"), name="mm")
 _MM_VIEW = P(RESHAPES, _MM, name="view") | _MM
 
@@ -39,6 +50,10 @@ def matmul_add(m: Match):  # a @ b + c -> addmm(c, a, b); alpha * (a @ b) + c ->
     out = m.root.outputs[0]
     if a.ndim != 2 or b.ndim != 2 or m.values.depends_on(c, mm):
         return None  # batched products stay Matmul; c must not depend on the product
+    if _runs_as_gemv(m, a, b):
+        return Miss(f"{a.type_str()} @ {b.type_str()} is a matrix-vector product, which the "
+                    f"{m.context['backend']} backend's AddMM would run as a GEMM; the addend is "
+                    "left for the fuse stage")
     if mm.dtype == "float16":
         return Miss("a float16 product rounds to infinity past 65504 before the add, where AddMM "
                     "adds in float32")
@@ -58,6 +73,20 @@ def matmul_add(m: Match):  # a @ b + c -> addmm(c, a, b); alpha * (a @ b) + c ->
         return None
     m.detail = f"AddMM[alpha={alpha:g}] of {a.type_str()} @ {b.type_str()} + {what}"
     return m.reshape(y, out.shape)
+
+
+def _runs_as_gemv(m: Match, a: Var, b: Var) -> bool:
+    """The fuse stage follows on a backend of `ADDEND_KEPT_OUT_OF_GEMV` and MLX would run
+    ``a @ b`` as its matrix-vector kernel: one row times a transposed matrix, or a matrix times
+    one column (`can_use_gemv` in mlx/backend/cuda/gemms/gemv.cu)."""
+    if not m.context.get("fusing") or m.context.get("backend") not in ADDEND_KEPT_OUT_OF_GEMV:
+        return False
+
+    def transposed(v: Var) -> bool:
+        e = m.graph.producer(v)
+        return e is not None and e.primitive == "Transpose" and tuple(e.params["axes"])[-2:] == (v.ndim - 1, v.ndim - 2)
+
+    return (a.shape[-2] == 1 and transposed(b)) or (b.shape[-1] == 1 and not transposed(a))
 
 
 def _after_matmul(m: Match, x: Var) -> str | None:

@@ -4,10 +4,14 @@ region of each gate; near misses; the JAX oracle."""
 
 import mlx.core as mx
 import mlx.nn as nn
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import mlxtriton
 from mlxtriton import examples
+from mlxtriton.fusion import fuse
+from mlxtriton.graph import verify
+from mlxtriton.patterns import optimize_patterns
 from tests.patterns._check import check, fired, misses
 
 
@@ -41,6 +45,30 @@ def test_what_stays_a_matmul():
     a, w = rand(4, 4), rand(4, 4, seed=2)
     g2, report = check(lambda a, w: (lambda p: p + mx.sin(p))(a @ w), a, w)  # addend reads the product
     assert "AddMM" not in g2.primitive_counts()
+
+
+@pytest.mark.parametrize("chip", ["m3", "h100"])
+def test_a_decode_steps_residual_add_leaves_the_gemv_alone_on_cuda(chip):
+    """One row times a transposed weight is MLX's matrix-vector kernel on every backend; only
+    Metal's AddMM runs it with the addend, so on CUDA the residual add joins the next norm."""
+    def residual_block(h, w, nw):
+        h = h + h @ w.T
+        return mx.fast.rms_norm(h, nw, 1e-5), h
+
+    w, nw = rand(64, 64, seed=1), rand(64, seed=2)
+    for rows, addmm in ((1, chip == "m3"), (4, True)):
+        g = mlxtriton.trace(residual_block)(rand(rows, 64), w, nw)
+        g2, report = optimize_patterns(g, chip, fusing=True, on_rewrite=verify)
+        assert ("AddMM" in g2.primitive_counts()) == addmm, (chip, rows)
+        if not addmm:
+            assert any("matrix-vector product" in m for m in misses(report))
+            assert fuse(g2, chip).primitive_counts() == {"Fused": 1, "Matmul": 1, "Transpose": 1}
+    g = mlxtriton.trace(residual_block)(rand(1, 64), w, nw)  # no fuse stage: AddMM
+    assert "AddMM" in optimize_patterns(g, chip, fusing=False)[0].primitive_counts()
+    x = rand(1, 64)
+    got, want = mlxtriton.optimize(residual_block, chip=chip)(x, w, nw), residual_block(x, w, nw)
+    for a, b in zip(got, want):
+        assert mx.allclose(a, b, atol=1e-5).item()
 
 
 def test_activations_after_a_matmul_are_recognised_and_left_for_fusion():
