@@ -61,8 +61,16 @@ def _pad_axis2(x: mx.array, capacity: int) -> mx.array:
 
 
 def _write(buffer: mx.array, update: mx.array, start: mx.array) -> mx.array:
-    """``buffer`` with ``update`` written along axis 2 from the dynamic position ``start``."""
-    return mx.slice_update(buffer, update, start.reshape(1), axes=(2,))
+    """``buffer`` with ``update`` written along axis 2 from the dynamic position ``start``.
+
+    A scatter along the axis rather than a dynamic slice update: on the GPU MLX runs the scatter
+    as one kernel over the update's elements, where a slice update at an array position is two
+    (the position's offset, then a copy whose grid spans the whole buffer:
+    mlx/backend/cuda/slicing.cpp ``compute_dynamic_offset``, copy/copy_general_dynamic.cu). The
+    buffer is donated in both forms, so neither copies it."""
+    n = update.shape[2]
+    slots = start.reshape(1) if n == 1 else start + mx.arange(n, dtype=start.dtype)
+    return mx.put_along_axis(buffer, slots.reshape(1, 1, n, *(1,) * (buffer.ndim - 3)), update, axis=2)
 
 
 def _causal_mask(offset: mx.array, n: int, capacity: int, window: Optional[int]) -> mx.array:
