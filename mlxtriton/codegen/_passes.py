@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from mlxtriton.codegen import kernel_ir as K
 from mlxtriton.codegen.kernel_ir import Ops, UOp, UPat, map_nodes
 from mlxtriton.codegen._lower_ops import is_float
@@ -78,6 +80,31 @@ _ONLINE = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="sum", name="r", src=(UPat(Ops.EXP, src=(UPat(Ops.SUB, src=(
         UPat(name="v"), UPat(Ops.REDUCE, arg="max", src=(UPat(name="v"),)))),)),)),
     lambda r, v: UOp(Ops.REDUCE, r.dtype, (v,), "sumexp")),))
+
+
+def _centred_squares(r: UOp) -> UOp | None:
+    """sum((v - c)^2) over a row, for a value ``c`` constant along it, as the one-pass "sqdev":
+    sqdev(v) + L * (mean(v) - c)^2, which is sqdev(v) itself when ``c`` is the row's mean
+    sum(v) * (1/L) (a variance: both terms then come from one pass over a streamed row)."""
+    (x,) = r.src
+    d = x.src[0] if x.op is Ops.SQUARE or (x.op is Ops.MUL and x.src[0] is x.src[1]) else None
+    if r.dtype != "float32" or d is None or d.op is not Ops.SUB:
+        return None
+    v, c = d.src
+    if v.dtype != "float32" or not v.per_element or c.per_element:
+        return None
+    L = next((u.arg[1] for u in v.toposort if u.op is Ops.SPECIAL and u.arg[0] == "col"), None)
+    if L is None:
+        return None
+    sqdev = UOp(Ops.REDUCE, "float32", (v,), "sqdev")
+    total = UOp(Ops.REDUCE, "float32", (v,), "sum")
+    inverse = UOp.const("float32", float(np.float32(1.0 / L)))
+    if c.op is Ops.MUL and total in c.src:
+        (k,) = [u for u in c.src if u is not total] or [total]
+        if k.op is Ops.CONST and np.float32(k.arg) == np.float32(inverse.arg):
+            return sqdev  # c is the row's mean
+    shift = K.alu(Ops.SUB, K.alu(Ops.MUL, total, inverse), c)
+    return K.alu(Ops.ADD, sqdev, K.alu(Ops.MUL, UOp.const("float32", L), K.alu(Ops.SQUARE, shift)))
 
 
 def _expand_sumexp(r: UOp) -> UOp:
@@ -251,9 +278,11 @@ FAST_EXP = K.PatternMatcher(((
     lambda e: UOp(Ops.EXP_SHIFTED, e.dtype, e.src) if _sign_bound(e.src[0], -1) else None),))
 
 
-def rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
+def rewrite_reduces(stores: list[UOp], resident: set[UOp], centred: bool = False) -> list[UOp]:
     """The reductions in the form that suits where their loads are: in registers, a softmax's
-    sum is two passes over them; streamed, one online pass with the max."""
+    sum is two passes over them; streamed, one online pass with the max, and with ``centred`` (a
+    column walk, which keeps nothing on chip) a variance's centred sum of squares one pass with
+    the mean (`_centred_squares`)."""
     def fix(node: UOp) -> UOp | None:
         if node.op is not Ops.REDUCE:
             return None
@@ -264,7 +293,8 @@ def rewrite_reduces(stores: list[UOp], resident: set[UOp]) -> list[UOp]:
         if node.arg == "sumexp":
             return _SHIFTED_SUMEXP.rewrite(node)  # streamed: one pass with the max
         if node.arg == "sum" and not _loads_under(node) <= resident:
-            return _ONLINE.rewrite(node)  # streamed: save a pass over memory
+            # streamed: save a pass over memory
+            return _ONLINE.rewrite(node) or (_centred_squares(node) if centred else None)
         return None
 
     pm = K.PatternMatcher(((UPat(Ops.REDUCE, name="node"), fix),)) + ALGEBRA

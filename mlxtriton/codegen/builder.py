@@ -281,7 +281,7 @@ def build(region: Region, schedule: Any) -> UOp:
 
     stores = list(a.stores)
     held = set(schedule.registers) if a.is_row else set()
-    stores = rewrite_reduces(stores, named(multi_pass_loads(stores), held))
+    stores = rewrite_reduces(stores, named(multi_pass_loads(stores), held), centred=a.column_walk)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), FAST_EXP).src)
     resident = named(multi_pass_loads(stores), held)
     if a.is_row and schedule.kept_registers:

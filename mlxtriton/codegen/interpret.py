@@ -148,6 +148,9 @@ def _reduce(kind: str, v: np.ndarray, pos: np.ndarray | None) -> np.ndarray:
     if kind == "sumexp":
         m = np.max(v, axis=-1, keepdims=True)
         return np.sum(np.exp(v - m), axis=-1, keepdims=True, dtype=v.dtype)
+    if kind == "sqdev":
+        w = v.astype(np.float64)
+        return np.sum(np.square(w - w.mean(axis=-1, keepdims=True)), axis=-1, keepdims=True).astype(v.dtype)
     raise ValueError(f"unknown reduction {kind!r}")
 
 

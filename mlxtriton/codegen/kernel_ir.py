@@ -135,7 +135,10 @@ class GroupOp:
 # the result is 1 or 0 in the node's dtype. "sumexp" is a softmax denominator,
 # sum(exp(v - max(v))) exactly (NaN when the max is infinite, as MLX's softmax); a kernel computes
 # it in one pass with an online running max (Milakov & Gimelshein 2018) when the row is streamed.
-REDUCE_KINDS = ("sum", "prod", "max", "min", "and", "or", "argmax", "argmin", "sumexp")
+# "sqdev" is the sum of squared deviations from the row's own mean, sum((v - mean(v))^2), in
+# float32: one pass with a running count, mean and sum (Welford 1962; threads' partials merged by
+# Chan, Golub & LeVeque 1979) where a variance's two-pass form would read a streamed row twice.
+REDUCE_KINDS = ("sum", "prod", "max", "min", "and", "or", "argmax", "argmin", "sumexp", "sqdev")
 
 
 @dataclass(frozen=True)

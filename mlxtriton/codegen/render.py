@@ -623,6 +623,11 @@ def _declare_acc(r: _Renderer, u: UOp) -> list[str]:
         r.lines.append(f"{T} {a} = {_identity(r, u.arg, vdt)};")
         r.lines.append(f"uint32_t {a}_i = 0xffffffffu;")
         return [a, a + "_i"]
+    if u.arg == "sqdev":
+        zero = r.literal("float32", 0.0)
+        r.lines.append(f"float {a} = {zero}, {a}_mu = {zero}, {a}_m2 = {zero};  "
+                       "// count, running mean, sum of squared deviations")
+        return [a, a + "_mu", a + "_m2"]
     if u.arg == "sumexp":
         r.lines.append(f"{T} {a} = {_identity(r, 'max', vdt)};  // running max")
         r.lines.append(f"{T} {a}_s = {r.literal(vdt, 0)};  // sum of exp(v - running max)")
@@ -652,6 +657,13 @@ def _accumulate(r: _Renderer, u: UOp, acc: list[str]) -> None:
         r.emit(_LANE, f"const bool {take} = {_arg_take(u.arg, acc[0], acc[1], v, i)};")
         r.emit(_LANE, f"{acc[0]} = {take} ? {v} : {acc[0]};")
         r.emit(_LANE, f"{acc[1]} = {take} ? {i} : {acc[1]};")
+    elif u.arg == "sqdev":  # Welford's update
+        n, mu, m2 = acc
+        dv = r.tmp("mt_dv")
+        r.emit(_LANE, f"{n} += {r.literal('float32', 1.0)};")
+        r.emit(_LANE, f"const float {dv} = {v} - {mu};")
+        r.emit(_LANE, f"{mu} += {dv} / {n};")
+        r.emit(_LANE, f"{m2} += {dv} * ({v} - {mu});")
     elif u.arg == "sumexp" and r.s.vector_width > 1 and r.s.online_chunked:
         # One rescale per vector: the lanes' values, their max, then exp(v - new max) each
         # (1 + 1/V exponentials per element, no branch), as MLX's own logsumexp kernel. While
@@ -692,6 +704,16 @@ def _combine_step(r: _Renderer, u: UOp, acc: list[str], other: list[str]) -> lis
         return [f"const bool mt_take = {take};",
                 f"{acc[0]} = mt_take ? {other[0]} : {acc[0]};",
                 f"{acc[1]} = mt_take ? {other[1]} : {acc[1]};"]
+    if u.arg == "sqdev":  # Chan, Golub & LeVeque's merge; a thread that saw nothing adds nothing
+        n, mu, m2 = acc
+        on, omu, om2 = other
+        zero = r.literal("float32", 0.0)
+        return [f"const float mt_n = {n} + {on};",
+                f"const float mt_d = {omu} - {mu};",
+                f"const float mt_f = mt_n > {zero} ? {on} / mt_n : {zero};",
+                f"{mu} += mt_d * mt_f;",
+                f"{m2} += {om2} + mt_d * mt_d * {n} * mt_f;",
+                f"{n} = mt_n;"]
     if u.arg == "sumexp":
         m, s = acc
         om, os = other
@@ -721,6 +743,8 @@ def _shuffle_tree(r: _Renderer, u: UOp, acc: list[str], width: int) -> list[str]
 def _acc_type(u: UOp, k: int) -> str:
     if u.arg in ("argmax", "argmin") and k == 1:
         return "uint32"
+    if u.arg == "sqdev":
+        return "float32"
     return u.src[0].dtype if u.arg in ("argmax", "argmin", "sumexp") else u.dtype
 
 
@@ -738,7 +762,7 @@ def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, li
             lines.append(f"{acc[1]} = ({acc[0]} == {inf} || {acc[0]} == -{inf}) ? {nan} : "
                          f"{acc[1]};")
         r.bound[_KERNEL][u] = acc[1] if u.arg in ("argmax", "argmin") else (
-            acc[1] if u.arg == "sumexp" else acc[0])
+            acc[1] if u.arg == "sumexp" else acc[2] if u.arg == "sqdev" else acc[0])
     for mx_node, online in aliased.items():
         r.bound[_KERNEL][mx_node] = accs[online][0]
 
@@ -810,6 +834,8 @@ def _partial_identities(r: _Renderer, u: UOp) -> list[str]:
         return [_identity(r, u.arg, vdt), "0xffffffffu"]
     if u.arg == "sumexp":
         return [_identity(r, "max", vdt), r.literal(vdt, 0)]
+    if u.arg == "sqdev":
+        return [r.literal("float32", 0.0)] * 3
     return [_identity(r, u.arg, u.dtype)]
 
 

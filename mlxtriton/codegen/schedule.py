@@ -405,7 +405,8 @@ def _layout(a: Analysis, n: _Numbers, several_passes: bool | None = None):
         # A one-pass column kernel keeps no row in registers: the threadgroup maximum; a
         # multi-pass one preferred_row_threads.
         V = 1
-        one_pass = P.passes(stores) == 1 if several_passes is None else not several_passes
+        one_pass = (P.passes(P.rewrite_reduces(stores, set(), centred=True)) == 1
+                    if several_passes is None else not several_passes)
         threads = n.max_threads if one_pass else min(n.max_row_threads, n.preferred_row_threads)
         T, G = _column_threads(R, L, threads, n)
         interleaved = T > 1
@@ -502,7 +503,7 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     # one pass (cross-entropy) needs nothing on chip.
     resident, _ = plan_residency(stores, chunk_regs, budget)
     registers = _names(resident)
-    stores = P.rewrite_reduces(stores, resident)
+    stores = P.rewrite_reduces(stores, resident, centred=a.column_walk)
     stores = list(graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), P.FAST_EXP).src)
     resident, streamed = plan_residency(stores, chunk_regs, budget)
     kept = kept_budget if budget else 0
@@ -747,7 +748,10 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
             if staged and walk == "interleaved":
                 continue
             streams = len(held) < len(multi)
-            unrolls = [u for u in (1, 2, 4) if u <= C] if streams and not held and not a.blocks else [1]
+            # a loop reading its row from memory (streamed, or one pass) may unroll: more loads
+            # in flight per thread
+            unrolls = ([u for u in (1, 2, 4) if u <= C] if (streams or not multi) and not held
+                       and not a.blocks else [1])
             chunked = (True, False) if online and V > 1 and streams else (t.online_chunked,)
             for kept, prefetch, unroll, chunk, hoist_row, hoist_block, shared in itertools.product(
                     kept_options, (False, True) if write_pass and held and walk == "row" else (False,),

@@ -320,6 +320,26 @@ def channel_statistics(shape=(4, 6, 8), dtype="float32") -> Region:
                     b.op("Reduce", b.op("Square", xf), kind="sum", axes=axes)])
 
 
+def channel_moments(shape=(4, 6, 8), dtype="float32", eps=1e-5) -> Region:
+    """Per-channel mean and variance over every axis but the last, as ``mx.mean`` / ``mx.var``
+    decompose (a centred sum of squares), and the input normalised by them (batch norm)."""
+    b = RegionBuilder("channelmoments")
+    xf = b.op("AsType", b.input(shape, dtype, "x"), dtype="float32")
+    axes = tuple(range(len(shape) - 1))
+    kept = (1,) * len(axes) + shape[-1:]
+    n = math.prod(shape[:-1])
+
+    def scalar(value):
+        return b.op("Broadcast", b.constant(value, "float32"), shape=kept)
+
+    mean = b.op("Multiply", b.op("Reduce", xf, kind="sum", axes=axes), scalar(1 / n))
+    d = b.op("Subtract", xf, b.op("Broadcast", mean, shape=shape))
+    var = b.op("Multiply", b.op("Reduce", b.op("Square", d), kind="sum", axes=axes), scalar(1 / n))
+    inv = b.op("Sqrt", b.op("Add", var, scalar(eps)), reciprocal=True)
+    y = b.op("AsType", b.op("Multiply", d, b.op("Broadcast", inv, shape=shape)), dtype=dtype)
+    return b.build([mean, var, y])
+
+
 def pointwise_broadcast(shape=(4, 6, 32), dtype="float32") -> Region:
     """Transposed input, a broadcast row vector, a 0-d scalar; two outputs."""
     A, B, C = shape
@@ -340,7 +360,8 @@ FAMILIES = {
     "pointwise": pointwise_broadcast,
 }
 # Reductions not over the last axis, whose kernels walk columns: shapes of any rank.
-COLUMN_FAMILIES = {"softmaxtransposed": softmax_transposed, "channelstats": channel_statistics}
+COLUMN_FAMILIES = {"softmaxtransposed": softmax_transposed, "channelstats": channel_statistics,
+                   "channelmoments": channel_moments}
 
 
 def random_inputs(region: Region, seed: int = 0, scale: float = 3.0) -> list[np.ndarray]:

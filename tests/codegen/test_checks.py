@@ -72,6 +72,8 @@ def _extra_regions():
     w = b.input((6, 500), "int64", "w")
     yield "int64", b.build([b.op("Reduce", w, kind="sum", axes=(1,)),
                             b.op("Reduce", w, kind="max", axes=(1,))])
+    # a column variance: streamed on NVIDIA chips, one pass with the mean (Welford, Chan)
+    yield "channel_moments", oracle.channel_moments(shape=(3000, 37), dtype="bfloat16")
     b = RegionBuilder("scalar")
     s = b.input((), "float32", "s")
     yield "scalar", b.build([b.op("Exp", s)])

@@ -46,6 +46,9 @@ def _cases():
         yield f"column-argmin-max-sum-{L}x{R}", b.build([
             b.op("ArgReduce", x, kind="argmin", axis=0), b.op("Reduce", x, kind="max", axes=(0,)),
             b.op("Reduce", b.op("Exp", x), kind="sum", axes=(0,))])
+    # a variance's centred sum of squares over columns: one pass with the mean where streamed
+    for shape, dtype in (((3000, 37), "float32"), ((40, 9), "bfloat16"), ((8, 16, 64), "float16")):
+        yield f"column-moments-{dtype}-{'x'.join(map(str, shape))}", oracle.channel_moments(shape, dtype)
     b = RegionBuilder("anyall")
     m = b.input((37, 70), "bool", "m")
     yield "bool", b.build([b.op("Reduce", m, kind="and", axes=(1,)),

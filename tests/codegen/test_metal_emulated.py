@@ -20,6 +20,7 @@ from mlxtriton.codegen import dialects
 from mlxtriton.codegen.builder import build
 from mlxtriton.codegen.schedule import candidates, default, kernel_target
 from mlxtriton.codegen.interpret import interpret
+from mlxtriton.codegen.kernel_ir import Ops
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.runtime import metal_emulator as emulator
@@ -126,6 +127,26 @@ def test_block_sums_kept_in_threadgroup_memory_run_as_metal():
         kernel = render(build(region, chosen), "metal")
         assert kernel.kernel.arg.block_sums_shared
         check(kernel, region, oracle.random_inputs(region, seed=2))
+
+
+@pytest.mark.parametrize("shape", [(3000, 37), (40, 9), (2, 3, 50, 33), (3, 5)])
+def test_streamed_column_variances_take_one_pass_as_metal(shape):
+    # Welford's update per lane and Chan's merge across lanes, lanes that see no element included
+    # (4 lanes on a column of 3); data far from 0 (mean 1000, unit spread), where a one-pass sum of squares
+    # minus the squared mean would lose every digit
+    region = oracle.channel_moments(shape)
+    streamed = [s for s in candidates(region, target("metal")) if not s.registers]
+    assert streamed
+    rng = np.random.default_rng(7)
+    x = (1000.0 + rng.standard_normal(shape)).astype(np.float32)
+    want_var = np.var(x.astype(np.float64).reshape(-1, shape[-1]), axis=0)
+    for s in streamed[:6]:
+        kernel = render(build(region, s), "metal")
+        assert kernel.kernel.arg.passes == 2
+        assert "sqdev" in {u.arg for u in kernel.kernel.toposort if u.op is Ops.REDUCE}
+        check(kernel, region, oracle.random_inputs(region, seed=len(shape)))
+        var = np.asarray(emulator.run(kernel, [x])[1], np.float64).reshape(-1)
+        np.testing.assert_allclose(var, want_var, rtol=1e-3, atol=1e-4)  # naive: errors near 0.1
 
 
 def test_an_integer_division_by_zero_is_reported():
