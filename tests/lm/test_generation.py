@@ -136,6 +136,20 @@ def _scalar_adds(graph):
     return count
 
 
+def test_a_decode_step_for_cuda_writes_by_scatter_and_adds_residuals_in_its_norms():
+    """The decode graph optimize builds for an NVIDIA chip: each cache write one scatter (no
+    dynamic slice update), no AddMM for the one-row output projections (their residual adds
+    join the next norm's kernel); for an Apple chip the AddMM stays."""
+    model = lm_zoo.build("llama")
+    layers = len(model.layers)
+    for chip, addmm in (("h100", 0), ("m3", 2 * layers)):
+        f, cache = mlxtriton.optimize(model, chip=chip), lm.make_prompt_cache(model)
+        f(lm_zoo.prompt(7)[None], cache=cache)
+        counts = f.graph(mx.array([[3]]), cache=cache).primitive_counts()
+        assert counts.get("ScatterAxis") == 2 * layers and "DynamicSliceUpdate" not in counts, counts
+        assert counts.get("AddMM", 0) == addmm, (chip, counts)
+
+
 @pytest.mark.parametrize("name", ["llama", "gemma3_text"])
 def test_every_layer_advances_one_offset(name):
     """make_prompt_cache's caches start from one offset array and, through optimize, keep holding
