@@ -100,7 +100,7 @@ def _centred_squares(r: UOp) -> UOp | None:
     total = UOp(Ops.REDUCE, "float32", (v,), "sum")
     inverse = UOp.const("float32", float(np.float32(1.0 / L)))
     if c.op is Ops.MUL and total in c.src:
-        (k,) = [u for u in c.src if u is not total] or [total]
+        k = c.src[1] if c.src[0] is total else c.src[0]
         if k.op is Ops.CONST and np.float32(k.arg) == np.float32(inverse.arg):
             return sqdev  # c is the row's mean
     shift = K.alu(Ops.SUB, K.alu(Ops.MUL, total, inverse), c)
