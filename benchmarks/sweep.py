@@ -39,7 +39,7 @@ from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.launch import launcher
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import family_arguments, family_cases, results_file  # noqa: E402
+from harness import COLUMN_CASES, family_arguments, family_cases, results_file  # noqa: E402
 
 AXES = {axis[0]: axis for axis in tuner_lib.AXES}
 
@@ -67,6 +67,57 @@ def gradient_of(fn, args):
     return grad
 
 
+def sweep_kernels(fn, args, case: dict, target, timer, vary: set[str], most: int, result, save) -> None:
+    """Time the candidate schedules (along ``vary``, at most ``most`` a kernel) of every kernel of
+    ``mlxtriton.optimize(fn)`` at ``args``, each row of ``result`` starting with ``case``."""
+    graph = mlxtriton.optimize(fn).graph(*args)
+    for e in (e for e in graph.eqns if is_fused(e)):
+        try:
+            region, _ = region_of(e)
+            start = default(region, target)
+        except RegionError as err:
+            print(f"{case['family']} {e.params['name']}: no kernel ({err})", flush=True)
+            continue
+        chosen = [s for s in candidates(region, target) if along(s, start, vary)][:most]
+        reference = None
+        seen: dict = {}
+        for s in chosen:
+            row = {**case, "region": region.name, "default": s == start, "schedule": s.as_dict()}
+            kernel = build(region, s)
+            if kernel in seen:
+                row["same_kernel_as"] = seen[kernel]
+                result["rows"].append(row)
+                continue
+            seen[kernel] = len(result["rows"])
+            lowered = render(kernel, target.device.backend)
+            row["built"] = kernel.arg.describe()
+            try:
+                inputs = [mx.array(a.astype(np.float32) if d == "bfloat16" else a).astype(getattr(mx, d))
+                          for a, d in zip(tuner_lib.random_inputs(lowered), lowered.input_dtypes)]
+                outs = launcher(lowered)(*inputs)
+                mx.eval(outs)
+                if reference is None:
+                    reference = outs if s == start else None
+                if reference is not None:
+                    row["maxerr"] = max(float(mx.max(mx.abs(o.astype(mx.float32) - r.astype(mx.float32))).item())
+                                        for o, r in zip(outs, reference))
+                seconds = timer.time(lowered)
+            except (RuntimeError, ValueError) as err:
+                row["error"] = str(err).strip().splitlines()[0][:300]
+                result["rows"].append(row)
+                save()
+                continue
+            moved = sum(int(np.prod(sh)) * mx.zeros((), getattr(mx, d)).itemsize
+                        for sh, d in zip(lowered.input_shapes + lowered.output_shapes,
+                                         lowered.input_dtypes + lowered.output_dtypes))
+            row["us"], row["gbs"] = 1e6 * seconds, moved / seconds / 1e9
+            result["rows"].append(row)
+            save()
+            print(f"{case['family'][:14]:14s} {case['dtype']:8s} {case['rows']}x{case['cols']} "
+                  f"{region.name}: {row['gbs']:7.0f} GB/s {'(default) ' if s == start else ''}"
+                  f"{s.describe()}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="sweep.json")
@@ -74,6 +125,9 @@ def main() -> None:
     ap.add_argument("--vary", default="", help=f"comma-separated axes ({', '.join(AXES)}); default all")
     ap.add_argument("--grad", action="store_true", help="sweep the gradient's kernels")
     ap.add_argument("--max", type=int, default=200, help="most schedules timed per kernel")
+    ap.add_argument("--columns", default="", help="also the column reductions of benchmarks/"
+                    "harness.py COLUMN_CASES: 'all', or names up to their first comma, ';'-separated")
+    ap.add_argument("--columns-only", action="store_true", help="the column reductions alone")
     opts = ap.parse_args()
     vary = set(filter(None, opts.vary.split(","))) or set(AXES)
     if vary - set(AXES):
@@ -84,54 +138,15 @@ def main() -> None:
     result["vary"] = sorted(vary)
     target = kernel_target("auto")
     timer = tuner_lib.DeviceTimer()
-    for dtype_name, name, composed, _, rows, cols, args in family_cases(opts, []):
+    cases = [] if opts.columns_only else list(family_cases(opts, []))
+    for name, (fn, shape, dtype, _) in COLUMN_CASES.items():
+        if opts.columns and (opts.columns == "all" or name.split(",")[0] in opts.columns.split(";")):
+            x = mx.random.normal(shape).astype(dtype)
+            cases.append((str(dtype).split(".")[-1], name, fn, None, shape[0], int(np.prod(shape[1:])), (x,)))
+    for dtype_name, name, composed, _, rows, cols, args in cases:
         fn = gradient_of(composed, args) if opts.grad else composed
-        graph = mlxtriton.optimize(fn).graph(*args)
-        for e in (e for e in graph.eqns if is_fused(e)):
-            try:
-                region, _ = region_of(e)
-                start = default(region, target)
-            except RegionError as err:
-                print(f"{name} {e.params['name']}: no kernel ({err})", flush=True)
-                continue
-            chosen = [s for s in candidates(region, target) if along(s, start, vary)][:opts.max]
-            reference = None
-            seen: dict = {}
-            for s in chosen:
-                row = {"family": name, "dtype": dtype_name, "rows": rows, "cols": cols,
-                       "region": region.name, "default": s == start, "schedule": s.as_dict()}
-                kernel = build(region, s)
-                if kernel in seen:
-                    row["same_kernel_as"] = seen[kernel]
-                    result["rows"].append(row)
-                    continue
-                seen[kernel] = len(result["rows"])
-                lowered = render(kernel, target.device.backend)
-                row["built"] = kernel.arg.describe()
-                try:
-                    inputs = [mx.array(a.astype(np.float32) if d == "bfloat16" else a).astype(getattr(mx, d))
-                              for a, d in zip(tuner_lib.random_inputs(lowered), lowered.input_dtypes)]
-                    outs = launcher(lowered)(*inputs)
-                    mx.eval(outs)
-                    if reference is None:
-                        reference = outs if s == start else None
-                    if reference is not None:
-                        row["maxerr"] = max(float(mx.max(mx.abs(o.astype(mx.float32) - r.astype(mx.float32))).item())
-                                            for o, r in zip(outs, reference))
-                    seconds = timer.time(lowered)
-                except (RuntimeError, ValueError) as err:
-                    row["error"] = str(err).strip().splitlines()[0][:300]
-                    result["rows"].append(row)
-                    save()
-                    continue
-                moved = sum(int(np.prod(sh)) * mx.zeros((), getattr(mx, d)).itemsize
-                            for sh, d in zip(lowered.input_shapes + lowered.output_shapes,
-                                             lowered.input_dtypes + lowered.output_dtypes))
-                row["us"], row["gbs"] = 1e6 * seconds, moved / seconds / 1e9
-                result["rows"].append(row)
-                save()
-                print(f"{name:14s} {dtype_name:8s} {rows}x{cols} {region.name}: {row['gbs']:7.0f} GB/s "
-                      f"{'(default) ' if s == start else ''}{s.describe()}", flush=True)
+        sweep_kernels(fn, args, dict(family=name, dtype=dtype_name, rows=rows, cols=cols),
+                      target, timer, vary, opts.max, result, save)
     print("wrote", opts.out)
 
 
