@@ -128,9 +128,7 @@ def _gate_note(name: str):
         left = _left_operand(m, gate)
         if left is None or left is not _left_operand(m, up):
             return None
-        # One matmul with W1 and W3 concatenated measured 0.97x and 1.03x (batch 1), 1.01x and
-        # 1.00x (batch 4) the two matmuls on the H200 in two runs (benchmarks/results/
-        # llama_block_h200*.json): within noise, not worth a rule.
+        # evidence for leaving the two matmuls apart: benchmarks/results/llama_block_h200*.json
         return Note(f"{name} gate act(x @ W1) * (x @ W3) after the two matmuls: one elementwise "
                     "region for the fuse stage (the two matmuls stay two: concatenating W1 and W3 "
                     "measured no faster)")

@@ -35,12 +35,11 @@ def fused_backward() -> bool:
     """Whether each region's VJP becomes generated kernels (the default): the VJP traced and
     optimised like any function (softmax's backward is one row kernel, RMS norm's a row kernel
     and a column sum). ``MLXTRITON_FUSED_BACKWARD=0`` runs ``mx.compile`` of MLX's VJP of the
-    region's body instead. On the H200 the generated backward measured 1.4-6.7x that route and
-    faster than MLX's own VJPs of mx.softmax and mx.fast.layer_norm
-    (benchmarks/results/backward_rows_h200.json, cross-entropy rows from _ce.json). Pointwise regions keep MLX's VJP either way
-    (runtime/compiled): generated pointwise backward kernels made a compiled Llama-block training
-    step 1.04x mx.compile where MLX's VJP, which the step's mx.compile fuses with its
-    neighbours, gives 1.18x (benchmarks/results/train_step_h200*.json)."""
+    region's body instead, which is slower on the GPUs measured, as are MLX's own VJPs of
+    mx.softmax and mx.fast.layer_norm (benchmarks/results/backward_rows_h200*.json). Pointwise
+    regions keep MLX's VJP either way (runtime/compiled): the step's mx.compile fuses it with its
+    neighbours, which made a compiled Llama-block training step faster than generated pointwise
+    backward kernels did (benchmarks/results/train_step_h200*.json)."""
     return os.environ.get(FUSED_BACKWARD_ENV, "1") != "0"
 
 

@@ -280,12 +280,10 @@ class _Executable:
                 bare_steps.append(steps[-1])
         run = _runner(graph, steps)
         # The NumPy interpreter cannot run inside mx.compile's tracing; everything else does.
-        # Even one lone kernel launch runs under mx.compile: its per-call cost is below a bare
-        # custom_function call's (0.9 vs 2.6 us measured here) and a bare cuda_kernel call's
-        # (15.8 vs 16.8 us on the H200, shared/device/README.md).
-        # On MLX 0.32.4's CUDA backend every optimized function over a size-0 array aborted the
-        # process (SIGFPE) where the plain function returned, its regions already MLX ops: a
-        # graph holding an empty array runs op by op, outside mx.compile
+        # Even one lone kernel launch runs under mx.compile, which costs less per call than a
+        # bare custom_function or cuda_kernel call (benchmarks/results/per_call_*.json).
+        # A graph holding an empty array runs op by op, outside mx.compile: MLX 0.32.4's CUDA
+        # backend aborts the process (SIGFPE) evaluating such a compiled graph
         # (tests/device/test_semantics_gpu.py, size-0 shapes).
         self.empty = any(0 in v.shape for v in graph.inputs) or any(
             0 in v.shape for e in graph.eqns for v in (*e.inputs, *e.outputs))
