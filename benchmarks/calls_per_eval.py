@@ -2,8 +2,8 @@
 
 benchmarks/row_kernels.py queues one call per ``mx.async_eval`` (the issue's method). Where a
 kernel takes ~20 us (64 MB of bfloat16 rows), what MLX does per evaluation weighs on the figure:
-session 13 timed mlxtriton's bfloat16 cross-entropy kernel alone, launches queued back to back in
-PyTorch, at 3309-3555 GB/s over rows of 512-2048 (`ce_rows_h200_session13_pipelined.json`),
+mlxtriton's bfloat16 cross-entropy kernel timed alone, launches queued back to back in
+PyTorch, moves 3309-3555 GB/s over rows of 512-2048 (`ce_rows_h200_pipelined.json`),
 against 2645-2847 through MLX one call per evaluation.
 
 Method: each variant timed both ways in one run: one call per evaluation (row_kernels.py's

@@ -1,9 +1,9 @@
 """Benchmark: what limits cross-entropy's forward kernel over short rows (a read-only row kernel).
 
-Session 12 measured mlxtriton's bfloat16 cross-entropy over rows of 512-2048 at ~2600 GB/s timed
-alone, where its softmax over the same rows moves 3550+ and PyTorch's clone 3650. This benchmark
-times, on the same GPU in one run, each kernel alone (NVRTC + the CUDA driver, like
-kernel_only.py, ``triton.testing.do_bench``):
+Timed alone (``kernel_only_h200_short.json``), mlxtriton's bfloat16 cross-entropy over rows of
+512-2048 moves ~2600 GB/s, where its softmax over the same rows moves 3550+ and PyTorch's clone
+3650. This benchmark times, on the same GPU in one run, each kernel alone (NVRTC + the CUDA
+driver, like kernel_only.py, ``triton.testing.do_bench``):
 
 - ``mlxtriton``: the kernel mlxtriton generates;
 - ``select``: the same source with the label's logit taken from the row already in registers

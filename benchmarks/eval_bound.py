@@ -1,7 +1,7 @@
 """Benchmark: how fast any kernel could make a fused call one call per evaluation through MLX.
 
 The issue's 2.5x-over-``mx.compile`` target is timed one call per ``mx.async_eval``
-(row_kernels.py). Session 14's benchmarks/per_eval.py showed what one evaluation costs on MLX's
+(row_kernels.py). benchmarks/per_eval.py showed what one evaluation costs on MLX's
 CUDA backend besides its kernels: each evaluation is one CUDA graph launched after a host
 callback (``cudaLaunchHostFunc``) of the one before, and the GPU idles ~5 us between them, for
 MLX's own copy as for our kernels. This benchmark bounds, per case, the best ratio to

@@ -366,7 +366,7 @@ class Driver:
         # The tensors must outlive the launches, not only their pointers: a tensor freed here
         # returns its memory to PyTorch's cache, the next allocation (do_bench's L2 flush
         # buffer, a result) reuses it, and a cross-entropy's labels read from it point anywhere
-        # (the illegal memory access seen in sessions 10 and 11 at bf16 32768x1024).
+        # (the illegal memory access of kernel_only_h200_ce_fault.json, bf16 32768x1024).
         launch._keep = (tensors, ptrs, params)
         return launch
 

@@ -15,7 +15,7 @@ On a GPU, the generated softmax kernel is also launched by hand (`runtime.launch
 ``mx.fast.*_kernel`` call) and under ``mx.compile``: what MLX's custom-kernel path itself costs,
 which no code of ours adds to; then inside an ``mx.custom_function``, and with its input through
 ``mx.stop_gradient`` as well: what each piece mlxtriton adds around the launch costs when a
-transformation traces the call. Since session 10 a call no transformation sees replays the bare
+transformation traces the call. A call no transformation sees replays the bare
 launch (runtime/compiled._tracing), so `mlxtriton.optimize(softmax)` sits with the bare launch
 under ``mx.compile`` given the probe it passes (timed as such) plus our ``__call__``.
 Run: python benchmarks/per_call.py --out benchmarks/results/per_call_<device>.json

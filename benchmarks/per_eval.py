@@ -1,6 +1,6 @@
 """Benchmark: what one call per evaluation costs beyond its kernel, piece by piece, with a timeline.
 
-benchmarks/calls_per_eval.py found (session 13) that mlxtriton's calls gain 1-83% from evaluating
+benchmarks/calls_per_eval.py found that mlxtriton's calls gain 1-83% from evaluating
 eight calls at once where MLX's own copy gains -2..+14%: one call per evaluation costs our calls
 several microseconds more than it costs MLX's copy. This benchmark takes that apart on a few
 shapes whose kernels run ~20-40 us: MLX's ``x + 0`` copy and its native op, the generated kernel

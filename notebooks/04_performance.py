@@ -28,6 +28,7 @@
 
 # %%
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -64,8 +65,14 @@ VARIANTS = [("mlxtriton", "mlxtriton_gbs", "#ff7f0e", "o"), ("Triton (tutorial k
             ("MLX native op", "mlx_native_gbs", "#2ca02c", "^"), ("mx.compile", "mx.compile_gbs", "#1f77b4", "v"),
             ("MLX eager", "eager_gbs", "#7f7f7f", "x"), ("copy (x + 0)", "copy_gbs", "#000000", ".")]
 
-row_results = RESULTS.get("row_kernels", [])
-rows = {}  # (family, dtype, device) -> {row length: row}; files add row lengths, later names win
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results_tables import TABLES  # noqa: E402  (the files docs/results.md's tables cite)
+
+# files add row lengths; a length several files measured takes the newest complete run's figure
+# (the files of docs/results.md's row-kernel table), else the last file's by name
+newest = set(TABLES["row_kernels"][1])
+row_results = sorted(RESULTS.get("row_kernels", []), key=lambda named: named[0] in newest)
+rows = {}  # (family, dtype, device) -> {row length: row}
 for name, data in row_results:
     for r in data["rows"]:
         if "cols" in r and r["family"] != "pointwise_chain":
@@ -112,7 +119,7 @@ else:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / lines / 3.6))
     plt.show()
     print("from", ", ".join(sorted({name for name, _ in row_results})),
-          "(a row length measured in several files: the last file's figure);",
+          "(a row length measured in several files: the newest complete run's figure, else the last file's);",
           "dashed: the profile's datasheet bandwidth, dash-dot: its measured achievable fraction")
 
 # %% [markdown]

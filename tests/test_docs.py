@@ -76,7 +76,7 @@ def test_linked_files_exist(path):
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: p.name)
 def test_no_document_narrates_how_its_figures_were_reached(path):
-    # File names may carry a run's label (results_h200_session14.json); prose may not.
+    # File names may carry a run's label (row_kernels_h200_f32.json); prose may not.
     prose = re.sub(r"\S+\.(json|txt|log)\b", "", path.read_text())
     for pattern in (r"\b[Ss]ession \d+", r"\btried and dropped\b", r"\bmeasured and dropped\b",
                     r"\bthe lent H200\b", r"\bthe issue's method\b", r"\bnot rerun\b"):

@@ -230,7 +230,7 @@ ALGEBRA = K.PatternMatcher(((
 # and both are NaN otherwise. On a streamed row the statistic and the max are then one online
 # pass over memory instead of two (MLX's cross-entropy, logsumexp(x - max x), over long rows).
 # Rows resident in registers keep the two passes over registers, cheaper than the online
-# rescaling (benchmarks/results/forward_online_h200_session9.json), and take the simpler
+# rescaling (benchmarks/results/forward_online_h200.json), and take the simpler
 # exponent.
 _SHIFTED_SUMEXP = K.PatternMatcher(((
     UPat(Ops.REDUCE, arg="sumexp", name="r", src=(UPat(Ops.SUB, src=(

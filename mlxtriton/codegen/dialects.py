@@ -171,7 +171,7 @@ def _helpers(fn: str, shuffle_xor: str, names: dict[str, str], extra: dict[str, 
 # x * log2(e), but flushing results below 2^-126 to zero (.ftz), as Metal's fast::exp does. MLX
 # compiles without --use_fast_math, where __expf's ex2.approx keeps subnormal results at the
 # cost of a range check and two multiplies around it. H200, kernels alone (benchmarks/results/
-# ftzexp_h200_session10.json): bf16 cross-entropy forward 3345 -> 3643 GB/s at 32768x4096,
+# ftzexp_h200.json): bf16 cross-entropy forward 3345 -> 3643 GB/s at 32768x4096,
 # 2463 -> 2797 at 2048x32768; bf16 softmax backward 2783 -> 3293 and 2275 -> 2589; none slower.
 _CUDA_FAST_EXP = {
     "mt_fastexp": ("__device__ __forceinline__ float mt_fastexp(float x) {\n"
@@ -183,7 +183,7 @@ _CUDA_FAST_EXP = {
 
 # A float max or min that propagates NaN is one instruction from sm_80 (PTX max.NaN.f32), where
 # the shared comparison takes three: H200, kernels alone (benchmarks/results/
-# ce_nanmax_h200_session10.json), bf16 cross-entropy forward 3011 -> 3336 GB/s at 32768x4096,
+# ce_nanmax_h200.json), bf16 cross-entropy forward 3011 -> 3336 GB/s at 32768x4096,
 # 2432 -> 2726 at 4096x16384, its backward 3076 -> 3391 and 2979 -> 3185; float32 softmax and
 # log-softmax over 16384 2%; the others level.
 _CUDA_NAN_MINMAX = {

@@ -529,7 +529,7 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     streamed -= staged
     resident |= staged
     # loads only the write pass reads go early where every row stays in registers, below the
-    # widest threadgroup (benchmarks/results/prefetch_probe_h200_session14.json)
+    # widest threadgroup (benchmarks/results/prefetch_probe_h200.json)
     prefetch = bool(n.prefetch_store_loads and a.is_row and resident and not staged
                     and not streamed and not interleaved and not a.blocks and T * G < most_threads
                     and P.prefetched_loads(stores, resident, chunk_regs, kept_budget))

@@ -191,22 +191,22 @@ SM_90 = _row(
     preferred_row_threads=(512, "rows that fit 512 threads' registers lost up to 5% at 1024; rows "
                                 "that miss them gain 4-45% there", _R + "row_registers_h200_bounds_all.json"),
     vector_row_register_share=(2, "bf16 layer norm and RMS norm x gate +3-11% with half the row data "
-                                  "per thread; softmax lost", _R + "kernel_only_h200_session12_short.json"),
+                                  "per thread; softmax lost", _R + "kernel_only_h200_short.json"),
     vector_row_past_preferred=(True, "bf16 norms over 16384 +2-4% at 1024 threads; float32 lost",
-                               _R + "row_kernels_h200_session13_past_preferred.json"),
+                               _R + "row_kernels_h200_past_preferred.json"),
     read_only_row_register_share=(2, "bf16 cross-entropy +3-15% holding twice the row data",
-                                  _R + "kernel_only_h200_session13_ce_long.json"),
+                                  _R + "kernel_only_h200_ce_long.json"),
     read_only_half_rows=((2048, 16384), "gains measured over 4096-16384; rows of 2048 lost",
-                         _R + "kernel_only_h200_session11_ce_short.json"),
+                         _R + "kernel_only_h200_ce_short.json"),
     read_only_rows_per_core=(16, "every measured shape filled each SM 16 times; a split "
                                  "reduction's few hundred segments would leave SMs idle",
-                             _R + "row_kernels_h200_session13_read_only_rows.json"),
+                             _R + "row_kernels_h200_read_only_rows.json"),
     prefetch_store_loads=(True, "bf16 RMS norm x gate +5-11%: the gate's loads overlap the row's",
-                          _R + "kernel_only_h200_session14_prefetch.json"),
+                          _R + "kernel_only_h200_prefetch.json"),
     kept_registers_ratio=(2, "keeping exp(x - max) of a bf16 softmax beat recomputing it: 3955 "
                              "against 3266 GB/s", _R + "row_variants_h200.json"),
     cap_kept_at_widest=(True, "64 registers of held values spilled at 1024 threads: the gate "
-                              "backward 1048 against 559 us", _R + "backward_capkept_kernels_h200_session9.json"),
+                              "backward 1048 against 559 us", _R + "backward_capkept_kernels_h200.json"),
     widen_held_rows=(True, "float32 softmax backward over 16384 holding 96 registers of arrays: "
                            "2139 -> 2659 GB/s at 1024 threads", _R + "backward_preferred_threads_h200.json"),
     unbounded_thread_registers=(128, "1024 threads without a declared bound failed to launch "
@@ -236,7 +236,7 @@ SM_90 = _row(
     online_chunked=(True, "an online max-and-sum rescaling once per vector beat per element",
                     _R + "stream_unroll_h200.json"),
     hoist_row_loads=(True, "bf16 cross-entropy forward 3203 -> 3334 GB/s with its label read first",
-                     _R + "ce_hoist_h200_session10.json"),
+                     _R + "ce_hoist_h200.json"),
     hoist_block_loads=(True, "bf16 RMS norm backward 265 -> 224 us loading the weight once per "
                              "block", _R + "block_sums_h200.json"),
     norms_generated_at_least_as_fast=(frozenset({"RMSNorm", "LayerNorm"}), "32768 x 4096: RMS norm f32 271 "
@@ -247,7 +247,7 @@ SM_90 = _row(
                             _R + "row_kernels_h200_quick.json"),
     resident_saves_statistics=(True, "log-softmax forward + backward: bf16 2955 GB/s saving against "
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
-                                     "recomputes", _R + "backward_rows_h200_session10_saves.json"),
+                                     "recomputes", _R + "backward_rows_h200_saves.json"),
 )
 
 
