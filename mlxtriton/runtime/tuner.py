@@ -2,11 +2,13 @@
 that will run it and keeps the fastest, as Triton's ``autotune`` and tinygrad's BEAM do.
 
 ``optimize(fn, autotune=True)`` (or ``MLXTRITON_AUTOTUNE=1``) asks it for the schedule of every
-kernel a call builds. It searches `mlxtriton.codegen.schedule.candidates` outward from the default:
-first the schedules one choice away (threads per row, vector width, what stays on chip, ...),
-then those one choice away from the best so far, each kernel compiled once and launched many
-times per synchronisation, until nothing improves, ``max_candidates`` are timed or ``budget_s``
-seconds are spent. A schedule replaces the default only where it is faster beyond noise, checked
+kernel a call builds. It searches `mlxtriton.codegen.schedule.candidates` outward from the default
+as a beam search: first the schedules one choice away (threads per row, vector width, what stays
+on chip, ...), then in each round those one choice away from any of the ``beam`` fastest timed so
+far (so a choice that only pays together with another, such as fewer columns to a threadgroup
+and then the column kept in registers, is reached), each kernel compiled once and launched many
+times per synchronisation, until ``patience`` rounds in a row improve nothing, ``max_candidates``
+are timed or ``budget_s`` seconds are spent. A schedule replaces the default only where it is faster beyond noise, checked
 again at the end. Winners go to an on-disk cache (`ScheduleCache`) keyed by the device's name,
 the MLX version, the kernel's structure (its region: ops, shapes, dtypes) and the target, which
 later processes read instead of tuning again. ``python -m mlxtriton tune MODULE:FUNCTION`` fills
@@ -293,6 +295,8 @@ class Tuner:
         budget_s: seconds one kernel's search may take, compiling included.
         max_candidates: most schedules timed per kernel.
         margin: how much faster than the best so far a schedule must be to replace it (noise).
+        beam: how many of the fastest schedules timed so far each round searches around.
+        patience: rounds in a row that may find nothing faster before the search stops.
         progress: whether to show a progress line on stderr.
         refresh: search again even where the cache has an entry (and replace it).
 
@@ -309,9 +313,10 @@ class Tuner:
 
     def __init__(self, timer: Timer, cache: ScheduleCache | None = None, budget_s: float = 20.0,
                  max_candidates: int = 48, margin: float = 0.02, progress: bool = True,
-                 refresh: bool = False):
+                 refresh: bool = False, beam: int = 4, patience: int = 1):
         self.timer, self.cache = timer, cache if cache is not None else ScheduleCache()
         self.budget_s, self.max_candidates, self.margin = budget_s, max_candidates, margin
+        self.beam, self.patience = beam, patience
         self.progress, self.refresh = progress, refresh
         self.searches: list[Tuning] = []
         self._lock = threading.RLock()
@@ -391,17 +396,28 @@ class Tuner:
         if default_seconds is None:
             raise RegionError(f"{region.name}: its starting schedule does not run: {errors[start]}")
         best, best_seconds = start, default_seconds
+        order = {s: i for i, s in enumerate(space)}
+        stale = 0
         while time.perf_counter() < deadline and len(timed) < self.max_candidates:
-            around = best
-            for s in [s for s in space if s not in timed and distance(s, around) == 1]:
+            # the beam: the fastest schedules timed so far, the best first; then what is one
+            # choice away from each, the best's neighbours first
+            ranked = sorted((t, order[s], s) for s, t in timed.items() if t is not None)
+            frontier = [best] + [s for *_, s in ranked if s != best][:self.beam - 1]
+            todo = list(dict.fromkeys(s for f in frontier for s in space
+                                      if s not in timed and distance(s, f) == 1))
+            if not todo:
+                break  # every neighbour of the beam timed
+            improved = False
+            for s in todo:
                 if time.perf_counter() >= deadline or len(timed) >= self.max_candidates:
                     break
                 seconds = measure(s)
                 if seconds is not None and seconds < best_seconds * (1 - self.margin):
-                    best, best_seconds = s, seconds
+                    best, best_seconds, improved = s, seconds, True
                 progress.update(len(timed), best_seconds, default_seconds)
-            if best == around:
-                break  # nothing one choice away improves: a local optimum
+            stale = 0 if improved else stale + 1
+            if stale > self.patience:
+                break  # nothing around the beam improves: a local optimum
         if best != start:
             # once more, side by side: the winner must still beat the default beyond noise
             again = self.timer.time(render(build(region, best), backend))

@@ -16,7 +16,10 @@ import mlx.core as mx
 
 import mlxtriton
 from mlxtriton import hw
+from mlxtriton.codegen.builder import build
+from mlxtriton.codegen.lowering import region_of
 from mlxtriton.codegen.schedule import candidates, default
+from mlxtriton.graph.fused import is_fused
 from mlxtriton.runtime import tuner as tuner_lib
 from tests.codegen import codegen_oracle as oracle
 
@@ -226,3 +229,29 @@ def test_the_tune_command(tmp_path, monkeypatch, capsys):
     assert "1 kernel(s) tuned on interpreter" in out and "us ->" in out
     assert main(["tune", f"{source}:f", "--shape", "4,128"]) == 0
     assert "every kernel was in the cache already" in capsys.readouterr().out
+
+
+def test_the_beam_reaches_a_schedule_two_choices_away(tmp_path):
+    # A column softmax whose fastest schedule takes fewer columns to a threadgroup and keeps the
+    # column in registers: either choice alone is no faster than the default, so a search that
+    # only steps from its best stops at the default; the beam searches around the runners-up.
+    g = mlxtriton.optimize(lambda x: mx.softmax(x, axis=0), chip="h200").graph(mx.zeros((1024, 8192)))
+    (region,) = [region_of(e)[0] for e in g.eqns if is_fused(e)]
+    start = default(region, H200)
+    assert start.rows_per_group != 8 and not start.registers
+    first = build(region, start).arg
+
+    class FavoursHeldColumns:
+        device = "fake-gpu"
+
+        def time(self, kernel):
+            s = kernel.kernel.arg
+            if s.rows_per_group == 8:  # fewer lanes to a column: slower
+                held = s.resident and not s.staged
+                return 0.5e-3 if held else (1.01e-3 if s.threads_per_row >= 16 else 1.1e-3)
+            return 1e-3 if s == first else 1.2e-3
+
+    found = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600).tune(region, H200)
+    assert found.best.rows_per_group == 8 and found.best.registers and found.speedup > 1.9
+    narrow = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600, beam=1)
+    assert narrow.tune(region, H200).best == start
