@@ -50,7 +50,8 @@ Where MLX and JAX differ, the oracle follows MLX (each checked live against MLX 
 - Transcendental ops on float16 / bfloat16 (exp, log, sin, erf, erfinv, pow, arctan2, logaddexp,
   sigmoid, rsqrt, ...) compute in float32 and round once, as MLX's CPU kernels do; Softmax and
   LogSumExp accumulate in float32 regardless of Softmax's ``precise`` flag (MLX's non-precise
-  half softmax differs from that by a few ulps of the half type).
+  half softmax accumulates in the half type: a few ulps off on short rows, grossly wrong on long
+  ones, whose sum stops growing; the patterns stage spells composed softmaxes as precise).
 - Arange accumulates, as MLX's kernel does: out[0] = T(start), out[i + 1] = out[i] + step_T with
   step_T = T(start + step) - T(start), rounded in T at every step (NumPy's sequential
   accumulate reproduces it bit for bit); jnp.arange computes start + i * step.

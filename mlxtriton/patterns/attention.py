@@ -95,8 +95,13 @@ def softmax(m: Match):  # exp(x - max x) / sum(exp(x - max x)) over the last axi
         return Miss(f"softmax over axis {axes[0] if len(axes) == 1 else axes}, not the last axis")
     if "max" not in m:
         return Miss(_NO_MAX)
-    m.detail = f"Softmax over the last axis of {x.type_str()}"
-    return m.add("Softmax", [x], precise=False)
+    # The composed sum accumulates in float32 (MLX's Reduce does for half types) where MLX's
+    # non-precise half softmax accumulates in the half type: on the CPU a bfloat16 row of 4097
+    # then sums to 2.5, not 1. Precise keeps the composed function's accumulation.
+    precise = x.dtype in ("float16", "bfloat16")
+    m.detail = f"Softmax over the last axis of {x.type_str()}" + (
+        " (precise: the composed sum accumulates in float32)" if precise else "")
+    return m.add("Softmax", [x], precise=precise)
 
 
 def softmax_in_float32(m: Match):  # astype(softmax(astype(x, f32)), h) -> Softmax[precise](x)

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from hypothesis import given, settings, strategies as st
 
+import mlxtriton
 from mlxtriton import examples
 from tests.patterns._check import check, fired, misses
 
@@ -117,6 +118,25 @@ def test_decomposed_softmax_becomes_the_primitive_then_attention():
     # without the max subtracted exp overflows where Softmax does not: no rewrite
     g2, report = check(lambda x: mx.exp(x) / mx.exp(x).sum(-1, keepdims=True), q)
     assert "Softmax" not in g2.primitive_counts() and any("without the row max" in m for m in misses(report))
+
+
+def test_a_decomposed_half_softmax_keeps_its_float32_sum():
+    # MLX's non-precise half softmax sums in the half type: on the CPU a bfloat16 row of 4097
+    # sums to about 2.5. The composed form sums in float32, so the primitive it becomes is precise.
+    x = mx.random.normal((2, 4097), key=mx.random.key(3)).astype(mx.bfloat16)
+
+    def composed(x):
+        e = mx.exp(x - mx.max(x, axis=-1, keepdims=True))
+        return e / mx.sum(e, axis=-1, keepdims=True)
+
+    g2, report = check(composed, x)
+    (sm,) = [e for e in g2.eqns if e.primitive == "Softmax"]
+    assert sm.params["precise"] and fired(report) == ["softmax"]
+    got = mlxtriton.optimize(composed)(x).astype(mx.float32)
+    assert abs(got.sum(axis=-1) - 1).max().item() < 0.02
+    assert mx.allclose(got, composed(x).astype(mx.float32), rtol=2e-2, atol=1e-5)
+    g2, _ = check(lambda x: composed(x.astype(mx.float32)), x)
+    assert not [e for e in g2.eqns if e.primitive == "Softmax"][0].params["precise"]
 
 
 def test_grouped_query_heads_repeated_are_read_once():
