@@ -68,6 +68,10 @@ def families(dtype):
     def rms_norm_gate(x, w, g):
         return rms_norm(x, w) * nn.silu(g)
 
+    def residual_rms_norm(x, r, w):  # a decoder layer's residual add and the next norm
+        h = x + r
+        return h, rms_norm(h, w)
+
     def cross_entropy(logits, labels):
         return nn.losses.cross_entropy(logits, labels, reduction="none")
 
@@ -78,6 +82,7 @@ def families(dtype):
         "rms_norm": (rms_norm, lambda x, w: mx.fast.rms_norm(x, w, 1e-5), ("x", "w")),
         "rms_norm_gate": (rms_norm_gate, None, ("x", "w", "x")),
         "cross_entropy": (cross_entropy, None, ("x", "labels")),
+        "residual_rms_norm": (residual_rms_norm, None, ("x", "x", "w")),
     }
 
 

@@ -136,8 +136,9 @@ class GroupOp:
 # sum(exp(v - max(v))) exactly (NaN when the max is infinite, as MLX's softmax); a kernel computes
 # it in one pass with an online running max (Milakov & Gimelshein 2018) when the row is streamed.
 # "sqdev" is the sum of squared deviations from the row's own mean, sum((v - mean(v))^2), in
-# float32: one pass with a running count, mean and sum (Welford 1962; threads' partials merged by
-# Chan, Golub & LeVeque 1979) where a variance's two-pass form would read a streamed row twice.
+# float32: one pass where a variance's two-pass form would read a streamed row twice (each lane
+# sums its values shifted by its first one, then turns the sums into a mean and squared
+# deviations; lanes merge by Chan, Golub & LeVeque 1979).
 REDUCE_KINDS = ("sum", "prod", "max", "min", "and", "or", "argmax", "argmin", "sumexp", "sqdev")
 
 

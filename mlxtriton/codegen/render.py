@@ -625,8 +625,8 @@ def _declare_acc(r: _Renderer, u: UOp) -> list[str]:
         return [a, a + "_i"]
     if u.arg == "sqdev":
         zero = r.literal("float32", 0.0)
-        r.lines.append(f"float {a} = {zero}, {a}_mu = {zero}, {a}_m2 = {zero};  "
-                       "// count, running mean, sum of squared deviations")
+        r.lines.append(f"float {a} = {zero}, {a}_mu = {zero}, {a}_m2 = {zero}, {a}_s1 = {zero};  "
+                       "// count, shift (the lane's first value), sums of (v - shift)^2 and v - shift")
         return [a, a + "_mu", a + "_m2"]
     if u.arg == "sumexp":
         r.lines.append(f"{T} {a} = {_identity(r, 'max', vdt)};  // running max")
@@ -657,13 +657,17 @@ def _accumulate(r: _Renderer, u: UOp, acc: list[str]) -> None:
         r.emit(_LANE, f"const bool {take} = {_arg_take(u.arg, acc[0], acc[1], v, i)};")
         r.emit(_LANE, f"{acc[0]} = {take} ? {v} : {acc[0]};")
         r.emit(_LANE, f"{acc[1]} = {take} ? {i} : {acc[1]};")
-    elif u.arg == "sqdev":  # Welford's update
-        n, mu, m2 = acc
+    elif u.arg == "sqdev":
+        # Sums of the values shifted by the lane's first one (no division per element, which
+        # Welford's update would make the loop's critical path); exact to float32 rounding while
+        # the shift is within a few deviations of the mean, which the first value is
+        n, shift, s2 = acc
         dv = r.tmp("mt_dv")
+        r.emit(_LANE, f"{shift} = {n} == {r.literal('float32', 0.0)} ? {v} : {shift};")
+        r.emit(_LANE, f"const float {dv} = {v} - {shift};")
+        r.emit(_LANE, f"{n}_s1 += {dv};")
+        r.emit(_LANE, f"{s2} += {dv} * {dv};")
         r.emit(_LANE, f"{n} += {r.literal('float32', 1.0)};")
-        r.emit(_LANE, f"const float {dv} = {v} - {mu};")
-        r.emit(_LANE, f"{mu} += {dv} / {n};")
-        r.emit(_LANE, f"{m2} += {dv} * ({v} - {mu});")
     elif u.arg == "sumexp" and r.s.vector_width > 1 and r.s.online_chunked:
         # One rescale per vector: the lanes' values, their max, then exp(v - new max) each
         # (1 + 1/V exponentials per element, no branch), as MLX's own logsumexp kernel. While
@@ -751,6 +755,16 @@ def _acc_type(u: UOp, k: int) -> str:
 def _combine_across_threads(r: _Renderer, reduces: list[UOp], accs: dict[UOp, list[str]],
                             aliased: dict[UOp, UOp]) -> None:
     lines = r.lines
+    for u, acc in accs.items():
+        if u.arg == "sqdev":  # each lane's shifted sums become its mean and squared deviations
+            n, mu, m2 = acc
+            zero = r.literal("float32", 0.0)
+            lines.extend([f"if ({n} > {zero}) {{",
+                          f"  const float mt_q = {n}_s1 / {n};",
+                          f"  {mu} += mt_q;",
+                          f"  {m2} -= {n}_s1 * mt_q;",
+                          f"  {m2} = {m2} > {zero} ? {m2} : {zero};",
+                          "}"])
     (_combine_interleaved if r.s.interleaved else _combine_simd)(r, accs)
     for u, acc in accs.items():
         if u.arg == "sumexp":
