@@ -256,8 +256,14 @@ def column_reductions(files):
 
 
 def generation(files):
-    out = []
+    """One row per case (model, weights, batch, prompt): the first file listing it gives it (the
+    newest runs are listed first; an older file keeps the cases they did not measure)."""
+    out, seen = [], set()
     for r in (r for f in files for r in load(f)["rows"]):
+        case = (r["model"], r["dtype"], r["batch"], r["prompt"])
+        if case in seen:
+            continue
+        seen.add(case)
         m = r["methods"]
 
         def ms(name):
@@ -294,7 +300,9 @@ def _by_kind(by_kernel: dict) -> dict:
     (one kind for the attention kernel of every bucket)."""
     out: dict = {}
     for name, (count, us) in by_kernel.items():
-        kind = re.sub(r"_([0-9a-f]{10}_)?[0-9a-f]{12}$", "", name) if name.startswith("mlxtriton ") else name
+        kind = (re.sub(r"(row|pointwise|column)[0-9a-f]{10}$", r"\1",
+                       re.sub(r"_([0-9a-f]{10}_)?[0-9a-f]{12}$", "", name))
+                if name.startswith("mlxtriton ") else name)
         c, t = out.get(kind, (0, 0))
         out[kind] = [c + count, t + us]
     return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
@@ -336,7 +344,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200.json"]),
     "per_eval": (per_eval, ["per_eval_h200.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200.json"]),
-    "generation": (generation, ["generation_h100_b1.json", "generation_h100_b8.json",
+    "generation": (generation, ["generation_h100_b1_bf16.json", "generation_h100_b1.json", "generation_h100_b8.json",
                                 "generation_h100_p2048.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json"]),

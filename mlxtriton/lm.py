@@ -67,7 +67,8 @@ def _write(buffer: mx.array, update: mx.array, start: mx.array) -> mx.array:
     as one kernel over the update's elements, where a slice update at an array position is two
     (the position's offset, then a copy whose grid spans the whole buffer:
     mlx/backend/cuda/slicing.cpp ``compute_dynamic_offset``, copy/copy_general_dynamic.cu). The
-    buffer is donated in both forms, so neither copies it."""
+    buffer is donated in both forms, so neither copies it (evidence: benchmarks/results/
+    decode_ab_h100.json, the 1B decode step with either write)."""
     n = update.shape[2]
     slots = start.reshape(1) if n == 1 else start + mx.arange(n, dtype=start.dtype)
     return mx.put_along_axis(buffer, slots.reshape(1, 1, n, *(1,) * (buffer.ndim - 3)), update, axis=2)
