@@ -283,6 +283,22 @@ def _column_threads(R: int, L: int, threads: int, n: _Numbers) -> tuple[int, int
     return T, G
 
 
+def _held_column(a: Analysis, n: _Numbers) -> tuple[int, int, int] | None:
+    """(threads per column, columns per threadgroup, registers a lane's share takes) of a column
+    reduction read in several passes that holds its column in registers: ``column_held_elements``
+    a lane, within ``column_held_threads`` per threadgroup; None where the column is longer than
+    that many lanes hold, or the rule is off."""
+    t = n.tuned
+    if not t.column_held_threads or a.length < 2 * n.simd_width:
+        return None
+    T = pow2ceil(-(-a.length // t.column_held_elements))
+    if T > t.column_held_threads:
+        return None
+    G = max(1, min(t.column_held_threads // T, n.simd_width, pow2ceil(a.rows)))
+    itemsize = max((_dtypes.itemsize(u.dtype) for u in a.elem if u.op is Ops.LOAD), default=4)
+    return T, G, -(-(-(-a.length // T)) * itemsize // 4)
+
+
 def _threads_per_row(a: Analysis, V: int, n: _Numbers, one_pass: bool) -> tuple[int, int]:
     """Threads per row, and the cap they met (where a thread holds its larger share of the row).
 
@@ -402,13 +418,22 @@ def _layout(a: Analysis, n: _Numbers, several_passes: bool | None = None):
             a, n.pointwise_vector_lanes, n.pointwise_vector_bytes, t.wide_small_operands)
         return V, 1, 1, False, row_cap, n
     if a.column_walk:
-        # A one-pass column kernel keeps no row in registers: the threadgroup maximum; a
-        # multi-pass one preferred_row_threads.
+        # A one-pass column kernel keeps no row in registers: the threadgroup maximum, or
+        # column_centred_threads where a one-pass variance makes it one pass; a multi-pass one
+        # holds its column in registers where column_held_elements a lane fit
+        # column_held_threads, else preferred_row_threads streaming it.
         V = 1
         one_pass = (P.passes(P.rewrite_reduces(stores, set(), centred=True)) == 1
                     if several_passes is None else not several_passes)
-        threads = n.max_threads if one_pass else min(n.max_row_threads, n.preferred_row_threads)
-        T, G = _column_threads(R, L, threads, n)
+        held = _held_column(a, n) if not one_pass else None
+        if held is not None:
+            T, G, registers = held
+            n = replace(n, resident_registers=max(n.resident_registers, registers))
+        else:
+            threads = n.max_threads if one_pass else min(n.max_row_threads, n.preferred_row_threads)
+            if one_pass and P.passes(P.rewrite_reduces(stores, set())) > 1:
+                threads = min(threads, t.column_centred_threads)
+            T, G = _column_threads(R, L, threads, n)
         interleaved = T > 1
     else:
         V = _widest_vector(a, n.max_vector_lanes, n.vector_bytes)

@@ -75,6 +75,11 @@ class Tuning:
         stage_min_reads: Passes over memory a streamed input must cost before it is staged in
             threadgroup memory that leaves one threadgroup per core.
         column_lane_elements: Elements each lane of a split column reduction reduces at least.
+        column_centred_threads: Threads per threadgroup of a column reduction that reads its
+            input once only through a one-pass variance (`sqdev`, whose lanes merge by a formula).
+        column_held_elements: A column reduction read in several passes holds its column in
+            registers, this many elements a lane, where that takes at most...
+        column_held_threads: ...this many threads per threadgroup (0: never held by default).
         column_min_group: Fewest neighbouring columns a column reduction's threadgroup takes.
         split_groups_per_core: Threadgroups per core a reduction split in two levels, or a
             column sum kept in blocks of rows, aims for.
@@ -124,6 +129,9 @@ class Tuning:
     block_sums_shared_when_bounded: bool
     stage_min_reads: int
     column_lane_elements: int
+    column_centred_threads: int
+    column_held_elements: int
+    column_held_threads: int
     column_min_group: int
     split_groups_per_core: int
     split_min_bytes: int
@@ -223,6 +231,14 @@ SM_90 = _row(
                               "with a thread per column", _R + "column_variants_h200.json"),
     column_min_group=(8, "8 float32 columns are one 32-byte sector: 512 columns of 65536 at 2536 "
                          "GB/s with 128 lanes x 8", _R + "column_variants_h200.json"),
+    column_centred_threads=(256, "NHWC batch-norm statistics' one-pass first level (bf16, 16384 "
+                                  "columns of 2048) at 8 lanes x 32 columns: 1979 GB/s against "
+                                  "1480 at 32 x 32", _R + "sweep_bn_h100.json"),
+    column_held_elements=(64, "softmax over axis 0 of 4096x16384 f32 with its column in "
+                              "registers, 64 lanes x 8 columns: 2128 GB/s against 1479 streamed",
+                          _R + "sweep_softmax0_h100.json"),
+    column_held_threads=(512, "the same sweep: 64 x 16 columns held spilled (769 GB/s)",
+                         _R + "sweep_softmax0_h100.json"),
     split_groups_per_core=(4, "an SM holds four 512-thread blocks: several resident keep loads in "
                               "flight to cover memory latency", NOT_MEASURED),
     split_min_bytes=(1 << 20, "a sum of squares over 1 MiB took 15.7 us in one threadgroup, 16.9 "
@@ -286,6 +302,9 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         stage_min_reads=(3, "the NVIDIA rule, kept", guess),
         column_lane_elements=(16, "the NVIDIA rule, kept", guess),
         column_min_group=(8, "the NVIDIA rule, kept", guess),
+        column_centred_threads=(256, "the NVIDIA rule, kept", guess),
+        column_held_elements=(64, "the NVIDIA rule, kept", guess),
+        column_held_threads=(512, "the NVIDIA rule, kept", guess),
         split_groups_per_core=(4, "a core holds 1024 threads at full occupancy in small "
                                   "threadgroups", guess),
         split_min_bytes=(1 << 20, "the NVIDIA rule, kept", guess),

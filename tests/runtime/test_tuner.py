@@ -4,6 +4,7 @@ as the device."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -237,8 +238,11 @@ def test_the_beam_reaches_a_schedule_two_choices_away(tmp_path):
     # only steps from its best stops at the default; the beam searches around the runners-up.
     g = mlxtriton.optimize(lambda x: mx.softmax(x, axis=0), chip="h200").graph(mx.zeros((1024, 8192)))
     (region,) = [region_of(e)[0] for e in g.eqns if is_fused(e)]
-    start = default(region, H200)
-    assert start.rows_per_group != 8 and not start.registers
+    # searched from the column streamed (the default holds it in registers since the rules
+    # learned that choice)
+    start = dataclasses.replace(default(region, H200), threads_per_row=16, rows_per_group=32,
+                                registers=())
+    assert start in candidates(region, H200)
     first = build(region, start).arg
 
     class FavoursHeldColumns:
@@ -251,7 +255,7 @@ def test_the_beam_reaches_a_schedule_two_choices_away(tmp_path):
                 return 0.5e-3 if held else (1.01e-3 if s.threads_per_row >= 16 else 1.1e-3)
             return 1e-3 if s == first else 1.2e-3
 
-    found = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600).tune(region, H200)
+    found = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600).tune(region, H200, start)
     assert found.best.rows_per_group == 8 and found.best.registers and found.speedup > 1.9
     narrow = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600, beam=1)
-    assert narrow.tune(region, H200).best == start
+    assert narrow.tune(region, H200, start).best == start
