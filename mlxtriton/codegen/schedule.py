@@ -295,8 +295,9 @@ def _held_column(a: Analysis, n: _Numbers) -> tuple[int, int, int] | None:
     if T > t.column_held_threads:
         return None
     G = max(1, min(t.column_held_threads // T, n.simd_width, pow2ceil(a.rows)))
+    share = -(-a.length // T)  # elements a lane holds
     itemsize = max((_dtypes.itemsize(u.dtype) for u in a.elem if u.op is Ops.LOAD), default=4)
-    return T, G, -(-(-(-a.length // T)) * itemsize // 4)
+    return T, G, -(-share * itemsize // 4)
 
 
 def _threads_per_row(a: Analysis, V: int, n: _Numbers, one_pass: bool) -> tuple[int, int]:

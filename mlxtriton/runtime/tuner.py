@@ -8,11 +8,12 @@ on chip, ...), then in each round those one choice away from any of the ``beam``
 far (so a choice that only pays together with another, such as fewer columns to a threadgroup
 and then the column kept in registers, is reached), each kernel compiled once and launched many
 times per synchronisation, until ``patience`` rounds in a row improve nothing, ``max_candidates``
-are timed or ``budget_s`` seconds are spent. A schedule replaces the default only where it is faster beyond noise, checked
-again at the end. Winners go to an on-disk cache (`ScheduleCache`) keyed by the device's name,
-the MLX version, the kernel's structure (its region: ops, shapes, dtypes) and the target, which
-later processes read instead of tuning again. ``python -m mlxtriton tune MODULE:FUNCTION`` fills
-it ahead of time; ``explain`` says which schedules came from it.
+are timed or ``budget_s`` seconds are spent. A schedule replaces the default only where it is
+faster beyond noise, checked again at the end. Winners go to an on-disk cache (`ScheduleCache`)
+keyed by the device's name, the MLX version, the kernel's structure (its region: ops, shapes,
+dtypes) and the target, which later processes read instead of tuning again.
+``python -m mlxtriton tune MODULE:FUNCTION`` fills it ahead of time; ``explain`` says which
+schedules came from it.
 May import every layer below the public API.
 """
 
