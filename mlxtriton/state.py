@@ -130,6 +130,17 @@ class Snapshot:
     guards: tuple = ()  # what `refresh` checks: (slot checks, sizes, modes, hooks)
     _avals: tuple | None = None
     _aliases: tuple | None = None
+    _layout_key: Any = None
+    _alias_check: tuple | None = None  # (aliases, leaves that are an earlier one, distinct objects)
+
+    @property
+    def layout_key(self) -> Any:
+        """``layout`` as a cache key whose hash is computed once per layout (refreshed snapshots
+        share it)."""
+        key = self._layout_key
+        if key is None:
+            key = self._layout_key = _Hashed(self.layout)
+        return key
 
     @property
     def avals(self) -> tuple:
@@ -251,8 +262,19 @@ class Snapshot:
         # An array object's shape and dtype never change: read them only for new leaves.
         avals = tuple([p if a is b else (a.shape, a.dtype)
                        for a, b, p in zip(leaves, self.leaves, self.avals)])
+        # The same objects shared as last time (several caches holding one offset array): the
+        # same aliases, checked without building them again.
+        check = self._alias_check
+        if check is None:
+            aliases = self.aliases
+            check = (aliases, tuple((n, f) for n, f in enumerate(aliases) if f != n),
+                     len(set(aliases)) if aliases else len(leaves))
+        aliases, shared, distinct = check
+        same = (len({id(a) for a in leaves}) == distinct
+                and all(leaves[n] is leaves[f] for n, f in shared))
         return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
-                        counters, self.guards, avals)
+                        counters, self.guards, avals, aliases if same else None, self.layout_key,
+                        check if same else None)
 
     def substitute(self, values: Sequence[mx.array]) -> None:
         """Put ``values`` (a trace's placeholders) where the leaves are; a leaf that is another
@@ -262,6 +284,25 @@ class Snapshot:
             values = [values[i] for i in self.aliases]
         for (c, k), v in zip(self.slots, values):
             _put(containers[c], k, v)
+
+
+class _Hashed:
+    """A hashable value whose hash is computed once (a state layout, hashed by every call)."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, value: Any):
+        self.value, self._hash = value, hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Hashed) and (other.value is self.value or (
+            other._hash == self._hash and other.value == self.value))
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 def _kinds(layout) -> dict[int, str]:

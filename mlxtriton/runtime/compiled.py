@@ -580,7 +580,7 @@ class Compiled:
             snap = self._last_snapshot = state_lib.snapshot(objs, [p for _, p in roots], prepare=True)
         device = mx.default_device()
         # mx.Device compares by value but hashes by identity: key on its type (MLX has one GPU).
-        key = (tree, tuple([(a.shape, a.dtype) for a in leaves]), snap.layout, snap.avals,
+        key = (tree, tuple([(a.shape, a.dtype) for a in leaves]), snap.layout_key, snap.avals,
                device.type, snap.aliases)
         entry = self._cache.get(key)
         if entry is None:
@@ -830,8 +830,8 @@ def _why_built(previous: _Entry | None, entry: _Entry, snap) -> str:
         for path, a, b in zip(entry.leaf_paths, oavals, avals):
             if a != b:
                 return f"{path}: {_aval_text(a)} -> {_aval_text(b)}"
-    if layout != olayout:
-        return _layout_change(olayout, layout, snap.names)
+    if layout != olayout:  # state.Snapshot.layout_key: the layouts, their hashes computed once
+        return _layout_change(olayout.value, layout.value, snap.names)
     for path, a, b in zip(entry.state_paths, osavals, savals):
         if a != b:
             return f"{path}: {_aval_text(a)} -> {_aval_text(b)}"
