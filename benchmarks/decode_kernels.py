@@ -1,6 +1,7 @@
 """Benchmark: kernels launched and time per decoded token, plain mlx-lm vs ``mlxtriton.optimize``
 with and without each decode-time rule, for the Llama-3.2-1B- and Llama-3-8B-shaped mlx-lm llama
-(bf16, batch 1, prompt 128, greedy): one short GPU run says whether each rule wins (issue 25).
+(bf16 or 4-bit, batch 1, prompt 128 unless told, greedy): one short GPU run says whether each
+rule wins (issue 25).
 
 Decoding with a still-shaped cache is paced by the host: MLX's CUDA backend spends a few
 microseconds of host time per kernel it launches, so kernels per token is the figure the rules
@@ -45,6 +46,7 @@ import tempfile
 from collections import Counter
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
@@ -259,20 +261,16 @@ def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int,
     for _ in range(warmup):
         y = step(y)
         mx.eval(y)
-    row: dict = {}
-    if f is not None:
-        source = f.trace(y, cache=cache)
-        row["estimate"] = dict(cuda_launches(source.graph))
-        row["estimate_total"] = sum(row["estimate"].values())
-    row.update(timed_steps(step, y, tokens, runs))
+    row: dict = timed_steps(step, y, tokens, runs)
     if count:
         try:
             row["launches"] = measured_launches(step, y, tokens)
         except Exception as error:  # the profiler failing must not lose the timings
             row["launches"] = {"error": f"{type(error).__name__}: {error}"[:300]}
-    if f is not None:
-        info = f.cache_info()
-        row["builds"] = info.builds
+    if f is not None:  # traced after the timings: nothing of the estimate runs before them
+        row["builds"] = f.cache_info().builds
+        row["estimate"] = dict(cuda_launches(f.trace(y, cache=cache).graph))
+        row["estimate_total"] = sum(row["estimate"].values())
     return row
 
 
@@ -313,6 +311,7 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--dtype", default="bfloat16", help="bfloat16, or 4bit (nn.quantize, group 64)")
     ap.add_argument("--rules", default=",".join(RULES), help="decode rules to switch off one at a time")
     ap.add_argument("--no-count", action="store_true", help="skip the profiler's kernel count")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: launch estimates of a tiny llama")
@@ -322,6 +321,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
     unknown = sorted(set(rules) - set(RULES))
+    if args.dtype not in ("bfloat16", "4bit"):
+        ap.error(f"unknown dtype {args.dtype!r}: bfloat16 or 4bit")
     if unknown:
         ap.error(f"unknown rules {unknown}; known: {', '.join(RULES)}")
     if args.tiny or args.estimate:
@@ -339,10 +340,13 @@ def main(argv=None):
               "mlx_version": mx.__version__, "mlxtriton_version": mlxtriton.__version__,
               "device": device, "python": platform.python_version(),
               "config": {"prompt": args.prompt, "tokens": args.tokens, "runs": args.runs,
-                         "warmup": args.warmup, "batch": 1, "dtype": "bfloat16"},
+                         "warmup": args.warmup, "batch": 1, "dtype": args.dtype},
               "rows": []}
     for name in args.models.split(","):
         model = build_model(name, mx.bfloat16)
+        if args.dtype == "4bit":
+            nn.quantize(model, group_size=64, bits=4)
+            mx.eval(model.parameters())
         row = {"model": name, "variants": {}}
         for variant in ("plain", "optimize", *(f"optimize-{r}" for r in rules)):
             with contextlib.ExitStack() as stack:

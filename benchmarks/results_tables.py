@@ -310,7 +310,19 @@ def _by_kind(by_kernel: dict) -> dict:
 
 def decode_kernels(files, top: int = 10):
     out = []
-    for r in (r for f in files for r in load(f)["rows"]):
+    for f in files:
+        config = load(f).get("config", {})
+        setting = ("" if (config.get("dtype", "bfloat16"), config.get("prompt", 128)) == ("bfloat16", 128)
+                   else f" ({config['dtype'].replace('bfloat16', 'bf16')}, prompt {config['prompt']})")
+        out += _decode_rows(load(f)["rows"], setting, top)
+    return _markdown(["model", "kernel", "plain: launches/step", "plain: GPU us/step", "optimize: launches/step",
+                      "optimize: GPU us/step"], out)
+
+
+def _decode_rows(rows, setting: str, top: int):
+    out = []
+    for r in rows:
+        model = r["model"].upper() + setting
         variants = r["variants"]
         plain, ours = (variants[v].get("launches") or {} for v in ("plain", "optimize"))
         plain, ours = ({**x, "by_kernel": _by_kind(x["by_kernel"])} for x in (plain, ours))
@@ -318,14 +330,13 @@ def decode_kernels(files, top: int = 10):
                                     *[k for k in ours["by_kernel"] if k.startswith("mlxtriton ")]]))
         for k in kinds:
             p, o = plain["by_kernel"].get(k, [0, 0]), ours["by_kernel"].get(k, [0, 0])
-            out.append([r["model"].upper(), f"`{k}`", _num(p[0], 1), _num(p[1], 1), _num(o[0], 1), _num(o[1], 1)])
-        out.append([r["model"].upper(), "**all kernels**", _num(plain["kernels"], 1), _num(1e3 * plain["gpu_ms"], 0),
+            out.append([model, f"`{k}`", _num(p[0], 1), _num(p[1], 1), _num(o[0], 1), _num(o[1], 1)])
+        out.append([model, "**all kernels**", _num(plain["kernels"], 1), _num(1e3 * plain["gpu_ms"], 0),
                     _num(ours["kernels"], 1), _num(1e3 * ours["gpu_ms"], 0)])
-        out.append([r["model"].upper(), "**step time (ms), host time**",
+        out.append([model, "**step time (ms), host time**",
                     f"{variants['plain']['ms']:.2f}, {variants['plain']['host_ms']:.2f}", "",
                     f"{variants['optimize']['ms']:.2f}, {variants['optimize']['host_ms']:.2f}", ""])
-    return _markdown(["model", "kernel", "plain: launches/step", "plain: GPU us/step", "optimize: launches/step",
-                      "optimize: GPU us/step"], out)
+    return out
 
 
 # name -> (the function writing the table, the newest complete run's files)
@@ -347,7 +358,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "generation": (generation, ["generation_h100_b1_bf16.json", "generation_h100_b1_4bit.json", "generation_h100_b8.json",
                                 "generation_h100_p2048.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_columns.json"]),
-    "decode_kernels": (decode_kernels, ["decode_kernels_h100.json"]),
+    "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
 }
 

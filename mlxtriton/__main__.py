@@ -231,7 +231,8 @@ def _explain(parser: argparse.ArgumentParser) -> Runner:
                 print(f"-- kernel IR of {k.name}")
                 print(print_kernel(k.kernel))
             if args.no_source:
-                print(f"{k.name}: grid {k.grid}, threadgroup {k.threadgroup}")
+                for c in k.chain():
+                    print(f"{c.name}: grid {c.grid}, threadgroup {c.threadgroup}")
             else:
                 print(k.as_text())
         return 0

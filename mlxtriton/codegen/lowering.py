@@ -22,7 +22,8 @@ from mlxtriton.codegen.builder import RegionError, build
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
-from mlxtriton.codegen.schedule import DEFAULT_CHIP, Schedule, default, holds_rows, kernel_target
+from mlxtriton.codegen.schedule import (DEFAULT_CHIP, Schedule, attention_blocks, default, holds_rows,
+                                       kernel_target)
 from mlxtriton.graph import attention
 from mlxtriton.graph.core import Eqn, Graph
 from mlxtriton.graph.fused import is_fused
@@ -98,7 +99,10 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
             eqns.append(e)
             continue
         if e.params["kind"] == attention.KIND:
-            decisions.append(CacheDecision(e.params["name"], "none", (), (), _ATTENTION))
+            blocks, _ = attention_blocks(attention.spec_of(e.params["body"]).keys, target)
+            why = _ATTENTION if blocks == 1 else (
+                f"{_ATTENTION}; the keys split over {blocks} threadgroups a row, merged by a second kernel")
+            decisions.append(CacheDecision(e.params["name"], "none", (), (), why))
             eqns.append(e)
             continue
         try:
@@ -132,7 +136,10 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
         RegionError: the region cannot become one kernel; the message names the op and why.
     """
     if eqn.params["kind"] == attention.KIND:
-        return render_attention(attention.spec_of(eqn.params["body"]), target.device.backend), ()
+        spec = attention.spec_of(eqn.params["body"])
+        blocks, simd_groups = attention_blocks(spec.keys, target)
+        return render_attention(spec, target.device.backend, key_blocks=blocks,
+                                block_simd_groups=simd_groups), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:

@@ -54,6 +54,10 @@ class LoweredKernel:
     # where its schedule came from: "default" (the chip's rules), "tuned" (the tuner timed the
     # candidates on this device), "tuned (cached)" (a tuning of an earlier process)
     origin: str = field(default="default", compare=False)
+    # A kernel launched right after this one, on the arrays of this one's inputs and outputs its
+    # input names name: the pair's outputs are its (attention over many keys: partial results,
+    # then their merge).
+    then: "LoweredKernel | None" = None
 
     def kernel_kwargs(self) -> dict[str, Any]:
         """Arguments of ``mx.fast.metal_kernel`` / ``mx.fast.cuda_kernel``."""
@@ -84,7 +88,17 @@ class LoweredKernel:
         if self.kernel is not None:
             lines.append(f"  schedule ({self.origin}): {self.kernel.arg.describe()}")
         lines += ["--- header ---", self.header.rstrip(), "--- source ---", self.source.rstrip()]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        return text if self.then is None else text + "then " + self.then.as_text()
+
+    def then_arguments(self) -> tuple[int, ...]:
+        """Where each input of `then` is among this kernel's inputs followed by its outputs."""
+        names = (*self.input_names, *self.output_names)
+        return tuple(names.index(n) for n in self.then.input_names)
+
+    def chain(self) -> tuple["LoweredKernel", ...]:
+        """This kernel and the ones launched after it (`then`), in launch order."""
+        return (self,) if self.then is None else (self, *self.then.chain())
 
 
 # C syntax both dialects share; dialect tables override per (op, kind).

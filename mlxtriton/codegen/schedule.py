@@ -505,6 +505,15 @@ def holds_rows(region: Region, target: hw.Target) -> bool:
                default=0) <= budget
 
 
+def attention_blocks(keys: int, target: hw.Target) -> tuple[int, int]:
+    """(key blocks, SIMD groups a block) of the attention kernel over ``keys`` keys: one block
+    (one threadgroup walks a row's keys) up to the chip's ``attention_split_keys``."""
+    t = _tuning(target)
+    if keys <= t.attention_split_keys:
+        return 1, t.attention_block_simd_groups
+    return t.attention_key_blocks, t.attention_block_simd_groups
+
+
 def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     t = n.tuned
     stores = list(a.stores)
@@ -793,5 +802,5 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
                     **_bound(T * G, n, bool(a.blocks)))
 
 
-__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "candidates", "default", "dialect_target",
+__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "candidates", "default", "dialect_target",
            "holds_rows", "kernel_target", "legal", "staged_bytes"]

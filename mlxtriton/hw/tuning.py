@@ -96,6 +96,11 @@ class Tuning:
             follow, the patterns stage leaves them decomposed for it.
         norms_generated_faster: ...and clearly faster: a fast-op primitive of a GPU trace is
             decomposed for the fuse stage.
+        attention_split_keys: Attention at decode over more keys than this splits each query
+            row's keys over...
+        attention_key_blocks: ...this many threadgroups of...
+        attention_block_simd_groups: ...this many SIMD groups each, and merges their partial
+            results in a second kernel.
         resident_saves_statistics: Whether a row kernel holding its rows in registers and
             computing a logsumexp saves its row statistics for a backward that would otherwise
             reduce the row again (rows streamed from memory always save them).
@@ -143,6 +148,9 @@ class Tuning:
     hoist_block_loads: bool
     norms_generated_at_least_as_fast: frozenset[str]
     norms_generated_faster: frozenset[str]
+    attention_split_keys: int
+    attention_key_blocks: int
+    attention_block_simd_groups: int
     resident_saves_statistics: bool
     evidence: tuple[tuple[str, Evidence], ...] = ()
 
@@ -261,6 +269,13 @@ SM_90 = _row(
     norms_generated_faster=(frozenset({"LayerNorm"}), "32768 x 4096: layer norm f32 271 us generated "
                             "against 684 us mx.fast.layer_norm, bf16 136 against 324",
                             _R + "row_kernels_h200_quick.json"),
+    attention_split_keys=(1024, "MLX's sdpa_vector splits past 1024 keys; at 2304 keys (8B, prompt "
+                                "2048) attention took 565 us a step split, 2479 in one block",
+                          _R + "decode_kernels_h100_p2048.json"),
+    attention_key_blocks=(32, "MLX's two-pass kernel: 32 blocks a row",
+                          "mlx/backend/cuda/scaled_dot_product_attention.cu"),
+    attention_block_simd_groups=(8, "MLX's two-pass kernel: 8 warps a block",
+                                 "mlx/backend/cuda/scaled_dot_product_attention.cu"),
     resident_saves_statistics=(True, "log-softmax forward + backward: bf16 2955 GB/s saving against "
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
                                      "recomputes", _R + "backward_rows_h200_saves.json"),
@@ -318,6 +333,11 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
                                           "norm is timed on the chip", guess),
         norms_generated_faster=(frozenset(), "MLX's fast norms are kept until a generated norm is "
                                 "timed on the chip", guess),
+        attention_split_keys=(1024, "MLX's Metal SDPA takes its two-pass kernel from 1024 keys on "
+                                    "Max and Ultra chips", "mlx/backend/metal/scaled_dot_product_attention.cpp"),
+        attention_key_blocks=(64, "MLX's Metal two-pass kernel on a base chip where 4 or more query "
+                                  "rows share a kv head: 64 blocks (more on Max and Ultra)", "mlx/backend/metal/scaled_dot_product_attention.cpp"),
+        attention_block_simd_groups=(8, "the NVIDIA rule, kept", guess),
         resident_saves_statistics=(True, "the NVIDIA rule, kept", guess),
     )
 

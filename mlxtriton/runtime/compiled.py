@@ -98,10 +98,11 @@ class Explanation:
             out.append(f"-- {s.stage}: {len(s.graph.eqns)} equations, "
                        f"{sum(is_fused(e) for e in s.graph.eqns)} fused regions")
             out += ["   " + line for line in s.lines]
-        out.append(f"-- kernels ({len(self.kernels)}):")
+        launched = [c for k in self.kernels for c in k.chain()]
+        out.append(f"-- kernels ({len(launched)}):")
         out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; "
                 + (f"schedule {k.origin}: {k.kernel.arg.describe()}" if k.kernel is not None
-                   else "a template kernel (no schedule to choose)") for k in self.kernels]
+                   else "a template kernel (no schedule to choose)") for k in launched]
         return "\n".join(out)
 
 
@@ -117,7 +118,7 @@ class Lowered:
     fallbacks: tuple[tuple[str, str], ...] = ()
 
     def as_text(self) -> str:
-        head = f"{len(self.kernels)} {self.target} kernel(s)\n"
+        head = f"{sum(len(k.chain()) for k in self.kernels)} {self.target} kernel(s)\n"
         notes = "".join(f"region {n} runs as MLX ops: {why}\n" for n, why in self.fallbacks)
         return head + notes + "\n".join(k.as_text() for k in self.kernels)
 

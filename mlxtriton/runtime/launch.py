@@ -81,9 +81,16 @@ def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = ()) -> Calla
     call = kernel.call_kwargs()
     call["output_dtypes"] = [dtypes.to_mx(d) for d in call["output_dtypes"]]
     constants = list(constants)
+    if kernel.then is not None:  # a kernel on this one's inputs and outputs: the pair's outputs
+        then, pick = launcher(kernel.then), kernel.then_arguments()
 
-    def run(*arrays):
-        return obj(inputs=[*arrays, *constants], **call)
+        def run(*arrays):
+            inputs = [*arrays, *constants]
+            both = [*inputs, *obj(inputs=inputs, **call)]
+            return then(*[both[i] for i in pick])
+    else:
+        def run(*arrays):
+            return obj(inputs=[*arrays, *constants], **call)
 
     if kernel.target == "metal" and _on_apple_gpu():
         _first_use(kernel, run, len(kernel.input_names) - len(constants))
@@ -142,12 +149,12 @@ def _emulator(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[
     if kernel.target != "metal":
         raise ValueError(f"MLXTRITON_INTERPRET=metal runs Metal kernels; {kernel.name} is a "
                          f"{kernel.target} kernel (this device renders {kernel.target})")
-    emulated = metal_emulator.emulate(kernel)
     constants = list(constants)
+    last = kernel.chain()[-1]
 
     def run(*arrays):
         host = [_to_host(a) for a in (*arrays, *constants)]
-        return [_from_host(o, d) for o, d in zip(emulated(host), kernel.output_dtypes)]
+        return [_from_host(o, d) for o, d in zip(metal_emulator.run(kernel, host), last.output_dtypes)]
 
     return run
 

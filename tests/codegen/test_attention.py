@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import mlxtriton
 from mlxtriton import lm
+from mlxtriton.codegen import schedule
 from mlxtriton.codegen.attention import render_attention
 from mlxtriton.graph.attention import decode_attention
 from mlxtriton.graph.core import Var
@@ -79,9 +80,9 @@ def reference(q, k, v, mask, scale):
     return out
 
 
-def emulated(q, k, v, mask, scale, keys_per_step=4):
+def emulated(q, k, v, mask, scale, keys_per_step=4, key_blocks=1, simd_groups=8):
     spec = decode_attention(*(Var(x.shape, str(x.dtype).split(".")[-1]) for x in (q, k, v, mask)), scale)
-    kernel = render_attention(spec, "metal", keys_per_step)
+    kernel = render_attention(spec, "metal", 1 if key_blocks > 1 else keys_per_step, key_blocks, simd_groups)
     (o,) = emulator.run(kernel, [_to_host(x) for x in (q, k, v, mask)])
     return _from_host(o, spec.dtype)
 
@@ -113,10 +114,22 @@ def test_random_shapes_and_masks(heads_per_kv, kv_heads, queries, keys, head_dim
     assert_close(emulated(q, k, v, mask, scale), reference(q, k, v, mask, scale), dtype)
 
 
-def test_nan_reaches_the_row_it_is_in():
+@pytest.mark.parametrize("key_blocks,simd_groups", [(2, 8), (5, 3), (32, 1)])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_keys_split_over_blocks_match_sdpa(case, key_blocks, simd_groups):
+    """The two kernels of a split (partial results, then their merge) over every case, blocks
+    left without a visible key or without any key included (32 blocks of one SIMD group over 33
+    keys)."""
+    q, k, v, mask, scale = case_inputs(case)
+    got = emulated(q, k, v, mask, scale, key_blocks=key_blocks, simd_groups=simd_groups)
+    assert_close(got, reference(q, k, v, mask, scale), case.dtype)
+
+
+@pytest.mark.parametrize("key_blocks", [1, 4])
+def test_nan_reaches_the_row_it_is_in(key_blocks):
     q, k, v, mask, scale = case_inputs(Case(1, 2, 1, 1, 40, 32, "float32", (1, 40), shown=1.0))
     q = q.at[0, 1, 0, 3].add(float("nan"))
-    got = np.array(emulated(q, k, v, mask, scale))
+    got = np.array(emulated(q, k, v, mask, scale, key_blocks=key_blocks))
     assert np.isnan(got[0, 1]).all() and np.isfinite(got[0, 0]).all()
 
 
@@ -174,6 +187,25 @@ def test_gradients_through_the_kernel_are_mlxs(monkeypatch):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5, rtol=1e-4)
 
 
+def test_a_long_cache_splits_its_keys_as_the_chip_says(monkeypatch):
+    """Past the chip's ``attention_split_keys`` the region lowers to two kernels (partial results,
+    their merge), and the optimised function still matches MLX's SDPA."""
+    monkeypatch.setattr(attention_rules, "GROUPED_AT_DECODE", frozenset({"cuda", "metal"}))
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
+    assert schedule.attention_blocks(1024, schedule.kernel_target("h100")) == (1, 8)
+    assert schedule.attention_blocks(1025, schedule.kernel_target("h100")) == (32, 8)
+    q, k, v, mask, scale = case_inputs(Case(1, 4, 2, 1, 1100, 32, "float32", (1, 1100)))
+
+    def attend(q, k, v, mask):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    f = mlxtriton.optimize(attend, chip="m3")
+    (kernel,) = [k for k in f.lower(q, k, v, mask) if k.name.startswith("mlxt_attention")]
+    assert [c.name.split("_")[2] for c in kernel.chain()] == ["part", "merge"]
+    assert "split over 64 threadgroups" in str(f.explain(q, k, v, mask))
+    assert_close(f(q, k, v, mask), reference(q, k, v, mask, scale), "float32")
+
+
 def _specs():
     for dtype in ("float32", "float16", "bfloat16"):
         for head_dim, mask_shape in ((64, (1, 256)), (128, (2, 1, 3, 256))):
@@ -186,10 +218,12 @@ def test_the_cuda_rendering_compiles():
     """nvcc on the CUDA source, wrapped as MLX's build_kernel does, for every dtype and several
     keys per step (the H100 ran one key a step: tests/device/test_attention_gpu.py)."""
     kernels = [render_attention(spec, "cuda", u) for spec in _specs() for u in (1, 3, 4)]
+    kernels += [c for spec in _specs() for c in render_attention(spec, "cuda", key_blocks=32).chain()]
     errors = cuda_check.compile_errors(kernels)
     assert not errors, errors
 
 
 def test_the_metal_rendering_type_checks():
-    for kernel in (render_attention(spec, "metal", u) for spec in _specs() for u in (1, 4)):
+    split = (c for spec in _specs() for c in render_attention(spec, "metal", key_blocks=64).chain())
+    for kernel in (*(render_attention(spec, "metal", u) for spec in _specs() for u in (1, 4)), *split):
         assert metal_check.check(kernel) == [], kernel.as_text()

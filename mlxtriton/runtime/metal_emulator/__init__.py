@@ -206,7 +206,9 @@ def prepare(kernels: Sequence[LoweredKernel]) -> list[EmulatedKernel]:
 
 def run(kernel: LoweredKernel, inputs: Sequence[np.ndarray], groups: Sequence[int] | None = None
         ) -> list[np.ndarray]:
-    """Launch ``kernel`` in the emulator (see `EmulatedKernel.__call__`).
+    """Launch ``kernel`` in the emulator (see `EmulatedKernel.__call__`), and the kernels it
+    chains (`LoweredKernel.then`: each on inputs and outputs of the one before; ``groups`` then
+    runs every threadgroup).
 
     Example:
         >>> import numpy as np
@@ -218,4 +220,7 @@ def run(kernel: LoweredKernel, inputs: Sequence[np.ndarray], groups: Sequence[in
         >>> float(y.sum())
         2000.0
     """
-    return emulate(kernel)(inputs, groups)
+    if kernel.then is None:
+        return emulate(kernel)(inputs, groups)
+    both = [*inputs, *emulate(kernel)(inputs)]
+    return run(kernel.then, [both[i] for i in kernel.then_arguments()])
