@@ -285,8 +285,10 @@ def generation(files):
 
 
 def autotune(files):
-    out = []
-    for r in (r for f in files for r in load(f)["rows"]):
+    out, rows = [], {}
+    for r in (r for f in files for r in load(f)["rows"]):  # a later file's case replaces an earlier's
+        rows[(r["family"], r["dtype"], tuple(r["shape"]))] = r
+    for r in rows.values():
         out.append([FAMILIES.get(r["family"], r["family"]), DTYPES.get(r["dtype"], r["dtype"]),
                     "x".join(map(str, r["shape"])), _num(r["default_gbs"]), _num(r["autotuned_gbs"]),
                     _ratio(r["speedup"]), _num(r.get("mx.compile_gbs")), _num(r.get("copy_gbs")),
@@ -357,7 +359,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "ce_rows": (ce_rows, ["ce_rows_h200.json"]),
     "generation": (generation, ["generation_h100_b1_bf16.json", "generation_h100_b1_4bit.json", "generation_h100_b8.json",
                                 "generation_h100_p2048.json"]),
-    "autotune": (autotune, ["autotune_h100.json", "autotune_h100_columns.json"]),
+    "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
 }
