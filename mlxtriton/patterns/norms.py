@@ -89,7 +89,8 @@ def _input_from_pointwise(m: Match, x: Var) -> bool:
     if not m.context.get("fusing") or m.context.get("backend") not in FUSED_WITH_ITS_INPUT:
         return False
     e = m.graph.producer(x)
-    if e is not None and e.primitive == "AsType":  # the norm's own float32 cast (MLX's fallback)
+    if (e is not None and e.primitive == "AsType" and x.dtype == "float32"
+            and e.inputs[0].dtype in _HALF):  # the norm's own float32 cast (MLX's fallback)
         e = m.graph.producer(e.inputs[0])
     return e is not None and e.primitive in _ELEMENTWISE and e.primitive != "AsType"
 

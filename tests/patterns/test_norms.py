@@ -149,3 +149,22 @@ def test_norm_primitives_decompose_as_mlx_gpu_kernels_compute():
     ln, rms = evaluate(g2, x, mx.ones((41,)), mx.zeros((41,)))
     assert mx.isnan(ln[:2]).all().item() and not mx.isnan(ln[2]).any().item()
     assert mx.allclose(rms, x * x * mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True))).item()
+
+
+def test_a_half_norm_of_a_cast_reaches_a_fixed_point():
+    """Fuzzer programs 48471 and 48798: a float16 norm whose input is a cast (of an integer `|`,
+    of a softmax) cycled between the rule decomposing it for the fuse stage and the rules putting
+    it back (`RewriteError`), because the decomposed form, whose own float32 cast precedes the
+    user's, read as "not computed by pointwise work" and the fast op as "computed by it"."""
+    import numpy as np
+
+    import mlxtriton
+
+    a = mx.array(np.arange(48).reshape(3, 16) % 7, mx.int32)
+    b = mx.array(np.arange(48).reshape(3, 16) % 5, mx.int32)
+    x, w, _ = data((129, 3), mx.float16)
+    cases = [(lambda a, b: mx.fast.rms_norm((a | b).astype(mx.float16), None, 1e-5), (a, b)),
+             (lambda x, w: mx.fast.layer_norm(mx.softmax(x, axis=0, precise=True), w, None, 0.0), (x, w))]
+    for fn, args in cases:
+        got = mlxtriton.optimize(fn, chip="m3")(*args)
+        np.testing.assert_allclose(np.array(got), np.array(fn(*args)), atol=2e-3, rtol=2e-3)
