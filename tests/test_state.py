@@ -575,3 +575,21 @@ def test_refresh_reads_the_same_leaves_and_notices_every_change_of_structure():
         change()
         assert snap.refresh(roots) is None
     assert snap.refresh([Net(), acc, state.RANDOM]) is None
+
+
+def test_refresh_reads_slots_keyed_by_any_hashable():
+    """The refresh's compiled guards name int and str keys in their source and bind any other
+    (tuples, bools, floats) as values."""
+    from mlxtriton import state
+
+    class Holder:
+        def __init__(self):
+            self.d = {"a": mx.ones(2), (1, "x"): mx.zeros(3), 2.5: mx.ones(1), True: 5, 'q"uote': 1}
+
+    h = Holder()
+    snap = state.snapshot([h], ["h"])
+    h.d[(1, "x")] = mx.full((3,), 2.0)
+    again = snap.refresh([h])
+    assert again is not None and any(a is h.d[(1, "x")] for a in again.leaves)
+    h.d[True] = 6
+    assert snap.refresh([h]) is None
