@@ -52,6 +52,16 @@ def _row_offsets(s: DecodeAttention) -> list[str]:
     ]
 
 
+def _query(s: DecodeAttention, d: Dialect) -> list[str]:
+    """Lines declaring this lane's share of the output (``mt_out``) and loading its share of
+    query row ``mt_row``, scaled, in float32 (``mt_q``)."""
+    e, ev = s.head_dim // LANES, s.value_dim // LANES
+    q = f"q[static_cast<size_t>(mt_row) * {s.head_dim} + mt_lane * {e} + mt_j]"
+    return [f"float mt_q[{e}];", f"float mt_out[{ev}];",
+            f"for (int mt_j = 0; mt_j < {e}; ++mt_j) mt_q[mt_j] = {_cast(d, q, s.dtype, 'float32')} * "
+            f"{s.scale:.9g}f;"]
+
+
 def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_step: int = 1,
                      key_blocks: int = 1, block_simd_groups: int = 8) -> LoweredKernel:
     """The kernel of one attention region in ``dialect``: inputs q, k, v, mask (the array the mask
@@ -99,12 +109,7 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
         f"{d.shared} float mt_wmax[{LANES}];",
         f"{d.shared} float mt_wsum[{LANES}];",
         f"{d.shared} float mt_wout[{LANES * (LANES + 1)}];",
-        f"float mt_q[{e}];",
-        f"float mt_out[{ev}];",
-        f"for (int mt_j = 0; mt_j < {e}; ++mt_j) {{",
-        f"  mt_q[mt_j] = {load(f'q[static_cast<size_t>(mt_row) * {s.head_dim} + mt_lane * {e} + mt_j]')}"
-        f" * {s.scale:.9g}f;",
-        "}",
+        *_query(s, d),
         "float mt_run = 0.0f, mt_factor = 0.0f, mt_total = 0.0f;",
         "for (int mt_pass = 0; mt_pass < 2; ++mt_pass) {",
         f"  mt_run = {_LOWEST};",
@@ -216,12 +221,7 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"{d.shared} float mt_wmax[{warps}];",
         f"{d.shared} float mt_wsum[{warps}];",
         f"{d.shared} float mt_wout[{warps * dv}];",
-        f"float mt_q[{e}];",
-        f"float mt_out[{ev}];",
-        f"for (int mt_j = 0; mt_j < {e}; ++mt_j) {{",
-        f"  mt_q[mt_j] = {load(f'q[static_cast<size_t>(mt_row) * {s.head_dim} + mt_lane * {e} + mt_j]')}"
-        f" * {s.scale:.9g}f;",
-        "}",
+        *_query(s, d),
         f"for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_out[mt_j] = 0.0f;",
         f"float mt_run = {_LOWEST}, mt_sum = 0.0f;",
         f"for (int mt_key = mt_blk * {warps} + mt_warp; mt_key < {s.keys}; mt_key += {blocks * warps}) {{",
