@@ -177,21 +177,14 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
         f"  {d.barrier}",
         "}",
     ]
-    source = "\n".join(body) + "\n"
-    header = d.prelude + d.helpers["mt_max"] + "\n" + d.launch_bounds.format(bound=LANES * LANES)
-    digest = hashlib.sha256((d.name + header + source).encode()).hexdigest()[:12]
-    groups = s.batch * s.heads * s.queries
-    return LoweredKernel(
-        target=d.name, name=f"mlxt_attention_{digest}",
-        input_names=("q", "k", "v", "mask"), output_names=("o",),
-        source=source, header=header, ensure_row_contiguous=True,
-        grid=(groups * LANES * LANES, 1, 1), threadgroup=(LANES * LANES, 1, 1),
-        output_shapes=((s.batch, s.heads, s.queries, s.value_dim),), output_dtypes=(s.dtype,),
-        input_shapes=((s.batch, s.heads, s.queries, s.head_dim),
-                      (s.batch, s.kv_heads, s.keys, s.head_dim),
-                      (s.batch, s.kv_heads, s.keys, s.value_dim), s.mask_shape),
-        input_dtypes=(s.dtype, s.dtype, s.dtype, "bool"),
-        options=d.constructor_options)
+    return _lowered(d, "attention", body, LANES * LANES, s.batch * s.heads * s.queries,
+                    ("q", "k", "v", "mask"), _input_shapes(s), (s.dtype, s.dtype, s.dtype, "bool"),
+                    ("o",), ((s.batch, s.heads, s.queries, s.value_dim),), (s.dtype,))
+
+
+def _input_shapes(s: DecodeAttention) -> tuple:
+    return ((s.batch, s.heads, s.queries, s.head_dim), (s.batch, s.kv_heads, s.keys, s.head_dim),
+            (s.batch, s.kv_heads, s.keys, s.value_dim), s.mask_shape)
 
 
 def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> LoweredKernel:
@@ -285,8 +278,7 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"  o[static_cast<size_t>(mt_row) * {dv} + mt_c] = {_cast(d, 'mt_acc / mt_total', 'float32', s.dtype)};",
         "}",
     ]
-    inputs = ((s.batch, s.heads, s.queries, s.head_dim), (s.batch, s.kv_heads, s.keys, s.head_dim),
-              (s.batch, s.kv_heads, s.keys, s.value_dim), s.mask_shape)
+    inputs = _input_shapes(s)
     in_dtypes = (s.dtype, s.dtype, s.dtype, "bool")
     partials = ((rows, blocks, dv), (rows, blocks), (rows, blocks))
     merge = _lowered(d, "attention_merge", second, merge_threads, rows,
