@@ -452,7 +452,8 @@ def _compile_guards(checks, sizes, modes, hooks):
         elif kind == _SAME:
             lines.append(f"    if v is not {bind(expected)}: return None")
         elif kind == _EQUAL:
-            lines.append(f"    if type(v) is not {bind(expected[0])} or v != {bind(expected[1])}: return None")
+            lines.append(f"    if type(v) is not {bind(expected[0])} or v != {bind(expected[1])}: "
+                         "return None")
         elif kind == _COUNT:
             lines += ["    if type(v) is not int: return None", f"    counters[({expected!r}, {key(k)})] = v"]
         else:

@@ -232,10 +232,12 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"{load(f'v[mt_v + static_cast<size_t>(mt_key) * {s.value_dim} + mt_j]')};",
         "}",
         "if (mt_lane == 0) { mt_wmax[mt_warp] = mt_run; mt_wsum[mt_warp] = mt_sum; }",
-        f"for (int mt_j = 0; mt_j < {ev}; ++mt_j) mt_wout[mt_warp * {dv} + mt_lane * {ev} + mt_j] = mt_out[mt_j];",
+        f"for (int mt_j = 0; mt_j < {ev}; ++mt_j) "
+        f"mt_wout[mt_warp * {dv} + mt_lane * {ev} + mt_j] = mt_out[mt_j];",
         d.barrier,
         f"float mt_top = {_LOWEST};",
-        f"for (int mt_w = 0; mt_w < {warps}; ++mt_w) mt_top = mt_max(mt_top, static_cast<float>(mt_wmax[mt_w]));",
+        f"for (int mt_w = 0; mt_w < {warps}; ++mt_w) "
+        "mt_top = mt_max(mt_top, static_cast<float>(mt_wmax[mt_w]));",
         f"for (int mt_c = mt_tid; mt_c < {dv}; mt_c += {threads}) {{",
         "  float mt_acc = 0.0f;",
         f"  for (int mt_w = 0; mt_w < {warps}; ++mt_w) mt_acc += mt_wout[mt_w * {dv} + mt_c] * "
@@ -258,7 +260,8 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"if (mt_c < {dv}) {{",
         f"  const size_t mt_p0 = static_cast<size_t>(mt_row) * {blocks};",
         f"  float mt_top = {_LOWEST};",
-        f"  for (int mt_j = 0; mt_j < {blocks}; ++mt_j) mt_top = mt_max(mt_top, static_cast<float>(part_max[mt_p0 + mt_j]));",
+        f"  for (int mt_j = 0; mt_j < {blocks}; ++mt_j) "
+        "mt_top = mt_max(mt_top, static_cast<float>(part_max[mt_p0 + mt_j]));",
         "  float mt_total = 0.0f, mt_acc = 0.0f;",
         f"  for (int mt_j = 0; mt_j < {blocks}; ++mt_j) {{",
         f"    const float mt_f = {fexp.format('part_max[mt_p0 + mt_j] - mt_top')};",
@@ -275,7 +278,8 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"mt_acc += {load(f'v[mt_v + static_cast<size_t>(mt_key) * {dv}]')};",
         f"    mt_total = {float(s.keys)!r}f;",
         "  }",
-        f"  o[static_cast<size_t>(mt_row) * {dv} + mt_c] = {_cast(d, 'mt_acc / mt_total', 'float32', s.dtype)};",
+        f"  o[static_cast<size_t>(mt_row) * {dv} + mt_c] = "
+        f"{_cast(d, 'mt_acc / mt_total', 'float32', s.dtype)};",
         "}",
     ]
     inputs = _input_shapes(s)

@@ -802,5 +802,5 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
                     **_bound(T * G, n, bool(a.blocks)))
 
 
-__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "candidates", "default", "dialect_target",
-           "holds_rows", "kernel_target", "legal", "staged_bytes"]
+__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "candidates", "default",
+           "dialect_target", "holds_rows", "kernel_target", "legal", "staged_bytes"]

@@ -334,9 +334,11 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         norms_generated_faster=(frozenset(), "MLX's fast norms are kept until a generated norm is "
                                 "timed on the chip", guess),
         attention_split_keys=(1024, "MLX's Metal SDPA takes its two-pass kernel from 1024 keys on "
-                                    "Max and Ultra chips", "mlx/backend/metal/scaled_dot_product_attention.cpp"),
+                                    "Max and Ultra chips",
+                              "mlx/backend/metal/scaled_dot_product_attention.cpp"),
         attention_key_blocks=(64, "MLX's Metal two-pass kernel on a base chip where 4 or more query "
-                                  "rows share a kv head: 64 blocks (more on Max and Ultra)", "mlx/backend/metal/scaled_dot_product_attention.cpp"),
+                                  "rows share a kv head: 64 blocks (more on Max and Ultra)",
+                              "mlx/backend/metal/scaled_dot_product_attention.cpp"),
         attention_block_simd_groups=(8, "the NVIDIA rule, kept", guess),
         resident_saves_statistics=(True, "the NVIDIA rule, kept", guess),
     )
