@@ -20,6 +20,9 @@ Columns: ``ms`` and ``host_ms`` per token (prefill, warm-up steps, then ``runs``
 ``tokens`` steps queued with ``mx.async_eval``, one ``mx.synchronize`` per run, the median run;
 host_ms is the time spent queuing); ``launches`` per token counted on the GPU with PyTorch's
 profiler (CUPTI records every kernel the process launches, MLX's included) over ``tokens`` steps,
+once every variant is timed, so that no timing follows a profile (a 1B 4-bit run that timed
+optimize after profiling plain gave it 4.38 ms a step, generation.py 2.17: CUPTI left attached
+is the suspect, not confirmed),
 where PyTorch is installed, with the GPU time per step of each kind of kernel (``by_kernel``:
 launches and microseconds per step, under the profiler); ``estimate``: what `cuda_launches`
 predicts from the optimised graph
@@ -44,6 +47,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -192,6 +196,11 @@ def rule_off(name: str):
         setattr(module, table, saved)
 
 
+def _variant_rules(variant: str):
+    """The decode rules a variant runs under: all on, or one off (``optimize-<rule>``)."""
+    return rule_off(variant.split("-", 1)[1]) if variant.startswith("optimize-") else contextlib.nullcontext()
+
+
 def _argmax(logits):
     return mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
 
@@ -257,8 +266,11 @@ def _kernel_kind(name: str) -> str:
     return stem
 
 
-def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int, runs: int,
-                 count: bool) -> dict:
+def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int, runs: int
+                 ) -> tuple[dict, Callable]:
+    """The variant's timings, and a function finishing its row (``count``: its launches profiled
+    by `measured_launches` over the same decode; the launch estimate), to call once every variant
+    is timed (no timing follows a profile: see the module's docstring)."""
     prompt = mx.random.randint(0, model.args.vocab_size, (1, prompt_len), key=mx.random.key(1))
     prefill, step, f, cache = _decoder(variant, model)
     y = prefill(prompt)
@@ -267,16 +279,19 @@ def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int,
         y = step(y)
         mx.eval(y)
     row: dict = timed_steps(step, y, tokens, runs)
-    if count:
-        try:
-            row["launches"] = measured_launches(step, y, tokens)
-        except Exception as error:  # the profiler failing must not lose the timings
-            row["launches"] = {"error": f"{type(error).__name__}: {error}"[:300]}
-    if f is not None:  # traced after the timings: nothing of the estimate runs before them
-        row["builds"] = f.cache_info().builds
-        row["estimate"] = dict(cuda_launches(f.trace(y, cache=cache).graph))
-        row["estimate_total"] = sum(row["estimate"].values())
-    return row
+
+    def finish(count: bool) -> None:
+        if count:
+            try:
+                row["launches"] = measured_launches(step, y, tokens)
+            except Exception as error:  # the profiler failing must not lose the timings
+                row["launches"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        if f is not None:  # traced after the timings: nothing of the estimate runs before them
+            row["builds"] = f.cache_info().builds
+            row["estimate"] = dict(cuda_launches(f.trace(y, cache=cache).graph))
+            row["estimate_total"] = sum(row["estimate"].values())
+
+    return row, finish
 
 
 def gpu_shaped(source: Graph) -> Graph:
@@ -353,12 +368,14 @@ def main(argv=None):
             nn.quantize(model, group_size=64, bits=4)
             mx.eval(model.parameters())
         row = {"model": name, "variants": {}}
-        for variant in ("plain", "optimize", *(f"optimize-{r}" for r in rules)):
-            with contextlib.ExitStack() as stack:
-                if variant.startswith("optimize-"):
-                    stack.enter_context(rule_off(variant.split("-", 1)[1]))
-                row["variants"][variant] = time_variant(variant, model, args.prompt, args.tokens,
-                                                        args.warmup, args.runs, not args.no_count)
+        variants, finish = ("plain", "optimize", *(f"optimize-{r}" for r in rules)), {}
+        for variant in variants:
+            with _variant_rules(variant):
+                row["variants"][variant], finish[variant] = time_variant(
+                    variant, model, args.prompt, args.tokens, args.warmup, args.runs)
+        for variant in variants:  # profiled after every variant is timed
+            with _variant_rules(variant):
+                finish[variant](not args.no_count)
         reference = row["variants"]["plain"].get("tokens")
         for entry in row["variants"].values():
             tokens = entry.pop("tokens")
