@@ -127,9 +127,7 @@ class Snapshot:
     slots: list[tuple[int, Any]]
     containers: list[Any]
     counters: dict[tuple[int, Any], int]
-    # what `refresh` checks: (slot checks, sizes, modes, hooks, [their compiled function once
-    # built]); refreshed snapshots share it
-    guards: tuple = ()
+    guards: tuple = ()  # what `refresh` checks: (slot checks, sizes, modes, hooks)
     _avals: tuple | None = None
     _aliases: tuple | None = None
     _layout_key: Any = None
@@ -226,13 +224,41 @@ class Snapshot:
         """
         if len(roots) != len(self.roots) or any(a is not b for a, b in zip(roots, self.roots)):
             return None
-        compiled = self.guards[4]
-        if not compiled:
-            compiled.append(_compile_guards(*self.guards[:4]))
-        read = compiled[0]()
-        if read is None:
+        checks, sizes, modes, hooks = self.guards
+        for obj in hooks:
+            getattr(type(obj), PREPARE)(obj)
+        for target, n in sizes:
+            if len(target) != n:
+                return None
+        for module, training in modes:
+            if module.__dict__.get("_training") is not training:
+                return None
+        leaves: list[mx.array] = []
+        counters = {}
+        try:
+            for target, k, kind, expected in checks:
+                if kind == _KEY:
+                    leaves.append(random_key())
+                    continue
+                v = target[k]
+                if kind == _LEAF:
+                    if type(v) is not _ARRAY_TYPE:
+                        return None
+                    leaves.append(v)
+                elif kind == _SAME:
+                    if v is not expected:
+                        return None
+                elif kind == _EQUAL:
+                    if type(v) is not expected[0] or v != expected[1]:
+                        return None
+                elif kind == _COUNT:
+                    if type(v) is not int:
+                        return None
+                    counters[(expected, k)] = v
+                elif type(v) is not expected:
+                    return None
+        except (KeyError, IndexError, TypeError):
             return None
-        leaves, counters = read
         # An array object's shape and dtype never change: read them only for new leaves.
         avals = tuple([p if a is b else (a.shape, a.dtype)
                        for a, b, p in zip(leaves, self.leaves, self.avals)])
@@ -419,53 +445,6 @@ class _Walk:
 _LEAF, _EQUAL, _COUNT, _SAME, _TYPE, _KEY = range(6)
 
 
-def _compile_guards(checks, sizes, modes, hooks):
-    """What `Snapshot.refresh` runs on every call: the walk's checks as one Python function of
-    straight-line code (each object and expected value bound once, no per-slot dispatch, as
-    torch.compile's guards are), which calls the prepare hooks, checks sizes and modes, then
-    reads every slot; it returns ``(leaves, counters)``, or None where anything differs."""
-    names: dict[int, str] = {}
-    values: list[Any] = []
-
-    def bind(value: Any) -> str:
-        name = names.get(id(value))
-        if name is None:
-            name = names[id(value)] = f"c{len(values)}"
-            values.append(value)
-        return name
-
-    def key(k: Any) -> str:
-        return repr(k) if type(k) in (int, str) else bind(k)
-
-    lines = [f"{bind(getattr(type(obj), PREPARE))}({bind(obj)})" for obj in hooks]
-    lines += [f"if len({bind(target)}) != {n}: return None" for target, n in sizes]
-    lines += [f"if {bind(module.__dict__)}.get('_training') is not {bind(training)}: return None"
-              for module, training in modes]
-    lines += ["leaves = []", "append = leaves.append", "counters = {}", "try:"]
-    for target, k, kind, expected in checks:
-        if kind == _KEY:
-            lines.append("    append(random_key())")
-            continue
-        lines.append(f"    v = {bind(target)}[{key(k)}]")
-        if kind == _LEAF:
-            lines += ["    if type(v) is not ARRAY: return None", "    append(v)"]
-        elif kind == _SAME:
-            lines.append(f"    if v is not {bind(expected)}: return None")
-        elif kind == _EQUAL:
-            lines.append(f"    if type(v) is not {bind(expected[0])} or v != {bind(expected[1])}: "
-                         "return None")
-        elif kind == _COUNT:
-            lines += ["    if type(v) is not int: return None", f"    counters[({expected!r}, {key(k)})] = v"]
-        else:
-            lines.append(f"    if type(v) is not {bind(expected)}: return None")
-    lines += ["except (KeyError, IndexError, TypeError):", "    return None", "return leaves, counters"]
-    source = (f"def make({', '.join(f'c{i}' for i in range(len(values)))}):\n    def refresh():\n"
-              + "".join(f"        {line}\n" for line in lines) + "    return refresh\n")
-    scope = {"ARRAY": _ARRAY_TYPE, "random_key": random_key}
-    exec(compile(source, "<mlxtriton state guards>", "exec"), scope)
-    return scope["make"](*values)
-
-
 _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__ (the walk's hot path)
 
 
@@ -489,8 +468,7 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
     for r, n in zip(roots, names):
         layout.append(walk.container(r, n))
     return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
-                    walk.containers, walk.counters,
-                    (walk.checks, walk.sizes, walk.modes, walk.hooks, []))
+                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks))
 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------

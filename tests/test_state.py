@@ -578,8 +578,7 @@ def test_refresh_reads_the_same_leaves_and_notices_every_change_of_structure():
 
 
 def test_refresh_reads_slots_keyed_by_any_hashable():
-    """The refresh's compiled guards name int and str keys in their source and bind any other
-    (tuples, bools, floats) as values."""
+    """The refresh reads a slot by its key whatever the key is (a tuple, a float, a bool)."""
     from mlxtriton import state
 
     class Holder:
