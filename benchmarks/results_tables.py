@@ -313,10 +313,11 @@ def _by_kind(by_kernel: dict) -> dict:
 def decode_kernels(files, top: int = 10):
     out = []
     for f in files:
-        config = load(f).get("config", {})
+        result = load(f)
+        config = result.get("config", {})
         setting = ("" if (config.get("dtype", "bfloat16"), config.get("prompt", 128)) == ("bfloat16", 128)
                    else f" ({config['dtype'].replace('bfloat16', 'bf16')}, prompt {config['prompt']})")
-        out += _decode_rows(load(f)["rows"], setting, top)
+        out += _decode_rows(result["rows"], setting, top)
     return _markdown(["model", "kernel", "plain: launches/step", "plain: GPU us/step", "optimize: launches/step",
                       "optimize: GPU us/step"], out)
 
