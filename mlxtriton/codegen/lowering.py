@@ -18,15 +18,16 @@ import mlx.core as mx
 
 from mlxtriton import hw
 from mlxtriton.codegen.attention import render_attention
+from mlxtriton.codegen.projection import render_projection
 from mlxtriton.codegen.builder import RegionError, build
 from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import (DEFAULT_CHIP, Schedule, attention_blocks, default, holds_rows,
-                                       kernel_target)
-from mlxtriton.graph import attention
+                                       kernel_target, projection_schedule)
+from mlxtriton.graph import attention, projection
 from mlxtriton.graph.core import Eqn, Graph
-from mlxtriton.graph.fused import is_fused
+from mlxtriton.graph.fused import TEMPLATE_KINDS, is_fused
 
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than
 # the recorded one (the runtime's tuner): (region, target, recorded schedule) -> (schedule, origin).
@@ -49,6 +50,8 @@ class CacheDecision:
         return f"{self.region}: {self.on_chip} ({self.reason})"
 
 
+_PROJECTION = ("the projection kernel: each weight read once in 16-byte vectors, {r} column(s) a SIMD "
+               "group, {g} SIMD groups a threadgroup, {u} vectors a lane in flight")
 _ATTENTION = ("the attention kernel: a query row per threadgroup, online softmax in registers, "
               "k and v read once where the mask shows them")
 
@@ -105,6 +108,11 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
             decisions.append(CacheDecision(e.params["name"], "none", (), (), why))
             eqns.append(e)
             continue
+        if e.params["kind"] == projection.KIND:
+            r, g, u = projection_schedule(projection.spec_of(e.params["body"]).rows, target)
+            decisions.append(CacheDecision(e.params["name"], "none", (), (), _PROJECTION.format(r=r, g=g, u=u)))
+            eqns.append(e)
+            continue
         try:
             region, _ = region_of(e)
             schedule = default(region, target)
@@ -140,6 +148,12 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
         blocks, simd_groups = attention_blocks(spec.keys, target)
         return render_attention(spec, target.device.backend, key_blocks=blocks,
                                 block_simd_groups=simd_groups), ()
+    if eqn.params["kind"] == projection.KIND:
+        spec = projection.spec_of(eqn.params["body"])
+        r, g, u = projection_schedule(spec.rows, target)
+        while any(w % r for w in spec.widths):  # the columns a SIMD group takes divide every width
+            r //= 2
+        return render_projection(spec, target.device.backend, r, g, u), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:
@@ -156,7 +170,7 @@ def rows_held(eqn: Eqn, target: hw.Target) -> bool:
     Raises:
         RegionError: the region cannot become one kernel.
     """
-    return eqn.params["kind"] != attention.KIND and holds_rows(region_of(eqn)[0], target)
+    return eqn.params["kind"] not in TEMPLATE_KINDS and holds_rows(region_of(eqn)[0], target)
 
 
 __all__ = ["CacheDecision", "Chooser", "DEFAULT_CHIP", "cache", "cache_with_report", "kernel_target",

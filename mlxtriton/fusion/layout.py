@@ -18,12 +18,11 @@ from typing import Callable
 
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.fused import fused_eqn, is_fused
+from mlxtriton.graph.fused import TEMPLATE_KINDS, fused_eqn, is_fused
 from mlxtriton.graph.transforms import dce, substitute
 
 from mlxtriton.fusion import _movement
 from mlxtriton.fusion._rules import REDUCTIONS, Role, role
-from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.fusion.index_space import IndexSpace, index_space
 from mlxtriton.fusion.report import LayoutDecision
 
@@ -166,7 +165,7 @@ def layout_with_report(graph: Graph, rows_held: Callable[[Eqn], bool] | None = N
     eqns: list[Eqn] = []
     records: list[LayoutDecision] = []
     for e in graph.eqns:
-        if not is_fused(e) or e.params["kind"] == ATTENTION:  # the attention kernel reads q, k, v as they are
+        if not is_fused(e) or e.params["kind"] in TEMPLATE_KINDS:  # a template kernel reads its inputs as they are
             eqns.append(e)
             continue
         body = e.params["body"]

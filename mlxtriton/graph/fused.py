@@ -15,6 +15,10 @@ from mlxtriton.graph.primitives import Family, declare
 
 FUSED = declare("Fused", Family.FUSED, ("body", "kind", "name", "schedule"))
 
+# Kinds of region whose kernel codegen writes from a template of its own (attention at decode:
+# graph/attention.py; a few rows' projections: graph/projection.py), not from the region's ops.
+TEMPLATE_KINDS = frozenset({"attention", "projection"})
+
 
 def fused_eqn(body: Graph, inputs, outputs, kind: str, name: str, schedule: Any = None) -> Eqn:
     """An equation running ``body`` on ``inputs`` to define ``outputs``."""
@@ -53,4 +57,4 @@ def body_of(eqn: Eqn) -> Graph:
     return eqn.params["body"]
 
 
-__all__ = ["FUSED", "fused_eqn", "is_fused", "body_of", "mlx_rule", "jax_rule", "Var"]
+__all__ = ["FUSED", "TEMPLATE_KINDS", "fused_eqn", "is_fused", "body_of", "mlx_rule", "jax_rule", "Var"]

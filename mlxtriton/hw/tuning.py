@@ -104,6 +104,15 @@ class Tuning:
         resident_saves_statistics: Whether a row kernel holding its rows in registers and
             computing a logsumexp saves its row statistics for a backward that would otherwise
             reduce the row again (rows streamed from memory always save them).
+        projection_max_rows: Products of x of at most this many rows by weight matrices (a
+            decode step's projections) run as the projection kernel, those reading one x as one
+            launch (0: never; MLX's own matrix-vector kernels run them)...
+        projection_lone_rows: ...and a product alone on its x up to this many rows.
+        projection_columns_one_row: The projection kernel's output columns per SIMD group for
+            x of one row...
+        projection_columns: ...for x of several rows...
+        projection_simd_groups: ...its SIMD groups per threadgroup...
+        projection_unroll: ...and the 16-byte vectors of a weight row each lane has in flight.
         evidence: ``(field, Evidence)`` for every field above.
     """
 
@@ -152,6 +161,12 @@ class Tuning:
     attention_key_blocks: int
     attention_block_simd_groups: int
     resident_saves_statistics: bool
+    projection_max_rows: int
+    projection_lone_rows: int
+    projection_columns_one_row: int
+    projection_columns: int
+    projection_simd_groups: int
+    projection_unroll: int
     evidence: tuple[tuple[str, Evidence], ...] = ()
 
     def why(self, field: str) -> Evidence:
@@ -279,6 +294,19 @@ SM_90 = _row(
     resident_saves_statistics=(True, "log-softmax forward + backward: bf16 2955 GB/s saving against "
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
                                      "recomputes", _R + "backward_rows_h200_saves.json"),
+    projection_max_rows=(8, "8 rows of x: q/k/v as one launch 20.5 us against MLX's three 49.1 "
+                            "(1B), 31.4 against 57.6 (8B)", _R + "projections_h100.json"),
+    projection_lone_rows=(1, "one row: a lone product level with MLX's matrix-vector kernel (8B "
+                             "down 46.7 against 46.8 us, output head 174.2 against 174.4); at 8 "
+                             "rows slower (8B down 61.0 against 50.2)", _R + "projections_h100.json"),
+    projection_columns_one_row=(1, "one row: 8B down 46.7 us at one column, 52.9 at two",
+                                _R + "projections_h100.json"),
+    projection_columns=(2, "8 rows: 8B down 61.0 us at two columns, 80.4 at one; q/k/v 31.4 "
+                           "against 38.3", _R + "projections_h100.json"),
+    projection_simd_groups=(4, "4 or 8 SIMD groups level within 2% (8B q/k/v and down, 1 and "
+                               "8 rows)", _R + "projections_h100.json"),
+    projection_unroll=(2, "one row: two vectors in flight best or level in 7 of 9 shapes; "
+                          "four lost up to 9%", _R + "projections_h100.json"),
 )
 
 
@@ -341,6 +369,13 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
                               "mlx/backend/metal/scaled_dot_product_attention.cpp"),
         attention_block_simd_groups=(8, "the NVIDIA rule, kept", guess),
         resident_saves_statistics=(True, "the NVIDIA rule, kept", guess),
+        projection_max_rows=(0, "MLX's Metal matrix-vector and quantized kernels are kept until the "
+                                "projection kernel is timed on the chip", guess),
+        projection_lone_rows=(0, "as projection_max_rows", guess),
+        projection_columns_one_row=(1, "the NVIDIA rule, kept", guess),
+        projection_columns=(2, "the NVIDIA rule, kept", guess),
+        projection_simd_groups=(4, "the NVIDIA rule, kept", guess),
+        projection_unroll=(2, "the NVIDIA rule, kept", guess),
     )
 
 

@@ -27,11 +27,11 @@ from mlxtriton.codegen.render import LoweredKernel
 from mlxtriton.fusion import FusionReport, fuse_with_report
 from mlxtriton.fusion.collectives import collective_lines
 from mlxtriton.fusion.layout import layout_with_report
+from mlxtriton.fusion.projections import group_projections
 from mlxtriton.graph import dtypes, pytree
-from mlxtriton.graph.attention import KIND as ATTENTION
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
-from mlxtriton.graph.fused import body_of, is_fused
+from mlxtriton.graph.fused import TEMPLATE_KINDS, body_of, is_fused
 from mlxtriton.graph.primitives import Family, get as get_primitive
 from mlxtriton.graph.transforms import FOLD_MAX_ELEMENTS, cse, replace_subgraph
 from mlxtriton.patterns import optimize_patterns
@@ -152,8 +152,14 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
             graph, rewrites = optimize_patterns(graph, target.chip, fusing="fuse" in passes)
             stages.append(StageReport(name, graph, rewrites.lines(), rewrites))
         elif name == "fuse":
+            projections: list = []
+            if target.chip.is_gpu and not single_kernel:
+                t = hw.tuning.tuning(target.chip)
+                graph, projections = group_projections(graph, t.projection_max_rows,
+                                                       t.projection_lone_rows)
             graph, report = fuse_with_report(graph, target.chip, split=not single_kernel)
-            stages.append(StageReport(name, graph, _fusion_lines(report) + collective_lines(graph)))
+            stages.append(StageReport(name, graph, [p.as_text() for p in projections]
+                                      + _fusion_lines(report) + collective_lines(graph)))
         elif name == "layout":
             # a row the kernel keeps on chip is read once: the code generator's answer
             held = (lambda e: _rows_held(e, kernels or kernel_target(target.chip, target.device))
@@ -268,8 +274,9 @@ class _Executable:
                     # A pointwise region's backward is pointwise: mx.compile of MLX's VJP fuses it
                     # as well as a generated kernel would, and inside a compiled training step
                     # with its neighbours too (runtime/autodiff.fused_backward).
-                    # The attention kernel's backward is MLX's of SDPA (it runs at decode).
-                    generated = fused_backward() and e.params["kind"] not in ("pointwise", ATTENTION)
+                    # A template kernel's backward is MLX's of its body (SDPA, matmuls: they run
+                    # at decode).
+                    generated = fused_backward() and e.params["kind"] not in ("pointwise", *TEMPLATE_KINDS)
                     backward = (Compiled(vjp_function(body_of(e)), frozenset(PIPELINE),
                                          chip=target.chip, autotune=autotune)
                                 if generated else None)

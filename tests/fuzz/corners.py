@@ -259,6 +259,20 @@ MATMUL_SHAPES = {"row": ((7, 129), (129, 3)), "vector": ((2, 7, 0), (0,)), "left
                  "empty": ((0, 4), (4, 2))}
 
 
+def _projections() -> Program:
+    """A decode step's products: two weights transposed on one x of 2 rows (one projection
+    region on NVIDIA chips), a lone one on x of 1 row, and the pair's sum read after both."""
+    arguments, lines = [], []
+    for k, dtype in enumerate(FLOATS):
+        x, y, w1, w2, w3 = (f"a{5 * k + i}" for i in range(5))
+        arguments += [Argument(x, (2, 32), dtype, "normal"), Argument(y, (1, 32), dtype, "normal"),
+                      Argument(w1, (8, 32), dtype, "normal"), Argument(w2, (16, 32), dtype, "normal"),
+                      Argument(w3, (24, 32), dtype, "normal", ("transposed", (1, 0)))]
+        lines += [f"v{3 * k} = {x} @ {w1}.T", f"v{3 * k + 1} = ({x} @ {w2}.T)[:, :8] + v{3 * k}",
+                  f"v{3 * k + 2} = {y} @ {w3}.T"]
+    return program(arguments, lines)
+
+
 def _matmul(form) -> Program:
     x, w = MATMUL_SHAPES[form]
     arguments, lines = [], []
@@ -353,6 +367,7 @@ def _cases() -> dict[str, Case]:
         add("movement", t, lambda t=t: _movement(t))
     for form in MATMUL_SHAPES:
         add("matmul", form, lambda f=form: _matmul(f))
+    add("matmul", "projections", _projections)
     for name, t in GATHERS.items():
         add("gathers", name, lambda t=t: _gather(t))
     for k, (first, second) in enumerate(STATIC_PAIRS):

@@ -1,0 +1,99 @@
+"""Fusion layer: the products of a few rows by weight matrices (a decode step's projections)
+become projection regions (`mlxtriton.graph.projection`): every ``x @ W^T`` and affine
+``quantized_matmul(x, W)`` reading one x, with weights the graph's inputs or constants, is one
+kernel reading each weight once. Which products qualify on a chip is its tuning data
+(`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``). May import
+mlxtriton.graph and mlxtriton.hw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.projection import (Projection, dense_weight, merged, projection_of,
+                                        projection_region)
+from mlxtriton.graph.transforms import dce, topological_sort
+
+
+@dataclass(frozen=True)
+class ProjectionDecision:
+    """One projection region, or a product of few rows left to MLX, and why."""
+
+    region: str
+    products: int
+    reason: str
+
+    def as_text(self) -> str:
+        return f"{self.region}: {self.reason}"
+
+
+def _operands(graph: Graph, e: Eqn) -> tuple[Var, ...] | None:
+    """The weight operands of a product (after x), when it is one the kernel reads."""
+    if e.primitive == "Matmul" and len(e.inputs) == 2:
+        w = dense_weight(graph.producer, e)
+        return None if w is None else (w,)
+    if e.primitive == "QuantizedMatmul" and len(e.inputs) == 4:
+        return tuple(e.inputs[1:])
+    return None
+
+
+def group_projections(graph: Graph, max_rows: int, lone_rows: int
+                      ) -> tuple[Graph, list[ProjectionDecision]]:
+    """Make projection regions of ``graph``'s products of at most ``max_rows`` rows.
+
+    Products reading the same x with the same kind of weight (dense, or quantized alike) become
+    one region; a product alone on its x becomes one up to ``lone_rows`` rows. A weight must be one of
+    the graph's inputs or constants, so that the region reads nothing a member computes.
+
+    Returns:
+        ``(graph, decisions)``: the graph computes the same values (a region's body is the same
+        MLX ops).
+    """
+    if max_rows <= 0:
+        return graph, []
+    fixed = set(graph.inputs) | {v for v, _ in graph.constants}
+    groups: dict[tuple, list[tuple[Eqn, tuple[Var, ...], Projection]]] = {}
+    decisions: list[ProjectionDecision] = []
+    for e in graph.eqns:
+        operands = _operands(graph, e)
+        if operands is None:
+            continue
+        spec = projection_of(e, operands)
+        if isinstance(spec, str):
+            decisions.append(ProjectionDecision(e.primitive, 1, f"left to MLX: {spec}"))
+            continue
+        if spec.rows > max_rows:
+            continue  # a matrix product: MLX's GEMM
+        if not all(v in fixed for v in operands):
+            decisions.append(ProjectionDecision(e.primitive, 1, "left to MLX: a weight the graph computes"))
+            continue
+        key = (e.inputs[0], spec.bits, spec.group_size)
+        groups.setdefault(key, []).append((e, operands, spec))
+    replaced: dict[Eqn, Eqn | None] = {}
+    for (x, _, _), members in groups.items():
+        if len(members) == 1 and members[0][2].rows > lone_rows:
+            continue
+        spec = merged([s for _, _, s in members])
+        if spec is None:
+            continue
+        eqns = [e for e, _, _ in members]
+        region = projection_region(x, [o for _, o, _ in members], eqns, spec)
+        for e in eqns[:-1]:
+            replaced[e] = None
+        replaced[eqns[-1]] = region
+        weights = (f"{spec.bits}-bit weights in groups of {spec.group_size}" if spec.bits
+                   else f"{spec.dtype} weights")
+        decisions.append(ProjectionDecision(
+            region.params["name"], len(eqns),
+            f"{len(eqns)} product(s) of {spec.rows} row(s) of {spec.depth} as one kernel: "
+            f"{' + '.join(map(str, spec.widths))} columns of {weights}, each weight read once"))
+    if not replaced:
+        return graph, decisions
+    eqns = [replaced.get(e, e) for e in graph.eqns]
+    eqns = [e for e in eqns if e is not None]
+    defined = [*graph.inputs, *(v for v, _ in graph.constants)]
+    return dce(graph.replace(eqns=topological_sort(eqns, defined))), decisions
+
+
+__all__ = ["ProjectionDecision", "group_projections"]

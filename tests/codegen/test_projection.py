@@ -1,0 +1,104 @@
+"""The projection kernel (codegen/projection.py) in the Metal emulator against MLX's matmul and
+quantized_matmul on the CPU, for every dtype, dense and 4- and 8-bit weights, several weights at
+once, and every schedule knob; the CUDA rendering through nvcc, the Metal one type-checked (the
+H100 runs it: tests/device/test_projection_gpu.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxtriton.codegen.projection import render_projection
+from mlxtriton.graph.projection import Projection
+from mlxtriton.runtime import metal_emulator as emulator
+from mlxtriton.runtime.launch import _from_host, _to_host
+
+from tests.codegen import cuda_check, metal_check
+
+pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler for the Metal emulator")
+
+
+def operands(spec: Projection, seed: int = 0):
+    """x and each weight's operands (dense: w; quantized: w, scales, biases), and the weights
+    as MLX computes with them."""
+    rng = np.random.default_rng(seed)
+    dt = getattr(mx, spec.dtype)
+    x = mx.array(rng.standard_normal((*spec.lead, spec.depth)).astype(np.float32)).astype(dt)
+    weights = []
+    for n in spec.widths:
+        w = mx.array(rng.standard_normal((n, spec.depth)).astype(np.float32) * 0.1).astype(dt)
+        weights.append(mx.quantize(w, group_size=spec.group_size, bits=spec.bits) if spec.bits else (w,))
+    return x, weights
+
+
+def reference(spec: Projection, x, weights):
+    """MLX on the CPU, in float32 where the product allows (quantized: MLX's own kernel)."""
+    with mx.stream(mx.cpu):
+        if spec.bits:
+            outs = [mx.quantized_matmul(x.astype(mx.float32), w, s.astype(mx.float32), b.astype(mx.float32),
+                                        transpose=True, group_size=spec.group_size, bits=spec.bits)
+                    for w, s, b in weights]
+        else:
+            outs = [x.astype(mx.float32) @ w.astype(mx.float32).T for (w,) in weights]
+        mx.eval(outs)
+    return outs
+
+
+def emulated(spec: Projection, x, weights, **schedule):
+    kernel = render_projection(spec, "metal", **schedule)
+    arrays = [x, *itertools.chain.from_iterable(weights)]
+    return [_from_host(o, spec.dtype) for o in emulator.run(kernel, [_to_host(a) for a in arrays])]
+
+
+def assert_close(got, want, dtype, depth):
+    # float32 accumulation; a half-precision output rounds once
+    tol = 2e-5 * depth ** 0.5 if dtype == "float32" else 8e-3 if dtype == "bfloat16" else 2e-3
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.array(g.astype(mx.float32)), np.array(w), atol=tol, rtol=tol)
+
+
+SPECS = [
+    Projection((1,), 256, (64, 32, 32), "float32"),
+    Projection((1, 1), 512, (96,), "bfloat16"),
+    Projection((3,), 264, (40, 8), "float16"),  # a row of 33 vectors: the last step is partial
+    Projection((2, 1), 256, (64, 32), "bfloat16", 4, 64),
+    Projection((1,), 384, (48,), "float16", 4, 32),
+    Projection((5,), 256, (16, 16), "bfloat16", 8, 64),
+    Projection((1,), 512, (32,), "bfloat16", 4, 128),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_the_kernel_matches_mlx(spec):
+    x, weights = operands(spec)
+    assert_close(emulated(spec, x, weights), reference(spec, x, weights), spec.dtype, spec.depth)
+
+
+@pytest.mark.parametrize("rows_per_simd_group, simd_groups, unroll", [(1, 1, 1), (4, 2, 3), (8, 4, 2)])
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3]], ids=str)
+def test_every_schedule_matches_mlx(spec, rows_per_simd_group, simd_groups, unroll):
+    x, weights = operands(spec, seed=1)
+    got = emulated(spec, x, weights, rows_per_simd_group=rows_per_simd_group,
+                   simd_groups=simd_groups, unroll=unroll)
+    assert_close(got, reference(spec, x, weights), spec.dtype, spec.depth)
+
+
+def test_columns_a_simd_group_must_divide_the_widths():
+    with pytest.raises(ValueError, match="do not divide"):
+        render_projection(Projection((1,), 256, (64, 30), "float32"), "metal", rows_per_simd_group=4)
+
+
+@pytest.mark.skipif(cuda_check.nvcc() is None, reason="nvcc is not installed")
+def test_the_cuda_rendering_compiles():
+    kernels = [render_projection(s, "cuda", r, 4, u) for s in SPECS for r, u in ((1, 1), (2, 2), (8, 3))]
+    errors = cuda_check.compile_errors(kernels)
+    assert not errors, errors
+
+
+def test_the_metal_rendering_type_checks():
+    for spec in SPECS:
+        kernel = render_projection(spec, "metal")
+        assert metal_check.check(kernel) == [], kernel.as_text()

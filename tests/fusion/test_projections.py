@@ -1,0 +1,152 @@
+"""Projection regions (fusion/projections.py): which products of few rows become one kernel, and
+a decode step through optimize running them in the Metal emulator (the rule is on for NVIDIA
+only; here it is switched on for an Apple chip so that the emulator runs the kernels)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+import mlxtriton
+from mlxtriton import hw, lm
+from mlxtriton.fusion.projections import group_projections
+from mlxtriton.graph.projection import KIND, spec_of
+from mlxtriton.runtime import metal_emulator as emulator
+
+from tests import lm_zoo
+
+
+def _graph(fn, *args):
+    return mlxtriton.trace(fn)(*args)
+
+
+def _regions(graph):
+    return [e for e in graph.eqns if e.primitive == "Fused" and e.params["kind"] == KIND]
+
+
+def _attention_block(x, wq, wk, wv, wo):
+    q, k, v = x @ wq.T, x @ wk.T, x @ wv.T
+    return (q * mx.sigmoid(k.sum(-1, keepdims=True)) + v.mean()) @ wo.T
+
+
+def _weights(*shapes, dtype=mx.float32):
+    return [mx.random.normal(s, key=mx.random.key(i)).astype(dtype) for i, s in enumerate(shapes)]
+
+
+def test_products_of_one_x_become_one_region():
+    x = mx.ones((1, 64))
+    ws = _weights((64, 64), (16, 64), (16, 64), (64, 64))
+    wk_small = ws[1]
+    ws[2] = wk_small  # v reads the same weight as k: still two products
+    graph, decisions = group_projections(_graph(_attention_block, x, *ws), 8, lone_rows=0)
+    (region,) = _regions(graph)
+    assert spec_of(region.params["body"]).widths == (64, 16, 16)
+    assert "3 product(s) of 1 row(s) of 64" in decisions[0].as_text()
+    assert graph.primitive_counts()["Matmul"] == 1  # the output projection, alone on its x
+
+
+def test_a_lone_product_by_the_chips_rule():
+    x = mx.ones((2, 1, 64))
+    for lone_rows, regions in ((2, 1), (1, 0)):
+        graph, _ = group_projections(_graph(lambda x, w: x @ w.T, x, *_weights((32, 64))), 8, lone_rows)
+        assert len(_regions(graph)) == regions
+        assert all(spec_of(r.params["body"]).rows == 2 for r in _regions(graph))
+
+
+def test_more_rows_than_the_rule_or_no_rule_stay_mlx():
+    ws = _weights((64, 64), (16, 64), (16, 64), (64, 64))
+    for rows, max_rows in ((9, 8), (1, 0)):
+        graph, _ = group_projections(_graph(_attention_block, mx.ones((rows, 64)), *ws), max_rows, 8)
+        assert not _regions(graph)
+
+
+def test_a_weight_the_graph_computes_stays_mlx():
+    def f(x, w):
+        return x @ (w * 2).T, x @ w.T
+
+    graph, decisions = group_projections(_graph(f, mx.ones((1, 8)), *_weights((8, 8))), 8, 1)
+    assert len(_regions(graph)) == 1
+    assert any("a weight the graph computes" in d.as_text() for d in decisions)
+
+
+def test_quantized_and_dense_products_are_separate_regions():
+    w, q = _weights((64, 64), (32, 64), dtype=mx.bfloat16)
+    qw = mx.quantize(q, group_size=64, bits=4)
+
+    def f(x, w, qw, s, b):
+        return x @ w.T, mx.quantized_matmul(x, qw, s, b, transpose=True, group_size=64, bits=4)
+
+    graph, _ = group_projections(_graph(f, mx.ones((1, 64), mx.bfloat16), w, *qw), 8, 1)
+    assert sorted(spec_of(r.params["body"]).bits for r in _regions(graph)) == [0, 4]
+
+
+def test_float32_x_with_quantized_weights_stays_mlx():
+    qw = mx.quantize(_weights((32, 64))[0], group_size=64, bits=4)
+
+    def f(x, w, s, b):
+        return mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=4)
+
+    graph, decisions = group_projections(_graph(f, mx.ones((1, 64)), *qw), 8, 1)
+    assert not _regions(graph)
+    assert "float32 x with quantized weights" in decisions[0].as_text()
+
+
+@pytest.fixture
+def projections_on_apple(monkeypatch):
+    """The projection rule on for Apple chips, kernels through the Metal emulator."""
+    if not emulator.has_compiler():
+        pytest.skip("no C++ compiler for the Metal emulator")
+    original = hw.tuning.tuning
+
+    def tuned(profile):
+        t = original(profile)
+        if t.architecture.startswith("apple"):
+            t = dataclasses.replace(t, projection_max_rows=8, projection_lone_rows=1)
+        return t
+
+    monkeypatch.setattr(hw.tuning, "tuning", tuned)
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized):
+    arch = lm_zoo.BY_NAME["llama"]
+    model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": 32}))
+    if quantized:  # half-precision activations: the kernel reads them with quantized weights
+        model.set_dtype(mx.float16)
+        nn.quantize(model, group_size=32, bits=4)
+    from mlx_lm.models import cache as lm_cache
+
+    f = mlxtriton.optimize(model, chip="m3")
+    fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
+    y = lm_zoo.prompt(9)[None]
+    # float16 activations round differently at every op of the two graphs (with the projections
+    # left to MLX the logits differ as much: up to 0.07 of logits near 5)
+    tol = 0.15 if quantized else 1e-4
+    for _ in range(3):
+        a, b = f(y, cache=fast)[:, -1], model(y, cache=plain)[:, -1]
+        np.testing.assert_allclose(np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)),
+                                   atol=tol, rtol=tol)
+        y = mx.argmax(b, axis=-1)[:, None]
+    names = [k.name for k in f.lower(y, cache=fast)]
+    # per layer q/k/v, o, gate/up and down, and the output head; dense, on Metal the residual adds
+    # join o and down as AddMM (patterns/linear.py)
+    per_layer = 4 if quantized else 2
+    assert sum(n.startswith("mlxt_projection_") for n in names) == per_layer * len(model.layers) + 1, names
+
+
+def test_gradients_through_a_projection_are_mlxs(projections_on_apple):
+    w1, w2 = _weights((16, 32), (16, 32))
+
+    def loss(x, w1, w2):
+        return ((x @ w1.T) * (x @ w2.T)).sum()
+
+    x = mx.random.normal((1, 32), key=mx.random.key(3))
+    f = mlxtriton.optimize(loss, chip="m3")
+    assert any(k.name.startswith("mlxt_projection_") for k in f.lower(x, w1, w2))
+    for got, want in zip(mx.grad(f, argnums=(0, 1))(x, w1, w2), mx.grad(loss, argnums=(0, 1))(x, w1, w2)):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
