@@ -284,6 +284,25 @@ def generation(files):
                       "vs best peer", "of roofline", "builds"], out)
 
 
+def projections(files):
+    """One row per case: MLX's products against the projection kernel's best schedule and the
+    schedule the chip's tuning data picks (R columns per SIMD group, W SIMD groups, U vectors)."""
+    from mlxtriton import hw
+
+    t = hw.tuning.SM_90
+    out = []
+    for r in (r for f in files for r in load(f)["rows"]):
+        best = min(r["schedules"], key=lambda s: s["us"])
+        columns = t.projection_columns_one_row if r["rows"] == 1 else t.projection_columns
+        default = next((s for s in r["schedules"] if (s["R"], s["W"], s["U"]) ==
+                        (columns, t.projection_simd_groups, t.projection_unroll)), None)
+        out.append([r["model"].upper(), r["product"], r["weights"], r["rows"], _num(r["mlx_us"], 1),
+                     _num(default["us"], 1) if default else "", f"R{best['R']} W{best['W']} U{best['U']}",
+                     _num(best["us"], 1), _ratio(r["mlx_us"] / best["us"]), _num(best["gbs"])])
+    return _markdown(["model", "product", "weights", "rows", "MLX (us)", "default schedule (us)",
+                      "best schedule", "best (us)", "best vs MLX", "best (GB/s)"], out)
+
+
 def autotune(files):
     out, rows = [], {}
     for r in (r for f in files for r in load(f)["rows"]):  # a later file's case replaces an earlier's
@@ -363,6 +382,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
+    "projections": (projections, ["projections_h100.json"]),
 }
 
 _BLOCK = re.compile(r"(<!-- table (\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
