@@ -4,11 +4,9 @@ weights, 1 and 8 rows and several schedules; and greedy generation through ``opt
 the decode step's projections run as the kernel, against plain mlx-lm. The Metal emulator runs
 the same kernels in CI (tests/codegen/test_projection.py). Runs on the lent GPU (``-m cuda``)."""
 
-import dataclasses
 import itertools
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx_lm.models import cache as lm_cache
@@ -20,6 +18,7 @@ from mlxtriton.graph.projection import Projection
 from mlxtriton.runtime.launch import launcher
 from tests import lm_zoo
 from tests.codegen.test_projection import SPECS, assert_close, operands, reference
+from tests.fusion.test_projections import decode_model
 
 pytestmark = [pytest.mark.cuda]
 
@@ -39,11 +38,7 @@ def test_the_kernel_matches_mlx(spec, schedule):
 
 @pytest.mark.parametrize("quantized,batch", [(False, 1), (False, 3), (True, 1)])
 def test_greedy_generation_through_the_kernel_matches_mlx_lm(quantized, batch):
-    arch = lm_zoo.BY_NAME["llama"]
-    model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": 64}))
-    if quantized:  # half-precision activations: the kernel reads them with quantized weights
-        model.set_dtype(mx.float16)
-        nn.quantize(model, group_size=64, bits=4)
+    model = decode_model(quantized, head_dim=64, group_size=64)
     f = mlxtriton.optimize(model)
     fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
     y = mx.stack([lm_zoo.prompt(40, seed=s) for s in range(batch)])

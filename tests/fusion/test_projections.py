@@ -112,13 +112,20 @@ def projections_on_apple(monkeypatch):
     monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
 
 
+def decode_model(quantized: bool, head_dim: int, group_size: int):
+    """The zoo's llama; quantized: float16 activations (the kernel reads half-precision x with
+    quantized weights) and 4-bit weights."""
+    arch = lm_zoo.BY_NAME["llama"]
+    model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": head_dim}))
+    if quantized:
+        model.set_dtype(mx.float16)
+        nn.quantize(model, group_size=group_size, bits=4)
+    return model
+
+
 @pytest.mark.parametrize("quantized", [False, True])
 def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized):
-    arch = lm_zoo.BY_NAME["llama"]
-    model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": 32}))
-    if quantized:  # half-precision activations: the kernel reads them with quantized weights
-        model.set_dtype(mx.float16)
-        nn.quantize(model, group_size=32, bits=4)
+    model = decode_model(quantized, head_dim=32, group_size=32)
     from mlx_lm.models import cache as lm_cache
 
     f = mlxtriton.optimize(model, chip="m3")
