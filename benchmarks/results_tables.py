@@ -377,7 +377,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200.json"]),
     "per_eval": (per_eval, ["per_eval_h200.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200.json"]),
-    "generation": (generation, ["generation_h100_b1_bf16.json", "generation_h100_b1_4bit.json", "generation_h100_b8.json",
+    "generation": (generation, ["generation_h100_projections.json", "generation_h100_b1_bf16.json", "generation_h100_b1_4bit.json", "generation_h100_b8.json",
                                 "generation_h100_p2048.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),

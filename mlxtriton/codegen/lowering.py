@@ -110,7 +110,8 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
             continue
         if e.params["kind"] == projection.KIND:
             r, g, u = projection_schedule(projection.spec_of(e.params["body"]).rows, target)
-            decisions.append(CacheDecision(e.params["name"], "none", (), (), _PROJECTION.format(r=r, g=g, u=u)))
+            why = _PROJECTION.format(r=r, g=g, u=u)
+            decisions.append(CacheDecision(e.params["name"], "none", (), (), why))
             eqns.append(e)
             continue
         try:

@@ -1,7 +1,7 @@
 """Codegen layer: the projection region's kernel (`mlxtriton.graph.projection`), written once for
 both dialects: ``y_i = x @ W_i^T`` for a few rows of x and one or more weights, dense or
-affine-quantized. Each SIMD group (warp) computes ``rows_per_simd_group`` consecutive output
-columns of one weight for every row of x: its lanes walk the weight rows in 16-byte vectors,
+affine-quantized, a bias vector added or not. Each SIMD group (warp) computes a few consecutive
+output columns of one weight for every row of x: its lanes walk the weight rows in 16-byte vectors,
 ``unroll`` vectors a row issued before any is used, each x vector read once for all of them, and
 the 32 lanes' partial sums meet by butterfly shuffles. A quantized lane's 16 bytes lie in one
 group: it sums x * q and x over them, then adds scale * the first + bias * the second (MLX's
@@ -44,14 +44,14 @@ def _unpack(d: Dialect, dtype: str, word: str) -> list[str]:
     return [half.format(f"({word}) & 0xffffu"), half.format(f"({word}) >> 16")]
 
 
-def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_group: int = 2,
+def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd_group: int = 2,
                       simd_groups: int = 4, unroll: int = 2) -> LoweredKernel:
     """The kernel of one projection region in ``dialect``: inputs x [rows, depth] then each
-    weight (w, or w, scales, biases), outputs y_i [rows, widths[i]] in x's dtype, accumulated in
-    float32.
+    weight (w, or w, scales, biases; then its bias vector where it adds one), outputs y_i [rows,
+    widths[i]] in x's dtype, accumulated in float32.
 
     Args:
-        rows_per_simd_group: Output columns one SIMD group computes (it must divide every width).
+        columns_per_simd_group: Output columns one SIMD group computes (it must divide every width).
         simd_groups: SIMD groups of one threadgroup.
         unroll: 16-byte vectors of each weight row a lane loads before it uses the first.
 
@@ -62,7 +62,7 @@ def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_gr
         ((49152, 1, 1), (128, 1, 1), ((1, 2048), (1, 512), (1, 512)))
     """
     d = DIALECTS[dialect] if isinstance(dialect, str) else dialect
-    s, r_n, u_n = spec, rows_per_simd_group, unroll
+    s, r_n, u_n = spec, columns_per_simd_group, unroll
     if any(w % r_n for w in s.widths):
         raise ValueError(f"{r_n} columns a SIMD group do not divide the widths {list(s.widths)}")
     m_n, k, e = s.rows, s.depth, s.chunk
@@ -79,6 +79,7 @@ def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_gr
     names = ["x"]
     for i in range(len(s.widths)):
         names += [f"w{i}", f"s{i}", f"b{i}"] if quant else [f"w{i}"]
+        names += [f"c{i}"] if s.has_bias(i) else []
     body = [
         f"// projection of {m_n} row(s) of {k}: {', '.join(map(str, s.widths))} columns"
         + (f", {s.bits}-bit weights in groups of {s.group_size}" if quant else ""),
@@ -87,7 +88,8 @@ def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_gr
         f"static_cast<int>({d.thread_in_group}) / {LANES}) * {r_n};",
         f"if (mt_col >= {total}) return;",
     ]
-    # The products of one weight, {W} {S} {B} {Y} naming its arrays and {N} its width.
+    # The products of one weight, {W} {S} {B} {Y} naming its arrays, {N} its width and {BIAS}
+    # its bias vector's term.
     core = [
         f"float mt_acc[{r_n}][{m_n}];",
         f"for (int mt_r = 0; mt_r < {r_n}; ++mt_r) for (int mt_m = 0; mt_m < {m_n}; ++mt_m) "
@@ -172,12 +174,14 @@ def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_gr
         f"  for (int mt_o = {LANES // 2}; mt_o > 0; mt_o /= 2) mt_acc[mt_r][mt_m] += {other};",
         f"  if (mt_lane == (mt_r * {m_n} + mt_m) % {LANES}) "
         f"{{Y}}[static_cast<size_t>(mt_m) * {{N}} + mt_col + mt_r] = "
-        f"{_cast(d, 'mt_acc[mt_r][mt_m]', 'float32', s.dtype)};",
+        f"{_cast(d, 'mt_acc[mt_r][mt_m]{BIAS}', 'float32', s.dtype)};",
         "}",
     ]
     start = 0
     for i, n in enumerate(s.widths):
-        names_of = {"{W}": f"w{i}", "{S}": f"s{i}", "{B}": f"b{i}", "{Y}": f"y{i}", "{N}": str(n)}
+        bias = f" + {_cast(d, f'c{i}[mt_col + mt_r]', s.dtype, 'float32')}" if s.has_bias(i) else ""
+        names_of = {"{W}": f"w{i}", "{S}": f"s{i}", "{B}": f"b{i}", "{Y}": f"y{i}", "{N}": str(n),
+                    "{BIAS}": bias}
         cond = f"if (mt_col < {start + n}) " if i < len(s.widths) - 1 else ""
         body.append(f"{'else ' if i else ''}{cond}{{")
         body.append(f"  mt_col -= {start};" if start else "  // the first weight's columns")
@@ -193,12 +197,15 @@ def render_projection(spec: Projection, dialect: Dialect | str, rows_per_simd_gr
         body = [ln.replace(" fma(", " fmaf(") for ln in body]
     in_shapes = [(*s.lead, k)]
     in_dtypes = [s.dtype]
-    for n in s.widths:
+    for i, n in enumerate(s.widths):
         if quant:
             in_shapes += [(n, k * s.bits // 32), (n, k // s.group_size), (n, k // s.group_size)]
             in_dtypes += ["uint32", s.dtype, s.dtype]
         else:
             in_shapes.append((n, k))
+            in_dtypes.append(s.dtype)
+        if s.has_bias(i):
+            in_shapes.append((n,))
             in_dtypes.append(s.dtype)
     source = "\n".join(body) + "\n"
     header = d.prelude + (d.helpers["mt_vec"] + "\n" if d.name == "cuda" else "") + \

@@ -1,8 +1,9 @@
 """Fusion layer: the products of a few rows by weight matrices (a decode step's projections)
-become projection regions (`mlxtriton.graph.projection`): every ``x @ W^T`` and affine
-``quantized_matmul(x, W)`` reading one x, with weights the graph's inputs or constants, is one
-kernel reading each weight once. Which products qualify on a chip is its tuning data
-(`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``). May import
+become projection regions (`mlxtriton.graph.projection`): every ``x @ W^T`` (with a bias vector
+added or not) and affine ``quantized_matmul(x, W)`` reading one x, with weights the graph's
+inputs or constants, is one kernel reading each weight once. Which products qualify on a chip is its tuning data
+(`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``,
+``projection_quantized``). May import
 mlxtriton.graph and mlxtriton.hw.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.projection import (Projection, dense_weight, merged, projection_of,
+from mlxtriton.graph.projection import (Projection, bias_vector, dense_weight, merged, projection_of,
                                         projection_region)
 from mlxtriton.graph.transforms import dce, topological_sort
 
@@ -33,18 +34,22 @@ def _operands(graph: Graph, e: Eqn) -> tuple[Var, ...] | None:
     if e.primitive == "Matmul" and len(e.inputs) == 2:
         w = dense_weight(graph.producer, e)
         return None if w is None else (w,)
+    if e.primitive == "AddMM" and len(e.inputs) == 3:
+        w, b = dense_weight(graph.producer, e), bias_vector(graph.producer, e)
+        return None if w is None or b is None else (w, b)
     if e.primitive == "QuantizedMatmul" and len(e.inputs) == 4:
         return tuple(e.inputs[1:])
     return None
 
 
-def group_projections(graph: Graph, max_rows: int, lone_rows: int
+def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bool = True
                       ) -> tuple[Graph, list[ProjectionDecision]]:
     """Make projection regions of ``graph``'s products of at most ``max_rows`` rows.
 
     Products reading the same x with the same kind of weight (dense, or quantized alike) become
-    one region; a product alone on its x becomes one up to ``lone_rows`` rows. A weight must be one of
-    the graph's inputs or constants, so that the region reads nothing a member computes.
+    one region; a product alone on its x becomes one up to ``lone_rows`` rows; quantized
+    products only with ``quantized``. A weight (and a bias vector) must be one of the graph's
+    inputs or constants, so that the region reads nothing a member computes.
 
     Returns:
         ``(graph, decisions)``: the graph computes the same values (a region's body is the same
@@ -65,6 +70,10 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int
             continue
         if spec.rows > max_rows:
             continue  # a matrix product: MLX's GEMM
+        if spec.bits and not quantized:
+            decisions.append(ProjectionDecision(e.primitive, 1, "left to MLX: quantized weights "
+                                                "(this chip's rule: MLX's quantized kernels)"))
+            continue
         if not all(v in fixed for v in operands):
             decisions.append(ProjectionDecision(e.primitive, 1, "left to MLX: a weight the graph computes"))
             continue
@@ -83,7 +92,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int
             replaced[e] = None
         replaced[eqns[-1]] = region
         weights = (f"{spec.bits}-bit weights in groups of {spec.group_size}" if spec.bits
-                   else f"{spec.dtype} weights")
+                   else f"{spec.dtype} weights") + (", bias vectors added" if any(spec.biased) else "")
         decisions.append(ProjectionDecision(
             region.params["name"], len(eqns),
             f"{len(eqns)} product(s) of {spec.rows} row(s) of {spec.depth} as one kernel: "

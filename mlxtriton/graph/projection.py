@@ -1,6 +1,6 @@
 """Graph layer: the projections of a few rows as one region (``Fused`` of kind "projection"):
-``x @ W_i^T`` for one or more weights ``W_i`` [N_i, K] read by the same x of few rows (a decode
-step's q / k / v or gate / up projections), dense or affine-quantized, one generated kernel
+``x @ W_i^T`` (+ a bias) for one or more weights ``W_i`` [N_i, K] read by the same x of few rows
+(a decode step's q / k / v or gate / up projections), dense or affine-quantized, one generated kernel
 (`mlxtriton.codegen.projection`) that reads each weight once. The fuse stage builds it
 (`mlxtriton.fusion.projections`), codegen renders it. May import the graph layer.
 """
@@ -14,6 +14,7 @@ from mlxtriton.graph.fused import fused_eqn
 from mlxtriton.graph.transforms import make_eqn
 
 KIND = "projection"
+PRODUCTS = ("Matmul", "AddMM", "QuantizedMatmul")
 FLOATS = ("float32", "float16", "bfloat16")
 # The kernel's lanes each read 16 bytes of a weight row a step.
 VECTOR_BYTES = 16
@@ -25,7 +26,8 @@ class Projection:
     and weights of ``widths[i]`` rows of ``depth``: dense in ``dtype`` (``bits`` 0) or
     affine-quantized as MLX packs them (``bits`` 4 or 8: uint32 words of ``32 / bits`` values,
     the lowest bits first, a float scale and bias in ``dtype`` per ``group_size`` values of a
-    row, value = scale * q + bias)."""
+    row, value = scale * q + bias). ``biased[i]``: product i adds a vector of ``widths[i]``
+    values in ``dtype`` to every row (``nn.Linear``'s bias: ``AddMM``); () for none."""
 
     lead: tuple[int, ...]
     depth: int
@@ -33,6 +35,11 @@ class Projection:
     dtype: str
     bits: int = 0
     group_size: int = 0
+    biased: tuple[bool, ...] = ()
+
+    def has_bias(self, i: int) -> bool:
+        """Whether product ``i`` adds a bias vector."""
+        return bool(self.biased) and self.biased[i]
 
     @property
     def rows(self) -> int:
@@ -49,44 +56,47 @@ class Projection:
             return VECTOR_BYTES * 8 // self.bits
         return VECTOR_BYTES // (4 if self.dtype == "float32" else 2)
 
-    @property
-    def operands(self) -> int:
-        """Arrays each weight binds: the matrix, or the packed words, scales and biases."""
-        return 3 if self.bits else 1
-
-    def weight_bytes(self) -> int:
-        """Bytes of every weight (with its scales and biases) one call reads."""
-        n = sum(self.widths)
-        if not self.bits:
-            return n * self.depth * (4 if self.dtype == "float32" else 2)
-        item = 4 if self.dtype == "float32" else 2
-        return n * (self.depth * self.bits // 8 + 2 * item * (self.depth // self.group_size))
-
 
 def dense_weight(graph_producer, eqn: Eqn) -> Var | None:
-    """The [N, K] array ``w`` of a ``Matmul(x, Transpose(w))`` (``graph_producer``: var ->
-    producing equation or None), else None."""
+    """The [N, K] array ``w`` of a ``Matmul(x, Transpose(w))`` or ``AddMM(x, Transpose(w), c)``
+    (``graph_producer``: var -> producing equation or None), else None."""
     t = graph_producer(eqn.inputs[1])
     if t is None or t.primitive != "Transpose" or t.inputs[0].ndim != 2:
         return None
     return t.inputs[0] if tuple(t.params["axes"]) == (1, 0) else None
 
 
+def bias_vector(graph_producer, eqn: Eqn) -> Var | None:
+    """The vector an ``AddMM``'s addend broadcasts along its rows, when it is one, else None."""
+    c = eqn.inputs[2]
+    b = graph_producer(c)
+    src = b.inputs[0] if b is not None and b.primitive == "Broadcast" else c
+    n = eqn.outputs[0].shape[-1]
+    return src if src.shape == (n,) else None
+
+
 def projection_of(eqn: Eqn, weight: tuple[Var, ...]) -> Projection | str:
-    """The one-weight `Projection` of ``eqn`` (a ``Matmul`` of x by ``weight[0]`` transposed, or
-    a ``QuantizedMatmul`` of x by ``weight`` = (w, scales, biases)), or why the kernel does not
-    compute it."""
+    """The one-weight `Projection` of ``eqn`` (a ``Matmul`` of x by ``weight[0]`` transposed, an
+    ``AddMM`` of that and the bias vector ``weight[1]``, or a ``QuantizedMatmul`` of x by
+    ``weight`` = (w, scales, biases)), or why the kernel does not compute it."""
     x = eqn.inputs[0]
     if x.dtype not in FLOATS:
         return f"x of {x.dtype}"
     if x.ndim < 1 or 0 in x.shape:
         return "an empty x"
     k = x.shape[-1]
-    if eqn.primitive == "Matmul":
-        (w,) = weight
+    if eqn.primitive in ("Matmul", "AddMM"):
+        w = weight[0]
         if w.dtype != x.dtype or w.shape[1] != k:
             return f"x {x.type_str()} and weight {w.type_str()}"
-        spec = Projection(tuple(x.shape[:-1]), k, (w.shape[0],), x.dtype)
+        biased = ()
+        if eqn.primitive == "AddMM":
+            if (eqn.params["alpha"], eqn.params["beta"]) != (1.0, 1.0):
+                return "a scaled product or addend (alpha, beta not 1)"
+            if len(weight) != 2 or weight[1].dtype != x.dtype:
+                return "an addend that is no bias vector of x's dtype"
+            biased = (True,)
+        spec = Projection(tuple(x.shape[:-1]), k, (w.shape[0],), x.dtype, biased=biased)
     elif eqn.primitive == "QuantizedMatmul":
         p = eqn.params
         if str(p["mode"]) != "affine" or not p["transpose"] or len(weight) != 3:
@@ -114,14 +124,16 @@ def merged(specs: list[Projection]) -> Projection | None:
     if any((s.lead, s.depth, s.dtype, s.bits, s.group_size) !=
            (first.lead, first.depth, first.dtype, first.bits, first.group_size) for s in specs):
         return None
+    biased = tuple(s.has_bias(i) for s in specs for i in range(len(s.widths)))
     return Projection(first.lead, first.depth, tuple(w for s in specs for w in s.widths),
-                      first.dtype, first.bits, first.group_size)
+                      first.dtype, first.bits, first.group_size, biased if any(biased) else ())
 
 
 def projection_region(x: Var, weights: list[tuple[Var, ...]], eqns: list[Eqn], spec: Projection) -> Eqn:
     """The Fused equation of kind "projection" computing the outputs of ``eqns`` (each a Matmul
-    of ``x`` by a weight transposed or a QuantizedMatmul of ``x``, ``weights`` their operands
-    after x) in one kernel. Its body is those products, which is how the region runs as MLX ops."""
+    or AddMM of ``x`` by a weight transposed, or a QuantizedMatmul of ``x``; ``weights`` their
+    operands after x: the weight and an AddMM's bias vector, or a QuantizedMatmul's arrays) in
+    one kernel. Its body is those products, which is how the region runs as MLX ops."""
     inner_x = Var(x.shape, x.dtype)
     inputs, body_eqns, outs = [x], [], []
     inner_inputs = [inner_x]
@@ -132,6 +144,10 @@ def projection_region(x: Var, weights: list[tuple[Var, ...]], eqns: list[Eqn], s
         if e.primitive == "Matmul":
             t = make_eqn("Transpose", [inner[0]], {"axes": (1, 0)})
             body_eqns += [t, make_eqn("Matmul", [inner_x, t.outputs[0]], dict(e.params))]
+        elif e.primitive == "AddMM":
+            t = make_eqn("Transpose", [inner[0]], {"axes": (1, 0)})
+            c = make_eqn("Broadcast", [inner[1]], {"shape": e.inputs[2].shape})
+            body_eqns += [t, c, make_eqn("AddMM", [inner_x, t.outputs[0], c.outputs[0]], dict(e.params))]
         else:
             body_eqns.append(make_eqn(e.primitive, [inner_x, *inner], dict(e.params)))
         if body_eqns[-1].outputs[0].aval != e.outputs[0].aval:
@@ -139,7 +155,7 @@ def projection_region(x: Var, weights: list[tuple[Var, ...]], eqns: list[Eqn], s
                              f"not {e.outputs[0].type_str()}")
         outs.append(e.outputs[0])
     body = Graph(tuple(inner_inputs), tuple(body_eqns),
-                 tuple(e.outputs[0] for e in body_eqns if e.primitive != "Transpose"))
+                 tuple(e.outputs[0] for e in body_eqns if e.primitive in PRODUCTS))
     return fused_eqn(body, tuple(inputs), tuple(outs), KIND, f"{KIND}_{body.structural_hash[:10]}")
 
 
@@ -148,9 +164,14 @@ def spec_of(body: Graph) -> Projection:
     producer = {o: e for e in body.eqns for o in e.outputs}.get
     specs, x = [], body.inputs[0]
     for e in body.eqns:
-        if e.primitive == "Transpose":
+        if e.primitive not in PRODUCTS:
             continue
-        weight = (dense_weight(producer, e),) if e.primitive == "Matmul" else tuple(e.inputs[1:])
+        if e.primitive == "Matmul":
+            weight = (dense_weight(producer, e),)
+        elif e.primitive == "AddMM":
+            weight = (dense_weight(producer, e), bias_vector(producer, e))
+        else:
+            weight = tuple(e.inputs[1:])
         spec = projection_of(e, weight)
         if isinstance(spec, str) or e.inputs[0] is not x:
             raise ValueError(f"not a projection region: {spec}")
@@ -161,4 +182,5 @@ def spec_of(body: Graph) -> Projection:
     return spec
 
 
-__all__ = ["KIND", "Projection", "dense_weight", "projection_of", "merged", "projection_region", "spec_of"]
+__all__ = ["KIND", "PRODUCTS", "Projection", "dense_weight", "bias_vector", "projection_of", "merged",
+           "projection_region", "spec_of"]

@@ -107,7 +107,9 @@ class Tuning:
         projection_max_rows: Products of x of at most this many rows by weight matrices (a
             decode step's projections) run as the projection kernel, those reading one x as one
             launch (0: never; MLX's own matrix-vector kernels run them)...
-        projection_lone_rows: ...and a product alone on its x up to this many rows.
+        projection_lone_rows: ...and a product alone on its x up to this many rows...
+        projection_quantized: ...and whether affine-quantized products do too (else MLX's
+            quantized kernels run them).
         projection_columns_one_row: The projection kernel's output columns per SIMD group for
             x of one row...
         projection_columns: ...for x of several rows...
@@ -163,6 +165,7 @@ class Tuning:
     resident_saves_statistics: bool
     projection_max_rows: int
     projection_lone_rows: int
+    projection_quantized: bool
     projection_columns_one_row: int
     projection_columns: int
     projection_simd_groups: int
@@ -200,7 +203,7 @@ def _row(architecture: str, families: tuple[str, ...], **rules: tuple[Any, str, 
 
 _R = "benchmarks/results/"
 
-# NVIDIA Hopper: every rule measured on the H200 through MLX 0.32's CUDA backend.
+# NVIDIA Hopper: every rule measured on the H200 or the H100 through MLX 0.32's CUDA backend.
 SM_90 = _row(
     "sm_90", ("sm_90",),
     pointwise_bytes_per_thread=(16, "MLX's CUDA unary/binary kernels read N_READS = 16 / sizeof(T) "
@@ -299,6 +302,10 @@ SM_90 = _row(
     projection_lone_rows=(1, "one row: a lone product level with MLX's matrix-vector kernel (8B "
                              "down 46.7 against 46.8 us, output head 174.2 against 174.4); at 8 "
                              "rows slower (8B down 61.0 against 50.2)", _R + "projections_h100.json"),
+    projection_quantized=(False, "1B 4-bit step 2.24 ms with quantized projections against plain "
+                                 "mlx-lm's 1.66, the 0.74x of the step without them (an earlier "
+                                 "dequantization; the current one not yet timed)",
+                          _R + "generation_h100_projections.json"),
     projection_columns_one_row=(1, "one row: 8B down 46.7 us at one column, 52.9 at two",
                                 _R + "projections_h100.json"),
     projection_columns=(2, "8 rows: 8B down 61.0 us at two columns, 80.4 at one; q/k/v 31.4 "
@@ -372,6 +379,7 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
         projection_max_rows=(0, "MLX's Metal matrix-vector and quantized kernels are kept until the "
                                 "projection kernel is timed on the chip", guess),
         projection_lone_rows=(0, "as projection_max_rows", guess),
+        projection_quantized=(False, "as projection_max_rows", guess),
         projection_columns_one_row=(1, "the NVIDIA rule, kept", guess),
         projection_columns=(2, "the NVIDIA rule, kept", guess),
         projection_simd_groups=(4, "the NVIDIA rule, kept", guess),

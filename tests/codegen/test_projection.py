@@ -28,21 +28,28 @@ def operands(spec: Projection, seed: int = 0):
     dt = getattr(mx, spec.dtype)
     x = mx.array(rng.standard_normal((*spec.lead, spec.depth)).astype(np.float32)).astype(dt)
     weights = []
-    for n in spec.widths:
+    for i, n in enumerate(spec.widths):
         w = mx.array(rng.standard_normal((n, spec.depth)).astype(np.float32) * 0.1).astype(dt)
-        weights.append(mx.quantize(w, group_size=spec.group_size, bits=spec.bits) if spec.bits else (w,))
+        operands = tuple(mx.quantize(w, group_size=spec.group_size, bits=spec.bits)) if spec.bits else (w,)
+        if spec.has_bias(i):
+            operands += (mx.array(rng.standard_normal((n,)).astype(np.float32)).astype(dt),)
+        weights.append(operands)
     return x, weights
 
 
 def reference(spec: Projection, x, weights):
     """MLX on the CPU, in float32 where the product allows (quantized: MLX's own kernel)."""
     with mx.stream(mx.cpu):
-        if spec.bits:
-            outs = [mx.quantized_matmul(x.astype(mx.float32), w, s.astype(mx.float32), b.astype(mx.float32),
-                                        transpose=True, group_size=spec.group_size, bits=spec.bits)
-                    for w, s, b in weights]
-        else:
-            outs = [x.astype(mx.float32) @ w.astype(mx.float32).T for (w,) in weights]
+        f32 = x.astype(mx.float32)
+        outs = []
+        for i, operands in enumerate(weights):
+            if spec.bits:
+                w, s, b = operands[:3]
+                out = mx.quantized_matmul(f32, w, s.astype(mx.float32), b.astype(mx.float32),
+                                          transpose=True, group_size=spec.group_size, bits=spec.bits)
+            else:
+                out = f32 @ operands[0].astype(mx.float32).T
+            outs.append(out + operands[-1].astype(mx.float32) if spec.has_bias(i) else out)
         mx.eval(outs)
     return outs
 
@@ -68,6 +75,8 @@ SPECS = [
     Projection((1,), 384, (48,), "float16", 4, 32),
     Projection((5,), 256, (16, 16), "bfloat16", 8, 64),
     Projection((1,), 512, (32,), "bfloat16", 4, 128),
+    Projection((2,), 256, (64, 16, 16), "bfloat16", biased=(True, True, False)),  # qwen2's q/k/v
+    Projection((1,), 256, (32, 32), "float16", 4, 64, biased=(False, True)),
 ]
 
 
@@ -77,18 +86,18 @@ def test_the_kernel_matches_mlx(spec):
     assert_close(emulated(spec, x, weights), reference(spec, x, weights), spec.dtype, spec.depth)
 
 
-@pytest.mark.parametrize("rows_per_simd_group, simd_groups, unroll", [(1, 1, 1), (4, 2, 3), (8, 4, 2)])
+@pytest.mark.parametrize("columns_per_simd_group, simd_groups, unroll", [(1, 1, 1), (4, 2, 3), (8, 4, 2)])
 @pytest.mark.parametrize("spec", [SPECS[0], SPECS[3]], ids=str)
-def test_every_schedule_matches_mlx(spec, rows_per_simd_group, simd_groups, unroll):
+def test_every_schedule_matches_mlx(spec, columns_per_simd_group, simd_groups, unroll):
     x, weights = operands(spec, seed=1)
-    got = emulated(spec, x, weights, rows_per_simd_group=rows_per_simd_group,
+    got = emulated(spec, x, weights, columns_per_simd_group=columns_per_simd_group,
                    simd_groups=simd_groups, unroll=unroll)
     assert_close(got, reference(spec, x, weights), spec.dtype, spec.depth)
 
 
 def test_columns_a_simd_group_must_divide_the_widths():
     with pytest.raises(ValueError, match="do not divide"):
-        render_projection(Projection((1,), 256, (64, 30), "float32"), "metal", rows_per_simd_group=4)
+        render_projection(Projection((1,), 256, (64, 30), "float32"), "metal", columns_per_simd_group=4)
 
 
 @pytest.mark.skipif(cuda_check.nvcc() is None, reason="nvcc is not installed")

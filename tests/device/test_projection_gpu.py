@@ -1,9 +1,11 @@
 """The projection kernel (`mlxtriton.codegen.projection`) launched on the GPU: against MLX's
 matmul and quantized_matmul (in float32 on the CPU) for every dtype, dense and 4- and 8-bit
-weights, 1 and 8 rows and several schedules; and greedy generation through ``optimize``, where
-the decode step's projections run as the kernel, against plain mlx-lm. The Metal emulator runs
+weights, with bias vectors or not, 1 and 8 rows and several schedules; and greedy generation
+through ``optimize``, where the decode step's projections run as the kernel, against plain
+mlx-lm. The Metal emulator runs
 the same kernels in CI (tests/codegen/test_projection.py). Runs on the lent GPU (``-m cuda``)."""
 
+import dataclasses
 import itertools
 
 import mlx.core as mx
@@ -12,7 +14,7 @@ import pytest
 from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
-from mlxtriton import lm
+from mlxtriton import hw, lm
 from mlxtriton.codegen.projection import render_projection
 from mlxtriton.graph.projection import Projection
 from mlxtriton.runtime.launch import launcher
@@ -22,8 +24,11 @@ from tests.fusion.test_projections import decode_model
 
 pytestmark = [pytest.mark.cuda]
 
-WIDE = [Projection((8,), 2048, (512, 256, 256), "bfloat16"), Projection((1,), 4096, (1024,), "bfloat16", 4, 64),
-        Projection((8,), 2048, (256, 256), "float16", 4, 64), Projection((1,), 1024, (128,), "float32")]
+WIDE = [Projection((8,), 2048, (512, 256, 256), "bfloat16"),
+        Projection((1,), 4096, (1024,), "bfloat16", 4, 64),
+        Projection((8,), 2048, (256, 256), "float16", 4, 64),
+        Projection((1,), 1024, (128,), "float32"),
+        Projection((1,), 1536, (1536, 256, 256), "bfloat16", biased=(True, True, True))]
 
 
 @pytest.mark.parametrize("schedule", [(1, 4, 2), (2, 4, 2), (4, 8, 1)], ids=str)
@@ -32,13 +37,18 @@ def test_the_kernel_matches_mlx(spec, schedule):
     if any(w % schedule[0] for w in spec.widths):
         pytest.skip("columns a SIMD group do not divide the widths")
     x, weights = operands(spec)
-    got = launcher(render_projection(spec, "cuda", *schedule))(x, *itertools.chain.from_iterable(weights))
+    kernel = launcher(render_projection(spec, "cuda", *schedule))
+    got = kernel(x, *itertools.chain.from_iterable(weights))
     assert_close(got, reference(spec, x, weights), spec.dtype, spec.depth)
 
 
-@pytest.mark.parametrize("quantized,batch", [(False, 1), (False, 3), (True, 1)])
-def test_greedy_generation_through_the_kernel_matches_mlx_lm(quantized, batch):
-    model = decode_model(quantized, head_dim=64, group_size=64)
+@pytest.mark.parametrize("quantized,batch,name", [(False, 1, "llama"), (False, 3, "llama"),
+                                                  (True, 1, "llama"), (False, 1, "qwen2")])
+def test_greedy_generation_through_the_kernel_matches_mlx_lm(monkeypatch, quantized, batch, name):
+    original = hw.tuning.tuning  # quantized products: the kernel even where the chip's rule is off
+    monkeypatch.setattr(hw.tuning, "tuning",
+                        lambda p: dataclasses.replace(original(p), projection_quantized=True))
+    model = decode_model(quantized, head_dim=64, group_size=64, name=name)
     f = mlxtriton.optimize(model)
     fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
     y = mx.stack([lm_zoo.prompt(40, seed=s) for s in range(batch)])

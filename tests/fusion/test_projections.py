@@ -64,6 +64,18 @@ def test_more_rows_than_the_rule_or_no_rule_stay_mlx():
         assert not _regions(graph)
 
 
+def test_biased_products_join_with_their_bias():
+    def f(x, w1, b1, w2, w3, b3):  # nn.Linear with a bias is AddMM
+        return mx.addmm(b1, x, w1.T), x @ w2.T, mx.addmm(b3, x, w3.T, alpha=2.0)
+
+    ws = _weights((16, 32), (16,), (8, 32), (4, 32), (4,))
+    graph, decisions = group_projections(_graph(f, mx.ones((1, 32)), *ws), 8, 1)
+    (region,) = _regions(graph)
+    spec = spec_of(region.params["body"])
+    assert spec.widths == (16, 8) and spec.biased == (True, False)
+    assert any("alpha, beta not 1" in d.as_text() for d in decisions)
+
+
 def test_a_weight_the_graph_computes_stays_mlx():
     def f(x, w):
         return x @ (w * 2).T, x @ w.T
@@ -82,6 +94,18 @@ def test_quantized_and_dense_products_are_separate_regions():
 
     graph, _ = group_projections(_graph(f, mx.ones((1, 64), mx.bfloat16), w, *qw), 8, 1)
     assert sorted(spec_of(r.params["body"]).bits for r in _regions(graph)) == [0, 4]
+
+
+def test_quantized_products_by_the_chips_rule():
+    qw = mx.quantize(_weights((32, 64), dtype=mx.bfloat16)[0], group_size=64, bits=4)
+
+    def f(x, w, s, b):
+        return mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=4)
+
+    x = mx.ones((1, 64), mx.bfloat16)
+    graph, decisions = group_projections(_graph(f, x, *qw), 8, 1, quantized=False)
+    assert not _regions(graph) and "quantized weights" in decisions[0].as_text()
+    assert _regions(group_projections(_graph(f, x, *qw), 8, 1, quantized=True)[0])
 
 
 def test_float32_x_with_quantized_weights_stays_mlx():
@@ -105,17 +129,18 @@ def projections_on_apple(monkeypatch):
     def tuned(profile):
         t = original(profile)
         if t.architecture.startswith("apple"):
-            t = dataclasses.replace(t, projection_max_rows=8, projection_lone_rows=1)
+            t = dataclasses.replace(t, projection_max_rows=8, projection_lone_rows=1,
+                                    projection_quantized=True)
         return t
 
     monkeypatch.setattr(hw.tuning, "tuning", tuned)
     monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
 
 
-def decode_model(quantized: bool, head_dim: int, group_size: int):
-    """The zoo's llama; quantized: float16 activations (the kernel reads half-precision x with
-    quantized weights) and 4-bit weights."""
-    arch = lm_zoo.BY_NAME["llama"]
+def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "llama"):
+    """A model of the zoo (llama: q/k/v without a bias, qwen2: with); quantized: float16
+    activations (the kernel reads half-precision x with quantized weights) and 4-bit weights."""
+    arch = lm_zoo.BY_NAME[name]
     model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": head_dim}))
     if quantized:
         model.set_dtype(mx.float16)
@@ -123,9 +148,9 @@ def decode_model(quantized: bool, head_dim: int, group_size: int):
     return model
 
 
-@pytest.mark.parametrize("quantized", [False, True])
-def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized):
-    model = decode_model(quantized, head_dim=32, group_size=32)
+@pytest.mark.parametrize("quantized,name", [(False, "llama"), (True, "llama"), (False, "qwen2")])
+def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized, name):
+    model = decode_model(quantized, head_dim=32, group_size=32, name=name)
     from mlx_lm.models import cache as lm_cache
 
     f = mlxtriton.optimize(model, chip="m3")
