@@ -716,7 +716,7 @@ def _matmul(b: _Builder) -> _Step | None:
         return None
     k = x.shape[-1]
     n_out = b.d.choice((8, 1, 3, 0, 129, 16))
-    form = b.d.choice(("right", "right", "vector", "left", "bias", "batched"))
+    form = b.d.choice(("right", "right", "vector", "left", "bias", "batched", "transposed"))
     if form == "left" and len(x.shape) >= 2:
         w = b.argument((b.d.choice((4, 1, 0)), x.shape[-2]), x.dtype)
         return _Step(f"{w.name} @ {x.name}", exact=CLOSE)
@@ -726,6 +726,9 @@ def _matmul(b: _Builder) -> _Step | None:
     if form == "batched" and len(x.shape) == 3:
         w = b.argument((b.d.choice((x.shape[0], 1)), k, n_out), x.dtype)
         return _Step(f"mx.matmul({x.name}, {w.name})", exact=CLOSE)
+    if form == "transposed":  # nn.Linear's x @ W^T: a projection on NVIDIA chips at few rows
+        w = b.argument((n_out, k), x.dtype)
+        return _Step(f"{x.name} @ {w.name}.T", exact=CLOSE)
     w = b.argument((k, n_out), x.dtype)
     if form == "bias":
         bias = b.argument((n_out,), x.dtype)
