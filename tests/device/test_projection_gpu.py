@@ -9,18 +9,16 @@ import dataclasses
 import itertools
 
 import mlx.core as mx
-import numpy as np
 import pytest
-from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
-from mlxtriton import hw, lm
+from mlxtriton import hw
 from mlxtriton.codegen.projection import render_projection
 from mlxtriton.graph.projection import Projection
 from mlxtriton.runtime.launch import launcher
 from tests import lm_zoo
 from tests.codegen.test_projection import SPECS, assert_close, operands, reference
-from tests.fusion.test_projections import decode_model
+from tests.fusion.test_projections import decode_model, greedy_against_mlx_lm
 
 pytestmark = [pytest.mark.cuda]
 
@@ -50,13 +48,8 @@ def test_greedy_generation_through_the_kernel_matches_mlx_lm(monkeypatch, quanti
                         lambda p: dataclasses.replace(original(p), projection_quantized=True))
     model = decode_model(quantized, head_dim=64, group_size=64, name=name)
     f = mlxtriton.optimize(model)
-    fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
     y = mx.stack([lm_zoo.prompt(40, seed=s) for s in range(batch)])
     tol = 0.15 if quantized else 2e-3  # float16 rounds differently at every op of the two graphs
-    for _ in range(16):
-        a, b = f(y, cache=fast)[:, -1], model(y, cache=plain)[:, -1]
-        np.testing.assert_allclose(np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)),
-                                   atol=tol, rtol=tol)
-        y = mx.argmax(b, axis=-1)[:, None]
+    y, fast = greedy_against_mlx_lm(f, model, y, 16, tol)
     kernels = [k.name for k in f.lower(y, cache=fast)]
     assert any(n.startswith("mlxt_projection_") for n in kernels), kernels

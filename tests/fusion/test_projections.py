@@ -148,22 +148,27 @@ def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "l
     return model
 
 
-@pytest.mark.parametrize("quantized,name", [(False, "llama"), (True, "llama"), (False, "qwen2")])
-def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized, name):
-    model = decode_model(quantized, head_dim=32, group_size=32, name=name)
+def greedy_against_mlx_lm(f, model, y, steps: int, tol: float):
+    """``steps`` greedy steps of ``f`` (the model optimized) with mlxtriton.lm's caches against the
+    plain model with mlx-lm's, logits compared at each; the last tokens and the optimized caches."""
     from mlx_lm.models import cache as lm_cache
 
-    f = mlxtriton.optimize(model, chip="m3")
     fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
-    y = lm_zoo.prompt(9)[None]
-    # float16 activations round differently at every op of the two graphs (with the projections
-    # left to MLX the logits differ as much: up to 0.07 of logits near 5)
-    tol = 0.15 if quantized else 1e-4
-    for _ in range(3):
+    for _ in range(steps):
         a, b = f(y, cache=fast)[:, -1], model(y, cache=plain)[:, -1]
         np.testing.assert_allclose(np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)),
                                    atol=tol, rtol=tol)
         y = mx.argmax(b, axis=-1)[:, None]
+    return y, fast
+
+
+@pytest.mark.parametrize("quantized,name", [(False, "llama"), (True, "llama"), (False, "qwen2")])
+def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized, name):
+    model = decode_model(quantized, head_dim=32, group_size=32, name=name)
+    f = mlxtriton.optimize(model, chip="m3")
+    # float16 activations round differently at every op of the two graphs (with the projections
+    # left to MLX the logits differ as much: up to 0.07 of logits near 5)
+    y, fast = greedy_against_mlx_lm(f, model, lm_zoo.prompt(9)[None], 3, 0.15 if quantized else 1e-4)
     names = [k.name for k in f.lower(y, cache=fast)]
     # per layer q/k/v, o, gate/up and down, and the output head; dense, on Metal the residual adds
     # join o and down as AddMM (patterns/linear.py)
