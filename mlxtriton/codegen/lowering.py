@@ -109,7 +109,8 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
             eqns.append(e)
             continue
         if e.params["kind"] == projection.KIND:
-            r, g, u = projection_schedule(projection.spec_of(e.params["body"]).rows, target)
+            spec = projection.spec_of(e.params["body"])
+            r, g, u = projection_schedule(spec.rows, spec.widths, target)
             why = _PROJECTION.format(r=r, g=g, u=u)
             decisions.append(CacheDecision(e.params["name"], "none", (), (), why))
             eqns.append(e)
@@ -151,10 +152,8 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
                                 block_simd_groups=simd_groups), ()
     if eqn.params["kind"] == projection.KIND:
         spec = projection.spec_of(eqn.params["body"])
-        r, g, u = projection_schedule(spec.rows, target)
-        while any(w % r for w in spec.widths):  # the columns a SIMD group takes divide every width
-            r //= 2
-        return render_projection(spec, target.device.backend, r, g, u), ()
+        return render_projection(spec, target.device.backend,
+                                 *projection_schedule(spec.rows, spec.widths, target)), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:

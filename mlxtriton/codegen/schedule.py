@@ -514,12 +514,15 @@ def attention_blocks(keys: int, target: hw.Target) -> tuple[int, int]:
     return t.attention_key_blocks, t.attention_block_simd_groups
 
 
-def projection_schedule(rows: int, target: hw.Target) -> tuple[int, int, int]:
+def projection_schedule(rows: int, widths: tuple[int, ...], target: hw.Target) -> tuple[int, int, int]:
     """(columns a SIMD group, SIMD groups a threadgroup, vectors a lane in flight) of the
-    projection kernel (`mlxtriton.codegen.projection`) for x of ``rows`` rows on the target's
-    chip."""
+    projection kernel (`mlxtriton.codegen.projection`) for x of ``rows`` rows and weights of
+    ``widths`` rows on the target's chip: the chip's columns, halved until they divide every
+    width."""
     t = _tuning(target)
     columns = t.projection_columns_one_row if rows == 1 else t.projection_columns
+    while any(w % columns for w in widths):
+        columns //= 2
     return columns, t.projection_simd_groups, t.projection_unroll
 
 
@@ -811,5 +814,6 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
                     **_bound(T * G, n, bool(a.blocks)))
 
 
-__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "projection_schedule", "candidates", "default",
-           "dialect_target", "holds_rows", "kernel_target", "legal", "staged_bytes"]
+__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "projection_schedule",
+           "candidates", "default", "dialect_target", "holds_rows", "kernel_target", "legal",
+           "staged_bytes"]

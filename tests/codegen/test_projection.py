@@ -111,3 +111,13 @@ def test_the_metal_rendering_type_checks():
     for spec in SPECS:
         kernel = render_projection(spec, "metal")
         assert metal_check.check(kernel) == [], kernel.as_text()
+
+
+def test_the_chips_schedule_halves_its_columns_to_divide_every_width():
+    from mlxtriton import hw
+    from mlxtriton.codegen.schedule import kernel_target, projection_schedule
+
+    t, target = hw.tuning.SM_90, kernel_target("h100")
+    assert projection_schedule(1, (64,), target)[0] == t.projection_columns_one_row
+    assert projection_schedule(8, (64, 32), target)[0] == t.projection_columns
+    assert projection_schedule(8, (64, 33), target)[0] == 1
