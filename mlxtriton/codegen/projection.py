@@ -1,14 +1,14 @@
 """Codegen layer: the projection region's kernel (`mlxtriton.graph.projection`), written once for
 both dialects: ``y_i = x @ W_i^T`` for a few rows of x and one or more weights, dense or
-affine-quantized, a bias vector added or not. Each SIMD group (warp) computes a few consecutive
-output columns of one weight for every row of x: its lanes walk the weight rows in 16-byte vectors,
-``unroll`` vectors a row issued before any is used, each x vector read once for all of them, and
-the 32 lanes' partial sums meet by butterfly shuffles. A quantized lane's 16 bytes lie in one
-group: it sums x * q and x over them, then adds scale * the first + bias * the second (MLX's
-affine packing, mlx/backend/cuda/quantized/qmm/qmv.cu, reads the same words), in float32
-throughout where MLX's kernel accumulates 4-bit products in the activations' dtype. Several weights
-are one grid over their concatenated columns, each SIMD group in one weight. May import the
-graph layer and codegen.
+affine-quantized, a bias vector added or not. Each SIMD group (warp) computes a few
+consecutive output columns of one weight for every row of x: its lanes walk the weight rows in
+16-byte vectors, ``unroll`` vectors a row issued before any is used, each x vector read once for
+all of them, and the 32 lanes' partial sums meet by butterfly shuffles. A quantized lane's 16
+bytes lie in one group: it sums x * q and x over them, then adds scale * the first + bias * the
+second (MLX's affine packing, mlx/backend/cuda/quantized/qmm/qmv.cu, reads the same words), in
+float32 throughout where MLX's kernel accumulates 4-bit products in the activations' dtype.
+Several weights are one grid over their concatenated columns, each SIMD group in one weight.
+May import the graph layer and codegen.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
         f"static_cast<int>({d.thread_in_group}) / {LANES}) * {r_n};",
         f"if (mt_col >= {total}) return;",
     ]
+    # A lane's vector mt_c lies in the row unless the row's vectors end within this step.
+    guard = "true" if steps % (LANES * u_n) == 0 else f"mt_c < {steps}"
     # The products of one weight, {W} {S} {B} {Y} naming its arrays, {N} its width and {BIAS}
     # its bias vector's term.
     core = [
@@ -100,7 +102,7 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
         f"  {d.unroll}",
         f"  for (int mt_u = 0; mt_u < {u_n}; ++mt_u) {{",
         f"    const int mt_c = mt_c0 + mt_u * {LANES};",
-        f"    if ({steps % (LANES * u_n) == 0 and 'true' or f'mt_c < {steps}'}) {{",
+        f"    if ({guard}) {{",
         f"      {d.unroll}",
         f"      for (int mt_r = 0; mt_r < {r_n}; ++mt_r) {{",
         f"        const size_t mt_row = static_cast<size_t>(mt_col + mt_r);",
@@ -122,7 +124,7 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
         f"  {d.unroll}",
         f"  for (int mt_u = 0; mt_u < {u_n}; ++mt_u) {{",
         f"    const int mt_c = mt_c0 + mt_u * {LANES};",
-        f"    if ({steps % (LANES * u_n) == 0 and 'true' or f'mt_c < {steps}'}) {{",
+        f"    if ({guard}) {{",
         f"      {d.unroll}",
         f"      for (int mt_m = 0; mt_m < {m_n}; ++mt_m) {{",
         f"        float mt_xf[{e}];",
