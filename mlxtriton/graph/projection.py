@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mlxtriton.graph.core import Eqn, Graph, Var
@@ -44,10 +45,7 @@ class Projection:
     @property
     def rows(self) -> int:
         """Rows of x: its leading axes (``lead``) flattened."""
-        n = 1
-        for s in self.lead:
-            n *= s
-        return n
+        return math.prod(self.lead)
 
     @property
     def chunk(self) -> int:
