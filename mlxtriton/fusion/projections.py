@@ -22,7 +22,6 @@ class ProjectionDecision:
     """One projection region, or a product of few rows left to MLX, and why."""
 
     region: str
-    products: int
     reason: str
 
     def as_text(self) -> str:
@@ -66,16 +65,16 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
             continue
         spec = projection_of(e, operands)
         if isinstance(spec, str):
-            decisions.append(ProjectionDecision(e.primitive, 1, f"left to MLX: {spec}"))
+            decisions.append(ProjectionDecision(e.primitive, f"left to MLX: {spec}"))
             continue
         if spec.rows > max_rows:
             continue  # a matrix product: MLX's GEMM
         if spec.bits and not quantized:
-            decisions.append(ProjectionDecision(e.primitive, 1, "left to MLX: quantized weights "
+            decisions.append(ProjectionDecision(e.primitive, "left to MLX: quantized weights "
                                                 "(this chip's rule: MLX's quantized kernels)"))
             continue
         if not all(v in fixed for v in operands):
-            decisions.append(ProjectionDecision(e.primitive, 1, "left to MLX: a weight the graph computes"))
+            decisions.append(ProjectionDecision(e.primitive, "left to MLX: a weight the graph computes"))
             continue
         key = (e.inputs[0], spec.bits, spec.group_size)
         groups.setdefault(key, []).append((e, operands, spec))
@@ -94,7 +93,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         weights = (f"{spec.bits}-bit weights in groups of {spec.group_size}" if spec.bits
                    else f"{spec.dtype} weights") + (", bias vectors added" if any(spec.biased) else "")
         decisions.append(ProjectionDecision(
-            region.params["name"], len(eqns),
+            region.params["name"],
             f"{len(eqns)} product(s) of {spec.rows} row(s) of {spec.depth} as one kernel: "
             f"{' + '.join(map(str, spec.widths))} columns of {weights}, each weight read once"))
     if not replaced:
