@@ -14,17 +14,12 @@ import hashlib
 
 from mlxtriton.codegen.dialects import DIALECTS, Dialect
 from mlxtriton.codegen.kernel_ir import Ops
-from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.codegen.render import LoweredKernel, template_header
 from mlxtriton.graph.attention import LANES, DecodeAttention
 
 # The running maximum's start: the lowest finite float, as MLX's kernel starts, so that a SIMD
 # group that meets no visible key merges as a factor exp(lowest - max) = 0, not inf - inf.
 _LOWEST = "-3.402823466e+38f"
-
-
-def _cast(d: Dialect, x: str, src: str, dst: str) -> str:
-    template = d.casts.get((src, dst))
-    return template.format(x=x) if template else f"static_cast<{d.type(dst)}>({x})"
 
 
 def _warp(d: Dialect, x: str, combine: str) -> list[str]:
@@ -58,7 +53,7 @@ def _query(s: DecodeAttention, d: Dialect) -> list[str]:
     e, ev = s.head_dim // LANES, s.value_dim // LANES
     q = f"q[static_cast<size_t>(mt_row) * {s.head_dim} + mt_lane * {e} + mt_j]"
     return [f"float mt_q[{e}];", f"float mt_out[{ev}];",
-            f"for (int mt_j = 0; mt_j < {e}; ++mt_j) mt_q[mt_j] = {_cast(d, q, s.dtype, 'float32')} * "
+            f"for (int mt_j = 0; mt_j < {e}; ++mt_j) mt_q[mt_j] = {d.cast(q, s.dtype, 'float32')} * "
             f"{s.scale:.9g}f;"]
 
 
@@ -97,7 +92,7 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
     e, ev = s.head_dim // LANES, s.value_dim // LANES
     sk = s.mask_strides[3]
     fexp = d.code_for_op[(Ops.EXP, "float")]
-    load = lambda x: _cast(d, x, s.dtype, "float32")  # noqa: E731
+    load = lambda x: d.cast(x, s.dtype, "float32")  # noqa: E731
     body = [
         f"// attention at decode: q [{s.batch}, {s.heads}, {s.queries}, {s.head_dim}], k and v over "
         f"{s.keys} keys of {s.kv_heads} kv heads, mask {list(s.mask_shape)}",
@@ -172,7 +167,7 @@ def render_attention(spec: DecodeAttention, dialect: Dialect | str, keys_per_ste
         *("  " + ln for ln in _warp(d, "mt_acc", "{a} + {b}")),
         "  if (mt_lane == 0) {",
         f"    o[static_cast<size_t>(mt_row) * {s.value_dim} + mt_warp * {ev} + mt_j] = "
-        f"{_cast(d, 'mt_acc * mt_scale', 'float32', s.dtype)};",
+        f"{d.cast('mt_acc * mt_scale', 'float32', s.dtype)};",
         "  }",
         f"  {d.barrier}",
         "}",
@@ -197,7 +192,7 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
     e, ev, dv = s.head_dim // LANES, s.value_dim // LANES, s.value_dim
     sk = s.mask_strides[3]
     fexp = d.code_for_op[(Ops.EXP, "float")]
-    load = lambda x: _cast(d, x, s.dtype, "float32")  # noqa: E731
+    load = lambda x: d.cast(x, s.dtype, "float32")  # noqa: E731
     threads = warps * LANES
     rows = s.batch * s.heads * s.queries
     partial = f"static_cast<size_t>(mt_row) * {blocks} + mt_blk"
@@ -279,7 +274,7 @@ def _split_keys(s: DecodeAttention, d: Dialect, blocks: int, warps: int) -> Lowe
         f"    mt_total = {float(s.keys)!r}f;",
         "  }",
         f"  o[static_cast<size_t>(mt_row) * {dv} + mt_c] = "
-        f"{_cast(d, 'mt_acc / mt_total', 'float32', s.dtype)};",
+        f"{d.cast('mt_acc / mt_total', 'float32', s.dtype)};",
         "}",
     ]
     inputs = _input_shapes(s)
@@ -299,7 +294,7 @@ def _lowered(d: Dialect, stem: str, body: list[str], threads: int, groups: int, 
              ) -> LoweredKernel:
     """One kernel of ``groups`` threadgroups of ``threads`` threads, named by a hash of its text."""
     source = "\n".join(body) + "\n"
-    header = d.prelude + d.helpers["mt_max"] + "\n" + d.launch_bounds.format(bound=threads)
+    header = template_header(d, source) + d.launch_bounds.format(bound=threads)
     digest = hashlib.sha256((d.name + header + source).encode()).hexdigest()[:12]
     return LoweredKernel(
         target=d.name, name=f"mlxt_{stem}_{digest}", input_names=inputs, output_names=outputs,

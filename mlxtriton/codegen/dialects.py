@@ -36,6 +36,9 @@ class Dialect:
     simd_reduce: Mapping[str, str]  # whole-SIMD-group reductions the dialect has built in
     code_for_op: Mapping[tuple[Ops, str], str]  # (op, "float"|"int"|"any") -> template
     casts: Mapping[tuple[str, str], str]  # (from dtype, to dtype) -> template; else static_cast
+    float_from_bits: str  # the float whose bits are the uint32 {x}
+    half_from_bits: str  # the float value of the float16 whose bits are the low 16 of uint32 {x}
+    fma: str  # {a} * {b} + {c} in float, rounded once
     literals: Mapping[str, str]  # "inf", "nan" (float32)
     scalar_input: str  # how the body reads a 0-d input named {name}
     prelude: str  # first lines of the header
@@ -48,6 +51,12 @@ class Dialect:
 
     def type(self, dtype: str) -> str:
         return self.types[dtype]
+
+    def cast(self, x: str, src: str, dst: str) -> str:
+        """``x`` of ``src`` as ``dst``: the dialect's conversion where it has one, else a
+        static_cast."""
+        template = self.casts.get((src, dst))
+        return template.format(x=x) if template else f"static_cast<{self.type(dst)}>({x})"
 
 
 def _freeze(d: dict) -> Mapping:
@@ -250,6 +259,10 @@ METAL = Dialect(
         (Ops.ERF, "float"): "mt_erf({0})", (Ops.EXP_SHIFTED, "float"): "metal::fast::exp({0})",
     }),
     casts=_freeze({}),
+    # as_type is an operator of the language (MSL 2.19), not a metal:: function
+    float_from_bits="as_type<float>({x})",
+    half_from_bits="static_cast<float>(as_type<half>(static_cast<ushort>({x})))",
+    fma="metal::fma({a}, {b}, {c})",
     literals=_freeze({"inf": "INFINITY", "nan": "NAN"}),
     scalar_input="{name}",  # MLX passes a 0-d input as `const constant T& name`
     prelude="#include <metal_stdlib>\n",
@@ -291,6 +304,9 @@ CUDA = Dialect(
         ("bfloat16", "float32"): "__bfloat162float({x})",
         ("float32", "bfloat16"): "__float2bfloat16_rn({x})",
     }),
+    float_from_bits="__uint_as_float({x})",
+    half_from_bits="__half2float(__ushort_as_half(static_cast<unsigned short>({x})))",
+    fma="fmaf({a}, {b}, {c})",
     literals=_freeze({"inf": "__int_as_float(0x7f800000)", "nan": "__int_as_float(0x7fffffff)"}),
     scalar_input="{name}[0]",
     prelude="#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n",

@@ -16,32 +16,21 @@ from __future__ import annotations
 import hashlib
 
 from mlxtriton.codegen.dialects import DIALECTS, Dialect
-from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.codegen.render import LoweredKernel, template_header
 from mlxtriton.graph.projection import VECTOR_BYTES, Projection
 
 LANES = 32
 
 
-def _cast(d: Dialect, x: str, src: str, dst: str) -> str:
-    template = d.casts.get((src, dst))
-    return template.format(x=x) if template else f"static_cast<{d.type(dst)}>({x})"
-
-
-def _as_float(d: Dialect, word: str) -> str:
-    return f"__uint_as_float({word})" if d.name == "cuda" else f"as_type<float>({word})"
-
-
 def _unpack(d: Dialect, dtype: str, word: str) -> list[str]:
     """The floats one 32-bit word of ``dtype`` values holds, first value first."""
     if dtype == "float32":
-        return [_as_float(d, word)]
+        return [d.float_from_bits.format(x=word)]
     if dtype == "bfloat16":  # a bfloat16 is the high half of the float it widens to
-        return [_as_float(d, f"({word}) << 16"), _as_float(d, f"({word}) & 0xffff0000u")]
-    if d.name == "cuda":
-        half = "__half2float(__ushort_as_half(static_cast<unsigned short>({})))"
-    else:
-        half = "static_cast<float>(as_type<half>(static_cast<ushort>({})))"
-    return [half.format(f"({word}) & 0xffffu"), half.format(f"({word}) >> 16")]
+        return [d.float_from_bits.format(x=f"({word}) << 16"),
+                d.float_from_bits.format(x=f"({word}) & 0xffff0000u")]
+    return [d.half_from_bits.format(x=f"({word}) & 0xffffu"),
+            d.half_from_bits.format(x=f"({word}) >> 16")]
 
 
 def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd_group: int = 2,
@@ -113,8 +102,8 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
         per_group = s.group_size // e
         g = f"mt_row * {k // s.group_size} + mt_c / {per_group}" if per_group > 1 else \
             f"mt_row * {k // s.group_size} + mt_c"
-        core += [f"        mt_s[mt_u][mt_r] = {_cast(d, f'{{S}}[{g}]', s.dtype, 'float32')};",
-                 f"        mt_b[mt_u][mt_r] = {_cast(d, f'{{B}}[{g}]', s.dtype, 'float32')};"]
+        core += [f"        mt_s[mt_u][mt_r] = {d.cast(f'{{S}}[{g}]', s.dtype, 'float32')};",
+                 f"        mt_b[mt_u][mt_r] = {d.cast(f'{{B}}[{g}]', s.dtype, 'float32')};"]
     core += ["      }", "    }", "  }"]
     # x: the chunk's values of each row, 16 bytes at a time.
     x_item = 4 if s.dtype == "float32" else 2
@@ -155,8 +144,9 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
                 shift = 23 - s.bits - s.bits * j
                 moved = (f"(mt_q << {shift})" if shift > 0 else f"(mt_q >> {-shift})" if shift < 0
                          else "mt_q")
-                core.append(f"            mt_d = fma(mt_xf[{wi * per_word + j}], "
-                            f"{_as_float(d, f'0x3f800000u | ({moved} & {top})')}, mt_d);")
+                value = d.float_from_bits.format(x=f"0x3f800000u | ({moved} & {top})")
+                term = d.fma.format(a=f"mt_xf[{wi * per_word + j}]", b=value, c="mt_d")
+                core.append(f"            mt_d = {term};")
             core.append("          }")
         core += [f"          mt_acc[mt_r][mt_m] += mt_s[mt_u][mt_r] * {float(1 << s.bits)!r}f * "
                  "(mt_d - mt_xs) + mt_b[mt_u][mt_r] * mt_xs;",
@@ -167,7 +157,8 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
                  "          float mt_d = mt_acc[mt_r][mt_m];"]
         for i in range(words):  # one x vector per weight vector, word for word
             for h, val in enumerate(_unpack(d, s.dtype, lane_of("mt_v[mt_u][mt_r]", i))):
-                core.append(f"          mt_d = fma(mt_xf[{i * per_x_word + h}], {val}, mt_d);")
+                term = d.fma.format(a=f"mt_xf[{i * per_x_word + h}]", b=val, c="mt_d")
+                core.append(f"          mt_d = {term};")
         core += ["          mt_acc[mt_r][mt_m] = mt_d;", "        }"]
     core += ["      }", "    }", "  }", "}"]
     other = d.shuffle_xor.format(x="mt_acc[mt_r][mt_m]", o="mt_o")
@@ -176,12 +167,12 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
         f"  for (int mt_o = {LANES // 2}; mt_o > 0; mt_o /= 2) mt_acc[mt_r][mt_m] += {other};",
         f"  if (mt_lane == (mt_r * {m_n} + mt_m) % {LANES}) "
         f"{{Y}}[static_cast<size_t>(mt_m) * {{N}} + mt_col + mt_r] = "
-        f"{_cast(d, 'mt_acc[mt_r][mt_m]{BIAS}', 'float32', s.dtype)};",
+        f"{d.cast('mt_acc[mt_r][mt_m]{BIAS}', 'float32', s.dtype)};",
         "}",
     ]
     start = 0
     for i, n in enumerate(s.widths):
-        bias = f" + {_cast(d, f'c{i}[mt_col + mt_r]', s.dtype, 'float32')}" if s.has_bias(i) else ""
+        bias = f" + {d.cast(f'c{i}[mt_col + mt_r]', s.dtype, 'float32')}" if s.has_bias(i) else ""
         names_of = {"{W}": f"w{i}", "{S}": f"s{i}", "{B}": f"b{i}", "{Y}": f"y{i}", "{N}": str(n),
                     "{BIAS}": bias}
         cond = f"if (mt_col < {start + n}) " if i < len(s.widths) - 1 else ""
@@ -193,10 +184,6 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
             body.append("  " + line)
         body.append("}")
         start += n
-    if d.name == "metal":  # Metal's fma takes the float overload here
-        body = [ln.replace(" fma(", " metal::fma(") for ln in body]
-    else:
-        body = [ln.replace(" fma(", " fmaf(") for ln in body]
     in_shapes = [(*s.lead, k)]
     in_dtypes = [s.dtype]
     for i, n in enumerate(s.widths):
@@ -210,8 +197,7 @@ def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd
             in_shapes.append((n,))
             in_dtypes.append(s.dtype)
     source = "\n".join(body) + "\n"
-    header = d.prelude + (d.helpers["mt_vec"] + "\n" if d.name == "cuda" else "") + \
-        d.launch_bounds.format(bound=threads)
+    header = template_header(d, source) + d.launch_bounds.format(bound=threads)
     digest = hashlib.sha256((d.name + header + source).encode()).hexdigest()[:12]
     return LoweredKernel(
         target=d.name, name=f"mlxt_projection_{digest}", input_names=tuple(names),

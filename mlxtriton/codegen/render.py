@@ -191,15 +191,12 @@ class _Renderer:
         return f"static_cast<{self.d.type(dtype)}>({text})"
 
     def cast(self, x: str, src: str, dst: str) -> str:
-        template = self.d.casts.get((src, dst))
-        if template is not None:
-            return template.format(x=x)
-        if src in _dtypes.FLOATING and dst in _dtypes.INTEGER:
+        if (src, dst) not in self.d.casts and src in _dtypes.FLOATING and dst in _dtypes.INTEGER:
             # C leaves a float out of the integer's range undefined: the kernel IR's CAST
             # saturates and takes NaN to 0 (kernel_ir.Ops.CAST), said here in as many words
             lo, hi = (self.literal(dst, v) for v in _int_range(dst))
             return self.use(f"mt_ftoi<{self.d.type(dst)}>({x}, {lo}, {hi})")
-        return f"static_cast<{self.d.type(dst)}>({x})"
+        return self.d.cast(x, src, dst)
 
     def level_of(self, u: UOp, want: int) -> int:
         return want if u.per_element else _KERNEL
@@ -963,6 +960,12 @@ def _header(d: Dialect, used: set[str]) -> str:
     missing = (names & _HELPER_NAMES) - set(d.helpers)
     assert not missing, f"{d.name} has no helper {missing}"
     return d.prelude + "".join(d.helpers[n] + "\n" for n in order)
+
+
+def template_header(d: Dialect, source: str) -> str:
+    """The header of a kernel written as a template (attention, projections): the dialect's
+    prelude and the helpers its source names."""
+    return _header(d, set(re.findall(r"\bmt_[a-z0-9]+\b", source)) & set(d.helpers))
 
 
 _HELPER_NAMES = frozenset({"mt_max", "mt_min", "mt_vec", "mt_sign", "mt_iabs", "mt_ipow", "mt_ftoi",
