@@ -1,7 +1,8 @@
 """Benchmark: the projection kernel (mlxtriton/codegen/projection.py) against MLX's own products
 at decode shapes, on the local GPU: a Llama-3.2-1B- and a Llama-3-8B-shaped layer's q/k/v (one
-launch against MLX's three), output, gate/up (one against two) and down projections, and the 1B
-output head, for x of 1 and 8 rows, bfloat16 and 4-bit weights (group 64), over a grid of the
+launch against MLX's three), output, gate/up (one against two) and down projections, gate/up with
+its SwiGLU (``swiglu``: the kernel's epilogue against MLX's two products and mlx-lm's compiled
+``swiglu``), and the 1B output head, for x of 1 and 8 rows, bfloat16 and 4-bit weights (group 64), over a grid of the
 kernel's schedules (columns per SIMD group R, SIMD groups per threadgroup W, vectors in flight U).
 
 Method: pipelined timing (benchmarks/harness.py `time_mlx`): 100 queued calls per run, one
@@ -21,6 +22,7 @@ import sys
 import time
 
 import mlx.core as mx
+from mlx_lm.models.activations import swiglu
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import results_file, time_mlx  # noqa: E402
@@ -32,10 +34,12 @@ from mlxtriton.runtime.launch import launcher  # noqa: E402
 # (model, name, depth, widths): the products reading one x in a decoder layer, and the head
 SHAPES = [
     ("1b", "q/k/v", 2048, (2048, 512, 512)), ("1b", "o", 2048, (2048,)),
-    ("1b", "gate/up", 2048, (8192, 8192)), ("1b", "down", 8192, (2048,)),
+    ("1b", "gate/up", 2048, (8192, 8192)), ("1b", "swiglu", 2048, (8192, 8192)),
+    ("1b", "down", 8192, (2048,)),
     ("1b", "head", 2048, (128256,)),
     ("8b", "q/k/v", 4096, (4096, 1024, 1024)), ("8b", "o", 4096, (4096,)),
-    ("8b", "gate/up", 4096, (14336, 14336)), ("8b", "down", 14336, (4096,)),
+    ("8b", "gate/up", 4096, (14336, 14336)), ("8b", "swiglu", 4096, (14336, 14336)),
+    ("8b", "down", 14336, (4096,)),
 ]
 SCHEDULES = [(1, 4, 1), (1, 4, 2), (2, 4, 1), (2, 4, 2), (4, 4, 1), (2, 8, 2), (1, 4, 4), (2, 4, 4)]
 GROUP = 64
@@ -50,12 +54,14 @@ def _weights(depth, widths, bits):
     return out
 
 
-def _mlx(bits):
+def _mlx(bits, gated):
     def run(x, *flat):
         if bits:
-            return [mx.quantized_matmul(x, *flat[i:i + 3], transpose=True, group_size=GROUP, bits=bits)
-                    for i in range(0, len(flat), 3)]
-        return [x @ w.T for w in flat]
+            out = [mx.quantized_matmul(x, *flat[i:i + 3], transpose=True, group_size=GROUP, bits=bits)
+                   for i in range(0, len(flat), 3)]
+        else:
+            out = [x @ w.T for w in flat]
+        return [swiglu(*out)] if gated else out
     return run
 
 
@@ -65,14 +71,16 @@ def case(model, name, depth, widths, rows, bits, schedules):
     x = mx.random.normal((rows, depth)).astype(mx.bfloat16)
     mx.eval(x)
     args = [x, *flat]
-    ref = _mlx(bits)(*args)
+    gated = name == "swiglu"
+    ref = _mlx(bits, gated)(*args)
     mx.eval(ref)
     nbytes = sum(a.nbytes for a in flat)
-    t_mlx = time_mlx(_mlx(bits), args, reps=100)
+    t_mlx = time_mlx(_mlx(bits, gated), args, reps=100)
     row = {"model": model, "product": name, "depth": depth, "widths": list(widths), "rows": rows,
            "weights": f"{bits}-bit" if bits else "bfloat16", "weight_bytes": nbytes,
            "mlx_us": t_mlx * 1e6, "mlx_gbs": nbytes / t_mlx / 1e9, "schedules": []}
-    spec = Projection((rows,), depth, tuple(widths), "bfloat16", bits, GROUP if bits else 0)
+    spec = Projection((rows,), depth, tuple(widths), "bfloat16", bits, GROUP if bits else 0,
+                      results=((0, 1),) if gated else ())
     for r, w, u in schedules:
         run = launcher(render_projection(spec, "cuda", r, w, u))
         out = run(*args)
@@ -93,6 +101,7 @@ def main() -> None:
     ap.add_argument("--weights", default="0,4", help="bits: 0 for bfloat16, 4 or 8")
     ap.add_argument("--rows", default="1,8")
     ap.add_argument("--models", default="1b,8b")
+    ap.add_argument("--products", default=",".join(dict.fromkeys(s[1] for s in SHAPES)))
     ap.add_argument("--schedules", default=";".join(",".join(map(str, s)) for s in SCHEDULES))
     ap.add_argument("--minutes", type=float, default=60.0, help="stop starting cases after this")
     ap.add_argument("--out", default="projections.json")
@@ -107,7 +116,8 @@ def main() -> None:
     for bits in (int(b) for b in opts.weights.split(",")):
         for rows in (int(r) for r in opts.rows.split(",")):
             for model, name, depth, widths in SHAPES:
-                if model in opts.models.split(",") and time.time() < deadline:
+                if (model in opts.models.split(",") and name in opts.products.split(",")
+                        and time.time() < deadline):
                     result["rows"].append(case(model, name, depth, widths, rows, bits, schedules))
                     save()
     save()

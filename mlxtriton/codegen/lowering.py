@@ -110,7 +110,7 @@ def cache_with_report(graph: Graph, target: hw.Target) -> tuple[Graph, tuple[Cac
             continue
         if e.params["kind"] == projection.KIND:
             spec = projection.spec_of(e.params["body"])
-            r, g, u = projection_schedule(spec.rows, spec.widths, target)
+            r, g, u = projection_schedule(spec.rows, spec.columns, target)
             why = _PROJECTION.format(r=r, g=g, u=u)
             decisions.append(CacheDecision(e.params["name"], "none", (), (), why))
             eqns.append(e)
@@ -153,7 +153,7 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
     if eqn.params["kind"] == projection.KIND:
         spec = projection.spec_of(eqn.params["body"])
         return render_projection(spec, target.device.backend,
-                                 *projection_schedule(spec.rows, spec.widths, target)), ()
+                                 *projection_schedule(spec.rows, spec.columns, target)), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:

@@ -1,7 +1,9 @@
 """Fusion layer: the products of a few rows by weight matrices (a decode step's projections)
 become projection regions (`mlxtriton.graph.projection`): every ``x @ W^T`` (with a bias vector
 added or not) and affine ``quantized_matmul(x, W)`` reading one x, with weights the graph's
-inputs or constants, is one kernel reading each weight once. Which products qualify on a chip is its tuning data
+inputs or constants, is one kernel reading each weight once; a SwiGLU gate ``silu(y_g) * y_u`` of
+two of its products, or a product's RoPE (attention's q and k), where nothing else reads them, is
+computed in its epilogue (one output, no kernel of its own). Which products qualify on a chip is its tuning data
 (`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``,
 ``projection_quantized``). May import
 mlxtriton.graph and mlxtriton.hw.
@@ -11,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.projection import (Projection, bias_vector, dense_weight, merged, projection_of,
-                                        projection_region)
+from mlxtriton.graph.core import Eqn, Graph, Params, Var
+from mlxtriton.graph.projection import (Epilogue, Projection, before_reshapes, bias_vector, dense_weight,
+                                        gate_of, merged, projection_of, projection_region, rope_of)
 from mlxtriton.graph.transforms import dce, topological_sort
 
 
@@ -39,6 +41,59 @@ def _operands(graph: Graph, e: Eqn) -> tuple[Var, ...] | None:
     if e.primitive == "QuantizedMatmul" and len(e.inputs) == 4:
         return tuple(e.inputs[1:])
     return None
+
+
+def _private(graph: Graph, eqns: list[Eqn], values: list[Var]) -> bool:
+    """Whether only ``eqns`` read ``values`` and every value ``eqns`` define but the last."""
+    inside = set(eqns)
+    inner = [*values, *(v for q in eqns[:-1] for v in q.outputs)]
+    return not any(graph.is_output(v) or not set(graph.users(v)) <= inside for v in inner)
+
+
+def _reads_any(graph: Graph, v: Var, eqns: set[Eqn]) -> bool:
+    """Whether computing ``v`` involves any of ``eqns``."""
+    stack, seen = [v], set()
+    while stack:
+        e = graph.producer(stack.pop())
+        if e is None or e in seen:
+            continue
+        if e in eqns:
+            return True
+        seen.add(e)
+        stack.extend(e.inputs)
+    return False
+
+
+def _epilogues(graph: Graph, members: list[Eqn], spec: Projection) -> list[tuple[Epilogue, list[Eqn]]]:
+    """The SwiGLU gates ``silu(y_g) * y_u`` of two of the ``members``' products (one width) and
+    the RoPEs of one (`rope_of`, heads of its rows), each seen through reshapes and read by
+    nothing else, with the equations each replaces."""
+    index = {e.outputs[0]: i for i, e in enumerate(members)}
+    found, taken = [], set()
+    for e in graph.eqns:
+        gate = gate_of(graph.producer, e.outputs[0]) if e.primitive == "Multiply" else None
+        rope = rope_of(graph.producer, e.outputs[0]) if e.primitive == "RoPE" else None
+        if gate is not None:
+            (g, g_moves), (u, u_moves) = (before_reshapes(graph.producer, v) for v in gate[:2])
+            if g not in index or u not in index or g is u or {g, u} & taken:
+                continue
+            if spec.widths[index[g]] != spec.widths[index[u]]:
+                continue
+            eqns = [*g_moves, *u_moves, *gate[2]]
+            if _private(graph, eqns, [g, u]):
+                found.append((Epilogue((index[g], index[u]), e.outputs[0]), eqns))
+                taken |= {g, u}
+        elif rope is not None:
+            y, eqns, _, extra = rope
+            b, heads, length, dim = e.outputs[0].shape
+            if y not in index or y in taken or b * length != spec.rows:
+                continue
+            if heads * dim != spec.widths[index[y]] or any(_reads_any(graph, v, set(members)) for v in extra):
+                continue
+            if _private(graph, eqns, [y]):
+                found.append((Epilogue((index[y],), e.outputs[0], e), eqns))
+                taken.add(y)
+    return found
 
 
 def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bool = True
@@ -79,6 +134,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         key = (e.inputs[0], spec.bits, spec.group_size)
         groups.setdefault(key, []).append((e, operands, spec))
     replaced: dict[Eqn, Eqn | None] = {}
+    extra: list[Eqn] = []  # views giving a gate's output its shape
     for (x, _, _), members in groups.items():
         if len(members) == 1 and members[0][2].rows > lone_rows:
             continue
@@ -86,19 +142,33 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         if spec is None:
             continue
         eqns = [e for e, _, _ in members]
-        region = projection_region(x, [o for _, o, _ in members], eqns, spec)
+        epilogues = []
+        for ep, gone in _epilogues(graph, eqns, spec):
+            out = ep.out
+            if ep.rope is None and out.shape != (*spec.lead, spec.widths[ep.products[0]]):
+                # the kernel writes a gate in its products' shape; a view gives out's
+                out = Var((*spec.lead, spec.widths[ep.products[0]]), out.dtype)
+                extra.append(Eqn("Reshape", (out,), (ep.out,), Params({"shape": ep.out.shape})))
+            epilogues.append(ep._replace(out=out))
+            replaced.update(dict.fromkeys(gone))
+        region = projection_region(x, [o for _, o, _ in members], eqns, tuple(epilogues))
         for e in eqns[:-1]:
             replaced[e] = None
         replaced[eqns[-1]] = region
         weights = (f"{spec.bits}-bit weights in groups of {spec.group_size}" if spec.bits
                    else f"{spec.dtype} weights") + (", bias vectors added" if any(spec.biased) else "")
+        epilogue = "".join(
+            f"; silu(product {ep.products[0] + 1}) * product {ep.products[1] + 1} in its epilogue"
+            if ep.rope is None else f"; product {ep.products[0] + 1}'s RoPE in its epilogue"
+            for ep in epilogues)
         decisions.append(ProjectionDecision(
             region.params["name"],
             f"{len(eqns)} product(s) of {spec.rows} row(s) of {spec.depth} as one kernel: "
-            f"{' + '.join(map(str, spec.widths))} columns of {weights}, each weight read once"))
+            f"{' + '.join(map(str, spec.widths))} columns of {weights}, each weight read once"
+            + epilogue))
     if not replaced:
         return graph, decisions
-    eqns = [replaced.get(e, e) for e in graph.eqns]
+    eqns = [replaced.get(e, e) for e in graph.eqns] + extra
     eqns = [e for e in eqns if e is not None]
     defined = [*graph.inputs, *(v for v, _ in graph.constants)]
     return dce(graph.replace(eqns=topological_sort(eqns, defined))), decisions

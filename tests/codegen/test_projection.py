@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
 from mlxtriton.codegen.projection import render_projection
-from mlxtriton.graph.projection import Projection
+from mlxtriton.graph.projection import Projection, Result, Rope
 from mlxtriton.runtime import metal_emulator as emulator
 from mlxtriton.runtime.launch import _from_host, _to_host
 
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ comp
 
 
 def operands(spec: Projection, seed: int = 0):
-    """x and each weight's operands (dense: w; quantized: w, scales, biases), and the weights
-    as MLX computes with them."""
+    """x and each weight's operands (dense: w; quantized: w, scales, biases; then a bias
+    vector), then each RoPE's offset (and frequencies), and the weights as MLX computes with
+    them."""
     rng = np.random.default_rng(seed)
     dt = getattr(mx, spec.dtype)
     x = mx.array(rng.standard_normal((*spec.lead, spec.depth)).astype(np.float32)).astype(dt)
@@ -34,15 +36,22 @@ def operands(spec: Projection, seed: int = 0):
         if spec.has_bias(i):
             operands += (mx.array(rng.standard_normal((n,)).astype(np.float32)).astype(dt),)
         weights.append(operands)
+    for r in spec.outputs:
+        if r.rope:
+            offset = rng.integers(0, 3000, size=r.rope.offsets).astype(np.int32)
+            half = spec.widths[r.products[0]] // r.rope.heads // 2
+            weights.append((mx.array(offset),) + ((mx.array(np.exp(rng.uniform(0, 9, half)).astype(np.float32)),)
+                                                  if r.rope.base is None else ()))
     return x, weights
 
 
 def reference(spec: Projection, x, weights):
-    """MLX on the CPU, in float32 where the product allows (quantized: MLX's own kernel)."""
+    """MLX on the CPU, in float32 where the product allows (quantized: MLX's own kernel); a
+    gate's or RoPE's products rounded to x's dtype first, as MLX's products are."""
     with mx.stream(mx.cpu):
         f32 = x.astype(mx.float32)
         outs = []
-        for i, operands in enumerate(weights):
+        for i, operands in enumerate(weights[:len(spec.widths)]):
             if spec.bits:
                 w, s, b = operands[:3]
                 out = mx.quantized_matmul(f32, w, s.astype(mx.float32), b.astype(mx.float32),
@@ -50,8 +59,23 @@ def reference(spec: Projection, x, weights):
             else:
                 out = f32 @ operands[0].astype(mx.float32).T
             outs.append(out + operands[-1].astype(mx.float32) if spec.has_bias(i) else out)
-        mx.eval(outs)
-    return outs
+        dt = getattr(mx, spec.dtype)
+        rounded = [o.astype(dt).astype(mx.float32) for o in outs]
+        extras = iter(weights[len(spec.widths):])
+        results = []
+        for r in spec.outputs:
+            if len(r.products) == 2:
+                results.append(nn.silu(rounded[r.products[0]]) * rounded[r.products[1]])
+            elif r.rope:
+                q, (offset, *freqs) = r.rope, next(extras)
+                b, heads, length, dim = spec.shape(r)
+                t = rounded[r.products[0]].reshape(b, length, heads, dim).transpose(0, 2, 1, 3)
+                results.append(mx.fast.rope(t, dim, traditional=q.traditional, base=q.base, scale=q.scale,
+                                            offset=offset, freqs=freqs[0] if freqs else None))
+            else:
+                results.append(outs[r.products[0]])
+        mx.eval(results)
+    return results
 
 
 def emulated(spec: Projection, x, weights, **schedule):
@@ -77,6 +101,24 @@ SPECS = [
     Projection((1,), 512, (32,), "bfloat16", 4, 128),
     Projection((2,), 256, (64, 16, 16), "bfloat16", biased=(True, True, False)),  # qwen2's q/k/v
     Projection((1,), 256, (32, 32), "float16", 4, 64, biased=(False, True)),
+    # SwiGLU gates in the epilogue: silu(y_g) * y_u
+    Projection((1,), 256, (64, 64), "bfloat16", results=(Result((0, 1)),)),
+    Projection((8,), 264, (32, 32), "float32", results=(Result((1, 0)),)),
+    Projection((3,), 256, (32, 48, 32), "float16", 4, 64, biased=(True, False, True),
+               results=(Result((1,)), Result((0, 2)))),
+    Projection((2,), 256, (16, 16), "bfloat16", 8, 32, results=(Result((0, 1)),)),
+    # RoPE in the epilogue: llama's q / k / v (the frequencies an input), traditional lanes, a
+    # base, B sequences of several positions with an offset each, biases, quantized weights
+    Projection((1, 1), 256, (128, 64, 64), "bfloat16",
+               results=(Result((2,)), Result((0,), Rope(4, 1, False, 1.0, None, ())),
+                        Result((1,), Rope(2, 1, False, 1.0, None, ())))),
+    Projection((2, 3), 256, (64, 32), "float32",
+               results=(Result((0,), Rope(2, 3, True, 0.5, 10000.0, (2,))), Result((1,)))),
+    Projection((2, 1), 256, (96, 32), "float16", biased=(True, True),
+               results=(Result((0,), Rope(3, 1, False, 1.0, 1000000.0, (1,))),
+                        Result((1,), Rope(1, 1, False, 1.0, 1000000.0, (1,))))),
+    Projection((1,), 256, (64, 64), "bfloat16", 4, 64,
+               results=(Result((0,), Rope(2, 1, False, 1.0, None, (1,))), Result((1,)))),
 ]
 
 
@@ -87,7 +129,7 @@ def test_the_kernel_matches_mlx(spec):
 
 
 @pytest.mark.parametrize("columns_per_simd_group, simd_groups, unroll", [(1, 1, 1), (4, 2, 3), (8, 4, 2)])
-@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3]], ids=str)
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3], SPECS[10], SPECS[11], SPECS[13], SPECS[14]], ids=str)
 def test_every_schedule_matches_mlx(spec, columns_per_simd_group, simd_groups, unroll):
     x, weights = operands(spec, seed=1)
     got = emulated(spec, x, weights, columns_per_simd_group=columns_per_simd_group,

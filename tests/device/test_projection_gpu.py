@@ -1,9 +1,10 @@
 """The projection kernel (`mlxtriton.codegen.projection`) launched on the GPU: against MLX's
 matmul and quantized_matmul (in float32 on the CPU) for every dtype, dense and 4- and 8-bit
-weights, with bias vectors or not, 1 and 8 rows and several schedules; and greedy generation
-through ``optimize``, where the decode step's projections run as the kernel, against plain
-mlx-lm. The Metal emulator runs
-the same kernels in CI (tests/codegen/test_projection.py). Runs on the lent GPU (``-m cuda``)."""
+weights, with bias vectors or not, SwiGLU and RoPE epilogues, 1 and 8 rows and several schedules;
+and greedy generation through ``optimize``, where the decode step's projections run as the kernel
+(q's and k's RoPE and the SwiGLU gate in their epilogues), against plain mlx-lm. The Metal
+emulator runs the same kernels in CI (tests/codegen/test_projection.py). Runs on the lent GPU
+(``-m cuda``)."""
 
 import dataclasses
 import itertools
@@ -14,7 +15,7 @@ import pytest
 import mlxtriton
 from mlxtriton import hw
 from mlxtriton.codegen.projection import render_projection
-from mlxtriton.graph.projection import Projection
+from mlxtriton.graph.projection import Projection, Result, Rope
 from mlxtriton.runtime.launch import launcher
 from tests import lm_zoo
 from tests.codegen.test_projection import SPECS, assert_close, operands, reference
@@ -26,7 +27,14 @@ WIDE = [Projection((8,), 2048, (512, 256, 256), "bfloat16"),
         Projection((1,), 4096, (1024,), "bfloat16", 4, 64),
         Projection((8,), 2048, (256, 256), "float16", 4, 64),
         Projection((1,), 1024, (128,), "float32"),
-        Projection((1,), 1536, (1536, 256, 256), "bfloat16", biased=(True, True, True))]
+        Projection((1,), 1536, (1536, 256, 256), "bfloat16", biased=(True, True, True)),
+        Projection((1,), 2048, (2048, 2048), "bfloat16", results=(Result((0, 1)),)),
+        Projection((8,), 2048, (1024, 1024), "bfloat16", 4, 64, results=(Result((0, 1)),)),
+        Projection((1, 1), 2048, (2048, 512, 512), "bfloat16",
+                   results=(Result((2,)), Result((0,), Rope(32, 1, False, 1.0, None, ())),
+                            Result((1,), Rope(8, 1, False, 1.0, None, ())))),
+        Projection((8, 1), 2048, (2048, 512), "bfloat16",
+                   results=(Result((0,), Rope(16, 1, False, 1.0, 500000.0, (8,))), Result((1,))))]
 
 
 @pytest.mark.parametrize("schedule", [(1, 4, 2), (2, 4, 2), (4, 8, 1)], ids=str)
@@ -53,3 +61,6 @@ def test_greedy_generation_through_the_kernel_matches_mlx_lm(monkeypatch, quanti
     y, fast = greedy_against_mlx_lm(f, model, y, 16, tol)
     kernels = [k.name for k in f.lower(y, cache=fast)]
     assert any(n.startswith("mlxt_projection_") for n in kernels), kernels
+    # a GPU trace holds q's and k's RoPE and the SwiGLU gate: the projections' epilogues take them
+    counts = f.explain(y, cache=fast).graph.primitive_counts()
+    assert "RoPE" not in counts and "Sigmoid" not in counts, counts

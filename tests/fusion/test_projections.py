@@ -14,7 +14,11 @@ import pytest
 import mlxtriton
 from mlxtriton import hw, lm
 from mlxtriton.fusion.projections import group_projections
-from mlxtriton.graph.projection import KIND, spec_of
+from mlxtriton.graph.evaluate import run
+from mlxtriton.graph.evaluate_mlx import MLX_RULES
+from mlxtriton.graph.projection import KIND, Result, Rope, spec_of
+from mlxtriton.graph.transforms import GraphBuilder
+from mlxtriton.runtime.compiled import graph_function
 from mlxtriton.runtime import metal_emulator as emulator
 
 from tests import lm_zoo
@@ -119,6 +123,82 @@ def test_float32_x_with_quantized_weights_stays_mlx():
     assert "float32 x with quantized weights" in decisions[0].as_text()
 
 
+def _swiglu(x, wg, wu):
+    return nn.silu(x @ wg.T) * (x @ wu.T)
+
+
+def test_a_swiglu_gate_is_the_regions_epilogue():
+    x = mx.ones((2, 1, 32))  # products of x's rows flattened: the gate reads them reshaped
+    graph, decisions = group_projections(_graph(lambda x, wg, wu: _swiglu(x, wg, wu) + 1,
+                                                x, *_weights((48, 32), (48, 32))), 8, 1)
+    (region,) = _regions(graph)
+    assert spec_of(region.params["body"]).outputs == (Result((0, 1)),)
+    assert "Sigmoid" not in graph.primitive_counts()
+    assert "silu(product 1) * product 2 in its epilogue" in decisions[0].as_text()
+
+
+def test_a_gate_whose_products_are_read_elsewhere_stays_outside():
+    def f(x, wg, wu, wv):
+        g = x @ wg.T
+        return nn.silu(g) * (x @ wu.T), g, x @ wv.T
+
+    graph, _ = group_projections(_graph(f, mx.ones((1, 32)), *_weights((16, 32), (16, 32), (16, 32))), 8, 1)
+    (region,) = _regions(graph)
+    spec = spec_of(region.params["body"])
+    assert spec.outputs == (Result((0,)), Result((1,)), Result((2,)))
+    assert graph.primitive_counts()["Sigmoid"] == 1
+
+
+def test_products_of_different_widths_make_no_gate():
+    def f(x, wg, wu):  # silu(g)[..., :16] * u: the gate reads a slice of g
+        return nn.silu(x @ wg.T)[:, :16] * (x @ wu.T)
+
+    graph, _ = group_projections(_graph(f, mx.ones((1, 32)), *_weights((32, 32), (16, 32))), 8, 1)
+    assert spec_of(_regions(graph)[0].params["body"]).outputs == (Result((0,)), Result((1,)))
+
+
+def _attention_inputs(dtype="float32", batch=1, length=1, offsets=(), freqs=True, rope_v=False):
+    """q / k / v of x [batch, length, 64] as mlx-lm's attention on a GPU traces them: heads of 16
+    transposed to [B, heads, L, 16], q and k (and v, ``rope_v``) through the ``RoPE`` primitive
+    with the cache's offset (and llama3's frequencies, ``freqs``)."""
+    b = GraphBuilder()
+    x = b.input((batch, length, 64), dtype)
+    weights = [b.input((n, 64), dtype) for n in (64, 32, 32)]
+    offset = b.input(offsets, "int32")
+    extra = [b.input((8,), "float32")] if freqs else []
+    (flat,) = b.add("Reshape", [x], shape=(batch * length, 64))
+    outs = []
+    for i, w in enumerate(weights):
+        (t,) = b.add("Transpose", [w], axes=(1, 0))
+        (y,) = b.add("Matmul", [flat, t])
+        heads = w.shape[0] // 16
+        (r,) = b.add("Reshape", [y], shape=(batch, length, heads, 16))
+        (h,) = b.add("Transpose", [r], axes=(0, 2, 1, 3))
+        if i < 2 or rope_v:
+            (h,) = b.add("RoPE", [h, offset, *extra], dims=16, traditional=False,
+                         base=None if freqs else 10000.0, scale=1.0, forward=True)
+        outs.append(h)
+    return b.build(outs)
+
+
+def test_ropes_of_q_and_k_are_the_regions_epilogue():
+    graph, decisions = group_projections(_attention_inputs(), 8, 1)
+    (region,) = _regions(graph)
+    spec = spec_of(region.params["body"])
+    rope = Rope(4, 1, False, 1.0, None, ())
+    assert spec.outputs == (Result((2,)), Result((0,), rope), Result((1,), dataclasses.replace(rope, heads=2)))
+    assert "RoPE" not in graph.primitive_counts()
+    assert "product 1's RoPE in its epilogue" in decisions[0].as_text()
+
+
+def test_a_rope_read_elsewhere_or_of_other_lanes_stays_outside():
+    g = _attention_inputs()
+    rotated = g.outputs[0]
+    unrotated = g.producer(rotated).inputs[0]  # q before its RoPE is an output too
+    graph, _ = group_projections(g.replace(outputs=(*g.outputs, unrotated)), 8, 1)
+    assert graph.primitive_counts()["RoPE"] == 1
+
+
 @pytest.fixture
 def projections_on_apple(monkeypatch):
     """The projection rule on for Apple chips, kernels through the Metal emulator."""
@@ -187,3 +267,37 @@ def test_gradients_through_a_projection_are_mlxs(projections_on_apple):
     assert any(k.name.startswith("mlxt_projection_") for k in f.lower(x, w1, w2))
     for got, want in zip(mx.grad(f, argnums=(0, 1))(x, w1, w2), mx.grad(loss, argnums=(0, 1))(x, w1, w2)):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_a_gate_in_the_epilogue_matches_mlx_and_differentiates(projections_on_apple, dtype):
+    wg, wu = _weights((64, 32), (64, 32), dtype=dtype)
+    x = mx.random.normal((3, 1, 32), key=mx.random.key(5)).astype(dtype)
+    f = mlxtriton.optimize(_swiglu, chip="m3")
+    (kernel,) = f.lower(x, wg, wu)
+    assert kernel.name.startswith("mlxt_projection_") and "mt_sigmoid" in kernel.source
+    tol = 1e-5 if dtype == mx.float32 else 2e-2
+    np.testing.assert_allclose(np.array(f(x, wg, wu).astype(mx.float32)),
+                               np.array(_swiglu(x, wg, wu).astype(mx.float32)), rtol=tol, atol=tol)
+    loss = lambda *a: _swiglu(*a).astype(mx.float32).sum()  # noqa: E731
+    got, want = mx.grad(mlxtriton.optimize(loss, chip="m3"), argnums=(1, 2))(x, wg, wu), \
+        mx.grad(loss, argnums=(1, 2))(x, wg, wu)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.array(g.astype(mx.float32)), np.array(w.astype(mx.float32)),
+                                   rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,batch,length,offsets,freqs", [
+    ("float32", 1, 1, (), True), ("bfloat16", 3, 1, (3,), True), ("float32", 2, 3, (1,), False)])
+def test_ropes_in_the_epilogue_match_mlx(projections_on_apple, dtype, batch, length, offsets, freqs):
+    graph = _attention_inputs(dtype, batch, length, offsets, freqs, rope_v=True)
+    rng = np.random.default_rng(0)
+    flat = [mx.array(rng.standard_normal(v.shape).astype(np.float32)).astype(getattr(mx, v.dtype))
+            for v in graph.inputs[:4]]
+    flat += [mx.array(rng.integers(0, 500, offsets).astype(np.int32))]
+    flat += [mx.array(np.exp(rng.uniform(0, 6, 8)).astype(np.float32))] if freqs else []
+    f = graph_function(graph, "m3")
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    for got, want in zip(f(*flat), run(graph, flat, MLX_RULES)):
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)),
+                                   rtol=tol, atol=tol)

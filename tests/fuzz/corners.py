@@ -261,15 +261,18 @@ MATMUL_SHAPES = {"row": ((7, 129), (129, 3)), "vector": ((2, 7, 0), (0,)), "left
 
 def _projections() -> Program:
     """A decode step's products: two weights transposed on one x of 2 rows (one projection
-    region on NVIDIA chips), a lone one on x of 1 row, and the pair's sum read after both."""
+    region on NVIDIA chips), a lone one on x of 1 row, the pair's sum read after both, and a
+    SwiGLU gate of two more (the region's epilogue)."""
     arguments, lines = [], []
     for k, dtype in enumerate(FLOATS):
-        x, y, w1, w2, w3 = (f"a{5 * k + i}" for i in range(5))
+        x, y, w1, w2, w3, w4, w5 = (f"a{7 * k + i}" for i in range(7))
         arguments += [Argument(x, (2, 32), dtype, "normal"), Argument(y, (1, 32), dtype, "normal"),
                       Argument(w1, (8, 32), dtype, "normal"), Argument(w2, (16, 32), dtype, "normal"),
-                      Argument(w3, (24, 32), dtype, "normal", ("transposed", (1, 0)))]
-        lines += [f"v{3 * k} = {x} @ {w1}.T", f"v{3 * k + 1} = ({x} @ {w2}.T)[:, :8] + v{3 * k}",
-                  f"v{3 * k + 2} = {y} @ {w3}.T"]
+                      Argument(w3, (24, 32), dtype, "normal", ("transposed", (1, 0))),
+                      Argument(w4, (12, 32), dtype, "normal"), Argument(w5, (12, 32), dtype, "normal")]
+        lines += [f"v{4 * k} = {x} @ {w1}.T", f"v{4 * k + 1} = ({x} @ {w2}.T)[:, :8] + v{4 * k}",
+                  f"v{4 * k + 2} = {y} @ {w3}.T",
+                  f"v{4 * k + 3} = ({y} @ {w4}.T) * mx.sigmoid({y} @ {w4}.T) * ({y} @ {w5}.T)"]
     return program(arguments, lines)
 
 
