@@ -3,10 +3,9 @@ become projection regions (`mlxtriton.graph.projection`): every ``x @ W^T`` (wit
 added or not) and affine ``quantized_matmul(x, W)`` reading one x, with weights the graph's
 inputs or constants, is one kernel reading each weight once; a SwiGLU gate ``silu(y_g) * y_u`` of
 two of its products, or a product's RoPE (attention's q and k), where nothing else reads them, is
-computed in its epilogue (one output, no kernel of its own). Which products qualify on a chip is its tuning data
-(`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``,
-``projection_quantized``). May import
-mlxtriton.graph and mlxtriton.hw.
+computed in its epilogue (one output, no kernel of its own). Which products qualify on a chip is
+its tuning data (`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``,
+``projection_quantized``, ``projection_epilogues``). May import mlxtriton.graph and mlxtriton.hw.
 """
 
 from __future__ import annotations
@@ -96,13 +95,14 @@ def _epilogues(graph: Graph, members: list[Eqn], spec: Projection) -> list[tuple
     return found
 
 
-def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bool = True
-                      ) -> tuple[Graph, list[ProjectionDecision]]:
+def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bool = True,
+                      epilogues: bool = True) -> tuple[Graph, list[ProjectionDecision]]:
     """Make projection regions of ``graph``'s products of at most ``max_rows`` rows.
 
     Products reading the same x with the same kind of weight (dense, or quantized alike) become
     one region; a product alone on its x becomes one up to ``lone_rows`` rows; quantized
-    products only with ``quantized``. A weight (and a bias vector) must be one of the graph's
+    products only with ``quantized``; gates and RoPEs in the kernel's epilogue only with
+    ``epilogues``. A weight (and a bias vector) must be one of the graph's
     inputs or constants, so that the region reads nothing a member computes.
 
     Returns:
@@ -142,16 +142,16 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         if spec is None:
             continue
         eqns = [e for e, _, _ in members]
-        epilogues = []
-        for ep, gone in _epilogues(graph, eqns, spec):
+        outputs = []  # the region's epilogues
+        for ep, gone in _epilogues(graph, eqns, spec) if epilogues else ():
             out = ep.out
             if ep.rope is None and out.shape != (*spec.lead, spec.widths[ep.products[0]]):
                 # the kernel writes a gate in its products' shape; a view gives out's
                 out = Var((*spec.lead, spec.widths[ep.products[0]]), out.dtype)
                 extra.append(Eqn("Reshape", (out,), (ep.out,), Params({"shape": ep.out.shape})))
-            epilogues.append(ep._replace(out=out))
+            outputs.append(ep._replace(out=out))
             replaced.update(dict.fromkeys(gone))
-        region = projection_region(x, [o for _, o, _ in members], eqns, tuple(epilogues))
+        region = projection_region(x, [o for _, o, _ in members], eqns, tuple(outputs))
         for e in eqns[:-1]:
             replaced[e] = None
         replaced[eqns[-1]] = region
@@ -160,7 +160,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         epilogue = "".join(
             f"; silu(product {ep.products[0] + 1}) * product {ep.products[1] + 1} in its epilogue"
             if ep.rope is None else f"; product {ep.products[0] + 1}'s RoPE in its epilogue"
-            for ep in epilogues)
+            for ep in outputs)
         decisions.append(ProjectionDecision(
             region.params["name"],
             f"{len(eqns)} product(s) of {spec.rows} row(s) of {spec.depth} as one kernel: "

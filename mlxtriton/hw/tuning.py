@@ -110,6 +110,9 @@ class Tuning:
         projection_lone_rows: ...and a product alone on its x up to this many rows...
         projection_quantized: ...and whether affine-quantized products do too (else MLX's
             quantized kernels run them).
+        projection_epilogues: Whether a SwiGLU gate of two of a projection region's products,
+            and a product's RoPE (attention's q and k), are outputs of its kernel (else each
+            is a kernel of its own).
         projection_columns_one_row: The projection kernel's output columns per SIMD group for
             x of one row...
         projection_columns: ...for x of several rows...
@@ -166,6 +169,7 @@ class Tuning:
     projection_max_rows: int
     projection_lone_rows: int
     projection_quantized: bool
+    projection_epilogues: bool
     projection_columns_one_row: int
     projection_columns: int
     projection_simd_groups: int
@@ -306,6 +310,8 @@ SM_90 = _row(
                                  "mlx-lm's 1.66, the 0.74x of the step without them (an earlier "
                                  "dequantization; the current one not yet timed)",
                           _R + "generation_h100_projections.json"),
+    projection_epilogues=(False, "not yet timed on the GPU (the Metal emulator and nvcc check "
+                                 "the kernels)", "not measured"),
     projection_columns_one_row=(1, "one row: 8B down 46.7 us at one column, 52.9 at two",
                                 _R + "projections_h100.json"),
     projection_columns=(2, "8 rows: 8B down 61.0 us at two columns, 80.4 at one; q/k/v 31.4 "
@@ -380,6 +386,7 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
                                 "projection kernel is timed on the chip", guess),
         projection_lone_rows=(0, "as projection_max_rows", guess),
         projection_quantized=(False, "as projection_max_rows", guess),
+        projection_epilogues=(False, "as projection_max_rows", guess),
         projection_columns_one_row=(1, "the NVIDIA rule, kept", guess),
         projection_columns=(2, "the NVIDIA rule, kept", guess),
         projection_simd_groups=(4, "the NVIDIA rule, kept", guess),

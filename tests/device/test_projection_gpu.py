@@ -51,9 +51,9 @@ def test_the_kernel_matches_mlx(spec, schedule):
 @pytest.mark.parametrize("quantized,batch,name", [(False, 1, "llama"), (False, 3, "llama"),
                                                   (True, 1, "llama"), (False, 1, "qwen2")])
 def test_greedy_generation_through_the_kernel_matches_mlx_lm(monkeypatch, quantized, batch, name):
-    original = hw.tuning.tuning  # quantized products: the kernel even where the chip's rule is off
-    monkeypatch.setattr(hw.tuning, "tuning",
-                        lambda p: dataclasses.replace(original(p), projection_quantized=True))
+    original = hw.tuning.tuning  # quantized products and epilogues: the kernel even where the chip's rule is off
+    monkeypatch.setattr(hw.tuning, "tuning", lambda p: dataclasses.replace(
+        original(p), projection_quantized=True, projection_epilogues=True))
     model = decode_model(quantized, head_dim=64, group_size=64, name=name)
     f = mlxtriton.optimize(model)
     y = mx.stack([lm_zoo.prompt(40, seed=s) for s in range(batch)])

@@ -210,7 +210,7 @@ def projections_on_apple(monkeypatch):
         t = original(profile)
         if t.architecture.startswith("apple"):
             t = dataclasses.replace(t, projection_max_rows=8, projection_lone_rows=1,
-                                    projection_quantized=True)
+                                    projection_quantized=True, projection_epilogues=True)
         return t
 
     monkeypatch.setattr(hw.tuning, "tuning", tuned)
