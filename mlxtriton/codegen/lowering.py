@@ -24,14 +24,27 @@ from mlxtriton.codegen.from_graph import region_from_graph
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import (DEFAULT_CHIP, Schedule, attention_blocks, default, holds_rows,
-                                       kernel_target, projection_schedule)
+                                       kernel_target, projection_candidates, projection_schedule)
 from mlxtriton.graph import attention, projection
 from mlxtriton.graph.core import Eqn, Graph
 from mlxtriton.graph.fused import TEMPLATE_KINDS, is_fused
 
+@dataclass(frozen=True)
+class TemplateKernel:
+    """A template kernel's schedule space, for a `Chooser`: its region's name, text naming what
+    it computes (a tuner's cache key), its candidate schedules (the chip's default first) and the
+    kernel each renders."""
+
+    name: str
+    structure: str
+    candidates: tuple[tuple[int, ...], ...]
+    render: Callable[[tuple[int, ...]], LoweredKernel]
+
+
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than
-# the recorded one (the runtime's tuner): (region, target, recorded schedule) -> (schedule, origin).
-Chooser = Callable[[Region, hw.Target, Schedule], tuple[Schedule, str]]
+# the recorded one (the runtime's tuner): (region, target, recorded schedule) -> (schedule,
+# origin); for a template kernel (TemplateKernel, target, default) -> (its schedule, origin).
+Chooser = Callable[[Any, hw.Target, Any], tuple[Any, str]]
 
 
 @dataclass(frozen=True)
@@ -152,8 +165,14 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
                                 block_simd_groups=simd_groups), ()
     if eqn.params["kind"] == projection.KIND:
         spec = projection.spec_of(eqn.params["body"])
-        return render_projection(spec, target.device.backend,
-                                 *projection_schedule(spec.rows, spec.columns, target)), ()
+        backend = target.device.backend
+        space = projection_candidates(spec.rows, spec.columns, target)
+        chosen, origin = space[0], "default"
+        if choose is not None:
+            template = TemplateKernel(eqn.params["name"], repr(spec), space,
+                                      lambda s: render_projection(spec, backend, *s))
+            chosen, origin = choose(template, target, chosen)
+        return replace(render_projection(spec, backend, *chosen), origin=origin), ()
     region, extra = region_of(eqn)
     schedule, origin = recorded_schedule(eqn, region, target), "default"
     if choose is not None:
@@ -173,5 +192,5 @@ def rows_held(eqn: Eqn, target: hw.Target) -> bool:
     return eqn.params["kind"] not in TEMPLATE_KINDS and holds_rows(region_of(eqn)[0], target)
 
 
-__all__ = ["CacheDecision", "Chooser", "DEFAULT_CHIP", "cache", "cache_with_report", "kernel_target",
+__all__ = ["CacheDecision", "Chooser", "DEFAULT_CHIP", "TemplateKernel", "cache", "cache_with_report", "kernel_target",
            "lower_fused", "recorded_schedule", "region_of", "rows_held"]

@@ -526,6 +526,25 @@ def projection_schedule(rows: int, widths: tuple[int, ...], target: hw.Target) -
     return columns, t.projection_simd_groups, t.projection_unroll
 
 
+# The projection kernel's schedule space (`projection_candidates`).
+PROJECTION_COLUMNS = (1, 2, 4, 8)
+PROJECTION_SIMD_GROUPS = (2, 4, 8)
+PROJECTION_UNROLL = (1, 2, 4)
+
+
+def projection_candidates(rows: int, widths: tuple[int, ...], target: hw.Target
+                          ) -> tuple[tuple[int, int, int], ...]:
+    """Every legal (columns, SIMD groups, vectors in flight) of the projection kernel for x of
+    ``rows`` rows and outputs of ``widths`` grid columns, the chip's `projection_schedule`
+    first: columns that divide every width, threadgroups within the device's limit."""
+    gpu = target.device if target.device.is_gpu else target.chip
+    most = (gpu.max_threads_per_threadgroup or 1024) // 32
+    space = [(c, g, u) for c in PROJECTION_COLUMNS if not any(w % c for w in widths)
+             for g in PROJECTION_SIMD_GROUPS if g <= most for u in PROJECTION_UNROLL]
+    first = projection_schedule(rows, widths, target)
+    return (first, *(c for c in space if c != first))
+
+
 def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     t = n.tuned
     stores = list(a.stores)
@@ -814,6 +833,6 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
                     **_bound(T * G, n, bool(a.blocks)))
 
 
-__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "projection_schedule",
-           "candidates", "default", "dialect_target", "holds_rows", "kernel_target", "legal",
+__all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "projection_candidates",
+           "projection_schedule", "candidates", "default", "dialect_target", "holds_rows", "kernel_target", "legal",
            "staged_bytes"]

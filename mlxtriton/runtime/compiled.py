@@ -102,7 +102,7 @@ class Explanation:
         out.append(f"-- kernels ({len(launched)}):")
         out += [f"   {k.name}: grid {k.grid}, threadgroup {k.threadgroup}; "
                 + (f"schedule {k.origin}: {k.kernel.arg.describe()}" if k.kernel is not None
-                   else "a template kernel (no schedule to choose)") for k in launched]
+                   else f"a template kernel, schedule {k.origin}") for k in launched]
         return "\n".join(out)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from mlxtriton import hw
 from mlxtriton.codegen.builder import RegionError, build
 from mlxtriton.codegen.interpret import interpret, numpy_dtype
+from mlxtriton.codegen.lowering import TemplateKernel
 from mlxtriton.codegen.region import Region
 from mlxtriton.codegen.render import LoweredKernel, render
 from mlxtriton.codegen.schedule import Schedule, candidates, legal
@@ -142,6 +143,8 @@ class InterpreterTimer:
         self._arrays: dict[tuple, list[np.ndarray]] = {}
 
     def time(self, kernel: LoweredKernel) -> float:
+        if kernel.kernel is None:
+            raise ValueError(f"{kernel.name} is a template kernel: no kernel IR to interpret")
         key = (kernel.input_shapes, kernel.input_dtypes)
         args = self._arrays.setdefault(key, random_inputs(kernel))
         start = time.perf_counter()
@@ -188,6 +191,15 @@ class ScheduleCache:
         structure = repr((region.inputs, region.ops, region.outputs, region.output_names))
         text = json.dumps([CACHE_FORMAT, device, mlx_version or mx.__version__, target.chip.key,
                            target.device.key, on_chip, structure])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    @staticmethod
+    def template_key(device: str, template: TemplateKernel, target: hw.Target,
+                     mlx_version: str | None = None) -> str:
+        """A template kernel's entry key: as `key`, with the text naming what it computes as
+        its structure."""
+        text = json.dumps([CACHE_FORMAT, device, mlx_version or mx.__version__, target.chip.key,
+                           target.device.key, "template", template.structure])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _read(self, device: str) -> dict:
@@ -329,6 +341,10 @@ class Tuner:
     def lookup(self, region: Region, target: hw.Target, recorded: Schedule, on_chip: bool = True
                ) -> tuple[Schedule, str]:
         """The cached winner for this kernel on this device, else ``recorded`` (nothing timed)."""
+        if isinstance(region, TemplateKernel):
+            entry = self.cache.get(self.device, ScheduleCache.template_key(self.device, region, target))
+            chosen = tuple(entry["template"]) if entry is not None else None
+            return (chosen, "tuned (cached)") if chosen in region.candidates else (recorded, "default")
         entry = self.cache.get(self.device, ScheduleCache.key(self.device, region, target, on_chip))
         if entry is not None:
             try:
@@ -346,6 +362,8 @@ class Tuner:
             chosen, origin = self.lookup(region, target, recorded, on_chip)
             if origin != "default":
                 return chosen, origin
+        if isinstance(region, TemplateKernel):
+            return self._choose_template(region, target, recorded)
         with self._lock:
             result = self.tune(region, target, recorded, on_chip)
             self.searches.append(result)
@@ -427,6 +445,65 @@ class Tuner:
             if best_seconds >= default_seconds * (1 - self.margin):
                 best, best_seconds = start, default_seconds
         result = Tuning(region.name, start, best, best_seconds, default_seconds, timed, errors)
+        progress.close(result)
+        return result
+
+
+    def _choose_template(self, template: TemplateKernel, target: hw.Target, start: tuple
+                         ) -> tuple[tuple, str]:
+        with self._lock:
+            try:
+                result = self.tune_template(template, start)
+            except RegionError:  # not timeable here (the interpreter has no template kernels)
+                return start, "default"
+            self.searches.append(result)
+            self.cache.put(self.device, ScheduleCache.template_key(self.device, template, target), {
+                "mlx": mx.__version__, "region": template.name,
+                "date": datetime.date.today().isoformat(), "chip": target.chip.key,
+                "template": list(result.best), "seconds": result.seconds,
+                "default_seconds": result.default_seconds, "timed": len(result.timed)})
+        return result.best, "tuned"
+
+    def tune_template(self, template: TemplateKernel, start: tuple | None = None) -> Tuning:
+        """Time a template kernel's candidates (a small space: every one, in order, within the
+        budget and ``max_candidates``) and return what was timed; nothing is cached.
+
+        Raises:
+            RegionError: not even ``start`` (default: the first candidate) ran.
+        """
+        start = start if start in template.candidates else template.candidates[0]
+        deadline = time.perf_counter() + self.budget_s
+        timed: dict[tuple, float | None] = {}
+        errors: dict[tuple, str] = {}
+        progress = _Progress(template.name, min(self.max_candidates, len(template.candidates)),
+                             enabled=self.progress)
+
+        def measure(s: tuple) -> float | None:
+            try:
+                timed[s] = self.timer.time(template.render(s))
+            except (RuntimeError, ValueError) as err:  # fails to render, compile or launch
+                timed[s], errors[s] = None, _first_line(err)
+            return timed[s]
+
+        default_seconds = measure(start)
+        if default_seconds is None:
+            raise RegionError(f"{template.name}: its starting schedule does not run: {errors[start]}")
+        best, best_seconds = start, default_seconds
+        for s in template.candidates:
+            if time.perf_counter() >= deadline or len(timed) >= self.max_candidates:
+                break
+            if s in timed:
+                continue
+            seconds = measure(s)
+            if seconds is not None and seconds < best_seconds * (1 - self.margin):
+                best, best_seconds = s, seconds
+            progress.update(len(timed), best_seconds, default_seconds)
+        if best != start:  # once more, side by side, as for generated kernels
+            best_seconds = min(best_seconds, self.timer.time(template.render(best)))
+            default_seconds = min(default_seconds, self.timer.time(template.render(start)))
+            if best_seconds >= default_seconds * (1 - self.margin):
+                best, best_seconds = start, default_seconds
+        result = Tuning(template.name, start, best, best_seconds, default_seconds, timed, errors)
         progress.close(result)
         return result
 

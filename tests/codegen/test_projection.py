@@ -163,3 +163,16 @@ def test_the_chips_schedule_halves_its_columns_to_divide_every_width():
     assert projection_schedule(1, (64,), target)[0] == t.projection_columns_one_row
     assert projection_schedule(8, (64, 32), target)[0] == t.projection_columns
     assert projection_schedule(8, (64, 33), target)[0] == 1
+
+
+def test_every_candidate_schedule_matches_mlx():
+    # the tuner's whole space for one kernel with a plain output, a gate and a RoPE
+    from mlxtriton.codegen.schedule import kernel_target, projection_candidates
+
+    spec = Projection((2,), 128, (32, 64, 64, 64), "bfloat16",
+                      results=(Result((0,)), Result((1, 2)), Result((3,), Rope(2, 1, False, 1.0, None, (2,)))))
+    x, weights = operands(spec, seed=2)
+    want = reference(spec, x, weights)
+    for schedule in projection_candidates(spec.rows, spec.columns, kernel_target("h100")):
+        got = emulated(spec, x, weights, **dict(zip(("columns_per_simd_group", "simd_groups", "unroll"), schedule)))
+        assert_close(got, want, spec.dtype, spec.depth)

@@ -259,3 +259,66 @@ def test_the_beam_reaches_a_schedule_two_choices_away(tmp_path):
     assert found.best.rows_per_group == 8 and found.best.registers and found.speedup > 1.9
     narrow = _tuner(tmp_path, FavoursHeldColumns(), max_candidates=1000, budget_s=600, beam=1)
     assert narrow.tune(region, H200, start).best == start
+
+
+class FavourGroups:
+    """A fake device on which a template kernel is fastest at ``best`` threads a threadgroup."""
+
+    device = "fake-gpu"
+
+    def __init__(self, best: int = 256):
+        self.best, self.calls = best, 0
+
+    def time(self, kernel):
+        self.calls += 1
+        return 1e-3 * (1 + abs(kernel.threadgroup[0] - self.best) / 128)
+
+
+def _projection_region():
+    from mlxtriton.fusion.projections import group_projections
+
+    def f(x, wq, wk):
+        return x @ wq.T, x @ wk.T
+
+    graph = mlxtriton.trace(f)(mx.ones((1, 64)), mx.ones((64, 64)), mx.ones((32, 64)))
+    graph, _ = group_projections(graph, 8, 1)
+    (region,) = [e for e in graph.eqns if is_fused(e)]
+    return region
+
+
+def test_the_projection_kernels_schedule_is_tuned_and_cached(tmp_path):
+    from mlxtriton.codegen.lowering import lower_fused
+    from mlxtriton.codegen.schedule import kernel_target, projection_candidates
+
+    region, target = _projection_region(), kernel_target("h200")
+    default_kernel, _ = lower_fused(region, target)
+    assert default_kernel.threadgroup == (128, 1, 1) and default_kernel.origin == "default"
+    timer = FavourGroups()
+    kernel, _ = lower_fused(region, target, _tuner(tmp_path, timer).choose)
+    assert kernel.threadgroup == (256, 1, 1) and kernel.origin == "tuned"
+    assert timer.calls == len(projection_candidates(1, (64, 32), target)) + 2  # and the recheck
+    # a new process's tuner reads the winner back without timing anything
+    fresh = FavourGroups()
+    again, _ = lower_fused(region, target, _tuner(tmp_path, fresh).choose)
+    assert (again.source, again.origin, fresh.calls) == (kernel.source, "tuned (cached)", 0)
+    cached, _ = lower_fused(region, target, _tuner(tmp_path, FavourGroups()).lookup)
+    assert cached.source == kernel.source
+
+
+def test_every_projection_candidate_is_legal_and_the_default_first():
+    from mlxtriton.codegen.schedule import kernel_target, projection_candidates, projection_schedule
+
+    target = kernel_target("h100")
+    space = projection_candidates(8, (96, 48), target)
+    assert space[0] == projection_schedule(8, (96, 48), target) and len(set(space)) == len(space)
+    assert all(96 % c == 0 and 48 % c == 0 for c, _, _ in space)
+    assert {c for c, _, _ in space} == {1, 2, 4, 8} and {c for c, _, _ in projection_candidates(1, (6,), target)} == {1, 2}
+
+
+def test_the_interpreter_leaves_a_template_kernel_at_its_default(tmp_path):
+    from mlxtriton.codegen.lowering import lower_fused
+    from mlxtriton.codegen.schedule import kernel_target
+
+    kernel, _ = lower_fused(_projection_region(), kernel_target("h200"),
+                            _tuner(tmp_path, tuner_lib.InterpreterTimer()).choose)
+    assert kernel.origin == "default" and kernel.threadgroup == (128, 1, 1)
