@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import results_file, time_mlx  # noqa: E402
 
 from mlxtriton.codegen.projection import render_projection  # noqa: E402
-from mlxtriton.graph.projection import Projection  # noqa: E402
+from mlxtriton.graph.projection import Projection, Result  # noqa: E402
 from mlxtriton.runtime.launch import launcher  # noqa: E402
 
 # (model, name, depth, widths): the products reading one x in a decoder layer, and the head
@@ -80,7 +80,7 @@ def case(model, name, depth, widths, rows, bits, schedules):
            "weights": f"{bits}-bit" if bits else "bfloat16", "weight_bytes": nbytes,
            "mlx_us": t_mlx * 1e6, "mlx_gbs": nbytes / t_mlx / 1e9, "schedules": []}
     spec = Projection((rows,), depth, tuple(widths), "bfloat16", bits, GROUP if bits else 0,
-                      results=((0, 1),) if gated else ())
+                      results=(Result((0, 1)),) if gated else ())
     for r, w, u in schedules:
         run = launcher(render_projection(spec, "cuda", r, w, u))
         out = run(*args)
