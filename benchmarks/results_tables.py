@@ -284,6 +284,23 @@ def generation(files):
                       "vs best peer", "of roofline", "builds"], out)
 
 
+def decode_epilogues(files):
+    """Per model and round, the step with and without the projection kernel's epilogues."""
+    d = load(files[0])
+    out = []
+    for model in dict.fromkeys(r["model"] for r in d["rows"]):
+        rows = [r for r in d["rows"] if r["model"] == model]
+        for k in range(len(rows) // 3):
+            ms = {r["label"]: r["ms"] for r in rows[3 * k:3 * k + 3]}
+            out.append([model.upper(), k + 1, _num(ms["plain"], 2), _num(ms["off"], 2), _num(ms["on"], 2),
+                        _ratio(ms["off"] / ms["on"])])
+        counts = d[model]["counts"]
+        out.append([model.upper(), "graph", f"{d[model]['kernels']} kernels", "", "",
+                    f"RoPE {counts.get('RoPE', 0)}, Sigmoid {counts.get('Sigmoid', 0)}"])
+    return _markdown(["model", "round", "plain mlx-lm (ms)", "optimize, epilogues off", "epilogues on",
+                      "on vs off"], out)
+
+
 def projections(files):
     """One row per case: MLX's products against the projection kernel's best schedule and the
     schedule the chip's tuning data picks (R columns per SIMD group, W SIMD groups, U vectors)."""
@@ -377,12 +394,14 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200.json"]),
     "per_eval": (per_eval, ["per_eval_h200.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200.json"]),
-    "generation": (generation, ["generation_h100_projections.json", "generation_h100_b1_bf16.json", "generation_h100_b1_4bit.json", "generation_h100_b8.json",
-                                "generation_h100_p2048.json"]),
+    "generation": (generation, ["generation_h100_1b_epilogues_on.json", "generation_h100_8b_epilogues_on.json",
+                                "generation_h100_quantized_projections.json", "generation_h100_b8_projections.json",
+                                "generation_h100_p2048_projections.json", "generation_h100_b1_bf16.json"]),
+    "decode_epilogues": (decode_epilogues, ["decode_epilogues_ab_h100.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
-    "projections": (projections, ["projections_h100.json"]),
+    "projections": (projections, ["projections_h100.json", "projections_h100_swiglu.json"]),
 }
 
 _BLOCK = re.compile(r"(<!-- table (\w+) -->\n)(.*?)(<!-- end table -->)", re.S)

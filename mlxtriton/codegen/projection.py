@@ -7,8 +7,11 @@ all of them, and the 32 lanes' partial sums meet by butterfly shuffles. A quanti
 bytes lie in one group: it sums x * q and x over them, then adds scale * the first + bias * the
 second (MLX's affine packing, mlx/backend/cuda/quantized/qmm/qmv.cu, reads the same words), in
 float32 throughout where MLX's kernel accumulates 4-bit products in the activations' dtype.
-Several weights are one grid over their concatenated columns, each SIMD group in one weight.
-May import the graph layer and codegen.
+Several outputs are one grid over their concatenated columns, each SIMD group in one output. An
+output may be an epilogue of its products: a SwiGLU gate (a SIMD group reads the same columns of
+both weights) or a RoPE (a SIMD group reads the two weight rows of each of its pairs of lanes and
+writes the rotated pair in the [B, heads, L, head_dim] layout). May import the graph layer and
+codegen.
 """
 
 from __future__ import annotations
@@ -179,8 +182,9 @@ def _output(d: Dialect, s: Projection, result: Result, o: int, r_n: int, u_n: in
             "  }",
             "}",
         ]
-    # RoPE, as MLX's kernel computes it (mlx/backend/cuda/rope.cu): the angle in float32, each
-    # lane of the pair rounded to x's dtype first, as the product MLX rotates is.
+    # RoPE as MLX's kernel computes it (mlx/backend/cuda/rope.cu; base^(-d) through exp where
+    # it takes exp2): the angle in float32, each lane of the pair rounded to x's dtype first, as
+    # the product MLX rotates is.
     (i,) = sources
     half = n // rope.heads // 2
     offset = (d.scalar_input.format(name=f"p{o}") if rope.offsets == () else
@@ -227,12 +231,14 @@ def _lane_of_pair(s: Projection, result: Result, pair: str, second: str) -> str:
 
 def render_projection(spec: Projection, dialect: Dialect | str, columns_per_simd_group: int = 2,
                       simd_groups: int = 4, unroll: int = 2) -> LoweredKernel:
-    """The kernel of one projection region in ``dialect``: inputs x [rows, depth] then each
-    weight (w, or w, scales, biases; then its bias vector where it adds one), outputs y_i [rows,
-    widths[i]] in x's dtype, accumulated in float32.
+    """The kernel of one projection region in ``dialect``: inputs x [rows, depth], each weight
+    (w, or w, scales, biases; then its bias vector where it adds one), then each RoPE output's
+    offset (and frequencies); outputs y_o of ``spec.outputs`` (`Projection.shape`) in x's dtype,
+    accumulated in float32.
 
     Args:
-        columns_per_simd_group: Output columns one SIMD group computes (it must divide every width).
+        columns_per_simd_group: Columns of the grid one SIMD group computes (it must divide every
+            output's `Projection.columns`).
         simd_groups: SIMD groups of one threadgroup.
         unroll: 16-byte vectors of each weight row a lane loads before it uses the first.
 

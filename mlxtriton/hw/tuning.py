@@ -306,12 +306,13 @@ SM_90 = _row(
     projection_lone_rows=(1, "one row: a lone product level with MLX's matrix-vector kernel (8B "
                              "down 46.7 against 46.8 us, output head 174.2 against 174.4); at 8 "
                              "rows slower (8B down 61.0 against 50.2)", _R + "projections_h100.json"),
-    projection_quantized=(False, "1B 4-bit step 2.24 ms with quantized projections against plain "
-                                 "mlx-lm's 1.66, the 0.74x of the step without them (an earlier "
-                                 "dequantization; the current one not yet timed)",
-                          _R + "generation_h100_projections.json"),
-    projection_epilogues=(False, "not yet timed on the GPU (the Metal emulator and nvcc check "
-                                 "the kernels)", "not measured"),
+    projection_quantized=(True, "8B 4-bit step 3.75 ms with quantized projections against plain "
+                                "mlx-lm's 5.80 (1.55x; 1.02x with MLX's quantized kernels in an "
+                                "earlier run); 1B 4-bit 2.00 against 1.61, where MLX's kernels "
+                                "gave 2.17 against 1.61", _R + "generation_h100_quantized_projections.json"),
+    projection_epilogues=(True, "one process, two rounds: 8B step 6.76 and 6.85 ms with the "
+                                "epilogues, 7.52 and 7.00 without; 1B 2.13 and 2.19, 2.12 and "
+                                "2.62", _R + "decode_epilogues_ab_h100.json"),
     projection_columns_one_row=(1, "one row: 8B down 46.7 us at one column, 52.9 at two",
                                 _R + "projections_h100.json"),
     projection_columns=(2, "8 rows: 8B down 61.0 us at two columns, 80.4 at one; q/k/v 31.4 "
