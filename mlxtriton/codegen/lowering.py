@@ -39,6 +39,10 @@ class TemplateKernel:
     structure: str
     candidates: tuple[tuple[int, ...], ...]
     render: Callable[[tuple[int, ...]], LoweredKernel]
+    axes: tuple[str, ...] = ()  # what each number of a schedule is
+
+    def describe(self, schedule: tuple[int, ...]) -> str:
+        return ", ".join(f"{a} {v}" for a, v in zip(self.axes, schedule))
 
 
 # What chooses a fused region's schedule at lowering, where the caller has a better answer than
@@ -170,7 +174,8 @@ def lower_fused(eqn: Eqn, target: hw.Target, choose: Chooser | None = None
         chosen, origin = space[0], "default"
         if choose is not None:
             template = TemplateKernel(eqn.params["name"], repr(spec), space,
-                                      lambda s: render_projection(spec, backend, *s))
+                                      lambda s: render_projection(spec, backend, *s),
+                                      ("columns a SIMD group", "SIMD groups", "vectors in flight"))
             chosen, origin = choose(template, target, chosen)
         return replace(render_projection(spec, backend, *chosen), origin=origin), ()
     region, extra = region_of(eqn)

@@ -462,7 +462,7 @@ class Tuner:
                 "date": datetime.date.today().isoformat(), "chip": target.chip.key,
                 "template": list(result.best), "seconds": result.seconds,
                 "default_seconds": result.default_seconds, "timed": len(result.timed)})
-        return result.best, "tuned"
+        return tuple(result.best), "tuned"
 
     def tune_template(self, template: TemplateKernel, start: tuple | None = None) -> Tuning:
         """Time a template kernel's candidates (a small space: every one, in order, within the
@@ -503,9 +503,27 @@ class Tuner:
             default_seconds = min(default_seconds, self.timer.time(template.render(start)))
             if best_seconds >= default_seconds * (1 - self.margin):
                 best, best_seconds = start, default_seconds
-        result = Tuning(template.name, start, best, best_seconds, default_seconds, timed, errors)
+        named = {s: TemplateSchedule(s, template) for s in timed}
+        result = Tuning(template.name, named[start], named[best], best_seconds, default_seconds,
+                        {named[s]: t for s, t in timed.items()}, {named[s]: e for s, e in errors.items()})
         progress.close(result)
         return result
+
+
+class TemplateSchedule(tuple):
+    """A template kernel's schedule as a search reports it: its numbers (equal to the plain
+    tuple), described and written out as a `Schedule` is."""
+
+    def __new__(cls, values, template: TemplateKernel):
+        out = super().__new__(cls, values)
+        out.template = template
+        return out
+
+    def describe(self) -> str:
+        return self.template.describe(tuple(self))
+
+    def as_dict(self) -> dict:
+        return {"template": list(self)}
 
 
 def _first_line(err: Exception) -> str:
@@ -541,5 +559,5 @@ def use(chosen: Tuner | None) -> Tuner | None:
         return previous
 
 
-__all__ = ["AUTOTUNE_ENV", "AXES", "DeviceTimer", "InterpreterTimer", "ScheduleCache", "Timer", "Tuner",
+__all__ = ["AUTOTUNE_ENV", "AXES", "DeviceTimer", "InterpreterTimer", "ScheduleCache", "TemplateSchedule", "Timer", "Tuner",
            "Tuning", "cache_dir", "default_timer", "distance", "enabled", "random_inputs", "tuner", "use"]

@@ -294,9 +294,15 @@ def test_the_projection_kernels_schedule_is_tuned_and_cached(tmp_path):
     default_kernel, _ = lower_fused(region, target)
     assert default_kernel.threadgroup == (128, 1, 1) and default_kernel.origin == "default"
     timer = FavourGroups()
-    kernel, _ = lower_fused(region, target, _tuner(tmp_path, timer).choose)
+    t = _tuner(tmp_path, timer)
+    kernel, _ = lower_fused(region, target, t.choose)
     assert kernel.threadgroup == (256, 1, 1) and kernel.origin == "tuned"
     assert timer.calls == len(projection_candidates(1, (64, 32), target)) + 2  # and the recheck
+    (search,) = t.searches
+    columns, groups, unroll = search.best.as_dict()["template"]
+    assert groups == 8 and search.speedup > 1
+    assert search.best.describe() == (f"columns a SIMD group {columns}, SIMD groups 8, "
+                                      f"vectors in flight {unroll}")
     # a new process's tuner reads the winner back without timing anything
     fresh = FavourGroups()
     again, _ = lower_fused(region, target, _tuner(tmp_path, fresh).choose)
