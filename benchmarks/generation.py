@@ -31,6 +31,10 @@ except an untied embedding table (a step reads one row of it per sequence); KV b
 keys and values of every layer over the mean context of the timed steps (what attention must
 read; a bucketed cache reads more).
 
+``--variants 'off:projection_epilogues=0;...'`` times ``optimize`` again under other tuning data
+(`mlxtriton.hw.tuning` fields replaced while it builds and runs), in the same process: an A/B of
+a rule on one machine (method ``optimize[off]``).
+
 Run (GPU): python benchmarks/generation.py [--only plain,compile,roofline] [--models 1b,8b]
 CPU dry run: python benchmarks/generation.py --tiny
 Writes benchmarks/results/generation_<device>.json (or --out) after every row.
@@ -39,6 +43,8 @@ Writes benchmarks/results/generation_<device>.json (or --out) after every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -56,7 +62,7 @@ from mlx_lm.models import cache as lm_cache
 from mlx_lm.models import llama
 
 import mlxtriton
-from mlxtriton import lm
+from mlxtriton import hw, lm
 
 METHODS = ("plain", "generate_step", "compile", "optimize", "roofline")
 
@@ -264,6 +270,10 @@ def main(argv=None):
                     help="capacity steps of the compile and optimize caches (several: one row "
                          "entry each, named method@step; reading a longer masked buffer costs "
                          "bandwidth, a smaller step more builds)")
+    ap.add_argument("--variants", default="",
+                    help="optimize again under other tuning data, in the same process: "
+                         "'label:field=value,...;...' (each a method optimize[label], the fields "
+                         "of mlxtriton.hw.tuning replaced for the chip while it builds and runs)")
     ap.add_argument("--copy-bytes", type=int, default=1 << 30)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: a tiny llama, short prompts")
     ap.add_argument("--out")
@@ -275,6 +285,10 @@ def main(argv=None):
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         ap.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as err:
+        ap.error(str(err))
 
     info = mx.device_info()
     device = "cpu" if mx.default_device().type == mx.cpu else _slug(info.get("device_name", "gpu"))
@@ -295,7 +309,7 @@ def main(argv=None):
                    f"{args.copy_bytes >> 20} MiB, read + write)"),
         "config": {"models": {m: CONFIGS[m] for m in args.models.split(",")},
                    "tokens": args.tokens, "runs": args.runs, "warmup": args.warmup,
-                   "buckets": args.buckets},
+                   "buckets": args.buckets, "variants": variants},
         "rows": [],
     }
 
@@ -329,6 +343,11 @@ def main(argv=None):
                                 f"{method}@{bucket}"
                             row["methods"][name] = _measure(method, model, batch, prompt_len,
                                                             args, result.get("copy_gbps"), bucket)
+                            for label, fields in variants.items() if method == "optimize" else ():
+                                with tuned(fields):
+                                    row["methods"][f"{name}[{label}]"] = _measure(
+                                        method, model, batch, prompt_len, args,
+                                        result.get("copy_gbps"), bucket)
                     _compare_tokens(row["methods"])
                     result["rows"].append(row)
                     save()
@@ -336,6 +355,35 @@ def main(argv=None):
             mx.clear_cache()
     save()
     print(f"wrote {out}")
+
+
+def parse_variants(text: str) -> dict[str, dict[str, object]]:
+    """``'label:field=value,...;...'`` -> {label: {field: value}}, each value of its field's
+    type in mlxtriton's tuning data (bools as 0/1 or true/false)."""
+    fields = {f.name: f.type for f in dataclasses.fields(hw.tuning.Tuning)}
+    out = {}
+    for part in filter(None, text.split(";")):
+        label, _, assignments = part.partition(":")
+        out[label] = {}
+        for assignment in filter(None, assignments.split(",")):
+            name, _, value = assignment.partition("=")
+            if name not in fields:
+                raise ValueError(f"--variants: {name!r} is no tuning field")
+            kind = fields[name] if isinstance(fields[name], str) else fields[name].__name__
+            out[label][name] = (value.lower() in ("1", "true") if kind == "bool"
+                                else int(value) if kind == "int" else value)
+    return out
+
+
+@contextlib.contextmanager
+def tuned(fields: dict[str, object]):
+    """Every chip's tuning data with ``fields`` replaced, while the block runs."""
+    original = hw.tuning.tuning
+    hw.tuning.tuning = lambda profile: dataclasses.replace(original(profile), **fields)
+    try:
+        yield
+    finally:
+        hw.tuning.tuning = original
 
 
 def _measure(method, model, batch, prompt_len, args, copy_gbps, bucket):
