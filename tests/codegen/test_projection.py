@@ -11,6 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlxtriton.codegen.projection import render_projection
 from mlxtriton.graph.projection import Projection, Result, Rope
@@ -176,3 +178,44 @@ def test_every_candidate_schedule_matches_mlx():
     for schedule in projection_candidates(spec.rows, spec.columns, kernel_target("h100")):
         got = emulated(spec, x, weights, **dict(zip(("columns_per_simd_group", "simd_groups", "unroll"), schedule)))
         assert_close(got, want, spec.dtype, spec.depth)
+
+
+@st.composite
+def _specs(draw):
+    """A projection kernel's spec: products of one x (dense, or 4- / 8-bit for half x), bias
+    vectors or not, and outputs that may be a SwiGLU gate of two products of one width or a
+    RoPE of one (heads of an even head_dim, any offsets' shape, frequencies or a base)."""
+    dtype = draw(st.sampled_from(["float32", "bfloat16", "float16"]))
+    bits = 0 if dtype == "float32" else draw(st.sampled_from([0, 0, 4, 8]))
+    group = draw(st.sampled_from([32, 64])) if bits else 0
+    batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    unit = max(group, 16)
+    depth = unit * draw(st.integers(1, 4))
+    heads, dim = draw(st.integers(1, 3)), draw(st.sampled_from([8, 16]))
+    widths = [heads * dim] + [draw(st.sampled_from([8, 16, 24]))] * draw(st.integers(0, 2))
+    biased = tuple(draw(st.booleans()) for _ in widths) if not bits and draw(st.booleans()) else ()
+    results, used = [], set()
+    if draw(st.booleans()):
+        results.append(Result((0,), Rope(heads, length, draw(st.booleans()), draw(st.sampled_from([1.0, 0.5])),
+                                         draw(st.sampled_from([None, 10000.0])),
+                                         draw(st.sampled_from([(), (1,), (batch,)])))))
+        used.add(0)
+    pair = [i for i in range(1, len(widths)) if i not in used]
+    if len(pair) == 2 and widths[pair[0]] == widths[pair[1]] and draw(st.booleans()):
+        results.append(Result(tuple(pair)))
+        used |= set(pair)
+    results += [Result((i,)) for i in range(len(widths)) if i not in used]
+    return Projection((batch, length), depth, tuple(widths), dtype, bits, group, biased,
+                      tuple(draw(st.permutations(results))))
+
+
+@settings(max_examples=15, deadline=None)
+@given(spec=_specs(), pick=st.integers(0, 1000), seed=st.integers(0, 1000))
+def test_any_spec_under_any_candidate_schedule_matches_mlx(spec, pick, seed):
+    from mlxtriton.codegen.schedule import kernel_target, projection_candidates
+
+    space = projection_candidates(spec.rows, spec.columns, kernel_target("h100"))
+    columns, groups, unroll = space[pick % len(space)]
+    x, weights = operands(spec, seed)
+    got = emulated(spec, x, weights, columns_per_simd_group=columns, simd_groups=groups, unroll=unroll)
+    assert_close(got, reference(spec, x, weights), spec.dtype, spec.depth)
