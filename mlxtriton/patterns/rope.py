@@ -22,8 +22,10 @@ from mlxtriton.patterns.rewrite import Match, Miss, Rules
 # "Exactly" means: the angle table is a constant of optimize time, and it equals, to float32
 # rounding, (arange(L) + offset) * scale * base ** (-i / (dims / 2)) for one integer offset and
 # one scale and base, with positions along x's second-to-last axis (precomputed cos and sin tables
-# must match the cos and sin of such angles to their own precision). Tables that are arguments,
-# or other frequencies, are near misses.
+# must match the cos and sin of such angles to their own precision); or it is MLX's own fallback
+# computing that table from an offset that is an argument (an mlx-lm cache's, on the CPU stream,
+# where `mx.fast.rope` decomposes), with such a base or with 1 / freqs of an argument (llama3's
+# frequencies). Other tables of arguments, or other frequencies, are near misses.
 
 # Angles recomputed from the fitted (offset, scale, base) must agree with the table to this
 # relative tolerance (float32 evaluation of the same formula written differently differs by a
@@ -170,7 +172,15 @@ def _rope(m: Match, traditional: bool):
         return Miss(f"angle table {theta.type_str()} is not one row per position along axis -2 "
                     f"(RoPE rotates x[..., L={length}, :])")
     if not m.values.is_constant(theta):
-        return Miss("the angle table is computed from arguments, not known at optimize time")
+        found = _angles_of_offset(m, theta, length, half)
+        if found is None:
+            return Miss("the angle table is computed from arguments, not known at optimize time")
+        offset, scale, base, freqs = found
+        m.detail = (f"RoPE[dims={dims}, traditional={traditional}, scale={scale:.6g}, "
+                    f"{'frequencies ' + freqs.type_str() if freqs else f'base={base:.6g}'}, offset "
+                    f"{offset.type_str()}] on {x.type_str()}")
+        return m.add("RoPE", [x, offset, *([freqs] if freqs else [])], dims=dims,
+                     traditional=traditional, base=1.0 if freqs else base, scale=scale, forward=True)
     value = m.values.value(theta)
     if value is None:
         return None
@@ -178,6 +188,77 @@ def _rope(m: Match, traditional: bool):
     if fit is None:
         return Miss("the angle table is not (position + offset) * scale * base^(-i/(dims/2))")
     return _replace(m, x, dims, traditional, *fit)
+
+
+_VIEWS = ("Broadcast", "ExpandDims", "Reshape")
+
+
+def _under_views(m: Match, v: Var) -> Var:
+    """``v`` before the broadcasts and reshapes that made it."""
+    while (e := m.graph.producer(v)) is not None and e.primitive in _VIEWS:
+        v = e.inputs[0]
+    return v
+
+
+def _made(m: Match, v: Var, primitive: str):
+    e = m.graph.producer(_under_views(m, v))
+    return e if e is not None and e.primitive == primitive else None
+
+
+def _angles_of_offset(m: Match, theta: Var, length: int, half: int):
+    """``(offset, scale, base, freqs)`` when ``theta`` is MLX's fallback angle table of an offset
+    that is an argument: ((arange(L) + offset) * scale) times inv_freq, inv_freq = 1 / freqs
+    (freqs an argument: base None) or a constant base^(-i / half); else None. One offset (an
+    int32 of one element) only."""
+    e = m.graph.producer(theta)
+    if e is None or e.primitive != "Multiply":
+        return None
+    for a, b in (e.inputs, e.inputs[::-1]):
+        scaled = _made(m, a, "Multiply")  # absent where the clean-ups dropped a scale of 1
+        for pos, scale in ([(p, m.values.scalar(q)) for p, q in (scaled.inputs, scaled.inputs[::-1])]
+                           if scaled is not None else [(a, 1.0)]):
+            added = _made(m, pos, "Add")
+            if scale is None or added is None:
+                continue
+            for ar, off in (added.inputs, added.inputs[::-1]):
+                arange, cast = _made(m, ar, "Arange"), _made(m, off, "AsType")
+                if arange is None or cast is None or arange.outputs[0].size != length:
+                    continue
+                if (arange.params["start"], arange.params["step"]) != (0, 1):
+                    continue
+                offset = cast.inputs[0]
+                if offset.dtype != "int32" or offset.size != 1:
+                    continue
+                inv = _inverse_frequencies(m, b, half)
+                if inv is not None:
+                    return (offset, float(scale), *inv)
+    return None
+
+
+def _inverse_frequencies(m: Match, v: Var, half: int):
+    """``(base, None)`` for a constant table base^(-i / half), ``(None, freqs)`` for 1 / freqs
+    of a float32 argument of ``half`` values; else None."""
+    src = _under_views(m, v)
+    if src.size != half:
+        return None
+    if m.values.is_constant(src):
+        value = m.values.value(src)
+        if value is None:
+            return None
+        inv = value.reshape(half).astype(mx.float32)
+        base = float(inv[1].item() ** (-half)) if half > 1 else 10000.0
+        for candidate in (float(round(base)), base):
+            want = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * (math.log(candidate) / half))
+            if mx.all(mx.abs(want - inv) <= ANGLE_RTOL * mx.abs(want)).item():
+                return candidate, None
+        return None
+    e = m.graph.producer(src)
+    if e is None or e.primitive != "Divide" or m.values.scalar(e.inputs[0]) != 1.0:
+        return None
+    freqs = _under_views(m, e.inputs[1])
+    if freqs.dtype != "float32" or freqs.shape != (half,):
+        return None
+    return None, freqs
 
 
 def _replace(m: Match, x: Var, dims: int, traditional: bool, offset: int, scale: float, base: float) -> Var:

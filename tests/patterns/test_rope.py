@@ -81,3 +81,29 @@ def test_rope_matches_the_oracle(dims, traditional, offset, dtype, length):
     x = x_of((2, 3, length, 16), dtype, seed=dims)
     g2, _ = check(lambda x: mx.fast.rope(x, dims, traditional=traditional, base=10000.0, scale=1.0, offset=offset), x)
     rope_eqn(g2)
+
+
+def test_an_offset_that_is_an_argument():
+    # an mlx-lm cache's offset on the CPU stream, where mx.fast.rope decomposes: the angle table
+    # of a base, or of llama3's frequencies (an argument), computed from it
+    freqs = mx.exp(mx.linspace(0, 9, 8))
+
+    def with_base(x, offset):
+        return mx.fast.rope(x, 16, traditional=False, base=500000.0, scale=0.5, offset=offset)
+
+    def with_freqs(x, offset, freqs):
+        return mx.fast.rope(x, 16, traditional=False, base=None, scale=1.0, offset=offset, freqs=freqs)
+
+    for fn, args in ((with_base, (x_of(), mx.array(5))), (with_freqs, (x_of((1, 4, 1, 16)), mx.array(300), freqs))):
+        g2, report = check(fn, *args)
+        e = rope_eqn(g2)
+        assert e.inputs[1] is g2.inputs[1] and e.params["scale"] == (0.5 if fn is with_base else 1.0)
+        assert (len(e.inputs) == 3) is (fn is with_freqs)
+        if fn is with_base:
+            assert e.params["base"] == 500000.0
+
+
+def test_an_offset_of_several_sequences_stays_a_near_miss():
+    g2, report = check(lambda x, offset: mx.fast.rope(x, 16, traditional=False, base=10000.0, scale=1.0,
+                                                      offset=offset), x_of((2, 3, 1, 16)), mx.array([4, 9]))
+    assert "RoPE" not in g2.primitive_counts()
