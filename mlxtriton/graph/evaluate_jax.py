@@ -740,7 +740,9 @@ def jax_rules() -> dict[str, Callable]:
     # group. mxfp4 / nvfp4: FP4 (e2m1) codes; mxfp8: FP8 (e4m3) codes; the group scale is a uint8
     # holding an e8m0 power of two (groups of 32) or an e4m3 float (nvfp4's groups of 16).
 
-    fp4 = jnp.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], jnp.float32)
+    # a NumPy table: the rules may first be built inside a jax.jit, where a jnp array would be
+    # a tracer that outlives it in the cached table
+    fp4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 
     def unpack_codes(w, bits):
         raw = lax.bitcast_convert_type(w, jnp.uint8)
@@ -765,7 +767,7 @@ def jax_rules() -> dict[str, Callable]:
             bias = jnp.repeat(extras[0].astype(jnp.float32), group_size, axis=-1)
             return scale * codes.astype(jnp.float32) + bias
         if bits == 4:
-            values = fp4[codes]
+            values = jnp.asarray(fp4)[codes]
         else:
             values = lax.bitcast_convert_type(codes.astype(jnp.uint8), jnp.float8_e4m3fn).astype(jnp.float32)
         out = values * jnp.repeat(group_scale(scales, group_size), group_size, axis=-1)
