@@ -296,17 +296,17 @@ def time_variant(variant: str, model, prompt_len: int, tokens: int, warmup: int,
 
 def gpu_shaped(source: Graph) -> Graph:
     """A trace from the CPU stream made to look like a GPU stream's: on the CPU the fast ops
-    decompose, so the pattern stage with no target first turns norms and attention back into
-    fast-op primitives (RoPE with an array offset stays decomposed: its angle table is no
-    constant), as a GPU trace holds them."""
+    decompose, so the pattern stage with no target first turns norms, RoPE and attention back
+    into fast-op primitives, as a GPU trace holds them (with no target it also makes `AddMM` of
+    a residual add after a product, which a GPU trace for CUDA keeps as an add)."""
     return optimize_patterns(source, None)[0]
 
 
 def estimate(name: str = "tiny", rules=tuple(RULES), model=None) -> dict:
     """Launch estimates for the decode step of ``CONFIGS[name]``'s llama (or ``model``) traced on
     this machine, made `gpu_shaped` on a CPU, and optimised for the H200, with every rule and
-    without each. On the CPU, RoPE's generated kernels and concatenations stand in for the two
-    RoPE launches a layer of a GPU trace."""
+    without each. On the CPU the output and down projections count as MLX's `AddMM` (see
+    `gpu_shaped`), where a GPU trace makes them projection kernels."""
     model = build_model(name, mx.bfloat16) if model is None else model
     result = {}
     for variant in ("optimize", *(f"optimize-{r}" for r in rules)):
