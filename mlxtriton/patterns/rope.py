@@ -200,6 +200,13 @@ def _under_views(m: Match, v: Var) -> Var:
     return v
 
 
+def _before_broadcasts(m: Match, v: Var) -> Var:
+    """``v`` before the broadcasts that made it."""
+    while (e := m.graph.producer(v)) is not None and e.primitive == "Broadcast":
+        v = e.inputs[0]
+    return v
+
+
 def _made(m: Match, v: Var, primitive: str):
     e = m.graph.producer(_under_views(m, v))
     return e if e is not None and e.primitive == primitive else None
@@ -214,6 +221,12 @@ def _angles_of_offset(m: Match, theta: Var, length: int, half: int):
     if e is None or e.primitive != "Multiply":
         return None
     for a, b in (e.inputs, e.inputs[::-1]):
+        # positions along axis -2 (one per row of the table), frequencies along the last axis
+        rows, columns = _before_broadcasts(m, a).shape, _before_broadcasts(m, b).shape
+        along_rows = half == 1 or rows[-1:] == (1,)
+        along_columns = columns[-1:] == (half,) and (length == 1 or columns[-2:-1] in ((), (1,)))
+        if not (along_rows and along_columns):
+            continue
         scaled = _made(m, a, "Multiply")  # absent where the clean-ups dropped a scale of 1
         for pos, scale in ([(p, m.values.scalar(q)) for p, q in (scaled.inputs, scaled.inputs[::-1])]
                            if scaled is not None else [(a, 1.0)]):

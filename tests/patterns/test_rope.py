@@ -107,3 +107,20 @@ def test_an_offset_of_several_sequences_stays_a_near_miss():
     g2, report = check(lambda x, offset: mx.fast.rope(x, 16, traditional=False, base=10000.0, scale=1.0,
                                                       offset=offset), x_of((2, 3, 1, 16)), mx.array([4, 9]))
     assert "RoPE" not in g2.primitive_counts()
+
+
+def test_an_angle_table_of_an_offset_transposed_stays_a_near_miss():
+    # positions along the last axis and frequencies along the rows: no RoPE, though the table's
+    # shape [L, half] is a RoPE's where L == half
+    d, length = 8, 4
+
+    def rope(x, offset):
+        inv = mx.exp(mx.arange(0, -d // 2, -1, dtype=mx.float32) * (math.log(10000.0) / (d // 2)))
+        theta = inv[:, None] * (mx.arange(length, dtype=mx.float32) + offset.astype(mx.float32))[None, :]
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return mx.concatenate([x1 * mx.cos(theta) - x2 * mx.sin(theta),
+                               x1 * mx.sin(theta) + x2 * mx.cos(theta)], axis=-1)
+
+    g2, report = check(rope, x_of((1, 2, length, d)), mx.array(3))
+    assert "RoPE" not in g2.primitive_counts()
+    assert any("computed from arguments" in m for m in misses(report))
