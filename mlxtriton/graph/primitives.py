@@ -249,6 +249,8 @@ declare("ExpandDims", _M, ("axes",))
 declare("Flatten", _M, ("start_axis", "end_axis"))
 declare("Unflatten", _M, ("axis", "shape"))
 declare("Slice", _M, ("start", "stop", "strides"))  # Python slice semantics per axis
+# The movements that keep every element's row-major index: a reshape, however written.
+RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 _UPDATE_KINDS = _enum("max", "min", "sum", "prod", "none")  # SliceUpdate / Scatter ReduceType
 declare(
     "SliceUpdate",

@@ -17,13 +17,12 @@ from typing import NamedTuple
 
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.fused import fused_eqn
+from mlxtriton.graph.primitives import RESHAPES
 from mlxtriton.graph.transforms import make_eqn
 
 KIND = "projection"
 PRODUCTS = ("Matmul", "AddMM", "QuantizedMatmul")
 FLOATS = ("float32", "float16", "bfloat16")
-# Movements that keep row-major order: between a product and its epilogue they move no element.
-RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 # The kernel's lanes each read 16 bytes of a weight row a step.
 VECTOR_BYTES = 16
 
@@ -187,7 +186,8 @@ def merged(specs: list[Projection]) -> Projection | None:
 
 
 def before_reshapes(graph_producer, v: Var) -> tuple[Var, list[Eqn]]:
-    """The value ``v`` is a reshape of (through `RESHAPES`), and those reshapes, last first."""
+    """The value ``v`` is a reshape of (through `mlxtriton.graph.primitives.RESHAPES`: every
+    element keeps its row-major index), and those reshapes, last first."""
     chain = []
     while (e := graph_producer(v)) is not None and e.primitive in RESHAPES:
         chain.append(e)
@@ -353,6 +353,6 @@ def spec_of(body: Graph) -> Projection:
     return spec
 
 
-__all__ = ["KIND", "PRODUCTS", "RESHAPES", "Rope", "Result", "Projection", "Epilogue", "dense_weight",
+__all__ = ["KIND", "PRODUCTS", "Rope", "Result", "Projection", "Epilogue", "dense_weight",
            "bias_vector", "projection_of", "merged", "before_reshapes", "gate_of", "rope_of",
            "projection_region", "spec_of"]

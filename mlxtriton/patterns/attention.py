@@ -12,6 +12,7 @@ import mlx.core as mx
 from mlxtriton.graph import dtypes
 from mlxtriton.graph.attention import attention_region, decode_attention
 from mlxtriton.graph.core import Var
+from mlxtriton.graph.primitives import RESHAPES
 
 from mlxtriton.patterns._values import MAX_EVALUATED
 from mlxtriton.patterns.pattern import P
@@ -34,7 +35,6 @@ from mlxtriton.patterns.rewrite import Match, Miss, Rules
 # value, the decomposed softmax meets -inf, and a row whose kept scores are all -inf, or a NaN
 # score under an additive mask, comes out differently.
 
-_RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 
 # Backends where attention with an array mask and a short query, when the fuse stage follows, is
 # written as one batched q @ k^T over the query heads grouped per kv head, one row kernel (scale,
@@ -456,7 +456,7 @@ def attention(m: Match):  # softmax(scale * q @ k^T + mask) @ v -> ScaledDotProd
     q, kt = w.qk.inputs
     while True:  # q * s, also seen through a reshape of the heads (MLX's 5-d fallback)
         view = m.graph.producer(q)
-        inner = view.inputs[0] if view is not None and view.primitive in _RESHAPES else q
+        inner = view.inputs[0] if view is not None and view.primitive in RESHAPES else q
         if (sc := _scaled(m, inner)) is None:
             break
         m.cover(view, m.graph.producer(inner))

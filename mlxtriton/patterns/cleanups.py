@@ -14,7 +14,7 @@ import math
 import mlx.core as mx
 
 from mlxtriton.graph import dtypes
-from mlxtriton.graph.primitives import Family, family
+from mlxtriton.graph.primitives import RESHAPES, Family, family
 
 from mlxtriton.patterns._values import VALUE_PRESERVING
 from mlxtriton.patterns.pattern import P
@@ -25,7 +25,6 @@ from mlxtriton.patterns.rewrite import Match, Rules
 # x - 0.0, x / 2^k == x * 2^-k, 1 / sqrt(y) == rsqrt(y), x * x == square(x), exact casts skipped,
 # a scatter of one index per row into zeros == a compare and select.
 
-RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 # Folding makes small constants only (as graph.fold_constants): a 4096 x 4096 folded transpose
 # would double a weight's memory. A Broadcast is left alone: a broadcast scalar is the canonical
 # scalar form, and folding it would only spend memory.

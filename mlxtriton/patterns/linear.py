@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 
 from mlxtriton.graph.core import Var
+from mlxtriton.graph.primitives import RESHAPES
 
 from mlxtriton.patterns._values import close
-from mlxtriton.patterns.cleanups import RESHAPES
 from mlxtriton.patterns.pattern import P, Pat
 from mlxtriton.patterns.rewrite import Match, Miss, Note, Rules
 
