@@ -526,12 +526,6 @@ def projection_schedule(rows: int, widths: tuple[int, ...], target: hw.Target) -
     return columns, t.projection_simd_groups, t.projection_unroll
 
 
-# The projection kernel's schedule space (`projection_candidates`).
-PROJECTION_COLUMNS = (1, 2, 4, 8)
-PROJECTION_SIMD_GROUPS = (2, 4, 8)
-PROJECTION_UNROLL = (1, 2, 4)
-
-
 def projection_candidates(rows: int, widths: tuple[int, ...], target: hw.Target
                           ) -> tuple[tuple[int, int, int], ...]:
     """Every legal (columns, SIMD groups, vectors in flight) of the projection kernel for x of
@@ -539,8 +533,8 @@ def projection_candidates(rows: int, widths: tuple[int, ...], target: hw.Target
     first: columns that divide every width, threadgroups within the device's limit."""
     gpu = target.device if target.device.is_gpu else target.chip
     most = (gpu.max_threads_per_threadgroup or 1024) // 32
-    space = [(c, g, u) for c in PROJECTION_COLUMNS if not any(w % c for w in widths)
-             for g in PROJECTION_SIMD_GROUPS if g <= most for u in PROJECTION_UNROLL]
+    space = [(c, g, u) for c in (1, 2, 4, 8) if not any(w % c for w in widths)
+             for g in (2, 4, 8) if g <= most for u in (1, 2, 4)]
     first = projection_schedule(rows, widths, target)
     return (first, *(c for c in space if c != first))
 

@@ -65,15 +65,25 @@ def _reads_any(graph: Graph, v: Var, eqns: set[Eqn]) -> bool:
     return False
 
 
-def _epilogues(graph: Graph, members: list[Eqn], spec: Projection) -> list[tuple[Epilogue, list[Eqn]]]:
-    """The SwiGLU gates ``silu(y_g) * y_u`` of two of the ``members``' products (one width) and
-    the RoPEs of one (`rope_of`, heads of its rows), each seen through reshapes and read by
-    nothing else, with the equations each replaces."""
-    index = {e.outputs[0]: i for i, e in enumerate(members)}
-    found, taken = [], set()
+def _candidates(graph: Graph) -> list[tuple[Eqn, tuple | None, tuple | None]]:
+    """Every SwiGLU gate (`gate_of`) and RoPE (`rope_of`) of ``graph``: (equation, gate, rope)."""
+    found = []
     for e in graph.eqns:
         gate = gate_of(graph.producer, e.outputs[0]) if e.primitive == "Multiply" else None
         rope = rope_of(graph.producer, e.outputs[0]) if e.primitive == "RoPE" else None
+        if gate is not None or rope is not None:
+            found.append((e, gate, rope))
+    return found
+
+
+def _epilogues(graph: Graph, candidates, members: list[Eqn], spec: Projection
+               ) -> list[tuple[Epilogue, list[Eqn]]]:
+    """The SwiGLU gates ``silu(y_g) * y_u`` of two of the ``members``' products (one width) and
+    the RoPEs of one (heads of its rows) among ``candidates`` (`_candidates`), each seen through
+    reshapes and read by nothing else, with the equations each replaces."""
+    index = {e.outputs[0]: i for i, e in enumerate(members)}
+    found, taken = [], set()
+    for e, gate, rope in candidates:
         if gate is not None:
             (g, g_moves), (u, u_moves) = (before_reshapes(graph.producer, v) for v in gate[:2])
             if g not in index or u not in index or g is u or {g, u} & taken:
@@ -139,6 +149,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
         groups.setdefault(key, []).append((e, operands, spec))
     replaced: dict[Eqn, Eqn | None] = {}
     extra: list[Eqn] = []  # views giving a gate's output its shape
+    candidates = _candidates(graph) if epilogues and groups else []
     for (x, _, _), members in groups.items():
         if len(members) == 1 and members[0][2].rows > lone_rows:
             continue
@@ -154,7 +165,7 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
             continue
         eqns = [e for e, _, _ in members]
         outputs = []  # the region's epilogues
-        for ep, gone in _epilogues(graph, eqns, spec) if epilogues else ():
+        for ep, gone in _epilogues(graph, candidates, eqns, spec):
             out = ep.out
             if ep.rope is None and out.shape != (*spec.lead, spec.widths[ep.products[0]]):
                 # the kernel writes a gate in its products' shape; a view gives out's

@@ -335,10 +335,11 @@ def spec_of(body: Graph) -> Projection:
         return spec
     results = []
     for out in body.outputs:
-        gate, rope = gate_of(producer, out), rope_of(producer, out)
         if out in products:
             results.append(Result((products.index(out),)))
-        elif gate is not None and gate[0] in products and gate[1] in products:
+            continue
+        gate, rope = gate_of(producer, out), rope_of(producer, out)
+        if gate is not None and gate[0] in products and gate[1] in products:
             results.append(Result((products.index(gate[0]), products.index(gate[1]))))
         elif rope is not None and rope[0] in products:
             results.append(Result((products.index(rope[0]),), rope[2]))
