@@ -12,6 +12,9 @@ Models: mlx-lm's ``llama`` built from Llama-3.2-1B's and Llama-3-8B's configs wi
                  prompt + every generated token, an array offset, a mask over the buffer) and the
                  decode step under ``mx.compile`` with the cache arrays as inputs and outputs
   optimize       ``mlxtriton.optimize(model)`` called with ``mlxtriton.lm.make_prompt_cache``
+  autotune       the same with ``autotune=True``: the prefill and the first step tune every
+                 kernel on this GPU (a tuner with an empty cache, ``--tune-budget`` seconds a
+                 kernel; ``tuned``: the kernels it tuned and the schedules it kept)
   roofline       (weight bytes + KV bytes read per step) / the copy bandwidth measured here
 
 Method: the prompt is prefilled, ``warmup`` decode steps run (builds happen there; the first
@@ -31,7 +34,9 @@ except an untied embedding table (a step reads one row of it per sequence); KV b
 keys and values of every layer over the mean context of the timed steps (what attention must
 read; a bucketed cache reads more).
 
-``--variants 'off:projection_epilogues=0;...'`` times ``optimize`` again under other tuning data
+A method named twice in ``--only`` is timed again (``optimize#2``), so that its two runs bracket
+the methods between them against the machine's drift. ``--variants
+'off:projection_epilogues=0;...'`` times ``optimize`` again under other tuning data
 (`mlxtriton.hw.tuning` fields replaced while it builds and runs), in the same process: an A/B of
 a rule on one machine (method ``optimize[off]``).
 
@@ -51,6 +56,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -63,8 +69,9 @@ from mlx_lm.models import llama
 
 import mlxtriton
 from mlxtriton import hw, lm
+from mlxtriton.runtime import tuner as tuner_lib
 
-METHODS = ("plain", "generate_step", "compile", "optimize", "roofline")
+METHODS = ("plain", "generate_step", "compile", "optimize", "autotune", "roofline")
 
 _LLAMA3_ROPE = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192, "rope_type": "llama3"}
@@ -132,9 +139,10 @@ def _argmax(logits):
     return mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
 
 
-def decoder(method: str, model, needed: int, bucket: int):
+def decoder(method: str, model, needed: int, bucket: int, tune_budget: float = 5.0):
     """(prefill(prompt) -> first token, step(token) -> next token, info) for one method;
-    ``needed``: the tokens the cache will hold; ``bucket``: the still-shaped caches' step."""
+    ``needed``: the tokens the cache will hold; ``bucket``: the still-shaped caches' step;
+    ``tune_budget``: seconds of tuning a kernel (``autotune``)."""
     if method == "plain":
         cache = lm_cache.make_prompt_cache(model)
         return (lambda p: _argmax(model(p, cache=cache)),
@@ -145,27 +153,46 @@ def decoder(method: str, model, needed: int, bucket: int):
         state = [c.arrays for c in cache]
         step = mx.compile(lambda y: _argmax(model(y, cache=cache)), inputs=state, outputs=state)
         return lambda p: _argmax(model(p, cache=cache)), step, {"capacity": capacity}
-    if method == "optimize":
+    if method in ("optimize", "autotune"):
         cache = lm.make_prompt_cache(model, step=bucket)
-        f = mlxtriton.optimize(model)
+        f = mlxtriton.optimize(model, autotune=method == "autotune")
+        tuned_by = _fresh_tuner(tune_budget) if method == "autotune" else None
 
         def info():
             stats = f.cache_info()
-            return {"cache_info": {"builds": stats.builds, "hits": stats.hits,
-                                   "last_build": stats.last_build},
-                    "capacity": cache[0].capacity}
+            entry = {"cache_info": {"builds": stats.builds, "hits": stats.hits,
+                                    "last_build": stats.last_build},
+                     "capacity": cache[0].capacity}
+            if tuned_by is not None:
+                entry["tuned"] = [{"region": t.region, "kept": t.best != t.default,
+                                   "speedup": round(t.speedup, 3), "timed": len(t.timed),
+                                   "best": t.best.describe()} for t in tuned_by.searches]
+            return entry
 
         return (lambda p: _argmax(f(p, cache=cache)), lambda y: _argmax(f(y, cache=cache)),
                 info)
     raise ValueError(f"unknown method {method!r}")
 
 
-def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket):
+def _fresh_tuner(budget_s: float):
+    """A tuner with an empty cache (a temporary directory) made this process's tuner, so that
+    every kernel an autotuned model builds is tuned here."""
+    chosen = tuner_lib.Tuner(tuner_lib.default_timer(),
+                             tuner_lib.ScheduleCache(tempfile.mkdtemp(prefix="mlxt-tune-")),
+                             budget_s=budget_s, progress=False)
+    tuner_lib.use(chosen)
+    return chosen
+
+
+def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket, tune_budget=5.0):
     prompt = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len),
                                key=mx.random.key(1))
-    prefill, step, info = decoder(method, model, prompt_len + warmup + runs * tokens, bucket)
+    prefill, step, info = decoder(method, model, prompt_len + warmup + runs * tokens, bucket,
+                                  tune_budget)
+    t0 = time.perf_counter()
     y = prefill(prompt)
     mx.eval(y)
+    prefill_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     y = step(y)
     mx.eval(y)
@@ -174,7 +201,7 @@ def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket
         y = step(y)
         mx.eval(y)
     row = timed_steps(step, y, tokens, runs)
-    row["first_step_s"] = first_step_s
+    row["prefill_s"], row["first_step_s"] = prefill_s, first_step_s
     row.update(info() if callable(info) else info)
     return row
 
@@ -274,6 +301,8 @@ def main(argv=None):
                     help="optimize again under other tuning data, in the same process: "
                          "'label:field=value,...;...' (each a method optimize[label], the fields "
                          "of mlxtriton.hw.tuning replaced for the chip while it builds and runs)")
+    ap.add_argument("--tune-budget", type=float, default=5.0,
+                    help="seconds of tuning a kernel for the autotune method")
     ap.add_argument("--copy-bytes", type=int, default=1 << 30)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run: a tiny llama, short prompts")
     ap.add_argument("--out")
@@ -338,9 +367,16 @@ def main(argv=None):
                            "prompt": prompt_len, "methods": {}}
                     buckets = [int(b) for b in args.buckets.split(",")]
                     for method in methods:
-                        for bucket in buckets if method in ("compile", "optimize") else [None]:
+                        for bucket in buckets if method in ("compile", "optimize", "autotune") \
+                                else [None]:
                             name = method if len(buckets) == 1 or bucket is None else \
                                 f"{method}@{bucket}"
+                            # a method named again (--only optimize,autotune,optimize) is timed
+                            # again: its runs bracket the others' against the machine's drift
+                            first, again = name, 1
+                            while name in row["methods"]:
+                                again += 1
+                                name = f"{first}#{again}"
                             row["methods"][name] = _measure(method, model, batch, prompt_len,
                                                             args, result.get("copy_gbps"), bucket)
                             for label, fields in variants.items() if method == "optimize" else ():
@@ -398,7 +434,7 @@ def _measure(method, model, batch, prompt_len, args, copy_gbps, bucket):
             entry = time_generate_step(model, prompt_len, args.tokens, args.warmup, args.runs)
         else:
             entry = time_decoding(method, model, batch, prompt_len, args.tokens, args.warmup,
-                                  args.runs, bucket)
+                                  args.runs, bucket, args.tune_budget)
         entry["tokens_per_s"] = batch * 1e3 / entry["ms"]
         return entry
     except Exception as error:  # one method failing must not lose the others' figures

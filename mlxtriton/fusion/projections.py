@@ -5,7 +5,7 @@ inputs or constants, is one kernel reading each weight once; a SwiGLU gate ``sil
 two of its products, or a product's RoPE (attention's q and k), where nothing else reads them, is
 computed in its epilogue (one output, no kernel of its own). Which products qualify on a chip is
 its tuning data (`mlxtriton.hw.tuning`: ``projection_max_rows``, ``projection_lone_rows``,
-``projection_quantized``, ``projection_rows_max_bytes``, ``projection_epilogues``). May import
+``projection_quantized``, ``projection_epilogues``). May import
 mlxtriton.graph and mlxtriton.hw.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
-from mlxtriton.graph.dtypes import itemsize
 from mlxtriton.graph.projection import (Epilogue, Projection, before_reshapes, bias_vector, dense_weight,
                                         gate_of, merged, projection_of, projection_region, rope_of)
 from mlxtriton.graph.transforms import dce, topological_sort
@@ -108,16 +107,14 @@ def _epilogues(graph: Graph, candidates, members: list[Eqn], spec: Projection
 
 
 def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bool = True,
-                      epilogues: bool = True, rows_max_bytes: int | None = None
-                      ) -> tuple[Graph, list[ProjectionDecision]]:
+                      epilogues: bool = True) -> tuple[Graph, list[ProjectionDecision]]:
     """Make projection regions of ``graph``'s products of at most ``max_rows`` rows.
 
     Products reading the same x with the same kind of weight (dense, or quantized alike) become
     one region; a product alone on its x becomes one up to ``lone_rows`` rows; quantized
     products only with ``quantized``; gates and RoPEs in the kernel's epilogue only with
-    ``epilogues``; at more than one row, a region of at most ``rows_max_bytes`` bytes of
-    weights (None: any). A weight (and a bias vector) must be one of the graph's
-    inputs or constants, so that the region reads nothing a member computes.
+    ``epilogues``. A weight (and a bias vector) must be one of the graph's inputs or constants,
+    so that the region reads nothing a member computes.
 
     Returns:
         ``(graph, decisions)``: the graph computes the same values (a region's body is the same
@@ -155,13 +152,6 @@ def group_projections(graph: Graph, max_rows: int, lone_rows: int, quantized: bo
             continue
         spec = merged([s for _, _, s in members])
         if spec is None:
-            continue
-        weight_bytes = sum(v.size * itemsize(v.dtype) for _, operands, _ in members for v in operands)
-        if spec.rows > 1 and rows_max_bytes is not None and weight_bytes > rows_max_bytes:
-            decisions.append(ProjectionDecision(
-                "+".join(e.primitive for e, _, _ in members),
-                f"left to MLX: {weight_bytes / (1 << 20):.0f} MiB of weights at {spec.rows} rows "
-                f"(this chip's rule: MLX's kernels above {rows_max_bytes >> 20} MiB at several rows)"))
             continue
         eqns = [e for e, _, _ in members]
         outputs = []  # the region's epilogues

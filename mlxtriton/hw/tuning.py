@@ -110,8 +110,6 @@ class Tuning:
         projection_lone_rows: ...and a product alone on its x up to this many rows...
         projection_quantized: ...and whether affine-quantized products do too (else MLX's
             quantized kernels run them).
-        projection_rows_max_bytes: ...but at more than one row of x a region reading more
-            weight bytes than this leaves its products to MLX...
         projection_epilogues: Whether a SwiGLU gate of two of a projection region's products,
             and a product's RoPE (attention's q and k), are outputs of its kernel (else each
             is a kernel of its own).
@@ -171,7 +169,6 @@ class Tuning:
     projection_max_rows: int
     projection_lone_rows: int
     projection_quantized: bool
-    projection_rows_max_bytes: int
     projection_epilogues: bool
     projection_columns_one_row: int
     projection_columns: int
@@ -305,7 +302,9 @@ SM_90 = _row(
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
                                      "recomputes", _R + "backward_rows_h200_saves.json"),
     projection_max_rows=(8, "8 rows of x: q/k/v as one launch 20.5 us against MLX's three 49.1 "
-                            "(1B), 31.4 against 57.6 (8B)", _R + "projections_h100.json"),
+                            "(1B), 31.4 against 57.6 (8B) in projections_h100.json; 8B batch-8 step 7.97 ms with every "
+                            "region in the kernel, 10.27 with gate/up and q/k/v left to MLX",
+                         _R + "generation_h100_b8_rows.json"),
     projection_lone_rows=(1, "one row: a lone product level with MLX's matrix-vector kernel (8B "
                              "down 46.7 against 46.8 us, output head 174.2 against 174.4); at 8 "
                              "rows slower (8B down 61.0 against 50.2)", _R + "projections_h100.json"),
@@ -313,10 +312,6 @@ SM_90 = _row(
                                 "mlx-lm's 5.80 (1.55x; 1.02x with MLX's quantized kernels in an "
                                 "earlier run); 1B 4-bit 2.00 against 1.61, where MLX's kernels "
                                 "gave 2.17 against 1.61", _R + "generation_h100_quantized_projections.json"),
-    projection_rows_max_bytes=(64 << 20, "8 rows: 8B gate/up (224 MiB) 103.4 us against MLX's "
-                                         "92.4, with its SwiGLU 109.2 against 94.0; 1B gate/up "
-                                         "(64 MiB) 42.8 against 43.7, 8B q/k/v (48 MiB) 31.4 "
-                                         "against 57.6", _R + "projections_h100_swiglu.json"),
     projection_epilogues=(True, "one process, two rounds: 8B step 6.76 and 6.85 ms with the "
                                 "epilogues, 7.52 and 7.00 without; 1B 2.13 and 2.19, 2.12 and "
                                 "2.62", _R + "decode_epilogues_ab_h100.json"),
@@ -394,7 +389,6 @@ def _apple(architecture: str, families: tuple[str, ...], row_data_bytes: int, wh
                                 "projection kernel is timed on the chip", guess),
         projection_lone_rows=(0, "as projection_max_rows", guess),
         projection_quantized=(False, "as projection_max_rows", guess),
-        projection_rows_max_bytes=(64 << 20, "the NVIDIA rule, kept", guess),
         projection_epilogues=(False, "as projection_max_rows", guess),
         projection_columns_one_row=(1, "the NVIDIA rule, kept", guess),
         projection_columns=(2, "the NVIDIA rule, kept", guess),

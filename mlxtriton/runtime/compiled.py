@@ -157,7 +157,7 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
                 t = hw.tuning.tuning(target.chip)
                 graph, projections = group_projections(
                     graph, t.projection_max_rows, t.projection_lone_rows, t.projection_quantized,
-                    t.projection_epilogues, t.projection_rows_max_bytes)
+                    t.projection_epilogues)
             graph, report = fuse_with_report(graph, target.chip, split=not single_kernel)
             stages.append(StageReport(name, graph, [p.as_text() for p in projections]
                                       + _fusion_lines(report) + collective_lines(graph)))

@@ -68,16 +68,6 @@ def test_more_rows_than_the_rule_or_no_rule_stay_mlx():
         assert not _regions(graph)
 
 
-def test_large_weights_at_several_rows_stay_mlx_by_the_chips_rule():
-    ws = _weights((64, 64), (16, 64), (16, 64), (64, 64))  # q/k/v: 96 rows of 64 float32 values
-    for rows, limit, regions in ((2, 96 * 64 * 4 - 1, 0), (2, 96 * 64 * 4, 1), (1, 0, 2)):
-        graph, decisions = group_projections(_graph(_attention_block, mx.ones((rows, 64)), *ws), 8, 1,
-                                             rows_max_bytes=limit)
-        assert len(_regions(graph)) == regions, (rows, limit)
-        if not regions:
-            assert "of weights at 2 rows" in decisions[0].as_text()
-
-
 def test_biased_products_join_with_their_bias():
     def f(x, w1, b1, w2, w3, b3):  # nn.Linear with a bias is AddMM
         return mx.addmm(b1, x, w1.T), x @ w2.T, mx.addmm(b3, x, w3.T, alpha=2.0)
