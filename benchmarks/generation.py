@@ -371,12 +371,7 @@ def main(argv=None):
                                 else [None]:
                             name = method if len(buckets) == 1 or bucket is None else \
                                 f"{method}@{bucket}"
-                            # a method named again (--only optimize,autotune,optimize) is timed
-                            # again: its runs bracket the others' against the machine's drift
-                            first, again = name, 1
-                            while name in row["methods"]:
-                                again += 1
-                                name = f"{first}#{again}"
+                            name = timed_again(name, row["methods"])
                             row["methods"][name] = _measure(method, model, batch, prompt_len,
                                                             args, result.get("copy_gbps"), bucket)
                             for label, fields in variants.items() if method == "optimize" else ():
@@ -391,6 +386,16 @@ def main(argv=None):
             mx.clear_cache()
     save()
     print(f"wrote {out}")
+
+
+def timed_again(name: str, taken) -> str:
+    """A method's entry name: ``name``, or ``name#2``, ``name#3`` ... for a method named again in
+    ``--only`` (its runs bracket the others' against the machine's drift)."""
+    again, entry = 1, name
+    while entry in taken:
+        again += 1
+        entry = f"{name}#{again}"
+    return entry
 
 
 def parse_variants(text: str) -> dict[str, dict[str, object]]:

@@ -284,6 +284,12 @@ def generation(files):
                       "vs best peer", "of roofline", "builds"], out)
 
 
+def launch_costs(files):
+    return _markdown(["variant", "host us per launch", "us per launch"],
+                     [[r["variant"], _num(r["host_us_per_launch"], 2), _num(r["us_per_launch"], 2)]
+                      for f in files for r in load(f)["rows"]])
+
+
 def decode_epilogues(files):
     """Per model and round, the step with and without the projection kernel's epilogues."""
     d = load(files[0])
@@ -394,9 +400,10 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "eval_bound": (eval_bound, ["eval_bound_h200.json"]),
     "per_eval": (per_eval, ["per_eval_h200.json"]),
     "ce_rows": (ce_rows, ["ce_rows_h200.json"]),
-    "generation": (generation, ["generation_h100_1b_epilogues_on.json", "generation_h100_8b_epilogues_on.json",
+    "generation": (generation, ["generation_h100_1b_bracket.json", "generation_h100_1b_epilogues_on.json", "generation_h100_8b_epilogues_on.json",
                                 "generation_h100_quantized_projections.json", "generation_h100_b8_projections.json",
                                 "generation_h100_p2048_projections.json", "generation_h100_b1_bf16.json"]),
+    "launch_costs": (launch_costs, ["launch_costs_h100.json"]),
     "decode_epilogues": (decode_epilogues, ["decode_epilogues_ab_h100.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),

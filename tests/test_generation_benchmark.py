@@ -30,3 +30,10 @@ def test_a_variants_tuning_holds_inside_its_block_only():
         assert hw.tuning.tuning(h100).projection_max_rows == 0
         assert hw.tuning.tuning(h100).projection_lone_rows == before.projection_lone_rows
     assert hw.tuning.tuning(h100) == before
+
+
+def test_a_method_named_again_gets_an_entry_of_its_own():
+    assert bench.timed_again("optimize", {}) == "optimize"
+    assert bench.timed_again("optimize", {"optimize": 1}) == "optimize#2"
+    assert bench.timed_again("plain", {"plain": 1, "plain#2": 1, "optimize": 1}) == "plain#3"
+    assert "autotune" in bench.METHODS
