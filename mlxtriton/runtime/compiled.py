@@ -40,6 +40,7 @@ from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics, vjp_function)
 from mlxtriton.runtime.launch import interpreting, launcher, unavailable
+from mlxtriton.runtime.views import fold_views
 from mlxtriton import state as state_lib
 from mlxtriton.state import function_roots
 from mlxtriton.trace import StateIO, _arguments_tree, _normalize_static, state_roots, trace_call
@@ -254,17 +255,19 @@ class _Executable:
         self.graph = graph
         steps: list[Step] = []
         bare_steps: list[Step] = []
+        lowered: dict[int, tuple] = {}  # equation index -> (kernel, constants) of each launch
         self.fallbacks: list[tuple[str, str]] = []  # regions run as MLX ops, and why
-        for e in graph.eqns:
+        for index, e in enumerate(graph.eqns):
             if is_fused(e) and launch:
                 try:
-                    kernel, extra = _lower_region(e, target, choose)
+                    kernel, extra = lowered[index] = _lower_region(e, target, choose)
                     bare = launcher(kernel, extra)  # KernelUnavailable: fails on this GPU
                 except RegionError as err:
                     # A region codegen cannot write, or whose kernel this GPU cannot run, stays
                     # correct as MLX ops (explain says so); a @kernel function raises instead
                     # (Compiled._build checks).
                     self.fallbacks.append((e.params["name"], str(err)))
+                    lowered.pop(index, None)
                     steps.append((_mlx_step(e), e.inputs, e.outputs))
                     bare_steps.append(steps[-1])
                     continue
@@ -304,6 +307,15 @@ class _Executable:
         self.output_aliases = (tuple(first[v] for v in graph.outputs)
                                if len(first) < len(graph.outputs) else ())
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
+        # A bare replay launches kernels in their views' shapes and drops those views.
+        self.views_folded = 0
+        if launch and lowered:
+            def relaunch(index: int, shapes: dict[int, tuple[int, ...]]):
+                kernel, extra = lowered[index]
+                final = kernel.chain()[-1].output_shapes
+                return launcher(kernel, extra, [shapes.get(p, s) for p, s in enumerate(final)])
+
+            bare_steps, self.views_folded = fold_views(graph, bare_steps, sorted(lowered), relaunch)
         self.bare_body = _runner(graph, bare_steps if launch else steps, differentiated=False)
         if self.traceable:
             compiled = mx.compile(_choosing(self.body, self.bare_body))

@@ -67,22 +67,30 @@ def _kernel_object(kernel: LoweredKernel):
     return obj
 
 
-def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = ()) -> Callable[..., list]:
+def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = (),
+             output_shapes: Sequence[tuple[int, ...]] | None = None) -> Callable[..., list]:
     """A function ``run(*arrays) -> outputs`` launching ``kernel`` on the default device, with
     ``constants`` appended to the inputs. Built once; each call only calls MLX.
+    ``output_shapes``: the outputs in these shapes instead, each of its output's size (a kernel
+    writes row-major buffers: a reshape of its output costs nothing, `runtime.views`).
 
     Raises:
         KernelUnavailable: a Metal kernel that fails to compile or launch on this GPU (checked
             once per kernel, on its first use; a warning names the kernel and the reason).
     """
     if interpreting():
-        return (_emulator if emulating() else _interpreter)(kernel, constants)
+        run = (_emulator if emulating() else _interpreter)(kernel, constants)
+        if output_shapes is None:
+            return run
+        return lambda *arrays: [mx.reshape(o, s) for o, s in zip(run(*arrays), output_shapes)]
     obj = _kernel_object(kernel)
     call = kernel.call_kwargs()
     call["output_dtypes"] = [dtypes.to_mx(d) for d in call["output_dtypes"]]
+    if output_shapes is not None and kernel.then is None:
+        call["output_shapes"] = [list(s) for s in output_shapes]
     constants = list(constants)
     if kernel.then is not None:  # a kernel on this one's inputs and outputs: the pair's outputs
-        then, pick = launcher(kernel.then), kernel.then_arguments()
+        then, pick = launcher(kernel.then, output_shapes=output_shapes), kernel.then_arguments()
 
         def run(*arrays):
             inputs = [*arrays, *constants]
@@ -132,8 +140,10 @@ def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callab
     out_dtypes = [dtypes.to_mx(d) for d in kernel.output_dtypes]
 
     def run(*arrays):
-        # np.require keeps a 0-d input 0-d (np.ascontiguousarray makes it 1-d)
-        host = [np.require(dtypes.to_numpy(a), requirements='C') for a in (*arrays, *constants)]
+        # np.require keeps a 0-d input 0-d (np.ascontiguousarray makes it 1-d); an input of
+        # another shape of the same size is the same row-major buffer (runtime/views)
+        host = [np.require(dtypes.to_numpy(a), requirements='C').reshape(s)
+                for a, s in zip((*arrays, *constants), kernel.input_shapes)]
         outs = interpret(kernel.kernel, host)
         return [mx.array(np.asarray(o, np.float32) if d == mx.bfloat16 else o).astype(d)
                 for o, d in zip(outs, out_dtypes)]
@@ -153,7 +163,8 @@ def _emulator(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[
     last = kernel.chain()[-1]
 
     def run(*arrays):
-        host = [_to_host(a) for a in (*arrays, *constants)]
+        # an input of another shape of the same size is the same row-major buffer (runtime/views)
+        host = [_to_host(a).reshape(s) for a, s in zip((*arrays, *constants), kernel.input_shapes)]
         return [_from_host(o, d) for o, d in zip(metal_emulator.run(kernel, host), last.output_dtypes)]
 
     return run
