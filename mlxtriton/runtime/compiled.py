@@ -142,6 +142,9 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
     stages: list[StageReport] = []
     if not isinstance(target, hw.Target):
         target = hw.target(target)
+    reason = _unverified_on_device(graph, target) if passes else None
+    if reason is not None:
+        return graph, [StageReport("fallback", graph, [reason])]
     if passes:
         # Equal work done once: two caches holding one offset array each add the same length
         # to it (`state.Snapshot.aliases`), a model computing one mask per layer.
@@ -175,6 +178,25 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
             stages.append(StageReport(name, graph, [d.as_text() for d in decisions]
                                       or ["no fused regions"]))
     return graph, stages
+
+
+# Quantized weights met by float16 activations: on a CUDA GPU such a program runs as traced (MLX's
+# ops), since a float16 4-bit llama's prefill gave zero logits through the optimised path there
+# (tests/device/test_projection_gpu.py), a fault not yet found; bfloat16 with quantized weights
+# gives plain mlx-lm's tokens.
+_QUANTIZED = frozenset({"QuantizedMatmul", "GatherQMM", "Quantize"})
+
+
+def _unverified_on_device(graph: Graph, target: hw.Target) -> str | None:
+    """Why ``graph`` runs as traced on ``target``'s device, if it must (else None)."""
+    if not (target.device.is_gpu and target.device.backend == "cuda"):
+        return None
+    for e in graph.eqns:
+        if e.primitive in _QUANTIZED and any(v.dtype == "float16" for v in (*e.inputs, *e.outputs)):
+            return (f"the whole program runs as MLX ops: float16 activations with quantized weights "
+                    f"({e.primitive}) on CUDA gave wrong results through the optimised path in a "
+                    "device test, a fault not yet found (bfloat16 activations are optimised)")
+    return None
 
 
 def _rows_held(e: Eqn, kernels: hw.Target) -> bool:
