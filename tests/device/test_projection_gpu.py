@@ -43,16 +43,27 @@ def test_greedy_generation_through_the_kernel_matches_mlx_lm(monkeypatch, quanti
     original = hw.tuning.tuning  # quantized products and epilogues even where a chip's rule is off
     monkeypatch.setattr(hw.tuning, "tuning", lambda p: dataclasses.replace(
         original(p), projection_quantized=True, projection_epilogues=True))
-    model = decode_model(quantized, head_dim=64, group_size=64, name=name)
+    # bfloat16 activations: with float16 ones quantized models run as MLX ops on CUDA (below)
+    model = decode_model(quantized, head_dim=64, group_size=64, name=name, dtype=mx.bfloat16)
     f = mlxtriton.optimize(model)
     y = mx.stack([lm_zoo.prompt(40, seed=s) for s in range(batch)])
-    tol = 0.15 if quantized else 2e-3  # float16 rounds differently at every op of the two graphs
+    tol = 0.25 if quantized else 2e-3  # bfloat16 rounds differently at every op of the two graphs
     y, fast = greedy_against_mlx_lm(f, model, y, 16, tol)
     kernels = [k.name for k in f.lower(y, cache=fast)]
     assert any(n.startswith("mlxt_projection_") for n in kernels), kernels
     # a GPU trace holds q's and k's RoPE and the SwiGLU gate: the projections' epilogues take them
     counts = f.explain(y, cache=fast).graph.primitive_counts()
     assert "RoPE" not in counts and "Sigmoid" not in counts, counts
+
+
+def test_float16_with_quantized_weights_runs_as_mlx_ops_and_matches_mlx_lm():
+    # through the optimised path this model's prefill gave zero logits on an H100 (a fault not yet
+    # found): on CUDA it runs as traced, MLX's ops, and says so
+    model = decode_model(True, head_dim=64, group_size=64)
+    f = mlxtriton.optimize(model)
+    y, fast = greedy_against_mlx_lm(f, model, lm_zoo.prompt(40)[None], 4, 0.15)
+    assert not list(f.lower(y, cache=fast))
+    assert "float16 activations with quantized weights" in str(f.explain(y, cache=fast))
 
 
 @pytest.mark.parametrize("schedule", [(1, 4, 2), (2, 4, 2), (4, 8, 1)], ids=str)

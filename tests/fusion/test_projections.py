@@ -217,13 +217,14 @@ def projections_on_apple(monkeypatch):
     monkeypatch.setenv("MLXTRITON_INTERPRET", "metal")
 
 
-def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "llama"):
-    """A model of the zoo (llama: q/k/v without a bias, qwen2: with); quantized: float16
-    activations (the kernel reads half-precision x with quantized weights) and 4-bit weights."""
+def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "llama",
+                 dtype=mx.float16):
+    """A model of the zoo (llama: q/k/v without a bias, qwen2: with); quantized: activations of
+    ``dtype`` (the kernel reads half-precision x with quantized weights) and 4-bit weights."""
     arch = lm_zoo.BY_NAME[name]
     model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": head_dim}))
     if quantized:
-        model.set_dtype(mx.float16)
+        model.set_dtype(dtype)
         nn.quantize(model, group_size=group_size, bits=4)
     return model
 
