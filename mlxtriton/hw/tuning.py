@@ -302,9 +302,9 @@ SM_90 = _row(
                                      "2262 recomputing; cross-entropy, whose backward is then pointwise, "
                                      "recomputes", _R + "backward_rows_h200_saves.json"),
     projection_max_rows=(8, "8 rows of x: q/k/v as one launch 20.5 us against MLX's three 49.1 "
-                            "(1B), 31.4 against 57.6 (8B) in projections_h100.json; 8B batch-8 step 7.97 ms with every "
-                            "region in the kernel, 10.27 with gate/up and q/k/v left to MLX",
-                         _R + "generation_h100_b8_rows.json"),
+                            "(1B), 31.4 against 57.6 (8B) in projections_h100.json; 8B batch-8 "
+                            "step 7.97 ms with every region in the kernel, 10.27 with gate/up and "
+                            "q/k/v left to MLX", _R + "generation_h100_b8_rows.json"),
     projection_lone_rows=(1, "one row: a lone product level with MLX's matrix-vector kernel (8B "
                              "down 46.7 against 46.8 us, output head 174.2 against 174.4); at 8 "
                              "rows slower (8B down 61.0 against 50.2)", _R + "projections_h100.json"),

@@ -40,7 +40,7 @@ from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics, vjp_function)
 from mlxtriton.runtime.launch import interpreting, launcher, unavailable
-from mlxtriton.runtime.views import fold_views
+from mlxtriton.runtime.views import Step, fold_views
 from mlxtriton import state as state_lib
 from mlxtriton.state import function_roots
 from mlxtriton.trace import StateIO, _arguments_tree, _normalize_static, state_roots, trace_call
@@ -214,8 +214,6 @@ def _fusion_lines(report: FusionReport) -> list[str]:
     lines += [f"boundary: {b.as_text()}" for b in report.boundaries]
     return lines
 
-
-Step = tuple[Callable, tuple[Var, ...], tuple[Var, ...]]
 
 # An evaluated scalar every compiled call passes last: inside the trace of our own mx.compile it
 # is a placeholder MLX refuses to read (`_tracing`), anywhere else it reads.

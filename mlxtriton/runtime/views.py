@@ -27,6 +27,7 @@ import mlx.core as mx
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.primitives import RESHAPES
 
+# One equation of a replay: what it calls, the vars it reads, the vars it binds.
 Step = tuple[Callable, tuple[Var, ...], tuple[Var, ...]]
 # A kernel's bare launcher again, with its outputs in other shapes: (index, {output: shape}).
 Relaunch = Callable[[int, dict[int, tuple[int, ...]]], Callable]
@@ -109,4 +110,4 @@ def fold_views(graph: Graph, steps: Sequence[Step], kernels: Sequence[int], rela
     return [s for s, k in zip(steps, keep) if k], keep.count(False)
 
 
-__all__ = ["fold_views", "keeps_order"]
+__all__ = ["Step", "fold_views", "keeps_order"]
