@@ -218,13 +218,15 @@ def projections_on_apple(monkeypatch):
 
 
 def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "llama",
-                 dtype=mx.float16):
-    """A model of the zoo (llama: q/k/v without a bias, qwen2: with); quantized: activations of
-    ``dtype`` (the kernel reads half-precision x with quantized weights) and 4-bit weights."""
+                 dtype=None):
+    """A model of the zoo (llama: q/k/v without a bias, qwen2: with) in ``dtype`` (default:
+    float16 when quantized, the kernel reading half-precision x with 4-bit weights; else
+    float32)."""
     arch = lm_zoo.BY_NAME[name]
     model = lm_zoo.build_arch(dataclasses.replace(arch, config={**arch.config, "head_dim": head_dim}))
+    if dtype is not None or quantized:
+        model.set_dtype(dtype or mx.float16)
     if quantized:
-        model.set_dtype(dtype)
         nn.quantize(model, group_size=group_size, bits=4)
     return model
 
