@@ -43,27 +43,31 @@ class Path:
     off, the `Compiled` runs its graph uncompiled (what ``mx.disable_compile()`` gives). On a CPU
     host MLX's compile writes and builds C++ for every new fused elementwise chain (a second or
     more each, cached in /tmp/mlx), which would dominate a fuzzing run; the paths with it on are
-    `COMPILED_PATHS`."""
+    `COMPILED_PATHS`. ``bare``: each call runs the bare replay (what ``mx.compile`` traces and
+    replays on a GPU: kernels launched bare, the views around them folded, `runtime.views`)
+    instead of the differentiable body the interpreter otherwise runs."""
 
     api: str  # "optimize", "kernel" or "oracle"
     chip: str | None = None
     interpret: bool = False
     mlx_compile: bool = False
+    bare: bool = False
 
     def __str__(self) -> str:
         if self.api == "oracle":
             return "oracle"
         return (f"{self.api}(chip={self.chip!r}){' interpreted' if self.interpret else ''}"
-                f"{' under mx.compile' if self.mlx_compile else ''}")
+                f"{' bare' if self.bare else ''}{' under mx.compile' if self.mlx_compile else ''}")
 
     @property
     def family(self) -> str:
         """The path without its chip: what findings are grouped by."""
-        return (self.api + (" interpreted" if self.interpret else "")
+        return (self.api + (" interpreted" if self.interpret else "") + (" bare" if self.bare else "")
                 + (" under mx.compile" if self.mlx_compile else ""))
 
 
 PATHS = (*(Path("optimize", c) for c in CHIPS), *(Path("optimize", c, True) for c in CHIPS),
+         Path("optimize", "h200", True, bare=True),
          Path("kernel", "m3", True), Path("kernel", "h200", True), Path("oracle"))
 COMPILED_PATHS = (Path("optimize", "auto", mlx_compile=True), Path("optimize", "m3", mlx_compile=True))
 
@@ -154,6 +158,27 @@ def interpreting(on: bool) -> Iterator[None]:
             os.environ["MLXTRITON_INTERPRET"] = saved
 
 
+@contextlib.contextmanager
+def bare_replays(on: bool) -> Iterator[None]:
+    """Executables built meanwhile run their bare body (`Path.bare`)."""
+    if not on:
+        yield
+        return
+    from mlxtriton.runtime import compiled as compiled_module
+
+    original = compiled_module._Executable.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.run = self.bare_body
+
+    compiled_module._Executable.__init__ = init
+    try:
+        yield
+    finally:
+        compiled_module._Executable.__init__ = original
+
+
 def _run_path(path: Path, fn: Callable, program: Program, calls: list[tuple]) -> list[_Result]:
     nums = program.static_argnums
     if path.api == "oracle":
@@ -163,7 +188,7 @@ def _run_path(path: Path, fn: Callable, program: Program, calls: list[tuple]) ->
 
         return [_capture(lambda a=args: oracle(a)) for args in calls]
     make = mlxtriton.optimize if path.api == "optimize" else mlxtriton.kernel
-    with interpreting(path.interpret), mlx_compiling(path.mlx_compile):
+    with interpreting(path.interpret), mlx_compiling(path.mlx_compile), bare_replays(path.bare):
         try:
             compiled = make(fn, chip=path.chip, static_argnums=nums)
         except Exception as err:  # noqa: BLE001
@@ -370,6 +395,9 @@ def reproduction(program: Program, finding: Finding) -> str:
         head = ["import os", 'os.environ["MLXTRITON_INTERPRET"] = "1"', *head]
     if path.api != "oracle" and not path.mlx_compile:
         head.insert(-1, "mx.disable_compile()  # as the fuzzer ran it (differential.Path)")
+    if path.bare:
+        head += ["from tests.fuzz.differential import bare_replays",
+                 "bare_replays(True).__enter__()  # each call runs the bare replay (Path.bare)", ""]
     nums = program.static_argnums
     static = f", static_argnums={nums}" if nums else ""
     statics = [tuple(s.values[k] for s in program.statics) for k in (0, 1)]
