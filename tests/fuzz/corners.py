@@ -276,6 +276,21 @@ def _projections() -> Program:
     return program(arguments, lines)
 
 
+def _views_between_kernels() -> Program:
+    """Views between a kernel and a matmul, and between two matmuls (a bare replay launches the
+    kernel in the views' shape and makes the matmuls' views one reshape, `runtime.views`)."""
+    arguments, lines = [], []
+    for k, dtype in enumerate(FLOATS):
+        x, w, u, v = (f"a{4 * k + i}" for i in range(4))
+        arguments += [Argument(x, (8, 64), dtype, "normal"), Argument(w, (32, 16), dtype, "normal"),
+                      Argument(u, (64, 32), dtype, "normal"), Argument(v, (4, 16), dtype, "normal")]
+        lines += [f"v{3 * k} = mx.transpose(mx.softmax({x}, axis=-1).reshape(8, 2, 32)[:, None], "
+                  f"(0, 2, 1, 3)) @ {w}",
+                  f"v{3 * k + 1} = mx.transpose(({x} @ {u}).reshape(8, 1, 8, 4), (1, 0, 2, 3)) @ {v}",
+                  f"v{3 * k + 2} = mx.exp(({x} @ {u}).reshape(8, 1, 32)) * 2.0"]
+    return program(arguments, lines)
+
+
 def _matmul(form) -> Program:
     x, w = MATMUL_SHAPES[form]
     arguments, lines = [], []
@@ -371,6 +386,7 @@ def _cases() -> dict[str, Case]:
     for form in MATMUL_SHAPES:
         add("matmul", form, lambda f=form: _matmul(f))
     add("matmul", "projections", _projections)
+    add("matmul", "views between kernels", _views_between_kernels)
     for name, t in GATHERS.items():
         add("gathers", name, lambda t=t: _gather(t))
     for k, (first, second) in enumerate(STATIC_PAIRS):
