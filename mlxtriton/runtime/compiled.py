@@ -1013,8 +1013,8 @@ class Traced:
         """What each stage decided for ``target`` and, for what did not fuse, why."""
         ktarget, optimized, stages = self._for(target)
         stages = [replace(st, lines=list(st.lines)) for st in stages]
-        kernels = []
-        for e in optimized.eqns:
+        kernels, launched = [], []
+        for index, e in enumerate(optimized.eqns):
             if is_fused(e):
                 try:
                     kernels.append(_lower_region(e, ktarget, self._choose(ktarget))[0])
@@ -1024,6 +1024,13 @@ class Traced:
                 if (why := unavailable(kernels[-1].name)) is not None:
                     stages[-1].lines.append(f"{e.params['name']} runs as MLX ops: kernel "
                                             f"{kernels[-1].name} cannot run on this GPU: {why}")
+                    continue
+                launched.append(index)
+        _, folded = fold_views(optimized, [(None, e.inputs, e.outputs) for e in optimized.eqns],
+                               launched, lambda index, shapes: None)
+        if folded:
+            stages[-1].lines.append(f"{folded} view(s) around the kernels fold into them where no "
+                                    "transformation sees the call (runtime/views)")
         return Explanation(self.source, stages, kernels, ktarget, hw.running_device())
 
 

@@ -102,3 +102,11 @@ def test_decoding_with_bare_replays_matches_mlx_lm(bare_replays, quantized):
     f = mlxtriton.optimize(model, chip="m3")
     greedy_against_mlx_lm(f, model, lm_zoo.prompt(9)[None], 3, 0.15 if quantized else 1e-4)
     assert max(bare_replays) > 0, bare_replays
+
+
+def test_explain_counts_the_views_a_bare_replay_folds():
+    def f(x, w):
+        return mx.transpose(mx.softmax(x, axis=-1).reshape(8, 2, 32)[:, None], (0, 2, 1, 3)) @ w
+
+    text = str(mlxtriton.optimize(f, chip="h100").explain(mx.ones((8, 64)), mx.ones((32, 16))))
+    assert "3 view(s) around the kernels fold into them" in text, text
