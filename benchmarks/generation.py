@@ -17,10 +17,13 @@ Models: mlx-lm's ``llama`` built from Llama-3.2-1B's and Llama-3-8B's configs wi
                  kernel; ``tuned``: the kernels it tuned and the schedules it kept)
   roofline       (weight bytes + KV bytes read per step) / the copy bandwidth measured here
 
-Method: the prompt is prefilled, ``warmup`` decode steps run (builds happen there; the first
-step's time is recorded as ``first_step_s``), then ``runs`` runs of ``tokens`` decode steps are
-queued with ``mx.async_eval`` (each step's sampled token feeds the next), ``mx.synchronize()``
-once per run; ms per step is the median run's time / ``tokens``. ``host_ms`` is the time the
+Method: for each method the prompt is prefilled and ``warmup`` decode steps run (builds happen
+there; the prefill's and the first step's times are recorded as ``prefill_s`` and
+``first_step_s``); then every method's ``runs`` runs are taken in turn (run 1 of each method, then
+run 2, ...: a drift of the machine's speed falls on all of them alike; ``--sequential``: each
+method's runs right after its warm-up), each run ``tokens`` decode steps queued with
+``mx.async_eval`` (each step's sampled token feeds the next), ``mx.synchronize()`` once; ms per
+step is the median run's time / ``tokens``. ``host_ms`` is the time the
 host spent queuing a run's steps (before the synchronize), per step: when it is close to ``ms``
 the host paces decoding; ``call_ms`` the part of it spent in the step call (building the graph),
 the rest being MLX's evaluation of it (``mx.async_eval``: encoding and launching the kernels).
@@ -184,52 +187,95 @@ def _fresh_tuner(budget_s: float):
     return chosen
 
 
-def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket, tune_budget=5.0):
-    prompt = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len),
-                               key=mx.random.key(1))
-    prefill, step, info = decoder(method, model, prompt_len + warmup + runs * tokens, bucket,
-                                  tune_budget)
+class Decoding:
+    """One method ready to be timed: its prompt prefilled and ``warmup`` steps decoded (builds
+    happen there), under the tuning ``fields`` where given; `run` times one run of ``tokens``
+    steps, `result` sums the runs up (`timed_steps`)."""
+
+    def __init__(self, method, model, batch, prompt_len, tokens, warmup, runs, bucket,
+                 tune_budget=5.0, fields=None):
+        self.tokens, self.fields = tokens, fields
+        self.times, self.host, self.calls, self.sampled = [], [], [], []
+        prompt = mx.random.randint(0, model.args.vocab_size, (batch, prompt_len),
+                                   key=mx.random.key(1))
+        with self._tuning():
+            prefill, self.step, self.info = decoder(method, model, prompt_len + warmup + runs * tokens,
+                                                    bucket, tune_budget)
+            t0 = time.perf_counter()
+            y = prefill(prompt)
+            mx.eval(y)
+            self.prefill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            y = self.step(y)
+            mx.eval(y)
+            self.first_step_s = time.perf_counter() - t0
+            for _ in range(warmup - 1):
+                y = self.step(y)
+                mx.eval(y)
+        self.y = y
+
+    def _tuning(self):
+        return tuned(self.fields) if self.fields else contextlib.nullcontext()
+
+    def run(self) -> None:
+        """One run of ``tokens`` steps (`_one_run`)."""
+        with self._tuning():
+            self.y, *figures = _one_run(self.step, self.y, self.tokens, self.sampled)
+        for kept, figure in zip((self.times, self.host, self.calls), figures):
+            kept.append(figure)
+
+    def result(self) -> dict:
+        """`_summary` of the runs, with the method's build figures."""
+        row = _summary(self.times, self.host, self.calls, self.sampled, self.tokens)
+        row["prefill_s"], row["first_step_s"] = self.prefill_s, self.first_step_s
+        row.update(self.info() if callable(self.info) else self.info)
+        return row
+
+
+def _one_run(step, y, tokens: int, sampled: list):
+    """``tokens`` decoding steps from ``y`` queued with ``mx.async_eval``, synchronised once:
+    the last token, and the run's seconds, host seconds and seconds in the step call; each
+    step's token appended to ``sampled``."""
+    in_call = 0.0
     t0 = time.perf_counter()
-    y = prefill(prompt)
-    mx.eval(y)
-    prefill_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    y = step(y)
-    mx.eval(y)
-    first_step_s = time.perf_counter() - t0
-    for _ in range(warmup - 1):
+    for _ in range(tokens):
+        t1 = time.perf_counter()
         y = step(y)
-        mx.eval(y)
-    row = timed_steps(step, y, tokens, runs)
-    row["prefill_s"], row["first_step_s"] = prefill_s, first_step_s
-    row.update(info() if callable(info) else info)
-    return row
+        in_call += time.perf_counter() - t1
+        mx.async_eval(y)
+        sampled.append(y)
+    host = time.perf_counter() - t0
+    mx.synchronize()
+    return y, time.perf_counter() - t0, host, in_call
 
 
-def timed_steps(step, y, tokens: int, runs: int) -> dict:
-    """``runs`` runs of ``tokens`` decoding steps from ``y``, queued with ``mx.async_eval`` and
-    synchronised once per run: ms per step and host ms per step of the median run (the upper one
-    for an even count), the part of the host's time spent in the step call (building the graph;
-    the rest is ``mx.async_eval``, MLX evaluating it: encoding and launching its kernels), and
-    the first run's tokens."""
-    times, host, calls, sampled = [], [], [], []
-    for _ in range(runs):
-        in_call = 0.0
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            t1 = time.perf_counter()
-            y = step(y)
-            in_call += time.perf_counter() - t1
-            mx.async_eval(y)
-            sampled.append(y)
-        host.append(time.perf_counter() - t0)
-        calls.append(in_call)
-        mx.synchronize()
-        times.append(time.perf_counter() - t0)
+def _summary(times, host, calls, sampled, tokens: int) -> dict:
+    """ms per step and host ms per step of the median run (the upper one for an even count),
+    the part of the host's time spent in the step call (building the graph; the rest is
+    ``mx.async_eval``, MLX evaluating it: encoding and launching its kernels), and the first
+    run's tokens."""
     run = times.index(sorted(times)[len(times) // 2])
     return {"ms": 1e3 * times[run] / tokens, "host_ms": 1e3 * host[run] / tokens,
             "call_ms": 1e3 * calls[run] / tokens,
             "tokens": [t.reshape(-1).tolist() for t in sampled[:tokens]]}
+
+
+def timed_steps(step, y, tokens: int, runs: int) -> dict:
+    """``runs`` runs of ``tokens`` decoding steps from ``y``, one after another (`_summary`)."""
+    times, host, calls, sampled = [], [], [], []
+    for _ in range(runs):
+        y, *figures = _one_run(step, y, tokens, sampled)
+        for kept, figure in zip((times, host, calls), figures):
+            kept.append(figure)
+    return _summary(times, host, calls, sampled, tokens)
+
+
+def time_decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket, tune_budget=5.0):
+    """One method's row, its runs one after another (`Decoding`)."""
+    decoding = Decoding(method, model, batch, prompt_len, tokens, warmup, runs, bucket, tune_budget)
+    for _ in range(runs):
+        decoding.run()
+    return decoding.result()
 
 
 def time_generate_step(model, prompt_len, tokens, warmup, runs):
@@ -301,6 +347,9 @@ def main(argv=None):
                     help="optimize again under other tuning data, in the same process: "
                          "'label:field=value,...;...' (each a method optimize[label], the fields "
                          "of mlxtriton.hw.tuning replaced for the chip while it builds and runs)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time each method's runs before preparing the next (default: every "
+                         "method prepared first, then their runs taken in turn)")
     ap.add_argument("--tune-budget", type=float, default=5.0,
                     help="seconds of tuning a kernel for the autotune method")
     ap.add_argument("--copy-bytes", type=int, default=1 << 30)
@@ -366,19 +415,22 @@ def main(argv=None):
                     row = {"model": model_name, "dtype": dtype_name, "batch": batch,
                            "prompt": prompt_len, "methods": {}}
                     buckets = [int(b) for b in args.buckets.split(",")]
+                    prepared = {}  # name -> an entry, or a Decoding to time
                     for method in methods:
                         for bucket in buckets if method in ("compile", "optimize", "autotune") \
                                 else [None]:
                             name = method if len(buckets) == 1 or bucket is None else \
                                 f"{method}@{bucket}"
-                            name = timed_again(name, row["methods"])
-                            row["methods"][name] = _measure(method, model, batch, prompt_len,
-                                                            args, result.get("copy_gbps"), bucket)
+                            name = timed_again(name, prepared)
+                            prepared[name] = _prepare(method, model, batch, prompt_len, args,
+                                                      result.get("copy_gbps"), bucket)
                             for label, fields in variants.items() if method == "optimize" else ():
-                                with tuned(fields):
-                                    row["methods"][f"{name}[{label}]"] = _measure(
-                                        method, model, batch, prompt_len, args,
-                                        result.get("copy_gbps"), bucket)
+                                prepared[f"{name}[{label}]"] = _prepare(
+                                    method, model, batch, prompt_len, args,
+                                    result.get("copy_gbps"), bucket, fields)
+                            if args.sequential:  # each method's runs before the next's
+                                prepared = {**prepared, **_timed(prepared, args.runs)}
+                    row["methods"] = _timed(prepared, args.runs)
                     _compare_tokens(row["methods"])
                     result["rows"].append(row)
                     save()
@@ -427,7 +479,10 @@ def tuned(fields: dict[str, object]):
         hw.tuning.tuning = original
 
 
-def _measure(method, model, batch, prompt_len, args, copy_gbps, bucket):
+def _prepare(method, model, batch, prompt_len, args, copy_gbps, bucket, fields=None):
+    """A method's entry where it needs no timed runs (the roofline, mlx-lm's ``generate_step``
+    loop, an error), else its `Decoding`, prefilled and warmed up (``fields``: tuning data
+    replaced while it builds and runs)."""
     try:
         if method == "roofline":
             context = prompt_len + args.warmup + args.runs * args.tokens / 2
@@ -438,13 +493,32 @@ def _measure(method, model, batch, prompt_len, args, copy_gbps, bucket):
                 return {"skipped": "mlx-lm's generate_step decodes one sequence"}
             entry = time_generate_step(model, prompt_len, args.tokens, args.warmup, args.runs)
         else:
-            entry = time_decoding(method, model, batch, prompt_len, args.tokens, args.warmup,
-                                  args.runs, bucket, args.tune_budget)
+            return Decoding(method, model, batch, prompt_len, args.tokens, args.warmup, args.runs,
+                            bucket, args.tune_budget, fields)
         entry["tokens_per_s"] = batch * 1e3 / entry["ms"]
         return entry
     except Exception as error:  # one method failing must not lose the others' figures
         traceback.print_exc()
         return {"error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def _timed(prepared: dict, runs: int) -> dict:
+    """Each prepared `Decoding`'s ``runs`` runs, taken in turn (run 1 of every method, then run
+    2, ...), so that a drift of the machine's speed falls on all of them alike; its entry."""
+    decodings = {name: d for name, d in prepared.items() if isinstance(d, Decoding)}
+    entries = {name: e for name, e in prepared.items() if not isinstance(e, Decoding)}
+    for _ in range(runs):
+        for name, d in list(decodings.items()):
+            try:
+                d.run()
+            except Exception as error:  # one method failing must not lose the others' figures
+                traceback.print_exc()
+                entries[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+                del decodings[name]
+    for name, d in decodings.items():
+        entries[name] = d.result()
+        entries[name]["tokens_per_s"] = len(d.y) * 1e3 / entries[name]["ms"]
+    return {name: entries[name] for name in prepared}
 
 
 def _compare_tokens(entries):
