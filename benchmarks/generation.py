@@ -190,7 +190,7 @@ def _fresh_tuner(budget_s: float):
 class Decoding:
     """One method ready to be timed: its prompt prefilled and ``warmup`` steps decoded (builds
     happen there), under the tuning ``fields`` where given; `run` times one run of ``tokens``
-    steps, `result` sums the runs up (`timed_steps`)."""
+    steps, `result` sums the runs up (`_summary`)."""
 
     def __init__(self, method, model, batch, prompt_len, tokens, warmup, runs, bucket,
                  tune_budget=5.0, fields=None):
