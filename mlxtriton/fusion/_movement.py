@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mlxtriton.graph.core import Eqn
+from mlxtriton.graph.primitives import keeps_order
 
 Pairs = tuple[tuple[int, int], ...]  # (input dim, output dim), both of size > 1
 
@@ -48,9 +49,10 @@ def _broadcast_pairs(eqn: Eqn) -> Pairs:
 def _transpose_pairs(eqn: Eqn) -> Pairs | None:
     perm = eqn.params["axes"]
     src = eqn.inputs[0].shape
-    pairs = tuple((perm[j], j) for j in range(len(perm)) if src[perm[j]] != 1)
     # Permuting only size-1 dims is a reshape; anything else reorders elements.
-    return pairs if all(a[0] < b[0] for a, b in zip(pairs, pairs[1:])) else None
+    if not keeps_order("Transpose", eqn.params, src):
+        return None
+    return tuple((perm[j], j) for j in range(len(perm)) if src[perm[j]] != 1)
 
 
 def _slice_pairs(eqn: Eqn) -> Pairs | None:

@@ -251,6 +251,19 @@ declare("Unflatten", _M, ("axis", "shape"))
 declare("Slice", _M, ("start", "stop", "strides"))  # Python slice semantics per axis
 # The movements that keep every element's row-major index: a reshape, however written.
 RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
+
+
+def keeps_order(primitive: str, params: Mapping[str, Any], shape: Sequence[int]) -> bool:
+    """Whether ``primitive`` on an input of ``shape`` keeps every element's row-major index: a
+    reshape, or a transpose whose axes longer than one stay in order (permuting only size-1
+    axes is a reshape)."""
+    if primitive in RESHAPES:
+        return True
+    if primitive != "Transpose":
+        return False
+    moved = [a for a in params["axes"] if shape[a] != 1]
+    return moved == sorted(moved)
+
 _UPDATE_KINDS = _enum("max", "min", "sum", "prod", "none")  # SliceUpdate / Scatter ReduceType
 declare(
     "SliceUpdate",

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import mlx.core as mx
 
 from mlxtriton.graph.core import Eqn, Graph, Var
-from mlxtriton.graph.primitives import RESHAPES
+from mlxtriton.graph import primitives
 
 # One equation of a replay: what it calls, the vars it reads, the vars it binds.
 Step = tuple[Callable, tuple[Var, ...], tuple[Var, ...]]
@@ -34,17 +34,10 @@ Relaunch = Callable[[int, dict[int, tuple[int, ...]]], Callable]
 
 
 def keeps_order(e: Eqn) -> bool:
-    """Whether ``e`` is a view that keeps every element's row-major index: a reshape, or a
-    transpose whose axes longer than one stay in order."""
-    if len(e.inputs) != 1 or len(e.outputs) != 1:
-        return False
-    if e.primitive in RESHAPES:
-        return True
-    if e.primitive == "Transpose":
-        shape = e.inputs[0].shape
-        moved = [a for a in e.params["axes"] if shape[a] != 1]
-        return moved == sorted(moved)
-    return False
+    """Whether ``e`` is a view that keeps every element's row-major index
+    (`graph.primitives.keeps_order`)."""
+    return (len(e.inputs) == 1 and len(e.outputs) == 1
+            and primitives.keeps_order(e.primitive, e.params, e.inputs[0].shape))
 
 
 def _reshape(shape: tuple[int, ...]) -> Callable:
