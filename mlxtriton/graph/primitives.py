@@ -253,6 +253,10 @@ declare("Slice", _M, ("start", "stop", "strides"))  # Python slice semantics per
 RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"})
 
 
+# The primitives that read affine- or otherwise-quantized weights.
+QUANTIZED = frozenset({"QuantizedMatmul", "GatherQMM", "Quantize"})
+
+
 def keeps_order(primitive: str, params: Mapping[str, Any], shape: Sequence[int]) -> bool:
     """Whether ``primitive`` on an input of ``shape`` keeps every element's row-major index: a
     reshape, or a transpose whose axes longer than one stay in order (permuting only size-1

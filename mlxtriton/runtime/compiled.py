@@ -32,7 +32,7 @@ from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.fused import TEMPLATE_KINDS, body_of, is_fused
-from mlxtriton.graph.primitives import Family, get as get_primitive
+from mlxtriton.graph.primitives import QUANTIZED, Family, get as get_primitive
 from mlxtriton.graph.transforms import FOLD_MAX_ELEMENTS, cse, replace_subgraph
 from mlxtriton.patterns import optimize_patterns
 from mlxtriton.patterns.norms import decompose_norm
@@ -184,7 +184,6 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
 # ops), since a float16 4-bit llama's prefill gave zero logits through the optimised path there
 # (tests/device/test_projection_gpu.py), a fault not yet found; bfloat16 with quantized weights
 # gives plain mlx-lm's tokens.
-_QUANTIZED = frozenset({"QuantizedMatmul", "GatherQMM", "Quantize"})
 
 
 def _unverified_on_device(graph: Graph, target: hw.Target) -> str | None:
@@ -192,7 +191,7 @@ def _unverified_on_device(graph: Graph, target: hw.Target) -> str | None:
     if not (target.device.is_gpu and target.device.backend == "cuda"):
         return None
     for e in graph.eqns:
-        if e.primitive in _QUANTIZED and any(v.dtype == "float16" for v in (*e.inputs, *e.outputs)):
+        if e.primitive in QUANTIZED and any(v.dtype == "float16" for v in (*e.inputs, *e.outputs)):
             return (f"the whole program runs as MLX ops: float16 activations with quantized weights "
                     f"({e.primitive}) on CUDA gave wrong results through the optimised path in a "
                     "device test, a fault not yet found (bfloat16 activations are optimised)")

@@ -2,8 +2,8 @@
 
 A traced graph holds views between its kernels: a projection's output reshaped to the heads'
 layout, attention's output moved back and flattened, a norm's output flattened for the next
-product. Each is a node MLX evaluates on every replay, about a microsecond of host time apiece
-on CUDA (`benchmarks/launch_costs.py`), and a decode step is paced by the host. A generated
+product. Each is a node MLX evaluates on every replay, at a cost in host time
+(`benchmarks/launch_costs.py`), and a decode step is paced by the host. A generated
 kernel reads and writes whole row-major buffers, so a view that keeps every element's row-major
 index (a reshape however written, or a transpose that moves only axes of size 1) costs it
 nothing. `fold_views` rewrites the steps of a bare replay (what ``mx.compile`` traces once for
