@@ -2,7 +2,8 @@
 ``mx.fast.cuda_kernel``. A `Launcher` is built once per generated kernel (all string work and
 argument conversion happen then) and called with arrays on every run. ``MLXTRITON_INTERPRET``
 runs kernels off the device instead: ``1`` in the NumPy interpreter of the kernel IR, ``metal``
-in the Metal emulator (the exact Metal source, executed as C++). On an Apple GPU the first use
+or ``cuda`` in the kernel emulator (the exact Metal or CUDA source, executed as C++). On an Apple
+GPU the first use
 of each generated kernel is a guarded launch: a kernel that fails to compile or to launch there
 raises `KernelUnavailable`, and its region runs as MLX ops. May import everything below.
 """
@@ -40,13 +41,16 @@ class KernelUnavailable(RegionError):
 
 def interpreting() -> bool:
     """Whether ``MLXTRITON_INTERPRET`` asks kernels to run off the device (``1``: the NumPy
-    interpreter; ``metal``: the Metal emulator). Either runs eagerly, outside ``mx.compile``."""
+    interpreter; ``metal`` / ``cuda``: the kernel emulator). Either runs eagerly, outside
+    ``mx.compile``."""
     return os.environ.get(INTERPRET_ENV, "") not in ("", "0")
 
 
-def emulating() -> bool:
-    """Whether ``MLXTRITON_INTERPRET=metal`` asks kernels to run in the Metal emulator."""
-    return os.environ.get(INTERPRET_ENV, "").lower() == "metal"
+def emulating() -> str | None:
+    """The dialect whose kernels ``MLXTRITON_INTERPRET`` asks to run in the kernel emulator
+    (``metal`` or ``cuda``), if it does."""
+    mode = os.environ.get(INTERPRET_ENV, "").lower()
+    return mode if mode in ("metal", "cuda") else None
 
 
 def unavailable(kernel_name: str) -> str | None:
@@ -79,7 +83,8 @@ def launcher(kernel: LoweredKernel, constants: Sequence[mx.array] = (),
             once per kernel, on its first use; a warning names the kernel and the reason).
     """
     if interpreting():
-        run = (_emulator if emulating() else _interpreter)(kernel, constants)
+        dialect = emulating()
+        run = _emulator(kernel, constants, dialect) if dialect else _interpreter(kernel, constants)
         if output_shapes is None:
             return run
         return lambda *arrays: [mx.reshape(o, s) for o, s in zip(run(*arrays), output_shapes)]
@@ -151,21 +156,24 @@ def _interpreter(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callab
     return run
 
 
-def _emulator(kernel: LoweredKernel, constants: Sequence[mx.array]) -> Callable[..., list]:
-    """The Metal emulator in place of a launch: the kernel's Metal source, as MLX would compile
-    it, run on the host (runtime/metal_emulator)."""
-    from mlxtriton.runtime import metal_emulator
+def _emulator(kernel: LoweredKernel, constants: Sequence[mx.array], dialect: str
+              ) -> Callable[..., list]:
+    """The kernel emulator in place of a launch: the kernel's source in ``dialect`` (Metal or
+    CUDA), as MLX would compile it, run on the host (runtime/emulator)."""
+    from mlxtriton.runtime import emulator
 
-    if kernel.target != "metal":
-        raise ValueError(f"MLXTRITON_INTERPRET=metal runs Metal kernels; {kernel.name} is a "
-                         f"{kernel.target} kernel (this device renders {kernel.target})")
+    if kernel.target != dialect:
+        names = {"metal": "Metal", "cuda": "CUDA"}
+        raise ValueError(f"MLXTRITON_INTERPRET={dialect} runs {names.get(dialect, dialect)} "
+                         f"kernels; {kernel.name} is a {kernel.target} kernel (this program renders "
+                         f"{kernel.target}: optimize it for a chip of the other dialect)")
     constants = list(constants)
     last = kernel.chain()[-1]
 
     def run(*arrays):
         # an input of another shape of the same size is the same row-major buffer (runtime/views)
         host = [_to_host(a).reshape(s) for a, s in zip((*arrays, *constants), kernel.input_shapes)]
-        return [_from_host(o, d) for o, d in zip(metal_emulator.run(kernel, host), last.output_dtypes)]
+        return [_from_host(o, d) for o, d in zip(emulator.run(kernel, host), last.output_dtypes)]
 
     return run
 

@@ -18,13 +18,11 @@ from mlxtriton.codegen.render import LoweredKernel
 
 INCLUDE = pathlib.Path(__file__).parent / "cuda_include"
 
-# mlx/backend/cuda/custom_kernel.cpp, default_header
+# mlx/backend/cuda/custom_kernel.cpp, default_header (MLX 0.32)
 _DEFAULT_HEADER = """
 #include "mlx/backend/cuda/device/utils.cuh"
 
 #include <cooperative_groups.h>
-
-#define inf cuda::std::numeric_limits<float>::infinity()
 
 """
 

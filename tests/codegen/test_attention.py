@@ -22,7 +22,7 @@ from mlxtriton.codegen.attention import render_attention
 from mlxtriton.graph.attention import decode_attention
 from mlxtriton.graph.core import Var
 from mlxtriton.patterns import attention as attention_rules
-from mlxtriton.runtime import metal_emulator as emulator
+from mlxtriton.runtime import emulator
 from mlxtriton.runtime.launch import _from_host, _to_host
 from tests import lm_zoo
 from tests.codegen import cuda_check, metal_check

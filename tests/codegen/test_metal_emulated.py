@@ -1,5 +1,5 @@
 """Every kernel family executed as Metal: the exact source MLX would compile for it, run by the
-Metal emulator (runtime/metal_emulator: Metal's dispatch, 32-lane SIMD-groups, barriers and
+Metal emulator (runtime/emulator: Metal's dispatch, 32-lane SIMD-groups, barriers and
 threadgroup memory, bounds-checked buffers), against the NumPy interpreter of the same kernel IR
 and the JAX oracle of the unfused region. The shapes are the device tests' (tests/codegen/
 test_launch.py), which reach every schedule, for float32 / float16 / bfloat16; the golden kernels,
@@ -23,8 +23,8 @@ from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import Ops
 from mlxtriton.codegen.region import RegionBuilder
 from mlxtriton.codegen.render import LoweredKernel, render
-from mlxtriton.runtime import metal_emulator as emulator
-from mlxtriton.runtime.metal_emulator import MetalEmulatorError
+from mlxtriton.runtime import emulator
+from mlxtriton.runtime.emulator import MetalEmulatorError
 from tests.codegen import codegen_oracle as oracle
 from tests.codegen import test_ops_mlx as ops_mlx
 from tests.codegen.test_checks import _extra_regions

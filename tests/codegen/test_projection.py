@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mlxtriton.codegen.projection import render_projection
 from mlxtriton.graph.projection import Projection, Result, Rope
-from mlxtriton.runtime import metal_emulator as emulator
+from mlxtriton.runtime import emulator
 from mlxtriton.runtime.launch import _from_host, _to_host
 
 from tests.codegen import cuda_check, metal_check

@@ -19,7 +19,7 @@ from mlxtriton.graph.evaluate_mlx import MLX_RULES
 from mlxtriton.graph.projection import KIND, Result, Rope, spec_of
 from mlxtriton.graph.transforms import GraphBuilder
 from mlxtriton.runtime.compiled import graph_function
-from mlxtriton.runtime import metal_emulator as emulator
+from mlxtriton.runtime import emulator
 
 from tests import lm_zoo
 

@@ -1,7 +1,8 @@
-"""How kernels are launched: ``MLXTRITON_INTERPRET=metal`` runs every kernel a program launches
-through the Metal emulator (on any host), and on an Apple GPU the first use of each kernel is
-guarded: a kernel that fails to compile or launch there runs as MLX ops, with one warning and a
-line in ``explain`` (simulated here; ``pytest -m metal`` exercises the real thing on a Mac)."""
+"""How kernels are launched: ``MLXTRITON_INTERPRET=metal`` / ``=cuda`` runs every kernel a
+program launches through the kernel emulator (on any host), and on an Apple GPU the first use of
+each kernel is guarded: a kernel that fails to compile or launch there runs as MLX ops, with one
+warning and a line in ``explain`` (simulated here; ``pytest -m metal`` exercises the real thing on
+a Mac)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import mlxtriton
 from mlxtriton import examples, hw
 from mlxtriton.codegen.render import lower
 from mlxtriton.hw import _target
-from mlxtriton.runtime import launch, metal_emulator
+from mlxtriton.runtime import emulator, launch
 from tests.codegen import codegen_oracle as oracle
 
-needs_compiler = pytest.mark.skipif(not metal_emulator.has_compiler(), reason="no C++ compiler")
+needs_compiler = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
 
 def _close(got, want, tol=1e-4):
@@ -48,7 +49,7 @@ def test_the_example_models_run_their_kernels_as_metal(monkeypatch):
     lowered = [k for fn, args in cases.values()
                for k in mlxtriton.optimize(fn).trace(*args).lower("metal")]
     assert len(lowered) >= len(cases)
-    metal_emulator.prepare(lowered)  # one parallel compile for all of them
+    emulator.prepare(lowered)  # one parallel compile for all of them
     monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
     for name, (fn, args) in cases.items():
         _close(mlxtriton.optimize(fn)(*args), fn(*args))
@@ -66,7 +67,7 @@ def test_two_level_reductions_run_their_kernels_as_metal(monkeypatch):
                    for name, (fn, args) in test_split.CASES.items()}
         # most split in two levels (two or three kernels each), the others stay one kernel
         assert sum(len(k) > 1 for k in lowered.values()) >= len(lowered) // 2
-        metal_emulator.prepare([k for ks in lowered.values() for k in ks])
+        emulator.prepare([k for ks in lowered.values() for k in ks])
         monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
         for name, (fn, args) in test_split.CASES.items():
             test_split._close(fn(*args), mlxtriton.optimize(fn, chip="m3")(*args), 1e-4)
@@ -78,8 +79,8 @@ def test_interpret_metal_runs_the_emulator_not_the_interpreter(monkeypatch):
     (kernel,) = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1)).trace(x).lower("metal")
     monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
     calls = []
-    real = metal_emulator.emulate
-    monkeypatch.setattr(metal_emulator, "emulate", lambda k: calls.append(k.name) or real(k))
+    real = emulator.emulate
+    monkeypatch.setattr(emulator, "emulate", lambda k: calls.append(k.name) or real(k))
     _close(mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1))(x), mx.softmax(x, axis=-1))
     assert calls == [kernel.name]
 
@@ -93,14 +94,55 @@ def test_an_emulated_kernel_that_misbehaves_fails_the_call(monkeypatch):
     monkeypatch.setitem(dialects.DIALECTS, "metal", broken)
     monkeypatch.setenv(launch.INTERPRET_ENV, "metal")
     f = mlxtriton.optimize(lambda x: mx.exp(x) * 2.0 + 1.0)
-    with pytest.raises(metal_emulator.MetalEmulatorError, match="out-of-bounds"):
+    with pytest.raises(emulator.MetalEmulatorError, match="out-of-bounds"):
         f(mx.random.normal((4, 256)))
 
 
 def test_interpret_metal_refuses_cuda_kernels():
     k = lower(oracle.softmax(shape=(4, 64)), "cuda")
     with pytest.raises(ValueError, match="runs Metal kernels; .* is a cuda kernel"):
-        launch._emulator(k, ())
+        launch._emulator(k, (), "metal")
+
+
+@needs_compiler
+def test_the_example_models_run_their_kernels_as_cuda(monkeypatch):
+    """Optimised for an H100 on this CPU, every kernel of the example models runs as its CUDA
+    source (the translation unit MLX hands NVRTC) in the emulator; the results equal plain MLX's."""
+    cases = {name: (make(), examples.example_inputs(name)) for name, make in MODELS.items()}
+    lowered = [k for fn, args in cases.values()
+               for k in mlxtriton.optimize(fn, chip="h100").trace(*args).lower()]
+    assert len(lowered) >= len(cases) and {k.target for k in lowered} == {"cuda"}
+    emulator.prepare(lowered)
+    monkeypatch.setenv(launch.INTERPRET_ENV, "cuda")
+    calls = []
+    real = emulator.emulate
+    monkeypatch.setattr(emulator, "emulate", lambda k: calls.append(k.target) or real(k))
+    for name, (fn, args) in cases.items():
+        _close(mlxtriton.optimize(fn, chip="h100")(*args), fn(*args))
+    assert calls and set(calls) == {"cuda"}
+
+
+@needs_compiler
+def test_an_emulated_cuda_kernel_that_misbehaves_fails_the_call(monkeypatch):
+    from mlxtriton.codegen import dialects
+
+    # every block one further than it should be: the last block reads past the rows
+    broken = dataclasses.replace(dialects.CUDA, group_in_grid="(blockIdx.x + 1)")
+    monkeypatch.setitem(dialects.DIALECTS, "cuda", broken)
+    monkeypatch.setenv(launch.INTERPRET_ENV, "cuda")
+    f = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1), chip="h100")
+    with pytest.raises(emulator.CudaEmulatorError, match="out-of-bounds"):
+        f(mx.random.normal((4, 256)))
+
+
+def test_interpret_cuda_refuses_metal_kernels(monkeypatch):
+    k = lower(oracle.softmax(shape=(4, 64)), "metal")
+    with pytest.raises(ValueError, match="MLXTRITON_INTERPRET=cuda runs CUDA kernels; .* is a metal kernel"):
+        launch._emulator(k, (), "cuda")
+    # a program optimised for an Apple chip renders Metal: it cannot run as CUDA
+    monkeypatch.setenv(launch.INTERPRET_ENV, "cuda")
+    with pytest.raises(ValueError, match="is a metal kernel"):
+        mlxtriton.optimize(lambda x: mx.softmax(x * 2.0, axis=-1), chip="m3")(mx.ones((4, 64)))
 
 
 # -- the first-use guard on Apple GPUs -----------------------------------------------------------

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mlxtriton.codegen.render import LoweredKernel, lower
-from mlxtriton.runtime import metal_emulator as emulator
-from mlxtriton.runtime.metal_emulator import MetalEmulatorError
+from mlxtriton.runtime import emulator
+from mlxtriton.runtime.emulator import MetalEmulatorError
 from tests.codegen import codegen_oracle as oracle
 from tests.codegen import metal_check
 

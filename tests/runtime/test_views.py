@@ -13,13 +13,13 @@ import mlxtriton
 from mlxtriton.codegen.lowering import kernel_target
 from mlxtriton.graph.core import Eqn, Var
 from mlxtriton.runtime import compiled as compiled_module
-from mlxtriton.runtime import metal_emulator
+from mlxtriton.runtime import emulator
 from mlxtriton.runtime.views import keeps_order
 from tests import lm_zoo
 from tests.fusion.test_projections import (decode_model, greedy_against_mlx_lm,  # noqa: F401
                                            projections_on_apple)
 
-pytestmark = pytest.mark.skipif(not metal_emulator.has_compiler(), reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
 
 def _eqn(primitive, in_shape, out_shape, **params):

@@ -1,38 +1,50 @@
-// The Metal emulator's runtime: runs one launch with Metal's dispatch semantics as MLX uses them
-// (dispatchThreads: a grid counted in threads, threadgroups clamped to the grid and smaller at
-// its edges), one threadgroup at a time, each thread a fiber. A thread runs until it reaches a
-// barrier or a SIMD-group operation; the scheduler executes a SIMD-group operation once every
-// active lane of the SIMD-group is at it, and releases a barrier once every thread of the
-// threadgroup is at it. Anything the GPU leaves undefined that the schedule can observe fails
-// the launch with a message: divergent barriers and SIMD-group operations, shuffles from
-// inactive lanes, and (checked in mtl_emu.h) out-of-bounds or misaligned device accesses,
-// unwritten or racing threadgroup memory, output elements written twice or never.
+// The emulator's runtime, shared by its front ends: runs one launch as MLX dispatches it, one
+// threadgroup (block) at a time, each thread a fiber. Metal (mx.fast.metal_kernel): a grid
+// counted in threads, threadgroups clamped to the grid and smaller at its edges. CUDA
+// (mx.fast.cuda_kernel): the same grid in whole blocks, threads past its end included. A thread
+// runs until it reaches a barrier or a SIMD-group (warp) operation; the scheduler executes a
+// SIMD-group operation once every active lane of the SIMD-group is at it, and releases a barrier
+// once every thread of the threadgroup is at it. Anything the GPU leaves undefined that the
+// schedule can observe fails the launch with a message: divergent barriers and SIMD-group
+// operations, shuffles from inactive lanes, and (checked in emu.h) out-of-bounds or misaligned
+// device accesses, unwritten or racing threadgroup memory, output elements written twice or
+// never.
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-#include "mtl_emu_rt.h"
+#include "emu_rt.h"
 
 #if !defined(__x86_64__) && !defined(__aarch64__)
 #include <ucontext.h>
 #endif
 
-namespace mtl {
+namespace emu {
 namespace rt {
 
 Thread* current = nullptr;
 Group* group = nullptr;
 Launch* launch = nullptr;
+const Words* words = nullptr;
 
 namespace {
 
-constexpr uint32_t kMaxThreads = 1024;  // per threadgroup on every Apple GPU (apple-gpu.md)
+constexpr Words kWords[] = {
+    {"threadgroup", "threadgroup memory", "threadgroup_barrier", "SIMD-group", "returned"},
+    {"block", "shared memory", "__syncthreads", "warp", "exited"},
+};
+// Per threadgroup on every Apple GPU (apple-gpu.md); per block on every CUDA GPU since sm_20.
+constexpr uint32_t kMaxThreads = 1024;
 constexpr size_t kThreadgroupMemory = 32768;  // maxThreadgroupMemoryLength, Apple7-Apple10
+// CUDA, sm_90 (CUDA C Programming Guide, "Technical Specifications per Compute Capability"):
+// static shared memory stops at 48 KB a block; a kernel opted in to more dynamic memory (MLX
+// opts in above 48000 bytes) may use up to 227 KB in all.
+constexpr size_t kStaticShared = 48 * 1024;
+constexpr size_t kOptInShared = 227 * 1024;
 constexpr size_t kStack = 256 * 1024;
 constexpr uint64_t kCanary = 0x6d746c2d656d7521ull;
-constexpr int kMemThreadgroup = 2;  // metal::mem_flags::mem_threadgroup
 
 Entry g_entry;
 bool g_aborted;
@@ -50,23 +62,23 @@ Group g_group;
 #define MT_HIDDEN(x) ".hidden " #x "\n"
 #endif
 
-extern "C" void mtl_emu_switch(void** save_sp, void* to_sp);
-extern "C" void mtl_emu_fiber_start();
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+extern "C" void emu_fiber_start();
 
 #if defined(__x86_64__)
 // Saves the callee-saved registers and the SSE / x87 control words on the current stack, stores
 // the stack pointer in *save_sp, and resumes the stack at to_sp (System V AMD64 ABI).
 __asm__(".text\n"
-        ".globl " MT_SYM(mtl_emu_switch) "\n" MT_HIDDEN(mtl_emu_switch)
-        MT_SYM(mtl_emu_switch) ":\n"
+        ".globl " MT_SYM(emu_switch) "\n" MT_HIDDEN(emu_switch)
+        MT_SYM(emu_switch) ":\n"
         "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
         "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
         "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
         "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
         "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
         "  ret\n"
-        ".globl " MT_SYM(mtl_emu_fiber_start) "\n" MT_HIDDEN(mtl_emu_fiber_start)
-        MT_SYM(mtl_emu_fiber_start) ":\n"
+        ".globl " MT_SYM(emu_fiber_start) "\n" MT_HIDDEN(emu_fiber_start)
+        MT_SYM(emu_fiber_start) ":\n"
         "  movq %r12, %rdi\n  callq *%r13\n  ud2\n");
 
 void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
@@ -80,15 +92,15 @@ void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
   sp[4] = reinterpret_cast<uint64_t>(arg);      // r12
   sp[5] = 0;                                    // rbx
   sp[6] = 0;                                    // rbp
-  sp[7] = reinterpret_cast<uint64_t>(&mtl_emu_fiber_start);
+  sp[7] = reinterpret_cast<uint64_t>(&emu_fiber_start);
   return sp;
 }
 #elif defined(__aarch64__)
 // AAPCS64: x19-x30 and d8-d15 are callee-saved.
 __asm__(".text\n"
-        ".globl " MT_SYM(mtl_emu_switch) "\n" MT_HIDDEN(mtl_emu_switch)
+        ".globl " MT_SYM(emu_switch) "\n" MT_HIDDEN(emu_switch)
         ".p2align 2\n"
-        MT_SYM(mtl_emu_switch) ":\n"
+        MT_SYM(emu_switch) ":\n"
         "  sub sp, sp, #176\n"
         "  stp x19, x20, [sp, #0]\n  stp x21, x22, [sp, #16]\n  stp x23, x24, [sp, #32]\n"
         "  stp x25, x26, [sp, #48]\n  stp x27, x28, [sp, #64]\n  stp x29, x30, [sp, #80]\n"
@@ -100,9 +112,9 @@ __asm__(".text\n"
         "  ldp d8, d9, [sp, #96]\n  ldp d10, d11, [sp, #112]\n  ldp d12, d13, [sp, #128]\n"
         "  ldp d14, d15, [sp, #144]\n"
         "  add sp, sp, #176\n  ret\n"
-        ".globl " MT_SYM(mtl_emu_fiber_start) "\n" MT_HIDDEN(mtl_emu_fiber_start)
+        ".globl " MT_SYM(emu_fiber_start) "\n" MT_HIDDEN(emu_fiber_start)
         ".p2align 2\n"
-        MT_SYM(mtl_emu_fiber_start) ":\n"
+        MT_SYM(emu_fiber_start) ":\n"
         "  mov x0, x19\n  blr x20\n  brk #0\n");
 
 void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
@@ -110,7 +122,7 @@ void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
   memset(sp, 0, 176);
   sp[0] = reinterpret_cast<uint64_t>(arg);  // x19
   sp[1] = reinterpret_cast<uint64_t>(fn);   // x20
-  sp[11] = reinterpret_cast<uint64_t>(&mtl_emu_fiber_start);  // x30
+  sp[11] = reinterpret_cast<uint64_t>(&emu_fiber_start);  // x30
   return sp;
 }
 #else
@@ -118,7 +130,7 @@ void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
 ucontext_t g_scheduler_context;
 ucontext_t g_contexts[kMaxThreads];
 
-extern "C" void mtl_emu_switch(void** save_sp, void* to_sp) {
+extern "C" void emu_switch(void** save_sp, void* to_sp) {
   swapcontext(static_cast<ucontext_t*>(*reinterpret_cast<void**>(save_sp)), static_cast<ucontext_t*>(to_sp));
 }
 #endif
@@ -127,7 +139,7 @@ void* g_scheduler_sp;
 
 [[noreturn]] void to_scheduler() {
   void* dead;
-  mtl_emu_switch(&dead, g_scheduler_sp);
+  emu_switch(&dead, g_scheduler_sp);
   __builtin_unreachable();
 }
 
@@ -152,7 +164,7 @@ void* fiber_init(char* top, void (*fn)(Thread*), Thread* arg) {
 void resume(Thread* t) {
   current = t;
 #if defined(__x86_64__) || defined(__aarch64__)
-  mtl_emu_switch(&g_scheduler_sp, t->sp);
+  emu_switch(&g_scheduler_sp, t->sp);
 #else
   void* self = &g_scheduler_context;
   g_scheduler_sp = self;
@@ -162,6 +174,7 @@ void resume(Thread* t) {
 }
 
 // -- threadgroup memory: one allocation per declaration, kept for the whole launch ---------------
+// (CUDA's dynamic shared memory is one more, per byte, under line 0)
 struct TgArray {
   int line;
   const char* name;
@@ -183,8 +196,8 @@ void free_arrays() {
 }
 
 void thread_name(const Thread* t, char* out, size_t n) {
-  snprintf(out, n, "thread (%u,%u,%u) of threadgroup (%u,%u,%u)", t->pos_tg[0], t->pos_tg[1],
-           t->pos_tg[2], g_group.pos[0], g_group.pos[1], g_group.pos[2]);
+  snprintf(out, n, "thread (%u,%u,%u) of %s (%u,%u,%u)", t->pos_tg[0], t->pos_tg[1],
+           t->pos_tg[2], words->group, g_group.pos[0], g_group.pos[1], g_group.pos[2]);
 }
 
 void vreport(int line, const char* fmt, va_list ap, const Thread* t) {
@@ -221,7 +234,7 @@ void report(int line, const char* fmt, ...) {
 void wait(Thread* t, int state) {
   t->state = state;
 #if defined(__x86_64__) || defined(__aarch64__)
-  mtl_emu_switch(&t->sp, g_scheduler_sp);
+  emu_switch(&t->sp, g_scheduler_sp);
 #else
   swapcontext(static_cast<ucontext_t*>(t->sp), &g_scheduler_context);
 #endif
@@ -234,7 +247,7 @@ void simd_barrier(Thread* const* lanes, int line) {
     if (!lanes[l]) continue;
     if (!first) first = lanes[l];
     if (lanes[l]->flags != first->flags) {
-      report(line, "simdgroup_barrier: lanes pass different memory flags");
+      report(line, "%s: lanes pass different memory flags", first->what);
       return;
     }
   }
@@ -242,46 +255,81 @@ void simd_barrier(Thread* const* lanes, int line) {
 }
 }  // namespace
 
-void barrier(int flags, int line, int simd_only) {
+void barrier(int flags, int line, int simd_only, const char* what) {
   Thread* t = current;
   t->line = line;
   t->flags = flags;
+  t->what = what;
   if (simd_only) {
     t->fn = simd_barrier;
-    t->what = "simdgroup_barrier";
     wait(t, kAtSimd);
   } else {
-    t->what = "threadgroup_barrier";
     wait(t, kAtBarrier);
   }
 }
 
-char* tg_alloc(int line, const char* name, size_t bytes, size_t count, Shadow** shadow) {
+namespace {
+// Fails unless the declared arrays and the dynamic area fit the device's limits.
+void check_capacity(int line, const char* name, size_t bytes) {
+  size_t declared = 0;
+  for (int i = 0; i < g_n_arrays; ++i)
+    if (g_arrays[i].line) declared += (g_arrays[i].bytes + 15) / 16 * 16;
+  const size_t dynamic = size_t(launch->dynamic_shared);
+  if (launch->model == kMetal) {
+    if (declared > kThreadgroupMemory)
+      fail(line, "threadgroup memory: %zu bytes declared with %s (%zu bytes), above the %zu bytes "
+           "an Apple GPU threadgroup may use", declared, name, bytes, kThreadgroupMemory);
+    return;
+  }
+  if (declared > kStaticShared)
+    fail(line, "shared memory: %zu bytes declared statically with %s (%zu bytes), above the %zu "
+         "bytes a CUDA block may declare", declared, name, bytes, kStaticShared);
+  // MLX raises the kernel's limit on dynamic shared memory above 48000 bytes (custom_kernel.cpp)
+  const size_t limit = dynamic > 48000 ? kOptInShared : kStaticShared;
+  if (declared + dynamic > limit)
+    fail(line, "shared memory: %zu bytes declared with %s (%zu bytes) and %zu dynamic, above "
+         "the %zu bytes a block may use", declared, name, bytes, dynamic, limit);
+}
+
+TgArray* find_array(int line, const char* name, size_t bytes, size_t count) {
   TgArray* a = nullptr;
   for (int i = 0; i < g_n_arrays; ++i)
     if (g_arrays[i].line == line && strcmp(g_arrays[i].name, name) == 0) a = &g_arrays[i];
   if (!a) {
     if (g_n_arrays == int(sizeof g_arrays / sizeof g_arrays[0]))
-      fail(line, "more than %d threadgroup arrays", g_n_arrays);
-    size_t total = (bytes + 15) / 16 * 16;
-    for (int i = 0; i < g_n_arrays; ++i) total += (g_arrays[i].bytes + 15) / 16 * 16;
-    if (total > kThreadgroupMemory)
-      fail(line, "threadgroup memory: %zu bytes declared with %s (%zu bytes), above the %zu bytes "
-           "an Apple GPU threadgroup may use", total, name, bytes, kThreadgroupMemory);
+      fail(line, "more than %d %s arrays", g_n_arrays, words->memory);
     a = &g_arrays[g_n_arrays++];
     a->line = line;
     a->name = name;
     a->bytes = bytes;
     a->count = count;
     a->data = static_cast<char*>(aligned_alloc(16, (bytes + 15) / 16 * 16));
-    a->shadow = static_cast<Shadow*>(malloc(sizeof(Shadow) * count));
+    a->shadow = static_cast<Shadow*>(malloc(sizeof(Shadow) * (count ? count : 1)));
     a->declared_in = 0;
+    check_capacity(line, name, bytes);
   }
   if (a->declared_in != g_group_serial) {  // a new threadgroup: nothing written yet
     a->declared_in = g_group_serial;
     for (size_t i = 0; i < count; ++i) a->shadow[i] = Shadow{-1, -1, 0, 0, 0, 0};
     memset(a->data, 0xa5, a->bytes);
   }
+  return a;
+}
+}  // namespace
+
+char* tg_alloc(int line, const char* name, size_t bytes, size_t count, Shadow** shadow) {
+  TgArray* a = find_array(line, name, bytes, count);
+  *shadow = a->shadow;
+  return a->data;
+}
+
+char* dynamic_alloc(int line, const char* name, size_t* bytes, Shadow** shadow) {
+  const size_t n = size_t(launch->dynamic_shared);
+  // one area whatever its declarations call it: line 0 names it
+  TgArray* a = find_array(0, "", n, n);
+  (void)line;
+  (void)name;
+  *bytes = n;
   *shadow = a->shadow;
   return a->data;
 }
@@ -290,7 +338,7 @@ namespace {
 
 const char* where(const Thread* t) {
   switch (t->state) {
-    case kAtBarrier: return "threadgroup_barrier";
+    case kAtBarrier:
     case kAtSimd: return t->what;
     case kDone: return "return";
     default: return "running";
@@ -318,18 +366,18 @@ bool run_simd_ops(uint32_t n) {
       for (uint32_t l = 0; l < 32 && s * 32 + l < n; ++l) {
         const Thread* t = &g_threads[s * 32 + l];
         if (t->state != kDone && t->state != kAtSimd) {
-          report(first->line, "divergent SIMD-group: lane %u is at %s (line %d) while lane %u waits "
-                 "at %s (line %d); a SIMD-group operation needs every active lane", l, where(t),
-                 t->line, first->lid % 32, first->what, first->line);
+          report(first->line, "divergent %s: lane %u is at %s (line %d) while lane %u waits "
+                 "at %s (line %d); a %s operation needs every active lane", words->simd, l,
+                 where(t), t->line, first->lid % 32, first->what, first->line, words->simd);
           return false;
         }
       }
     }
     for (int l = 0; l < 32; ++l) {
       if (lanes[l] && (lanes[l]->fn != first->fn || lanes[l]->line != first->line)) {
-        report(first->line, "divergent SIMD-group: lane %d is at %s (line %d), lane %u at %s "
-               "(line %d)", l, lanes[l]->what, lanes[l]->line, first->lid % 32, first->what,
-               first->line);
+        report(first->line, "divergent %s: lane %d is at %s (line %d), lane %u at %s "
+               "(line %d)", words->simd, l, lanes[l]->what, lanes[l]->line, first->lid % 32,
+               first->what, first->line);
         return false;
       }
     }
@@ -354,19 +402,20 @@ bool release_barrier(uint32_t n) {
     }
     if (!first) first = t;
     if (t->state != kAtBarrier || t->line != first->line) {
-      report(first->line, "divergent threadgroup: thread %u is at %s (line %d) while thread %u "
-             "is at threadgroup_barrier (line %d)", t->lid, where(t), t->line, first->lid, first->line);
+      report(first->line, "divergent %s: thread %u is at %s (line %d) while thread %u "
+             "is at %s (line %d)", words->group, t->lid, where(t), t->line, first->lid,
+             first->what, first->line);
       return false;
     }
     if (t->flags != first->flags) {
-      report(first->line, "threadgroup_barrier: threads %u and %u pass different memory flags",
+      report(first->line, "%s: threads %u and %u pass different memory flags", first->what,
              first->lid, t->lid);
       return false;
     }
   }
   if (gone) {
-    report(first->line, "threadgroup_barrier (line %d) is not reached by every thread of the "
-           "threadgroup: thread %u returned before it", first->line, gone->lid);
+    report(first->line, "%s (line %d) is not reached by every thread of the %s: thread %u %s "
+           "before it", first->what, first->line, words->group, gone->lid, words->exited);
     return false;
   }
   if (first->flags & kMemThreadgroup) ++g_group.phase;
@@ -378,11 +427,14 @@ void run_group(uint64_t linear) {
   Group& G = g_group;
   const Launch* L = launch;
   uint64_t rest = linear;
+  uint64_t extent[3];  // threads launched along each dimension
   for (int d = 0; d < 3; ++d) {
     G.pos[d] = uint32_t(rest % G.count[d]);
     rest /= G.count[d];
     const uint32_t start = G.pos[d] * G.dispatch[d];
-    G.size[d] = L->grid[d] - start < G.dispatch[d] ? L->grid[d] - start : G.dispatch[d];
+    G.size[d] = L->model == kCuda || L->grid[d] - start >= G.dispatch[d] ? G.dispatch[d]
+                                                                          : L->grid[d] - start;
+    extent[d] = L->model == kCuda ? uint64_t(G.count[d]) * G.dispatch[d] : L->grid[d];
   }
   const uint32_t n = G.size[0] * G.size[1] * G.size[2];
   G.n = n;
@@ -397,7 +449,7 @@ void run_group(uint64_t linear) {
     t->pos_tg[1] = (i / G.size[0]) % G.size[1];
     t->pos_tg[2] = i / (G.size[0] * G.size[1]);
     for (int d = 0; d < 3; ++d) t->pos_grid[d] = G.pos[d] * G.dispatch[d] + t->pos_tg[d];
-    t->gid = (int64_t(t->pos_grid[2]) * L->grid[1] + t->pos_grid[1]) * L->grid[0] + t->pos_grid[0];
+    t->gid = int64_t((t->pos_grid[2] * extent[1] + t->pos_grid[1]) * extent[0] + t->pos_grid[0]);
     t->state = kReady;
     t->line = 0;
     char* base = g_stacks + size_t(i) * kStack;
@@ -450,6 +502,7 @@ void check_unwritten() {
 
 int run(Launch* L, Entry entry) {
   launch = L;
+  words = &kWords[L->model == kCuda ? 1 : 0];
   g_entry = entry;
   g_aborted = false;
   L->error[0] = 0;
@@ -464,15 +517,30 @@ int run(Launch* L, Entry entry) {
              L->grid[0], L->grid[1], L->grid[2], L->threadgroup[0], L->threadgroup[1], L->threadgroup[2]);
       return 1;
     }
-    // MLX dispatches min(threadgroup, grid) per dimension (backend/metal/custom_kernel.cpp)
+    // MLX dispatches min(threadgroup, grid) per dimension (backend/metal/custom_kernel.cpp);
+    // its CUDA backend launches blocks of that size, ceil(grid / threadgroup) of them
+    // (backend/cuda/custom_kernel.cpp, CustomKernel::eval_gpu), all whole.
     G.dispatch[d] = L->threadgroup[d] < L->grid[d] ? L->threadgroup[d] : L->grid[d];
-    G.count[d] = (L->grid[d] + G.dispatch[d] - 1) / G.dispatch[d];
+    G.count[d] = L->model == kCuda ? (L->grid[d] + L->threadgroup[d] - 1) / L->threadgroup[d]
+                                   : (L->grid[d] + G.dispatch[d] - 1) / G.dispatch[d];
     groups *= G.count[d];
     per_group *= G.dispatch[d];
   }
   if (per_group > kMaxThreads) {
-    report(0, "threadgroup of %llu threads: Apple GPUs run at most %u per threadgroup",
-           (unsigned long long)per_group, kMaxThreads);
+    report(0, "%s of %llu threads: %s run at most %u per %s", words->group,
+           (unsigned long long)per_group, L->model == kCuda ? "CUDA GPUs" : "Apple GPUs",
+           kMaxThreads, words->group);
+    return 1;
+  }
+  if (L->max_threads > 0 && per_group > uint64_t(L->max_threads)) {
+    report(0, "%s of %llu threads: the kernel's __launch_bounds__ allow at most %d (CUDA "
+           "refuses the launch)", words->group, (unsigned long long)per_group, L->max_threads);
+    return 1;
+  }
+  if (L->dynamic_shared > int64_t(L->model == kCuda ? kOptInShared : 0)) {
+    report(0, "%lld bytes of dynamic %s requested: the most a %s may have is %zu",
+           (long long)L->dynamic_shared, words->memory, words->group,
+           L->model == kCuda ? kOptInShared : size_t(0));
     return 1;
   }
   for (int i = 0; i < L->n_buffers; ++i) {
@@ -517,7 +585,7 @@ int run(Launch* L, Entry entry) {
 }
 
 }  // namespace rt
-}  // namespace mtl
+}  // namespace emu
 
 // -- UndefinedBehaviorSanitizer hooks: kernels are compiled with -fsanitize=bounds,
 // integer-divide-by-zero,shift and no recovery; these report the fault as a launch error
@@ -531,7 +599,7 @@ struct SourceLocation {
 
 #define MT_UBSAN(name, what)                                                           \
   extern "C" __attribute__((visibility("hidden"))) void name(void* data, ...) {        \
-    mtl::rt::fail(int(static_cast<SourceLocation*>(data)->line), "%s", what);          \
+    emu::rt::fail(int(static_cast<SourceLocation*>(data)->line), "%s", what);          \
   }
 MT_UBSAN(__ubsan_handle_out_of_bounds_abort, "index out of bounds of a thread's local array")
 MT_UBSAN(__ubsan_handle_divrem_overflow_abort, "integer division by zero (or of the minimum by -1)")

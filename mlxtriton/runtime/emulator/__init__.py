@@ -1,17 +1,30 @@
-"""Runtime layer: the Metal emulator. Runs a generated Metal kernel off the Mac, in CI: the exact
-source MLX would compile for it (MLX's wrapper around our body, `_wrap`), translated line for
-line (`_translate`) and compiled as C++ with the host compiler against an implementation of the
-Metal standard library (``include/``), then executed with Metal's dispatch semantics
-(``runtime.cpp``): grid counted in threads, each threadgroup's threads as cooperative fibers, so
-barriers and 32-lane SIMD-group operations are exact. Out-of-bounds or misaligned device
-accesses, reads of unwritten threadgroup memory, threadgroup-memory races, divergent barriers,
-shuffles from inactive lanes and output elements never (or twice) written fail the launch with a
-`MetalEmulatorError` naming the kernel and the line.
+"""Runtime layer: the kernel emulator. Runs a generated Metal or CUDA kernel off the GPU, in CI:
+the exact source MLX would compile for it (MLX's wrapper around our body), translated line for
+line and compiled as C++ with the host compiler against an implementation of the device
+library the kernel uses, then executed as MLX dispatches it (``runtime.cpp``): grid counted in
+threads, each threadgroup's (block's) threads as cooperative fibers, so barriers and 32-lane
+SIMD-group (warp) operations are exact. Out-of-bounds or misaligned device accesses, reads of
+unwritten threadgroup (shared) memory, races on it, divergent barriers, shuffles from inactive
+lanes and output elements never (or twice) written fail the launch with an `EmulatorError`
+naming the kernel and the line.
+
+Two front ends share that runtime. ``metal``: ``mx.fast.metal_kernel``'s source and Metal's
+dispatch (threadgroups clamped to the grid), against an implementation of the Metal standard
+library; limits of an Apple GPU (1024 threads and 32 KB of threadgroup memory a threadgroup).
+``cuda``: ``mx.fast.cuda_kernel``'s translation unit as MLX hands it to NVRTC, against an
+implementation of the CUDA device API our kernels use (``__half`` and ``__nv_bfloat16`` with
+CUDA's rounding, warp shuffles and votes, ``__syncthreads``, static and dynamic shared memory,
+the inline PTX the CUDA dialect emits, ``__CUDA_ARCH__`` 900 as on an H100), launched in whole
+blocks as MLX launches it: the threads of the last block past the grid's end run, and whatever
+they touch is checked; a block above the kernel's ``__launch_bounds__`` or 1024 threads, or
+shared memory past 48 KB static / 227 KB in all, fails the launch.
 
 What it does not model: timing, the GPU's exact rounding of transcendental functions (the C
-library's are used), and resource limits other than threads (1024) and threadgroup memory
-(32 KB) per threadgroup. ``MLXTRITON_INTERPRET=metal`` runs every kernel a program launches
-through it (runtime/launch.py). May import the codegen's LoweredKernel and graph dtypes.
+library's are used; PTX's ``ex2.approx`` is the C library's exp2 with its flushing), the
+contraction of a * b + c into one fused multiply-add that NVRTC performs by default, registers
+and occupancy, and atomics on CUDA. ``MLXTRITON_INTERPRET=metal`` / ``=cuda`` runs every kernel
+a program launches through it (runtime/launch.py). May import the codegen's LoweredKernel and
+graph dtypes.
 """
 
 from __future__ import annotations
@@ -19,18 +32,21 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
 
 from mlxtriton.codegen.render import LoweredKernel
-from mlxtriton.runtime.metal_emulator import _build
-from mlxtriton.runtime.metal_emulator._build import BuildError, compiler
-from mlxtriton.runtime.metal_emulator._translate import Param, TranslationError, translate, unit
-from mlxtriton.runtime.metal_emulator._wrap import Wrapped, wrap
+from mlxtriton.runtime.emulator import _build, cuda, metal
+from mlxtriton.runtime.emulator._build import BuildError, compiler
+from mlxtriton.runtime.emulator._front import Param, TranslationError, Wrapped
 
-__all__ = ["BuildError", "EmulatedKernel", "MetalEmulatorError", "TranslationError", "compiler",
-           "emulate", "has_compiler", "prepare", "run", "storage_dtype", "wrap"]
+__all__ = ["BuildError", "CudaEmulatorError", "EmulatedKernel", "EmulatorError",
+           "MetalEmulatorError", "TranslationError", "compiler", "emulate", "has_compiler",
+           "prepare", "run", "storage_dtype", "wrap"]
+
+FRONTS: dict[str, ModuleType] = {"metal": metal, "cuda": cuda}
 
 
 def has_compiler() -> bool:
@@ -42,22 +58,38 @@ def has_compiler() -> bool:
     return True
 
 
-class MetalEmulatorError(RuntimeError):
+class EmulatorError(RuntimeError):
     """A kernel did something the GPU leaves undefined (or that MLX would return garbage for)."""
 
 
-class _Buffer(ctypes.Structure):  # mtl_emu_rt.h: Buffer
+class MetalEmulatorError(EmulatorError):
+    """`EmulatorError` of a Metal kernel."""
+
+
+class CudaEmulatorError(EmulatorError):
+    """`EmulatorError` of a CUDA kernel."""
+
+
+_ERRORS = {"metal": MetalEmulatorError, "cuda": CudaEmulatorError}
+
+
+class _Buffer(ctypes.Structure):  # emu_rt.h: Buffer
     _fields_ = [("data", ctypes.c_void_p), ("nbytes", ctypes.c_int64), ("elem_size", ctypes.c_int64),
                 ("writable", ctypes.c_int32), ("initialised", ctypes.c_int32),
                 ("name", ctypes.c_char_p), ("writer", ctypes.c_void_p)]
 
 
-class _Launch(ctypes.Structure):  # mtl_emu_rt.h: Launch
+class _Launch(ctypes.Structure):  # emu_rt.h: Launch
     _fields_ = [("grid", ctypes.c_uint32 * 3), ("threadgroup", ctypes.c_uint32 * 3),
                 ("n_buffers", ctypes.c_int32), ("check_unwritten", ctypes.c_int32),
                 ("buffers", ctypes.POINTER(_Buffer)), ("groups", ctypes.POINTER(ctypes.c_int64)),
-                ("n_groups", ctypes.c_int64), ("error_line", ctypes.c_int32),
-                ("error", ctypes.c_char * 2048)]
+                ("n_groups", ctypes.c_int64), ("model", ctypes.c_int32),
+                ("max_threads", ctypes.c_int32), ("dynamic_shared", ctypes.c_int64),
+                ("error_line", ctypes.c_int32), ("error", ctypes.c_char * 2048)]
+
+
+_MODELS = {"metal": 0, "cuda": 1}  # emu_rt.h: Model
+_MAX_NDIM = 10  # CUDA's Shape and Strides hold this many (mlx/backend/cuda/device/config.h)
 
 
 def storage_dtype(dtype: str) -> np.dtype:
@@ -73,16 +105,30 @@ def storage_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+def _front(kernel: LoweredKernel) -> ModuleType:
+    if kernel.target not in FRONTS:
+        raise ValueError(f"the emulator runs Metal and CUDA kernels; {kernel.name} is a "
+                         f"{kernel.target} kernel")
+    return FRONTS[kernel.target]
+
+
+def wrap(kernel: LoweredKernel) -> Wrapped:
+    """The source MLX builds for ``kernel`` (`metal.wrap` or `cuda.wrap`, by its target)."""
+    return _front(kernel).wrap(kernel)
+
+
 class EmulatedKernel:
-    """One generated Metal kernel, compiled for the emulator; call it with NumPy inputs."""
+    """One generated kernel, compiled for the emulator; call it with NumPy inputs."""
 
     def __init__(self, kernel: LoweredKernel):
+        front = _front(kernel)
         self.kernel = kernel
-        self.wrapped: Wrapped = wrap(kernel)
-        self.translated = translate(self.wrapped.source)
-        key = _build.key(self.translated.text + repr(self.translated.params))
+        self.wrapped: Wrapped = front.wrap(kernel)
+        self.translated = front.translate(self.wrapped.source)
+        key = _build.key(kernel.target + "\0" + self.translated.text + repr(self.translated.params))
         symbol = f"mt_launch_{key}"
-        self.unit = _build.Unit(key, symbol, unit(self.translated, kernel.name, f"mtk_{key}", symbol))
+        text = front.unit(self.translated, kernel.name, f"mtk_{key}", symbol)
+        self.unit = _build.Unit(key, symbol, text, kernel.target)
         self._entry = None
 
     def __call__(self, inputs: Sequence[np.ndarray], groups: Sequence[int] | None = None
@@ -99,8 +145,9 @@ class EmulatedKernel:
             The outputs, of `storage_dtype`.
 
         Raises:
-            MetalEmulatorError: the kernel failed a check; the message names the kernel, the
-                thread and the line of the wrapped source.
+            EmulatorError: the kernel failed a check (`MetalEmulatorError` or
+                `CudaEmulatorError`); the message names the kernel, the thread and the line of
+                the wrapped source.
         """
         k = self.kernel
         if len(inputs) != len(k.input_names):
@@ -113,6 +160,7 @@ class EmulatedKernel:
                                  f"{a.dtype}{list(a.shape)}")
             arrays[name] = np.ascontiguousarray(a)  # ensure_row_contiguous
         outputs = []
+        options = dict(k.options)
         init = dict(k.call_kwargs()).get("init_value")
         for name, shape, dtype in zip(k.output_names, k.output_shapes, k.output_dtypes):
             if groups is not None:
@@ -141,6 +189,9 @@ class EmulatedKernel:
         launch.n_buffers = len(buffers)
         launch.buffers = buffers
         launch.check_unwritten = int(init is None and groups is None)
+        launch.model = _MODELS[k.target]
+        launch.max_threads = self.translated.max_threads
+        launch.dynamic_shared = int(options.get("shared_memory", 0)) if k.target == "cuda" else 0
         if groups is not None:
             ids = np.ascontiguousarray(groups, dtype=np.int64)
             keep.append(ids)
@@ -151,7 +202,7 @@ class EmulatedKernel:
         with _RUNNING:  # the runtime's state is global to its library: one launch at a time
             failed = self._entry(ctypes.addressof(launch))
         if failed:
-            raise MetalEmulatorError(self._message(launch))
+            raise _ERRORS[k.target](self._message(launch))
         return outputs
 
     def _argument(self, p: Param, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -169,6 +220,8 @@ class EmulatedKernel:
                 a = np.asarray([math.prod(shape[i + 1:]) for i in range(len(shape))], np.int64)
             else:
                 a = np.asarray(len(shape), np.int32)
+            if p.kind == "value" and what != "ndim":  # CUDA's Shape / Strides: _MAX_NDIM slots
+                a = np.concatenate([a, np.zeros(_MAX_NDIM - len(a), a.dtype)])
         if a.itemsize != p.element_bytes:
             raise TranslationError(f"{k.name}: parameter {p.name} is {p.type} ({p.element_bytes} "
                                    f"bytes), its array has {a.itemsize}-byte elements")
@@ -182,16 +235,17 @@ class EmulatedKernel:
         return f"kernel {self.kernel.name}: {text}{where}"
 
 
-_KERNELS: dict[str, EmulatedKernel] = {}
+_KERNELS: dict[tuple[str, str], EmulatedKernel] = {}
 _RUNNING = threading.Lock()
 
 
 def emulate(kernel: LoweredKernel) -> EmulatedKernel:
     """The emulated kernel (compiled on its first call, or by `prepare`)."""
     wrapped = wrap(kernel)
-    found = _KERNELS.get(wrapped.source)
-    if found is None or found.kernel.grid != kernel.grid or found.kernel.threadgroup != kernel.threadgroup:
-        found = _KERNELS[wrapped.source] = EmulatedKernel(kernel)
+    found = _KERNELS.get((kernel.target, wrapped.source))
+    if found is None or (found.kernel.grid, found.kernel.threadgroup, found.kernel.options) != (
+            kernel.grid, kernel.threadgroup, kernel.options):
+        found = _KERNELS[kernel.target, wrapped.source] = EmulatedKernel(kernel)
     return found
 
 
@@ -216,9 +270,10 @@ def run(kernel: LoweredKernel, inputs: Sequence[np.ndarray], groups: Sequence[in
         >>> from mlxtriton.codegen.region import RegionBuilder
         >>> b = RegionBuilder("double")
         >>> x = b.input((1000,), "float32", "x")
-        >>> (y,) = run(lower(b.build([b.op("Add", x, x)]), "metal"), [np.ones(1000, np.float32)])
-        >>> float(y.sum())
-        2000.0
+        >>> region = b.build([b.op("Add", x, x)])
+        >>> x = np.ones(1000, np.float32)
+        >>> [float(run(lower(region, dialect), [x])[0].sum()) for dialect in ("metal", "cuda")]
+        [2000.0, 2000.0]
     """
     if kernel.then is None:
         return emulate(kernel)(inputs, groups)

@@ -70,8 +70,8 @@ struct Limits<bool> {
 };
 
 template <typename IdxT = int64_t>
-inline IdxT elem_to_loc(IdxT elem, ::mtl::device_ptr<const int> shape,
-                        ::mtl::device_ptr<const int64_t> strides, int ndim) {
+inline IdxT elem_to_loc(IdxT elem, ::emu::device_ptr<const int> shape,
+                        ::emu::device_ptr<const int64_t> strides, int ndim) {
   IdxT loc = 0;
   for (int i = ndim - 1; i >= 0 && elem > 0; --i) {
     loc += (elem % shape[i]) * IdxT(strides[i]);

@@ -1,17 +1,17 @@
-"""Runtime layer (Metal emulator): the source MLX compiles for a ``mx.fast.metal_kernel`` call,
-written as MLX writes it (``mlx/backend/common/metal_kernel.cpp``: ``write_signature``, the
-kernel name, the template instantiation), without MLX's utilities header, which MLX prepends
-when it builds the library. ``tests/runtime`` checks it against the text MLX itself records
+"""Runtime layer (emulator, Metal front end): the source MLX compiles for a
+``mx.fast.metal_kernel`` call, written as MLX writes it (``mlx/backend/common/metal_kernel.cpp``:
+``write_signature``, the kernel name, the template instantiation), without MLX's utilities
+header, which MLX prepends when it builds the library. ``tests/runtime`` checks it against the text MLX itself records
 through ``mx.export_function``. May import the codegen's LoweredKernel and graph dtypes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from mlxtriton.codegen.render import LoweredKernel
+from mlxtriton.runtime.emulator._front import Wrapped
 
 # get_type_string (mlx/backend/common/compiled.cpp)
 TYPE_NAMES = {
@@ -38,15 +38,6 @@ ATTRIBUTES = (
     ("threads_per_grid", "uint3"), ("threads_per_simdgroup", "uint"),
     ("threads_per_threadgroup", "uint3"),
 )
-
-
-@dataclass(frozen=True)
-class Wrapped:
-    """What MLX would compile for one kernel call: the ``[[kernel]]`` function's (host) name and
-    the full source after MLX's utilities header."""
-
-    name: str
-    source: str
 
 
 def _template_value(value: Any) -> str:

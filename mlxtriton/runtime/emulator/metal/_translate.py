@@ -1,9 +1,9 @@
-"""Runtime layer (Metal emulator): MLX-wrapped Metal source -> a C++ translation unit for the
-emulator's headers (``include/``). The body is kept as written; the rewrites are syntactic and
-keep every line where it was, so ``__LINE__`` and compiler messages name lines of the wrapped
-source:
+"""Runtime layer (emulator, Metal front end): MLX-wrapped Metal source -> a C++ translation unit
+for the emulator's headers (``include/``, ``metal/include/``). The body is kept as written; the
+rewrites are syntactic and keep every line where it was, so ``__LINE__`` and compiler messages
+name lines of the wrapped source:
 
-- the ``[[kernel]]`` signature: buffer parameters become checked pointers (``mtl::device_ptr``),
+- the ``[[kernel]]`` signature: buffer parameters become checked pointers (``emu::device_ptr``),
   which carry their buffer so every access is bounds- and alignment-checked;
 - ``threadgroup T name[N];`` becomes storage the threadgroup's threads share, whose elements
   record who wrote and read them (races, uninitialised reads);
@@ -11,14 +11,15 @@ source:
   ``reinterpret_cast<P>(q)`` of a device pointer keeps its buffer;
 - Metal attributes (``[[buffer(0)]]``, ``[[thread_position_in_grid]]``, ...) are dropped.
 
-Anything else the source does with these names fails to compile, loudly. Imports nothing from
-mlxtriton.
+Anything else the source does with these names fails to compile, loudly. Imports only the
+emulator's `_front`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from mlxtriton.runtime.emulator._front import Param, Translated, TranslationError
 
 # Type names that may appear in a buffer parameter, and the bytes of one element.
 ELEMENT_BYTES = {
@@ -51,33 +52,6 @@ _THREADGROUP = re.compile(r"^(?P<indent>[ \t]*)threadgroup\s+(?P<type>[\w:<>, ]+
                           r"\[(?P<count>[^\]\n]+)\]\s*;", re.M)
 
 
-class TranslationError(ValueError):
-    """Source the emulator cannot take: it names what and where."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of the kernel function: a buffer (``index`` is its [[buffer(i)]]) or a
-    thread-position attribute."""
-
-    name: str
-    kind: str  # "input" (const pointer), "scalar" (const reference), "output", "attribute"
-    type: str  # element type name, or "uint" / "uint3" for an attribute
-    index: int = -1
-    atomic: bool = False
-
-    @property
-    def element_bytes(self) -> int:
-        return ELEMENT_BYTES[self.type]
-
-
-@dataclass(frozen=True)
-class Translated:
-    function: str  # what the entry point calls: the kernel's name, with template arguments
-    params: tuple[Param, ...]
-    text: str  # the translated source, line for line the wrapped one
-
-
 def translate(source: str) -> Translated:
     """Translate MLX-wrapped Metal source (as MLX writes it, without its utilities header)."""
     sig = _SIGNATURE.search(source)
@@ -88,14 +62,16 @@ def translate(source: str) -> Translated:
     for line in sig.group("params").split(",\n"):
         if m := _INPUT.match(line):
             kind = "scalar" if m["ref"] == "&" else "input"
-            p = Param(m["name"], kind, m["type"], int(m["index"]))
+            p = Param(m["name"], kind, m["type"], int(m["index"]),
+                      element_bytes=ELEMENT_BYTES.get(m["type"], 0))
             new_lines.append(f"  const {m['type']}& {p.name}" if kind == "scalar" else
-                             f"  ::mtl::device_ptr<const {m['type']}> {p.name}")
+                             f"  ::emu::device_ptr<const {m['type']}> {p.name}")
         elif m := _OUTPUT.match(line):
             atomic = m["atomic"] is not None
-            p = Param(m["name"], "output", m["atomic"] or m["type"], int(m["index"]), atomic)
+            p = Param(m["name"], "output", m["atomic"] or m["type"], int(m["index"]), atomic,
+                      ELEMENT_BYTES.get(m["atomic"] or m["type"], 0))
             pointee = f"metal::atomic<{p.type}>" if atomic else p.type
-            new_lines.append(f"  ::mtl::device_ptr<{pointee}> {p.name}")
+            new_lines.append(f"  ::emu::device_ptr<{pointee}> {p.name}")
         elif m := _ATTRIBUTE.match(line):
             p = Param(m["name"], "attribute", m["type"])
             new_lines.append(f"  {m['type']} {p.name}")
@@ -119,13 +95,15 @@ def translate(source: str) -> Translated:
         raise TranslationError("a template kernel without MLX's explicit instantiation")
 
     body = _THREADGROUP.sub(
-        lambda m: (f"{m['indent']}const auto {m['name']} = ::mtl::threadgroup_alloc<{m['type']}, "
+        lambda m: (f"{m['indent']}const auto {m['name']} = ::emu::threadgroup_alloc<{m['type']}, "
                    f"({m['count']})>(__LINE__, \"{m['name']}\");"), tail)
     names = [p.name for p in params if p.kind in ("input", "output")]
     names += [m["name"] for m in _THREADGROUP.finditer(tail)]
     if names:
-        body = re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\[", r"\1(__LINE__)[", body)
-    body = re.sub(r"\breinterpret_cast\s*<", "::mtl::reinterpret_at<__LINE__, ", body)
+        # a name, not a member or a qualified name that ends like it (mt_v1.v[l])
+        alternatives = "|".join(map(re.escape, names))
+        body = re.sub(rf"(?<![\w.])(?<!->)(?<!::)({alternatives})\[", r"\1(__LINE__)[", body)
+    body = re.sub(r"\breinterpret_cast\s*<", "::emu::reinterpret_at<__LINE__, ", body)
 
     signature = sig.group(0)
     signature = signature.replace(sig.group("params"), ",\n".join(new_lines))
@@ -134,7 +112,7 @@ def translate(source: str) -> Translated:
 
 
 # The value of each thread-position attribute: an expression of the runtime's Thread `t`,
-# Group `g` and Launch `L` (mtl_emu_rt.h).
+# Group `g` and Launch `L` (emu_rt.h).
 ATTRIBUTE_VALUES = {
     "thread_position_in_grid": "uint3(t->pos_grid[0], t->pos_grid[1], t->pos_grid[2])",
     "threads_per_grid": "uint3(L->grid[0], L->grid[1], L->grid[2])",
@@ -165,21 +143,21 @@ def unit(translated: Translated, title: str, namespace: str, symbol: str) -> str
     args = []
     for p in translated.params:
         if p.kind == "input":
-            args.append(f"::mtl::device_ptr<const {p.type}>(b[{p.index}])")
+            args.append(f"::emu::device_ptr<const {p.type}>(b[{p.index}])")
         elif p.kind == "scalar":
             args.append(f"*reinterpret_cast<const {p.type}*>(b[{p.index}].data)")
         elif p.kind == "output":
             pointee = f"metal::atomic<{p.type}>" if p.atomic else p.type
-            args.append(f"::mtl::device_ptr<{pointee}>(b[{p.index}])")
+            args.append(f"::emu::device_ptr<{pointee}>(b[{p.index}])")
         else:
             args.append(ATTRIBUTE_VALUES[p.name])
     call = ",\n      ".join(args)
     return (f"namespace {namespace} {{\n#line 1 \"{title}\"\n{translated.text}\n"
             f"#line 1 \"<emulator entry of {title}>\"\n"
-            f"static void entry(::mtl::rt::Thread* t, ::mtl::rt::Buffer* b) {{\n"
-            f"  const ::mtl::rt::Group* g = ::mtl::rt::group;\n"
-            f"  const ::mtl::rt::Launch* L = ::mtl::rt::launch;\n"
+            f"static void entry(::emu::rt::Thread* t, ::emu::rt::Buffer* b) {{\n"
+            f"  const ::emu::rt::Group* g = ::emu::rt::group;\n"
+            f"  const ::emu::rt::Launch* L = ::emu::rt::launch;\n"
             f"  (void)g; (void)L; (void)t; (void)b;\n"
             f"  {translated.function}(\n      {call});\n}}\n}}  // namespace {namespace}\n"
-            f"extern \"C\" __attribute__((visibility(\"default\"))) int {symbol}(::mtl::rt::Launch* L) "
-            f"{{\n  return ::mtl::rt::run(L, {namespace}::entry);\n}}\n")
+            f"extern \"C\" __attribute__((visibility(\"default\"))) int {symbol}(::emu::rt::Launch* L) "
+            f"{{\n  return ::emu::rt::run(L, {namespace}::entry);\n}}\n")

@@ -11,7 +11,7 @@
 
 #include <type_traits>
 
-#include "mtl_emu_rt.h"
+#include "emu.h"
 
 // -- address spaces (MSL 4): one flat memory; the translator gives buffers checked pointer
 // types and threadgroup arrays checked storage, so the qualifiers themselves are no-ops.
@@ -42,74 +42,17 @@ typedef unsigned short ushort;
 typedef unsigned int uint;
 typedef unsigned long ulong;
 
-namespace mtl {
-namespace detail {
-
-template <class To, class From>
-inline To bit_cast(const From& from) {
-  static_assert(sizeof(To) == sizeof(From), "as_type needs types of one size");
-  To to;
-  __builtin_memcpy(&to, &from, sizeof(To));
-  return to;
-}
-
-// IEEE binary16 from binary32, rounding to nearest even (F. Giesen, "float_to_half_fast3_rtne").
-inline uint16_t float_to_half_bits(float f) {
-  uint32_t u = bit_cast<uint32_t>(f);
-  const uint32_t sign = u & 0x80000000u;
-  u ^= sign;
-  uint16_t o;
-  if (u >= 0x47800000u) {  // |f| >= 65536: infinity, or NaN kept quiet
-    o = u > 0x7f800000u ? uint16_t(0x7e00 | ((u >> 13) & 0x3ff)) : uint16_t(0x7c00);
-  } else if (u < 0x38800000u) {  // below the smallest normal half: subnormal or zero
-    const float magic = bit_cast<float>(uint32_t(126) << 23);
-    o = uint16_t(bit_cast<uint32_t>(bit_cast<float>(u) + magic) - bit_cast<uint32_t>(magic));
-  } else {
-    const uint32_t odd = (u >> 13) & 1;
-    u += 0xc8000fffu + odd;  // rebias exponent (15 - 127) << 23, round half to even
-    o = uint16_t(u >> 13);
-  }
-  return uint16_t(o | (sign >> 16));
-}
-
-inline float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  if (exp == 0x1f) return bit_cast<float>(sign | 0x7f800000u | (mant << 13));
-  if (exp == 0) {
-    const float m = float(mant) * 5.9604644775390625e-08f;  // mant * 2^-24, exact
-    return sign ? -m : m;
-  }
-  return bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-// bfloat16 from binary32, rounding to nearest even; NaN stays a quiet NaN (MLX's
-// float_to_bfloat_bits does the same).
-inline uint16_t float_to_bfloat_bits(float f) {
-  const uint32_t u = bit_cast<uint32_t>(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
-inline float bfloat_bits_to_float(uint16_t b) { return bit_cast<float>(uint32_t(b) << 16); }
-
-template <class T>
-using if_int = std::enable_if_t<std::is_integral<T>::value, int>;
-
-}  // namespace detail
-}  // namespace mtl
-
 // -- half (MSL 2.1): every operation on two halves rounds its result to half, as the GPU's
 // 16-bit ALU does; with a float operand, the operation is in float (usual arithmetic
 // conversions), with an integer one, in half.
 struct half {
   uint16_t bits_;
   half() = default;
-  half(float f) : bits_(mtl::detail::float_to_half_bits(f)) {}
+  half(float f) : bits_(emu::detail::float_to_half_bits(f)) {}
   half(double d) : half(float(d)) {}  // Metal has no double: a literal such as 1.0 is a float
-  template <class I, mtl::detail::if_int<I> = 0>
+  template <class I, emu::detail::if_int<I> = 0>
   half(I i) : half(float(i)) {}
-  operator float() const { return mtl::detail::half_bits_to_float(bits_); }
+  operator float() const { return emu::detail::half_bits_to_float(bits_); }
   half operator-() const {
     half h;
     h.bits_ = uint16_t(bits_ ^ 0x8000);
@@ -123,12 +66,12 @@ struct half {
 struct bfloat {
   uint16_t bits_;
   bfloat() = default;
-  explicit bfloat(float f) : bits_(mtl::detail::float_to_bfloat_bits(f)) {}
+  explicit bfloat(float f) : bits_(emu::detail::float_to_bfloat_bits(f)) {}
   explicit bfloat(double d) : bfloat(float(d)) {}
   explicit bfloat(half h) : bfloat(float(h)) {}
-  template <class I, mtl::detail::if_int<I> = 0>
+  template <class I, emu::detail::if_int<I> = 0>
   explicit bfloat(I i) : bfloat(float(i)) {}
-  operator float() const { return mtl::detail::bfloat_bits_to_float(bits_); }
+  operator float() const { return emu::detail::bfloat_bits_to_float(bits_); }
 };
 
 #define MT_HALF_ARITH(op)                                                                   \
@@ -137,9 +80,9 @@ struct bfloat {
   inline float operator op(float a, half b) { return a op float(b); }                       \
   inline float operator op(half a, double b) { return float(a) op float(b); }               \
   inline float operator op(double a, half b) { return float(a) op float(b); }               \
-  template <class I, mtl::detail::if_int<I> = 0>                                            \
+  template <class I, emu::detail::if_int<I> = 0>                                            \
   inline half operator op(half a, I b) { return half(float(a) op float(half(b))); }         \
-  template <class I, mtl::detail::if_int<I> = 0>                                            \
+  template <class I, emu::detail::if_int<I> = 0>                                            \
   inline half operator op(I a, half b) { return half(float(half(a)) op float(b)); }         \
   inline half& operator op##=(half& a, half b) { return a = a op b; }                       \
   inline half& operator op##=(half& a, float b) { return a = half(float(a) op b); }         \
@@ -157,9 +100,9 @@ MT_HALF_ARITH(/)
   inline bool operator op(float a, half b) { return a op float(b); }                   \
   inline bool operator op(half a, double b) { return float(a) op float(b); }           \
   inline bool operator op(double a, half b) { return float(a) op float(b); }           \
-  template <class I, mtl::detail::if_int<I> = 0>                                       \
+  template <class I, emu::detail::if_int<I> = 0>                                       \
   inline bool operator op(half a, I b) { return float(a) op float(half(b)); }          \
-  template <class I, mtl::detail::if_int<I> = 0>                                       \
+  template <class I, emu::detail::if_int<I> = 0>                                       \
   inline bool operator op(I a, half b) { return float(half(a)) op float(b); }
 MT_HALF_COMPARE(<)
 MT_HALF_COMPARE(<=)
@@ -177,7 +120,7 @@ struct vec;
 
 }  // namespace metal
 
-namespace mtl {
+namespace emu {
 namespace detail {
 
 template <class T, int N, int... I>
@@ -247,15 +190,15 @@ using if_scalar = std::enable_if_t<std::is_arithmetic<S>::value || std::is_same<
                                    int>;
 
 }  // namespace detail
-}  // namespace mtl
+}  // namespace emu
 
 namespace metal {
 
 template <class T, int N>
-struct alignas(sizeof(T) * (N == 3 ? 4 : N)) vec : mtl::detail::vec_storage<T, N> {
+struct alignas(sizeof(T) * (N == 3 ? 4 : N)) vec : emu::detail::vec_storage<T, N> {
   using value_type = T;
   vec() = default;
-  template <class S, mtl::detail::if_scalar<S> = 0>
+  template <class S, emu::detail::if_scalar<S> = 0>
   explicit vec(S s) {
     for (int i = 0; i < N; ++i) this->v[i] = T(s);
   }
@@ -279,11 +222,11 @@ struct alignas(sizeof(T) * (N == 3 ? 4 : N)) vec : mtl::detail::vec_storage<T, N
     for (int i = 0; i < N; ++i) r.v[i] = T(a.v[i] op b.v[i]);                              \
     return r;                                                                              \
   }                                                                                        \
-  template <class T, int N, class S, mtl::detail::if_scalar<S> = 0>                        \
+  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
   inline vec<T, N> operator op(const vec<T, N>& a, S b) {                                  \
     return a op vec<T, N>(b);                                                              \
   }                                                                                        \
-  template <class T, int N, class S, mtl::detail::if_scalar<S> = 0>                        \
+  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
   inline vec<T, N> operator op(S a, const vec<T, N>& b) {                                  \
     return vec<T, N>(a) op b;                                                              \
   }                                                                                        \
@@ -310,11 +253,11 @@ MT_VEC_BINARY(>>)
     for (int i = 0; i < N; ++i) r.v[i] = a.v[i] op b.v[i];                                 \
     return r;                                                                              \
   }                                                                                        \
-  template <class T, int N, class S, mtl::detail::if_scalar<S> = 0>                        \
+  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
   inline vec<bool, N> operator op(const vec<T, N>& a, S b) {                               \
     return a op vec<T, N>(b);                                                              \
   }                                                                                        \
-  template <class T, int N, class S, mtl::detail::if_scalar<S> = 0>                        \
+  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
   inline vec<bool, N> operator op(S a, const vec<T, N>& b) {                               \
     return vec<T, N>(a) op b;                                                              \
   }
@@ -363,7 +306,7 @@ inline bool any(bool b) { return b; }
 
 template <class To, class From>
 inline To as_type(const From& from) {
-  return mtl::detail::bit_cast<To>(from);
+  return emu::detail::bit_cast<To>(from);
 }
 
 }  // namespace metal
@@ -530,9 +473,9 @@ inline half max(half a, half b) { return half(__builtin_fmaxf(a, b)); }
 inline half min(half a, half b) { return half(__builtin_fminf(a, b)); }
 inline bfloat max(bfloat a, bfloat b) { return bfloat(__builtin_fmaxf(a, b)); }
 inline bfloat min(bfloat a, bfloat b) { return bfloat(__builtin_fminf(a, b)); }
-template <class T, mtl::detail::if_int<T> = 0>
+template <class T, emu::detail::if_int<T> = 0>
 inline T max(T a, T b) { return a < b ? b : a; }
-template <class T, mtl::detail::if_int<T> = 0>
+template <class T, emu::detail::if_int<T> = 0>
 inline T min(T a, T b) { return b < a ? b : a; }
 template <class T, int N>
 inline vec<T, N> max(const vec<T, N>& a, const vec<T, N>& b) {
@@ -556,7 +499,7 @@ inline long abs(long x) { return x < 0 ? -x : x; }
 inline short abs(short x) { return short(x < 0 ? -x : x); }
 inline char abs(char x) { return char(x < 0 ? -x : x); }
 inline uint abs(uint x) { return x; }
-template <class T, mtl::detail::if_int<T> = 0>
+template <class T, emu::detail::if_int<T> = 0>
 inline T popcount(T x) { return T(__builtin_popcountll((unsigned long long)(std::make_unsigned_t<T>)x)); }
 inline int clz(int x) { return x ? __builtin_clz(uint(x)) : 32; }
 inline uint clz(uint x) { return x ? uint(__builtin_clz(x)) : 32u; }
@@ -591,243 +534,6 @@ inline float divide(float x, float y) { return x / y; }
 
 }  // namespace metal
 
-// -- checked memory ------------------------------------------------------------------------------
-namespace mtl {
-
-template <class T>
-struct device_ptr;
-
-namespace detail {
-
-inline void check_device(const rt::Buffer* b, int64_t off, size_t size, size_t align,
-                         int line, const char* what) {
-  if (off < 0 || off + int64_t(size) > b->nbytes) {
-    const int64_t e = b->elem_size;
-    rt::fail(line, "out-of-bounds %s of %s at element %lld (%lld bytes at byte %lld): %s holds "
-             "%lld elements", what, b->name, (long long)(off >= 0 ? off / e : -((-off + e - 1) / e)),
-             (long long)size, (long long)off, b->name, (long long)(b->nbytes / e));
-  }
-  if (off % int64_t(align) != 0) {
-    rt::fail(line, "misaligned %s of %s: %lld bytes at byte offset %lld need %lld-byte alignment",
-             what, b->name, (long long)size, (long long)off, (long long)align);
-  }
-}
-
-// An output element written by another thread of the same launch (no ordering between them)
-inline void on_device_write(rt::Buffer* b, int64_t off, size_t size, int line) {
-  const int64_t e = b->elem_size;
-  for (int64_t i = off / e; i < (off + int64_t(size) + e - 1) / e; ++i) {
-    int32_t& w = b->writer[i];
-    const int32_t me = int32_t(rt::current->gid + 1);
-    if (w > 0 && w != me)
-      rt::fail(line, "%s[%lld] written by two threads (grid-linear ids %d and %d) in one launch",
-               b->name, (long long)i, w - 1, me - 1);
-    if (w == rt::kAtomic) rt::fail(line, "%s[%lld] written both atomically and plainly", b->name, (long long)i);
-    w = me;
-  }
-}
-
-inline void on_device_read(rt::Buffer* b, int64_t off, size_t size, int line) {
-  if (!b->writer) return;  // an input
-  const int64_t e = b->elem_size;
-  for (int64_t i = off / e; i < (off + int64_t(size) + e - 1) / e; ++i) {
-    const int32_t w = b->writer[i];
-    if (w == rt::kUnwritten)
-      rt::fail(line, "read of %s[%lld], an output element nothing wrote yet", b->name, (long long)i);
-    if (w > 0 && w != int32_t(rt::current->gid + 1))
-      rt::fail(line, "read of %s[%lld], written by another thread (grid-linear id %d) of the same "
-               "launch", b->name, (long long)i, w - 1);
-  }
-}
-
-// A writable device element: loads and stores through it are checked and recorded.
-template <class T>
-struct device_ref {
-  rt::Buffer* b;
-  int64_t off;
-  int line;
-  T load() const {
-    check_device(b, off, sizeof(T), alignof(T), line, "read");
-    on_device_read(b, off, sizeof(T), line);
-    T t;
-    __builtin_memcpy(&t, b->data + off, sizeof(T));
-    return t;
-  }
-  void store(const T& t) const {
-    check_device(b, off, sizeof(T), alignof(T), line, "write");
-    on_device_write(b, off, sizeof(T), line);
-    __builtin_memcpy(b->data + off, &t, sizeof(T));
-  }
-  operator T() const { return load(); }
-  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>
-  explicit operator U() const { return static_cast<U>(load()); }
-  const device_ref& operator=(const T& t) const { store(t); return *this; }
-  const device_ref& operator=(const device_ref& o) const { store(o.load()); return *this; }
-  template <class U>
-  const device_ref& operator+=(const U& u) const { store(T(load() + u)); return *this; }
-  template <class U>
-  const device_ref& operator-=(const U& u) const { store(T(load() - u)); return *this; }
-  template <class U>
-  const device_ref& operator*=(const U& u) const { store(T(load() * u)); return *this; }
-  template <class U>
-  const device_ref& operator/=(const U& u) const { store(T(load() / u)); return *this; }
-  device_ptr<T> operator&() const;
-};
-
-}  // namespace detail
-
-// A pointer into one device (or constant) buffer: carries the buffer, so every access is
-// checked against it, and the source line of the access for the error message.
-template <class T>
-struct device_ptr {
-  rt::Buffer* b;
-  int64_t off;  // bytes from the start of the buffer
-  int line;
-  device_ptr() : b(nullptr), off(0), line(0) {}
-  explicit device_ptr(rt::Buffer& buffer) : b(&buffer), off(0), line(0) {}
-  device_ptr(rt::Buffer* buffer, int64_t offset, int at) : b(buffer), off(offset), line(at) {}
-  template <class U, std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value, int> = 0>
-  device_ptr(const device_ptr<U>& o) : b(o.b), off(o.off), line(o.line) {}
-  device_ptr operator()(int at) const { return device_ptr(b, off, at); }
-  device_ptr operator+(int64_t i) const { return device_ptr(b, off + i * int64_t(sizeof(T)), line); }
-  device_ptr operator-(int64_t i) const { return device_ptr(b, off - i * int64_t(sizeof(T)), line); }
-  device_ptr& operator+=(int64_t i) { off += i * int64_t(sizeof(T)); return *this; }
-  device_ptr& operator-=(int64_t i) { off -= i * int64_t(sizeof(T)); return *this; }
-  device_ptr& operator++() { off += sizeof(T); return *this; }
-  explicit operator bool() const { return b != nullptr; }
-
-  template <class U = T, std::enable_if_t<std::is_const<U>::value, int> = 0>
-  std::remove_const_t<T> at(int64_t o) const {
-    detail::check_device(b, o, sizeof(T), alignof(T), line, "read");
-    detail::on_device_read(b, o, sizeof(T), line);
-    std::remove_const_t<T> t;
-    __builtin_memcpy(static_cast<void*>(&t), b->data + o, sizeof(T));
-    return t;
-  }
-  template <class U = T, std::enable_if_t<!std::is_const<U>::value, int> = 0>
-  detail::device_ref<T> at(int64_t o) const { return detail::device_ref<T>{b, o, line}; }
-  decltype(auto) operator[](int64_t i) const { return at(off + i * int64_t(sizeof(T))); }
-  decltype(auto) operator*() const { return at(off); }
-};
-
-template <class T>
-device_ptr<T> detail::device_ref<T>::operator&() const { return device_ptr<T>(b, off, line); }
-
-// reinterpret_cast<P>(p) as the translator writes it: a device pointer keeps its buffer
-// (alignment and bounds are checked at the access); any other pointer casts as in C++.
-template <int Line, class P, class T>
-inline device_ptr<std::remove_pointer_t<P>> reinterpret_at(const device_ptr<T>& p) {
-  static_assert(std::is_pointer<P>::value, "reinterpret_cast of a device pointer to a non-pointer");
-  return device_ptr<std::remove_pointer_t<P>>(p.b, p.off, Line);
-}
-template <int Line, class P, class Q>
-inline P reinterpret_at(Q q) {
-  return reinterpret_cast<P>(q);
-}
-
-// -- threadgroup memory -----------------------------------------------------------------------
-namespace detail {
-
-inline bool ordered(const rt::Shadow& s, bool write_side, int other) {
-  // An access is ordered after another thread's when a threadgroup barrier separates them, or a
-  // simdgroup barrier does and both threads are in one SIMD-group.
-  const uint32_t phase = write_side ? s.wphase : s.rphase;
-  if (phase != rt::group->phase) return true;
-  const rt::Thread* t = rt::current;
-  if (other < 0 || uint32_t(other) / 32 != t->simd) return false;
-  return (write_side ? s.wsimd : s.rsimd) != uint16_t(rt::group->simd_phase[t->simd]);
-}
-
-inline void on_tg_read(rt::Shadow& s, const char* name, int64_t i, int line) {
-  const rt::Thread* t = rt::current;
-  if (s.writer == -1)
-    rt::fail(line, "read of threadgroup memory %s[%lld] before any thread wrote it", name, (long long)i);
-  if (s.writer != int16_t(t->lid) && !ordered(s, true, s.writer))
-    rt::fail(line, "race on threadgroup memory %s[%lld]: thread %d reads what thread %d wrote with no "
-             "barrier between", name, (long long)i, int(t->lid), int(s.writer));
-  if (s.rphase != rt::group->phase || s.reader == -1) {
-    s.reader = int16_t(t->lid);
-    s.rphase = rt::group->phase;
-    s.rsimd = uint16_t(rt::group->simd_phase[t->simd]);
-  } else if (s.reader != int16_t(t->lid)) {
-    s.reader = -2;
-  }
-}
-
-inline void on_tg_write(rt::Shadow& s, const char* name, int64_t i, int line) {
-  const rt::Thread* t = rt::current;
-  if (s.writer >= 0 && s.writer != int16_t(t->lid) && !ordered(s, true, s.writer))
-    rt::fail(line, "race on threadgroup memory %s[%lld]: threads %d and %d write it with no barrier "
-             "between", name, (long long)i, int(s.writer), int(t->lid));
-  if (s.reader != -1 && s.reader != int16_t(t->lid) && !ordered(s, false, s.reader))
-    rt::fail(line, "race on threadgroup memory %s[%lld]: thread %d overwrites what %s read with no "
-             "barrier between", name, (long long)i, int(t->lid),
-             s.reader == -2 ? "several threads" : "another thread");
-  s.writer = int16_t(t->lid);
-  s.wphase = rt::group->phase;
-  s.wsimd = uint16_t(rt::group->simd_phase[t->simd]);
-  s.reader = -1;
-}
-
-template <class T>
-struct tg_ref {
-  T* p;
-  rt::Shadow* s;
-  const char* name;
-  int64_t i;
-  int line;
-  T load() const {
-    on_tg_read(*s, name, i, line);
-    return *p;
-  }
-  void store(const T& t) const {
-    on_tg_write(*s, name, i, line);
-    *p = t;
-  }
-  operator T() const { return load(); }
-  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>
-  explicit operator U() const { return static_cast<U>(load()); }
-  const tg_ref& operator=(const T& t) const { store(t); return *this; }
-  const tg_ref& operator=(const tg_ref& o) const { store(o.load()); return *this; }
-  template <class U>
-  const tg_ref& operator+=(const U& u) const { store(T(load() + u)); return *this; }
-  template <class U>
-  const tg_ref& operator-=(const U& u) const { store(T(load() - u)); return *this; }
-  template <class U>
-  const tg_ref& operator*=(const U& u) const { store(T(load() * u)); return *this; }
-  template <class U>
-  const tg_ref& operator/=(const U& u) const { store(T(load() / u)); return *this; }
-};
-
-}  // namespace detail
-
-// `threadgroup T name[N];` as the translator writes it: storage shared by the threadgroup's
-// threads, allocated when the first of them reaches the declaration.
-template <class T, int64_t N>
-struct threadgroup_array {
-  T* data;
-  rt::Shadow* shadow;
-  const char* name;
-  int line;
-  detail::tg_ref<T> operator[](int64_t i) const {
-    if (i < 0 || i >= N)
-      rt::fail(line, "out-of-bounds access of threadgroup memory %s[%lld]: it holds %lld elements",
-               name, (long long)i, (long long)N);
-    return detail::tg_ref<T>{data + i, shadow + i, name, i, line};
-  }
-  threadgroup_array operator()(int at) const { return threadgroup_array{data, shadow, name, at}; }
-};
-
-template <class T, int64_t N>
-inline threadgroup_array<T, N> threadgroup_alloc(int line, const char* name) {
-  static_assert(std::is_trivially_copyable<T>::value, "threadgroup arrays of plain types only");
-  rt::Shadow* shadow;
-  T* data = reinterpret_cast<T*>(rt::tg_alloc(line, name, sizeof(T) * N, N, &shadow));
-  return threadgroup_array<T, N>{data, shadow, name, line};
-}
-
-}  // namespace mtl
-
 // -- synchronization (MSL 6.9.1) -------------------------------------------------------------------
 namespace metal {
 
@@ -838,24 +544,18 @@ enum class mem_flags {
 inline constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(int(a) | int(b)); }
 
 inline void threadgroup_barrier(mem_flags flags, int line = __builtin_LINE()) {
-  mtl::rt::barrier(int(flags), line, 0);
+  emu::rt::barrier(int(flags), line, 0, "threadgroup_barrier");
 }
 inline void simdgroup_barrier(mem_flags flags, int line = __builtin_LINE()) {
-  mtl::rt::barrier(int(flags), line, 1);
+  emu::rt::barrier(int(flags), line, 1, "simdgroup_barrier");
 }
 
 }  // namespace metal
 
-// -- SIMD-group functions (MSL 6.9.2) -----------------------------------------------------------
-namespace mtl {
+// -- SIMD-group functions (MSL 6.9.2) over the emulator's lanes (emu.h) -----------------------
+namespace emu {
 namespace simd {
 
-constexpr int kWidth = 32;
-
-template <class T, class D>
-struct dependent {
-  using type = T;
-};
 // The element types SIMD-group functions take (MSL 6.9.2)
 template <class T>
 using if_simd = std::enable_if_t<
@@ -864,138 +564,11 @@ using if_simd = std::enable_if_t<
         std::is_same<T, ushort>::value || std::is_same<T, char>::value || std::is_same<T, uchar>::value,
     int>;
 
-template <class T>
-struct lanes_of {
-  using elem = T;
-  static constexpr int n = 1;
-};
 template <class T, int N>
 struct lanes_of<metal::vec<T, N>> {
   using elem = T;
   static constexpr int n = N;
 };
-
-template <class T>
-inline T in(const rt::Thread* t) {
-  T v;
-  __builtin_memcpy(static_cast<void*>(&v), t->in, sizeof(T));
-  return v;
-}
-template <class T>
-inline void out(rt::Thread* t, const T& v) {
-  __builtin_memcpy(t->out, &v, sizeof(T));
-}
-
-// Component c of a scalar or vector value.
-template <class T>
-inline typename lanes_of<T>::elem& part(T& v, int c) {
-  if constexpr (lanes_of<T>::n == 1) {
-    (void)c;
-    return v;
-  } else {
-    return v.v[c];
-  }
-}
-
-// Arguments such as a shuffle's mask or a broadcast's lane must be the same in every lane
-// (MSL 6.9.2); a differing one is undefined on the GPU and an error here.
-inline bool uniform_arg(rt::Thread* const* lanes, int line, const char* what) {
-  const rt::Thread* first = nullptr;
-  for (int l = 0; l < kWidth; ++l) {
-    if (!lanes[l]) continue;
-    if (!first) first = lanes[l];
-    if (lanes[l]->arg != first->arg) {
-      rt::report(line, "%s: lanes %d and %d pass different arguments (%u and %u); they must agree",
-                 what, int(first->lid % 32), l, first->arg, lanes[l]->arg);
-      return false;
-    }
-  }
-  return true;
-}
-
-// A reduction over the active lanes, combined pairwise (a tree, as the hardware reduces), the
-// same result in every lane.
-template <class T, class F>
-inline void reduce(rt::Thread* const* lanes, F combine) {
-  using E = typename lanes_of<T>::elem;
-  constexpr int n = lanes_of<T>::n;
-  T result;
-  for (int c = 0; c < n; ++c) {
-    E vals[kWidth];
-    bool have[kWidth];
-    for (int l = 0; l < kWidth; ++l) {
-      have[l] = lanes[l] != nullptr;
-      if (have[l]) {
-        T v = in<T>(lanes[l]);
-        vals[l] = part(v, c);
-      }
-    }
-    for (int stride = 1; stride < kWidth; stride *= 2) {
-      for (int l = 0; l + stride < kWidth; l += 2 * stride) {
-        if (have[l] && have[l + stride]) vals[l] = combine(vals[l], vals[l + stride]);
-        else if (have[l + stride]) { vals[l] = vals[l + stride]; have[l] = true; }
-      }
-    }
-    part(result, c) = vals[0];
-  }
-  for (int l = 0; l < kWidth; ++l)
-    if (lanes[l]) out(lanes[l], result);
-}
-
-// Inclusive or exclusive scan in lane order over the active lanes.
-template <class T, class F>
-inline void scan(rt::Thread* const* lanes, F combine, bool inclusive, typename lanes_of<T>::elem identity) {
-  using E = typename lanes_of<T>::elem;
-  constexpr int n = lanes_of<T>::n;
-  E acc[n];
-  for (int c = 0; c < n; ++c) acc[c] = identity;
-  for (int l = 0; l < kWidth; ++l) {
-    if (!lanes[l]) continue;
-    T v = in<T>(lanes[l]), r;
-    for (int c = 0; c < n; ++c) {
-      const E next = combine(acc[c], part(v, c));
-      part(r, c) = inclusive ? next : acc[c];
-      acc[c] = next;
-    }
-    out(lanes[l], r);
-  }
-}
-
-// Every lane reads the value of lane source(l); reading a lane that does not exist or has
-// returned is undefined on the GPU and an error here. ``keep`` lets a lane keep its own value
-// (shuffle_up / shuffle_down past the edge).
-template <class T, class S>
-inline void gather(rt::Thread* const* lanes, int line, const char* what, S source) {
-  T got[kWidth];
-  for (int l = 0; l < kWidth; ++l) {
-    if (!lanes[l]) continue;
-    const int src = source(l, lanes[l]->arg);
-    if (src < 0 || src >= kWidth || !lanes[src]) {
-      rt::report(line, "%s: lane %d reads lane %d, which %s", what, l, src,
-                 src < 0 || src >= kWidth ? "is outside the SIMD-group"
-                                          : "is inactive (past the threadgroup's end, or returned)");
-      return;
-    }
-    got[l] = in<T>(lanes[src]);
-  }
-  for (int l = 0; l < kWidth; ++l)
-    if (lanes[l]) out(lanes[l], got[l]);
-}
-
-template <class T>
-inline T call(const T& x, uint32_t arg, rt::SimdFn fn, int line, const char* what) {
-  static_assert(sizeof(T) <= sizeof(rt::Thread::in), "SIMD-group value too large");
-  rt::Thread* t = rt::current;
-  __builtin_memcpy(t->in, &x, sizeof(T));
-  t->arg = arg;
-  t->fn = fn;
-  t->line = line;
-  t->what = what;
-  rt::wait(t, rt::kAtSimd);
-  T r;
-  __builtin_memcpy(static_cast<void*>(&r), t->out, sizeof(T));
-  return r;
-}
 
 template <class E>
 inline E add(E a, E b) { return E(a + b); }
@@ -1032,46 +605,46 @@ template <class T> void op_prefix_exclusive_product(rt::Thread* const* l, int) {
   scan<T>(l, mul<typename lanes_of<T>::elem>, false, typename lanes_of<T>::elem(1));
 }
 template <class T> void op_shuffle(rt::Thread* const* l, int line) {
-  gather<T>(l, line, "simd_shuffle", [](int, uint32_t a) { return int(a); });
+  gather<T>(l, line, "simd_shuffle", [](int, const rt::Thread* t) { return int(t->arg); });
 }
 template <class T> void op_shuffle_xor(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_shuffle_xor"))
-    gather<T>(l, line, "simd_shuffle_xor", [](int lane, uint32_t a) { return lane ^ int(a); });
+    gather<T>(l, line, "simd_shuffle_xor", [](int lane, const rt::Thread* t) { return lane ^ int(t->arg); });
 }
 template <class T> void op_shuffle_up(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_shuffle_up"))
-    gather<T>(l, line, "simd_shuffle_up", [](int lane, uint32_t a) { return lane >= int(a) ? lane - int(a) : lane; });
+    gather<T>(l, line, "simd_shuffle_up", [](int lane, const rt::Thread* t) { return lane >= int(t->arg) ? lane - int(t->arg) : lane; });
 }
 template <class T> void op_shuffle_down(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_shuffle_down"))
     gather<T>(l, line, "simd_shuffle_down",
-              [](int lane, uint32_t a) { return lane + int(a) < kWidth ? lane + int(a) : lane; });
+              [](int lane, const rt::Thread* t) { return lane + int(t->arg) < kWidth ? lane + int(t->arg) : lane; });
 }
 template <class T> void op_shuffle_rotate_up(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_shuffle_rotate_up"))
-    gather<T>(l, line, "simd_shuffle_rotate_up", [](int lane, uint32_t a) { return (lane - int(a % kWidth) + kWidth) % kWidth; });
+    gather<T>(l, line, "simd_shuffle_rotate_up", [](int lane, const rt::Thread* t) { return (lane - int(t->arg % kWidth) + kWidth) % kWidth; });
 }
 template <class T> void op_shuffle_rotate_down(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_shuffle_rotate_down"))
-    gather<T>(l, line, "simd_shuffle_rotate_down", [](int lane, uint32_t a) { return (lane + int(a % kWidth)) % kWidth; });
+    gather<T>(l, line, "simd_shuffle_rotate_down", [](int lane, const rt::Thread* t) { return (lane + int(t->arg % kWidth)) % kWidth; });
 }
 template <class T> void op_broadcast(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "simd_broadcast"))
-    gather<T>(l, line, "simd_broadcast", [](int, uint32_t a) { return int(a); });
+    gather<T>(l, line, "simd_broadcast", [](int, const rt::Thread* t) { return int(t->arg); });
 }
 template <class T> void op_broadcast_first(rt::Thread* const* l, int line) {
   int first = 0;
   while (first < kWidth && !l[first]) ++first;
-  gather<T>(l, line, "simd_broadcast_first", [first](int, uint32_t) { return first; });
+  gather<T>(l, line, "simd_broadcast_first", [first](int, const rt::Thread*) { return first; });
 }
 // quad_*: the same within each group of four lanes
 template <class T> void op_quad_shuffle_xor(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "quad_shuffle_xor"))
-    gather<T>(l, line, "quad_shuffle_xor", [](int lane, uint32_t a) { return (lane & ~3) | ((lane ^ int(a)) & 3); });
+    gather<T>(l, line, "quad_shuffle_xor", [](int lane, const rt::Thread* t) { return (lane & ~3) | ((lane ^ int(t->arg)) & 3); });
 }
 template <class T> void op_quad_broadcast(rt::Thread* const* l, int line) {
   if (uniform_arg(l, line, "quad_broadcast"))
-    gather<T>(l, line, "quad_broadcast", [](int lane, uint32_t a) { return (lane & ~3) | int(a & 3); });
+    gather<T>(l, line, "quad_broadcast", [](int lane, const rt::Thread* t) { return (lane & ~3) | int(t->arg & 3); });
 }
 template <class T> void op_quad_sum(rt::Thread* const* l, int) {
   for (int q = 0; q < kWidth; q += 4) {
@@ -1081,16 +654,9 @@ template <class T> void op_quad_sum(rt::Thread* const* l, int) {
   }
 }
 
-inline void op_vote(rt::Thread* const* l, int) {
-  uint64_t bits = 0;
-  for (int lane = 0; lane < kWidth; ++lane)
-    if (l[lane] && in<bool>(l[lane])) bits |= uint64_t(1) << lane;
-  for (int lane = 0; lane < kWidth; ++lane)
-    if (l[lane]) out(l[lane], bits);
-}
-
 }  // namespace simd
-}  // namespace mtl
+}  // namespace emu
+
 
 namespace metal {
 
@@ -1103,22 +669,22 @@ struct simd_vote {
 };
 
 inline bool simd_all(bool b, int line = __builtin_LINE()) {
-  using namespace mtl::simd;
+  using namespace emu::simd;
   const uint64_t active = call<uint64_t>(1, 0, op_vote, line, "simd_all");  // which lanes run
   return call<uint64_t>(b, 0, op_vote, line, "simd_all") == active;
 }
 inline bool simd_any(bool b, int line = __builtin_LINE()) {
-  return mtl::simd::call<uint64_t>(b, 0, mtl::simd::op_vote, line, "simd_any") != 0;
+  return emu::simd::call<uint64_t>(b, 0, emu::simd::op_vote, line, "simd_any") != 0;
 }
 inline simd_vote simd_ballot(bool b, int line = __builtin_LINE()) {
-  return simd_vote(mtl::simd::call<uint64_t>(b, 0, mtl::simd::op_vote, line, "simd_ballot"));
+  return simd_vote(emu::simd::call<uint64_t>(b, 0, emu::simd::op_vote, line, "simd_ballot"));
 }
 inline simd_vote simd_active_threads_mask(int line = __builtin_LINE()) {
-  return simd_vote(mtl::simd::call<uint64_t>(true, 0, mtl::simd::op_vote, line, "simd_active_threads_mask"));
+  return simd_vote(emu::simd::call<uint64_t>(true, 0, emu::simd::op_vote, line, "simd_active_threads_mask"));
 }
 inline bool simd_is_first(int line = __builtin_LINE()) {
-  const uint64_t active = mtl::simd::call<uint64_t>(true, 0, mtl::simd::op_vote, line, "simd_is_first");
-  return (active & ((uint64_t(1) << (mtl::rt::current->lid % 32)) - 1)) == 0;
+  const uint64_t active = emu::simd::call<uint64_t>(true, 0, emu::simd::op_vote, line, "simd_is_first");
+  return (active & ((uint64_t(1) << (emu::rt::current->lid % 32)) - 1)) == 0;
 }
 
 // One overload per scalar type the MSL lists (float, half, bfloat, int, uint, short, ushort,
@@ -1128,24 +694,24 @@ inline bool simd_is_first(int line = __builtin_LINE()) {
 #define MT_SIMD1(T, name, op)                                                                   \
   template <class D = void>                                                                     \
   inline T name(T x, int line = __builtin_LINE()) {                                             \
-    using U = typename mtl::simd::dependent<T, D>::type;                                        \
-    return mtl::simd::call<U>(x, 0, mtl::simd::op<U>, line, #name);                             \
+    using U = typename emu::simd::dependent<T, D>::type;                                        \
+    return emu::simd::call<U>(x, 0, emu::simd::op<U>, line, #name);                             \
   }
 #define MT_SIMD2(T, name, op)                                                                   \
   template <class D = void>                                                                     \
   inline T name(T x, ushort arg, int line = __builtin_LINE()) {                                 \
-    using U = typename mtl::simd::dependent<T, D>::type;                                        \
-    return mtl::simd::call<U>(x, arg, mtl::simd::op<U>, line, #name);                           \
+    using U = typename emu::simd::dependent<T, D>::type;                                        \
+    return emu::simd::call<U>(x, arg, emu::simd::op<U>, line, #name);                           \
   }
 #define MT_SIMDV1(name, op)                                                                     \
-  template <class T, int N, mtl::simd::if_simd<T> = 0>                                          \
+  template <class T, int N, emu::simd::if_simd<T> = 0>                                          \
   inline vec<T, N> name(vec<T, N> x, int line = __builtin_LINE()) {                             \
-    return mtl::simd::call<vec<T, N>>(x, 0, mtl::simd::op<vec<T, N>>, line, #name);             \
+    return emu::simd::call<vec<T, N>>(x, 0, emu::simd::op<vec<T, N>>, line, #name);             \
   }
 #define MT_SIMDV2(name, op)                                                                     \
-  template <class T, int N, mtl::simd::if_simd<T> = 0>                                          \
+  template <class T, int N, emu::simd::if_simd<T> = 0>                                          \
   inline vec<T, N> name(vec<T, N> x, ushort arg, int line = __builtin_LINE()) {                 \
-    return mtl::simd::call<vec<T, N>>(x, arg, mtl::simd::op<vec<T, N>>, line, #name);           \
+    return emu::simd::call<vec<T, N>>(x, arg, emu::simd::op<vec<T, N>>, line, #name);           \
   }
 #define MT_SIMD_OPS(M1, M2, ...)                                                \
   M1(__VA_ARGS__ simd_sum, op_sum)                                              \
@@ -1210,7 +776,7 @@ typedef atomic<bool> atomic_bool;
 
 }  // namespace metal
 
-namespace mtl {
+namespace emu {
 namespace detail {
 
 // Threads of one launch run one at a time, so each atomic operation is indivisible; the output
@@ -1228,15 +794,15 @@ inline T* atomic_slot(const device_ptr<metal::atomic<T>>& p, const char* what) {
 }
 
 }  // namespace detail
-}  // namespace mtl
+}  // namespace emu
 
 namespace metal {
 
 #define MT_ATOMIC_RMW(name, expr)                                                           \
   template <class T, class U>                                                               \
-  inline T atomic_##name##_explicit(const mtl::device_ptr<atomic<T>>& p, U operand,         \
+  inline T atomic_##name##_explicit(const emu::device_ptr<atomic<T>>& p, U operand,         \
                                     memory_order) {                                         \
-    T* slot = mtl::detail::atomic_slot(p, "atomic_" #name "_explicit");                     \
+    T* slot = emu::detail::atomic_slot(p, "atomic_" #name "_explicit");                     \
     const T old = *slot, v = T(operand);                                                    \
     *slot = (expr);                                                                         \
     return old;                                                                             \
@@ -1252,17 +818,17 @@ MT_ATOMIC_RMW(exchange, v)
 #undef MT_ATOMIC_RMW
 
 template <class T, class U>
-inline void atomic_store_explicit(const mtl::device_ptr<atomic<T>>& p, U v, memory_order) {
-  *mtl::detail::atomic_slot(p, "atomic_store_explicit") = T(v);
+inline void atomic_store_explicit(const emu::device_ptr<atomic<T>>& p, U v, memory_order) {
+  *emu::detail::atomic_slot(p, "atomic_store_explicit") = T(v);
 }
 template <class T>
-inline T atomic_load_explicit(const mtl::device_ptr<atomic<T>>& p, memory_order) {
-  return *mtl::detail::atomic_slot(p, "atomic_load_explicit");
+inline T atomic_load_explicit(const emu::device_ptr<atomic<T>>& p, memory_order) {
+  return *emu::detail::atomic_slot(p, "atomic_load_explicit");
 }
 template <class T, class U>
-inline bool atomic_compare_exchange_weak_explicit(const mtl::device_ptr<atomic<T>>& p, T* expected,
+inline bool atomic_compare_exchange_weak_explicit(const emu::device_ptr<atomic<T>>& p, T* expected,
                                                   U desired, memory_order, memory_order) {
-  T* slot = mtl::detail::atomic_slot(p, "atomic_compare_exchange_weak_explicit");
+  T* slot = emu::detail::atomic_slot(p, "atomic_compare_exchange_weak_explicit");
   if (*slot == *expected) {
     *slot = T(desired);
     return true;

@@ -1,10 +1,10 @@
-"""Runtime layer (Metal emulator): compile translated kernels into shared libraries with the host
-C++ compiler, cached on disk, and load them with ctypes.
+"""Runtime layer (emulator): compile translated kernels into shared libraries with the host C++
+compiler, cached on disk, and load them with ctypes.
 
 A library is keyed by everything that decides its code: the compiler's identity, the flags, the
 emulator's own sources and the translated kernel. Many kernels can be compiled at once: they are
-split into one translation unit per processor, compiled in parallel, and each kernel's key then
-names its batch's library. Imports nothing from mlxtriton.
+split into one translation unit per processor and front end, compiled in parallel, and each
+kernel's key then names its batch's library. Imports nothing from mlxtriton.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 HERE = pathlib.Path(__file__).parent
-INCLUDE = HERE / "include"
+INCLUDE = HERE / "include"  # what the front ends share (emu.h, emu_rt.h)
 RUNTIME = HERE / "runtime.cpp"
+# Per front end: the first line of a translation unit, which includes everything its kernels'
+# own includes then find already included (each kernel sits in a namespace of its own).
+PRELUDE = {"metal": '#include "mlx_utils.h"\n', "cuda": '#include "cuda_emu.h"\n'}
 CACHE_ENV = "MLXTRITON_CACHE_DIR"
 COMPILER_ENV = "CXX"
 
@@ -47,11 +50,17 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One kernel to compile: ``text`` declares ``extern "C" int {symbol}(Launch*)``."""
+    """One kernel to compile: ``text`` declares ``extern "C" int {symbol}(Launch*)``; ``front``
+    names the front end whose headers it needs (a key of `PRELUDE`)."""
 
     key: str
     symbol: str
     text: str
+    front: str = "metal"
+
+
+def _includes(front: str) -> list[str]:
+    return ["-I", str(INCLUDE), "-I", str(HERE / front / "include")]
 
 
 _lock = threading.Lock()
@@ -64,7 +73,7 @@ def compiler() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise BuildError("the Metal emulator needs a C++17 compiler: install g++ (or set $CXX)")
+    raise BuildError("the kernel emulator needs a C++17 compiler: install g++ (or set $CXX)")
 
 
 _identities: dict[str, tuple[str, list[str]]] = {}
@@ -82,8 +91,9 @@ def _toolchain() -> tuple[str, list[str], str]:
             if probe.returncode == 0:
                 flags.append(flag)
         sources = hashlib.sha256()
-        for path in sorted(INCLUDE.iterdir()) + [RUNTIME]:
-            sources.update(path.name.encode() + b"\0" + path.read_bytes())
+        headers = [p for front in PRELUDE for p in (HERE / front / "include").rglob("*") if p.is_file()]
+        for path in sorted(INCLUDE.iterdir()) + sorted(headers) + [RUNTIME]:
+            sources.update(str(path.relative_to(HERE)).encode() + b"\0" + path.read_bytes())
         identity = hashlib.sha256("\0".join([cxx, version, *flags, sources.hexdigest()]).encode())
         _identities[cxx] = (identity.hexdigest(), flags)
     identity, flags = _identities[cxx]
@@ -101,14 +111,14 @@ def cache_dir() -> pathlib.Path:
         base = pathlib.Path(root)
     else:
         base = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "mlxtriton"
-    path = base / "metal_emulator"
+    path = base / "emulator"
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError:
-        path = pathlib.Path(tempfile.gettempdir()) / f"mlxtriton-metal-emulator-{os.getuid()}"
+        path = pathlib.Path(tempfile.gettempdir()) / f"mlxtriton-emulator-{os.getuid()}"
         path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -149,15 +159,21 @@ def build(units: list[Unit], jobs: int | None = None) -> dict[str, str]:
     runtime = _runtime_object(cxx, flags, identity, cache)
     pending = list(todo.values())
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(pending)))
+    batches = []  # a front end's kernels spread over the jobs, each batch one front end's
+    for front in PRELUDE:
+        mine = [u for u in pending if u.front == front]
+        n = max(1, round(jobs * len(mine) / len(pending)))
+        batches += [b for b in (mine[i::n] for i in range(n)) if b]
     procs = []
-    for batch in (pending[i::jobs] for i in range(jobs)):
+    for batch in batches:
         batch_key = hashlib.sha256("".join(u.key for u in batch).encode()).hexdigest()[:24]
         stem = cache / f".batch-{batch_key}-{os.getpid()}-{threading.get_ident()}"
         source = stem.with_suffix(".cpp")
-        source.write_text('#include "mlx_utils.h"\n' + "\n".join(u.text for u in batch))
+        front = batch[0].front
+        source.write_text(PRELUDE[front] + "\n".join(u.text for u in batch))
         out = stem.with_suffix(".so")
         procs.append((batch, batch_key, source, out, _run(
-            [cxx, *flags, "-shared", "-I", str(INCLUDE), str(source), str(runtime), "-o", str(out)])))
+            [cxx, *flags, "-shared", *_includes(front), str(source), str(runtime), "-o", str(out)])))
     errors: dict[str, str] = {}
     for batch, batch_key, source, out, proc in procs:
         _, stderr = proc.communicate()
