@@ -1,6 +1,6 @@
 """Projection regions (fusion/projections.py): which products of few rows become one kernel, and
-a decode step through optimize running them in the Metal emulator (the rule is on for NVIDIA
-only; here it is switched on for an Apple chip so that the emulator runs the kernels)."""
+a decode step through optimize running them in the kernel emulator: as Metal (the rule is on for
+NVIDIA only; here it is switched on for an Apple chip) and as CUDA, optimised for an H100."""
 
 from __future__ import annotations
 
@@ -257,6 +257,70 @@ def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quanti
     # join o and down as AddMM (patterns/linear.py)
     per_layer = 4 if quantized else 2
     assert sum(n.startswith("mlxt_projection_") for n in names) == per_layer * len(model.layers) + 1, names
+
+
+@pytest.fixture
+def decoding_on_an_h100(monkeypatch):
+    """Kernels through the emulator's CUDA front end, quantized products and epilogues in the
+    projection rule (as tests/device/test_projection_gpu.py has them), and no fence around float16
+    activations with quantized weights (`compiled._unverified_on_device`: it fires for a CUDA
+    device, and here is a CPU, but the point is to run what the H100 ran)."""
+    if not emulator.has_compiler():
+        pytest.skip("no C++ compiler for the kernel emulator")
+    from mlxtriton.runtime import compiled
+
+    original = hw.tuning.tuning
+    monkeypatch.setattr(hw.tuning, "tuning", lambda p: dataclasses.replace(
+        original(p), projection_quantized=True, projection_epilogues=True))
+    monkeypatch.setattr(compiled, "_unverified_on_device", lambda graph, target: None)
+    monkeypatch.setenv("MLXTRITON_INTERPRET", "cuda")
+
+
+# (quantized, activations, tolerance of the logits). Half precision rounds differently at every op
+# of the two graphs: the kernels compute in float32 and round once, MLX's CPU ops round each
+# result (the NumPy interpreter of the same kernels differs from mlx-lm as much).
+H100_DECODES = {"float16-4bit": (True, mx.float16, 0.15), "bfloat16-4bit": (True, mx.bfloat16, 0.75),
+                "float32": (False, mx.float32, 1e-4)}
+
+
+@pytest.mark.parametrize("case", sorted(H100_DECODES))
+def test_decoding_optimised_for_an_h100_runs_the_cuda_kernels(decoding_on_an_h100, case):
+    """A 40-token prefill and two greedy steps of llama through optimize(chip="h100"), every
+    kernel in CUDA (the projections with 4-bit weights and their epilogues, attention, norms),
+    against plain mlx-lm: on an H100 the float16 4-bit prefill gave all-zero logits."""
+    quantized, dtype, tol = H100_DECODES[case]
+    model = decode_model(quantized, head_dim=64, group_size=64, dtype=dtype)
+    f = mlxtriton.optimize(model, chip="h100")
+    y, fast = greedy_against_mlx_lm(f, model, lm_zoo.prompt(40)[None], 3, tol)
+    kernels = f.lower(y, cache=fast)
+    assert {k.target for k in kernels} == {"cuda"}
+    kinds = {k.name.split("_")[1] for k in kernels}
+    assert {"projection", "attention"} <= kinds, kinds
+
+
+def test_a_gpu_shaped_float16_4bit_prefill_runs_as_cuda(decoding_on_an_h100):
+    """The prefill as an H100 traces it (norms, RoPE and attention as MLX's fast ops, the norms of
+    residual adds in row kernels; `optimize_patterns` with no target turns the CPU's decomposed
+    fast ops back into them), optimised for the H100 and its kernels emulated: the logits are
+    plain mlx-lm's. (The H100's trace also keeps the embedding's dequantize one MLX op, which the
+    CPU decomposes into two pointwise kernels here.)"""
+    from mlx_lm.models import cache as lm_cache
+
+    from mlxtriton.patterns import optimize_patterns
+
+    model = decode_model(True, head_dim=64, group_size=64)
+    f = mlxtriton.optimize(model, chip="h100")
+    y = lm_zoo.prompt(40)[None]
+    source = f.trace(y, cache=lm.make_prompt_cache(model)).source
+    gpu = optimize_patterns(source, None)[0]
+    assert {"RMSNorm", "RoPE", "ScaledDotProductAttention"} <= set(gpu.primitive_counts())
+    (logits, *_) = graph_function(gpu, "h100")(y, *source.state_values)
+    want = model(y, cache=lm_cache.make_prompt_cache(model))
+    got, want = np.array(logits.astype(mx.float32)), np.array(want.astype(mx.float32))
+    assert (np.abs(got).max(axis=-1) > 1.0).all()  # no position's logits are zero
+    # every position's logits, where the greedy comparisons read the last one's: 0.17 the largest
+    # difference of 5120
+    np.testing.assert_allclose(got, want, atol=0.25, rtol=0.15)
 
 
 def test_gradients_through_a_projection_are_mlxs(projections_on_apple):
