@@ -348,7 +348,8 @@ inline float ftz(float x) {
 inline float ex2_approx_f32(float x) { return exp2f(x); }
 inline float ex2_approx_ftz_f32(float x) { return ftz(exp2f(ftz(x))); }
 // max / min .f32: the other operand where one is NaN; with .NaN, the canonical NaN instead.
-// -0.0 is less than +0.0.
+// -0.0 is less than +0.0: LLVM lowers llvm.maximum / llvm.minimum (IEEE 754-2019's maximum and
+// minimum, which order the zeros so) to max.NaN.f32 / min.NaN.f32 on sm_80 and later.
 inline float max_f32(float a, float b) {
   if (a != a) return b;
   if (b != b) return a;
