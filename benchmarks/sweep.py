@@ -15,9 +15,11 @@ Bandwidth: the kernel's inputs and outputs, once each, over its time.
 
 Run: python benchmarks/sweep.py --families softmax --dtypes bfloat16 --shapes 32768x4096
 [--vary threads_per_row,vector_width] [--grad] [--max 200] --out results.json
-Axes: vector_width, threads_per_row (with rows_per_group and the walk), registers (with staged),
-kept_registers, prefetch, block_sums_shared, unroll, online_chunked, hoist_row_loads,
-hoist_block_loads.
+Axes: vector_width, threads_per_row (with rows_per_group, the walk and the launch bound),
+registers (with staged and staged_in_registers), kept_registers, prefetch, block_sums_shared,
+unroll, online_chunked, hoist_row_loads, hoist_block_loads. A column reduction's input split
+between registers and threadgroup memory is on the registers axis, and bounded for two
+threadgroups per core on the threads axis too: ``--vary registers,threads_per_row`` reaches both.
 """
 
 from __future__ import annotations

@@ -233,6 +233,16 @@ def check(a: Analysis, s: Any) -> None:
             fail(f"{n!r} is not an input (inputs: {', '.join(sorted(names))})")
     if set(s.registers) & set(s.staged):
         fail(f"{sorted(set(s.registers) & set(s.staged))} both in registers and staged")
+    split, owned = s.staged_in_registers, -(-(a.length // V) // T) * V
+    if split < 0:
+        fail(f"{split} staged elements a thread in registers")
+    if split and not s.staged:
+        fail(f"{split} staged elements a thread in registers, but nothing is staged")
+    if split % V:
+        fail(f"{split} staged elements a thread in registers: not whole vectors of {V}")
+    if split and split >= owned:
+        fail(f"{split} staged elements a thread in registers of the {owned} it owns: none left "
+             f"to stage (hold the input in registers instead)")
 
 
 def build(region: Region, schedule: Any) -> UOp:
@@ -284,11 +294,19 @@ def build(region: Region, schedule: Any) -> UOp:
     stores = rewrite_reduces(stores, named(multi_pass_loads(stores), held), centred=a.column_walk)
     stores = list(K.graph_rewrite(UOp(Ops.KERNEL, "void", tuple(stores), None), FAST_EXP).src)
     resident = named(multi_pass_loads(stores), held)
+    split = schedule.staged_in_registers if a.is_row else 0
     if a.is_row and schedule.kept_registers:
-        stores = keep_computed(stores, resident, chunk_regs, schedule.kept_registers)
+        # the registers a split keeps of its staged inputs come out of the same room
+        room = schedule.kept_registers - sum(
+            -(-split * _dtypes.itemsize(u.dtype) // 4)
+            for u in named(multi_pass_loads(stores), set(schedule.staged)))
+        stores = keep_computed(stores, resident, chunk_regs, room)
         resident = named(multi_pass_loads(stores), held)
     streamed = set(multi_pass_loads(stores)) - resident
-    staged = named(streamed, set(schedule.staged)) if a.is_row and not interleaved else set()
+    # each thread stages its own elements and reads back only those (`render._Renderer.own_slot`):
+    # whatever the walk, no thread reads another's slots, so staging needs no barrier
+    staged = named(streamed, set(schedule.staged)) if a.is_row else set()
+    split = split if staged else 0
     streamed -= staged
     resident |= staged
     prefetched = (prefetched_loads(stores, resident, chunk_regs, schedule.kept_registers)
@@ -317,7 +335,8 @@ def build(region: Region, schedule: Any) -> UOp:
             kind="row", elements=R * L, threadgroup_size=T * G, rows=R, row_length=L,
             threads_per_row=T, rows_per_group=G, chunks=C, interleaved=interleaved,
             passes=passes(list(marked.src)), on_chip=on_chip, resident=names(resident),
-            staged=names(staged), streamed=names(streamed), prefetched=names(prefetched),
+            staged=names(staged), staged_in_registers=split, streamed=names(streamed),
+            prefetched=names(prefetched),
             kept=sum(u.op is Ops.KEEP for u in marked.toposort),
             rows_per_block=ctx.rows_per_block, block_sums_shared=schedule.block_sums_shared,
             **common)

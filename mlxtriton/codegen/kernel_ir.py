@@ -210,10 +210,14 @@ class BuiltSchedule:
     simd_width: int = 32
     passes: int = 1  # passes over the row: one per reduction stage, plus one for row stores
     # "registers": multi-pass inputs stay in registers; "threadgroup": in threadgroup memory
-    # (rows too long for registers); "stream": re-read from memory; "none": one pass
+    # (rows too long for registers), wholly or past `staged_in_registers` elements a thread;
+    # "stream": re-read from memory; "none": one pass
     on_chip: str = "none"
     resident: tuple[str, ...] = ()  # inputs held on chip across passes (registers or staged)
     staged: tuple[str, ...] = ()  # of those, inputs held in threadgroup memory
+    # of each thread's elements of a staged input, how many (its first) stay in registers instead
+    # (0: all in threadgroup memory); a whole number of vectors, fewer than elements_per_thread
+    staged_in_registers: int = 0
     streamed: tuple[str, ...] = ()  # inputs read again from memory by a later pass
     # inputs only the write pass reads, loaded into registers during the first pass
     prefetched: tuple[str, ...] = ()
@@ -265,6 +269,14 @@ class BuiltSchedule:
         groups = -(-self.rows // (self.rows_per_group * self.rows_per_block))
         return groups * self.threadgroup_size
 
+    def staging(self) -> str:
+        """What the staged inputs keep where: all in threadgroup memory, or split with registers."""
+        names = ", ".join(self.staged)
+        if not self.staged_in_registers:
+            return f"{names} staged in threadgroup memory"
+        return (f"{names}: {self.staged_in_registers} of {self.elements_per_thread} elements a "
+                f"thread in registers, the rest in threadgroup memory")
+
     def describe(self) -> str:
         if self.kind == "pointwise":
             return (f"pointwise: {self.elements} elements, {self.vector_width} per thread, "
@@ -279,7 +291,7 @@ class BuiltSchedule:
                      f"kept per block" + " in threadgroup memory" * self.block_sums_shared)
         in_registers = [n for n in self.resident if n not in self.staged]
         parts = [f"{', '.join(in_registers)} resident in registers"] if in_registers else []
-        parts += [f"{', '.join(self.staged)} staged in threadgroup memory"] if self.staged else []
+        parts += [self.staging()] if self.staged else []
         parts += ([f"{', '.join(self.prefetched)} loaded in pass 1 for the write pass"]
                   if self.prefetched else [])
         if parts:

@@ -89,9 +89,9 @@ def _reason(s, chip: hw.Profile) -> str:
     threads = f"{s.threads_per_row * s.rows_per_group} threads"
     if s.on_chip == "threadgroup":
         return (f"rows of {s.row_length} miss the registers of the {chip.name}'s {threads}; "
-                f"{', '.join(s.staged)} staged in threadgroup memory instead of read again")
+                f"{s.staging()} instead of read again")
     if s.on_chip == "registers":
-        staged = f", {', '.join(s.staged)} in threadgroup memory" if s.staged else ""
+        staged = f", {s.staging()}" if s.staged else ""
         return (f"{', '.join(n for n in s.resident if n not in s.staged)} held in the registers "
                 f"of {threads} on the {chip.name} ({s.elements_per_thread} elements each){staged}")
     if s.on_chip == "stream":

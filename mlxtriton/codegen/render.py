@@ -147,6 +147,11 @@ class _Renderer:
         self.chunk_post: list[str] = []
         self.resident: dict[UOp, str] = {}  # LOAD -> register array (or threadgroup array)
         self.staged: set[UOp] = set()  # resident loads held in threadgroup memory
+        # staged loads whose first `staged_in_registers` elements a thread stay in registers:
+        # their register arrays; `part` says which of the two a chunk loop being written holds
+        self.split: dict[UOp, str] = {}
+        self.part: str | None = None  # "registers" | "threadgroup" | None (no split)
+        self.split_read = False  # whether the chunk loop being written reads a split load
         self.staging_bytes = 0  # bytes of the dialect's staging area the kernel uses
         self.loaded: set[UOp] = set()  # resident LOADs already filled
         self.store_vectors: dict[UOp, str] = {}
@@ -267,10 +272,20 @@ class _Renderer:
 
     def slot(self, u: UOp) -> str:
         """Where a resident load or kept value lives for this thread's current element: its
-        register, or its own slot of a threadgroup array (threads interleaved: no bank conflicts)."""
-        if u in self.staged:
-            return self.own_slot(self.resident[u], self.reg_index())
-        return f"{self.resident[u]}[{self.reg_index()}]"
+        register, or its own slot of a threadgroup array (threads interleaved: no bank conflicts).
+        A split staged load's first elements are registers, the rest slots: the chunk loop is
+        written once for each range (`part`), so the choice is made here, never in the kernel."""
+        element = self.reg_index()
+        if u not in self.staged:
+            return f"{self.resident[u]}[{element}]"
+        split = self.s.staged_in_registers
+        if not split:
+            return self.own_slot(self.resident[u], element)
+        assert self.part is not None, "a split staged load read outside a chunk loop"
+        self.split_read = True
+        if self.part == "registers":
+            return f"{self.split[u]}[{element}]"
+        return self.own_slot(self.resident[u], f"{element} - {split}")
 
     def own_slot(self, array: str, element: str) -> str:
         """This thread's ``element`` of a threadgroup array holding every thread's elements,
@@ -449,14 +464,21 @@ def _render_row(r: _KernelWriter) -> list[str]:
     r.lane_prologue = [f"const {it} mt_col = mt_col0 + mt_l;"] if V > 1 and col else []
 
     # inputs and computed values that stay on chip between passes: one register array each
+    split = s.staged_in_registers
     for u in r.k.toposort:
         if u.op is Ops.LOAD and u.arg.resident and u.src[0].arg.name in s.staged:
             name = r.tmp("mt_s")
             r.resident[u] = name
             r.staged.add(u)
-            lines += _threadgroup_array(r, u.dtype, name, C * V * s.threadgroup_size,
-                                        f"{u.src[0].arg.name}, staged in threadgroup memory "
-                                        "across passes")
+            if split:
+                r.split[u] = r.tmp("mt_r")
+                lines.append(f"{d.type(u.dtype)} {r.split[u]}[{split}];  // {u.src[0].arg.name}, "
+                             f"elements [0, {split}) of each thread in registers across passes")
+            lines += _threadgroup_array(r, u.dtype, name, (C * V - split) * s.threadgroup_size,
+                                        f"{u.src[0].arg.name}, "
+                                        + (f"elements [{split}, {C * V}) of each thread " if split
+                                           else "")
+                                        + "staged in threadgroup memory across passes")
         elif u.op is Ops.LOAD and u.arg.resident:
             name = r.tmp("mt_r")
             r.resident[u] = name
@@ -493,10 +515,10 @@ def _render_row(r: _KernelWriter) -> list[str]:
     row_stores = [st for st in _stores(r.k) if st.arg.access is Access.HOISTED]
     guard_col = L % (T * V) != 0
     # register arrays indexed by the chunk stay registers only in a fully unrolled loop
-    unroll_chunks = d.unroll if (set(r.resident) - r.staged) or blocks else (
+    unroll_chunks = d.unroll if (set(r.resident) - r.staged) or r.split or blocks else (
         d.unroll_by.format(n=s.unroll) if s.unroll > 1 and C > 1 else None)
 
-    def chunk_loop(body) -> list[str]:
+    def chunk_range(body, first: int, last: int) -> list[str]:
         block = r.element_block(body)
         col0 = (f"(static_cast<{it}>(mt_c) * {T} + mt_lane)" if C > 1 else
                 f"static_cast<{it}>(mt_lane)")
@@ -504,8 +526,28 @@ def _render_row(r: _KernelWriter) -> list[str]:
         inner = ([f"if (mt_col0 < {L}) {{"] + _indent(block) + ["}"]) if guard_col else block
         inner = _used([f"const {it} mt_col0 = {col0};"], inner) + inner
         if C > 1:
-            return _loop(f"for (int mt_c = 0; mt_c < {C}; ++mt_c)", inner, unroll_chunks)
+            return _loop(f"for (int mt_c = {first}; mt_c < {last}; ++mt_c)", inner, unroll_chunks)
         return ["{"] + _indent(inner) + ["}"]
+
+    def chunk_loop(body) -> list[str]:
+        if not r.split:
+            return chunk_range(body, 0, C)
+        # A split staged load: the chunks whose elements are its registers, then the rest, each
+        # loop written with its own slots; both fill what the pass loads first. A pass that
+        # reads no split load is written again as one loop.
+        before, filled, out = set(r.loaded), set(), []
+        r.split_read = False
+        for first, last, part, where in ((0, split // V, "registers", "registers"),
+                                         (split // V, C, "threadgroup", "threadgroup memory")):
+            r.loaded, r.part = set(before), part
+            out += [f"// elements [{first * V}, {last * V}): staged inputs in {where}"]
+            out += chunk_range(body, first, last)
+            filled |= r.loaded
+            if not r.split_read:
+                r.loaded, r.part = set(before), None
+                return chunk_range(body, 0, C)
+        r.loaded, r.part = filled, None
+        return out
 
     if hoisted:
         # loads the same for every row of the block (a norm's weight): read once, before them

@@ -13,6 +13,7 @@ May import the graph layer's dtypes, the hardware layer and the rest of codegen 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -43,9 +44,15 @@ class Schedule:
             memory). Further column strategies are further values.
         simd_width: Lanes of the device's SIMD-group (its reductions' shuffle width).
         registers: Inputs read by several passes that stay in registers between them.
-        staged: Inputs read by several passes that stay in threadgroup memory between them.
+        staged: Inputs read by several passes that stay in threadgroup memory between them,
+            each thread in its own slots (whatever the walk: no thread reads another's).
             Every other multi-pass input is read again from memory by each pass (streamed);
             an input a rewrite leaves to one pass is read once whatever is asked.
+        staged_in_registers: Of each thread's elements of a staged input, how many (its first,
+            whole vectors, fewer than it owns) stay in registers instead: the input split
+            between registers and threadgroup memory, so that a threadgroup takes less of each
+            and more fit a core (0: all in threadgroup memory). `default` never splits; the
+            tuner may.
         kept_registers: Registers per thread that resident inputs and computed values kept
             between passes may take at each pass boundary (0: nothing computed is kept); also
             the room `prefetch` loads within.
@@ -80,6 +87,7 @@ class Schedule:
     simd_width: int = 32
     registers: tuple[str, ...] = ()
     staged: tuple[str, ...] = ()
+    staged_in_registers: int = 0
     kept_registers: int = 0
     prefetch: bool = False
     block_sums_shared: bool = False
@@ -112,7 +120,9 @@ class Schedule:
             text = f"pointwise: vector {self.vector_width}, threadgroup {self.threadgroup_size}"
         else:
             held = [f"registers {','.join(self.registers)}"] if self.registers else []
-            held += [f"staged {','.join(self.staged)}"] if self.staged else []
+            held += [f"staged {','.join(self.staged)}" + (
+                f" (first {self.staged_in_registers} elements a thread in registers)"
+                if self.staged_in_registers else "")] if self.staged else []
             text = (f"row: {self.threads_per_row} threads/row x {self.rows_per_group} rows, vector "
                     f"{self.vector_width}, {self.walk}; " + ("; ".join(held) or "streamed"))
             if self.kept_registers:
@@ -553,7 +563,9 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
 
     budget, kept_budget = _budgets(a, n, V, T, G, row_cap, on_chip)
     # what does not fit the registers may fit threadgroup memory: each thread stages its own
-    # elements there between passes (no thread reads another's, so no barrier)
+    # elements there between passes (no thread reads another's, so no barrier); a column
+    # reduction's staging, whole or split with registers, is a candidate the rules never pick
+    # (not measured: the tuner times it)
     staging = staging_limit(n, T, T * G) if budget and not interleaved else 0
 
     def group_bytes(u: UOp) -> int:
@@ -641,11 +653,42 @@ def staged_bytes(a: Analysis, s: Schedule) -> int:
         return 0
     C = -(-(a.length // s.vector_width) // s.threads_per_row)
     count = C * s.vector_width * s.threads_per_row * s.rows_per_group
-    sizes = dict(zip(param_names(a.region)[0], (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
-    total = sum(-(-count * sizes[n] // 16) * 16 for n in s.staged)
+    total = _staged_bytes(a, s.staged, (C * s.vector_width - s.staged_in_registers)
+                          * s.threads_per_row * s.rows_per_group)
     if s.block_sums_shared:
         total += a.blocks * (-(-count * 4 // 16) * 16)
     return total
+
+
+def _staged_bytes(a: Analysis, staged: tuple[str, ...], count: int) -> int:
+    """Threadgroup memory of ``count`` elements of each staged input, 16-byte aligned arrays."""
+    sizes = dict(zip(param_names(a.region)[0],
+                     (_dtypes.itemsize(i.dtype) for i in a.region.inputs)))
+    return sum(-(-count * sizes[n] // 16) * 16 for n in staged)
+
+
+@functools.lru_cache(maxsize=64)
+def _partials_bytes(a: Analysis) -> int:
+    """Bytes of partial results each thread of an interleaved walk leaves in threadgroup memory
+    (`render._combine_interleaved`: a slot per thread and accumulator of every reduction, a max
+    that an online max-and-sum computes taking none), the most of the reductions' forms with the
+    rows held in registers or not."""
+    stores, multi = list(a.stores), set(P.multi_pass_loads(list(a.stores)))
+    most = 0
+    for resident in (set(), multi):
+        rewritten = P.rewrite_reduces(stores, resident, centred=a.column_walk)
+        reduces = {u for st in rewritten for u in st.toposort if u.op is Ops.REDUCE}
+        online = {u.src[0] for u in reduces if u.arg == "sumexp"}
+
+        def size(u: UOp) -> int:
+            value = _dtypes.itemsize(u.src[0].dtype)
+            if u.arg == "max" and u.src[0] in online:
+                return 0
+            return {"argmax": value + 4, "argmin": value + 4, "sumexp": 2 * value,
+                    "sqdev": 12}.get(u.arg, _dtypes.itemsize(u.dtype))
+
+        most = max(most, sum(size(u) for u in reduces))
+    return most
 
 
 def legal(region: Region, schedule: Schedule, target: hw.Target) -> str | None:
@@ -690,15 +733,15 @@ def legal(region: Region, schedule: Schedule, target: hw.Target) -> str | None:
             return "a column reduction's rows are neighbours in memory: its lanes interleave"
         if s.walk == "interleaved" and not a.column_walk:
             return "an interleaved walk serves a column reduction only"
-        if s.walk == "interleaved" and s.staged:
-            return "an interleaved walk stages nothing"
         if s.threads_per_row <= s.simd_width and s.threads_per_row & (s.threads_per_row - 1):
             return f"{s.threads_per_row} threads per row: rows sharing a SIMD-group take a power of two"
         if s.threads_per_row > s.simd_width and s.threads_per_row % s.simd_width:
             return f"{s.threads_per_row} threads per row: whole SIMD-groups above one"
         if s.threads_per_row > s.simd_width and s.rows_per_group != 1 and s.walk == "row":
             return "a row of several SIMD-groups has its threadgroup to itself"
-        used, room = staged_bytes(a, s), staging_limit(n, s.threads_per_row, threads)
+        used = staged_bytes(a, s)
+        room = (max(0, n.threadgroup_memory_bytes - threads * _partials_bytes(a))
+                if s.walk == "interleaved" else staging_limit(n, s.threads_per_row, threads))
         if used > room:
             return (f"{used} bytes of threadgroup memory staged: the device leaves {room} beside "
                     f"the reductions' scratch")
@@ -805,8 +848,6 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
             staged = tuple(m for m, p in zip(multi, placement) if p == "staged")
             if sum(regs[m] for m in held) > 2 * n.max_resident_registers:
                 continue  # registers past twice a capped row's: the compiler spills
-            if staged and walk == "interleaved":
-                continue
             streams = len(held) < len(multi)
             # a loop reading its row from memory (streamed, or one pass) may unroll: more loads
             # in flight per thread
@@ -819,12 +860,45 @@ def _row_space(a: Analysis, n: _Numbers, target: hw.Target, on_chip: bool, first
                     (True, False) if row_scalars else (t.hoist_row_loads,),
                     (True, False) if shared_loads else (t.hoist_block_loads,),
                     (False, True) if a.blocks and on_chip else (False,)):
-                yield Schedule(
-                    kind="row", vector_width=V, threads_per_row=T, rows_per_group=G, walk=walk,
-                    simd_width=W, registers=held, staged=staged, kept_registers=kept,
-                    prefetch=prefetch, block_sums_shared=shared, unroll=unroll,
-                    online_chunked=chunk, hoist_row_loads=hoist_row, hoist_block_loads=hoist_block,
-                    **_bound(T * G, n, bool(a.blocks)))
+                for split, bound in _splits(a, n, V, T, G, walk, held, staged, regs, sizes):
+                    if split and unroll != 1:
+                        continue  # a split's register arrays unroll its chunk loops whole
+                    yield Schedule(
+                        kind="row", vector_width=V, threads_per_row=T, rows_per_group=G, walk=walk,
+                        simd_width=W, registers=held, staged=staged, staged_in_registers=split,
+                        kept_registers=kept, prefetch=prefetch, block_sums_shared=shared,
+                        unroll=unroll, online_chunked=chunk, hoist_row_loads=hoist_row,
+                        hoist_block_loads=hoist_block, **bound)
+
+
+def _splits(a: Analysis, n: _Numbers, V: int, T: int, G: int, walk: str, held: tuple[str, ...],
+            staged: tuple[str, ...], regs: dict[str, int], sizes: dict[str, int]):
+    """(staged elements a thread keeps in registers, launch bound) to try for one layout and
+    placement: everything staged in threadgroup memory; and for a column reduction (an
+    interleaved walk) whose column stays on chip, half and a quarter of each thread's staged
+    elements in registers, so that a threadgroup takes less of both and two may share a core.
+    Each split comes as it is and, where the chip takes a launch bound and two threadgroups'
+    threadgroup memory fits a core, bounded for two threadgroups per core (the compiler then
+    keeps a thread within half the registers one threadgroup would have)."""
+    threads = T * G
+    plain = _bound(threads, n, bool(a.blocks))
+    yield 0, plain
+    if walk != "interleaved" or not staged:
+        return
+    owned = -(-(a.length // V) // T) * V
+    for split in sorted({owned // 2 // V * V, owned // 4 // V * V}, reverse=True):
+        if not 0 < split < owned:
+            continue
+        in_registers = (sum(regs[m] for m in held)
+                        + sum(-(-split * sizes[m] // 4) for m in staged))
+        if in_registers > 2 * n.max_resident_registers:
+            continue  # as a placement's registers: past twice a capped row's, the compiler spills
+        yield split, plain
+        shared = _staged_bytes(a, staged, (owned - split) * threads) + threads * _partials_bytes(a)
+        # only a chip whose compiler takes a launch bound has threads per core to ask for (Metal
+        # sizes registers per pipeline: none)
+        if n.block_threads_per_core and 2 * shared <= n.core_threadgroup_memory_bytes:
+            yield split, dict(launch_bound=threads, launch_min_groups=2)
 
 
 __all__ = ["DEFAULT_CHIP", "Schedule", "ScheduleError", "attention_blocks", "projection_candidates",

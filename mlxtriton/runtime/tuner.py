@@ -243,8 +243,9 @@ class ScheduleCache:
 # Axes of the schedule space: a neighbour of a schedule differs in exactly one.
 AXES = (("vector_width",), ("threads_per_row", "rows_per_group", "walk", "threadgroup_size",
                              "launch_bound", "launch_min_groups"),
-         ("registers", "staged"), ("kept_registers",), ("prefetch",), ("block_sums_shared",),
-         ("unroll",), ("online_chunked",), ("hoist_row_loads",), ("hoist_block_loads",))
+        ("registers", "staged", "staged_in_registers"), ("kept_registers",), ("prefetch",),
+        ("block_sums_shared",), ("unroll",), ("online_chunked",), ("hoist_row_loads",),
+        ("hoist_block_loads",))
 
 
 def distance(a: Schedule, b: Schedule) -> int:
