@@ -311,6 +311,30 @@ def softmax_transposed(shape=(100, 6), dtype="float32") -> Region:
     return b.build([b.op("Softmax", b.op("Transpose", x, axes=(1, 0)))])
 
 
+def softmax_columns(shape=(100, 6), dtype="float32") -> Region:
+    """Softmax over axis 0, as ``mx.softmax(x, axis=0)`` decomposes: a column reduction read in
+    several passes (a column kernel that may hold its column on chip)."""
+    b = RegionBuilder("softmaxcolumns")
+    xf = b.op("AsType", b.input(shape, dtype, "x"), dtype="float32")
+    m = b.op("Broadcast", b.op("Reduce", xf, kind="max", axes=(0,)), shape=shape)
+    e = b.op("Exp", b.op("Subtract", xf, m))
+    s = b.op("Broadcast", b.op("Reduce", e, kind="sum", axes=(0,)), shape=shape)
+    return b.build([b.op("AsType", b.op("Divide", e, s), dtype=dtype)])
+
+
+def softmax_weighted(shape=(6, 100), dtype="float32") -> Region:
+    """exp(x - max x) / sum(exp(x - max x) * y) + y over rows: two inputs read in several passes,
+    and exp(x - max x), worth keeping, computed in one pass and read in the next."""
+    b = RegionBuilder("softmaxweighted")
+    x, y = b.input(shape, dtype, "x"), b.input(shape, dtype, "y")
+    xf, yf = (b.op("AsType", v, dtype="float32") for v in (x, y))
+    m = b.op("Broadcast", b.op("Reduce", xf, kind="max", axes=(1,)), shape=shape)
+    e = b.op("Exp", b.op("Subtract", xf, m))
+    weighted = b.op("Reduce", b.op("Multiply", e, yf), kind="sum", axes=(1,))
+    s = b.op("Broadcast", weighted, shape=shape)
+    return b.build([b.op("AsType", b.op("Add", b.op("Divide", e, s), yf), dtype=dtype)])
+
+
 def channel_statistics(shape=(4, 6, 8), dtype="float32") -> Region:
     """Per-channel sums and sums of squares over every axis but the last (NHWC statistics)."""
     b = RegionBuilder("channelstats")
@@ -361,7 +385,7 @@ FAMILIES = {
 }
 # Reductions not over the last axis, whose kernels walk columns: shapes of any rank.
 COLUMN_FAMILIES = {"softmaxtransposed": softmax_transposed, "channelstats": channel_statistics,
-                   "channelmoments": channel_moments}
+                   "channelmoments": channel_moments, "softmaxcolumns": softmax_columns}
 
 
 def random_inputs(region: Region, seed: int = 0, scale: float = 3.0) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ import dataclasses
 from mlxtriton import hw
 from mlxtriton.codegen.builder import build
 from mlxtriton.codegen.region import Region
-from mlxtriton.codegen.schedule import Schedule, default, kernel_target
+from mlxtriton.codegen.schedule import Schedule, candidates, default, kernel_target
 
 _TINY = dataclasses.replace(hw.profile("m1"), key="tiny", name="tiny", max_threads_per_threadgroup=64,
                             max_vector_lanes=2, max_vector_bytes=8)
@@ -38,6 +38,27 @@ def schedule(region: Region, chip: str) -> Schedule:
 def built(region: Region, chip: str):
     """The kernel of ``region`` under its default schedule for ``chip``."""
     return build(region, schedule(region, chip))
+
+
+def split_schedule(region: Region, chip: str) -> Schedule:
+    """The default layout of a column reduction with its column staged, half of each lane's
+    elements in registers (`Schedule.staged_in_registers`), bounded for two threadgroups per core
+    where the chip takes a bound: one of its candidates."""
+    t = target(chip)
+    base = default(region, t)
+    owned = build(region, base).arg.elements_per_thread
+    layout = (base.threads_per_row, base.rows_per_group)
+    found = [s for s in candidates(region, t) if s.staged_in_registers == owned // 2
+             and (s.threads_per_row, s.rows_per_group) == layout]
+    return max(found, key=lambda s: (s.launch_min_groups, -s.kept_registers))
+
+
+def split_beside_kept(region: Region, chip: str) -> Schedule:
+    """`oracle.softmax_weighted`'s default with x in registers and y split: its first two
+    vectors a thread in registers, the rest in threadgroup memory."""
+    base = default(region, target(chip))
+    return dataclasses.replace(base, registers=("x",), staged=("y",),
+                               staged_in_registers=2 * base.vector_width)
 
 
 @contextlib.contextmanager

@@ -36,12 +36,13 @@ from tests.codegen import codegen_oracle as oracle
 from tests.codegen import test_attention as attention_cases
 from tests.codegen import test_ops_mlx as ops_mlx
 from tests.codegen import test_projection as projection_cases
-from tests.codegen.targets import built, target
+from tests.codegen.targets import built, split_beside_kept, split_schedule, target
 from tests.codegen.test_golden import CASES as GOLDEN_CASES
 from tests.codegen.test_interpret import LENGTHS, ROW_FAMILIES
 from tests.codegen.test_launch import _special_rows
-from tests.codegen.test_metal_emulated import (CASES, CASTS, OPS, SPECIAL, TRUTH, _inputs, _op_region,
-                                               check)
+from tests.codegen.test_metal_emulated import (CASES, CASTS, OPS, SPECIAL, SPLIT, TRUTH, _inputs,
+                                               _op_region, check)
+from tests.codegen.test_schedule import split_column_softmax
 
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
@@ -207,6 +208,49 @@ def test_casts_as_cuda_match_the_interpreter(src, dst, small_kernels):
     kernel = small_kernels[src, dst]
     (got,) = emulator.run(kernel, [x])
     np.testing.assert_array_equal(got, interpret(kernel.kernel, [x])[0])
+
+
+# -- a held column split between registers and shared memory (Schedule.staged_in_registers) ------
+
+@pytest.mark.parametrize("name", sorted(SPLIT))
+def test_a_split_column_runs_as_cuda(name):
+    region = SPLIT[name]
+    chosen = split_schedule(region, "h100")
+    assert (chosen.staged_in_registers, chosen.launch_min_groups) == (31, 2)
+    kernel = render(build(region, chosen), "cuda")
+    assert kernel.kernel.arg.staged_in_registers == 31
+    check(kernel, region, oracle.random_inputs(region, seed=8))
+
+
+def test_a_split_beside_kept_values_runs_as_cuda():
+    region = oracle.softmax_weighted(shape=(6, 1000))
+    kernel = render(build(region, split_beside_kept(region, "h100")), "cuda")
+    built = kernel.kernel.arg
+    assert built.kept and built.staged == ("y",) and built.staged_in_registers == 8
+    check(kernel, region, oracle.random_inputs(region, seed=10))
+
+
+def test_a_split_column_softmax_declares_its_shared_memory_and_launch_bound():
+    region, half = split_column_softmax()
+    kernel = render(build(region, half), "cuda")
+    # 32 float32 of each of 512 threads: past 48,000 bytes, which MLX opts the kernel into
+    assert dict(kernel.options)["shared_memory"] == 32 * 512 * 4
+    assert "extern __shared__ __align__(16) unsigned char mt_stage[];" in kernel.source
+    assert re.search(r"float\* mt_s\d+ = reinterpret_cast<float\*>\(mt_stage \+ 0\);",
+                     kernel.source)
+    assert re.search(r"\nfloat mt_r\d+\[32\];", kernel.source)
+    assert kernel.header.endswith(
+        "#define __global__ __attribute__((global)) __launch_bounds__(512, 2)\n")
+    # three of its 2048 blocks, launched as MLX launches them (a block past its launch bound or
+    # past 227 KB of shared memory would fail)
+    groups = [0, 1, 2047]
+    columns = [c for g in groups for c in range(8 * g, 8 * g + 8)]
+    sample = oracle.random_inputs(oracle.softmax_columns(shape=(4096, len(columns))), seed=9)[0]
+    x = np.zeros((4096, 16384), np.float32)  # pages the sample does not touch stay unmapped
+    x[:, columns] = sample
+    (got,) = emulator.run(kernel, [x], groups=groups)
+    (want,) = oracle.evaluate(oracle.softmax_columns(shape=(4096, len(columns))), [sample])
+    oracle.assert_close(got[:, columns], want, "float32", scale=4.0)
 
 
 # -- planted bugs: the checks above fail on a broken CUDA rendering ------------------------------

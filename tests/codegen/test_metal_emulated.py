@@ -29,7 +29,7 @@ from tests.codegen import codegen_oracle as oracle
 from tests.codegen import test_ops_mlx as ops_mlx
 from tests.codegen.test_checks import _extra_regions
 from tests.codegen.test_golden import CASES as GOLDEN_CASES
-from tests.codegen.targets import built, target
+from tests.codegen.targets import built, split_beside_kept, split_schedule, target
 from tests.codegen.test_interpret import LENGTHS, ROW_FAMILIES
 from tests.codegen.test_launch import CASES as DEVICE_CASES
 from tests.codegen.test_launch import _special_rows
@@ -147,6 +147,32 @@ def test_streamed_column_variances_take_one_pass_as_metal(shape):
         check(kernel, region, oracle.random_inputs(region, seed=len(shape)))
         var = np.asarray(emulator.run(kernel, [x])[1], np.float64).reshape(-1)
         np.testing.assert_allclose(var, want_var, rtol=1e-3, atol=1e-4)  # naive: errors near 0.1
+
+
+# A held column split between registers and threadgroup memory (Schedule.staged_in_registers):
+# columns of 250 (4 lanes of 63 elements, the last lane's last past the end) in threadgroups of 32
+# columns, the second of 40 part empty; float32 and bfloat16.
+SPLIT = {f"{family}-{dtype}": oracle.COLUMN_FAMILIES[family](shape=shape, dtype=dtype)
+         for family, shape in (("softmaxcolumns", (250, 40)), ("channelmoments", (5, 50, 40)))
+         for dtype in ("float32", "bfloat16")}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT))
+def test_a_split_column_runs_as_metal(name):
+    region = SPLIT[name]
+    chosen = split_schedule(region, "metal")
+    assert chosen.staged_in_registers == 31 and not chosen.launch_bound  # Metal takes no bound
+    kernel = render(build(region, chosen), "metal")
+    assert kernel.kernel.arg.staged_in_registers == 31
+    check(kernel, region, oracle.random_inputs(region, seed=8))
+
+
+def test_a_split_beside_kept_values_runs_as_metal():
+    region = oracle.softmax_weighted(shape=(6, 1000))
+    kernel = render(build(region, split_beside_kept(region, "metal")), "metal")
+    built = kernel.kernel.arg
+    assert built.kept and built.staged == ("y",) and built.staged_in_registers == 8
+    check(kernel, region, oracle.random_inputs(region, seed=10))
 
 
 def test_an_integer_division_by_zero_is_reported():

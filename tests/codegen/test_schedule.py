@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlxtriton import hw
-from mlxtriton.codegen.builder import ScheduleError, build
+from mlxtriton.codegen.builder import ScheduleError, analyse, build
 from mlxtriton.codegen.interpret import interpret
 from mlxtriton.codegen.kernel_ir import kernel_params
-from mlxtriton.codegen.schedule import Schedule, candidates, default, legal
+from mlxtriton.codegen.schedule import Schedule, candidates, default, legal, staged_bytes
 from tests.codegen import codegen_oracle as oracle
 from tests.codegen.targets import TARGETS, target
 
@@ -170,3 +170,74 @@ def test_without_the_cache_pass_every_candidate_streams():
     region = oracle.layer_norm(shape=(8, 1024))
     for s in candidates(region, target("h200"), on_chip=False):
         assert not s.registers and not s.staged and not s.kept_registers
+
+
+def split_column_softmax(chip: str = "h100", in_registers: int = 32):
+    """Softmax over axis 0 of 4096 x 16384 float32 (the column kernel of docs/results.md) and its
+    default's layout with ``in_registers`` of each lane's 64 elements in registers, the rest in
+    threadgroup memory, bounded for two threadgroups per core."""
+    region = oracle.softmax_columns(shape=(4096, 16384))
+    base = default(region, target(chip))
+    return region, dataclasses.replace(base, registers=(), staged=("x",),
+                                       staged_in_registers=in_registers, launch_bound=512,
+                                       launch_min_groups=2)
+
+
+def test_a_held_column_may_be_split_between_registers_and_threadgroup_memory():
+    region, half = split_column_softmax()
+    t = target("h100")
+    base = default(region, t)
+    # the default holds the column in registers: 64 lanes x 8 columns, 64 values a lane
+    assert (base.threads_per_row, base.rows_per_group, base.walk) == (64, 8, "interleaved")
+    assert base.registers == ("x",) and not base.staged and base.staged_in_registers == 0
+    found = candidates(region, t)
+    assert found[0] == base
+    splits = {(s.staged_in_registers, s.launch_bound, s.launch_min_groups) for s in found
+              if s.staged and (s.threads_per_row, s.rows_per_group) == (64, 8)}
+    assert {(0, 0, 0), (32, 0, 0), (32, 512, 2), (16, 0, 0), (16, 512, 2)} <= splits
+    assert half in found and legal(region, half, t) is None
+    # 32 float32 a thread of 512 in threadgroup memory: 64 KB, two threadgroups within an SM's
+    # 228 KB
+    a = analyse(region)
+    assert staged_bytes(a, half) == 32 * 512 * 4
+    assert staged_bytes(a, dataclasses.replace(half, staged_in_registers=16)) == 48 * 512 * 4
+    built = build(region, half).arg
+    assert (built.on_chip, built.staged, built.staged_in_registers) == ("threadgroup", ("x",), 32)
+    assert ("x: 32 of 64 elements a thread in registers, the rest in threadgroup memory"
+            in built.describe())
+    assert "staged x (first 32 elements a thread in registers)" in half.describe()
+    assert Schedule.from_dict(json.loads(json.dumps(half.as_dict()))) == half
+
+
+def test_an_inconsistent_split_is_refused():
+    region, half = split_column_softmax()
+    t = target("h100")
+    for change, message in ((dict(staged=()), "but nothing is staged"),
+                            (dict(staged_in_registers=64), "none left to stage"),
+                            (dict(staged_in_registers=-1), "-1 staged elements")):
+        with pytest.raises(ScheduleError, match=message):
+            build(region, dataclasses.replace(half, **change))
+        assert message in legal(region, dataclasses.replace(half, **change), t)
+    # a vector is split whole
+    rows = oracle.softmax(shape=(8, 4096))
+    s = dataclasses.replace(default(rows, t), registers=(), staged=("x",), staged_in_registers=6)
+    assert s.vector_width == 4 and "not whole vectors of 4" in legal(rows, s, t)
+    # more than the device's threadgroup memory: an M3 has 32 KB
+    region, split = split_column_softmax("metal")
+    assert "bytes of threadgroup memory staged" in legal(region, split, target("metal"))
+    assert not any(s.staged for s in candidates(region, target("metal"))
+                   if (s.threads_per_row, s.rows_per_group) == (64, 8))
+
+
+@pytest.mark.parametrize("family", ["softmaxcolumns", "channelmoments"])
+def test_every_split_of_a_small_column_reduction_matches_the_oracle(family):
+    """Each distinct kernel of the split candidates (the property tests above sample them too)."""
+    region = oracle.COLUMN_FAMILIES[family](shape=(33, 5))
+    kernels = {}
+    for s in candidates(region, target("cuda")):
+        if s.staged_in_registers:
+            kernels.setdefault(build(region, s), s)
+    assert any(s.launch_min_groups == 2 for s in kernels.values())
+    assert len({k.arg.staged_in_registers for k in kernels}) > 2
+    for s in kernels.values():
+        _check(region, s)

@@ -328,3 +328,28 @@ def test_the_interpreter_leaves_a_template_kernel_at_its_default(tmp_path):
     kernel, _ = lower_fused(_projection_region(), kernel_target("h200"),
                             _tuner(tmp_path, tuner_lib.InterpreterTimer()).choose)
     assert kernel.origin == "default" and kernel.threadgroup == (128, 1, 1)
+
+
+def test_the_search_reaches_a_split_column_bounded_for_two_threadgroups_a_core(tmp_path):
+    # The column softmax's column split between registers and threadgroup memory is one choice
+    # away from the default (held in registers); its launch bound for two threadgroups per core
+    # one more. A device on which the split pays, and pays more bounded.
+    region = oracle.softmax_columns(shape=(4096, 16384))
+    h100 = hw.target("h100")
+    start = default(region, h100)
+    assert start.registers and not start.staged_in_registers
+
+    class FavoursSplitColumns:
+        device = "fake-gpu"
+
+        def time(self, kernel):
+            s = kernel.kernel.arg
+            if s.staged_in_registers and (s.threads_per_row, s.rows_per_group) == (64, 8):
+                return 0.6e-3 if s.launch_min_groups == 2 else 0.9e-3
+            return 1e-3 if s.resident and not s.staged else 1.1e-3
+
+    tuner = _tuner(tmp_path, FavoursSplitColumns(), max_candidates=1000, budget_s=600)
+    found = tuner.tune(region, h100)
+    assert found.best.staged == ("x",) and found.best.staged_in_registers in (16, 32)
+    assert (found.best.launch_bound, found.best.launch_min_groups) == (512, 2)
+    assert tuner_lib.distance(found.best, start) == 2 and found.speedup > 1.6
