@@ -10,6 +10,7 @@ body } }``. ``cuda_include/mlx/backend/cuda/device/utils.cuh`` stands in for MLX
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -73,3 +74,26 @@ def compile_errors(kernels: list[LoweredKernel], arch: str = "sm_90", batch: boo
                "-I", str(INCLUDE), "--output-directory", tmp, *files]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         return "" if proc.returncode == 0 else (proc.stdout + proc.stderr)
+
+
+def resource_usage(kernel: LoweredKernel, arch: str = "sm_90") -> dict[str, int]:
+    """What ptxas allots the kernel compiled as MLX compiles it: ``registers`` a thread,
+    ``spilled`` bytes (spill stores and loads), ``static_shared`` bytes (the kernel's dynamic
+    shared memory, `LoweredKernel.options`' ``shared_memory``, comes on top)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "unit.cu"
+        path.write_text(wrapped_source(kernel))
+        cmd = [nvcc(), f"-arch={arch}", "-std=c++17", "-cubin", "-Xptxas", "-v", "-I", str(INCLUDE),
+               "-o", str(pathlib.Path(tmp) / "unit.cubin"), str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise RuntimeError(f"nvcc failed on {kernel.name}:\n{text}")
+
+    def number(pattern: str) -> int:
+        found = re.search(pattern, text)
+        return int(found.group(1)) if found else 0
+
+    return {"registers": number(r"Used (\d+) registers"),
+            "spilled": number(r"(\d+) bytes spill stores") + number(r"(\d+) bytes spill loads"),
+            "static_shared": number(r"(\d+) bytes smem")}

@@ -141,3 +141,35 @@ def test_rendering_is_deterministic_and_names_follow_source():
     streamed = default(oracle.layer_norm(), dialect_target("cuda"), on_chip=False)
     other = render(build(oracle.layer_norm(), streamed), "cuda")
     assert other.source != a.source and other.name != a.name  # MLX caches kernels by name
+
+
+def _resident_blocks(usage: dict, dynamic_shared: int, threads: int, chip) -> int:
+    """Blocks of ``threads`` one SM of ``chip`` holds with ptxas's ``usage``: registers allotted
+    per warp in units of 256, shared memory with the 1 KB the driver reserves per block (CUDA C++
+    Programming Guide, compute capability 9.0)."""
+    per_warp = -(-usage["registers"] * 32 // 256) * 256
+    by_registers = chip.registers_per_sm // (per_warp * -(-threads // 32))
+    shared = usage["static_shared"] + dynamic_shared + 1024
+    return min(by_registers, chip.shared_memory_per_sm_bytes // shared)
+
+
+@needs_nvcc
+def test_a_split_column_softmax_fits_two_threadgroups_an_sm():
+    """The column softmax holding its column in registers takes an H100 SM to itself; with half of
+    each lane's column in shared memory (`Schedule.staged_in_registers`, bounded for two) two
+    share one, and neither spills."""
+    from mlxtriton import hw
+    from mlxtriton.codegen.builder import build
+    from mlxtriton.codegen.render import render
+    from mlxtriton.codegen.schedule import default
+    from tests.codegen.targets import target
+    from tests.codegen.test_schedule import split_column_softmax
+
+    region, half = split_column_softmax()
+    chip = hw.profile("h100")
+    held = render(build(region, default(region, target("h100"))), "cuda")
+    split = render(build(region, half), "cuda")
+    usage = {k.name: cuda_check.resource_usage(k) for k in (held, split)}
+    assert all(u["spilled"] == 0 for u in usage.values()), usage
+    assert _resident_blocks(usage[held.name], 0, 512, chip) == 1, usage
+    assert _resident_blocks(usage[split.name], dict(split.options)["shared_memory"], 512, chip) == 2, usage
