@@ -182,8 +182,9 @@ def run_passes(graph: Graph, passes: frozenset[str], target: Any, kernels: hw.Ta
 
 # Quantized weights met by float16 activations: on a CUDA GPU such a program runs as traced (MLX's
 # ops), since a float16 4-bit llama's prefill gave zero logits through the optimised path there
-# (tests/device/test_projection_gpu.py), a fault not yet found; bfloat16 with quantized weights
-# gives plain mlx-lm's tokens.
+# (tests/device/test_projection_gpu.py), a fault not yet found (the kernels of that program are
+# right in the kernel emulator as CUDA: docs/design.md); bfloat16 with quantized weights gives
+# plain mlx-lm's tokens.
 
 
 def _unverified_on_device(graph: Graph, target: hw.Target) -> str | None:
