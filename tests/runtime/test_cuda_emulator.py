@@ -12,36 +12,23 @@ import pytest
 
 from mlxtriton.codegen.render import LoweredKernel, lower
 from mlxtriton.runtime import emulator
-from mlxtriton.runtime.emulator import CudaEmulatorError, TranslationError
+from mlxtriton.runtime.emulator import TranslationError
 from tests.codegen import codegen_oracle as oracle
 from tests.codegen import cuda_check
+from tests.runtime import handwritten
+from tests.runtime.handwritten import SPECIAL, X64, fails
 
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
-HEADER = "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n"
+HEADER = handwritten.HEADERS["cuda"]
 
 
 def kernel(source: str, inputs: dict, outputs: dict, grid, threadgroup, name: str = "k",
            header: str = HEADER, shared_memory: int = 0, **fields) -> LoweredKernel:
-    """A hand-written CUDA kernel: ``inputs`` / ``outputs`` map names to (shape, dtype)."""
-    return LoweredKernel(
-        target="cuda", name=f"test_{name}", input_names=tuple(inputs), output_names=tuple(outputs),
-        source=source, header=header, ensure_row_contiguous=True, grid=tuple(grid),
-        threadgroup=tuple(threadgroup), output_shapes=tuple(s for s, _ in outputs.values()),
-        output_dtypes=tuple(d for _, d in outputs.values()),
-        input_shapes=tuple(s for s, _ in inputs.values()),
-        input_dtypes=tuple(d for _, d in inputs.values()),
-        options=(("shared_memory", shared_memory),), **fields)
-
-
-def fails(k: LoweredKernel, inputs, *messages: str) -> str:
-    with pytest.raises(CudaEmulatorError) as info:
-        emulator.run(k, inputs)
-    text = str(info.value)
-    assert f"kernel {k.name}" in text
-    for m in messages:
-        assert m in text, text
-    return text
+    """A hand-written CUDA kernel (`handwritten.kernel`) launched with ``shared_memory`` bytes of
+    dynamic shared memory."""
+    return handwritten.kernel("cuda", source, inputs, outputs, grid, threadgroup, name, header,
+                              options=(("shared_memory", shared_memory),), **fields)
 
 
 # -- MLX's translation unit, reproduced --------------------------------------------------------------
@@ -178,12 +165,9 @@ def _shared(body: str, name: str, threads: int = 64, **fields) -> LoweredKernel:
                   (threads, 1, 1), (threads, 1, 1), name=name, **fields)
 
 
-_X64 = [np.arange(64, dtype=np.float32)]
-
-
 def test_shared_memory_with_syncthreads_is_shared():
     k = _shared("s[t] = x[t];\n__syncthreads();\nout[t] = s[63 - t];\n", "ok")
-    np.testing.assert_array_equal(emulator.run(k, _X64)[0], 63 - _X64[0])
+    np.testing.assert_array_equal(emulator.run(k, X64)[0], 63 - X64[0])
 
 
 @pytest.mark.parametrize("name,body,message", [
@@ -197,7 +181,7 @@ def test_shared_memory_with_syncthreads_is_shared():
      "is not reached by every thread of the block: thread 16 exited before it"),
 ])
 def test_shared_memory_misuse_fails(name, body, message):
-    fails(_shared(body, name.replace(" ", "_")), _X64, message)
+    fails(_shared(body, name.replace(" ", "_")), X64, message)
 
 
 def test_dynamic_shared_memory_is_checked_per_byte():
@@ -207,24 +191,24 @@ def test_dynamic_shared_memory_is_checked_per_byte():
            "f[t] = x[t];\n__syncthreads();\nout[t] = f[63 - t];\n")
     k = kernel(src, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
                name="dynamic", shared_memory=512)
-    np.testing.assert_array_equal(emulator.run(k, _X64)[0], 63 - _X64[0])
+    np.testing.assert_array_equal(emulator.run(k, X64)[0], 63 - X64[0])
     # 256 + 64 * 4 bytes: 512 is just enough; 511 is not
     small = kernel(src, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
                    name="dynamic", shared_memory=511)
-    fails(small, _X64, "out-of-bounds write of shared memory area: 4 bytes at byte 508 of its 511 bytes")
+    fails(small, X64, "out-of-bounds write of shared memory area: 4 bytes at byte 508 of its 511 bytes")
     halves = src.replace("float* f", "__half* h").replace("reinterpret_cast<float*>", "reinterpret_cast<__half*>")
     halves = halves.replace("f[t] = x[t];\n__syncthreads();\nout[t] = f[63 - t];",
                             "h[t] = __float2half(x[t]);\n__syncthreads();\n"
                             "out[t] = reinterpret_cast<const float*>(area + 256)[t / 2];")
     torn = kernel(halves, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
                   name="torn", shared_memory=512)
-    assert emulator.run(torn, _X64)[0].dtype == np.float32  # a float read of two halves' bytes
+    assert emulator.run(torn, X64)[0].dtype == np.float32  # a float read of two halves' bytes
     # threads 2 and 3 read the float that threads 0 and 1 wrote as halves, with no barrier between
     racy = halves.replace("__syncthreads();\n", "").replace(
         "out[t] = reinterpret_cast<const float*>(area + 256)[t / 2];",
         "out[t] = t < 2 ? 0.0f : reinterpret_cast<const float*>(area + 256)[t / 2 - 1];")
     fails(kernel(racy, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
-                 name="racy", shared_memory=512), _X64,
+                 name="racy", shared_memory=512), X64,
           "race on shared memory area[byte 256]: thread 2 reads what thread 0 wrote")
 
 
@@ -241,40 +225,22 @@ def test_shared_memory_limits_are_the_h100s():
 
 # -- numbers -----------------------------------------------------------------------------------------
 
-_SPECIAL = np.array([0.0, -0.0, 1.0, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 1.0 + 2.0 ** -8,
-                     1.0 + 3 * 2.0 ** -8, 65504.0, 65519.99, 65520.0, 1e-5, 6e-8, 3e-8, 2.9e-8, 1e30,
-                     -3.0e38, np.inf, -np.inf, np.nan, 0.1, -2.5e-7, 3.3895314e38], np.float32)
-
-
 def test_half_and_bfloat16_conversions_round_as_mlx():
     src = ("const int i = threadIdx.x;\nh[i] = __float2half_rn(x[i]);\nb[i] = __float2bfloat16_rn(x[i]);\n"
            "back[i] = __half2float(h[i]);\n")
-    n = len(_SPECIAL)
+    n = len(SPECIAL)
     h, b, back = emulator.run(kernel(src, {"x": ((n,), "float32")}, {
         "h": ((n,), "float16"), "b": ((n,), "bfloat16"), "back": ((n,), "float32")}, (n, 1, 1), (n, 1, 1),
-        name="convert"), [_SPECIAL])
-    want_h = np.array(mx.array(_SPECIAL).astype(mx.float16))
-    want_b = np.array(mx.array(_SPECIAL).astype(mx.bfloat16).view(mx.uint16))
-    nan = np.isnan(_SPECIAL)
+        name="convert"), [SPECIAL])
+    want_h = np.array(mx.array(SPECIAL).astype(mx.float16))
+    want_b = np.array(mx.array(SPECIAL).astype(mx.bfloat16).view(mx.uint16))
+    nan = np.isnan(SPECIAL)
     np.testing.assert_array_equal(h.view(np.uint16)[~nan], want_h.view(np.uint16)[~nan])
     np.testing.assert_array_equal(b.view(np.uint16)[~nan], want_b[~nan])
     # PTX's cvt.rn.f16.f32 / cvt.rn.bf16.f32 give the canonical NaN
     assert (h.view(np.uint16)[nan] == 0x7fff).all() and (b.view(np.uint16)[nan] == 0x7fff).all()
     np.testing.assert_array_equal(back[~nan], want_h.astype(np.float32)[~nan])
     assert np.isnan(back[nan]).all()
-
-
-def test_half_operators_round_every_operation():
-    src = ("const int i = threadIdx.x;\nconst __half a = x[i], b = y[i];\n"
-           "out[i] = a * b + a / b - __half(3);\nwide[i] = __half2float(a) * 1.0009765625f;\n")
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(64).astype(np.float16)
-    y = (rng.standard_normal(64) + 3).astype(np.float16)
-    out, wide = emulator.run(kernel(src, {"x": ((64,), "float16"), "y": ((64,), "float16")},
-                                    {"out": ((64,), "float16"), "wide": ((64,), "float32")},
-                                    (64, 1, 1), (64, 1, 1), name="halfops"), [x, y])
-    np.testing.assert_array_equal(out, (x * y + x / y) - np.float16(3))
-    np.testing.assert_array_equal(wide, x.astype(np.float32) * np.float32(1.0009765625))
 
 
 def test_a_half_mixed_with_a_float_is_ambiguous_as_in_cuda():
@@ -309,19 +275,12 @@ def test_the_dialects_inline_ptx_runs_and_any_other_is_refused():
                             header=unknown, name="ptx2"), [x, y])
 
 
-# -- a thread's own faults, compile errors --------------------------------------------------------------
+# -- a thread's own faults ----------------------------------------------------------------------------
 
 def test_a_threads_own_faults_fail():
     src = "const int i = threadIdx.x;\nout[i] = float(i / int(x[i]));\n"
     fails(kernel(src, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
-                 name="divzero"), _X64, "integer division by zero")
+                 name="divzero"), X64, "integer division by zero")
     src = "const int i = threadIdx.x;\nconst float v = reinterpret_cast<const float4*>(x + 1)[0].x;\nout[i] = v;\n"
     fails(kernel(src, {"x": ((64,), "float32")}, {"out": ((64,), "float32")}, (64, 1, 1), (64, 1, 1),
-                 name="misaligned"), _X64, "misaligned read of x: 16 bytes at byte offset 4 need 16-byte alignment")
-
-
-def test_a_compile_error_names_the_kernel_and_line():
-    k = kernel("out[0] = undeclared_name;\n", {}, {"out": ((1,), "float32")}, (1, 1, 1), (1, 1, 1),
-               name="broken")
-    with pytest.raises(emulator.BuildError, match=r"test_broken:\d+:\d+: error: .undeclared_name"):
-        emulator.run(k, [])
+                 name="misaligned"), X64, "misaligned read of x: 16 bytes at byte offset 4 need 16-byte alignment")

@@ -6,6 +6,7 @@ divergent barriers and SIMD-group operations, unwritten outputs, a thread's own 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import mlx.core as mx
 import numpy as np
@@ -16,30 +17,12 @@ from mlxtriton.runtime import emulator
 from mlxtriton.runtime.emulator import MetalEmulatorError
 from tests.codegen import codegen_oracle as oracle
 from tests.codegen import metal_check
+from tests.runtime import handwritten
+from tests.runtime.handwritten import SPECIAL, X64, fails
 
 pytestmark = pytest.mark.skipif(not emulator.has_compiler(), reason="no C++ compiler")
 
-
-def kernel(source: str, inputs: dict, outputs: dict, grid, threadgroup, name: str = "k",
-           header: str = "#include <metal_stdlib>\n", **fields) -> LoweredKernel:
-    """A hand-written kernel: ``inputs`` / ``outputs`` map names to (shape, dtype)."""
-    return LoweredKernel(
-        target="metal", name=f"test_{name}", input_names=tuple(inputs), output_names=tuple(outputs),
-        source=source, header=header, ensure_row_contiguous=True, grid=tuple(grid),
-        threadgroup=tuple(threadgroup), output_shapes=tuple(s for s, _ in outputs.values()),
-        output_dtypes=tuple(d for _, d in outputs.values()),
-        input_shapes=tuple(s for s, _ in inputs.values()),
-        input_dtypes=tuple(d for _, d in inputs.values()), **fields)
-
-
-def fails(k: LoweredKernel, inputs, *messages: str) -> str:
-    with pytest.raises(MetalEmulatorError) as info:
-        emulator.run(k, inputs)
-    text = str(info.value)
-    assert f"kernel {k.name}" in text
-    for m in messages:
-        assert m in text, text
-    return text
+kernel = functools.partial(handwritten.kernel, "metal")  # a hand-written Metal kernel
 
 
 # -- MLX's wrapping, reproduced ------------------------------------------------------------------
@@ -173,41 +156,22 @@ def test_returned_lanes_leave_reductions_and_cannot_be_shuffled_from():
 
 # -- numbers -------------------------------------------------------------------------------------
 
-_SPECIAL = np.array([0.0, -0.0, 1.0, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 1.0 + 2.0 ** -8,
-                     1.0 + 3 * 2.0 ** -8, 65504.0, 65519.99, 65520.0, 1e-5, 6e-8, 3e-8, 2.9e-8, 1e30,
-                     -3.0e38, np.inf, -np.inf, np.nan, 0.1, -2.5e-7, 3.3895314e38], np.float32)
-
-
 def test_half_and_bfloat_conversions_round_as_mlx():
     src = ("const uint i = thread_position_in_grid.x;\n"
            "h[i] = static_cast<half>(x[i]);\nb[i] = static_cast<bfloat16_t>(x[i]);\n"
            "back[i] = float(h[i]);\n")
-    n = len(_SPECIAL)
+    n = len(SPECIAL)
     h, b, back = emulator.run(kernel(src, {"x": ((n,), "float32")}, {
         "h": ((n,), "float16"), "b": ((n,), "bfloat16"), "back": ((n,), "float32")}, (n, 1, 1), (n, 1, 1)),
-        [_SPECIAL])
-    want_h = np.array(mx.array(_SPECIAL).astype(mx.float16))
-    want_b = np.array(mx.array(_SPECIAL).astype(mx.bfloat16).view(mx.uint16))
+        [SPECIAL])
+    want_h = np.array(mx.array(SPECIAL).astype(mx.float16))
+    want_b = np.array(mx.array(SPECIAL).astype(mx.bfloat16).view(mx.uint16))
     got_b = b.view(np.uint16)
-    nan = np.isnan(_SPECIAL)
+    nan = np.isnan(SPECIAL)
     np.testing.assert_array_equal(h.view(np.uint16)[~nan], want_h.view(np.uint16)[~nan])
     np.testing.assert_array_equal(got_b[~nan], want_b[~nan])
     assert np.isnan(h[nan]).all() and ((got_b[nan] & 0x7fff) > 0x7f80).all()
     np.testing.assert_array_equal(back, want_h.astype(np.float32))
-
-
-def test_half_arithmetic_rounds_every_operation():
-    src = ("const uint i = thread_position_in_grid.x;\n"
-           "const half a = x[i], b = y[i];\nout[i] = a * b + a / b - half(3);\n"
-           "wide[i] = a * 1.0009765625f;\n")  # half * float is float
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(64).astype(np.float16)
-    y = (rng.standard_normal(64) + 3).astype(np.float16)
-    out, wide = emulator.run(kernel(src, {"x": ((64,), "float16"), "y": ((64,), "float16")},
-                                    {"out": ((64,), "float16"), "wide": ((64,), "float32")},
-                                    (64, 1, 1), (64, 1, 1)), [x, y])
-    np.testing.assert_array_equal(out, (x * y + x / y) - np.float16(3))
-    np.testing.assert_array_equal(wide, x.astype(np.float32) * np.float32(1.0009765625))
 
 
 # -- threadgroup memory ------------------------------------------------------------------------------
@@ -218,17 +182,14 @@ def _tg(body: str, name: str, threads: int = 64) -> LoweredKernel:
                   (threads, 1, 1), (threads, 1, 1), name=name)
 
 
-_X64 = [np.arange(64, dtype=np.float32)]
-
-
 def test_threadgroup_memory_with_barriers_is_shared():
     k = _tg("s[t] = x[t];\nmetal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);\n"
             "out[t] = s[63 - t];\n", "ok")
-    np.testing.assert_array_equal(emulator.run(k, _X64)[0], 63 - _X64[0])
+    np.testing.assert_array_equal(emulator.run(k, X64)[0], 63 - X64[0])
     # a simdgroup barrier orders the threads of one SIMD-group
     k = _tg("s[t] = x[t];\nmetal::simdgroup_barrier(metal::mem_flags::mem_threadgroup);\n"
             "out[t] = s[t ^ 1];\n", "simd")
-    np.testing.assert_array_equal(emulator.run(k, _X64)[0], _X64[0].astype(int) ^ 1)
+    np.testing.assert_array_equal(emulator.run(k, X64)[0], X64[0].astype(int) ^ 1)
 
 
 @pytest.mark.parametrize("name,body,message", [
@@ -248,7 +209,7 @@ def test_threadgroup_memory_with_barriers_is_shared():
     ("out of bounds", "s[t + 1] = x[t];\n", "out-of-bounds access of threadgroup memory s[64]"),
 ])
 def test_threadgroup_memory_misuse_fails(name, body, message):
-    text = fails(_tg(body, name.replace(" ", "_").replace("-", "_")), _X64, message)
+    text = fails(_tg(body, name.replace(" ", "_").replace("-", "_")), X64, message)
     assert "line " in text
 
 
@@ -269,7 +230,7 @@ def _dev(body: str, name: str, n: int = 64, out_n: int = 64, **fields) -> Lowere
 def test_out_of_bounds_read_names_kernel_buffer_thread_and_line():
     k = _dev("out[i] = x[i + 1];\n", "oob")
     line = emulator.wrap(k).source.splitlines().index("out[i] = x[i + 1];") + 1
-    text = fails(k, _X64, "out-of-bounds read of x at element 64", "x holds 64 elements",
+    text = fails(k, X64, "out-of-bounds read of x at element 64", "x holds 64 elements",
                  "thread (63,0,0) of threadgroup (0,0,0)", f"line {line}: out[i] = x[i + 1];")
     assert text.startswith("kernel test_oob: ")
 
@@ -286,7 +247,7 @@ def test_out_of_bounds_read_names_kernel_buffer_thread_and_line():
     ("read before written", "out[i] = x[i] + out[i];\n", "read of out[0], an output element nothing wrote yet"),
 ])
 def test_device_memory_misuse_fails(name, body, message):
-    fails(_dev(body, name.replace(" ", "_")), _X64, message)
+    fails(_dev(body, name.replace(" ", "_")), X64, message)
 
 
 def test_vector_loads_and_stores_of_device_memory():
@@ -294,8 +255,8 @@ def test_vector_loads_and_stores_of_device_memory():
             "const float4 v = *reinterpret_cast<const device float4*>(x + 4 * i);\n"
             "const float4 r = v.wzyx;\n"
             "*reinterpret_cast<device float4*>(out + 4 * i) = r * 2.0f;\n")
-    (out,) = emulator.run(_dev(body, "vec"), _X64)
-    np.testing.assert_array_equal(out, (_X64[0].reshape(16, 4)[:, ::-1] * 2).reshape(-1))
+    (out,) = emulator.run(_dev(body, "vec"), X64)
+    np.testing.assert_array_equal(out, (X64[0].reshape(16, 4)[:, ::-1] * 2).reshape(-1))
 
 
 # -- control flow ----------------------------------------------------------------------------------
@@ -313,7 +274,7 @@ def test_vector_loads_and_stores_of_device_memory():
      "pass different arguments"),
 ])
 def test_divergence_fails(name, body, message):
-    fails(_dev(body, name.replace(" ", "_").replace("-", "_")), _X64, message)
+    fails(_dev(body, name.replace(" ", "_").replace("-", "_")), X64, message)
 
 
 @pytest.mark.parametrize("name,body,message", [
@@ -322,7 +283,7 @@ def test_divergence_fails(name, body, message):
     ("division by zero", "out[i] = float(int(i) / int(x[i]));\n", "integer division by zero"),
 ])
 def test_faults_of_a_thread_fail(name, body, message):
-    fails(_dev(body, name.replace(" ", "_")), _X64, message)
+    fails(_dev(body, name.replace(" ", "_")), X64, message)
 
 
 # -- kernels as MLX runs them ------------------------------------------------------------------------
@@ -357,13 +318,6 @@ def test_scalar_and_constant_space_inputs():
     np.testing.assert_array_equal(out, 2 * c[np.arange(10) % 3] + x)
 
 
-def test_a_compile_error_names_the_kernel_and_line():
-    k = kernel("out[0] = undeclared_name;\n", {}, {"out": ((1,), "float32")}, (1, 1, 1), (1, 1, 1),
-               name="broken")
-    with pytest.raises(emulator.BuildError, match=r"test_broken:\d+:\d+: error: .undeclared_name"):
-        emulator.run(k, [])
-
-
 def test_threadgroups_above_1024_threads_fail():
     fails(kernel("out[0] = 1.0f;\n", {}, {"out": ((1,), "float32")}, (2048, 1, 1), (2048, 1, 1),
                  name="huge"), [], "at most 1024")
@@ -372,7 +326,7 @@ def test_threadgroups_above_1024_threads_fail():
 def test_running_chosen_threadgroups_only():
     k = _dev("out[i] = x[i] * 2.0f;\n", "sampled", n=64)
     k = dataclasses.replace(k, threadgroup=(16, 1, 1))
-    (out,) = emulator.run(k, _X64, groups=[1, 3])
-    np.testing.assert_array_equal(out[16:32], 2 * _X64[0][16:32])
-    np.testing.assert_array_equal(out[48:], 2 * _X64[0][48:])
+    (out,) = emulator.run(k, X64, groups=[1, 3])
+    np.testing.assert_array_equal(out[16:32], 2 * X64[0][16:32])
+    np.testing.assert_array_equal(out[48:], 2 * X64[0][48:])
     assert not out[:16].any() and not out[32:48].any()

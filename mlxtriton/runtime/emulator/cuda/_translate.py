@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 
+from mlxtriton.runtime.emulator import _front
 from mlxtriton.runtime.emulator._front import Param, Translated, TranslationError
 
 # Type names that may appear in a pointer parameter, and the bytes of one element.
@@ -70,22 +71,7 @@ def translate(source: str) -> Translated:
     sig = _SIGNATURE.search(source)
     if sig is None:
         raise TranslationError("no MLX kernel signature ('__global__ void custom_kernel_...(') found")
-    params: list[Param] = []
-    new_lines: list[str] = []
-    for index, line in enumerate(sig.group("params").split(",\n")):
-        if m := _VALUE.match(line):
-            p = Param(m["name"], "value", m["type"], index, element_bytes=VALUE_BYTES[m["type"]])
-            new_lines.append(f"    const {_value_type(p.type)} {p.name}")
-        elif m := _INPUT.match(line) or _OUTPUT.match(line):
-            kind = "input" if line.lstrip().startswith("const ") else "output"
-            p = Param(m["name"], kind, m["type"], index, element_bytes=ELEMENT_BYTES.get(m["type"], 0))
-            pointee = f"const {p.type}" if kind == "input" else p.type
-            new_lines.append(f"    ::emu::device_ptr<{pointee}> {p.name}")
-        else:
-            raise TranslationError(f"unsupported kernel parameter {line.strip()!r}")
-        if p.kind != "value" and p.type not in ELEMENT_BYTES:
-            raise TranslationError(f"unsupported buffer type {p.type!r} of parameter {p.name}")
-        params.append(p)
+    params, new_lines = _front.parameters(sig.group("params").split(",\n"), _parameter, ELEMENT_BYTES)
 
     head, tail = source[:sig.start()], source[sig.end():]
     # the __global__ the kernel is declared with: the header's last definition of it
@@ -97,23 +83,30 @@ def translate(source: str) -> Translated:
     names = [p.name for p in params if p.kind in ("input", "output")]
     names += [m["name"] for pattern in (_SHARED, _DYNAMIC) for m in pattern.finditer(body)]
     names += [m["name"] for m in _POINTER_DECL.finditer(body)]
-    body = _SHARED.sub(
-        lambda m: (f"{m['indent']}const auto {m['name']} = ::emu::threadgroup_alloc<{m['type']}, "
-                   f"({m['count']})>(__LINE__, \"{m['name']}\");"), body)
+    body = _SHARED.sub(_front.shared_array, body)
     body = _DYNAMIC.sub(
         lambda m: (f"{m['indent']}const auto {m['name']} = ::emu::dynamic_shared<{m['type']}>("
                    f"__LINE__, \"{m['name']}\");"), body)
     body = _POINTER_DECL.sub(lambda m: f"{m['indent']}auto {m['name']} = ", body)
-    if names:
-        # a name, not a member or a qualified name that ends like it (mt_v1.v[l])
-        alternatives = "|".join(map(re.escape, names))
-        body = re.sub(rf"(?<![\w.])(?<!->)(?<!::)({alternatives})\[", r"\1(__LINE__)[", body)
-    body = re.sub(r"\breinterpret_cast\s*<", "::emu::reinterpret_at<__LINE__, ", body)
+    body = _front.checked_accesses(body, names)
 
     signature = sig.group(0).replace(sig.group("params"), ",\n".join(new_lines))
     signature = signature.replace("__global__ void ", "void ", 1)
     return Translated(f"mlx::core::cu::{sig.group('name')}", tuple(params),
                       head + signature + body, max_threads)
+
+
+def _parameter(index: int, line: str) -> tuple[Param, str] | None:
+    """A line of the signature (`_front.parameters`); every parameter is one of the buffers."""
+    if m := _VALUE.match(line):
+        p = Param(m["name"], "value", m["type"], index, element_bytes=VALUE_BYTES[m["type"]])
+        return p, f"    const {_value_type(p.type)} {p.name}"
+    if m := _INPUT.match(line) or _OUTPUT.match(line):
+        kind = "input" if line.lstrip().startswith("const ") else "output"
+        p = Param(m["name"], kind, m["type"], index, element_bytes=ELEMENT_BYTES.get(m["type"], 0))
+        pointee = f"const {p.type}" if kind == "input" else p.type
+        return p, f"    ::emu::device_ptr<{pointee}> {p.name}"
+    return None
 
 
 def _value_type(name: str) -> str:
@@ -204,25 +197,17 @@ def _ptx_call(inside: str, statement: str) -> str:
     return f"({outs[0]['expr']}) = {function}({args});"
 
 
+# MLX's Shape and Strides, seen from the kernel's namespace inside the unit's
+_ALIASES = ("namespace mlx { namespace core { namespace cu { using ::mlx::core::cu::Shape; "
+            "using ::mlx::core::cu::Strides; } } }\n")
+
+
+def _argument(p: Param) -> str:
+    if p.kind == "value":
+        return _front.value_argument(p, _value_type(p.type))
+    return _front.pointer_argument(p, p.type)
+
+
 def unit(translated: Translated, title: str, namespace: str, symbol: str) -> str:
-    """The translated kernel inside its own namespace (several share one library) and its
-    ``extern "C"`` entry point ``symbol``."""
-    args = []
-    for p in translated.params:
-        if p.kind == "input":
-            args.append(f"::emu::device_ptr<const {p.type}>(b[{p.index}])")
-        elif p.kind == "output":
-            args.append(f"::emu::device_ptr<{p.type}>(b[{p.index}])")
-        else:
-            args.append(f"*reinterpret_cast<const {_value_type(p.type)}*>(b[{p.index}].data)")
-    call = ",\n      ".join(args)
-    # MLX's Shape and Strides, seen from the kernel's namespace inside this one
-    aliases = ("namespace mlx { namespace core { namespace cu { using ::mlx::core::cu::Shape; "
-               "using ::mlx::core::cu::Strides; } } }\n")
-    return (f"namespace {namespace} {{\n{aliases}#line 1 \"{title}\"\n{translated.text}\n"
-            f"#line 1 \"<emulator entry of {title}>\"\n"
-            f"static void entry(::emu::rt::Thread* t, ::emu::rt::Buffer* b) {{\n"
-            f"  (void)t; (void)b;\n"
-            f"  {translated.function}(\n      {call});\n}}\n}}  // namespace {namespace}\n"
-            f"extern \"C\" __attribute__((visibility(\"default\"))) int {symbol}(::emu::rt::Launch* L) "
-            f"{{\n  return ::emu::rt::run(L, {namespace}::entry);\n}}\n")
+    """The translated kernel and its entry point ``symbol`` (`_front.unit`)."""
+    return _front.unit(translated, title, namespace, symbol, _argument, before=_ALIASES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlxtriton.codegen.render import LoweredKernel
-from mlxtriton.runtime.emulator._front import Wrapped
+from mlxtriton.runtime.emulator._front import Wrapped, type_name
 
 # dtype_to_cuda_type (mlx/backend/cuda/utils.cpp)
 TYPE_NAMES = {
@@ -29,14 +29,6 @@ DEFAULT_HEADER = """
 """
 
 
-def _dtype_name(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    from mlxtriton.graph import dtypes
-
-    return dtypes.from_mx(value)
-
-
 def _template_hash(template: tuple[tuple[str, Any], ...]) -> str:
     """template_arguments_hash: ``_<int>``, ``_t`` / ``_f``, ``_<type name>`` per argument."""
     out = []
@@ -46,7 +38,7 @@ def _template_hash(template: tuple[tuple[str, Any], ...]) -> str:
         elif isinstance(value, int):
             out.append(f"_{value}")
         else:
-            out.append("_" + TYPE_NAMES[_dtype_name(value)])
+            out.append("_" + type_name(value, TYPE_NAMES))
     return "".join(out)
 
 
@@ -90,7 +82,7 @@ def wrap(kernel: LoweredKernel) -> Wrapped:
             elif isinstance(value, int):
                 out.append(f"  constexpr int {pname} = {value};\n")
             else:
-                out.append(f"  using {pname} = {TYPE_NAMES[_dtype_name(value)]};\n")
+                out.append(f"  using {pname} = {type_name(value, TYPE_NAMES)};\n")
         out.append("\n")
     out.append(source + "\n}\n\n} // namespace mlx::core::cu\n")
     return Wrapped(name, "".join(out))

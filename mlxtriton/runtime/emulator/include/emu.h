@@ -118,6 +118,23 @@ inline void on_device_read(rt::Buffer* b, int64_t off, size_t size, int line) {
   }
 }
 
+// What a checked reference `R` to a T does, given its load() and store(): it reads as a T (or
+// explicitly as any other type), and assignment and +=, -=, *=, /= store a T.
+#define EMU_REF_OPERATORS(R)                                                        \
+  operator T() const { return load(); }                                             \
+  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>         \
+  explicit operator U() const { return static_cast<U>(load()); }                    \
+  const R& operator=(const T& t) const { store(t); return *this; }                  \
+  const R& operator=(const R& o) const { store(o.load()); return *this; }           \
+  template <class U>                                                                \
+  const R& operator+=(const U& u) const { store(T(load() + u)); return *this; }     \
+  template <class U>                                                                \
+  const R& operator-=(const U& u) const { store(T(load() - u)); return *this; }     \
+  template <class U>                                                                \
+  const R& operator*=(const U& u) const { store(T(load() * u)); return *this; }     \
+  template <class U>                                                                \
+  const R& operator/=(const U& u) const { store(T(load() / u)); return *this; }
+
 // A writable device element: loads and stores through it are checked and recorded.
 template <class T>
 struct device_ref {
@@ -136,19 +153,7 @@ struct device_ref {
     on_device_write(b, off, sizeof(T), line);
     __builtin_memcpy(b->data + off, &t, sizeof(T));
   }
-  operator T() const { return load(); }
-  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>
-  explicit operator U() const { return static_cast<U>(load()); }
-  const device_ref& operator=(const T& t) const { store(t); return *this; }
-  const device_ref& operator=(const device_ref& o) const { store(o.load()); return *this; }
-  template <class U>
-  const device_ref& operator+=(const U& u) const { store(T(load() + u)); return *this; }
-  template <class U>
-  const device_ref& operator-=(const U& u) const { store(T(load() - u)); return *this; }
-  template <class U>
-  const device_ref& operator*=(const U& u) const { store(T(load() * u)); return *this; }
-  template <class U>
-  const device_ref& operator/=(const U& u) const { store(T(load() / u)); return *this; }
+  EMU_REF_OPERATORS(device_ref)
   device_ptr<T> operator&() const;
 };
 
@@ -266,19 +271,7 @@ struct tg_ref {
     on_tg_write(*s, name, i, line);
     *p = t;
   }
-  operator T() const { return load(); }
-  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>
-  explicit operator U() const { return static_cast<U>(load()); }
-  const tg_ref& operator=(const T& t) const { store(t); return *this; }
-  const tg_ref& operator=(const tg_ref& o) const { store(o.load()); return *this; }
-  template <class U>
-  const tg_ref& operator+=(const U& u) const { store(T(load() + u)); return *this; }
-  template <class U>
-  const tg_ref& operator-=(const U& u) const { store(T(load() - u)); return *this; }
-  template <class U>
-  const tg_ref& operator*=(const U& u) const { store(T(load() * u)); return *this; }
-  template <class U>
-  const tg_ref& operator/=(const U& u) const { store(T(load() / u)); return *this; }
+  EMU_REF_OPERATORS(tg_ref)
 };
 
 }  // namespace detail
@@ -345,20 +338,9 @@ struct shared_ref {
     for (size_t k = 0; k < sizeof(T); ++k) on_tg_write(shadow[off + k], name, off + k, line, "byte ");
     __builtin_memcpy(base + off, &t, sizeof(T));
   }
-  operator T() const { return load(); }
-  template <class U, std::enable_if_t<!std::is_same<U, T>::value, int> = 0>
-  explicit operator U() const { return static_cast<U>(load()); }
-  const shared_ref& operator=(const T& t) const { store(t); return *this; }
-  const shared_ref& operator=(const shared_ref& o) const { store(o.load()); return *this; }
-  template <class U>
-  const shared_ref& operator+=(const U& u) const { store(T(load() + u)); return *this; }
-  template <class U>
-  const shared_ref& operator-=(const U& u) const { store(T(load() - u)); return *this; }
-  template <class U>
-  const shared_ref& operator*=(const U& u) const { store(T(load() * u)); return *this; }
-  template <class U>
-  const shared_ref& operator/=(const U& u) const { store(T(load() / u)); return *this; }
+  EMU_REF_OPERATORS(shared_ref)
 };
+#undef EMU_REF_OPERATORS
 
 }  // namespace detail
 

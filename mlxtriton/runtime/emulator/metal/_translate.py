@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from mlxtriton.runtime.emulator import _front
 from mlxtriton.runtime.emulator._front import Param, Translated, TranslationError
 
 # Type names that may appear in a buffer parameter, and the bytes of one element.
@@ -57,29 +58,7 @@ def translate(source: str) -> Translated:
     sig = _SIGNATURE.search(source)
     if sig is None:
         raise TranslationError("no MLX kernel signature ('[[kernel]] void custom_kernel_...(') found")
-    params: list[Param] = []
-    new_lines: list[str] = []
-    for line in sig.group("params").split(",\n"):
-        if m := _INPUT.match(line):
-            kind = "scalar" if m["ref"] == "&" else "input"
-            p = Param(m["name"], kind, m["type"], int(m["index"]),
-                      element_bytes=ELEMENT_BYTES.get(m["type"], 0))
-            new_lines.append(f"  const {m['type']}& {p.name}" if kind == "scalar" else
-                             f"  ::emu::device_ptr<const {m['type']}> {p.name}")
-        elif m := _OUTPUT.match(line):
-            atomic = m["atomic"] is not None
-            p = Param(m["name"], "output", m["atomic"] or m["type"], int(m["index"]), atomic,
-                      ELEMENT_BYTES.get(m["atomic"] or m["type"], 0))
-            pointee = f"metal::atomic<{p.type}>" if atomic else p.type
-            new_lines.append(f"  ::emu::device_ptr<{pointee}> {p.name}")
-        elif m := _ATTRIBUTE.match(line):
-            p = Param(m["name"], "attribute", m["type"])
-            new_lines.append(f"  {m['type']} {p.name}")
-        else:
-            raise TranslationError(f"unsupported kernel parameter {line.strip()!r}")
-        if p.kind != "attribute" and p.type not in ELEMENT_BYTES:
-            raise TranslationError(f"unsupported buffer type {p.type!r} of parameter {p.name}")
-        params.append(p)
+    params, new_lines = _front.parameters(sig.group("params").split(",\n"), _parameter, ELEMENT_BYTES)
     indices = [p.index for p in params if p.kind != "attribute"]
     if indices != list(range(len(indices))):
         raise TranslationError(f"buffer indices {indices} are not 0, 1, 2, ... in order")
@@ -94,21 +73,32 @@ def translate(source: str) -> Translated:
     elif sig.group("tparams"):
         raise TranslationError("a template kernel without MLX's explicit instantiation")
 
-    body = _THREADGROUP.sub(
-        lambda m: (f"{m['indent']}const auto {m['name']} = ::emu::threadgroup_alloc<{m['type']}, "
-                   f"({m['count']})>(__LINE__, \"{m['name']}\");"), tail)
     names = [p.name for p in params if p.kind in ("input", "output")]
     names += [m["name"] for m in _THREADGROUP.finditer(tail)]
-    if names:
-        # a name, not a member or a qualified name that ends like it (mt_v1.v[l])
-        alternatives = "|".join(map(re.escape, names))
-        body = re.sub(rf"(?<![\w.])(?<!->)(?<!::)({alternatives})\[", r"\1(__LINE__)[", body)
-    body = re.sub(r"\breinterpret_cast\s*<", "::emu::reinterpret_at<__LINE__, ", body)
+    body = _front.checked_accesses(_THREADGROUP.sub(_front.shared_array, tail), names)
 
     signature = sig.group(0)
     signature = signature.replace(sig.group("params"), ",\n".join(new_lines))
     text = _METAL_ATTRIBUTE.sub("", head + signature + body)
     return Translated(function, tuple(params), text)
+
+
+def _parameter(_: int, line: str) -> tuple[Param, str] | None:
+    """A line of the signature (`_front.parameters`); a buffer's index is its ``[[buffer(n)]]``."""
+    if m := _INPUT.match(line):
+        kind = "scalar" if m["ref"] == "&" else "input"
+        p = Param(m["name"], kind, m["type"], int(m["index"]), element_bytes=ELEMENT_BYTES.get(m["type"], 0))
+        return p, (f"  const {m['type']}& {p.name}" if kind == "scalar" else
+                   f"  ::emu::device_ptr<const {m['type']}> {p.name}")
+    if m := _OUTPUT.match(line):
+        atomic = m["atomic"] is not None
+        p = Param(m["name"], "output", m["atomic"] or m["type"], int(m["index"]), atomic,
+                  ELEMENT_BYTES.get(m["atomic"] or m["type"], 0))
+        pointee = f"metal::atomic<{p.type}>" if atomic else p.type
+        return p, f"  ::emu::device_ptr<{pointee}> {p.name}"
+    if m := _ATTRIBUTE.match(line):
+        return Param(m["name"], "attribute", m["type"]), f"  {m['type']} {m['name']}"
+    return None
 
 
 # The value of each thread-position attribute: an expression of the runtime's Thread `t`,
@@ -137,27 +127,20 @@ ATTRIBUTE_VALUES = {
 }
 
 
+# The runtime's Group `g` and Launch `L`, which ATTRIBUTE_VALUES read
+_PROLOGUE = ("  const ::emu::rt::Group* g = ::emu::rt::group;\n"
+             "  const ::emu::rt::Launch* L = ::emu::rt::launch;\n"
+             "  (void)g; (void)L; (void)t; (void)b;\n")
+
+
+def _argument(p: Param) -> str:
+    if p.kind == "attribute":
+        return ATTRIBUTE_VALUES[p.name]
+    if p.kind == "scalar":
+        return _front.value_argument(p, p.type)
+    return _front.pointer_argument(p, f"metal::atomic<{p.type}>" if p.atomic else p.type)
+
+
 def unit(translated: Translated, title: str, namespace: str, symbol: str) -> str:
-    """The translated kernel inside its own namespace (several share one library) and its
-    ``extern "C"`` entry point ``symbol``."""
-    args = []
-    for p in translated.params:
-        if p.kind == "input":
-            args.append(f"::emu::device_ptr<const {p.type}>(b[{p.index}])")
-        elif p.kind == "scalar":
-            args.append(f"*reinterpret_cast<const {p.type}*>(b[{p.index}].data)")
-        elif p.kind == "output":
-            pointee = f"metal::atomic<{p.type}>" if p.atomic else p.type
-            args.append(f"::emu::device_ptr<{pointee}>(b[{p.index}])")
-        else:
-            args.append(ATTRIBUTE_VALUES[p.name])
-    call = ",\n      ".join(args)
-    return (f"namespace {namespace} {{\n#line 1 \"{title}\"\n{translated.text}\n"
-            f"#line 1 \"<emulator entry of {title}>\"\n"
-            f"static void entry(::emu::rt::Thread* t, ::emu::rt::Buffer* b) {{\n"
-            f"  const ::emu::rt::Group* g = ::emu::rt::group;\n"
-            f"  const ::emu::rt::Launch* L = ::emu::rt::launch;\n"
-            f"  (void)g; (void)L; (void)t; (void)b;\n"
-            f"  {translated.function}(\n      {call});\n}}\n}}  // namespace {namespace}\n"
-            f"extern \"C\" __attribute__((visibility(\"default\"))) int {symbol}(::emu::rt::Launch* L) "
-            f"{{\n  return ::emu::rt::run(L, {namespace}::entry);\n}}\n")
+    """The translated kernel and its entry point ``symbol`` (`_front.unit`)."""
+    return _front.unit(translated, title, namespace, symbol, _argument, prologue=_PROLOGUE)

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from mlxtriton.codegen.render import LoweredKernel
-from mlxtriton.runtime.emulator._front import Wrapped
+from mlxtriton.runtime.emulator._front import Wrapped, type_name
 
 # get_type_string (mlx/backend/common/compiled.cpp)
 TYPE_NAMES = {
@@ -45,15 +45,7 @@ def _template_value(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, int):
         return str(value)
-    return TYPE_NAMES[_dtype_name(value)]
-
-
-def _dtype_name(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    from mlxtriton.graph import dtypes
-
-    return dtypes.from_mx(value)
+    return type_name(value, TYPE_NAMES)
 
 
 def _template_hash(template_def: str) -> str:

@@ -120,7 +120,31 @@ inline I to_integer(float f) {
   inline bool operator>=(const T& a, const T& b) { return float(a) >= float(b); }                \
   inline bool operator<=(const T& a, const T& b) { return float(a) <= float(b); }
 
+// The Math API's functions of either type that share their name; max / min: the other operand
+// where one is NaN (the canonical NaN where both are).
+#define EMU_HALF_FUNCTIONS(T)                                                                    \
+  inline T __hadd(const T a, const T b) { return a + b; }                                        \
+  inline T __hsub(const T a, const T b) { return a - b; }                                        \
+  inline T __hmul(const T a, const T b) { return a * b; }                                        \
+  inline T __hdiv(const T a, const T b) { return a / b; }                                        \
+  inline T __hneg(const T a) { return -a; }                                                      \
+  inline T __hfma(const T a, const T b, const T c) {                                             \
+    return T(__builtin_fmaf(float(a), float(b), float(c)));                                      \
+  }                                                                                              \
+  inline bool __hisnan(const T a) { return float(a) != float(a); }                               \
+  inline bool __heq(const T a, const T b) { return a == b; }                                     \
+  inline bool __hlt(const T a, const T b) { return a < b; }                                      \
+  inline bool __hgt(const T a, const T b) { return a > b; }                                      \
+  inline T __hmax(const T a, const T b) {                                                        \
+    return __hisnan(a) ? (__hisnan(b) ? T(T##_raw{0x7fff}) : b) : __hisnan(b) ? a : a < b ? b : a; \
+  }                                                                                              \
+  inline T __hmin(const T a, const T b) {                                                        \
+    return __hisnan(a) ? (__hisnan(b) ? T(T##_raw{0x7fff}) : b) : __hisnan(b) ? a : b < a ? b : a; \
+  }                                                                                              \
+  inline T __habs(const T a) { return T(T##_raw{(unsigned short)(T##_raw(a).x & 0x7fffu)}); }
+
 EMU_HALF_TYPE(__half, ::emu::cuda::float_to_half, ::emu::detail::half_bits_to_float)
+EMU_HALF_FUNCTIONS(__half)
 
 inline __half __float2half(const float f) { return __half(f); }
 inline __half __float2half_rn(const float f) { return __half(f); }
@@ -133,30 +157,10 @@ inline __half __short_as_half(const short x) { return __half(__half_raw{(unsigne
 inline __half __int2half_rn(const int i) { return __half(i); }
 inline __half __uint2half_rn(const unsigned int i) { return __half(i); }
 inline int __half2int_rz(const __half h) { return int(h); }
-inline __half __hadd(const __half a, const __half b) { return a + b; }
-inline __half __hsub(const __half a, const __half b) { return a - b; }
-inline __half __hmul(const __half a, const __half b) { return a * b; }
-inline __half __hdiv(const __half a, const __half b) { return a / b; }
-inline __half __hneg(const __half a) { return -a; }
-inline __half __hfma(const __half a, const __half b, const __half c) {
-  return __half(__builtin_fmaf(float(a), float(b), float(c)));
-}
-inline bool __hisnan(const __half a) { return float(a) != float(a); }
 inline int __hisinf(const __half a) {
   const float f = a;
   return f == __builtin_inff() ? 1 : f == -__builtin_inff() ? -1 : 0;
 }
-inline bool __heq(const __half a, const __half b) { return a == b; }
 inline bool __hne(const __half a, const __half b) { return float(a) < float(b) || float(a) > float(b); }
-inline bool __hlt(const __half a, const __half b) { return a < b; }
 inline bool __hle(const __half a, const __half b) { return a <= b; }
-inline bool __hgt(const __half a, const __half b) { return a > b; }
 inline bool __hge(const __half a, const __half b) { return a >= b; }
-// max / min of two halves: the other operand where one is NaN (the canonical NaN where both are)
-inline __half __hmax(const __half a, const __half b) {
-  return __hisnan(a) ? (__hisnan(b) ? __ushort_as_half(0x7fff) : b) : __hisnan(b) ? a : a < b ? b : a;
-}
-inline __half __hmin(const __half a, const __half b) {
-  return __hisnan(a) ? (__hisnan(b) ? __ushort_as_half(0x7fff) : b) : __hisnan(b) ? a : b < a ? b : a;
-}
-inline __half __habs(const __half a) { return __ushort_as_half(__half_as_ushort(a) & 0x7fffu); }

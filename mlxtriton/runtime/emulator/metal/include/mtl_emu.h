@@ -215,21 +215,25 @@ struct alignas(sizeof(T) * (N == 3 ? 4 : N)) vec : emu::detail::vec_storage<T, N
   const T& operator[](int i) const { return this->v[i]; }
 };
 
-#define MT_VEC_BINARY(op)                                                                  \
+// An operator lane by lane, each lane's result an R (the lanes' type, or bool for a comparison),
+// of two vectors or of a vector and a scalar broadcast to its lanes.
+#define MT_VEC_LANEWISE(op, R)                                                             \
   template <class T, int N>                                                                \
-  inline vec<T, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {                   \
-    vec<T, N> r;                                                                           \
-    for (int i = 0; i < N; ++i) r.v[i] = T(a.v[i] op b.v[i]);                              \
+  inline vec<R, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {                   \
+    vec<R, N> r;                                                                           \
+    for (int i = 0; i < N; ++i) r.v[i] = R(a.v[i] op b.v[i]);                              \
     return r;                                                                              \
   }                                                                                        \
   template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
-  inline vec<T, N> operator op(const vec<T, N>& a, S b) {                                  \
+  inline vec<R, N> operator op(const vec<T, N>& a, S b) {                                  \
     return a op vec<T, N>(b);                                                              \
   }                                                                                        \
   template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
-  inline vec<T, N> operator op(S a, const vec<T, N>& b) {                                  \
+  inline vec<R, N> operator op(S a, const vec<T, N>& b) {                                  \
     return vec<T, N>(a) op b;                                                              \
-  }                                                                                        \
+  }
+#define MT_VEC_BINARY(op)                                                                  \
+  MT_VEC_LANEWISE(op, T)                                                                   \
   template <class T, int N, class S>                                                       \
   inline vec<T, N>& operator op##=(vec<T, N>& a, const S& b) {                             \
     return a = a op b;                                                                     \
@@ -245,31 +249,15 @@ MT_VEC_BINARY(^)
 MT_VEC_BINARY(<<)
 MT_VEC_BINARY(>>)
 #undef MT_VEC_BINARY
-
-#define MT_VEC_COMPARE(op)                                                                 \
-  template <class T, int N>                                                                \
-  inline vec<bool, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {                \
-    vec<bool, N> r;                                                                        \
-    for (int i = 0; i < N; ++i) r.v[i] = a.v[i] op b.v[i];                                 \
-    return r;                                                                              \
-  }                                                                                        \
-  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
-  inline vec<bool, N> operator op(const vec<T, N>& a, S b) {                               \
-    return a op vec<T, N>(b);                                                              \
-  }                                                                                        \
-  template <class T, int N, class S, emu::detail::if_scalar<S> = 0>                        \
-  inline vec<bool, N> operator op(S a, const vec<T, N>& b) {                               \
-    return vec<T, N>(a) op b;                                                              \
-  }
-MT_VEC_COMPARE(<)
-MT_VEC_COMPARE(<=)
-MT_VEC_COMPARE(>)
-MT_VEC_COMPARE(>=)
-MT_VEC_COMPARE(==)
-MT_VEC_COMPARE(!=)
-MT_VEC_COMPARE(&&)
-MT_VEC_COMPARE(||)
-#undef MT_VEC_COMPARE
+MT_VEC_LANEWISE(<, bool)
+MT_VEC_LANEWISE(<=, bool)
+MT_VEC_LANEWISE(>, bool)
+MT_VEC_LANEWISE(>=, bool)
+MT_VEC_LANEWISE(==, bool)
+MT_VEC_LANEWISE(!=, bool)
+MT_VEC_LANEWISE(&&, bool)
+MT_VEC_LANEWISE(||, bool)
+#undef MT_VEC_LANEWISE
 
 template <class T, int N>
 inline vec<T, N> operator-(const vec<T, N>& a) {
