@@ -96,25 +96,6 @@ def kernels() -> Callable[[Front], dict[str, LoweredKernel]]:
     return functools.cache(_kernels)
 
 
-@over_fronts
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_kernel_runs(front, name, kernels):
-    region = CASES[name]
-    check(kernels(front)[f"case-{name}"], region, inputs_of(name, region, seed=len(name)))
-
-
-@over_fronts
-@pytest.mark.parametrize("name", sorted(SPECIAL))
-def test_rows_of_infinities_and_nan_run(front, name, kernels):
-    region = SPECIAL[name]
-    kernel = kernels(front)[f"special-{name}"]
-    inputs = oracle.random_inputs(region, seed=3)
-    inputs[0] = _special_rows(region.inputs[0].shape)
-    for g, w, d in zip(emulator.run(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
-        oracle.assert_close(g, w, d, scale=4.0)
-        assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))
-
-
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_kernel_runs(name, kernels):
     make, dialect = GOLDEN[name]
@@ -133,10 +114,29 @@ def test_golden_kernel_runs(name, kernels):
     oracle.assert_close(got[groups], want, "float32", scale=4.0)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+@over_fronts
+def test_kernel_runs(front, name, kernels):
+    region = CASES[name]
+    check(kernels(front)[f"case-{name}"], region, inputs_of(name, region, seed=len(name)))
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+@over_fronts
+def test_rows_of_infinities_and_nan_run(front, name, kernels):
+    region = SPECIAL[name]
+    kernel = kernels(front)[f"special-{name}"]
+    inputs = oracle.random_inputs(region, seed=3)
+    inputs[0] = _special_rows(region.inputs[0].shape)
+    for g, w, d in zip(emulator.run(kernel, inputs), interpret(kernel.kernel, inputs), kernel.output_dtypes):
+        oracle.assert_close(g, w, d, scale=4.0)
+        assert np.array_equal(np.isnan(np.asarray(g, np.float64)), np.isnan(np.asarray(w, np.float64)))
+
+
 # -- per-op semantics against MLX's own ops, special values included (tests/codegen/test_ops_mlx) --
 
-@over_fronts
 @pytest.mark.parametrize("name,prim,params,arity,dtype,ref", OPS, ids=[o[0] for o in OPS])
+@over_fronts
 def test_op_matches_mlx(front, name, prim, params, arity, dtype, ref, kernels):
     """Every combination of special values, as the interpreter's table (test_ops_mlx)."""
     args = ops_mlx.operands(prim, arity, dtype, params)
@@ -149,17 +149,17 @@ def test_op_matches_mlx(front, name, prim, params, arity, dtype, ref, kernels):
     ops_mlx.assert_op_matches_mlx(got, prim, params, ref, args, dtype, f" as {front.name}")
 
 
-@over_fronts
 @pytest.mark.parametrize("kind,ref", ops_mlx.REDUCTIONS, ids=[r[0] for r in ops_mlx.REDUCTIONS])
 @pytest.mark.parametrize("streamed", [False, True])
+@over_fronts
 def test_reduction_special_values_match_mlx(front, kind, ref, streamed, kernels):
     (got,) = emulator.run(kernels(front)[f"reduce-{kind}-{streamed}"], [ops_mlx._ROWS])
     want = np.array(ref(mx.array(ops_mlx._ROWS)))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, equal_nan=True)
 
 
-@over_fronts
 @pytest.mark.parametrize("dtype,length,kind", TRUTH, ids=["-".join(map(str, t)) for t in TRUTH])
+@over_fronts
 def test_all_and_any_match_mlx(front, dtype, length, kind, kernels):
     """Values other than 0 and 1 (0.5, NaN, 2, -1), zeros (-0.0 too), across SIMD shuffles and
     threadgroup memory: the Metal source once cast elements to int and combined them bitwise."""
@@ -170,8 +170,8 @@ def test_all_and_any_match_mlx(front, dtype, length, kind, kernels):
     np.testing.assert_array_equal(got, want)
 
 
-@over_fronts
 @pytest.mark.parametrize("src,dst", CASTS, ids=[f"{s}-{d}" for s, d in CASTS])
+@over_fronts
 def test_casts_match_the_interpreter(front, src, dst, kernels):
     """Out of range and NaN included: the rendered conversion is the kernel IR's (saturating,
     NaN to 0), whatever C leaves undefined."""
@@ -204,8 +204,8 @@ SPLIT = {f"{family}-{dtype}": oracle.COLUMN_FAMILIES[family](shape=shape, dtype=
          for dtype in ("float32", "bfloat16")}
 
 
-@over_fronts
 @pytest.mark.parametrize("name", sorted(SPLIT))
+@over_fronts
 def test_a_split_column_runs(front, name):
     region = SPLIT[name]
     chosen = split_schedule(region, front.split_chip)
