@@ -255,6 +255,16 @@ def column_reductions(files):
                       "mlxtriton of copy", "vs mx.compile"], out)
 
 
+def column_split(files):
+    out = []
+    for f in files:
+        result = load(f)
+        for r in result["rows"]:
+            out.append([r["label"], f"{r['us']:.0f}", _num(r["gbps"]), f"{100 * r['of_copy']:.0f}%", r["schedule"]])
+        out.append(["MLX copy", "", _num(result["copy_gbps"]), "100%", ""])
+    return _markdown(["schedule", "us", "GB/s", "of copy", "as built"], out)
+
+
 def generation(files):
     """One row per case (model, weights, batch, prompt): the first file listing it gives it (the
     newest runs are listed first; an older file keeps the cases they did not measure)."""
@@ -408,6 +418,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
+    "column_split": (column_split, ["column_split_h100.json"]),
     "projections": (projections, ["projections_h100.json", "projections_h100_swiglu.json"]),
 }
 

@@ -565,7 +565,7 @@ def _default(a: Analysis, n: _Numbers, on_chip: bool) -> Schedule:
     # what does not fit the registers may fit threadgroup memory: each thread stages its own
     # elements there between passes (no thread reads another's, so no barrier); a column
     # reduction's staging, whole or split with registers, is a candidate the rules never pick
-    # (not measured: the tuner times it)
+    # (slower than the column held in registers: benchmarks/results/column_split_h100.json)
     staging = staging_limit(n, T, T * G) if budget and not interleaved else 0
 
     def group_bytes(u: UOp) -> int:
