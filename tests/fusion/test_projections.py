@@ -231,12 +231,14 @@ def decode_model(quantized: bool, head_dim: int, group_size: int, name: str = "l
     return model
 
 
-def greedy_against_mlx_lm(f, model, y, steps: int, tol: float):
+def greedy_against_mlx_lm(f, model, y, steps: int, tol: float, reference_caches=None):
     """``steps`` greedy steps of ``f`` (the model optimized) with mlxtriton.lm's caches against the
-    plain model with mlx-lm's, logits compared at each; the last tokens and the optimized caches."""
+    plain model with mlx-lm's (or ``reference_caches(model)``'s), logits compared at each; the
+    last tokens and the optimized caches."""
     from mlx_lm.models import cache as lm_cache
 
-    fast, plain = lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model)
+    fast = lm.make_prompt_cache(model)
+    plain = (reference_caches or lm_cache.make_prompt_cache)(model)
     for _ in range(steps):
         a, b = f(y, cache=fast)[:, -1], model(y, cache=plain)[:, -1]
         np.testing.assert_allclose(np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)),
