@@ -317,6 +317,15 @@ def decode_epilogues(files):
                       "on vs off"], out)
 
 
+def decode_views_ab(files):
+    """Per weights, each variant's step (median run) with its host and call time."""
+    out = []
+    for r in load(files[0])["rows"]:
+        out.append([r["model"].upper(), "4-bit" if r["dtype"] == "4bit" else DTYPES.get(r["dtype"], r["dtype"]),
+                    r["label"], _num(r["ms"], 2), _num(r["host_ms"], 2), _num(r["call_ms"], 2)])
+    return _markdown(["model", "weights", "variant", "ms per step", "host ms", "call ms"], out)
+
+
 def projections(files):
     """One row per case: MLX's products against the projection kernel's best schedule and the
     schedule the chip's tuning data picks (R columns per SIMD group, W SIMD groups, U vectors)."""
@@ -415,6 +424,7 @@ TABLES: dict[str, tuple[Callable, list[str]]] = {
                                 "generation_h100_p2048_projections.json", "generation_h100_b1_bf16.json"]),
     "launch_costs": (launch_costs, ["launch_costs_h100.json"]),
     "decode_epilogues": (decode_epilogues, ["decode_epilogues_ab_h100.json"]),
+    "decode_views_ab": (decode_views_ab, ["decode_views_ab_h100.json"]),
     "autotune": (autotune, ["autotune_h100.json", "autotune_h100_bf16.json", "autotune_h100_columns.json"]),
     "decode_kernels": (decode_kernels, ["decode_kernels_h100.json", "decode_kernels_h100_p2048.json"]),
     "column_reductions": (column_reductions, ["column_reductions_h100.json"]),
