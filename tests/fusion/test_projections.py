@@ -247,6 +247,53 @@ def greedy_against_mlx_lm(f, model, y, steps: int, tol: float, reference_caches=
     return y, fast
 
 
+def dequantized(model, dense):
+    """``dense`` (a model of ``model``'s architecture without quantized layers) given ``model``'s
+    weights, its quantized ones dequantized, all in float32: what a quantized model computes,
+    without rounding."""
+    from mlx.utils import tree_flatten
+
+    weights, quantized = {}, set()
+    for path, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            quantized.add(path)
+            weights[f"{path}.weight"] = mx.dequantize(m.weight, m.scales, m.biases,
+                                                      group_size=m.group_size, bits=m.bits)
+            if "bias" in m:
+                weights[f"{path}.bias"] = m["bias"]
+    weights.update((k, v) for k, v in tree_flatten(model.parameters())
+                   if k.rsplit(".", 1)[0] not in quantized)
+    dense.load_weights(list(weights.items()))
+    dense.set_dtype(mx.float32)
+    return dense
+
+
+def greedy_against_float32(f, model, dense, y, steps: int, ratio: float = 1.5,
+                           share: float = 0.3):
+    """``steps`` greedy steps of ``f`` (``model`` optimized, half precision, mlxtriton.lm's caches)
+    and of plain ``model`` (mlx-lm's), each against ``dense`` (`dequantized`: the same model in
+    float32): half precision rounds differently at every op of two graphs, so neither matches the
+    other closely; ``f`` must be about as close to the float32 logits as plain mlx-lm is (within
+    ``ratio`` of plain's largest difference over the run) and within ``share`` of the logits'
+    largest magnitude at every step. Tokens follow the float32 model."""
+    from mlx_lm.models import cache as lm_cache
+
+    fast, plain, exact = (lm.make_prompt_cache(model), lm_cache.make_prompt_cache(model),
+                          lm_cache.make_prompt_cache(dense))
+    ours, theirs = [], []
+    for step in range(steps):
+        want = dense(y, cache=exact)[:, -1]
+        a = f(y, cache=fast)[:, -1].astype(mx.float32)
+        b = model(y, cache=plain)[:, -1].astype(mx.float32)
+        ours.append(mx.abs(a - want).max().item())
+        theirs.append(mx.abs(b - want).max().item())
+        scale = mx.abs(want).max().item()
+        assert ours[-1] <= share * scale, f"step {step}: {ours[-1]} from float32 logits up to {scale}"
+        y = mx.argmax(want, axis=-1)[:, None]
+    assert max(ours) <= ratio * max(theirs), (ours, theirs)
+    return y, fast
+
+
 @pytest.mark.parametrize("quantized,name", [(False, "llama"), (True, "llama"), (False, "qwen2")])
 def test_decoding_through_optimize_runs_the_kernels(projections_on_apple, quantized, name):
     model = decode_model(quantized, head_dim=32, group_size=32, name=name)
@@ -283,6 +330,17 @@ def decoding_on_an_h100(monkeypatch):
 # result (the NumPy interpreter of the same kernels differs from mlx-lm as much).
 H100_DECODES = {"float16-4bit": (True, mx.float16, 0.15), "bfloat16-4bit": (True, mx.bfloat16, 0.75),
                 "float32": (False, mx.float32, 1e-4)}
+
+
+@pytest.mark.parametrize("group", [64, 32])
+def test_a_bfloat16_4bit_decode_for_an_h100_is_as_close_to_float32_as_mlx_lm(decoding_on_an_h100,
+                                                                           group):
+    """The bfloat16 4-bit decode in CUDA against the same model in float32 (its weights
+    dequantized), beside plain mlx-lm: what the device's greedy test checks."""
+    model = decode_model(True, head_dim=64, group_size=group, dtype=mx.bfloat16)
+    dense = dequantized(model, decode_model(False, head_dim=64, group_size=group))
+    greedy_against_float32(mlxtriton.optimize(model, chip="h100"), model, dense,
+                           lm_zoo.prompt(40)[None], 3)
 
 
 @pytest.mark.parametrize("case", sorted(H100_DECODES))
