@@ -86,7 +86,7 @@ def test_the_plain_model_on_mlxtriton_caches_matches_it_on_mlx_lm_caches(quantiz
     greedy_against_mlx_lm(model, model, lm_zoo.prompt(40)[None], 8, tol)
 
 
-@pytest.mark.parametrize("quantized,dtype,tol", HALVES[:2], ids=str)
+@pytest.mark.parametrize("quantized,dtype,tol", [h for h in HALVES if not h[0]], ids=str)
 def test_optimize_matches_the_plain_model_on_the_same_caches(quantized, dtype, tol):
     model = decode_model(quantized, head_dim=64, group_size=64, dtype=dtype)
     greedy_against_mlx_lm(mlxtriton.optimize(model), model, lm_zoo.prompt(40)[None], 8, tol,
