@@ -404,17 +404,34 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
             # them into ordinary primitives (Python code that asks for the default device then
             # takes its CPU branch: the warning says so).
             match = _NO_STATE.search(str(err))
-            if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
+            if match is None:
                 raise
+            if mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
+                raise _unexportable(fn, match.group(1), err) from err
             warnings.warn(
                 f"MLX cannot export the state of primitive {match.group(1)}; tracing "
                 f"{_name(fn)} on the CPU stream instead, where it decomposes", TraceWarning,
                 stacklevel=3)
             with mx.stream(mx.cpu):
-                builder = _export(flat_fn, flat_args)
+                try:
+                    builder = _export(flat_fn, flat_args)
+                except ValueError as again:
+                    match = _NO_STATE.search(str(again))
+                    if match is None:
+                        raise
+                    raise _unexportable(fn, match.group(1), again) from again
     out_tree, changes = found[-1]
     graph = builder.graph(in_tree, out_tree)
     return _with_state(graph, tuple(leaves), before, changes, roots, read_only_constants)
+
+
+def _unexportable(fn: Callable, primitive: str, err: ValueError) -> TraceError:
+    """The error for a call whose graph holds a primitive MLX's exporter cannot record (mx.qqmm's
+    QQMatmul, mx.linalg.lu's LUF, ...): the tracer never sees it, so nothing can run it."""
+    return TraceError(
+        f"cannot trace {_name(fn)}: it calls MLX primitive {primitive}, which MLX "
+        f"{mx.__version__}'s exporter cannot record ({err}); call that part outside the "
+        "optimized function")
 
 
 def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,

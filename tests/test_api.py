@@ -291,6 +291,19 @@ def test_explain_says_what_did_not_fuse_and_why():
     assert "not fused: #" in text and "Matmul" in text
 
 
+def test_explain_says_where_the_kernels_run(monkeypatch):
+    x = mx.random.normal((4, 32))
+    f = mlxtriton.optimize(lambda x: mx.softmax(x, axis=-1), chip="h100")
+    heads = {}
+    for mode in ("", "1", "cuda"):
+        monkeypatch.setenv("MLXTRITON_INTERPRET", mode)
+        heads[mode] = str(f.explain(x)).splitlines()[0]
+    if not mx.metal.is_available() and not mx.cuda.is_available():
+        assert heads[""].endswith("where fused regions run as MLX ops")
+    assert heads["1"].endswith("the kernels run in the NumPy interpreter (MLXTRITON_INTERPRET)")
+    assert heads["cuda"].endswith("the kernels run in the CUDA kernel emulator (MLXTRITON_INTERPRET)")
+
+
 def test_unknown_chip_is_a_clear_error():
     with pytest.raises(ValueError, match="m3"):
         mlxtriton.optimize(rms_gate, chip="m99")

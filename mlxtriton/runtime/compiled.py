@@ -39,7 +39,7 @@ from mlxtriton.patterns.norms import decompose_norm
 from mlxtriton.runtime import tuner as tuner_lib
 from mlxtriton.runtime.autodiff import (SavedStatistics, detached, differentiable, differentiable_saving,
                                         fused_backward, saved_statistics, vjp_function)
-from mlxtriton.runtime.launch import interpreting, launcher, unavailable
+from mlxtriton.runtime.launch import emulating, interpreting, launcher, unavailable
 from mlxtriton.runtime.views import Step, fold_views
 from mlxtriton import state as state_lib
 from mlxtriton.state import function_roots
@@ -78,6 +78,7 @@ class Explanation:
     kernels: list[LoweredKernel]
     target: hw.Target  # what the kernels are shaped for and written in
     running: hw.Profile | None = None  # the device this process runs on
+    interpreted: str | None = None  # how MLXTRITON_INTERPRET runs the kernels off the device
 
     @property
     def graph(self) -> Graph:
@@ -87,7 +88,9 @@ class Explanation:
         dialect = "CUDA" if self.target.device.backend == "cuda" else "Metal"
         head = (f"traced: {len(self.source.eqns)} equations; kernels shaped for the "
                 f"{self.target.chip.name}, written in {dialect}")
-        if self.running is not None and not self.running.is_gpu:
+        if self.interpreted is not None:
+            head += f"; the kernels run in the {self.interpreted} (MLXTRITON_INTERPRET)"
+        elif self.running is not None and not self.running.is_gpu:
             head += f"; running on the {self.running.name}, where fused regions run as MLX ops"
         elif self.running is not None and self.running != self.target.device:
             head += f"; running on the {self.running.name}"
@@ -1031,7 +1034,11 @@ class Traced:
         if folded:
             stages[-1].lines.append(f"{folded} view(s) around the kernels fold into them where no "
                                     "transformation sees the call (runtime/views)")
-        return Explanation(self.source, stages, kernels, ktarget, hw.running_device())
+        mode = emulating()
+        interpreted = (None if not interpreting() else
+                       f"{'CUDA' if mode == 'cuda' else 'Metal'} kernel emulator" if mode else
+                       "NumPy interpreter")
+        return Explanation(self.source, stages, kernels, ktarget, hw.running_device(), interpreted)
 
 
 # Fast-op primitives a GPU trace holds (on the CPU stream they decompose) whose work a generated
