@@ -473,7 +473,8 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------
 class Write(NamedTuple):
-    """One write to a live container (``container``: its walk index; ``key``: its slot).
+    """One write to a live container (``container``: its index in the walk before the call;
+    ``key``: its slot).
     op "array": state output ``value``; "static": the Python value; "counter": add ``value``;
     "tree": a new tuple / list / dict built from ``value`` = (layout, state outputs);
     "delete": remove the slot."""
@@ -607,6 +608,9 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
             same_slot.append(before_leaf.get(bs) if bs is not None else None)
         return start
 
+    # ``b`` and ``a`` are one live container walked before and after the call; a write names
+    # it by its place in the walk before (`WritePlan.apply` writes into the snapshot taken
+    # before each call): containers the call created shift the places of those after them.
     def compare(b: Container, a: Container, path: str) -> None:
         if a.training != b.training:
             raise StateError(f"the call changed the training mode of {path}; call .train() / "
@@ -617,15 +621,15 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
             bd = bchildren.get(k, _MISSING)
             if ad is ARRAY:
                 i = add_outputs([(a.index, k)], [(b.index, k) if bd is ARRAY else None])
-                writes.append(Write(a.index, k, "array", i, step))
+                writes.append(Write(b.index, k, "array", i, step))
             elif ad is COUNTER:
                 delta = after.counters[(a.index, k)] - (
                     before.counters[(b.index, k)] if bd is COUNTER else 0)
                 if delta:
-                    writes.append(Write(a.index, k, "counter", delta, step))
+                    writes.append(Write(b.index, k, "counter", delta, step))
             elif isinstance(ad, pytree.Static):
                 if ad != bd:
-                    writes.append(Write(a.index, k, "static", ad.value, step))
+                    writes.append(Write(b.index, k, "static", ad.value, step))
             elif isinstance(ad, Container) and same(bd, ad) and (
                     ad.kind != "tuple" or not _buildable(ad)):
                 # the same container: what changed inside it (a tuple holding objects, as
@@ -636,7 +640,7 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
                 slots = _leaf_slots(ad, a.index, k)
                 b_slots = (_leaf_slots(bd, b.index, k) if same(bd, ad) else [None] * len(slots))
                 i = add_outputs(slots, b_slots)
-                writes.append(Write(a.index, k, "tree", (ad, tuple(range(i, i + len(slots)))), step))
+                writes.append(Write(b.index, k, "tree", (ad, tuple(range(i, i + len(slots)))), step))
             elif ad != bd and not (isinstance(ad, tuple) and ad[:1] == ("alias",) and bd == ad):
                 what = (ad.cls.__name__ if isinstance(ad, Container) else
                         ad[1].__name__ if ad[0] == "opaque" else "a shared object")
@@ -647,7 +651,7 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
             for k in b.keys:
                 if k not in bchildren or k in a.keys:
                     continue
-                writes.append(Write(a.index, k, "delete", None, path + _step(a.kind, k)))
+                writes.append(Write(b.index, k, "delete", None, path + _step(a.kind, k)))
 
     for bd, ad, name in zip(before.layout, after.layout, after.names):
         compare(bd, ad, name)

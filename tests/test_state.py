@@ -9,10 +9,12 @@ import warnings
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlx.utils import tree_flatten
 
 import mlxtriton
 from mlxtriton import RebuildWarning
@@ -394,6 +396,77 @@ def test_objects_holding_one_array_are_read_as_one_input():
     assert [p.at.item() for p in mine] == [1, 2, 3, 4]
     assert "one object" in f.cache_info().last_build
     assert f.cache_info().builds == 2
+
+
+class Grows:
+    """State whose first call creates containers (a dict per name) ahead of ones it only
+    updates, with a look-alike slot further on: an optimizer's lazily made states do this."""
+
+    def __init__(self):
+        self.slots = {}
+        self.tail = {"n": mx.array(0)}
+        self.other = {"m": mx.array(100)}
+        self.last = {"n": mx.array(1000)}
+
+    def __call__(self, x):
+        for name in ("a", "b"):
+            if name not in self.slots:
+                self.slots[name] = {"sum": mx.zeros_like(x)}
+            self.slots[name]["sum"] = self.slots[name]["sum"] + x
+        self.tail["n"] = self.tail["n"] + 1
+        return x * 2
+
+
+def test_a_call_that_creates_containers_writes_into_the_ones_it_changed():
+    eager, opt = Grows(), Grows()
+    f = mlxtriton.optimize(lambda x: opt(x))
+    for i in range(3):
+        x = mx.full((3,), float(i + 1))
+        _same(f(x), eager(x))
+        for a, b in ((opt.tail["n"], eager.tail["n"]), (opt.last["n"], eager.last["n"]),
+                     (opt.other["m"], eager.other["m"]), (opt.slots["b"]["sum"], eager.slots["b"]["sum"])):
+            _same(a, b)
+    assert f.cache_info().builds == 2
+
+
+def _training_step(make_optimizer):
+    mx.random.seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    mx.eval(model.parameters())
+    optimizer = make_optimizer()
+    loss_and_grad = nn.value_and_grad(
+        model, lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean"))
+
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+    return model, optimizer, step
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: optim.SGD(1e-2),
+    lambda: optim.AdamW(optim.cosine_decay(1e-2, 10)),
+    lambda: optim.MultiOptimizer([optim.Adam(1e-2), optim.SGD(1e-2, momentum=0.9)],
+                                 [lambda name, w: w.ndim > 1]),
+], ids=["SGD", "AdamW with a schedule", "MultiOptimizer"])
+def test_a_whole_training_step_with_an_optimizer_it_initialises(make_optimizer):
+    """The optimizer's state is made by the first call, inside the trace (a MultiOptimizer's
+    per-optimizer dicts ahead of the ones it updates); SGD's zeros_like states, equal constants
+    the passes merge, stay distinct objects: two builds for the whole run."""
+    plain_model, plain_optimizer, plain_step = _training_step(make_optimizer)
+    model, optimizer, step = _training_step(make_optimizer)
+    fast = mlxtriton.optimize(step)
+    x = mx.random.normal((16, 8), key=mx.random.key(1))
+    y = mx.random.randint(0, 4, (16,), key=mx.random.key(2))
+    for _ in range(4):
+        np.testing.assert_allclose(fast(x, y).item(), plain_step(x, y).item(), rtol=1e-5)
+    for (_, a), (_, b) in zip(tree_flatten(model.parameters()),
+                              tree_flatten(plain_model.parameters())):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+    for (_, a), (_, b) in zip(tree_flatten(optimizer.state), tree_flatten(plain_optimizer.state)):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+    assert fast.cache_info().builds == 2
 
 
 class Broken:

@@ -274,7 +274,7 @@ class _Executable:
     ``run`` is the two under one ``mx.compile``, each where it belongs."""
 
     def __init__(self, graph: Graph, launch: bool, target: hw.Target, choose: Chooser | None = None,
-                 autotune: bool | None = None):
+                 autotune: bool | None = None, identities: tuple[int, ...] | None = None):
         self.graph = graph
         steps: list[Step] = []
         bare_steps: list[Step] = []
@@ -326,9 +326,14 @@ class _Executable:
         # For each output, the first output position holding the same var (empty: all distinct):
         # MLX hands back a new Python object per output, so one array written to several state
         # slots is made one object again (`state.Snapshot.aliases` reads them as one input).
-        first = {v: i for i, v in reversed(list(enumerate(graph.outputs)))}
-        self.output_aliases = (tuple(first[v] for v in graph.outputs)
-                               if len(first) < len(graph.outputs) else ())
+        # Only within one of ``identities`` (`_output_identities`): outputs the passes merged
+        # that were distinct objects before (an optimizer's zeros_like states, equal constants)
+        # stay distinct, or the next call would see its state's aliasing change and build again.
+        identities = identities or (0,) * len(graph.outputs)
+        first: dict = {}
+        aliases = tuple(first.setdefault(key, i)
+                        for i, key in enumerate(zip(graph.outputs, identities)))
+        self.output_aliases = aliases if len(first) < len(aliases) else ()
         self.body = run  # uncompiled: what Compiled's dispatch traces (one mx.compile for all)
         # A bare replay launches kernels in their views' shapes and drops those views.
         self.views_folded = 0
@@ -377,14 +382,41 @@ def _launches(target: hw.Target) -> bool:
     return target.can_launch or interpreting()
 
 
-def _executable(optimized: Graph, target: hw.Target, autotune: bool | None = None) -> _Executable:
+def _output_identities(traced, aliases: tuple) -> tuple[int, ...]:
+    """For each output of a ``traced`` call, a class: outputs of one class were one object in
+    the function (one traced var: an array returned or stored in several places), or are state
+    written to slots that held one object before the call (``aliases``, `state.Snapshot.aliases`:
+    every layer's cache sharing one offset)."""
+    outputs = traced.graph.outputs
+    parent = list(range(len(outputs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict = {}
+    for i, v in enumerate(outputs):
+        parent[find(i)] = find(first.setdefault(v, i))
+    if traced.state is not None and aliases:
+        held: dict[int, int] = {}
+        for k, leaf in enumerate(traced.state.changes.same_slot):
+            if leaf is not None:
+                i = traced.state.results + k
+                parent[find(i)] = find(held.setdefault(aliases[leaf], i))
+    return tuple(find(i) for i in range(len(outputs)))
+
+
+def _executable(optimized: Graph, target: hw.Target, autotune: bool | None = None,
+                identities: tuple[int, ...] | None = None) -> _Executable:
     """An optimised graph made runnable on ``target``'s device: kernels where the device launches
     them (or the interpreter is asked for), their schedules tuned there with ``autotune``
     (`mlxtriton.runtime.tuner`), MLX ops otherwise."""
     launch = _launches(target)
     ktarget = kernel_target(target.chip, target.device) if launch else target
     choose = tuner_lib.tuner().choose if launch and tuner_lib.enabled(autotune) else None
-    return _Executable(optimized, launch, ktarget, choose, autotune)
+    return _Executable(optimized, launch, ktarget, choose, autotune, identities)
 
 
 def _saving_statistics(e: Eqn, kernel: LoweredKernel, bare: Callable, target: hw.Target,
@@ -672,7 +704,8 @@ class Compiled:
             traced = self._trace_call(args, kwargs)
             # Every call binds the live state: holding its trace-time values would keep old
             # weights alive.
-            executable = self._build(traced.graph.replace(state_values=()), device)
+            executable = self._build(traced.graph.replace(state_values=()), device,
+                                     _output_identities(traced, snap.aliases))
             entry = _Entry(executable, traced.graph.out_tree, traced.state, key,
                            _leaf_paths(key[0]), snap.leaf_paths())
             if entry.state is not None:
@@ -738,7 +771,8 @@ class Compiled:
     def _trace(self, args, kwargs) -> Graph:
         return self._trace_call(args, kwargs).graph
 
-    def _build(self, graph: Graph, device) -> _Executable:
+    def _build(self, graph: Graph, device, identities: tuple[int, ...] | None = None
+               ) -> _Executable:
         target = hw.target(self.chip, device)  # resolved once for this call signature
         passes = self.passes
         if not _launches(target):
@@ -747,7 +781,7 @@ class Compiled:
         optimized, _ = run_passes(graph, passes, target, single_kernel=self.single_kernel)
         if self.single_kernel:
             check_single_kernel(graph, optimized, self.passes, self.chip)
-        executable = _executable(optimized, target, self.autotune)
+        executable = _executable(optimized, target, self.autotune, identities)
         if self.single_kernel and executable.fallbacks:
             raise SingleKernelError(f"cannot be one kernel: {executable.fallbacks[0][1]}")
         return executable
