@@ -274,7 +274,10 @@ def test_a_loss_and_its_gradient_match_plain_mlx(name, path, monkeypatch):
     _close(mx.grad(mlxtriton.optimize(f))(*args), mx.grad(f)(*args), 1e-4)
 
 
-def test_a_layer_mlx_cannot_export_is_a_clear_error():
-    layer = nn.QQLinear(64, 32)
-    with pytest.raises(mlxtriton.TraceError, match="QQLinear: it calls MLX primitive QQMatmul"):
-        mlxtriton.optimize(layer)(mx.random.normal((3, 64)))
+@pytest.mark.parametrize("make, primitive", [
+    (lambda: nn.QQLinear(64, 32), "QQMatmul"),
+    (lambda: nn.utils.checkpoint(nn.Linear(64, 32)), "CustomTransforms"),
+], ids=["QQLinear", "nn.utils.checkpoint"])
+def test_what_mlx_cannot_export_is_a_clear_error(make, primitive):
+    with pytest.raises(mlxtriton.TraceError, match=f"it calls MLX primitive {primitive}, which"):
+        mlxtriton.optimize(make())(mx.random.normal((3, 64)))
