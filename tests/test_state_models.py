@@ -67,3 +67,53 @@ def test_a_training_step_gives_the_plain_loss_and_gradients(name):
     assert want.keys() == got.keys()
     for k in want:
         _close(got[k], want[k], 1e-5)
+
+
+def _lora_model(bits):
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    mx.random.seed(0)
+    model = lm_zoo.build("llama")
+    if bits:
+        nn.quantize(model, group_size=32, bits=bits)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 10.0, "dropout": 0.1,
+                                     "keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    mx.eval(model.parameters())
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("bits", (None, 4), ids=("LoRA", "QLoRA"))
+def test_a_lora_fine_tuning_step_as_mlx_lm_trains_it(bits):
+    """mlx-lm's tuner: a frozen (or 4-bit) base, LoRA adapters with dropout, its masked loss,
+    Adam: the whole step optimized follows the plain one, dropout masks included, in two builds."""
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.trainer import default_loss
+
+    runs = []
+    for optimized in (False, True):
+        model, optimizer = _lora_model(bits), optim.Adam(1e-3)
+        loss_and_grad = nn.value_and_grad(model, default_loss)
+
+        def step(batch, lengths):
+            (loss, _), grads = loss_and_grad(model, batch, lengths)
+            optimizer.update(model, grads)
+            return loss
+
+        step = mlxtriton.optimize(step) if optimized else step
+        tokens = lm_zoo.prompt(9)[None]
+        batch, lengths = mx.concatenate([tokens, tokens[:, ::-1]]), mx.array([[0, 8], [0, 6]])
+        losses = []
+        for i in range(3):
+            mx.random.seed(100 + i)
+            losses.append(step(batch, lengths))
+            mx.eval(losses[-1], model.trainable_parameters(), optimizer.state)
+        runs.append((losses, dict(tree_flatten(model.trainable_parameters())), step))
+    (want, want_params, _), (got, got_params, fast) = runs
+    for a, b in zip(got, want):
+        _close(a, b, 1e-5)
+    assert want_params.keys() == got_params.keys() and len(want_params) == 8
+    for k in want_params:
+        _close(got_params[k], want_params[k], 1e-4)
+    assert fast.cache_info().builds == 2  # before and after Adam made its state
