@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import linecache
 import re
 import threading
 import warnings
@@ -404,10 +405,11 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
             # them into ordinary primitives (Python code that asks for the default device then
             # takes its CPU branch: the warning says so).
             match = _NO_STATE.search(str(err))
-            if match is None:
-                raise
-            if mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
-                raise _unexportable(fn, match.group(1), err) from err
+            if match is None or mx.default_stream(mx.default_device()) == mx.default_stream(mx.cpu):
+                explained = _explained(fn, err)
+                if explained is None:
+                    raise
+                raise explained from err
             warnings.warn(
                 f"MLX cannot export the state of primitive {match.group(1)}; tracing "
                 f"{_name(fn)} on the CPU stream instead, where it decomposes", TraceWarning,
@@ -416,22 +418,52 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
                 try:
                     builder = _export(flat_fn, flat_args)
                 except ValueError as again:
-                    match = _NO_STATE.search(str(again))
-                    if match is None:
+                    explained = _explained(fn, again)
+                    if explained is None:
                         raise
-                    raise _unexportable(fn, match.group(1), again) from again
+                    raise explained from again
     out_tree, changes = found[-1]
     graph = builder.graph(in_tree, out_tree)
     return _with_state(graph, tuple(leaves), before, changes, roots, read_only_constants)
 
 
-def _unexportable(fn: Callable, primitive: str, err: ValueError) -> TraceError:
-    """The error for a call whose graph holds a primitive MLX's exporter cannot record (mx.qqmm's
-    QQMatmul, mx.linalg.lu's LUF, ...): the tracer never sees it, so nothing can run it."""
-    return TraceError(
-        f"cannot trace {_name(fn)}: it calls MLX primitive {primitive}, which MLX "
-        f"{mx.__version__}'s exporter cannot record ({err}); call that part outside the "
-        "optimized function")
+_VALUE_READ = "Attempting to eval an array during function transformations"
+
+
+def _explained(fn: Callable, err: ValueError) -> TraceError | None:
+    """What MLX's exporter raised, said in terms of the traced function, where it is one of:
+    a primitive the exporter cannot record (mx.qqmm's QQMatmul, mx.linalg.lu's LUF, ...: the
+    tracer never sees it, so nothing can run it); an array's value read while tracing (Python
+    control flow on an array, ``.item()``: a trace records shapes, not values)."""
+    match = _NO_STATE.search(str(err))
+    if match is not None:
+        return TraceError(
+            f"cannot trace {_name(fn)}: it calls MLX primitive {match.group(1)}, which MLX "
+            f"{mx.__version__}'s exporter cannot record ({err}); call that part outside the "
+            "optimized function")
+    if _VALUE_READ in str(err):
+        return TraceError(
+            f"cannot trace {_name(fn)}: it reads an array's value{_user_line(err)} (Python "
+            "control flow on an array, bool(), .item(), .tolist() or int() of one), and a "
+            "trace records shapes, not values; compute the choice with mx.where, or pass the "
+            "value as a Python number through static_argnums / static_argnames")
+    return None
+
+
+def _user_line(err: BaseException) -> str:
+    """`` at file:line (code)`` of the innermost frame of ``err`` outside MLX and mlxtriton."""
+    import os
+
+    skip = tuple(os.path.dirname(m.__file__) for m in (mx, _collectives) if getattr(m, "__file__", None))
+    found = ""
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith(skip) and not code.co_filename.startswith("<"):
+            line = linecache.getline(code.co_filename, tb.tb_lineno).strip()
+            found = f" at {code.co_filename}:{tb.tb_lineno}" + (f" ({line})" if line else "")
+        tb = tb.tb_next
+    return found
 
 
 def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,

@@ -151,3 +151,18 @@ def test_fast_cross_entropy_traces_as_its_definition():
     assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
     assert mx.fast.cross_entropy is not None and "mlxtriton" not in getattr(
         mx.fast.cross_entropy, "__module__", "")
+
+
+def _branches_on_a_value(x):
+    if x.sum() > 0:
+        return x * 2
+    return x - 1
+
+
+def test_reading_an_array_value_while_tracing_is_a_clear_error_naming_the_line():
+    with pytest.raises(mlxtriton.TraceError) as info:
+        mlxtriton.optimize(_branches_on_a_value)(mx.ones(3))
+    message = str(info.value)
+    assert message.startswith("cannot trace _branches_on_a_value: it reads an array's value at ")
+    assert "test_trace.py" in message and "(if x.sum() > 0:)" in message
+    assert "static_argnums" in message and "mx.where" in message
