@@ -117,3 +117,36 @@ def test_a_lora_fine_tuning_step_as_mlx_lm_trains_it(bits):
     for k in want_params:
         _close(got_params[k], want_params[k], 1e-4)
     assert fast.cache_info().builds == 2  # before and after Adam made its state
+
+
+def _bf16_loss_and_grads(model, forward, x, y):
+    loss, grads = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(
+        forward(x).astype(mx.float32), y, reduction="mean"))(model, x, y)
+    return loss.item(), {k: g.astype(mx.float32) for k, g in tree_flatten(grads)}
+
+
+@pytest.mark.parametrize("interpreted", (False, True), ids=("mlx ops", "kernels"))
+@pytest.mark.parametrize("name", ("llama", "gemma3_text", "phi3"))
+def test_bfloat16_gradients_are_as_close_to_float32_as_plain_mlx(name, interpreted, monkeypatch):
+    """In bfloat16 the kernels round at casts and stores where MLX rounds after every op: the
+    optimized loss and gradients are held to the float32 ones, no further than plain MLX's."""
+    from mlx.utils import tree_map
+
+    if interpreted:
+        monkeypatch.setenv("MLXTRITON_INTERPRET", "1")
+        monkeypatch.setenv("MLXTRITON_CHIP", "h200")
+    x, y = lm_zoo.prompt(9)[None], lm_zoo.prompt(9, seed=1)[None]
+    model = lm_zoo.build(name)
+    model.update(tree_map(lambda p: p.astype(mx.bfloat16), model.parameters()))
+    reference = lm_zoo.build(name)  # float32, from the same bfloat16 weights
+    reference.update(tree_map(lambda p: p.astype(mx.float32), model.parameters()))
+    want_loss, want = _bf16_loss_and_grads(reference, reference, x, y)
+    plain_loss, plain = _bf16_loss_and_grads(model, model, x, y)
+    got_loss, got = _bf16_loss_and_grads(model, mlxtriton.optimize(model), x, y)
+
+    def error(grads):
+        return max(float(mx.max(mx.abs(grads[k] - want[k])) / mx.max(mx.abs(want[k])))
+                   for k in want if mx.any(want[k] != 0).item())
+
+    assert abs(got_loss - want_loss) <= max(1.5 * abs(plain_loss - want_loss), 2e-3 * abs(want_loss))
+    assert error(got) <= 1.2 * error(plain) + 0.01
