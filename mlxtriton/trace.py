@@ -11,6 +11,7 @@ import contextlib
 import gc
 import inspect
 import linecache
+import os
 import re
 import threading
 import warnings
@@ -452,9 +453,8 @@ def _explained(fn: Callable, err: ValueError) -> TraceError | None:
 
 def _user_line(err: BaseException) -> str:
     """`` at file:line (code)`` of the innermost frame of ``err`` outside MLX and mlxtriton."""
-    import os
-
-    skip = tuple(os.path.dirname(m.__file__) for m in (mx, _collectives) if getattr(m, "__file__", None))
+    skip = tuple(os.path.dirname(m.__file__) for m in (mx, _collectives)
+                 if getattr(m, "__file__", None))
     found = ""
     tb = err.__traceback__
     while tb is not None:
