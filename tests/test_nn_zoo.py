@@ -11,6 +11,7 @@ import warnings
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
@@ -281,3 +282,132 @@ def test_a_loss_and_its_gradient_match_plain_mlx(name, path, monkeypatch):
 def test_what_mlx_cannot_export_is_a_clear_error(make, primitive):
     with pytest.raises(mlxtriton.TraceError, match=f"it calls MLX primitive {primitive}, which"):
         mlxtriton.optimize(make())(mx.random.normal((3, 64)))
+
+
+# ---- whole training steps of small models built from these layers ---------------------------
+class ResBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm(c)
+        self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm(c)
+
+    def __call__(self, x):
+        y = nn.relu(self.b1(self.c1(x)))
+        return nn.relu(x + self.b2(self.c2(y)))
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, 8, 3, padding=1), ResBlock(8)
+        self.pool, self.drop = nn.MaxPool2d(2, 2), nn.Dropout(0.25)
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def __call__(self, x):
+        x = self.pool(self.block(nn.silu(self.stem(x))))
+        return self.head(self.drop(x.reshape(x.shape[0], -1)))
+
+
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.mu, self.lv = nn.Linear(16, 32), nn.Linear(32, 4), nn.Linear(32, 4)
+        self.dec = nn.Linear(4, 16)
+
+    def __call__(self, x):
+        h = nn.relu(self.enc(x))
+        mu, lv = self.mu(h), self.lv(h)
+        z = mu + mx.exp(0.5 * lv) * mx.random.normal(mu.shape)
+        return self.dec(z), mu, lv
+
+
+class ViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch, self.pos = nn.Conv2d(3, 16, 4, stride=4), mx.zeros((1, 4, 16))
+        self.enc = nn.TransformerEncoder(2, 16, 2, 32, dropout=0.1, norm_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def __call__(self, x):
+        p = self.patch(x)
+        p = p.reshape(p.shape[0], -1, p.shape[-1]) + self.pos
+        return self.head(self.enc(p, None).mean(axis=1))
+
+
+class Denoiser(nn.Module):
+    """A diffusion U-Net's pieces: group norm, SiLU, a time embedding, upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.GroupNorm(4, 8, pytorch_compatible=True)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.up, self.out = nn.Upsample(2.0, "nearest"), nn.Conv2d(8, 3, 3, padding=1)
+        self.time = nn.Linear(1, 8)
+
+    def __call__(self, x, t):
+        h = self.conv(nn.silu(self.norm(x))) + self.time(t)[:, None, None, :]
+        return self.out(self.up(h))
+
+
+def _classify(m, x, y):
+    return nn.losses.cross_entropy(m(x), y, reduction="mean")
+
+
+def _elbo(m, x, y):
+    r, mu, lv = m(x)
+    return nn.losses.mse_loss(r, x, reduction="sum") - 0.5 * mx.sum(1 + lv - mu ** 2 - mx.exp(lv))
+
+
+def _denoise(m, x, y):
+    t = mx.random.uniform(shape=(x.shape[0], 1))
+    noise = mx.random.normal((x.shape[0], 2 * x.shape[1], 2 * x.shape[2], 3))
+    return nn.losses.mse_loss(m(x, t), noise)
+
+
+MODELS = {
+    "CNN with batch norm and dropout": (CNN, _classify, lambda: (mx.random.normal((4, 8, 8, 3)),
+                                                                mx.array([1, 2, 3, 4]))),
+    "VAE, reparameterised": (VAE, _elbo, lambda: (mx.random.normal((8, 16)), None)),
+    "ViT with dropout": (ViT, _classify, lambda: (mx.random.normal((2, 8, 8, 3)),
+                                                  mx.array([1, 2]))),
+    "denoiser, random times and noise": (Denoiser, _denoise,
+                                         lambda: (mx.random.normal((2, 4, 4, 8)), None)),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", MODELS)
+def test_a_whole_training_step_follows_plain_mlx(name, path, monkeypatch):
+    """Loss, backward and SGD with momentum and weight decay in one optimized step: its losses,
+    the parameters and BatchNorm statistics it leaves, the random numbers it draws, two builds."""
+    for k, v in PATHS[path].items():
+        monkeypatch.setenv(k, v)
+    make, loss, data = MODELS[name]
+    runs = []
+    for optimized in (False, True):
+        mx.random.seed(0)
+        model = make()
+        mx.eval(model.parameters())
+        optimizer = optim.SGD(1e-2, momentum=0.9, weight_decay=1e-4)
+        loss_and_grad = nn.value_and_grad(model, loss)
+
+        def step(x, y):
+            value, grads = loss_and_grad(model, x, y)
+            optimizer.update(model, grads)
+            return value
+
+        step = mlxtriton.optimize(step) if optimized else step
+        mx.random.seed(1)
+        x, y = data()
+        losses = []
+        for i in range(3):
+            mx.random.seed(50 + i)
+            losses.append(step(x, y))
+            mx.eval(losses[-1], model.state, optimizer.state)
+        runs.append((losses, tree_flatten(model.state), step))
+    (want, want_state, _), (got, got_state, fast) = runs
+    for a, b in zip(got, want):
+        _close(a, b, 1e-4)
+    for (k, a), (_, b) in zip(got_state, want_state):
+        _close(a, b, 1e-4)
+    assert fast.cache_info().builds == 2  # before and after SGD made its state

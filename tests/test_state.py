@@ -424,7 +424,8 @@ def test_a_call_that_creates_containers_writes_into_the_ones_it_changed():
         x = mx.full((3,), float(i + 1))
         _same(f(x), eager(x))
         for a, b in ((opt.tail["n"], eager.tail["n"]), (opt.last["n"], eager.last["n"]),
-                     (opt.other["m"], eager.other["m"]), (opt.slots["b"]["sum"], eager.slots["b"]["sum"])):
+                     (opt.other["m"], eager.other["m"]),
+                     (opt.slots["b"]["sum"], eager.slots["b"]["sum"])):
             _same(a, b)
     assert f.cache_info().builds == 2
 
