@@ -430,7 +430,7 @@ def test_a_call_that_creates_containers_writes_into_the_ones_it_changed():
     assert f.cache_info().builds == 2
 
 
-def _training_step(make_optimizer):
+def _training_step(make_optimizer, clip: bool):
     mx.random.seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
     mx.eval(model.parameters())
@@ -440,23 +440,47 @@ def _training_step(make_optimizer):
 
     def step(x, y):
         loss, grads = loss_and_grad(model, x, y)
+        if clip:
+            grads, _ = optim.clip_grad_norm(grads, 0.5)
         optimizer.update(model, grads)
         return loss
     return model, optimizer, step
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda: optim.SGD(1e-2),
-    lambda: optim.AdamW(optim.cosine_decay(1e-2, 10)),
-    lambda: optim.MultiOptimizer([optim.Adam(1e-2), optim.SGD(1e-2, momentum=0.9)],
-                                 [lambda name, w: w.ndim > 1]),
-], ids=["SGD", "AdamW with a schedule", "MultiOptimizer"])
-def test_a_whole_training_step_with_an_optimizer_it_initialises(make_optimizer):
-    """The optimizer's state is made by the first call, inside the trace (a MultiOptimizer's
-    per-optimizer dicts ahead of the ones it updates); SGD's zeros_like states, equal constants
-    the passes merge, stay distinct objects: two builds for the whole run."""
-    plain_model, plain_optimizer, plain_step = _training_step(make_optimizer)
-    model, optimizer, step = _training_step(make_optimizer)
+OPTIMIZERS = {
+    "SGD": lambda: optim.SGD(1e-2),
+    "SGD, Nesterov momentum, weight decay": lambda: optim.SGD(1e-2, momentum=0.9, weight_decay=1e-3,
+                                                               nesterov=True),
+    "RMSprop": lambda: optim.RMSprop(1e-3),
+    "Adagrad": lambda: optim.Adagrad(1e-2),
+    "AdaDelta": lambda: optim.AdaDelta(1.0),
+    "Adam, bias correction": lambda: optim.Adam(1e-2, bias_correction=True),
+    "AdamW, warm-up then cosine schedule": lambda: optim.AdamW(optim.join_schedules(
+        [optim.linear_schedule(0, 1e-2, 2), optim.cosine_decay(1e-2, 10)], [2])),
+    "Adamax": lambda: optim.Adamax(1e-2),
+    "Lion": lambda: optim.Lion(1e-3, weight_decay=0.1),
+    "Adafactor": lambda: optim.Adafactor(),
+    "Muon": lambda: optim.Muon(1e-2),
+    "MultiOptimizer": lambda: optim.MultiOptimizer(
+        [optim.Adam(1e-2), optim.SGD(1e-2, momentum=0.9)], [lambda name, w: w.ndim > 1]),
+}
+
+
+def test_every_mlx_optimizer_has_a_case():
+    classes = {n for n, c in vars(optim).items() if isinstance(c, type)
+               and issubclass(c, optim.Optimizer) and c is not optim.Optimizer}
+    assert classes - {case.split(",")[0] for case in OPTIMIZERS} == set()
+
+
+@pytest.mark.parametrize("clip", (False, True), ids=("unclipped", "clipped"))
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_whole_training_step_with_an_optimizer_it_initialises(name, clip):
+    """Every optimizer of mlx.optimizers, its state made by the first call inside the trace (a
+    MultiOptimizer's per-optimizer dicts ahead of the ones it updates), gradients clipped by
+    their norm or not; SGD's zeros_like states, equal constants the passes merge, stay distinct
+    objects: two builds for the whole run."""
+    plain_model, plain_optimizer, plain_step = _training_step(OPTIMIZERS[name], clip)
+    model, optimizer, step = _training_step(OPTIMIZERS[name], clip)
     fast = mlxtriton.optimize(step)
     x = mx.random.normal((16, 8), key=mx.random.key(1))
     y = mx.random.randint(0, 4, (16,), key=mx.random.key(2))
