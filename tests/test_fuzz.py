@@ -126,3 +126,12 @@ def test_threads_with_one_new_shape_build_it_once():
     wrong, errors, traced = _stress(fn, [(8, 64)], interpret=False)
     assert not errors and not wrong, (errors[:3], wrong[:3])
     assert traced == per_build
+
+
+def test_the_harness_is_told_each_path_before_it_runs():
+    """What places a hang: plain MLX first, then every path in order (the long profile's
+    worker reports each, and a hang in plain MLX is a class of its own, not mlxtriton's)."""
+    program = corners.CASES[next(iter(corners.CASES))].build()
+    seen = []
+    differential.run(program, KERNEL_PATHS[:2], seen.append)
+    assert seen == [differential.PLAIN_MLX, *map(str, KERNEL_PATHS[:2])]

@@ -1,8 +1,9 @@
 """The long fuzzing profile: ``python -m tests.fuzz --programs 3000``.
 
 Program ``i`` is drawn from ``random.Random(i)``: the same on every run. Programs run in a worker
-process, so a crash or a hang (reported as such, with the program's number) costs one program,
-not the run. At the end, disagreements are grouped by class and each class is printed with how
+process, so a crash or a hang (reported as such, with the program's number and the path it was
+in; plain MLX's own, before any mlxtriton path, as a class of their own) costs one program, not
+the run. At the end, disagreements are grouped by class and each class is printed with how
 many programs showed it, on which paths, and a reduced standalone reproduction.
 
     python -m tests.fuzz --programs 3000 --log findings.jsonl   # the run
@@ -53,7 +54,9 @@ def _worker(args) -> int:
     for number in range(args.start, args.start + args.programs):
         print(json.dumps({"started": number}), flush=True)
         try:
-            findings = differential.run(_program(number, args.max_steps), _paths(args))
+            findings = differential.run(
+                _program(number, args.max_steps), _paths(args),
+                lambda where: print(json.dumps({"entering": where}), flush=True))
             result = {"program": number, "findings": [_finding_json(f) for f in findings]}
         except Exception as err:  # noqa: BLE001 (the harness itself: report and go on)
             result = {"program": number, "error": repr(err)[:300]}
@@ -119,6 +122,7 @@ def _run(args) -> int:
         worker = subprocess.Popen(_command(args, "--worker", "--start", str(number), "--programs",
                                            str(stop - number)), stdout=subprocess.PIPE)
         current, last, pending, lines = None, time.time(), b"", []
+        where = ""  # the path the current program is in (`differential.run`'s ``entering``)
         while True:
             if not lines:  # read what the worker wrote (unbuffered: select sees all there is)
                 ready, _, _ = select.select([worker.stdout], [], [], 0.5)
@@ -140,7 +144,10 @@ def _run(args) -> int:
             line = lines.pop(0)
             message = json.loads(line)
             if "started" in message:
-                current, last = message["started"], time.time()
+                current, last, where = message["started"], time.time(), ""
+                continue
+            if "entering" in message:
+                where = message["entering"]
                 continue
             current = None
             done += 1
@@ -155,7 +162,9 @@ def _run(args) -> int:
                       f"{len(classes)} classes", flush=True)
         if current is not None:  # the worker died or hung in this program
             kind = "hang" if worker.returncode in (-9, None) else f"crash (exit {worker.returncode})"
-            record(current, [Finding(Path("harness"), 0, kind, f"program {current}")])
+            # plain MLX's own hangs and crashes (not mlxtriton's) are a class of their own
+            kind += f" in {where}" if where == differential.PLAIN_MLX else ""
+            record(current, [Finding(Path("harness"), 0, kind, f"program {current} in {where}")])
             done += 1
             number = current + 1
 

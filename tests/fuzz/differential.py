@@ -202,11 +202,18 @@ def reference(program: Program) -> tuple[Callable, list[tuple], list[_Result]]:
     return fn, calls, [_capture(lambda a=args: fn(*a)) for args in calls]
 
 
-def run(program: Program, paths=PATHS) -> list[Finding]:
-    """Every disagreement of ``program`` between plain MLX and ``paths``."""
+PLAIN_MLX = "plain MLX"
+
+
+def run(program: Program, paths=PATHS, entering: Callable[[str], None] = lambda where: None
+        ) -> list[Finding]:
+    """Every disagreement of ``program`` between plain MLX and ``paths``; ``entering`` is told
+    each one's name before it runs (`PLAIN_MLX` first), so a hang can be placed."""
+    entering(PLAIN_MLX)
     fn, calls, want = reference(program)
     findings = []
     for path in paths:
+        entering(str(path))
         got = _run_path(path, fn, program, calls)
         for call, (w, g) in enumerate(zip(want, got)):
             finding = compare(w, g, program, path, call)
