@@ -132,6 +132,8 @@ class Snapshot:
     _aliases: tuple | None = None
     _layout_key: Any = None
     _alias_check: tuple | None = None  # (aliases, leaves that are an earlier one, distinct objects)
+    # for each walked container, where it sits: (its parent's walk index, its key there)
+    parents: dict[int, tuple[int, Any]] | None = None
 
     @property
     def layout_key(self) -> Any:
@@ -274,7 +276,7 @@ class Snapshot:
                 and all(leaves[n] is leaves[f] for n, f in shared))
         return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
                         counters, self.guards, avals, aliases if same else None, self.layout_key,
-                        check if same else None)
+                        check if same else None, self.parents)
 
     def substitute(self, values: Sequence[mx.array]) -> None:
         """Put ``values`` (a trace's placeholders) where the leaves are; a leaf that is another
@@ -282,8 +284,25 @@ class Snapshot:
         containers = self.containers
         if self.aliases:
             values = [values[i] for i in self.aliases]
+        refilled: dict[int, list] = {}  # tuples (which cannot be written into), refilled
         for (c, k), v in zip(self.slots, values):
-            _put(containers[c], k, v)
+            obj = containers[c]
+            if isinstance(obj, tuple):
+                refilled.setdefault(c, list(obj))[k] = v
+            else:
+                _put(obj, k, v)
+        # each refilled tuple is rebuilt in its parent, innermost first (a parent comes before
+        # its children in the walk, and may be a tuple rebuilt in turn); `restore` puts the
+        # parent's own items back, the original tuple with them
+        while refilled:
+            c = max(refilled)
+            items, parent, key = refilled.pop(c), *self.parents[c]
+            cls = type(containers[c])
+            rebuilt = cls(*items) if hasattr(cls, "_fields") else tuple(items)
+            if isinstance(containers[parent], tuple):
+                refilled.setdefault(parent, list(containers[parent]))[key] = rebuilt
+            else:
+                _put(containers[parent], key, rebuilt)
 
 
 class _Hashed:
@@ -360,6 +379,7 @@ class _Walk:
         self.sizes: list[tuple[Any, int]] = []
         self.modes: list[tuple[Any, Any]] = []
         self.hooks: list[Any] = []
+        self.parents: dict[int, tuple[int, Any]] = {}
 
     def container(self, obj: Any, path) -> Container:
         """``path`` is a string or (parent path, kind, key): formatted only for a message."""
@@ -428,6 +448,7 @@ class _Walk:
                 d = ARRAY
             elif isinstance(v, (list, tuple, dict)) or _is_plain_object(v):
                 checks.append((target, k, _SAME, v))
+                self.parents[len(self.containers)] = (index, k)
                 d = self.container(v, (path, kind, k))
             elif isinstance(v, _SCALARS):
                 d = pytree.Static(v)
@@ -468,7 +489,8 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
     for r, n in zip(roots, names):
         layout.append(walk.container(r, n))
     return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
-                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks))
+                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks),
+                    parents=walk.parents)
 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------

@@ -398,6 +398,33 @@ def test_objects_holding_one_array_are_read_as_one_input():
     assert f.cache_info().builds == 2
 
 
+class Pair:
+    def __init__(self):
+        self.pair = (mx.ones(2), mx.zeros(2))
+        self.nested = {"inner": ((mx.ones(1),), mx.full((1,), 5.0))}
+
+
+def step_pair(p, x):
+    p.pair = tuple(v + x for v in p.pair)
+    (a,), b = p.nested["inner"]
+    p.nested["inner"] = ((a * 2,), b)
+    return p.pair[0] * 2 + a
+
+
+def test_arrays_in_tuples_are_state_the_trace_rebuilds():
+    """A tuple cannot be written into: its placeholders go in a rebuilt tuple, nested ones from
+    the innermost out (mlx-lm's quantized caches keep (packed, scales, biases) tuples)."""
+    eager, opt = Pair(), Pair()
+    f = mlxtriton.optimize(step_pair)
+    for i in range(3):
+        x = mx.array(float(i + 1))
+        _same(f(opt, x), step_pair(eager, x))
+        for a, b in zip((*opt.pair, opt.nested["inner"][0][0], opt.nested["inner"][1]),
+                        (*eager.pair, eager.nested["inner"][0][0], eager.nested["inner"][1])):
+            _same(a, b)
+    assert f.cache_info().builds == 1
+
+
 class Grows:
     """State whose first call creates containers (a dict per name) ahead of ones it only
     updates, with a look-alike slot further on: an optimizer's lazily made states do this."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mlx.utils import tree_map
 from mlx_lm.models import cache as lm_cache
 
+import mlxtriton
 from mlxtriton import lm
 from tests import lm_zoo
 from tests.lm.replay import Replay
@@ -165,11 +166,19 @@ def test_quantized_cache_matches_mlx_lm(bits):
         replay = Replay(model)
         assert lm_zoo.greedy(replay, prompt, 32, prompt_cache=ours) == expected
         assert replay.builds <= 3 and replay.replays == 31
+        # through optimize: the caches' (packed, scales, biases) tuples are state it rebuilds
+        fast = mlxtriton.optimize(model)
+        ours = [lm.StaticQuantizedKVCache(64, bits) for _ in model.layers]
+        assert lm_zoo.greedy(fast, prompt, 32, prompt_cache=ours) == expected
+        assert fast.cache_info().builds <= 3
         # generate_step's kv_bits: a full-precision cache quantized after the prompt.
         kwargs = dict(kv_bits=bits, kv_group_size=64, quantized_kv_start=0)
         expected = lm_zoo.greedy(model, prompt, 32, **kwargs)
         got = lm_zoo.greedy(model, prompt, 32, prompt_cache=lm.make_prompt_cache(model), **kwargs)
         assert got == expected
+        fast = mlxtriton.optimize(model)
+        assert lm_zoo.greedy(fast, prompt, 32, prompt_cache=lm.make_prompt_cache(model),
+                             **kwargs) == expected
 
 
 def test_kinds_map_to_still_shaped_caches():
