@@ -132,8 +132,6 @@ class Snapshot:
     _aliases: tuple | None = None
     _layout_key: Any = None
     _alias_check: tuple | None = None  # (aliases, leaves that are an earlier one, distinct objects)
-    # for each walked container, where it sits: (its parent's walk index, its key there)
-    parents: dict[int, tuple[int, Any]] | None = None
 
     @property
     def layout_key(self) -> Any:
@@ -276,7 +274,24 @@ class Snapshot:
                 and all(leaves[n] is leaves[f] for n, f in shared))
         return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
                         counters, self.guards, avals, aliases if same else None, self.layout_key,
-                        check if same else None, self.parents)
+                        check if same else None)
+
+    def _places(self) -> dict[int, list[tuple[int, Any]]]:
+        """Where each walked container sits: (its parent's walk index, its key there), for the
+        slot the walk met it in and every slot holding it again (an alias)."""
+        places: dict[int, list[tuple[int, Any]]] = {}
+
+        def go(d):
+            for k, c in zip(d.keys, d.children):
+                if isinstance(c, Container):
+                    places.setdefault(c.index, []).append((d.index, k))
+                    go(c)
+                elif isinstance(c, tuple) and c[:1] == ("alias",):
+                    places.setdefault(c[1], []).append((d.index, k))
+
+        for d in self.layout:
+            go(d)
+        return places
 
     def substitute(self, values: Sequence[mx.array]) -> None:
         """Put ``values`` (a trace's placeholders) where the leaves are; a leaf that is another
@@ -291,18 +306,20 @@ class Snapshot:
                 refilled.setdefault(c, list(obj))[k] = v
             else:
                 _put(obj, k, v)
-        # each refilled tuple is rebuilt in its parent, innermost first (a parent comes before
-        # its children in the walk, and may be a tuple rebuilt in turn); `restore` puts the
-        # parent's own items back, the original tuple with them
+        # each refilled tuple is rebuilt in every slot holding it, innermost first (a parent
+        # comes before its children in the walk, and may be a tuple rebuilt in turn); `restore`
+        # puts the parents' own items back, the original tuple with them
+        places = self._places() if refilled else {}
         while refilled:
             c = max(refilled)
-            items, parent, key = refilled.pop(c), *self.parents[c]
+            items = refilled.pop(c)
             cls = type(containers[c])
             rebuilt = cls(*items) if hasattr(cls, "_fields") else tuple(items)
-            if isinstance(containers[parent], tuple):
-                refilled.setdefault(parent, list(containers[parent]))[key] = rebuilt
-            else:
-                _put(containers[parent], key, rebuilt)
+            for parent, key in places[c]:
+                if isinstance(containers[parent], tuple):
+                    refilled.setdefault(parent, list(containers[parent]))[key] = rebuilt
+                else:
+                    _put(containers[parent], key, rebuilt)
 
 
 class _Hashed:
@@ -379,7 +396,6 @@ class _Walk:
         self.sizes: list[tuple[Any, int]] = []
         self.modes: list[tuple[Any, Any]] = []
         self.hooks: list[Any] = []
-        self.parents: dict[int, tuple[int, Any]] = {}
 
     def container(self, obj: Any, path) -> Container:
         """``path`` is a string or (parent path, kind, key): formatted only for a message."""
@@ -448,7 +464,6 @@ class _Walk:
                 d = ARRAY
             elif isinstance(v, (list, tuple, dict)) or _is_plain_object(v):
                 checks.append((target, k, _SAME, v))
-                self.parents[len(self.containers)] = (index, k)
                 d = self.container(v, (path, kind, k))
             elif isinstance(v, _SCALARS):
                 d = pytree.Static(v)
@@ -489,8 +504,7 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
     for r, n in zip(roots, names):
         layout.append(walk.container(r, n))
     return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
-                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks),
-                    parents=walk.parents)
+                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks))
 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------

@@ -425,6 +425,20 @@ def test_arrays_in_tuples_are_state_the_trace_rebuilds():
     assert f.cache_info().builds == 1
 
 
+class SharedPair:
+    def __init__(self, first):
+        pair = (mx.full((2,), first), mx.ones(2))
+        self.a, self.b = pair, pair
+
+
+def test_a_tuple_held_in_two_places_is_one_input_read_in_both():
+    f = mlxtriton.optimize(lambda o, x: o.b[0] * x + o.a[1])
+    for first in (1.0, 5.0):
+        o = SharedPair(first)
+        _same(f(o, mx.array(2.0)), o.b[0] * 2.0 + o.a[1])
+    assert f.cache_info().builds == 1
+
+
 class Grows:
     """State whose first call creates containers (a dict per name) ahead of ones it only
     updates, with a look-alike slot further on: an optimizer's lazily made states do this."""
