@@ -33,6 +33,7 @@ The protocol with mlxtriton's runtime:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator, Optional
 
 import mlx.core as mx
@@ -46,7 +47,7 @@ except ImportError as error:  # pragma: no cover - exercised only without mlx-lm
 __all__ = [
     "StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache", "StaticBatchKVCache",
     "StaticBatchRotatingKVCache", "CacheList",
-    "make_prompt_cache",
+    "load_prompt_cache", "make_prompt_cache", "static_prompt_cache",
 ]
 
 
@@ -152,6 +153,12 @@ class _ArrayOffsetCache(_lm_cache._BaseCache):
         self.offset = mx.array(offset, mx.int32)
         self._host_offset = int(self.offset.item())
 
+    def _pad_buffers(self, buffers: Any, capacity: int) -> Any:
+        """One buffer (an array) or a quantized triple padded to ``capacity`` slots."""
+        if isinstance(buffers, tuple):
+            return tuple(_pad_axis2(b, capacity) for b in buffers)
+        return _pad_axis2(buffers, capacity)
+
 
 class _BucketedCache(_ArrayOffsetCache):
     """A linear buffer (position p in slot p) whose capacity grows in buckets."""
@@ -185,12 +192,21 @@ class _BucketedCache(_ArrayOffsetCache):
         if not self.empty() and self.capacity - self._host_offset < self.headroom:
             self._resize(self._capacity(self._host_offset + self.headroom))
 
+    def _fill(self, keys: Any, values: Any) -> None:
+        """Holds ``keys`` and ``values`` (positions 0, 1, ... in order along axis 2; arrays or
+        quantized triples) as if written by earlier calls."""
+        n = (keys[0] if isinstance(keys, tuple) else keys).shape[2]
+        capacity = self._capacity(n + self.headroom)
+        self.keys = self._pad_buffers(keys, capacity)
+        self.values = self._pad_buffers(values, capacity)
+        self._set_offset(n)
+
     def _buffers(self):
         return (self.keys, self.values)
 
     def _resize(self, capacity: int) -> None:
-        self.keys = _pad_axis2(self.keys, capacity)
-        self.values = _pad_axis2(self.values, capacity)
+        self.keys = self._pad_buffers(self.keys, capacity)
+        self.values = self._pad_buffers(self.values, capacity)
 
     def _append(self, keys: mx.array, values: mx.array, start: mx.array) -> None:
         """Writes ``keys`` and ``values`` from slot ``start`` (`_reserve` first)."""
@@ -277,10 +293,6 @@ class StaticQuantizedKVCache(_BucketedCache):
 
     def _buffers(self):
         return (*self.keys, *self.values)
-
-    def _resize(self, capacity: int) -> None:
-        self.keys = tuple(_pad_axis2(b, capacity) for b in self.keys)
-        self.values = tuple(_pad_axis2(b, capacity) for b in self.values)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         self.__mlxtriton_prepare__()
@@ -587,6 +599,25 @@ class StaticRotatingKVCache(_ArrayOffsetCache):
         """The write position: the next token's position (its slot modulo the capacity)."""
         return self.offset
 
+    def _fill(self, keys: mx.array, values: mx.array, offset: int) -> None:
+        """Holds the window mlx-lm's rotating cache keeps after ``offset`` tokens, in temporal
+        order along axis 2 (the ``keep`` first positions, then the latest ones), as if written
+        by earlier calls. Slots of positions it no longer holds stay zero: no query sees them."""
+        held = keys.shape[2]
+        kept = min(held, self.keep)
+        capacity = self._planned_capacity(1)
+        ring = min(held - kept, capacity - self.keep)  # the latest positions, as many as fit
+        positions = list(range(kept)) + list(range(offset - ring, offset))
+        keys = mx.concatenate([keys[..., :kept, :], keys[..., held - ring:, :]], axis=2)
+        values = mx.concatenate([values[..., :kept, :], values[..., held - ring:, :]], axis=2)
+        slots = self._slot_of(mx.array(positions, mx.int32), capacity)[None, None, :, None]
+        self.keys = mx.put_along_axis(
+            mx.zeros((*keys.shape[:2], capacity, keys.shape[3]), keys.dtype), slots, keys, axis=2)
+        self.values = mx.put_along_axis(
+            mx.zeros((*values.shape[:2], capacity, values.shape[3]), values.dtype), slots, values,
+            axis=2)
+        self._set_offset(offset)
+
     def _gather(self, slots: mx.array) -> None:
         """The buffers read at ``slots`` along axis 2 (one row of slots, or one per sequence)."""
         index = slots[None, None, :, None] if slots.ndim == 1 else slots[:, None, :, None]
@@ -849,7 +880,7 @@ class CacheList(_lm_cache.CacheList):
 
     @state.setter
     def state(self, v):
-        self.caches = [_CLASSES[name].from_state(s) for s, name in v]
+        self.caches = [_cache_class(name).from_state(s) for s, name in v]
 
 
 _CLASSES = {
@@ -862,28 +893,135 @@ _CLASSES = {
 
 
 def _to_static(cache: Any, step: int, headroom: int, doubling: bool) -> Any:
-    """The still-shaped counterpart of one of mlx-lm's fresh caches."""
+    """The still-shaped counterpart of one of mlx-lm's caches, holding the tokens it holds."""
     name = type(cache).__name__
     if isinstance(cache, (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache)):
-        return cache
+        return copy.copy(cache)  # its arrays are immutable: the copy shares them
     if isinstance(cache, _lm_cache.CacheList):
         return CacheList(*(_to_static(c, step, headroom, doubling) for c in cache.caches))
-    if not cache.empty():
-        raise ValueError(f"mlxtriton.lm converts empty caches only; this {name} holds tokens")
-    if type(cache) is _lm_cache.KVCache:
-        return StaticKVCache(step, headroom, doubling)
+    if type(cache) in (_lm_cache.KVCache, _lm_cache.ConcatenateKVCache):
+        static = StaticKVCache(step, headroom, doubling)
+        if not cache.empty():
+            n = cache.offset
+            static._fill(cache.keys[..., :n, :], cache.values[..., :n, :])
+        return static
     if type(cache) is _lm_cache.QuantizedKVCache:
-        return StaticQuantizedKVCache(cache.group_size, cache.bits, step, headroom, doubling)
+        static = StaticQuantizedKVCache(cache.group_size, cache.bits, step, headroom, doubling)
+        if not cache.empty():
+            n = cache.offset
+            static._fill(tuple(b[..., :n, :] for b in cache.keys),
+                         tuple(b[..., :n, :] for b in cache.values))
+        return static
     if type(cache) is _lm_cache.RotatingKVCache:
-        return StaticRotatingKVCache(cache.max_size, cache.keep, headroom)
+        static = StaticRotatingKVCache(cache.max_size, cache.keep, headroom)
+        if not cache.empty():
+            static._fill(cache._temporal_order(cache.keys), cache._temporal_order(cache.values),
+                         cache.offset)
+        return static
     if type(cache) is _lm_cache.ArraysCache:
-        return cache  # recurrent states: fixed shapes once the first call has set them
+        # Recurrent states, their shapes fixed once the first call has set them: kept, in a new
+        # cache whose list of states the calls rebind without touching the original's.
+        kept = copy.copy(cache)
+        kept.cache = list(cache.cache)
+        return kept
     if type(cache) is _lm_cache.ChunkedKVCache:
         raise TypeError(
             "mlxtriton.lm has no still-shaped counterpart of mlx-lm's ChunkedKVCache: llama4 builds "
             "its chunk mask from the cache's positions as Python ints (mlx_lm/models/llama4.py), "
             "so its shapes change every step whatever the cache; use mlx-lm's own caches")
+    if isinstance(cache, (_lm_cache.BatchKVCache, _lm_cache.BatchRotatingKVCache)):
+        raise TypeError(
+            f"mlxtriton.lm does not convert mlx-lm's {name}: convert each sequence's cache and "
+            f"batch them with StaticKVCache.merge / StaticRotatingKVCache.merge")
     raise TypeError(f"mlxtriton.lm has no still-shaped counterpart of mlx-lm's {name}")
+
+
+def _share_offsets(caches: list[Any]) -> list[Any]:
+    """Caches at one position hold one offset array: an optimized call reads it once, adds each
+    write's length once for all layers, and leaves them holding one array again
+    (`mlxtriton.state.Snapshot.aliases`); eager calls simply rebind each cache's own."""
+    shared: dict[int, mx.array] = {}
+    for c in _offset_caches(caches):
+        c.offset = shared.setdefault(c._host_offset, c.offset)
+    return caches
+
+
+def static_prompt_cache(prompt_cache: list[Any], *, step: int = 256, headroom: int = 16,
+                        doubling: bool = False) -> list[Any]:
+    """The still-shaped counterpart of an mlx-lm prompt cache, the tokens it holds included.
+
+    For a cache mlx-lm built (``mlx_lm.models.cache.make_prompt_cache``, ``load_prompt_cache``,
+    a ``generate`` call's): each ``KVCache`` becomes a ``StaticKVCache``, each
+    ``QuantizedKVCache`` a ``StaticQuantizedKVCache`` and each ``RotatingKVCache`` a
+    ``StaticRotatingKVCache`` holding the same tokens at the same positions; recurrent-state
+    caches (``ArraysCache``) and still-shaped caches are kept. Generation then goes on from it as
+    it would from the original. The original caches are left as they were.
+
+    Args:
+        prompt_cache: one cache per layer, as mlx-lm's models take.
+        step, headroom, doubling: the bucket policy of the growing caches (``StaticKVCache``).
+
+    Raises:
+        TypeError: a cache kind without a still-shaped counterpart (named).
+
+    Example:
+        >>> from mlx_lm.models import cache as lm_cache, llama
+        >>> model = llama.Model(llama.ModelArgs(
+        ...     model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        ...     num_attention_heads=4, rms_norm_eps=1e-5, vocab_size=100))
+        >>> cache = lm_cache.make_prompt_cache(model)
+        >>> logits = model(mx.array([[1, 2, 3]]), cache=cache)  # mlx-lm's caches, 3 tokens
+        >>> static = static_prompt_cache(cache)
+        >>> type(static[0]).__name__, static[0].offset.item(), static[0].capacity
+        ('StaticKVCache', 3, 256)
+    """
+    return _share_offsets([_to_static(c, step, headroom, doubling) for c in prompt_cache])
+
+
+def load_prompt_cache(file_name: str, return_metadata: bool = False, *, step: int = 256,
+                      headroom: int = 16, doubling: bool = False):
+    """A prompt cache saved by ``mlx_lm.models.cache.save_prompt_cache``, as still-shaped caches.
+
+    Reads files saved from mlx-lm's caches (``mlx_lm.cache_prompt`` writes them) and from
+    mlxtriton.lm's, which mlx-lm's own ``load_prompt_cache`` cannot read (it knows its own
+    classes only); mlx-lm's caches are converted as `static_prompt_cache` converts them.
+
+    Args:
+        file_name: the ``.safetensors`` file.
+        return_metadata: also return the metadata saved with the cache.
+        step, headroom, doubling: the bucket policy of converted caches.
+
+    Returns:
+        The caches (and the metadata dict when ``return_metadata``).
+    """
+    from mlx.utils import tree_unflatten
+
+    arrays, metadata = mx.load(file_name, return_metadata=True)
+    user_metadata, classes, scalars = tree_unflatten(list(metadata.items()))
+    for place, kind in scalars[1:]:  # mlx-lm's encoding of the states' Python values
+        value = arrays[place]
+        if kind == "scalar":
+            arrays[place] = value.item()
+        elif kind == "string":
+            arrays[place] = "".join(chr(i) for i in value.tolist())
+        elif kind == "none":
+            arrays[place] = None
+        else:
+            raise ValueError(f"load_prompt_cache: {file_name} holds a value of unknown kind "
+                             f"{kind!r}")
+    states = tree_unflatten(list(arrays.items()))
+    cache = [_cache_class(name).from_state(state) for name, state in zip(classes, states)]
+    cache = static_prompt_cache(cache, step=step, headroom=headroom, doubling=doubling)
+    return (cache, user_metadata) if return_metadata else cache
+
+
+def _cache_class(name: str) -> type:
+    """A cache class by the name ``save_prompt_cache`` recorded: mlxtriton.lm's or mlx-lm's."""
+    cls = _CLASSES.get(name) or getattr(_lm_cache, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, _lm_cache._BaseCache):
+        raise ValueError(f"load_prompt_cache: no cache class named {name!r} in mlxtriton.lm or "
+                         f"mlx_lm.models.cache")
+    return cls
 
 
 def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, step: int = 256,
@@ -922,15 +1060,8 @@ def make_prompt_cache(model: nn.Module, max_kv_size: Optional[int] = None, *, st
         >>> len([token for token, _ in steps])
         4
     """
-    caches = [_to_static(c, step, headroom, doubling)
-              for c in _lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size)]
-    # Every layer's cache starts from one offset array: an optimized call reads it once, adds
-    # each write's length once for all layers, and leaves them holding one array again
-    # (`mlxtriton.state.Snapshot.aliases`); eager calls simply rebind each cache's own.
-    start = mx.array(0, mx.int32)
-    for c in _offset_caches(caches):
-        c.offset = start
-    return caches
+    return static_prompt_cache(_lm_cache.make_prompt_cache(model, max_kv_size=max_kv_size),
+                               step=step, headroom=headroom, doubling=doubling)
 
 
 def _offset_caches(caches) -> Iterator[_ArrayOffsetCache]:

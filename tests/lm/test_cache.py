@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
@@ -203,15 +203,73 @@ def test_unsupported_caches_are_named():
         lm.make_prompt_cache(Chunked())
     with pytest.raises(ValueError, match="keep must be in"):
         lm.StaticRotatingKVCache(8, keep=8)
+    with pytest.raises(TypeError, match="does not convert mlx-lm's BatchKVCache: convert each"):
+        lm.static_prompt_cache([lm_cache.BatchKVCache([0, 1])])
 
-    class Filled(lm_zoo.nn.Module):
-        def make_cache(self):
-            cache = lm_cache.KVCache()
-            cache.update_and_fetch(mx.ones((1, 1, 2, 4)), mx.ones((1, 1, 2, 4)))
-            return [cache]
 
-    with pytest.raises(ValueError, match="empty caches only; this KVCache holds tokens"):
-        lm.make_prompt_cache(Filled())
+# Caches mlx-lm built and filled, converted (`static_prompt_cache`) or saved by mlx-lm and loaded
+# (`load_prompt_cache`): generation goes on from them as from mlx-lm's own. Prompts shorter than
+# every window, past the sliding windows (32) and past the rotating caches with kept tokens (24).
+_FILLED = {
+    "llama": ("llama", lm_cache.make_prompt_cache, None),
+    "sliding": ("gemma3_text", lm_cache.make_prompt_cache, None),
+    "kept_tokens": ("llama", lambda m: [lm_cache.RotatingKVCache(24, keep=4) for _ in m.layers],
+                    None),
+    "quantized": ("llama64", lm_cache.make_prompt_cache, 8),
+    "hybrid": ("falcon_h1", lm_cache.make_prompt_cache, None),
+    "ssm": ("mamba", lm_cache.make_prompt_cache, None),
+}
+
+
+def _cache_values(cache) -> list:
+    return [(k, np.array(v) if isinstance(v, mx.array) else v)
+            for k, v in tree_flatten([c.state for c in cache])]
+
+
+@pytest.mark.parametrize("kind", sorted(_FILLED))
+def test_caches_holding_tokens_convert_and_generation_goes_on(kind, tmp_path):
+    name, make_cache, bits = _FILLED[kind]
+    model = lm_zoo.build_arch(_LLAMA64) if name == "llama64" else lm_zoo.build(name)
+    fast = mlxtriton.optimize(model)
+    for length in (5, 40, 70):
+        theirs = make_cache(model)
+        lm_zoo.greedy(model, lm_zoo.prompt(length, seed=1), 6, prompt_cache=theirs)
+        if bits:
+            theirs = [c.to_quantized(64, bits) for c in theirs]
+        lm_cache.save_prompt_cache(str(tmp_path / "cache.safetensors"), theirs, {"turn": "1"})
+        before = _cache_values(theirs)
+        converted = lm.static_prompt_cache(theirs)
+        loaded, metadata = lm.load_prompt_cache(str(tmp_path / "cache.safetensors"), True)
+        assert metadata == {"turn": "1"}
+        assert ({type(c).__name__ for c in converted + loaded}
+                <= {"StaticKVCache", "StaticQuantizedKVCache", "StaticRotatingKVCache",
+                    "ArraysCache", "CacheList"})
+        prompt = lm_zoo.prompt(6, seed=2)
+        got = lm_zoo.greedy(fast, prompt, 12, prompt_cache=converted)
+        after = _cache_values(theirs)  # the caches converted are left as they were
+        assert [k for k, _ in after] == [k for k, _ in before]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(after, before))
+        expected = lm_zoo.greedy(model, prompt, 12, prompt_cache=theirs)
+        assert got == expected, f"converted, prompt of {length}"
+        assert lm_zoo.greedy(fast, prompt, 12, prompt_cache=loaded) == expected, \
+            f"loaded, prompt of {length}"
+    assert fast.cache_info().builds <= 3 * 3
+
+
+def test_saved_still_shaped_caches_load_as_they_were(tmp_path):
+    model = lm_zoo.build("falcon_h1")
+    cache = lm.make_prompt_cache(model)
+    _continue(model, cache, lm_zoo.prompt(20).tolist())
+    file = str(tmp_path / "ours.safetensors")
+    lm_cache.save_prompt_cache(file, cache)
+    with pytest.raises(KeyError):  # mlx-lm's own loader knows its classes only
+        lm_cache.load_prompt_cache(file)
+    loaded = lm.load_prompt_cache(file)
+    assert [type(c) for c in loaded] == [type(c) for c in cache]
+    assert all(c.caches[1].offset is loaded[0].caches[1].offset for c in loaded)
+    for _ in range(3):
+        a, b = _continue(model, cache, [5]), _continue(model, loaded, [5])
+        assert mx.array_equal(a, b).item()
 
 
 def test_docstring_examples_run():

@@ -5,7 +5,8 @@ through ``mlxtriton.optimize``, where one build serves every decode step."""
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.generate import generate, generate_step, stream_generate
+from mlx.utils import tree_map
+from mlx_lm.generate import generate, generate_step, speculative_generate_step, stream_generate
 from mlx_lm.models import cache as lm_cache
 
 import mlxtriton
@@ -170,3 +171,50 @@ def test_every_layer_advances_one_offset(name):
     assert all(c.offset is cache[0].offset for c in cache) and cache[0].offset.item() == 8
     f(y, cache=cache)
     assert f.cache_info().builds == builds
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "falcon_h1"])
+def test_speculative_decoding_through_optimize_matches_mlx_lm(name):
+    """mlx-lm's speculative decoding with an optimized model and an optimized draft (the model's
+    weights perturbed) on still-shaped caches: mlx-lm's tokens, whatever the draft proposes (its
+    verification steps take 2 and 3 tokens, its rewinds trim every layer), in 3 builds each.
+
+    Where the caches cannot be trimmed (falcon_h1's recurrent states) mlx-lm refuses, and so it
+    does with these caches. mlx-lm's own speculative decoding of a sliding-window model leaves the
+    greedy tokens once the window has filled (its rotating caches stop being trimmable, and
+    rejected drafts stay in every layer: mlx-lm #1423); these caches follow it there too."""
+    model, draft = lm_zoo.build(name), lm_zoo.build(name)
+    noise = mx.random.normal((1,), key=mx.random.key(3))
+    draft.update(tree_map(lambda p: p * (1 + 0.05 * noise), draft.parameters()))
+    prompt = lm_zoo.prompt(7)
+
+    def run(fn, draft_fn, cache):
+        steps = speculative_generate_step(prompt, fn, draft_fn, max_tokens=40,
+                                          sampler=lm_zoo.argmax_sampler, prompt_cache=cache)
+        return [(token, from_draft) for token, _, from_draft in steps]
+
+    if name == "falcon_h1":
+        with pytest.raises(ValueError, match="requires a trimmable prompt cache"):
+            run(mlxtriton.optimize(model), mlxtriton.optimize(draft),
+                lm.make_prompt_cache(model) + lm.make_prompt_cache(draft))
+        return
+    expected = run(model, draft, None)
+    assert 0 < sum(d for _, d in expected) < 40  # drafts accepted and rejected
+    fast, fast_draft = mlxtriton.optimize(model), mlxtriton.optimize(draft)
+    cache = lm.make_prompt_cache(model) + lm.make_prompt_cache(draft)
+    assert run(fast, fast_draft, cache) == expected
+    assert fast.cache_info().builds <= 3 and fast_draft.cache_info().builds <= 3
+
+
+def test_a_conversation_goes_on_in_its_cache():
+    """Two turns of generation in one still-shaped cache through optimize (the second prompt
+    appended to the first turn's tokens), as in one mlx-lm cache; one build more for the second
+    prompt's length."""
+    model = lm_zoo.build("gemma3_text")
+    first, second = lm_zoo.prompt(30, seed=1), lm_zoo.prompt(9, seed=2)
+    theirs, ours = lm_cache.make_prompt_cache(model), lm.make_prompt_cache(model)
+    fast = mlxtriton.optimize(model)
+    for prompt in (first, second):
+        assert lm_zoo.greedy(fast, prompt, 20, prompt_cache=ours) == lm_zoo.greedy(
+            model, prompt, 20, prompt_cache=theirs)
+    assert fast.cache_info().builds == 4
