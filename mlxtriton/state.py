@@ -224,7 +224,7 @@ class Snapshot:
         """
         if len(roots) != len(self.roots) or any(a is not b for a, b in zip(roots, self.roots)):
             return None
-        checks, sizes, modes, hooks = self.guards
+        checks, sizes, modes, hooks, tuples = self.guards
         for obj in hooks:
             getattr(type(obj), PREPARE)(obj)
         for target, n in sizes:
@@ -235,16 +235,23 @@ class Snapshot:
                 return None
         leaves: list[mx.array] = []
         counters = {}
+        containers = list(self.containers) if tuples else self.containers
+        live: Any = None  # the tuple read through its parent last
         try:
             for target, k, kind, expected in checks:
                 if kind == _KEY:
                     leaves.append(random_key())
                     continue
-                v = target[k]
+                v = live[k] if target is None else target[k]
                 if kind == _LEAF:
                     if type(v) is not _ARRAY_TYPE:
                         return None
                     leaves.append(v)
+                elif kind == _TUPLE:
+                    index, cls, n = expected
+                    if type(v) is not cls or len(v) != n:
+                        return None
+                    live = containers[index] = v
                 elif kind == _SAME:
                     if v is not expected:
                         return None
@@ -264,17 +271,42 @@ class Snapshot:
                        for a, b, p in zip(leaves, self.leaves, self.avals)])
         # The same objects shared as last time (several caches holding one offset array): the
         # same aliases, checked without building them again.
-        check = self._alias_check
-        if check is None:
-            aliases = self.aliases
-            check = (aliases, tuple((n, f) for n, f in enumerate(aliases) if f != n),
-                     len(set(aliases)) if aliases else len(leaves))
-        aliases, shared, distinct = check
+        aliases, shared, distinct = self._alias_check or self._new_alias_check()
         same = (len(set(map(id, leaves))) == distinct
                 and all(leaves[n] is leaves[f] for n, f in shared))
-        return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, self.containers,
+        return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, containers,
                         counters, self.guards, avals, aliases if same else None, self.layout_key,
-                        check if same else None)
+                        (aliases, shared, distinct) if same else None)
+
+    def _new_alias_check(self) -> tuple:
+        """(aliases, the leaves that are an earlier one, the number of distinct objects)."""
+        aliases = self.aliases
+        return (aliases, tuple((n, f) for n, f in enumerate(aliases) if f != n),
+                len(set(aliases)) if aliases else len(self.leaves))
+
+    def settled(self, same_slot: Sequence[int | None], written: Sequence[mx.array]) -> "Snapshot":
+        """This snapshot as a call's writes left the state (``written[i]`` went into the slot of
+        leaf ``same_slot[i]``, where there is one): what the next call refreshes. Kept between
+        calls, it then holds the arrays the state holds, and none the call replaced (an
+        optimizer's old moments, a cache's old buffer), and the next refresh finds every leaf
+        the same object. Its aliases are checked again by that refresh."""
+        leaves, avals = list(self.leaves), list(self.avals)
+        for i, a in zip(same_slot, written):
+            if i is not None:
+                leaves[i] = a
+                avals[i] = (a.shape, a.dtype)
+        containers = self.containers
+        tuples = self.guards[4] if self.guards else ()
+        if tuples:  # the tuples the writes stored, not the ones they replaced
+            containers = list(containers)
+            for index, parent, key in tuples:
+                try:
+                    containers[index] = parent[key]
+                except (KeyError, IndexError):  # deleted: the next call walks again
+                    containers[index] = None
+        return Snapshot(self.roots, self.names, self.layout, leaves, self.slots, containers,
+                        self.counters, self.guards, tuple(avals), None, self.layout_key,
+                        self._alias_check or self._new_alias_check())
 
     def _places(self) -> dict[int, list[tuple[int, Any]]]:
         """Where each walked container sits: (its parent's walk index, its key there), for the
@@ -396,6 +428,7 @@ class _Walk:
         self.sizes: list[tuple[Any, int]] = []
         self.modes: list[tuple[Any, Any]] = []
         self.hooks: list[Any] = []
+        self.tuples: list[tuple[int, Any, Any]] = []  # read through (index, parent, key)
 
     def container(self, obj: Any, path) -> Container:
         """``path`` is a string or (parent path, kind, key): formatted only for a message."""
@@ -463,8 +496,12 @@ class _Walk:
                 checks.append((target, k, _LEAF, None))
                 d = ARRAY
             elif isinstance(v, (list, tuple, dict)) or _is_plain_object(v):
+                at = len(checks)
                 checks.append((target, k, _SAME, v))
                 d = self.container(v, (path, kind, k))
+                if d.kind == "tuple" and all(c is ARRAY or isinstance(c, pytree.Static)
+                                             for c in d.children):
+                    self._read_through(v, d, target, k, at)
             elif isinstance(v, _SCALARS):
                 d = pytree.Static(v)
                 checks.append((target, k, _EQUAL, (vt, v)))
@@ -475,10 +512,24 @@ class _Walk:
             children.append(d)
         return _new_tuple(Container, (kind, t, tuple(keys), tuple(children), index, training))
 
+    def _read_through(self, v: tuple, d: Container, target: Any, k: Any, at: int) -> None:
+        """Make the refresh read a tuple of arrays and scalars (a quantized cache's packed,
+        scales and biases) through its parent's slot: a call that changes one of its arrays
+        stores a new tuple there, and the next refresh reads that one. Its checks then hold
+        neither the tuple nor its arrays (which the calls replace)."""
+        checks = self.checks
+        checks[at] = (target, k, _TUPLE, (d.index, type(v), len(v)))
+        for j in range(at + 1, len(checks)):
+            checks[j] = (None, *checks[j][1:])  # read from the live tuple
+        assert self.sizes[-1][0] is v
+        self.sizes.pop()
+        self.tuples.append((d.index, target, k))
+
 
 # What a recorded slot check compares (`_Walk.checks`): an array to read, a Python value (type
 # and value), a counter to read, the same object, a value's type, the random key to read.
-_LEAF, _EQUAL, _COUNT, _SAME, _TYPE, _KEY = range(6)
+# and a tuple read through its parent (`_Walk._read_through`: its own checks follow, reading it).
+_LEAF, _EQUAL, _COUNT, _SAME, _TYPE, _KEY, _TUPLE = range(7)
 
 
 _new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__ (the walk's hot path)
@@ -504,7 +555,8 @@ def snapshot(roots: Sequence[Any], names: Sequence[str], prepare: bool = False) 
     for r, n in zip(roots, names):
         layout.append(walk.container(r, n))
     return Snapshot(tuple(roots), tuple(names), tuple(layout), walk.leaves, walk.slots,
-                    walk.containers, walk.counters, (walk.checks, walk.sizes, walk.modes, walk.hooks))
+                    walk.containers, walk.counters,
+                    (walk.checks, walk.sizes, walk.modes, walk.hooks, walk.tuples))
 
 
 # ---- what a traced call changed, as writes every later call repeats ---------------------------
@@ -571,6 +623,14 @@ def _leaf_slots(d: Any, container: int, key: Any) -> list[tuple[int, Any]]:
     if isinstance(d, Container):
         return [s for k, c in zip(d.keys, d.children) for s in _leaf_slots(c, d.index, k)]
     return []
+
+
+def _same_structure(b: Any, a: Any) -> bool:
+    """Whether two walked containers hold their arrays and scalars in the same slots."""
+    if not (isinstance(b, Container) and isinstance(a, Container)):
+        return b is a is ARRAY or isinstance(b, pytree.Static) and isinstance(a, pytree.Static)
+    return (b.kind == a.kind and b.keys == a.keys
+            and all(_same_structure(x, y) for x, y in zip(b.children, a.children)))
 
 
 def _buildable(d: Any) -> bool:
@@ -674,7 +734,10 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
             elif isinstance(ad, Container) and _buildable(ad):
                 # a new (or, for a tuple, possibly refilled) container of arrays and scalars
                 slots = _leaf_slots(ad, a.index, k)
-                b_slots = (_leaf_slots(bd, b.index, k) if same(bd, ad) else [None] * len(slots))
+                # a tuple rebuilt (or a container replaced) with the same structure: its leaves
+                # go into the slots of the one before, position for position
+                b_slots = (_leaf_slots(bd, b.index, k) if same(bd, ad) or _same_structure(bd, ad)
+                           else [None] * len(slots))
                 i = add_outputs(slots, b_slots)
                 writes.append(Write(b.index, k, "tree", (ad, tuple(range(i, i + len(slots)))), step))
             elif ad != bd and not (isinstance(ad, tuple) and ad[:1] == ("alias",) and bd == ad):

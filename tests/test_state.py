@@ -5,6 +5,7 @@ a caller's object."""
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import mlx.core as mx
@@ -425,6 +426,42 @@ def test_arrays_in_tuples_are_state_the_trace_rebuilds():
     assert f.cache_info().builds == 1
 
 
+def step_flat_pair(p, x):
+    p.pair = tuple(v + x for v in p.pair)
+    return p.pair[0] * 2
+
+
+def test_a_tuple_of_arrays_a_call_replaces_is_read_again_without_a_walk(monkeypatch):
+    """After the build, each call reads the tuple its last call stored (through its parent's
+    slot) instead of walking the state again, and sees a tuple the caller replaced: by one of
+    new arrays (read as they are), by one of another length (a walk, a build)."""
+    from mlxtriton import state as state_lib
+
+    walks = []
+    walk = state_lib.snapshot
+    monkeypatch.setattr(state_lib, "snapshot", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    eager, opt = Pair(), Pair()
+    f = mlxtriton.optimize(step_flat_pair)
+
+    def check(x):
+        _same(f(opt, mx.array(x)), step_flat_pair(eager, mx.array(x)))
+        _same(opt.pair[1], eager.pair[1])
+
+    check(1.0)
+    walks.clear()
+    for x in (2.0, 3.0):
+        check(x)
+    assert not walks
+    for p in (opt, eager):
+        p.pair = (mx.full((2,), 7.0), mx.full((2,), -1.0))
+    check(4.0)
+    assert not walks and f.cache_info().builds == 1
+    for p in (opt, eager):
+        p.pair = (*p.pair, mx.ones(2))
+    check(5.0)
+    assert walks and f.cache_info().builds == 2
+
+
 class SharedPair:
     def __init__(self, first):
         pair = (mx.full((2,), first), mx.ones(2))
@@ -731,3 +768,39 @@ def test_refresh_reads_slots_keyed_by_any_hashable():
     assert again is not None and any(a is h.d[(1, "x")] for a in again.leaves)
     h.d[True] = 6
     assert snap.refresh([h]) is None
+
+
+def _held_bytes(run) -> int:
+    """Bytes of arrays still allocated after ``run()`` returned (its objects alive or not)."""
+    gc.collect()
+    base = mx.get_active_memory()
+    keep = run()  # noqa: F841 - what the caller holds afterwards
+    gc.collect()
+    return mx.get_active_memory() - base
+
+
+def test_an_optimized_training_step_holds_no_state_it_replaced():
+    """Between calls an optimized step holds the arrays the state holds and no others: not the
+    parameters and Adam moments of an earlier step (it held those of the step that last walked
+    the state: twice the model and optimizer's memory)."""
+    def train(optimize):
+        mx.random.seed(0)
+        model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
+        opt = optim.Adam(1e-3)
+        mx.eval(model.parameters())
+        loss_and_grad = nn.value_and_grad(model, lambda m, x: (m(x) ** 2).mean())
+
+        def step(x):
+            loss, grads = loss_and_grad(model, x)
+            opt.update(model, grads)
+            return loss
+
+        fn = mlxtriton.optimize(step) if optimize else step
+        x = mx.ones((4, 512))
+        for _ in range(4):
+            mx.eval(fn(x), model.parameters(), opt.state)
+        return model, opt, fn
+
+    eager = _held_bytes(lambda: train(False))
+    assert eager >= 3 * 2 * 512 * 512 * 4  # weights and two moments
+    assert _held_bytes(lambda: train(True)) <= eager + 64 * 1024

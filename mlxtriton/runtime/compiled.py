@@ -691,7 +691,9 @@ class Compiled:
         outs = executable.run(*leaves, *[state_leaves[i] for i in io.inputs])
         if executable.output_aliases:
             outs = [outs[i] for i in executable.output_aliases]
-        io.changes.plan.apply(snap, outs[io.results:])
+        written = outs[io.results:]
+        io.changes.plan.apply(snap, written)
+        self._last_snapshot = snap.settled(io.changes.same_slot, written)
         return pytree.unflatten(entry.out_tree, outs[:io.results])
 
     def _build_entry(self, key, args, kwargs, device, snap, leaves) -> _Entry:
