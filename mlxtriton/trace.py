@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import mlx.core as mx
 
-from mlxtriton import _collectives
+from mlxtriton import _checkpoint, _collectives
 from mlxtriton import state as state_lib
 from mlxtriton.graph import dtypes, pytree
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
@@ -163,6 +163,8 @@ class _GraphBuilder:
         self.needs_outputs: dict[str, bool] = {}  # primitives whose params come from output types
         self.dtype_names = dict(dtypes.FROM_MX)
         self.collectives = _collectives.Recording()  # what the export calls of mx.distributed
+        self.checkpoints = _checkpoint.Recording()  # and of mx.checkpoint
+        self.undifferentiated_checkpoints = 0  # checkpointed calls no gradient here recomputes
 
     def new(self, name, shape, dtype) -> Var:
         if name in self.env:
@@ -228,7 +230,9 @@ class _GraphBuilder:
     def graph(self, in_tree, out_tree) -> Graph:
         outputs = tuple(self.use(n) for n in self.outputs)
         graph = Graph(self.inputs, tuple(self.eqns), outputs, tuple(self.constants), in_tree, out_tree)
-        return self.collectives.resolve(graph)
+        graph, self.undifferentiated_checkpoints = self.checkpoints.resolve(
+            self.collectives.resolve(graph))
+        return graph
 
 
 # ---- while a trace runs --------------------------------------------------------------------
@@ -318,7 +322,8 @@ def _export(flat_fn: Callable, flat_args: Sequence[mx.array]) -> _GraphBuilder:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        with _collectives.recording(builder.collectives):
+        with _collectives.recording(builder.collectives), \
+                _checkpoint.recording(builder.checkpoints):
             mx.export_function(builder, flat_fn, *flat_args)
     finally:
         if enabled:
@@ -425,6 +430,13 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
                     raise explained from again
     out_tree, changes = found[-1]
     graph = builder.graph(in_tree, out_tree)
+    if builder.undifferentiated_checkpoints:
+        warnings.warn(
+            f"{_name(fn)} calls mx.checkpoint {builder.undifferentiated_checkpoints} time(s) and "
+            "takes no gradient itself: traced through, as the identity it is. A gradient taken "
+            "outside the optimized function (mx.grad(mlxtriton.optimize(f))) is right but keeps "
+            "the activations checkpointing would free; take the gradient inside the function "
+            "you optimize (a training step) to recompute them", TraceWarning, stacklevel=3)
     return _with_state(graph, tuple(leaves), before, changes, roots, read_only_constants)
 
 
@@ -438,10 +450,14 @@ def _explained(fn: Callable, err: ValueError) -> TraceError | None:
     control flow on an array, ``.item()``: a trace records shapes, not values)."""
     match = _NO_STATE.search(str(err))
     if match is not None:
+        hint = ("; a function mx.checkpoint made before the trace (mlx.nn.utils.checkpoint makes "
+                "one when it wraps) is one: call mx.checkpoint(fn)(...) inside the traced "
+                "function instead, which the trace records" if match.group(1) == "CustomTransforms"
+                else "")
         return TraceError(
             f"cannot trace {_name(fn)}: it calls MLX primitive {match.group(1)}, which MLX "
             f"{mx.__version__}'s exporter cannot record ({err}); call that part outside the "
-            "optimized function")
+            f"optimized function{hint}")
     if _VALUE_READ in str(err):
         return TraceError(
             f"cannot trace {_name(fn)}: it reads an array's value{_user_line(err)} (Python "

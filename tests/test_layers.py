@@ -27,6 +27,7 @@ KERNEL_LAUNCHERS = {"metal_kernel", "cuda_kernel", "precompiled_cuda_kernel"}
 # Modules that construct a kernel without ever launching it, and why.
 KERNEL_PLACEHOLDERS = {
     "_collectives.py": "a collective's placeholder in an export: a metal_kernel call MLX only records",
+    "_checkpoint.py": "a checkpointed call's marks in an export: metal_kernel calls MLX only records",
 }
 
 

@@ -420,7 +420,11 @@ _register(
         shared.number_of_elements(x.shape, axes, inverted), dtype=dtypes.to_mx(dtype)
     ),
 )
-_register("Depends", lambda *xs, num_outputs: _results(xs[:num_outputs]))
+# The first num_outputs inputs, ordered after the others (a rematerialized checkpoint's copy
+# runs once the outputs it depends on exist, and mx.compile keeps it apart from the original).
+_register("Depends", lambda *xs, num_outputs: _results(
+    mx.depends(list(xs[:num_outputs]), list(xs[num_outputs:])) if len(xs) > num_outputs
+    else xs))
 _register("Fused", fused.mlx_rule)
 
 # --- collectives -----------------------------------------------------------------------------
