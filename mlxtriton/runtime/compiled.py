@@ -708,7 +708,10 @@ class Compiled:
             # weights alive.
             executable = self._build(traced.graph.replace(state_values=()), device,
                                      _output_identities(traced, snap.aliases))
-            entry = _Entry(executable, traced.graph.out_tree, traced.state, key,
+            # The entry outlives the call: it keeps no state object (an argument's cache would
+            # stay alive with its buffers as long as the entry does).
+            io = traced.state if traced.state is None else replace(traced.state, roots=())
+            entry = _Entry(executable, traced.graph.out_tree, io, key,
                            _leaf_paths(key[0]), snap.leaf_paths())
             if entry.state is not None:
                 self._dispatch = None  # a stateful function: every call walks its state
@@ -817,6 +820,7 @@ class Compiled:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._last_snapshot = None  # and the state objects of the last call
             self._reset_dispatch()
 
     def __getattr__(self, name: str):

@@ -300,3 +300,24 @@ def test_optimized_decoding_holds_no_buffer_a_step_replaced(bits):
     eager = held(model)
     assert eager >= len(model.layers) * 2 * 2048 * 64 * (bits / 8 if bits else 4)  # k and v
     assert held(mlxtriton.optimize(model)) <= eager + 64 * 1024
+
+
+def test_an_optimized_model_keeps_no_cache_once_another_is_used():
+    """Its builds keep no state object: a generation's cache goes when the caller drops it and the
+    next call reads another (the last call's objects are kept for the next call to refresh,
+    until `clear_cache`)."""
+    import gc
+    import weakref
+
+    model = lm_zoo.build("llama")
+    fast = mlxtriton.optimize(model)
+    caches = [lm.make_prompt_cache(model), lm.make_prompt_cache(model)]
+    for cache in caches:
+        lm_zoo.greedy(fast, lm_zoo.prompt(7), 4, prompt_cache=cache)
+    first, last = weakref.ref(caches[0][0]), weakref.ref(caches[1][0])
+    del caches, cache
+    gc.collect()
+    assert first() is None and last() is not None
+    fast.clear_cache()
+    gc.collect()
+    assert last() is None
