@@ -256,3 +256,18 @@ def tokenizer():
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     return TokenizerWrapper(CharTokenizer())
+
+
+def training_step(model: nn.Module, optimizer) -> Callable[[mx.array, mx.array], mx.array]:
+    """mlx-lm's fine-tuning step as its tuner writes it: ``default_loss`` over (batch, lengths),
+    its gradient, the optimizer's update; returns the loss."""
+    from mlx_lm.tuner.trainer import default_loss
+
+    loss_and_grad = nn.value_and_grad(model, default_loss)
+
+    def step(batch: mx.array, lengths: mx.array) -> mx.array:
+        (loss, _), grads = loss_and_grad(model, batch, lengths)
+        optimizer.update(model, grads)
+        return loss
+
+    return step

@@ -115,7 +115,7 @@ def test_checkpointing_through_optimize_frees_the_activations():
 def test_mlx_lms_grad_checkpoint_fine_tuning_step():
     """mlx-lm's tuner with --grad-checkpoint: every layer of the class called through
     mx.checkpoint; a whole optimized step (loss, gradient, SGD) follows the plain one."""
-    from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
+    from mlx_lm.tuner.trainer import grad_checkpoint
 
     layer_class = type(lm_zoo.build("llama").layers[0])
     original = layer_class.__call__
@@ -123,14 +123,8 @@ def test_mlx_lms_grad_checkpoint_fine_tuning_step():
     batch, lengths = tokens[:, :16], mx.array([[0, 16]])
 
     def run(optimize: bool):
-        model, opt = lm_zoo.build("llama"), optim.SGD(0.1, momentum=0.9)
-        loss_and_grad = nn.value_and_grad(model, default_loss)
-
-        def step(batch, lengths):
-            (loss, _), grads = loss_and_grad(model, batch, lengths)
-            opt.update(model, grads)
-            return loss
-
+        model = lm_zoo.build("llama")
+        step = lm_zoo.training_step(model, optim.SGD(0.1, momentum=0.9))
         fn = mlxtriton.optimize(step) if optimize else step
         losses = [fn(batch, lengths).item() for _ in range(3)]
         return losses, dict(tree_flatten(model.parameters())), fn

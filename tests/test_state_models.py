@@ -89,18 +89,11 @@ def test_a_lora_fine_tuning_step_as_mlx_lm_trains_it(bits):
     """mlx-lm's tuner: a frozen (or 4-bit) base, LoRA adapters with dropout, its masked loss,
     Adam: the whole step optimized follows the plain one, dropout masks included, in two builds."""
     import mlx.optimizers as optim
-    from mlx_lm.tuner.trainer import default_loss
 
     runs = []
     for optimized in (False, True):
         model, optimizer = _lora_model(bits), optim.Adam(1e-3)
-        loss_and_grad = nn.value_and_grad(model, default_loss)
-
-        def step(batch, lengths):
-            (loss, _), grads = loss_and_grad(model, batch, lengths)
-            optimizer.update(model, grads)
-            return loss
-
+        step = lm_zoo.training_step(model, optimizer)
         step = mlxtriton.optimize(step) if optimized else step
         tokens = lm_zoo.prompt(9)[None]
         batch, lengths = mx.concatenate([tokens, tokens[:, ::-1]]), mx.array([[0, 8], [0, 6]])
