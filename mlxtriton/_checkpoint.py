@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxtriton.graph.core import Graph, Var
+from mlxtriton.graph.core import Eqn, Graph, Var
 from mlxtriton.graph.remat import rematerialize
 
 _KERNEL = re.compile(r"custom_kernel_mlxtriton_checkpoint_(\d+)_(in|out)_")
@@ -79,8 +79,7 @@ class Recording:
                 sides.setdefault(index, ([], []))[out].append(x)
                 continue
             if any(v in rename for v in e.inputs):
-                e = e.__class__(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs,
-                                e.params)
+                e = Eqn(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs, e.params)
             eqns.append(e)
         graph = graph.replace(eqns=tuple(eqns),
                               outputs=tuple(rename.get(v, v) for v in graph.outputs))

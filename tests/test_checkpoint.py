@@ -160,3 +160,24 @@ def test_a_function_checkpointed_before_the_trace_is_a_clear_error():
         mlxtriton.optimize(layer)(mx.ones((2, 8)))
     # and mx.checkpoint, outside any trace, is MLX's own again
     assert mx.checkpoint.__module__ != "mlxtriton._checkpoint"
+
+
+def test_nested_calls_and_an_array_passed_twice():
+    def inner(a, b):
+        return mx.sin(a * b) * a
+
+    def outer(x, w):
+        return mx.checkpoint(inner)(mx.tanh(x), w) + mx.checkpoint(inner)(x, x) ** 2
+
+    def loss(x, w):
+        return (mx.checkpoint(outer)(x, w) @ w).sum()
+
+    step = mx.value_and_grad(loss, argnums=(0, 1))
+    x, w = mx.random.normal((6, 6), key=mx.random.key(4)), mx.random.normal((6, 6))
+    graph = mlxtriton.trace(step)(x, w)
+    verify(graph)
+    assert graph.primitive_counts()["Depends"] == 3
+    (value, grads), (expected, expected_grads) = mlxtriton.optimize(step)(x, w), step(x, w)
+    np.testing.assert_allclose(np.array(value), np.array(expected), rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-4, atol=1e-5)

@@ -24,11 +24,7 @@ def rematerialize(graph: Graph, inputs: Sequence[Var], outputs: Sequence[Var]
     """``graph`` with the values one checkpointed call (its input and output vars) computed
     inside, where equations after it read them, recomputed (see module); and whether the call
     computed values inside that nothing after it reads (no gradient was taken in the graph)."""
-    return _rematerialize_one(graph, tuple(inputs), tuple(outputs))
-
-
-def _rematerialize_one(graph: Graph, inputs: tuple[Var, ...], outputs: tuple[Var, ...]
-                       ) -> tuple[Graph, bool]:
+    inputs, outputs = tuple(dict.fromkeys(inputs)), tuple(dict.fromkeys(outputs))
     eqns = graph.eqns
     # the call's equations: those that read its inputs (through each other) and that its outputs
     # need; what the call computed from other values (captured arrays) is not its to recompute
