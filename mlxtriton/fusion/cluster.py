@@ -49,6 +49,7 @@ class _Cluster:
     members: set[Eqn]
     first: int  # position of its first member
     has_reduction: bool = False
+    last: int = 0  # position of its last member
 
 
 class _Clustering:
@@ -64,6 +65,7 @@ class _Clustering:
         self.position = position  # in the graph the pass received (reports name equations by it)
         self.roles = {e: role(e) for e in graph.eqns}
         self.cluster_of: dict[Eqn, _Cluster] = {}
+        self.clusters: dict[int, _Cluster] = {}  # the regions as they stand, by id
         self.boundaries: list[Boundary] = []
         self.alone: dict[Eqn, str] = {}  # equations that cannot be a region even on their own
 
@@ -121,7 +123,16 @@ class _Clustering:
         """An equation through which some path leaves ``members`` and comes back (other regions
         count as single nodes), or None. Paths through unclustered movement ops straight back into
         the members are the region's own folded chains, not cycles."""
-        limit = max(self.position[e] for e in members)
+        # Positions only grow along a path, except through a region, which is one node: entered
+        # at a late member, it is left from any of its members, an early one too. An unclustered
+        # op after `horizon` (the last member, extended by every region reaching back before
+        # it, transitively) can reach only regions that lie wholly after it: nothing that comes
+        # back.
+        horizon = max(self.position[e] for e in members)
+        for c in sorted(self.clusters.values(), key=lambda c: c.first):
+            if c.first > horizon:
+                break
+            horizon = max(horizon, c.last)
         graph = self.graph
         stack: list[tuple[Eqn, Eqn | None]] = []  # (equation, first op outside on the path)
 
@@ -149,8 +160,8 @@ class _Clustering:
                     for x in self.ordered(other.members):
                         push(x, via or n)
                 continue
-            if self.position[n] > limit:
-                continue  # unclustered and after every member: nothing it reaches comes first
+            if self.position[n] > horizon:
+                continue  # unclustered and after the horizon: nothing it reaches comes back
             push(n, via if self.roles[n][0] is Role.MOVEMENT else via or n)
         return None
 
@@ -199,9 +210,14 @@ class _Clustering:
             members,
             min(self.position[e] for e in members),
             any(self.roles[e][0] is Role.REDUCTION for e in members),
+            max(self.position[e] for e in members),
         )
         for e in members:
+            old = self.cluster_of.get(e)
+            if old is not None:
+                self.clusters.pop(id(old), None)
             self.cluster_of[e] = c
+        self.clusters[id(c)] = c
         return c
 
     def run(self) -> None:
@@ -257,6 +273,7 @@ class _Clustering:
         if c is None or self.check(c.members | {e}) is not None:
             return
         c.members.add(e)
+        c.last = max(c.last, self.position[e])
         self.cluster_of[e] = c
 
     def worth_a_kernel(self, c: _Cluster) -> bool:

@@ -164,6 +164,21 @@ def test_cycle_through_an_unfused_op_splits_regions():
     assert_same(evaluate(fused, X), evaluate(g, X))
 
 
+def test_a_cycle_back_through_another_region_is_seen_when_it_starts_after_the_members():
+    """Two regions merged as siblings (both read the cosines) while another region already read
+    one of them and fed the other: the path leaves the pair at its last member, runs past it to
+    that region, and comes back through the region's earliest member (the gradient of an
+    exclusive cumprod; the fuzzer's gradient paths found it)."""
+    def f(x):
+        weights = mx.cos(mx.arange(64, dtype=mx.float32)).reshape(8, 8)
+        return (mx.cumprod(x, axis=-1, inclusive=False) * weights).sum()
+
+    x = mx.random.normal((8, 8), key=mx.random.key(0))
+    fast = mlxtriton.optimize(mx.grad(f), chip="h200")  # the pattern pass makes the siblings
+    assert_same(fast(x), mx.grad(f)(x))
+    verify(fast.graph(x))
+
+
 def test_reductions_over_other_axes_are_another_region():
     def f(x):
         y = mx.exp(x)

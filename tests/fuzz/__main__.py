@@ -36,16 +36,19 @@ def _program(number: int, max_steps: int) -> Program:
 
 def _finding_json(f: Finding) -> dict:
     return {"api": f.path.api, "chip": f.path.chip, "interpret": f.path.interpret,
-            "mlx_compile": f.path.mlx_compile, "call": f.call, "kind": f.kind, "detail": f.detail,
-            "signature": f.signature}
+            "mlx_compile": f.path.mlx_compile, "bare": f.path.bare, "gradient": f.path.gradient,
+            "call": f.call, "kind": f.kind, "detail": f.detail, "signature": f.signature}
 
 
 def _finding(d: dict) -> Finding:
-    return Finding(Path(d["api"], d["chip"], d["interpret"], d["mlx_compile"]), d["call"], d["kind"],
-                   d["detail"], d["signature"])
+    path = Path(d["api"], d["chip"], d["interpret"], d["mlx_compile"], d.get("bare", False),
+                d.get("gradient", ""))
+    return Finding(path, d["call"], d["kind"], d["detail"], d["signature"])
 
 
 def _paths(args) -> tuple[Path, ...]:
+    if args.gradients:
+        return differential.GRADIENT_PATHS
     return differential.PATHS + (differential.COMPILED_PATHS if args.mlx_compile else ())
 
 
@@ -96,7 +99,8 @@ def _corners(args) -> int:
 
 def _command(args, *extra) -> list[str]:
     return [sys.executable, "-m", "tests.fuzz", "--max-steps", str(args.max_steps),
-            *(["--mlx-compile"] if args.mlx_compile else []), *extra]
+            *(["--mlx-compile"] if args.mlx_compile else []),
+            *(["--gradients"] if args.gradients else []), *extra]
 
 
 def _run(args) -> int:
@@ -202,6 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=10, help="steps per program, at most")
     parser.add_argument("--mlx-compile", action="store_true",
                         help="also run optimize under MLX's own mx.compile (slow on a CPU host)")
+    parser.add_argument("--gradients", action="store_true", help="the gradient paths only")
     parser.add_argument("--only", type=int, default=None, help="replay one program and reduce it")
     parser.add_argument("--key", default=None, help="with --only: reduce this class only")
     parser.add_argument("--corners", action="store_true", help="run every corner case")

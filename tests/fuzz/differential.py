@@ -6,6 +6,13 @@ interpreted (`SingleKernelError` is an allowed outcome), and the JAX oracle
 (``evaluate(trace(f)(*args), *args, backend="jax")``). Each program is called twice, with new
 values (and each static scalar's second value) on the second call, through one `Compiled`.
 
+Gradient paths compare plain MLX's gradient of a weighted sum of the program's float outputs
+with respect to its float arguments (`GRADIENT`) with the same gradient taken inside an
+optimized function (``optimize(gradient(f))``: the traced backward pass, fused) and of an optimized
+function (``gradient(optimize(f))``: MLX differentiating the fused regions through their
+custom VJPs), as MLX ops and with the kernels interpreted. Programs computed through half
+precision are left out of them: a gradient compounds the roundings the forward tolerance allows.
+
 Where plain MLX raises, every path must raise; where it returns, every path must return the same
 structure, shapes and dtypes, NaN where MLX has NaN, the same infinities, and values within the
 dtype's tolerance (bit for bit, or equal up to the sign of zeros, for outputs the program marks
@@ -26,7 +33,7 @@ import mlx.core as mx
 import numpy as np
 
 import mlxtriton
-from tests.fuzz.programs import BITS, Argument, Program, coarsest, drop_unused, placeholder
+from tests.fuzz.programs import BITS, CLOSE, Argument, Program, coarsest, drop_unused, placeholder
 
 CHIPS = ("auto", "m3", "h200")
 # Relative tolerance per dtype, applied against max(|MLX|, the output's largest finite |MLX|, 1),
@@ -52,23 +59,57 @@ class Path:
     interpret: bool = False
     mlx_compile: bool = False
     bare: bool = False
+    gradient: str = ""  # "inside": optimize(gradient(f)); "outside": gradient(optimize(f))
 
     def __str__(self) -> str:
         if self.api == "oracle":
             return "oracle"
-        return (f"{self.api}(chip={self.chip!r}){' interpreted' if self.interpret else ''}"
+        made = f"{self.api}(chip={self.chip!r})"
+        made = {"inside": f"{made} of the gradient", "outside": f"the gradient of {made}"}.get(
+            self.gradient, made)
+        return (f"{made}{' interpreted' if self.interpret else ''}"
                 f"{' bare' if self.bare else ''}{' under mx.compile' if self.mlx_compile else ''}")
 
     @property
     def family(self) -> str:
         """The path without its chip: what findings are grouped by."""
-        return (self.api + (" interpreted" if self.interpret else "") + (" bare" if self.bare else "")
+        return ((f"gradient {self.gradient} " if self.gradient else "") + self.api
+                + (" interpreted" if self.interpret else "") + (" bare" if self.bare else "")
                 + (" under mx.compile" if self.mlx_compile else ""))
 
 
+GRADIENT_PATHS = tuple(Path("optimize", "h200", interpret, gradient=where)
+                       for where in ("inside", "outside") for interpret in (False, True))
 PATHS = (*(Path("optimize", c) for c in CHIPS), *(Path("optimize", c, True) for c in CHIPS),
          Path("optimize", "h200", True, bare=True),
-         Path("kernel", "m3", True), Path("kernel", "h200", True), Path("oracle"))
+         Path("kernel", "m3", True), Path("kernel", "h200", True), Path("oracle"),
+         *GRADIENT_PATHS)
+
+# The gradient the gradient paths take, as a reproduction pastes it: of a weighted sum of the
+# float outputs (fixed weights, so that no output's gradient is a plain sum), with respect to the
+# float arguments ``argnums``.
+GRADIENT = '''def gradient(fn, argnums):
+    def loss(*args):
+        outs, total = fn(*args), mx.array(0.0)
+        for o in (outs if isinstance(outs, (tuple, list)) else (outs,)):
+            if mx.issubdtype(o.dtype, mx.floating):
+                weights = mx.cos(mx.arange(o.size, dtype=mx.float32)).reshape(o.shape)
+                total = total + mx.sum(o.astype(mx.float32) * weights)
+        return total
+
+    return mx.grad(loss, argnums=argnums)
+'''
+_namespace: dict = {"mx": mx}
+exec(GRADIENT, _namespace)
+gradient = _namespace["gradient"]
+
+
+def float_arguments(program: Program) -> tuple[int, ...]:
+    """The positions a gradient path differentiates: the float arguments, where the program was
+    computed in float32 throughout (else none)."""
+    if coarsest(program.precision or ("float32",)) != "float32":
+        return ()
+    return tuple(i for i, a in enumerate(program.arguments) if a.dtype == "float32")
 COMPILED_PATHS = (Path("optimize", "auto", mlx_compile=True), Path("optimize", "m3", mlx_compile=True))
 
 
@@ -188,9 +229,15 @@ def _run_path(path: Path, fn: Callable, program: Program, calls: list[tuple]) ->
 
         return [_capture(lambda a=args: oracle(a)) for args in calls]
     make = mlxtriton.optimize if path.api == "optimize" else mlxtriton.kernel
+    argnums = float_arguments(program)
     with interpreting(path.interpret), mlx_compiling(path.mlx_compile), bare_replays(path.bare):
         try:
-            compiled = make(fn, chip=path.chip, static_argnums=nums)
+            if path.gradient == "inside":
+                compiled = make(gradient(fn, argnums), chip=path.chip, static_argnums=nums)
+            elif path.gradient == "outside":
+                compiled = gradient(make(fn, chip=path.chip, static_argnums=nums), argnums)
+            else:
+                compiled = make(fn, chip=path.chip, static_argnums=nums)
         except Exception as err:  # noqa: BLE001
             return [_Result(error=err) for _ in calls]
         return [_capture(lambda a=args: compiled(*a)) for args in calls]
@@ -211,16 +258,32 @@ def run(program: Program, paths=PATHS, entering: Callable[[str], None] = lambda 
     each one's name before it runs (`PLAIN_MLX` first), so a hang can be placed."""
     entering(PLAIN_MLX)
     fn, calls, want = reference(program)
+    argnums = float_arguments(program)
+    wanted_gradient = None  # plain MLX's gradient, taken when a gradient path first needs it
     findings = []
     for path in paths:
+        if path.gradient and not argnums:
+            continue
+        expected, compared = want, program
+        if path.gradient:
+            if wanted_gradient is None:
+                entering(f"{PLAIN_MLX}, the gradient")
+                grad = gradient(fn, argnums)
+                wanted_gradient = [_capture(lambda a=args: grad(*a)) for args in calls]
+            expected, compared = wanted_gradient, _as_gradient(program, len(argnums))
         entering(str(path))
         got = _run_path(path, fn, program, calls)
-        for call, (w, g) in enumerate(zip(want, got)):
-            finding = compare(w, g, program, path, call)
+        for call, (w, g) in enumerate(zip(expected, got)):
+            finding = compare(w, g, compared, path, call)
             if finding is not None:
                 findings.append(finding)
                 break  # the second call of a path that is already wrong adds nothing
     return findings
+
+
+def _as_gradient(program: Program, n: int) -> Program:
+    """``program`` as its gradient's outputs are compared: ``n`` float32 outputs, none exact."""
+    return replace(program, exact=(CLOSE,) * n, precision=("float32",) * n)
 
 
 # ---- comparing --------------------------------------------------------------------------------------
@@ -409,14 +472,25 @@ def reproduction(program: Program, finding: Finding) -> str:
     static = f", static_argnums={nums}" if nums else ""
     statics = [tuple(s.values[k] for s in program.statics) for k in (0, 1)]
     tail = []
+    made = f"mlxtriton.{path.api}({{}}, chip={path.chip!r}{static})"
+    reference_name = "f"
+    if path.gradient:
+        argnums = float_arguments(program)
+        tail.append(f"grad_f = gradient(f, {argnums})")
+        reference_name = "grad_f"
     if path.api == "oracle":
         tail.append("g = lambda *a: mlxtriton.evaluate(mlxtriton.trace(f"
                     f"{static})(*a), *a, backend='jax')")
+    elif path.gradient == "inside":
+        tail.append(f"g = {made.format('grad_f')}")
+    elif path.gradient == "outside":
+        tail.append(f"g = gradient({made.format('f')}, {argnums})")
     else:
-        tail.append(f"g = mlxtriton.{path.api}(f, chip={path.chip!r}{static})")
+        tail.append(f"g = {made.format('f')}")
     calls = (0, 1) if finding.call == 1 or program.statics else (0,)
     tail.append(f"for call in {calls}:")
     tail.append(f"    args = (*arguments({program.seed} + call), *{statics}[call])")
-    tail.append("    print('MLX:', f(*args))")
+    tail.append(f"    print('MLX:', {reference_name}(*args))")
     tail.append("    print('got:', g(*args))")
-    return "\n".join(head) + "\n" + program.source() + "\n\n" + "\n".join(tail) + "\n"
+    source = program.source() + ("\n\n" + GRADIENT if path.gradient else "")
+    return "\n".join(head) + "\n" + source + "\n\n" + "\n".join(tail) + "\n"
