@@ -335,6 +335,24 @@ def test_integer_arguments(route_name):
     assert g_counts.dtype == mx.int32 and not g_counts.any().item()
 
 
+def _picked_and_compared(a, b):
+    picked = mx.take_along_axis(a, mx.argmax(a, axis=0, keepdims=True), axis=0)
+    return a + 0.0, mx.min(picked != b, keepdims=True)
+
+
+@pytest.mark.parametrize("route_name", ROUTES)
+def test_a_region_with_a_bool_output_is_differentiated_as_mlx_does(route_name):
+    """One region computes a float output and a bool one (a comparison of what an argmax picked):
+    its VJP leaves the bool output out, as MLX's autodiff never goes down the path to it (it
+    refused the gather's indices; the fuzzer's gradient paths found it)."""
+    a, b = mx.array([0.3, -1.0, 2.0]), mx.array([5.0])
+    with route(route_name):
+        f = mlxtriton.optimize(_picked_and_compared, chip="h200")
+        got, want = (mx.grad(lambda *x: (g(*x)[0] * mx.cos(a)).sum())(a, b)
+                     for g in (f, _picked_and_compared))
+    assert_close(got, want, mx.float32)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_vmap_on_the_cpu(family):
     """On MLX's CPU backend fused regions run as MLX ops, which MLX batches. (MLX cannot batch a

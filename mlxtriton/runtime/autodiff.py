@@ -93,9 +93,11 @@ def vjp_function(source: Graph) -> Callable[[list, list], list]:
     source = stop_shift_gradients(source)
     inexact = _inexact(source)
     # An output that is a stop-gradient carries no gradient: it is left out of MLX's VJP, which
-    # pairs the outputs after one with the wrong cotangents (MLX 0.32).
-    live = [i for i, v in enumerate(source.outputs)
-            if (p := source.producer(v)) is None or p.primitive != "StopGradient"]
+    # pairs the outputs after one with the wrong cotangents (MLX 0.32). So is an integer or bool
+    # output: MLX's VJP would differentiate the path to it (a comparison of a gather whose
+    # indices an argmax computed), refusing what plain MLX, which never goes down it, accepts.
+    live = [i for i, v in enumerate(source.outputs) if v.dtype in dtypes.INEXACT
+            and ((p := source.producer(v)) is None or p.primitive != "StopGradient")]
 
     def backward(primals: list, cotangents: list) -> list:
         of_inexact = _of_inexact(source, primals)
