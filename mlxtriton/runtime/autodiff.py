@@ -90,7 +90,7 @@ def vjp_function(source: Graph) -> Callable[[list, list], list]:
     with MLX ops (integer inputs get integer zeros). A plain MLX function: it can be compiled,
     traced and optimised like any other (a region's backward as generated kernels). A row max
     the outputs do not depend on is differentiated as a constant (`stop_shift_gradients`)."""
-    source = stop_shift_gradients(source)
+    source = stop_index_gradients(stop_shift_gradients(source))
     inexact = _inexact(source)
     # An output that is a stop-gradient carries no gradient: it is left out of MLX's VJP, which
     # pairs the outputs after one with the wrong cotangents (MLX 0.32). So is an integer or bool
@@ -223,6 +223,34 @@ def stop_shift_gradients(graph: Graph) -> Graph:
             eqns += [stop, Eqn(e.primitive, (e.inputs[0], stop.outputs[0]), e.outputs, e.params)]
         else:
             eqns.append(e)
+    return graph.replace(eqns=tuple(eqns))
+
+
+# Primitives whose results are positions: their VJP is zero, and a gather reading them as indices
+# cannot be differentiated with respect to them.
+_INDEX_RESULTS = frozenset({"ArgReduce", "ArgSort", "ArgPartition"})
+
+
+def stop_index_gradients(graph: Graph) -> Graph:
+    """Each position an argmax / argsort computes read through a stop-gradient. MLX's VJP of
+    those is zero, but MLX's gather refuses to be differentiated with respect to indices that
+    depend on a differentiated input at all: ``x[argmax(x)]``. A region's VJP is asked for the
+    cotangents of all its outputs (zeros for those the loss does not read), so without this it
+    refused regions whose gathered value plain MLX's gradient never reaches; where the loss does
+    read it, plain MLX refuses and this returns the gradient through the gathered values (JAX's)."""
+    stops = {e: make_eqn("StopGradient", [e.outputs[0]]) for e in graph.eqns
+             if e.primitive in _INDEX_RESULTS and any(
+                 u.primitive != "StopGradient" for u in graph.users(e.outputs[0]))}
+    if not stops:
+        return graph
+    renamed = {e.outputs[0]: stop.outputs[0] for e, stop in stops.items()}
+    eqns: list[Eqn] = []
+    for e in graph.eqns:
+        if any(v in renamed for v in e.inputs):
+            e = Eqn(e.primitive, tuple(renamed.get(v, v) for v in e.inputs), e.outputs, e.params)
+        eqns.append(e)
+        if e in stops:
+            eqns.append(stops[e])
     return graph.replace(eqns=tuple(eqns))
 
 
