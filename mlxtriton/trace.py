@@ -237,10 +237,12 @@ class _GraphBuilder:
 
 # ---- while a trace runs --------------------------------------------------------------------
 # MLX's exporter records neither StopGradient (it is dropped) nor Contiguous (no exportable
-# state). While a thread traces, mx.stop_gradient(x) is recorded as
-# mx.depends([stop_gradient(x)], [x, x]), a form MLX's own code never builds, which the builder
-# turns back into a StopGradient equation (the stop_gradient inside still stops the gradients
-# the traced function takes itself: a training step); mx.contiguous(x) is x itself (a graph has
+# state). While a thread traces, mx.stop_gradient(x) is recorded as mx.depends([s], [s, s]) of
+# s = stop_gradient(x), which the exporter reports as Depends(x, x, x), a form MLX's own code
+# never builds, and the builder turns back into a StopGradient equation. Every input of the
+# depends is stopped: the gradients the traced function takes itself (a training step) see no
+# path to x, as with MLX's own op (a gather at stopped indices is not asked for their gradient:
+# mixture-of-experts routing); mx.contiguous(x) is x itself (a graph has
 # value semantics: layout is the runtime's business); mx.fast.cross_entropy, whose GPU kernel
 # has no exportable state either, is its definition, logsumexp(x) - x[target] in float32.
 _STOP_GRADIENT, _CONTIGUOUS = mx.stop_gradient, mx.contiguous
@@ -257,7 +259,8 @@ def _is_stop_marker(entry: dict) -> bool:
 
 def _stop_gradient(x, *args, **kwargs):
     if threading.get_ident() in _tracing_threads and isinstance(x, mx.array) and not args and not kwargs:
-        return mx.depends([_STOP_GRADIENT(x)], [x, x])[0]
+        stopped = _STOP_GRADIENT(x)
+        return mx.depends([stopped], [stopped, stopped])[0]
     return _STOP_GRADIENT(x, *args, **kwargs)
 
 

@@ -144,3 +144,26 @@ def test_bfloat16_gradients_are_as_close_to_float32_as_plain_mlx(name, interpret
     tolerance = max(1.5 * abs(plain_loss - want_loss), 2e-3 * abs(want_loss))
     assert abs(got_loss - want_loss) <= tolerance
     assert error(got) <= 1.2 * error(plain) + 0.01
+
+
+@pytest.mark.parametrize("name", [a.name for a in lm_zoo.ARCHS if lm_zoo.MOE in a.kinds])
+def test_a_mixture_of_experts_fine_tuning_step(name):
+    """The routers stop the gradient of the experts they pick (mx.stop_gradient of an
+    argpartition) and gather at them: the trace keeps them stopped for the gradient the step
+    takes (it showed MLX's autodiff a path to the indices, and every such step raised)."""
+    import mlx.optimizers as optim
+
+    tokens = lm_zoo.prompt(17)[None]
+    batch, lengths = tokens[:, :16], mx.array([[0, 16]])
+    runs = []
+    for optimized in (False, True):
+        model = lm_zoo.build(name)
+        step = lm_zoo.training_step(model, optim.SGD(0.05))
+        step = mlxtriton.optimize(step) if optimized else step
+        losses = [step(batch, lengths) for _ in range(2)]
+        runs.append((losses, dict(tree_flatten(model.parameters()))))
+    (want, want_params), (got, got_params) = runs
+    for a, b in zip(got, want):
+        _close(a, b, 1e-5)
+    for k in want_params:
+        _close(got_params[k], want_params[k], 1e-4)
