@@ -146,11 +146,13 @@ def test_bfloat16_gradients_are_as_close_to_float32_as_plain_mlx(name, interpret
     assert error(got) <= 1.2 * error(plain) + 0.01
 
 
-@pytest.mark.parametrize("name", [a.name for a in lm_zoo.ARCHS if lm_zoo.MOE in a.kinds])
-def test_a_mixture_of_experts_fine_tuning_step(name):
-    """The routers stop the gradient of the experts they pick (mx.stop_gradient of an
-    argpartition) and gather at them: the trace keeps them stopped for the gradient the step
-    takes (it showed MLX's autodiff a path to the indices, and every such step raised)."""
+@pytest.mark.parametrize("name", lm_zoo.NAMES)
+def test_a_fine_tuning_step_of_every_architecture(name):
+    """mlx-lm's fine-tuning step (loss, gradient, SGD) through optimize follows the plain one for
+    every architecture of the zoo, in two builds. Mixture-of-experts routers stop the gradient
+    of the experts they pick (mx.stop_gradient of an argpartition) and gather at them: the trace
+    keeps them stopped for the gradient the step takes (it showed MLX's autodiff a path to the
+    indices, and every such step raised). Where plain mlx-lm's step raises, so does this one."""
     import mlx.optimizers as optim
 
     tokens = lm_zoo.prompt(17)[None]
@@ -160,10 +162,19 @@ def test_a_mixture_of_experts_fine_tuning_step(name):
         model = lm_zoo.build(name)
         step = lm_zoo.training_step(model, optim.SGD(0.05))
         step = mlxtriton.optimize(step) if optimized else step
-        losses = [step(batch, lengths) for _ in range(2)]
-        runs.append((losses, dict(tree_flatten(model.parameters()))))
-    (want, want_params), (got, got_params) = runs
+        try:
+            losses = [step(batch, lengths) for _ in range(2)]
+        except Exception as err:  # noqa: BLE001 - compared below
+            runs.append(err)
+            continue
+        runs.append((losses, dict(tree_flatten(model.parameters())), step))
+    (want, got) = runs
+    if isinstance(want, Exception):  # recurrent_gemma: mlx-lm's Model misses Module's _no_grad
+        assert isinstance(got, Exception) and str(got) == str(want), got
+        return
+    (want, want_params, _), (got, got_params, fast) = want, got
     for a, b in zip(got, want):
         _close(a, b, 1e-5)
     for k in want_params:
         _close(got_params[k], want_params[k], 1e-4)
+    assert fast.cache_info().builds == 2  # before and after the optimizer made its state
