@@ -181,3 +181,39 @@ def test_nested_calls_and_an_array_passed_twice():
     np.testing.assert_allclose(np.array(value), np.array(expected), rtol=1e-5)
     for g, e in zip(grads, expected_grads):
         np.testing.assert_allclose(np.array(g), np.array(e), rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_inside_a_checkpointed_call_is_recomputed_with_its_own_mask():
+    """A LoRA step with dropout and --grad-checkpoint: the recomputation reads the random bits
+    the forward pass drew, so the gradient is the one without checkpointing. (MLX's own
+    checkpoint calls the function again, which draws new masks: its gradient differs.)"""
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    from tests.test_state_models import _lora_model
+
+    layer_class = type(lm_zoo.build("llama").layers[0])
+    original = layer_class.__call__
+    tokens = lm_zoo.prompt(9)[None]
+    batch, lengths = mx.concatenate([tokens, tokens[:, ::-1]]), mx.array([[0, 8], [0, 6]])
+
+    def run(checkpointed: bool, optimize: bool):
+        try:
+            if checkpointed:
+                grad_checkpoint(lm_zoo.build("llama").layers[0])
+            model = _lora_model(None)
+            step = lm_zoo.training_step(model, optim.Adam(1e-3))
+            step = mlxtriton.optimize(step) if optimize else step
+            losses = []
+            for i in range(2):
+                mx.random.seed(100 + i)
+                losses.append(step(batch, lengths).item())
+            return losses, dict(tree_flatten(model.trainable_parameters()))
+        finally:
+            layer_class.__call__ = original
+
+    want, want_params = run(False, False)
+    got, got_params = run(True, True)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name, p in got_params.items():
+        np.testing.assert_allclose(np.array(p), np.array(want_params[name]), rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
