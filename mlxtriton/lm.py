@@ -895,8 +895,8 @@ _CLASSES = {
 def _to_static(cache: Any, step: int, headroom: int, doubling: bool) -> Any:
     """The still-shaped counterpart of one of mlx-lm's caches, holding the tokens it holds."""
     name = type(cache).__name__
-    if isinstance(cache, (StaticKVCache, StaticQuantizedKVCache, StaticRotatingKVCache)):
-        return copy.copy(cache)  # its arrays are immutable: the copy shares them
+    if isinstance(cache, _ArrayOffsetCache):
+        return copy.copy(cache)  # still-shaped already; its arrays are immutable: shared
     if isinstance(cache, _lm_cache.CacheList):
         return CacheList(*(_to_static(c, step, headroom, doubling) for c in cache.caches))
     if type(cache) in (_lm_cache.KVCache, _lm_cache.ConcatenateKVCache):

@@ -256,6 +256,19 @@ def test_caches_holding_tokens_convert_and_generation_goes_on(kind, tmp_path):
     assert fast.cache_info().builds <= 3 * 3
 
 
+def test_a_saved_batch_cache_loads_as_it_was(tmp_path):
+    model = lm_zoo.build("llama")
+    caches = [lm.make_prompt_cache(model) for _ in range(2)]
+    for cache, n in zip(caches, (5, 3)):
+        _continue(model, cache, lm_zoo.prompt(n).tolist())
+    batch = [lm.StaticKVCache.merge(layer) for layer in zip(*caches)]
+    lm_cache.save_prompt_cache(str(tmp_path / "batch.safetensors"), batch)
+    loaded = lm.load_prompt_cache(str(tmp_path / "batch.safetensors"))
+    assert [type(c) for c in loaded] == [lm.StaticBatchKVCache] * len(batch)
+    y = mx.array([[3], [4]])
+    assert mx.array_equal(model(y, cache=loaded), model(y, cache=batch)).item()
+
+
 def test_saved_still_shaped_caches_load_as_they_were(tmp_path):
     model = lm_zoo.build("falcon_h1")
     cache = lm.make_prompt_cache(model)
