@@ -77,7 +77,9 @@ class Container(NamedTuple):
     """A walked container's layout: kind is "module", "object", "list", "tuple", "dict" or
     "random"; ``keys`` its attribute names, dict keys or positions; ``children`` their layouts
     (`ARRAY`, `COUNTER`, a `pytree.Static`, ("opaque", type), ("alias", index) or a Container);
-    ``index`` its position in the walk; ``training`` a module's mode."""
+    ``index`` its position in the walk; ``training`` a module's mode; ``frozen`` the names of
+    its parameters ``freeze()`` took out of its trainable ones (what ``nn.value_and_grad``
+    differentiates: part of the key, as the mode is)."""
 
     kind: str
     cls: type
@@ -85,6 +87,7 @@ class Container(NamedTuple):
     children: tuple
     index: int
     training: bool | None = None
+    frozen: frozenset | None = None
 
 
 _MODULE: list = []
@@ -230,8 +233,9 @@ class Snapshot:
         for target, n in sizes:
             if len(target) != n:
                 return None
-        for module, training in modes:
-            if module.__dict__.get("_training") is not training:
+        for module, training, frozen in modes:
+            d = module.__dict__
+            if d.get("_training") is not training or (d.get("_no_grad") or None) != frozen:
                 return None
         leaves: list[mx.array] = []
         counters = {}
@@ -426,7 +430,7 @@ class _Walk:
         # read (where, key, what it held), each container's size, each module's mode, each hook.
         self.checks: list[tuple] = []
         self.sizes: list[tuple[Any, int]] = []
-        self.modes: list[tuple[Any, Any]] = []
+        self.modes: list[tuple[Any, Any, Any]] = []  # (module, mode, frozen names)
         self.hooks: list[Any] = []
         self.tuples: list[tuple[int, Any, Any]] = []  # read through (index, parent, key)
 
@@ -440,7 +444,7 @@ class _Walk:
             self.slots.append((index, 0))
             self.checks.append((None, 0, _KEY, None))
             return Container("random", _RandomKey, (0,), (ARRAY,), index)
-        training = None
+        training = frozen = None
         counters: tuple = ()
         t = type(obj)
         target = obj  # what the slots are read from
@@ -451,7 +455,9 @@ class _Walk:
         elif isinstance(obj, self.module):
             kind, items = "module", obj.items()
             training = obj.__dict__.get("_training")
-            self.modes.append((obj, training))
+            no_grad = obj.__dict__.get("_no_grad")
+            frozen = frozenset(no_grad) if no_grad else None
+            self.modes.append((obj, training, frozen))
             if training is None:
                 training = bool(obj.training)
         elif isinstance(obj, (list, tuple)):
@@ -510,7 +516,8 @@ class _Walk:
                 checks.append((target, k, _TYPE, vt))
             keys.append(k)
             children.append(d)
-        return _new_tuple(Container, (kind, t, tuple(keys), tuple(children), index, training))
+        return _new_tuple(Container, (kind, t, tuple(keys), tuple(children), index, training,
+                                      frozen))
 
     def _read_through(self, v: tuple, d: Container, target: Any, k: Any, at: int) -> None:
         """Make the refresh read a tuple of arrays and scalars (a quantized cache's packed,
@@ -711,6 +718,9 @@ def plan_writes(before: Snapshot, after: Snapshot) -> Changes:
         if a.training != b.training:
             raise StateError(f"the call changed the training mode of {path}; call .train() / "
                              ".eval() outside the optimized function")
+        if a.frozen != b.frozen:
+            raise StateError(f"the call froze or unfroze parameters of {path}; call .freeze() / "
+                             ".unfreeze() outside the optimized function")
         bchildren = dict(zip(b.keys, b.children))
         for k, ad in zip(a.keys, a.children):
             step = path + _step(a.kind, k)

@@ -804,3 +804,46 @@ def test_an_optimized_training_step_holds_no_state_it_replaced():
     eager = _held_bytes(lambda: train(False))
     assert eager >= 3 * 2 * 512 * 512 * 4  # weights and two moments
     assert _held_bytes(lambda: train(True)) <= eager + 64 * 1024
+
+
+def test_freezing_between_calls_is_part_of_the_key():
+    """``freeze()`` / ``unfreeze()`` between calls change what ``nn.value_and_grad``
+    differentiates: each is a new build, as a mode change is (the cached trace kept training the
+    frozen layer, silently); freezing inside the call is an error."""
+    def run(optimize):
+        mx.random.seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+        mx.eval(model.parameters())
+        opt = optim.SGD(0.1)
+        loss_and_grad = nn.value_and_grad(model, lambda m, x: (m(x) ** 2).mean())
+
+        def step(x):
+            loss, grads = loss_and_grad(model, x)
+            opt.update(model, grads)
+            return loss
+
+        fn = mlxtriton.optimize(step) if optimize else step
+        x = mx.ones((3, 8))
+        fn(x)
+        model.layers[0].freeze()
+        fn(x)
+        model.layers[0].unfreeze()
+        model.layers[2].freeze()
+        fn(x)
+        return dict(tree_flatten(model.parameters())), fn
+
+    want, _ = run(False)
+    got, fast = run(True)
+    for k in want:
+        _same(got[k], want[k])
+    assert fast.cache_info().builds == 3
+    assert "frozen" in fast.cache_info().last_build
+
+    model = nn.Linear(4, 4)
+
+    def freezes(x):
+        model.freeze()
+        return model(x)
+
+    with pytest.raises(mlxtriton.StateError, match="froze or unfroze parameters of"):
+        mlxtriton.optimize(freezes)(mx.ones((2, 4)))

@@ -976,6 +976,9 @@ def _layout_change(old, new, names) -> str:
                 a.kind == b.kind and a.cls is b.cls):
             if a.training != b.training:
                 return f"{path}: training {a.training} -> {b.training}"
+            if a.frozen != b.frozen:
+                return (f"{path}: frozen {sorted(a.frozen or ())} -> "
+                        f"{sorted(b.frozen or ())}")
             if a.keys != b.keys:
                 return f"{path}: attributes {list(a.keys)} -> {list(b.keys)}"
             for k, ca, cb in zip(a.keys, a.children, b.children):
