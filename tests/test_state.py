@@ -847,3 +847,36 @@ def test_freezing_between_calls_is_part_of_the_key():
 
     with pytest.raises(mlxtriton.StateError, match="froze or unfroze parameters of"):
         mlxtriton.optimize(freezes)(mx.ones((2, 4)))
+
+
+def _classify(m, x, y):
+    return nn.losses.cross_entropy(m(x), y, reduction="mean")
+
+
+def test_a_module_passed_as_an_argument_is_a_state_object():
+    """``loss_fn(model, x, y)``, the loss mlx's examples hand to ``nn.value_and_grad``: the model
+    is an argument object (its arrays are state), called as the module it is; it was rebuilt as
+    a plain dict ("'dict' object is not callable"). Optimized alone and under
+    ``nn.value_and_grad`` through a few SGD steps: plain MLX's losses and parameters, one build."""
+    def run(optimize):
+        mx.random.seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.LayerNorm(32), nn.Linear(32, 10))
+        mx.eval(model.parameters())
+        loss = mlxtriton.optimize(_classify) if optimize else _classify
+        loss_and_grad, opt = nn.value_and_grad(model, loss), optim.SGD(0.1)
+        x, y = mx.random.normal((8, 16), key=mx.random.key(1)), mx.arange(8)
+        losses = [loss(model, x, y)]
+        for _ in range(3):
+            value, grads = loss_and_grad(model, x, y)
+            opt.update(model, grads)
+            losses.append(value)
+        return losses, dict(tree_flatten(model.parameters())), loss
+
+    want, want_params, _ = run(False)
+    got, got_params, fast = run(True)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5)
+    for k in want_params:
+        np.testing.assert_allclose(np.array(got_params[k]), np.array(want_params[k]), rtol=1e-5,
+                                   atol=1e-6)
+    assert fast.cache_info().builds == 1

@@ -144,7 +144,7 @@ def flatten(
                 tuple if isinstance(x, tuple) else list
             )
             return Node(kind, None, tuple(go(c, f"{path}[{i}]") for i, c in enumerate(x)))
-        if isinstance(x, dict):
+        if isinstance(x, dict) and not (on_object is not None and _is_module(x)):
             keys = tuple(x)
             return Node(dict, keys, tuple(go(x[k], f"{path}[{k!r}]") for k in keys))
         if isinstance(x, _SCALARS) or (is_static is not None and is_static(x)):
@@ -167,6 +167,16 @@ def flatten(
         )
 
     return leaves, go(tree, path)
+
+
+def _is_module(x: dict) -> bool:
+    """Whether a dict is an ``mlx.nn.Module`` (a dict of its arrays and submodules, but an object
+    the function calls: an argument object, not a container to rebuild as a plain dict)."""
+    if type(x) is dict:
+        return False
+    import mlx.nn as nn
+
+    return isinstance(x, nn.Module)
 
 
 def unflatten(tree: TreeDef, leaves: list, objects: list | None = None) -> Any:
