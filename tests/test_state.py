@@ -770,6 +770,18 @@ def test_refresh_reads_slots_keyed_by_any_hashable():
     assert snap.refresh([h]) is None
 
 
+def _squares_step(model: nn.Module, opt):
+    """A training step on the mean square of ``model``'s output: loss, gradient, update."""
+    loss_and_grad = nn.value_and_grad(model, lambda m, x: (m(x) ** 2).mean())
+
+    def step(x):
+        loss, grads = loss_and_grad(model, x)
+        opt.update(model, grads)
+        return loss
+
+    return step
+
+
 def _held_bytes(run) -> int:
     """Bytes of arrays still allocated after ``run()`` returned (its objects alive or not)."""
     gc.collect()
@@ -788,13 +800,7 @@ def test_an_optimized_training_step_holds_no_state_it_replaced():
         model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
         opt = optim.Adam(1e-3)
         mx.eval(model.parameters())
-        loss_and_grad = nn.value_and_grad(model, lambda m, x: (m(x) ** 2).mean())
-
-        def step(x):
-            loss, grads = loss_and_grad(model, x)
-            opt.update(model, grads)
-            return loss
-
+        step = _squares_step(model, opt)
         fn = mlxtriton.optimize(step) if optimize else step
         x = mx.ones((4, 512))
         for _ in range(4):
@@ -815,13 +821,7 @@ def test_freezing_between_calls_is_part_of_the_key():
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
         mx.eval(model.parameters())
         opt = optim.SGD(0.1)
-        loss_and_grad = nn.value_and_grad(model, lambda m, x: (m(x) ** 2).mean())
-
-        def step(x):
-            loss, grads = loss_and_grad(model, x)
-            opt.update(model, grads)
-            return loss
-
+        step = _squares_step(model, opt)
         fn = mlxtriton.optimize(step) if optimize else step
         x = mx.ones((3, 8))
         fn(x)
