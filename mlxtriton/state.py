@@ -789,11 +789,22 @@ def _holds_state(obj: Any) -> bool:
     return False
 
 
+def _holds_arrays(container: Any, depth: int = 0) -> bool:
+    """Whether a list, tuple or dict holds arrays, directly or in such containers inside it."""
+    items = container.values() if type(container) is dict else container
+    for x in list(items)[:64]:
+        if type(x) is _ARRAY_TYPE:
+            return True
+        if depth < 4 and type(x) in (list, tuple, dict) and _holds_arrays(x, depth + 1):
+            return True
+    return False
+
+
 def function_roots(fn: Any) -> list[tuple[Any, str]]:
     """The state objects ``fn`` reaches outside its arguments, with a name for each: ``fn``
     itself where it is one (a module), its bound ``self``, and what its closure, defaults and
-    referenced globals hold (modules, optimizers, objects holding arrays), recursively through
-    functions, callable objects and ``functools.partial``."""
+    referenced globals hold (modules, optimizers, objects holding arrays, lists and dicts of
+    arrays), recursively through functions, callable objects and ``functools.partial``."""
     found: list[tuple[Any, str]] = []
     seen: set[int] = set()
 
@@ -819,6 +830,10 @@ def function_roots(fn: Any) -> list[tuple[Any, str]]:
                 v = g.get(name)
                 if v is not None and not isinstance(v, (type, types.ModuleType)):
                     go(v, name, depth + 1)
+        elif type(obj) in (list, dict) and _holds_arrays(obj):
+            # a list or dict of arrays the function may rebind items of (an EMA of the
+            # parameters): state, as an object holding arrays is
+            found.append((obj, path))
         elif isinstance(obj, (list, tuple)):
             for i, x in enumerate(obj[:64]):
                 go(x, f"{path}[{i}]", depth + 1)

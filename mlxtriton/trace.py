@@ -387,6 +387,7 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
     def flat_fn(*flat):
         found.clear()
         saved = before.save()
+        bound, traced = _bindings(fn), False
         try:
             before.substitute(flat[n_args:])
             a, kw = pytree.unflatten(in_tree, list(flat[:n_args]), [o for o, _ in objects])
@@ -401,9 +402,18 @@ def trace_call(fn: Callable, args: tuple, kwargs: dict, static_argnums=(), stati
             after = state_lib.snapshot(before.roots, before.names)
             changes = state_lib.plan_writes(before, after)
             found.append((out_tree, changes))
+            traced = True
             return (*out_leaves, *(after.leaves[i] for i in changes.outputs))
         finally:
             before.restore(saved)
+            rebound = _restore_bindings(bound)
+            if rebound and traced:
+                raise TraceError(
+                    f"cannot trace {_name(fn)}: it rebinds {', '.join(rebound)}, which it captures "
+                    "(global or nonlocal): an optimized function runs its Python once, when traced, "
+                    "so the name would be rebound then only (and what it captures is a constant). "
+                    "Keep the value in a module, an object, a dict or a list it reaches, or pass "
+                    "it as an argument and return the new value")
 
     flat_args = [*leaves, *before.leaves]
     with _tracing():
@@ -528,6 +538,60 @@ def _with_state(graph: Graph, leaves: tuple, before: state_lib.Snapshot,
     if not inputs and not changes.plan.writes:
         return TracedCall(graph, leaves)
     return TracedCall(graph, leaves, StateIO(tuple(roots), inputs, changes, n_results), before)
+
+
+_UNBOUND = object()
+
+
+def _bindings(fn: Callable) -> list[tuple[Any, str, Any]]:
+    """The names ``fn`` captures, with their values: its closure cells and the globals its code
+    reads, and those of the functions they hold (a few levels down), as (cell or globals dict,
+    name, value)."""
+    out: list[tuple[Any, str, Any]] = []
+    seen: set[int] = set()
+
+    def go(f, depth):
+        f = getattr(f, "__func__", f)  # a bound method's function
+        if depth > 3 or id(f) in seen or not inspect.isfunction(f):
+            return
+        seen.add(id(f))
+        for name, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                value = _UNBOUND
+            out.append((cell, name, value))
+            go(value, depth + 1)
+        g = f.__globals__
+        for name in f.__code__.co_names:
+            if name in g:
+                out.append((g, name, g[name]))
+                go(g[name], depth + 1)
+
+    go(fn, 0)
+    return out
+
+
+def _restore_bindings(bound: list[tuple[Any, str, Any]]) -> list[str]:
+    """Put back each captured name a trace rebound; their names."""
+    rebound = []
+    for where, name, value in bound:
+        if isinstance(where, dict):
+            if where.get(name, _UNBOUND) is not value:
+                where[name] = value
+                rebound.append(f"the global {name!r}")
+        else:
+            try:
+                now = where.cell_contents
+            except ValueError:
+                now = _UNBOUND
+            if now is not value:
+                if value is _UNBOUND:
+                    del where.cell_contents
+                else:
+                    where.cell_contents = value
+                rebound.append(f"the nonlocal {name!r}")
+    return list(dict.fromkeys(rebound))
 
 
 def _static_leaves(tree):

@@ -880,3 +880,27 @@ def test_a_module_passed_as_an_argument_is_a_state_object():
         np.testing.assert_allclose(np.array(got_params[k]), np.array(want_params[k]), rtol=1e-5,
                                    atol=1e-6)
     assert fast.cache_info().builds == 1
+
+
+EMA = {"w": mx.zeros((4,))}
+
+
+def test_a_captured_dict_of_arrays_the_function_updates_is_state():
+    """An EMA kept in a dict the step captures (a global here, a closure alike): each call reads
+    and updates it as eager MLX does (its arrays were constants and the trace left its
+    placeholders in the dict: the next trace failed to evaluate them)."""
+    def step(x):
+        EMA["w"] = 0.9 * EMA["w"] + 0.1 * x
+        return EMA["w"].sum()
+
+    fast = mlxtriton.optimize(step)
+    want = []
+    for i in range(3):
+        want.append(step(mx.full((4,), float(i))))
+    eager = EMA["w"]
+    EMA["w"] = mx.zeros((4,))
+    got = [fast(mx.full((4,), float(i))) for i in range(3)]
+    for a, b in zip(got, want):
+        _same(a, b)
+    _same(EMA["w"], eager)
+    assert fast.cache_info().builds == 1

@@ -166,3 +166,34 @@ def test_reading_an_array_value_while_tracing_is_a_clear_error_naming_the_line()
     assert message.startswith("cannot trace _branches_on_a_value: it reads an array's value at ")
     assert "test_trace.py" in message and "(if x.sum() > 0:)" in message
     assert "static_argnums" in message and "mx.where" in message
+
+
+COUNT = mx.array(0.0)
+
+
+def test_rebinding_a_captured_name_is_a_clear_error():
+    """``global`` / ``nonlocal`` rebinding runs once, when traced: later calls would neither see
+    nor make it (silently). The trace refuses, naming it, and puts the old value back."""
+    def counts(x):
+        global COUNT
+        COUNT = COUNT + 1
+        return x * COUNT
+
+    with pytest.raises(mlxtriton.TraceError, match="rebinds the global 'COUNT'"):
+        mlxtriton.optimize(counts)(mx.ones(2))
+    assert COUNT.item() == 0.0
+
+    def make():
+        total = mx.array(0.0)
+
+        def accumulate(x):
+            nonlocal total
+            total = total + x.sum()
+            return total
+
+        return accumulate, lambda: total
+
+    accumulate, total = make()
+    with pytest.raises(mlxtriton.TraceError, match="rebinds the nonlocal 'total'"):
+        mlxtriton.optimize(accumulate)(mx.ones(2))
+    assert total().item() == 0.0
