@@ -256,6 +256,9 @@ RESHAPES = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Unflatten"
 # The primitives that read affine- or otherwise-quantized weights.
 QUANTIZED = frozenset({"QuantizedMatmul", "GatherQMM", "Quantize"})
 
+# The primitives whose results are positions in their input (MLX's VJP of each is zero).
+POSITIONS = frozenset({"ArgReduce", "ArgSort", "ArgPartition"})
+
 
 def keeps_order(primitive: str, params: Mapping[str, Any], shape: Sequence[int]) -> bool:
     """Whether ``primitive`` on an input of ``shape`` keeps every element's row-major index: a

@@ -24,7 +24,7 @@ from mlxtriton.graph import dtypes
 from mlxtriton.graph.core import Eqn, Graph, Params, Var
 from mlxtriton.graph.evaluate import run
 from mlxtriton.graph.evaluate_mlx import MLX_RULES
-from mlxtriton.graph.primitives import Family, get as get_primitive
+from mlxtriton.graph.primitives import POSITIONS, Family, get as get_primitive
 from mlxtriton.graph.transforms import cse, dce, make_eqn, substitute
 from mlxtriton.trace import trace_call
 
@@ -226,11 +226,6 @@ def stop_shift_gradients(graph: Graph) -> Graph:
     return graph.replace(eqns=tuple(eqns))
 
 
-# Primitives whose results are positions: their VJP is zero, and a gather reading them as indices
-# cannot be differentiated with respect to them.
-_INDEX_RESULTS = frozenset({"ArgReduce", "ArgSort", "ArgPartition"})
-
-
 def stop_index_gradients(graph: Graph) -> Graph:
     """Each position an argmax / argsort computes read through a stop-gradient. MLX's VJP of
     those is zero, but MLX's gather refuses to be differentiated with respect to indices that
@@ -239,7 +234,7 @@ def stop_index_gradients(graph: Graph) -> Graph:
     refused regions whose gathered value plain MLX's gradient never reaches; where the loss does
     read it, plain MLX refuses and this returns the gradient through the gathered values (JAX's)."""
     stops = {e: make_eqn("StopGradient", [e.outputs[0]]) for e in graph.eqns
-             if e.primitive in _INDEX_RESULTS and any(
+             if e.primitive in POSITIONS and any(
                  u.primitive != "StopGradient" for u in graph.users(e.outputs[0]))}
     if not stops:
         return graph
