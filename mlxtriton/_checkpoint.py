@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from mlxtriton.graph.core import Eqn, Graph, Var
+from mlxtriton.graph.core import Graph, Var
 from mlxtriton.graph.remat import rematerialize
+from mlxtriton.graph.transforms import substitute
 
 _KERNEL = re.compile(r"custom_kernel_mlxtriton_checkpoint_(\d+)_(in|out)_")
 _CHECKPOINT = mx.checkpoint
@@ -63,7 +64,7 @@ class Recording:
         if not self.calls:
             return graph, 0
         tags: dict[Var, tuple[int, int]] = {}  # a tag kernel's output -> (call, 0 in / 1 out)
-        rename: dict[Var, Var] = {}
+        marked: dict[Var, Var] = {}  # a mark's output -> the value it marks
         sides: dict[int, tuple[list[Var], list[Var]]] = {}
         eqns = []
         for e in graph.eqns:
@@ -74,15 +75,12 @@ class Recording:
                     continue
             if e.primitive == "Depends" and len(e.inputs) == 2 and e.inputs[1] in tags:
                 index, out = tags[e.inputs[1]]
-                x = rename.get(e.inputs[0], e.inputs[0])
-                rename[e.outputs[0]] = x
+                x = marked.get(e.inputs[0], e.inputs[0])  # a value marked twice (nested calls)
+                marked[e.outputs[0]] = x
                 sides.setdefault(index, ([], []))[out].append(x)
                 continue
-            if any(v in rename for v in e.inputs):
-                e = Eqn(e.primitive, tuple(rename.get(v, v) for v in e.inputs), e.outputs, e.params)
             eqns.append(e)
-        graph = graph.replace(eqns=tuple(eqns),
-                              outputs=tuple(rename.get(v, v) for v in graph.outputs))
+        graph = substitute(graph.replace(eqns=tuple(eqns)), marked)
         unread = 0
         for _, (ins, outs) in sorted(sides.items(), reverse=True):  # a nested call first
             graph, kept = rematerialize(graph, ins, outs)
