@@ -545,8 +545,8 @@ _UNBOUND = object()
 
 def _bindings(fn: Callable) -> list[tuple[Any, str, Any]]:
     """The names ``fn`` captures, with their values: its closure cells and the globals its code
-    reads, and those of the functions they hold (a few levels down), as (cell or globals dict,
-    name, value)."""
+    reads (a callable object's: its ``__call__``'s), and those of the functions they hold (a few
+    levels down), as (cell or globals dict, name, value)."""
     out: list[tuple[Any, str, Any]] = []
     seen: set[int] = set()
 
@@ -568,7 +568,8 @@ def _bindings(fn: Callable) -> list[tuple[Any, str, Any]]:
                 out.append((g, name, g[name]))
                 go(g[name], depth + 1)
 
-    go(fn, 0)
+    go(fn if inspect.isfunction(getattr(fn, "__func__", fn)) or isinstance(fn, type)
+       else type(fn).__call__, 0)
     return out
 
 

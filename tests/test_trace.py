@@ -197,3 +197,13 @@ def test_rebinding_a_captured_name_is_a_clear_error():
     with pytest.raises(mlxtriton.TraceError, match="rebinds the nonlocal 'total'"):
         mlxtriton.optimize(accumulate)(mx.ones(2))
     assert total().item() == 0.0
+
+    class Counting(nn.Module):  # a module's __call__ alike
+        def __call__(self, x):
+            global COUNT
+            COUNT = COUNT + 1
+            return x * COUNT
+
+    with pytest.raises(mlxtriton.TraceError, match="rebinds the global 'COUNT'"):
+        mlxtriton.optimize(Counting())(mx.ones(2))
+    assert COUNT.item() == 0.0
