@@ -793,8 +793,7 @@ def _held_bytes(run) -> int:
 
 def test_an_optimized_training_step_holds_no_state_it_replaced():
     """Between calls an optimized step holds the arrays the state holds and no others: not the
-    parameters and Adam moments of an earlier step (it held those of the step that last walked
-    the state: twice the model and optimizer's memory)."""
+    parameters and Adam moments of an earlier step."""
     def train(optimize):
         mx.random.seed(0)
         model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
@@ -814,8 +813,8 @@ def test_an_optimized_training_step_holds_no_state_it_replaced():
 
 def test_freezing_between_calls_is_part_of_the_key():
     """``freeze()`` / ``unfreeze()`` between calls change what ``nn.value_and_grad``
-    differentiates: each is a new build, as a mode change is (the cached trace kept training the
-    frozen layer, silently); freezing inside the call is an error."""
+    differentiates: each is a new build, as a mode change is; freezing inside the call is an
+    error."""
     def run(optimize):
         mx.random.seed(0)
         model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
@@ -855,8 +854,8 @@ def _classify(m, x, y):
 
 def test_a_module_passed_as_an_argument_is_a_state_object():
     """``loss_fn(model, x, y)``, the loss mlx's examples hand to ``nn.value_and_grad``: the model
-    is an argument object (its arrays are state), called as the module it is; it was rebuilt as
-    a plain dict ("'dict' object is not callable"). Optimized alone and under
+    is an argument object (its arrays are state), called as the module it is, not rebuilt as a
+    plain dict. Optimized alone and under
     ``nn.value_and_grad`` through a few SGD steps: plain MLX's losses and parameters, one build."""
     def run(optimize):
         mx.random.seed(0)
@@ -887,8 +886,7 @@ EMA = {"w": mx.zeros((4,))}
 
 def test_a_captured_dict_of_arrays_the_function_updates_is_state():
     """An EMA kept in a dict the step captures (a global here, a closure alike): each call reads
-    and updates it as eager MLX does (its arrays were constants and the trace left its
-    placeholders in the dict: the next trace failed to evaluate them)."""
+    and updates it as eager MLX does, and no trace leaves its placeholders in it."""
     def step(x):
         EMA["w"] = 0.9 * EMA["w"] + 0.1 * x
         return EMA["w"].sum()

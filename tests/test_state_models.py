@@ -151,8 +151,8 @@ def test_a_fine_tuning_step_of_every_architecture(name):
     """mlx-lm's fine-tuning step (loss, gradient, SGD) through optimize follows the plain one for
     every architecture of the zoo, in two builds. Mixture-of-experts routers stop the gradient
     of the experts they pick (mx.stop_gradient of an argpartition) and gather at them: the trace
-    keeps them stopped for the gradient the step takes (it showed MLX's autodiff a path to the
-    indices, and every such step raised). Where plain mlx-lm's step raises, so does this one."""
+    keeps them stopped for the gradient the step takes, so the gather is not asked for the
+    indices' gradient. Where plain mlx-lm's step raises, so does this one."""
     import mlx.optimizers as optim
 
     tokens = lm_zoo.prompt(17)[None]

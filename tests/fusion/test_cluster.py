@@ -168,7 +168,7 @@ def test_a_cycle_back_through_another_region_is_seen_when_it_starts_after_the_me
     """Two regions merged as siblings (both read the cosines) while another region already read
     one of them and fed the other: the path leaves the pair at its last member, runs past it to
     that region, and comes back through the region's earliest member (the gradient of an
-    exclusive cumprod; the fuzzer's gradient paths found it)."""
+    exclusive cumprod)."""
     def f(x):
         weights = mx.cos(mx.arange(64, dtype=mx.float32)).reshape(8, 8)
         return (mx.cumprod(x, axis=-1, inclusive=False) * weights).sum()

@@ -291,8 +291,7 @@ def test_docstring_examples_run():
 
 @pytest.mark.parametrize("bits", [None, 4])
 def test_optimized_decoding_holds_no_buffer_a_step_replaced(bits):
-    """Between steps an optimized model holds the cache's buffers and no earlier ones (it held
-    the buffers of the step that last walked its state: twice the cache's memory)."""
+    """Between steps an optimized model holds the cache's buffers and no earlier ones."""
     import gc
 
     model = lm_zoo.build_arch(_LLAMA64)
